@@ -1,0 +1,473 @@
+"""Predictions of infinite-width networks without training them.
+
+Two questions, answered in closed form from kernel matrices (DESIGN §2):
+
+* :func:`gp_inference` — the Bayesian posterior of the Gaussian process given by the
+  NNGP kernel: test mean ``K*ᵀ K⁻¹ Y`` and covariance ``K** − K*ᵀ K⁻¹ K*``.
+* :func:`gradient_descent_mse_ensemble` — the distribution of the outputs of an infinite
+  ensemble of infinitely wide networks trained by gradient flow on the MSE loss, at any
+  training time ``t`` (a scalar, an array, or ``None``/``np.inf`` for t = ∞). With
+  ``kernel="ntk"`` every layer is trained; with ``kernel="nngp"`` only the readout.
+
+Conventions are neural-tangents' (``predict.gradient_descent_mse_ensemble`` and
+``predict.gp_inference``), so numbers are comparable:
+
+* the loss is ½ · mean over all ``N·k`` training targets, so the flow runs at rate
+  ``learning_rate · Θ / (N·k)``; ``t`` counts steps, i.e. it is in units of learning_rate;
+* ``diag_reg`` adds ``diag_reg · mean(diag K)`` to the diagonal of the training kernel that is
+  inverted (``diag_reg_absolute_scale=True``: adds ``diag_reg`` itself);
+* multi-output targets share the kernel (Θ ⊗ I): covariances are ``(m, m)``, one for every
+  output column;
+* the covariance of the NTK ensemble uses the NNGP (the network at initialisation) as the
+  prior, so it needs the NNGP matrices besides the NTK ones.
+
+The training kernel is factorised once — an eigendecomposition for finite times, a Cholesky
+factorisation for t = ∞ — and the factors are reused for every time and every test batch.
+
+A numerically singular training kernel (smallest eigenvalue below ``N · eps · λ_max``) is
+repaired automatically by raising its small eigenvalues to that floor, with a
+:class:`SingularKernelWarning` stating the floor; a kernel that is clearly not positive
+semi-definite raises :class:`~ntkdsl.errors.NumericalError`. Predictions are never NaN
+without an error.
+"""
+from __future__ import annotations
+
+import warnings
+from functools import cached_property
+from typing import NamedTuple
+
+import numpy as np
+import scipy.linalg
+
+from .errors import InputError, NumericalError, ShapeError
+
+__all__ = [
+    "Gaussian",
+    "GradientFlowEnsemble",
+    "GaussianProcessPosterior",
+    "SingularKernelWarning",
+    "gradient_descent_mse_ensemble",
+    "gp_inference",
+]
+
+KERNELS = ("ntk", "nngp")
+
+# Relative size of a negative eigenvalue that rounding cannot explain: below -1e-6·λ_max the
+# matrix is not a kernel (a bug upstream, or a user-made matrix), so we refuse it.
+_NOT_PSD_TOLERANCE = 1e-6
+
+
+class SingularKernelWarning(RuntimeWarning):
+    """The training kernel was numerically singular and its small eigenvalues were raised."""
+
+
+class Gaussian(NamedTuple):
+    """Mean and covariance of predictions.
+
+    ``mean`` has shape ``t.shape + (m, k)`` (``(m,)`` per time for one-dimensional targets);
+    ``covariance`` has shape ``t.shape + (m, m)``, shared by every output column, or is
+    ``None`` when it was not asked for.
+    """
+
+    mean: np.ndarray
+    covariance: np.ndarray | None
+
+
+# --------------------------------------------------------------------------- validation
+
+def _as_matrix(value, name: str) -> np.ndarray:
+    """``value`` as a finite float64 2-D array, or an InputError/ShapeError naming it."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{name} must be a numeric array: {err}") from None
+    if array.ndim != 2:
+        raise ShapeError(f"{name} must be a 2-D array, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise InputError(f"{name} contains NaN or infinite values; every entry must be finite")
+    return array
+
+
+def _check_shape(array: np.ndarray, expected: tuple[int, int], name: str, hint: str) -> None:
+    if array.shape != expected:
+        raise ShapeError(f"{name} has shape {array.shape}, expected {expected} ({hint})")
+
+
+def _as_targets(y_train, n_train: int) -> np.ndarray:
+    """Training targets as a finite (N, k) float64 array (1-D targets become one column)."""
+    try:
+        y = np.asarray(y_train, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"y_train must be numeric: {err}") from None
+    if y.ndim not in (1, 2):
+        raise ShapeError(f"y_train must be 1-D (N,) or 2-D (N, k), got shape {y.shape}")
+    if y.shape[0] != n_train:
+        raise ShapeError(f"y_train has {y.shape[0]} rows but the training kernel is "
+                         f"{n_train} x {n_train}; they must agree")
+    if not np.all(np.isfinite(y)):
+        raise InputError("y_train contains NaN or infinite values; every target must be finite")
+    return y.reshape(n_train, -1)
+
+
+def _check_nonnegative(value, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
+    if not np.isfinite(number) or number < 0:
+        raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
+def _check_kernel_name(kernel) -> str:
+    if not isinstance(kernel, str) or kernel.lower() not in KERNELS:
+        raise InputError(f"unknown kernel {kernel!r}; valid kernels are 'ntk' (all layers "
+                         "trained) and 'nngp' (only the readout trained / Bayesian)")
+    return kernel.lower()
+
+
+def _as_times(t) -> np.ndarray | None:
+    """Training times as a float64 array, or None when every time is infinite.
+
+    ``None`` and ``np.inf`` mean t = ∞, which is solved by Cholesky instead of the
+    eigendecomposition (cheaper and more precise).
+    """
+    if t is None:
+        return None
+    try:
+        times = np.asarray(t, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"t must be a number, an array of numbers or None (= infinity), "
+                         f"got {t!r}") from None
+    if np.any(np.isnan(times)) or np.any(times < 0):
+        raise InputError(f"training times must be >= 0 (or None / np.inf for infinity), got {t!r}")
+    if times.ndim == 0 and np.isinf(times):
+        return None
+    return times
+
+
+# --------------------------------------------------------------------------- the factorisation
+
+class _RegularisedKernel:
+    """A training kernel plus its diagonal regulariser, factorised lazily and only once."""
+
+    def __init__(self, k_train_train: np.ndarray, diag_reg: float, absolute_scale: bool):
+        n = k_train_train.shape[0]
+        scale = 1.0 if absolute_scale else np.trace(k_train_train) / n
+        self.raw = k_train_train
+        self.ridge = diag_reg * scale  # the absolute amount added to the diagonal
+        self.matrix = k_train_train + self.ridge * np.eye(n)
+
+    @cached_property
+    def eigensystem(self) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenvalues (floored, see module doc) and eigenvectors of the regularised kernel."""
+        evals, evecs = np.linalg.eigh(self.matrix)
+        return _floor_eigenvalues(evals), evecs
+
+    @cached_property
+    def _cholesky(self):
+        """Cholesky factor, or None when the kernel is too ill-conditioned for it."""
+        try:
+            factor = scipy.linalg.cho_factor(self.matrix, lower=True)
+        except np.linalg.LinAlgError:
+            return None
+        norm = np.max(np.sum(np.abs(self.matrix), axis=0))
+        rcond, _ = scipy.linalg.lapack.dpocon(factor[0], norm, uplo="L")
+        return factor if rcond >= self.matrix.shape[0] * np.finfo(float).eps else None
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        """``K⁻¹ rhs`` — Cholesky when well conditioned, else through the floored eigensystem."""
+        if self._cholesky is not None:
+            return scipy.linalg.cho_solve(self._cholesky, rhs)
+        evals, evecs = self.eigensystem
+        return evecs @ ((evecs.T @ rhs) / evals[:, None])
+
+    def flow(self, scaled_times: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+        """``K⁻¹ (I − exp(−K τ)) rhs`` for every τ: shape ``(len(τ),) + rhs.shape``.
+
+        τ = ∞ gives ``K⁻¹ rhs``; τ = 0 gives zeros.
+        """
+        evals, evecs = self.eigensystem
+        # -expm1(-λτ)/λ keeps precision for small λτ, where 1 − exp(−λτ) would cancel.
+        gains = -np.expm1(-np.outer(scaled_times, evals)) / evals
+        return np.einsum("ji,ti,ip->tjp", evecs, gains, evecs.T @ rhs, optimize=True)
+
+    def flow_in_eigenbasis(self, scaled_times: np.ndarray) -> np.ndarray:
+        """The gains ``(1 − exp(−λτ))/λ`` per time and eigenvalue, shape (T, N)."""
+        evals, _ = self.eigensystem
+        return -np.expm1(-np.outer(scaled_times, evals)) / evals
+
+
+def _floor_eigenvalues(evals: np.ndarray) -> np.ndarray:
+    """Raise numerically zero or negative eigenvalues to ``N·eps·λ_max``, with a warning.
+
+    Refuses matrices that are not kernels (large negative eigenvalues, or all zero).
+    """
+    largest = evals[-1]
+    if not largest > 0:
+        raise NumericalError("the training kernel has no positive eigenvalue (it is zero or "
+                             "negative definite); a kernel matrix must be positive semi-definite")
+    if evals[0] < -_NOT_PSD_TOLERANCE * largest:
+        raise NumericalError(f"the training kernel is not positive semi-definite: smallest "
+                             f"eigenvalue {evals[0]:.3e} against largest {largest:.3e}; "
+                             "a kernel matrix must have no negative eigenvalues")
+    floor = evals.size * np.finfo(np.float64).eps * largest
+    small = evals < floor
+    if np.any(small):
+        warnings.warn(
+            f"the training kernel is numerically singular ({int(small.sum())} of {evals.size} "
+            f"eigenvalues below {floor:.3e} = N·eps·λ_max, smallest {evals[0]:.3e}); raised "
+            f"them to {floor:.3e}. Duplicate training inputs cause this; pass diag_reg > 0 "
+            "to regularise explicitly.", SingularKernelWarning, stacklevel=4)
+        evals = np.maximum(evals, floor)
+    return evals
+
+
+# --------------------------------------------------------------------------- gradient flow
+
+class GradientFlowEnsemble:
+    """Outputs of an infinite ensemble of wide networks trained by MSE gradient flow.
+
+    Built by :func:`gradient_descent_mse_ensemble`; holds the factorised training kernel, so
+    every call of :meth:`predict` or :meth:`predict_train` reuses it.
+    """
+
+    def __init__(self, k_train_train, y_train, *, kernel: str = "ntk",
+                 nngp_train_train=None, learning_rate: float = 1.0, diag_reg: float = 0.0,
+                 diag_reg_absolute_scale: bool = False):
+        self.kernel = _check_kernel_name(kernel)
+        train = _as_matrix(k_train_train, "k_train_train")
+        n = train.shape[0]
+        _check_shape(train, (n, n), "k_train_train", "the training kernel must be square")
+        if n < 2:
+            raise InputError(f"need at least 2 training samples, got {n}")
+        self.y_train = _as_targets(y_train, n)
+        self._targets_1d = np.ndim(y_train) == 1
+        self.learning_rate = _check_nonnegative(learning_rate, "learning_rate")
+        diag_reg = _check_nonnegative(diag_reg, "diag_reg")
+        self.nngp_train_train = self._prior_train_kernel(train, nngp_train_train)
+        self.factor = _RegularisedKernel(train, diag_reg, bool(diag_reg_absolute_scale))
+        self.k_train_train = train
+        self._alpha_inf = None
+
+    def _prior_train_kernel(self, train: np.ndarray, nngp_train_train) -> np.ndarray | None:
+        """The NNGP on the training set: the training kernel itself in 'nngp' mode."""
+        if self.kernel == "nngp":
+            if nngp_train_train is not None:
+                raise InputError("nngp_train_train is only for kernel='ntk'; with "
+                                 "kernel='nngp' the training kernel is the NNGP itself")
+            return train
+        if nngp_train_train is None:
+            return None  # means only; a covariance request will say what is missing
+        nngp = _as_matrix(nngp_train_train, "nngp_train_train")
+        _check_shape(nngp, train.shape, "nngp_train_train", "same as k_train_train")
+        return nngp
+
+    @property
+    def n_train(self) -> int:
+        return self.k_train_train.shape[0]
+
+    @property
+    def effective_diag_reg(self) -> float:
+        """The absolute amount added to the training kernel's diagonal."""
+        return self.factor.ridge
+
+    def _scaled_times(self, times: np.ndarray) -> np.ndarray:
+        # DESIGN §2: rate η/(N·k), since the loss averages over all N·k targets.
+        return self.learning_rate * times.ravel() / self.y_train.size
+
+    def _shape_mean(self, mean: np.ndarray, times: np.ndarray | None) -> np.ndarray:
+        lead = () if times is None else times.shape
+        tail = mean.shape[-2:-1] if self._targets_1d else mean.shape[-2:]
+        return mean.reshape(lead + tail)
+
+    def _shape_cov(self, cov: np.ndarray, times: np.ndarray | None) -> np.ndarray:
+        lead = () if times is None else times.shape
+        return cov.reshape(lead + cov.shape[-2:])
+
+    # ------------------------------------------------------------------ test set
+
+    def predict(self, k_test_train, t=None, *, nngp_test_train=None,
+                nngp_test_test=None) -> Gaussian:
+        """Mean (and covariance) of the ensemble's outputs on test inputs at time(s) ``t``.
+
+        Args:
+            k_test_train: (m, N) training kernel (the one given to the constructor) between
+                test and training inputs.
+            t: training time — a scalar, an array of any shape, or ``None`` / ``np.inf`` for
+                t = ∞. Counted in steps: the flow runs at ``learning_rate · t``.
+            nngp_test_train: (m, N) NNGP between test and training inputs; needed for the
+                covariance when ``kernel='ntk'`` (omit it for 'nngp', where k_test_train is the NNGP).
+            nngp_test_test: (m, m) NNGP on the test inputs. Pass it to get the covariance.
+
+        Returns:
+            :class:`Gaussian` with ``mean`` of shape ``t.shape + (m, k)`` and ``covariance``
+            of shape ``t.shape + (m, m)`` (``None`` without ``nngp_test_test``).
+        """
+        cross = _as_matrix(k_test_train, "k_test_train")
+        m = cross.shape[0]
+        _check_shape(cross, (m, self.n_train), "k_test_train", "test x train")
+        times = _as_times(t)
+        mean = self._test_mean(cross, times)
+        cov = None
+        if nngp_test_test is not None:
+            prior_cross, prior_test = self._prior_test_kernels(cross, nngp_test_train,
+                                                               nngp_test_test)
+            cov = self._shape_cov(self._test_cov(cross, prior_cross, prior_test, times), times)
+        return Gaussian(self._shape_mean(mean, times), cov)
+
+    def _test_mean(self, cross: np.ndarray, times: np.ndarray | None) -> np.ndarray:
+        if times is None:
+            if self._alpha_inf is None:  # K⁻¹Y is the same for every test batch
+                self._alpha_inf = self.factor.solve(self.y_train)
+            return cross @ self._alpha_inf
+        flowed = self.factor.flow(self._scaled_times(times), self.y_train)
+        return np.einsum("mj,tjk->tmk", cross, flowed, optimize=True)
+
+    def _prior_test_kernels(self, cross, nngp_test_train, nngp_test_test):
+        m = cross.shape[0]
+        prior_test = _as_matrix(nngp_test_test, "nngp_test_test")
+        _check_shape(prior_test, (m, m), "nngp_test_test", "test x test")
+        if self.kernel == "nngp":
+            if nngp_test_train is not None:
+                raise InputError("nngp_test_train is only for kernel='ntk'; with "
+                                 "kernel='nngp', k_test_train is the NNGP itself")
+            return cross, prior_test
+        if self.nngp_train_train is None or nngp_test_train is None:
+            raise InputError("the covariance of an NTK-trained ensemble needs the NNGP too: "
+                             "pass nngp_train_train to gradient_descent_mse_ensemble and "
+                             "nngp_test_train with nngp_test_test to predict")
+        prior_cross = _as_matrix(nngp_test_train, "nngp_test_train")
+        _check_shape(prior_cross, cross.shape, "nngp_test_train", "same as k_test_train")
+        return prior_cross, prior_test
+
+    def _test_cov(self, cross, prior_cross, prior_test, times) -> np.ndarray:
+        """Covariance of the test outputs, shape (T, m, m) or (m, m) for t = ∞."""
+        if times is None:
+            gain_cross = self.factor.solve(cross.T)[None]  # (1, N, m)
+            prior_gain = None
+            if self.kernel == "nngp":
+                prior_gain = gain_cross
+        else:
+            tau = self._scaled_times(times)
+            gain_cross = self.factor.flow(tau, cross.T)
+            if self.kernel == "nngp":
+                # Readout-only flow: K** − K*ᵀ K⁻¹(I − e^{−2Kτ}) K*, the e^{−2Kτ} because both
+                # factors of the NNGP covariance decay (neural-tangents' convention).
+                prior_gain = self.factor.flow(2 * tau, cross.T)
+        if self.kernel == "nngp":
+            cov = prior_test - np.einsum("jm,tjl->tml", cross.T, prior_gain, optimize=True)
+        else:
+            cov = self._ntk_sandwich(gain_cross, prior_cross, prior_test)
+        return cov[0] if times is None else cov
+
+    def _ntk_sandwich(self, gain_cross, prior_cross, prior_test) -> np.ndarray:
+        """``K** + Aᵀ K A − Aᵀ K*ᵀ − K* A`` with A = Θ⁻¹(I − e^{−Θτ}) Θ*ᵀ, per time."""
+        spread = np.einsum("tjm,jk,tkl->tml", gain_cross, self.nngp_train_train, gain_cross,
+                           optimize=True)
+        mixed = np.einsum("tjm,jl->tml", gain_cross, prior_cross.T, optimize=True)
+        return prior_test + spread - mixed - np.swapaxes(mixed, 1, 2)
+
+    # ------------------------------------------------------------------ training set
+
+    def predict_train(self, t=None, *, compute_cov: bool = False) -> Gaussian:
+        """The trajectory of the ensemble on the training inputs at time(s) ``t``.
+
+        Worked out in the eigenbasis of the training kernel, so at ``diag_reg=0`` the mean
+        starts at 0 and reaches ``y_train`` exactly at t = ∞, where the covariance vanishes.
+        With ``diag_reg > 0`` these are the regularised predictions at the training inputs.
+        ``compute_cov`` needs the NNGP on the training set when ``kernel='ntk'``.
+        """
+        times = _as_times(t)
+        tau = np.array([np.inf]) if times is None else self._scaled_times(times)
+        evals, evecs = self.factor.eigensystem
+        raw_evals = evals - self.factor.ridge  # eigenvalues of the unregularised kernel
+        gains = self.factor.flow_in_eigenbasis(tau)
+        fitted = raw_evals * gains  # fraction of each eigen-direction learnt by time τ
+        mean = np.einsum("ji,ti,ik->tjk", evecs, fitted, evecs.T @ self.y_train, optimize=True)
+        cov = None
+        if compute_cov:
+            cov = self._train_cov(evecs, raw_evals, fitted, tau)
+            cov = cov[0] if times is None else self._shape_cov(cov, times)
+        return Gaussian(self._shape_mean(mean[0] if times is None else mean, times), cov)
+
+    def _train_cov(self, evecs, raw_evals, fitted, tau) -> np.ndarray:
+        if self.kernel == "nngp":
+            doubled = self.factor.flow_in_eigenbasis(2 * tau)
+            return np.einsum("ji,ti,ki->tjk", evecs, raw_evals - raw_evals**2 * doubled,
+                             evecs, optimize=True)
+        if self.nngp_train_train is None:
+            raise InputError("the covariance of an NTK-trained ensemble needs the NNGP: pass "
+                             "nngp_train_train to gradient_descent_mse_ensemble")
+        # (I − A) K (I − A) with A = Θ_reg⁻¹(I − e^{−Θτ})Θ, symmetric in Θ's eigenbasis.
+        remaining = np.einsum("ji,ti,ki->tjk", evecs, 1.0 - fitted, evecs, optimize=True)
+        return np.einsum("tjk,kl,tml->tjm", remaining, self.nngp_train_train, remaining,
+                         optimize=True)
+
+
+def gradient_descent_mse_ensemble(k_train_train, y_train, *, kernel: str = "ntk",
+                                  nngp_train_train=None, learning_rate: float = 1.0,
+                                  diag_reg: float = 0.0,
+                                  diag_reg_absolute_scale: bool = False) -> GradientFlowEnsemble:
+    """Closed-form gradient-flow predictions of an infinite ensemble of wide networks.
+
+    Args:
+        k_train_train: (N, N) kernel that drives training: the NTK (``kernel="ntk"``, every
+            layer trained) or the NNGP (``kernel="nngp"``, only the readout trained).
+        y_train: (N,) or (N, k) training targets.
+        kernel: ``"ntk"`` or ``"nngp"``, naming what ``k_train_train`` is.
+        nngp_train_train: (N, N) NNGP on the training set; only for ``kernel="ntk"``, and
+            only needed for covariances.
+        learning_rate: step size; times are in steps, so only ``learning_rate · t`` matters.
+        diag_reg: added to the diagonal, times ``mean(diag k_train_train)`` unless
+            ``diag_reg_absolute_scale``.
+        diag_reg_absolute_scale: take ``diag_reg`` as an absolute amount.
+
+    Returns:
+        A :class:`GradientFlowEnsemble`; call ``.predict(k_test_train, t, ...)`` for test
+        outputs and ``.predict_train(t)`` for the training-set trajectory.
+
+    Example:
+        >>> ens = gradient_descent_mse_ensemble(ntk_dd, y, nngp_train_train=nngp_dd)
+        >>> mean, cov = ens.predict(ntk_td, t=[1.0, 10.0, np.inf],
+        ...                         nngp_test_train=nngp_td, nngp_test_test=nngp_tt)
+    """
+    return GradientFlowEnsemble(k_train_train, y_train, kernel=kernel,
+                                nngp_train_train=nngp_train_train, learning_rate=learning_rate,
+                                diag_reg=diag_reg, diag_reg_absolute_scale=diag_reg_absolute_scale)
+
+
+# --------------------------------------------------------------------------- Bayesian posterior
+
+class GaussianProcessPosterior:
+    """Posterior of the Gaussian process with a given prior kernel, conditioned on data.
+
+    Built by :func:`gp_inference`; the training kernel is Cholesky-factorised once.
+    """
+
+    def __init__(self, k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=False):
+        # The posterior is the readout-only flow at t = ∞ (neural-tangents' identity).
+        self._flow = GradientFlowEnsemble(k_train_train, y_train, kernel="nngp",
+                                          diag_reg=diag_reg,
+                                          diag_reg_absolute_scale=diag_reg_absolute_scale)
+
+    def predict(self, k_test_train, k_test_test=None) -> Gaussian:
+        """Posterior mean ``K*ᵀK⁻¹Y`` and, given ``k_test_test``, covariance
+        ``K** − K*ᵀK⁻¹K*`` on test inputs (shapes as in :class:`Gaussian`)."""
+        return self._flow.predict(k_test_train, None, nngp_test_test=k_test_test)
+
+
+def gp_inference(k_train_train, y_train, diag_reg: float = 0.0,
+                 diag_reg_absolute_scale: bool = False) -> GaussianProcessPosterior:
+    """Bayesian inference with a kernel as the Gaussian-process prior (normally the NNGP).
+
+    Args:
+        k_train_train: (N, N) prior kernel on the training inputs.
+        y_train: (N,) or (N, k) targets.
+        diag_reg: observation-noise variance relative to ``mean(diag k_train_train)``
+            (absolute with ``diag_reg_absolute_scale=True``).
+
+    Returns:
+        A :class:`GaussianProcessPosterior`; ``.predict(k_test_train, k_test_test)``.
+    """
+    return GaussianProcessPosterior(k_train_train, y_train, diag_reg, diag_reg_absolute_scale)
