@@ -263,6 +263,13 @@ class GradientFlowEnsemble:
         _check_shape(nngp, train.shape, "nngp_train_train", "same as k_train_train")
         return nngp
 
+    def attach_nngp(self, nngp_train_train) -> None:
+        """Supply the training-set NNGP after construction (for covariances of 'ntk' mode)."""
+        if self.kernel != "ntk":
+            raise InputError("attach_nngp is only for kernel='ntk'; with kernel='nngp' the "
+                             "training kernel is the NNGP itself")
+        self.nngp_train_train = self._prior_train_kernel(self.k_train_train, nngp_train_train)
+
     @property
     def n_train(self) -> int:
         return self.k_train_train.shape[0]

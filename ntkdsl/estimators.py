@@ -1,0 +1,372 @@
+"""scikit-learn estimators: an infinitely wide network, trained for time t, without training.
+
+:class:`NTKRegressor` and :class:`NTKClassifier` compute the network's kernels on the data
+and predict with the closed forms of :mod:`ntkdsl.predict`: the mean output of the infinite
+ensemble of networks trained by MSE gradient flow for time ``time`` (``None`` = ∞), with the
+NTK (every layer trained) or the NNGP (readout only; at ``time=None`` this is the Bayesian
+posterior).
+
+The architecture is a string. To search over its numbers, write it as an
+:class:`ArchTemplate` — ``{name}`` placeholders plus their values — whose placeholders are
+nested parameters ``arch__<name>``, just like the parameters of a Pipeline step::
+
+    arch = ArchTemplate("(Dense(512, W_std={w}, b_std=0.1) > Relu) * {L} > Dense(1)", w=1.5, L=2)
+    GridSearchCV(NTKRegressor(arch), {"arch__L": [1, 2, 4], "arch__w": [1.0, 1.5],
+                                      "diag_reg": [0.0, 1e-3]})
+
+Instead of a string, ``arch`` may also be any object with ``nngp(x1, x2=None)`` and
+``ntk(x1, x2=None)`` methods (for example the result of :func:`ntkdsl.compile`, or a kernel of
+your own).
+"""
+from __future__ import annotations
+
+import string
+import sys
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted
+
+from .errors import InputError
+from .predict import KERNELS, GradientFlowEnsemble
+
+try:  # scikit-learn >= 1.6
+    from sklearn.utils.validation import validate_data as _sk_validate_data
+except ImportError:  # pragma: no cover - older scikit-learn
+    def _sk_validate_data(estimator, *args, **kwargs):
+        return estimator._validate_data(*args, **kwargs)
+
+__all__ = ["ArchTemplate", "NTKRegressor", "NTKClassifier", "DEFAULT_ARCH"]
+
+DEFAULT_ARCH = "(Dense(512, W_std=1.5, b_std=0.05) > Relu) * 2 > Dense(1, W_std=1.5, b_std=0.05)"
+
+# Rows of test inputs per kernel evaluation: bounds memory at BATCH × N floats.
+_BATCH = 1024
+
+
+def _validate(estimator, *args, **kwargs):
+    """scikit-learn's validation, with its ValueErrors re-raised as ntkdsl InputErrors."""
+    try:
+        return _sk_validate_data(estimator, *args, dtype=np.float64, **kwargs)
+    except InputError:
+        raise
+    except ValueError as err:
+        raise InputError(str(err)) from err
+
+
+def arch_placeholders(template: str) -> list[str]:
+    """Names of the ``{name}`` placeholders of an architecture template, in order.
+
+    Raises InputError for positional ``{}`` fields, attribute/index fields or unbalanced braces.
+    """
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as err:
+        raise InputError(f"arch template {template!r}: {err}; placeholders are written "
+                         "{name}, literal braces {{ and }}") from None
+    for field in fields:
+        if not field.isidentifier():
+            raise InputError(f"arch template {template!r}: placeholder {{{field}}} must be "
+                             "a name such as {L} or {w}")
+    return list(dict.fromkeys(fields))
+
+
+class ArchTemplate:
+    """An architecture string with ``{name}`` placeholders and their values.
+
+    It exposes the placeholders as nested parameters, the way scikit-learn exposes the
+    parameters of a Pipeline step, so GridSearchCV can search them as ``arch__<name>``::
+
+        arch = ArchTemplate("(Dense(512, W_std={w}) > Relu) * {L} > Dense(1)", w=1.5, L=2)
+        GridSearchCV(NTKRegressor(arch), {"arch__L": [1, 2, 4], "arch__w": [1.0, 1.5]})
+    """
+
+    def __init__(self, template: str, **values):
+        if not isinstance(template, str):
+            raise InputError(f"ArchTemplate needs a string, got {type(template).__name__}")
+        names = arch_placeholders(template)
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise InputError(f"ArchTemplate got values for {unknown}, which are not "
+                             f"placeholders of {template!r}; its placeholders are {names}")
+        self.template = template
+        self.values = {name: values.get(name) for name in names}
+
+    def get_params(self, deep=True):
+        """The template and the value of every placeholder (scikit-learn protocol)."""
+        return {"template": self.template, **self.values}
+
+    def set_params(self, **params):
+        """Change placeholder values (or the template) by name."""
+        template = params.pop("template", self.template)
+        merged = {**self.values, **params}
+        self.__init__(template, **{k: v for k, v in merged.items()
+                                   if k in arch_placeholders(template)})
+        unknown = sorted(set(params) - set(self.values))
+        if unknown:
+            raise InputError(f"{unknown} are not placeholders of {template!r}; valid: "
+                             f"{sorted(self.values)}")
+        return self
+
+    def render(self) -> str:
+        """The architecture string with every placeholder filled in."""
+        missing = [name for name, value in self.values.items() if value is None]
+        if missing:
+            raise InputError(f"arch template {self.template!r} has no value for "
+                             f"{', '.join('{' + m + '}' for m in missing)}; pass "
+                             f"ArchTemplate(..., {missing[0]}=...)")
+        return self.template.format(**self.values)
+
+    def __repr__(self) -> str:
+        values = "".join(f", {k}={v!r}" for k, v in self.values.items())
+        return f"ArchTemplate({self.template!r}{values})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ArchTemplate) and other.get_params() == self.get_params()
+
+    __hash__ = None
+
+
+class _NTKEstimator(BaseEstimator):
+    """Shared machinery: architectures, kernels, the gradient-flow ensemble."""
+
+    def __init__(self, arch=DEFAULT_ARCH, kernel="ntk", time=None, learning_rate=1.0,
+                 diag_reg=0.0, verbose=False):
+        self.arch = arch
+        self.kernel = kernel
+        self.time = time
+        self.learning_rate = learning_rate
+        self.diag_reg = diag_reg
+        self.verbose = verbose
+
+    def architecture(self) -> str | object:
+        """The architecture string (template filled in), or the kernel object as given."""
+        if isinstance(self.arch, ArchTemplate):
+            return self.arch.render()
+        if isinstance(self.arch, str):
+            if arch_placeholders(self.arch):
+                raise InputError(f"arch {self.arch!r} has placeholders; wrap it as "
+                                 "ArchTemplate(arch, name=value, ...) to give their values")
+            return self.arch
+        if callable(getattr(self.arch, "nngp", None)) and callable(getattr(self.arch, "ntk",
+                                                                           None)):
+            return self.arch
+        raise InputError(f"arch must be an architecture string, an ArchTemplate or an object "
+                         f"with nngp() and ntk() methods, got {type(self.arch).__name__}")
+
+    def _check_hyperparameters(self) -> None:
+        if not isinstance(self.kernel, str) or self.kernel.lower() not in KERNELS:
+            raise InputError(f"unknown kernel {self.kernel!r}; valid kernels are 'ntk' (all "
+                             "layers trained) and 'nngp' (readout only / Bayesian posterior)")
+        for name in ("learning_rate", "diag_reg"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float, np.number)) or not value >= 0 \
+                    or not np.isfinite(value):
+                raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.time is not None and (not isinstance(self.time, (int, float, np.number))
+                                      or np.isnan(self.time) or self.time < 0):
+            raise InputError(f"time must be a number >= 0, or None for t = infinity; "
+                             f"got {self.time!r}")
+
+    # ------------------------------------------------------------------ kernels
+
+    def _compile(self):
+        arch = self.architecture()
+        if not isinstance(arch, str):
+            return arch
+        import ntkdsl  # the package imports this module, so import it at call time
+
+        return ntkdsl.compile(arch)
+
+    @property
+    def _train_kernel_name(self) -> str:
+        return self.kernel.lower()
+
+    def _kernel_rows(self, which: str, X, X2=None, desc: str = "") -> np.ndarray:
+        """``network.<which>(X, X2)`` evaluated in row blocks (with a progress bar if verbose)."""
+        fn = getattr(self.network_, which)
+        starts = range(0, X.shape[0], _BATCH)
+        if self.verbose and len(starts) > 1:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=desc or f"{which} kernel", unit="block",
+                          disable=not sys.stderr.isatty(), leave=False)
+        blocks = [fn(X[s:s + _BATCH], X if X2 is None else X2) for s in starts]
+        return np.concatenate(blocks, axis=0)
+
+    def _fit_targets(self, X, targets) -> None:
+        """Compile, evaluate the training kernel once and factorise it (lazily) for predict."""
+        self._check_hyperparameters()
+        self.network_ = self._compile()
+        self.X_fit_ = X
+        k_train = self._kernel_rows(self._train_kernel_name, X, desc="training kernel")
+        self.ensemble_ = GradientFlowEnsemble(k_train, targets, kernel=self._train_kernel_name,
+                                              learning_rate=self.learning_rate,
+                                              diag_reg=self.diag_reg)
+
+    def _outputs(self, X, times) -> np.ndarray:
+        """Ensemble mean outputs (targets' scale) at ``times`` (None = the fitted time)."""
+        check_is_fitted(self, "ensemble_")
+        X = _validate(self, X, reset=False)
+        t = self.time if times is None else times
+        means = [self.ensemble_.predict(self._kernel_rows(self._train_kernel_name, X[s:s + _BATCH],
+                                                          self.X_fit_), t).mean
+                 for s in range(0, X.shape[0], _BATCH)]
+        lead = np.ndim(np.inf if t is None else t)
+        return np.concatenate(means, axis=lead)
+
+    # scikit-learn pickles estimators (joblib, GridSearchCV): the compiled network may hold
+    # generated functions that do not pickle, so it is dropped and recompiled on load.
+    def __getstate__(self):
+        state = super().__getstate__()
+        if isinstance(self.arch, (str, ArchTemplate)):
+            state.pop("network_", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "ensemble_" in state and "network_" not in state:
+            self.network_ = self._compile()
+
+
+class NTKRegressor(RegressorMixin, _NTKEstimator):
+    """Regression with an infinitely wide network trained by MSE gradient flow for ``time``.
+
+    Parameters:
+        arch: architecture string, an :class:`ArchTemplate` (placeholders searchable as
+            ``arch__<name>``), or an object with ``nngp`` and ``ntk`` methods.
+        kernel: ``"ntk"`` (every layer trained) or ``"nngp"`` (only the readout trained; at
+            ``time=None`` the Bayesian posterior of the NNGP).
+        time: training time in steps (``learning_rate · time`` is what matters); ``None``
+            means t = ∞.
+        learning_rate: gradient-descent step size (≥ 0).
+        diag_reg: ridge added to the kernel diagonal, relative to its mean diagonal.
+        verbose: show progress bars for kernel evaluation on a terminal.
+
+    Attributes after ``fit``: ``network_`` (the compiled kernels), ``ensemble_`` (a
+    :class:`ntkdsl.predict.GradientFlowEnsemble`), ``n_features_in_``.
+
+    Example:
+        >>> arch = ArchTemplate("(Dense(512, W_std={w}) > Relu) * {L} > Dense(1)", w=1.4, L=3)
+        >>> reg = NTKRegressor(arch, time=100.0)
+        >>> reg.fit(X_train, y_train).predict(X_test, return_std=True)
+    """
+
+    def fit(self, X, y):
+        """Evaluate the kernel on the training data and factorise it."""
+        X, y = _validate(self, X, y, multi_output=True, y_numeric=True)
+        if X.shape[0] < 2:
+            raise InputError(f"need at least 2 training samples, got n_samples={X.shape[0]}")
+        self._fit_targets(X, y)
+        return self
+
+    def predict(self, X, return_std=False, return_cov=False):
+        """Mean prediction; with ``return_std``/``return_cov`` also the ensemble's spread.
+
+        Shapes follow GaussianProcessRegressor: mean (m,) or (m, k); std (m,) or (m, k);
+        cov (m, m) or (m, m, k). (The covariance is the same for every output.)
+        """
+        if return_std and return_cov:
+            raise InputError("return_std and return_cov cannot both be True; choose one")
+        mean = self._outputs(X, None)
+        if not (return_std or return_cov):
+            return mean
+        X = _validate(self, X, reset=False)
+        spread = self._std(X) if return_std else self._cov(X)
+        if mean.ndim == 2:  # one copy per output, as scikit-learn's GP regressor returns
+            spread = np.repeat(spread[..., None], mean.shape[1], axis=-1)
+        return mean, spread
+
+    def predict_trajectory(self, X, times):
+        """Mean predictions at several training times: shape ``np.shape(times) + (m[, k])``."""
+        return self._outputs(X, np.asarray(times, dtype=np.float64))
+
+    def _gaussian(self, X):
+        """Mean and covariance of the ensemble on X (needs the NNGP beside the NTK)."""
+        ensemble = self.ensemble_
+        extra = {}
+        if ensemble.kernel == "ntk":
+            if ensemble.nngp_train_train is None:  # computed once, on the first request
+                ensemble.attach_nngp(self._kernel_rows("nngp", self.X_fit_))
+            extra["nngp_test_train"] = self.network_.nngp(X, self.X_fit_)
+        cross = getattr(self.network_, ensemble.kernel)(X, self.X_fit_)
+        return ensemble.predict(cross, self.time, nngp_test_test=self.network_.nngp(X), **extra)
+
+    def _std(self, X) -> np.ndarray:
+        variances = [np.diagonal(self._gaussian(X[s:s + _BATCH]).covariance)
+                     for s in range(0, X.shape[0], _BATCH)]
+        # Rounding can leave a zero variance slightly negative; clip it rather than NaN.
+        return np.sqrt(np.maximum(np.concatenate(variances), 0.0))
+
+    def _cov(self, X) -> np.ndarray:
+        return self._gaussian(X).covariance
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
+
+class NTKClassifier(ClassifierMixin, _NTKEstimator):
+    """Classification by MSE regression on one-hot targets (Arora et al. 2020; Lee et al. 2019).
+
+    Each class gets one output; targets are the one-hot codes centred by subtracting ``1/C``
+    (C = number of classes), so the ensemble starts from the prior mean 0. The predicted
+    class is the largest output. Parameters are those of :class:`NTKRegressor`.
+
+    ``decision_function`` gives the per-class outputs on the one-hot scale (a perfect fit gives
+    1 for the true class and 0 elsewhere; for two classes, the difference class 1 − class 0).
+    ``predict_proba`` gives these scores clipped at 0 and renormalised: scores in the simplex,
+    not calibrated probabilities.
+    """
+
+    def fit(self, X, y):
+        """Encode the labels one-hot, evaluate the kernel on the training data."""
+        X, y = _validate(self, X, y)
+        check_classification_targets(y)
+        encoder = LabelEncoder().fit(y)
+        self.classes_ = encoder.classes_
+        if len(self.classes_) < 2:
+            raise InputError(f"y has only one class ({self.classes_[0]!r}); a classifier "
+                             "needs at least 2 classes")
+        if X.shape[0] < 2:
+            raise InputError(f"need at least 2 training samples, got n_samples={X.shape[0]}")
+        self._fit_targets(X, self._one_hot(encoder.transform(y)))
+        return self
+
+    def _one_hot(self, codes: np.ndarray) -> np.ndarray:
+        n_classes = len(self.classes_)
+        return np.eye(n_classes)[codes] - 1.0 / n_classes
+
+    def _scores(self, X, times=None) -> np.ndarray:
+        """Per-class outputs on the one-hot scale (they sum to 1 over classes)."""
+        return self._outputs(X, times) + 1.0 / len(self.classes_)
+
+    def decision_function(self, X):
+        """Per-class scores (m, C); for two classes the margin of class 1 over class 0 (m,)."""
+        scores = self._scores(X)
+        return scores[:, 1] - scores[:, 0] if len(self.classes_) == 2 else scores
+
+    def predict(self, X):
+        """The class with the largest output."""
+        scores = self._scores(X)  # first, so that an unfitted estimator says so
+        return self.classes_[np.argmax(scores, axis=1)]
+
+    def predict_proba(self, X):
+        """Scores clipped at 0 and normalised to sum to 1 (not calibrated probabilities)."""
+        scores = np.maximum(self._scores(X), 0.0)
+        totals = scores.sum(axis=1, keepdims=True)
+        uniform = np.full_like(scores, 1.0 / scores.shape[1])
+        return np.where(totals > 0, scores / np.where(totals > 0, totals, 1.0), uniform)
+
+    def predict_trajectory(self, X, times):
+        """Predicted classes at several training times: shape ``np.shape(times) + (m,)``."""
+        scores = self._scores(X, np.asarray(times, dtype=np.float64))
+        return self.classes_[np.argmax(scores, axis=-1)]
+
+    def decision_trajectory(self, X, times):
+        """Per-class scores at several training times: ``np.shape(times) + (m, C)``."""
+        return self._scores(X, np.asarray(times, dtype=np.float64))
