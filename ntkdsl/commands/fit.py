@@ -1,0 +1,345 @@
+"""``ntkdsl fit ARCH``: what an infinitely wide network learns, without training it.
+
+Runs kernel regression with the architecture's NTK (or NNGP) on a dataset — one bundled with
+scikit-learn by default, or the user's CSV file — and reports train and test metrics of the
+trained ensemble at t = ∞ and at a few finite training times, optionally plotting the test
+loss and accuracy (R² for regression) against training time.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+DATASETS = {  # name: (scikit-learn loader, task)
+    "breast_cancer": ("load_breast_cancer", "classification"),
+    "wine": ("load_wine", "classification"),
+    "iris": ("load_iris", "classification"),
+    "digits": ("load_digits", "classification"),
+    "diabetes": ("load_diabetes", "regression"),
+}
+DEFAULT_DATASET = "breast_cancer"
+DEFAULT_TIMES = "1,10,100,1000,10000"
+# Integer targets with at most this many distinct values count as class labels (--task auto).
+_MAX_AUTO_CLASSES = 20
+
+
+@dataclass
+class Dataset:
+    name: str
+    X: np.ndarray
+    y: np.ndarray
+    task: str
+    feature_names: list[str]
+
+
+def register(subparsers) -> None:
+    """Add the ``fit`` subcommand to the ``ntkdsl`` parser."""
+    parser = subparsers.add_parser(
+        "fit", help="predict a trained infinitely wide network on a dataset, without training",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("arch", metavar="ARCH",
+                        help='architecture, e.g. "(Dense(512, W_std=1.5, b_std=0.05) > Relu) * 2'
+                             ' > Dense(1, W_std=1.5, b_std=0.05)"')
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--dataset", choices=sorted(DATASETS), default=None,
+                        help=f"a dataset shipped with scikit-learn (default {DEFAULT_DATASET})")
+    source.add_argument("--data", metavar="FILE.csv", type=Path,
+                        help="your own data: a CSV file with a header row (needs --target)")
+    parser.add_argument("--target", metavar="COLUMN", help="the CSV column to predict")
+    parser.add_argument("--task", choices=["auto", "classification", "regression"],
+                        default="auto", help="for --data: what the target is (default: "
+                        "classification for non-numeric or few integer values)")
+    parser.add_argument("--kernel", choices=["ntk", "nngp"], default="ntk",
+                        help="ntk: every layer trained; nngp: readout only / Bayesian")
+    parser.add_argument("--times", default=DEFAULT_TIMES,
+                        help=f"finite training times (steps), comma-separated "
+                             f"(default {DEFAULT_TIMES}); t = inf is always reported")
+    parser.add_argument("--learning-rate", type=float, default=1.0)
+    parser.add_argument("--diag-reg", type=float, default=0.0,
+                        help="ridge on the kernel diagonal, relative to its mean (default 0)")
+    parser.add_argument("--test-size", type=float, default=0.25,
+                        help="fraction of samples held out for testing (default 0.25)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
+    parser.add_argument("--plot", metavar="FILE.png", type=Path,
+                        help="save test loss and accuracy (R²) against training time")
+    parser.set_defaults(func=run)
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_bundled(name: str) -> Dataset:
+    """A dataset shipped inside scikit-learn (no download)."""
+    import sklearn.datasets
+
+    loader, task = DATASETS[name]
+    bunch = getattr(sklearn.datasets, loader)()
+    return Dataset(name, bunch.data.astype(np.float64), bunch.target, task,
+                   list(map(str, bunch.feature_names)))
+
+
+def load_csv(path: Path, target: str | None, task: str = "auto") -> Dataset:
+    """Features and target from a CSV file with a header; every feature must be numeric."""
+    if target is None:
+        raise InputError("--data needs --target COLUMN: the name of the column to predict")
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle))
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror}") from None
+    if len(rows) < 2:
+        raise InputError(f"{path}: need a header row and at least 2 data rows")
+    header = [name.strip() for name in rows[0]]
+    if target not in header:
+        raise InputError(f"{path}: no column named {target!r}; the columns are "
+                         f"{', '.join(header)}")
+    body = [row for row in rows[1:] if any(cell.strip() for cell in row)]
+    for number, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise InputError(f"{path}, line {number}: {len(row)} fields, but the header has "
+                             f"{len(header)}")
+    index = header.index(target)
+    features = [name for name in header if name != target]
+    if not features:
+        raise InputError(f"{path}: no feature columns besides the target {target!r}")
+    X = _numeric_columns(path, body, header, [header.index(f) for f in features])
+    labels = np.array([row[index].strip() for row in body])
+    y, task = _target_and_task(path, target, labels, task)
+    return Dataset(path.name, X, y, task, features)
+
+
+def _numeric_columns(path, body, header, columns) -> np.ndarray:
+    X = np.empty((len(body), len(columns)))
+    for j, column in enumerate(columns):
+        for i, row in enumerate(body):
+            try:
+                X[i, j] = float(row[column])
+            except ValueError:
+                raise InputError(
+                    f"{path}, line {i + 2}, column {header[column]!r}: {row[column]!r} is not a "
+                    "number; every feature column must be numeric (encode categories as "
+                    "numbers, drop text columns, fill missing values)") from None
+    if not np.all(np.isfinite(X)):
+        raise InputError(f"{path}: features contain nan or inf; every value must be finite")
+    return X
+
+
+def _target_and_task(path, target, labels, task) -> tuple[np.ndarray, str]:
+    if np.any(labels == ""):
+        raise InputError(f"{path}: column {target!r} has empty cells; every row needs a target")
+    try:
+        values = labels.astype(np.float64)
+    except ValueError:
+        if task == "regression":
+            raise InputError(f"{path}: column {target!r} is not numeric, so it cannot be a "
+                             "regression target; use --task classification") from None
+        return labels, "classification"
+    if task == "auto":
+        few_integers = (np.all(values == np.round(values))
+                        and len(np.unique(values)) <= _MAX_AUTO_CLASSES)
+        task = "classification" if few_integers else "regression"
+    if task == "classification":
+        return labels, task
+    if not np.all(np.isfinite(values)):
+        raise InputError(f"{path}: column {target!r} contains nan or inf")
+    return values, task
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@contextmanager
+def _progress(total: int):
+    """A stage-by-stage progress bar on a terminal; silent when output is redirected."""
+    if not sys.stderr.isatty():
+        yield lambda description: None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, file=sys.stderr, leave=False, bar_format="{desc} [{elapsed}]")
+
+    def step(description: str) -> None:
+        bar.set_description_str(description)
+        bar.update(1)
+
+    try:
+        yield step
+    finally:
+        bar.close()
+
+
+def parse_times(text: str) -> np.ndarray:
+    """Comma-separated non-negative finite times ('inf' is always added by the caller)."""
+    try:
+        times = np.array([float(part) for part in text.split(",") if part.strip()])
+    except ValueError:
+        raise InputError(f"--times must be comma-separated numbers, e.g. {DEFAULT_TIMES}; "
+                         f"got {text!r}") from None
+    if np.any(np.isnan(times)) or np.any(times < 0):
+        raise InputError(f"--times must be >= 0, got {text!r}")
+    return np.unique(times[np.isfinite(times)])
+
+
+def _metrics(task: str, truth, outputs, classes=None) -> dict[str, float]:
+    """Loss (½ mean squared error on the training targets' scale) and accuracy or R²."""
+    if task == "classification":
+        one_hot = (truth[:, None] == classes[None, :]).astype(float)
+        loss = 0.5 * np.mean((outputs - one_hot) ** 2)
+        accuracy = np.mean(classes[np.argmax(outputs, axis=1)] == truth)
+        return {"loss": loss, "accuracy": accuracy}
+    residual = outputs - truth
+    return {"loss": 0.5 * np.mean(residual**2),
+            "r2": 1.0 - np.sum(residual**2) / np.sum((truth - truth.mean()) ** 2)}
+
+
+@dataclass
+class Run:
+    """Outputs of one fit, at every time (last row: t = ∞)."""
+
+    times: np.ndarray
+    train: np.ndarray
+    test: np.ndarray
+    estimator: object
+
+
+def _fit_and_trace(args, data: Dataset, split, times: np.ndarray, step) -> Run:
+    from ..estimators import NTKClassifier, NTKRegressor
+
+    X_train, X_test, y_train, y_test = split
+    cls = NTKClassifier if data.task == "classification" else NTKRegressor
+    estimator = cls(args.arch, kernel=args.kernel, learning_rate=args.learning_rate,
+                    diag_reg=args.diag_reg, verbose=sys.stderr.isatty())
+    step(f"kernel on {len(X_train)} training samples")
+    estimator.fit(X_train, y_train)
+    all_times = np.append(times, np.inf)
+    step("eigendecomposition and training-set trajectory")
+    train = estimator.ensemble_.predict_train(all_times).mean
+    step(f"predictions on {len(X_test)} test samples")
+    test = estimator.ensemble_.predict(
+        getattr(estimator.network_, estimator.ensemble_.kernel)(X_test, X_train), all_times).mean
+    if data.task == "classification":  # back from centred to one-hot scale
+        train, test = train + 1 / len(estimator.classes_), test + 1 / len(estimator.classes_)
+    return Run(all_times, train, test, estimator)
+
+
+def _standardise(split, task):
+    """Features to zero mean, unit variance (training statistics); regression targets too."""
+    from sklearn.preprocessing import StandardScaler
+
+    X_train, X_test, y_train, y_test = split
+    scaler = StandardScaler().fit(X_train)
+    X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
+    if task == "regression":
+        centre, scale = y_train.mean(), y_train.std() or 1.0
+        y_train, y_test = (y_train - centre) / scale, (y_test - centre) / scale
+    return X_train, X_test, y_train, y_test
+
+
+def _split(data: Dataset, args):
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < args.test_size < 1:
+        raise InputError(f"--test-size must be between 0 and 1, got {args.test_size}")
+    stratify = data.y if data.task == "classification" else None
+    try:
+        split = train_test_split(data.X, data.y, test_size=args.test_size,
+                                 random_state=args.seed, stratify=stratify)
+    except ValueError as err:
+        raise InputError(f"cannot split {data.name} into train and test sets: {err}") from None
+    return _standardise(split, data.task)
+
+
+# ----------------------------------------------------------------------------- report
+
+def _kernel_summary(estimator, data: Dataset, n_train: int, n_test: int) -> list[str]:
+    ensemble = estimator.ensemble_
+    evals = ensemble.factor.eigensystem[0]
+    lines = [f"architecture  {estimator.architecture()}",
+             f"data          {data.name}: {data.task}, {data.X.shape[1]} features, "
+             f"{n_train} train / {n_test} test samples"
+             + (f", {len(estimator.classes_)} classes" if data.task == "classification" else ""),
+             f"kernel        {ensemble.kernel.upper()} "
+             f"({'all layers trained' if ensemble.kernel == 'ntk' else 'readout only'}), "
+             f"mean diagonal {np.mean(np.diag(ensemble.k_train_train)):.4g}, eigenvalues "
+             f"{evals[0]:.3g} .. {evals[-1]:.3g}, diag_reg {ensemble.effective_diag_reg:.3g}"]
+    formula = getattr(estimator.network_, "formula", None)
+    if callable(formula):
+        text = str(formula(ensemble.kernel))
+        lines.append(f"formula       {text if len(text) <= 600 else text[:600] + ' ...'}")
+    return lines
+
+
+def _table(run: Run, data: Dataset, y_train, y_test) -> list[str]:
+    classes = getattr(run.estimator, "classes_", None)
+    score = "accuracy" if data.task == "classification" else "r2"
+    lines = [f"{'time':>10}  {'train loss':>11}  {'train ' + score:>14}  "
+             f"{'test loss':>11}  {'test ' + score:>13}"]
+    for i, t in enumerate(run.times):
+        train = _metrics(data.task, y_train, run.train[i], classes)
+        test = _metrics(data.task, y_test, run.test[i], classes)
+        lines.append(f"{'inf' if np.isinf(t) else f'{t:g}':>10}  {train['loss']:>11.4g}  "
+                     f"{train[score]:>14.4f}  {test['loss']:>11.4g}  {test[score]:>13.4f}")
+    return lines
+
+
+def _plot(path: Path, args, data: Dataset, run: Run, y_train, y_test) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = getattr(run.estimator, "classes_", None)
+    score = "accuracy" if data.task == "classification" else "r2"
+    finite = np.isfinite(run.times)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for outputs, truth, label in ((run.train, y_train, "train"), (run.test, y_test, "test")):
+        metrics = [_metrics(data.task, truth, o, classes) for o in outputs]
+        for axis, key in zip(axes, ("loss", score)):
+            values = np.array([m[key] for m in metrics])
+            line, = axis.plot(run.times[finite], values[finite], label=label)
+            axis.axhline(values[~finite][0], color=line.get_color(), linestyle="--",
+                         linewidth=0.8, label=f"{label}, t = inf")
+    for axis, key in zip(axes, ("loss (½ MSE)", "accuracy" if score == "accuracy" else "R²")):
+        axis.set_xscale("log")
+        axis.set_xlabel(f"training time t (steps at learning rate {args.learning_rate:g})")
+        axis.set_ylabel(key)
+        axis.legend()
+    figure.suptitle(f"{data.name}: {args.kernel.upper()} ensemble of {args.arch}", fontsize=9)
+    try:
+        figure.savefig(path, dpi=120)
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {err.strerror}") from None
+    finally:
+        plt.close(figure)
+
+
+def run(args) -> int:
+    """Load the data, fit, print the kernel summary and metrics, plot if asked."""
+    if args.data is None and (args.target is not None or args.task != "auto"):
+        raise InputError("--target and --task are for --data FILE.csv")
+    data = (load_csv(args.data, args.target, args.task) if args.data is not None
+            else load_bundled(args.dataset or DEFAULT_DATASET))
+    times = parse_times(args.times)
+    plot_times = np.unique(np.concatenate([times, np.geomspace(0.1, 1e5, 61)])) \
+        if args.plot else times
+    with _progress(total=3) as step:
+        X_train, X_test, y_train, y_test = _split(data, args)
+        trace = _fit_and_trace(args, data, (X_train, X_test, y_train, y_test), plot_times, step)
+    report = [*_kernel_summary(trace.estimator, data, len(X_train), len(X_test)), ""]
+    keep = np.isin(trace.times, np.append(times, np.inf))
+    table_run = Run(trace.times[keep], trace.train[keep], trace.test[keep], trace.estimator)
+    report += _table(table_run, data, y_train, y_test)
+    if data.task == "regression":
+        report.append("(regression targets standardised with training mean and std; "
+                      "loss in those units)")
+    print("\n".join(report))
+    if args.plot:
+        _plot(args.plot, args, data, trace, y_train, y_test)
+        print(f"plot saved to {args.plot}")
+    return 0
