@@ -43,7 +43,7 @@ __all__ = ["ArchTemplate", "NTKRegressor", "NTKClassifier", "DEFAULT_ARCH"]
 DEFAULT_ARCH = "(Dense(512, W_std=1.5, b_std=0.05) > Relu) * 2 > Dense(1, W_std=1.5, b_std=0.05)"
 
 # Rows of test inputs per kernel evaluation: bounds memory at BATCH × N floats.
-_BATCH = 1024
+_BATCH = 512
 
 
 def _validate(estimator, *args, **kwargs):
@@ -193,8 +193,16 @@ class _NTKEstimator(BaseEstimator):
 
             starts = tqdm(starts, desc=desc or f"{which} kernel", unit="block",
                           disable=not sys.stderr.isatty(), leave=False)
-        blocks = [fn(X[s:s + _BATCH], X if X2 is None else X2) for s in starts]
-        return np.concatenate(blocks, axis=0)
+        if X2 is not None:
+            return np.concatenate([fn(X[s:s + _BATCH], X2) for s in starts], axis=0)
+        rows = []
+        for s in starts:
+            block, before, after = X[s:s + _BATCH], X[:s], X[s + _BATCH:]
+            # x2=None on the diagonal block lets the network pair each point with itself exactly
+            parts = [fn(block, before) if len(before) else None, fn(block),
+                     fn(block, after) if len(after) else None]
+            rows.append(np.concatenate([p for p in parts if p is not None], axis=1))
+        return np.concatenate(rows, axis=0)
 
     def _fit_targets(self, X, targets) -> None:
         """Compile, evaluate the training kernel once and factorise it (lazily) for predict."""

@@ -187,14 +187,14 @@ class _RegularisedKernel:
 
         τ = ∞ gives ``K⁻¹ rhs``; τ = 0 gives zeros.
         """
-        evals, evecs = self.eigensystem
-        # -expm1(-λτ)/λ keeps precision for small λτ, where 1 − exp(−λτ) would cancel.
-        gains = -np.expm1(-np.outer(scaled_times, evals)) / evals
+        evecs = self.eigensystem[1]
+        gains = self.flow_in_eigenbasis(scaled_times)
         return np.einsum("ji,ti,ip->tjp", evecs, gains, evecs.T @ rhs, optimize=True)
 
     def flow_in_eigenbasis(self, scaled_times: np.ndarray) -> np.ndarray:
         """The gains ``(1 − exp(−λτ))/λ`` per time and eigenvalue, shape (T, N)."""
-        evals, _ = self.eigensystem
+        evals = self.eigensystem[0]
+        # -expm1(-λτ)/λ keeps precision for small λτ, where 1 − exp(−λτ) would cancel.
         return -np.expm1(-np.outer(scaled_times, evals)) / evals
 
 

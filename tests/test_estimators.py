@@ -275,3 +275,14 @@ def test_bad_template_and_predict_inputs(regression_data):
         reg.predict(X_test, return_std=True, return_cov=True)
     with pytest.raises(InputError, match="only one class"):
         NTKClassifier(ReluKernel()).fit(X, np.zeros(30))
+
+
+def test_training_kernel_in_blocks_equals_one_evaluation(monkeypatch):
+    import ntkdsl.estimators as estimators
+
+    X = np.random.default_rng(7).normal(size=(11, 3))
+    y = X[:, 0]
+    kern = ReluKernel()
+    monkeypatch.setattr(estimators, "_BATCH", 4)  # 11 rows: blocks of 4, 4, 3
+    reg = NTKRegressor(kern).fit(X, y)
+    np.testing.assert_allclose(reg.ensemble_.k_train_train, kern.ntk(X), rtol=1e-14)
