@@ -334,3 +334,37 @@ def test_bad_test_kernels_raise(small_problem):
         ensemble.predict_train(1.0, compute_cov=True)
     with pytest.raises(InputError, match="finite"):
         ensemble.predict(np.full((4, 6), np.nan))
+
+
+def test_ntk_reference_differs_from_ours_only_by_its_kernel_diagonal(case, kernels):
+    """Explains the NTK tolerance above, and then holds NTK entries to 1e-8 entrywise.
+
+    Fit a relative perturbation of the diagonal of our (exact) training NTK to the reference
+    means at t = 1 ... ∞ (linearised, 20 unknowns, 70 equations). If the solver agreed with
+    neural-tangents' only up to that kernel error, the fit leaves no residual, the
+    perturbation is of the size DESIGN §5 states, and with it every NTK mean and covariance —
+    the covariances were not used in the fit — matches entrywise.
+    """
+    entries = [e for e in case["gradient_flow"] if e["get"] == "ntk" and e["t"] != 0.0]
+    times = np.array([np.inf if e["t"] is None else e["t"] for e in entries])
+    want = np.concatenate([np.ravel(e["mean"]) for e in entries])
+    y, reg = np.array(case["y_train"]), case["diag_reg"]
+
+    def predict(relative_diagonal):
+        ntk = kernels["ntk_dd"] * (1 + np.diag(relative_diagonal))
+        ensemble = gradient_descent_mse_ensemble(ntk, y, nngp_train_train=kernels["nngp_dd"],
+                                                 diag_reg=reg)
+        return ensemble.predict(kernels["ntk_td"], times, nngp_test_train=kernels["nngp_td"],
+                                nngp_test_test=kernels["nngp_tt"])
+
+    base = np.ravel(predict(np.zeros(20)).mean)
+    step = 1e-6
+    jacobian = np.stack([(np.ravel(predict(step * unit).mean) - base) / step
+                         for unit in np.eye(20)], axis=1)
+    delta = np.linalg.lstsq(jacobian, want - base, rcond=None)[0]
+    assert np.max(np.abs(want - base - jacobian @ delta)) < 1e-12
+    assert np.max(np.abs(delta)) < 1e-8  # neural-tangents' arccos error near 1
+    mean, cov = predict(delta)
+    for entry, got_mean, got_cov in zip(entries, mean, cov):
+        assert max_relative_error(got_mean, entry["mean"]) < RTOL
+        assert max_relative_error(got_cov, entry["cov"]) < RTOL
