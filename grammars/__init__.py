@@ -1,0 +1,1 @@
+"""The Lark grammars of ntkdsl: the single source of its syntax (loaded as package data)."""

@@ -1,0 +1,212 @@
+"""The activation registry: one entry per activation.
+
+An entry is φ as a sympy expression in ``x`` and, where one is known, the closed-form dual
+Γ(q1, q2, k) = E[φ(u) φ(v)] for (u, v) ~ N(0, [[q1, k], [k, q2]]). The NTK factor
+Γ̇ = E[φ'(u) φ'(v)] is never written by hand: it is ∂Γ/∂k (Price's theorem), taken
+symbolically by the derivation — except for activations whose derivative is zero almost
+everywhere (Sign, steps), where Γ̇ = 0 as automatic differentiation of a finite network
+gives (``zero_derivative``).
+
+To add an activation, add one ``register(Activation(...))`` call below.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable
+
+import sympy as sp
+
+from .params import Param
+from .symbolic import Pair, exact, polynomial_dual
+
+x = sp.Symbol("x", real=True)
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """One registry entry. ``phi(**params)`` gives φ in ``x``; ``dual(pair, **params)`` gives
+    Γ in closed form, or is None when no closed form is known."""
+
+    name: str
+    params: tuple[Param, ...]
+    phi: Callable[..., sp.Expr]
+    dual: Callable[..., sp.Expr] | None = None
+    # ∂Γ/∂k written out, only where plain differentiation leaves a removable 0/0.
+    dual_dot: Callable[..., sp.Expr] | None = None
+    zero_derivative: Callable[..., bool] = field(default=lambda **_: False)
+    aliases: tuple[str, ...] = ()
+    doc: str = ""
+
+
+REGISTRY: dict[str, ActivationSpec] = {}
+
+
+def register(spec: ActivationSpec) -> ActivationSpec:
+    for name in (spec.name, *spec.aliases):
+        REGISTRY[name.lower()] = spec
+    return spec
+
+
+def lookup(name: str) -> ActivationSpec | None:
+    """The entry for ``name`` (case-insensitive), or None."""
+    return REGISTRY.get(name.lower())
+
+
+# ---------------------------------------------------------------------------------------
+# Closed-form duals
+# ---------------------------------------------------------------------------------------
+
+def abrelu_dual(p: Pair, a: Any, b: Any) -> sp.Expr:
+    """φ = a·min(x, 0) + b·max(x, 0): the arc-cosine kernel of order 1, generalised."""
+    a, b = exact(a), exact(b)
+    c = p.c
+    return p.norm * ((a - b) ** 2 / (2 * sp.pi) * p.sin_theta
+                     + ((a ** 2 + b ** 2) / 2 - (a - b) ** 2 * p.theta / (2 * sp.pi)) * c)
+
+
+_THETA, _C = sp.Symbol("theta"), sp.Symbol("c")
+
+
+@lru_cache(maxsize=None)
+def _arccos_j(n: int) -> tuple[sp.Expr, sp.Expr]:
+    """Cho & Saul's J_n(θ) and −J_n'(θ)/sin θ, both as functions of c = cos θ (symbol c).
+
+    The second is the θ-route to ∂/∂k (dθ/dk = −1 / (sqrt(q1 q2) sin θ)): simplifying in θ
+    cancels the 1/sin θ that differentiating in k leaves behind, which would be 0/0 at c = ±1.
+    """
+    f = (sp.pi - _THETA) / sp.sin(_THETA)
+    for _ in range(n):
+        f = sp.diff(f, _THETA) / sp.sin(_THETA)
+    j = sp.simplify((-1) ** n * sp.sin(_THETA) ** (2 * n + 1) * f)
+    dj = sp.simplify(-sp.diff(j, _THETA) / sp.sin(_THETA))
+
+    def in_c(e: sp.Expr) -> sp.Expr:
+        return sp.expand(sp.expand(sp.expand_trig(e)).subs(_THETA, sp.acos(_C)))
+
+    return in_c(j), in_c(dj)
+
+
+def rectified_monomial_dual(p: Pair, degree: int) -> sp.Expr:
+    """E[relu(u)^n relu(v)^n] = (q1 q2)^(n/2) J_n(θ) / (2π)."""
+    return p.norm ** degree * _arccos_j(degree)[0].subs(_C, p.c) / (2 * sp.pi)
+
+
+def rectified_monomial_dual_dot(p: Pair, degree: int) -> sp.Expr:
+    """∂Γ/∂k for RectifiedMonomial, differentiated in θ (see _arccos_j)."""
+    return p.norm ** (degree - 1) * _arccos_j(degree)[1].subs(_C, p.c) / (2 * sp.pi)
+
+
+def erf_dual(p: Pair, a: Any, b: Any, c: Any) -> sp.Expr:
+    a, b, c = exact(a), exact(b), exact(c)
+    scale = 2 * b ** 2
+    return (2 * a ** 2 / sp.pi * sp.asin(scale * p.k / sp.sqrt((1 + scale * p.q1) * (1 + scale * p.q2)))
+            + c ** 2)
+
+
+def _cos_moments(p: Pair, b: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
+    """(E[cos(b(u - v))], E[cos(b(u + v))]) — the Gaussian characteristic function."""
+    minus = sp.exp(-b ** 2 * (p.q1 + p.q2 - 2 * p.k) / 2)
+    plus = sp.exp(-b ** 2 * (p.q1 + p.q2 + 2 * p.k) / 2)
+    return minus, plus
+
+
+def sin_dual(p: Pair, a: Any, b: Any, c: Any) -> sp.Expr:
+    a, b, c = exact(a), exact(b), exact(c)
+    minus, plus = _cos_moments(p, b)
+    return a ** 2 / 2 * (minus - plus * sp.cos(2 * c))
+
+
+def cos_dual(p: Pair, a: Any, b: Any, c: Any) -> sp.Expr:
+    a, b, c = exact(a), exact(b), exact(c)
+    minus, plus = _cos_moments(p, b)
+    return a ** 2 / 2 * (minus + plus * sp.cos(2 * c))
+
+
+def exp_dual(p: Pair, a: Any, b: Any) -> sp.Expr:
+    a, b = exact(a), exact(b)
+    return a ** 2 * sp.exp(b ** 2 * (p.q1 + p.q2 + 2 * p.k) / 2)
+
+
+def gaussian_dual(p: Pair, a: Any, b: Any) -> sp.Expr:
+    """φ = a·exp(b x²): E = a² / sqrt(det(I − 2b Σ))."""
+    a, b = exact(a), exact(b)
+    return a ** 2 / sp.sqrt((1 - 2 * b * p.q1) * (1 - 2 * b * p.q2) - 4 * b ** 2 * p.k ** 2)
+
+
+def gelu_dual(p: Pair) -> sp.Expr:
+    """φ = x Φ(x), the exact (erf) Gelu; neural-tangents uses this dual for both values of
+    ``approximate``."""
+    outer = (1 + p.q1) * (1 + p.q2)
+    delta = sp.sqrt(outer - p.k ** 2)
+    return (p.k / 4 + ((p.k ** 2 + p.q1 * p.q2 * delta ** 2) / (outer * delta)
+                       + p.k * sp.asin(p.k / sp.sqrt(outer))) / (2 * sp.pi))
+
+
+def sign_dual(p: Pair) -> sp.Expr:
+    return 2 / sp.pi * sp.asin(p.c)
+
+
+# ---------------------------------------------------------------------------------------
+# The entries (names, parameters and defaults as in neural-tangents' stax)
+# ---------------------------------------------------------------------------------------
+
+def _degree_check(v: int) -> str | None:
+    return None if v >= 0 else "must be a whole number >= 0"
+
+
+_ABC = (Param("a", "float", 1.0), Param("b", "float", 1.0), Param("c", "float", 0.0))
+
+register(ActivationSpec(
+    "Relu", (), phi=lambda: sp.Max(x, 0), dual=lambda p: abrelu_dual(p, 0, 1),
+    doc="max(x, 0)"))
+register(ActivationSpec(
+    "LeakyRelu", (Param("alpha", "float"),),
+    phi=lambda alpha: sp.Max(x, 0) + exact(alpha) * sp.Min(x, 0),
+    dual=lambda p, alpha: abrelu_dual(p, alpha, 1), doc="max(x, 0) + alpha·min(x, 0)"))
+register(ActivationSpec(
+    "ABRelu", (Param("a", "float"), Param("b", "float")),
+    phi=lambda a, b: exact(a) * sp.Min(x, 0) + exact(b) * sp.Max(x, 0),
+    dual=abrelu_dual, doc="a·min(x, 0) + b·max(x, 0)"))
+register(ActivationSpec(
+    "Abs", (), phi=lambda: sp.Abs(x), dual=lambda p: abrelu_dual(p, -1, 1), doc="|x|"))
+register(ActivationSpec(
+    "Erf", _ABC, phi=lambda a, b, c: exact(a) * sp.erf(exact(b) * x) + exact(c),
+    dual=erf_dual, doc="a·erf(b·x) + c"))
+register(ActivationSpec(
+    "Sin", _ABC, phi=lambda a, b, c: exact(a) * sp.sin(exact(b) * x + exact(c)),
+    dual=sin_dual, doc="a·sin(b·x + c)"))
+register(ActivationSpec(
+    "Cos", _ABC, phi=lambda a, b, c: exact(a) * sp.cos(exact(b) * x + exact(c)),
+    dual=cos_dual, doc="a·cos(b·x + c)"))
+register(ActivationSpec(
+    "Exp", (Param("a", "float", 1.0), Param("b", "float", 1.0)),
+    phi=lambda a, b: exact(a) * sp.exp(exact(b) * x), dual=exp_dual, doc="a·exp(b·x)"))
+register(ActivationSpec(
+    "Gaussian", (Param("a", "float", 1.0), Param("b", "float", -1.0)),
+    phi=lambda a, b: exact(a) * sp.exp(exact(b) * x ** 2), dual=gaussian_dual,
+    doc="a·exp(b·x²)"))
+register(ActivationSpec(
+    "Gelu", (Param("approximate", "bool", False),),
+    phi=lambda approximate: (x / 2 * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + exact(0.044715) * x ** 3)))
+                             if approximate else x / 2 * (1 + sp.erf(x / sp.sqrt(2)))),
+    # The tanh approximation has no closed-form dual (neural-tangents reuses the exact
+    # one for it; ntkdsl gives the kernel of the function actually written).
+    dual=lambda p, approximate: None if approximate else gelu_dual(p),
+    doc="x·Φ(x); approximate=True: the tanh approximation"))
+register(ActivationSpec(
+    "Sign", (), phi=lambda: sp.sign(x), dual=sign_dual, zero_derivative=lambda: True,
+    doc="sign(x); its derivative is 0 almost everywhere, so it adds nothing to the NTK"))
+register(ActivationSpec(
+    "Monomial", (Param("degree", "int", check=_degree_check),),
+    phi=lambda degree: x ** degree,
+    dual=lambda p, degree: polynomial_dual([0] * degree + [1], p), doc="x^degree"))
+register(ActivationSpec(
+    "RectifiedMonomial", (Param("degree", "int", check=_degree_check),),
+    phi=lambda degree: sp.Heaviside(x, 1) if degree == 0 else sp.Max(x, 0) ** degree,
+    dual=rectified_monomial_dual, dual_dot=rectified_monomial_dual_dot, zero_derivative=lambda degree: degree == 0,
+    doc="max(x, 0)^degree (a step for degree 0)"))
+register(ActivationSpec(
+    "Polynomial", (Param("coef", "floats"),),
+    phi=lambda coef: sum(exact(a) * x ** i for i, a in enumerate(coef)),
+    dual=lambda p, coef: polynomial_dual(coef, p), doc="Σ coef[i]·x^i"))

@@ -1,0 +1,115 @@
+"""The typed syntax tree of an architecture: frozen dataclasses, one per construct.
+
+Nodes compare by value; their source position (``span``) rides along for error messages
+but takes no part in equality or hashing, so ``"Relu"`` and ``"relu"`` give equal trees.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from .errors import Span
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Fully-connected layer. ``b_std=None`` means no bias (neural-tangents' default)."""
+
+    width: int
+    W_std: float = 1.0
+    b_std: float | None = None
+    parameterization: str = "ntk"
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        args = [str(self.width)]
+        if self.W_std != 1.0:
+            args.append(f"W_std={self.W_std!r}")
+        if self.b_std is not None:
+            args.append(f"b_std={self.b_std!r}")
+        if self.parameterization != "ntk":
+            args.append(f"parameterization='{self.parameterization}'")
+        return f"Dense({', '.join(args)})"
+
+
+@dataclass(frozen=True)
+class Identity:
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return "Identity"
+
+
+@dataclass(frozen=True)
+class LayerNorm:
+    """Normalisation over features; ``eps`` as in neural-tangents."""
+
+    eps: float = 1e-12
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return "LayerNorm" if self.eps == 1e-12 else f"LayerNorm(eps={self.eps!r})"
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise nonlinearity: a registry name (canonical spelling) and its bound
+    parameters as ``(name, value)`` pairs in signature order; lists become tuples."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def __str__(self) -> str:
+        if not self.params:
+            return self.name
+        return f"{self.name}({', '.join(f'{k}={_fmt(v)}' for k, v in self.params)})"
+
+
+@dataclass(frozen=True)
+class Serial:
+    layers: tuple["Node", ...]
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return " > ".join(_wrap(layer, Sum) for layer in self.layers)
+
+
+@dataclass(frozen=True)
+class Sum:
+    """Branches fed the same input, outputs summed (neural-tangents' FanOut + FanInSum)."""
+
+    branches: tuple["Node", ...]
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return " + ".join(str(b) for b in self.branches)
+
+
+@dataclass(frozen=True)
+class Repeat:
+    body: "Node"
+    times: int
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return f"{_wrap(self.body, (Sum, Serial))} * {self.times}"
+
+
+Node = Union[Dense, Identity, LayerNorm, Activation, Serial, Sum, Repeat]
+
+
+def _wrap(node: Node, loose: type | tuple[type, ...]) -> str:
+    return f"({node})" if isinstance(node, loose) else str(node)

@@ -1,0 +1,1 @@
+"""Subcommands of the ``ntkdsl`` command line, one module each (see ntkdsl.cli)."""

@@ -1,0 +1,251 @@
+"""AST -> kernel program: the symbolic derivation of the NNGP and NTK (DESIGN §2).
+
+Each layer is one small rule mapping the kernel state (q1, q2, k, t) to the next; the rules
+are composed into straight-line ``Program``s with one fresh symbol per layer output, so a
+deep network stays a short program instead of an exponentially large expression.
+
+Two programs come out of one AST:
+* the *pair* program, over (q1, q2, K, T) for two inputs x and x';
+* the *diagonal* program, over (q, t) for x = x', where every correlation is exactly 1
+  (``Corr(q, q, q)`` evaluates to 1), so identical inputs get exact values instead of the
+  arccos(1 − ε) amplification of rounding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import lru_cache, singledispatch
+
+import sympy as sp
+
+from . import activations
+from .ast import Activation, Dense, Identity, LayerNorm, Node, Repeat, Serial, Sum
+from .errors import ArchitectureError
+from .symbolic import Pair, exact
+
+# Input statistics: q1_0 = x·x/d, q2_0 = x'·x'/d, K_0 = x·x'/d; d = number of features.
+D = sp.Symbol("d", positive=True, integer=True)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    target: sp.Symbol
+    expr: sp.Expr
+
+
+@dataclass(frozen=True)
+class Step:
+    """The assignments one layer makes; ``label`` is the layer as written."""
+
+    label: str
+    assignments: tuple[Assignment, ...]
+
+
+@dataclass(frozen=True)
+class Program:
+    """Straight-line symbolic code: inputs, steps in order, outputs (nngp, ntk)."""
+
+    inputs: tuple[sp.Symbol, ...]
+    steps: tuple[Step, ...]
+    outputs: tuple[sp.Expr, sp.Expr]
+
+    def composed(self) -> tuple[sp.Expr, sp.Expr]:
+        """The outputs as expressions in the inputs alone (substituting every step)."""
+        env: dict[sp.Symbol, sp.Expr] = {}
+        for step in self.steps:
+            for a in step.assignments:
+                env[a.target] = a.expr.xreplace(env)
+        return tuple(o.xreplace(env) for o in self.outputs)
+
+
+@dataclass(frozen=True)
+class State:
+    """The kernel state between layers plus what the rules need to check validity."""
+
+    q1: sp.Expr
+    q2: sp.Expr
+    k: sp.Expr
+    t: sp.Expr
+    width: sp.Expr
+    gaussian: bool = False      # pre-activations are Gaussian (after a Dense)
+    dense_ended: bool = False   # last layer was a Dense: independent of sibling branches
+    last: str = "the raw inputs"
+
+
+class _Builder:
+    """Records each layer's new state as fresh symbols (SSA) and collects the steps."""
+
+    def __init__(self, diagonal: bool, source: str):
+        self.diagonal, self.source = diagonal, source
+        self.steps: list[Step] = []
+
+    def commit(self, label: str, old: State, new: State) -> State:
+        index = len(self.steps) + 1
+        names = (("q", "t") if self.diagonal else ("q1", "q2", "K", "T"))
+        fields = ("q1", "t") if self.diagonal else ("q1", "q2", "k", "t")
+        assignments, values = [], {}
+        for name, field in zip(names, fields):
+            expr = getattr(new, field)
+            if expr == getattr(old, field) or expr.is_number or isinstance(expr, sp.Symbol):
+                values[field] = expr
+                continue
+            symbol = sp.Symbol(f"{name}_{index}", positive=name.startswith("q"), real=True)
+            assignments.append(Assignment(symbol, expr))
+            values[field] = symbol
+        if self.diagonal:
+            values["q2"] = values["k"] = values["q1"]
+        if assignments:
+            self.steps.append(Step(label, tuple(assignments)))
+        return replace(new, **values)
+
+    def error(self, message: str, node: Node, hint: str | None = None) -> ArchitectureError:
+        return ArchitectureError(message, source=self.source, span=node.span, hint=hint)
+
+
+# ---------------------------------------------------------------------------------------
+# One rule per construct
+# ---------------------------------------------------------------------------------------
+
+@singledispatch
+def apply(node: Node, state: State, b: _Builder) -> State:
+    raise TypeError(f"no kernel rule for {type(node).__name__}")  # pragma: no cover
+
+
+@apply.register
+def _dense(node: Dense, s: State, b: _Builder) -> State:
+    w2 = exact(node.W_std) ** 2
+    bias2 = exact(node.b_std) ** 2 if node.b_std is not None else 0
+
+    def affine(m: sp.Expr) -> sp.Expr:
+        return w2 * m + bias2
+
+    k = affine(s.k)
+    if node.parameterization == "standard":
+        # Gradients of W (scaled by 1/sqrt(n_in) at initialisation) see n_in times the
+        # incoming covariance; a bias, present whenever b_std is given, adds 1.
+        t = s.width * s.k + w2 * s.t + (1 if node.b_std is not None else 0)
+    else:
+        t = k + w2 * s.t
+    new = State(affine(s.q1), affine(s.q2), k, t, sp.Integer(node.width), True, True, "Dense")
+    return b.commit(str(node), s, new)
+
+
+@lru_cache(maxsize=None)
+def dual_maps(node: Activation) -> tuple[sp.Expr, sp.Expr, str]:
+    """(Γ, Γ̇, route) for an activation, in the placeholder pair (Q1, Q2, K)."""
+    spec = activations.lookup(node.name)
+    gamma = spec.dual(_PLACEHOLDER, **node.kwargs) if spec.dual else None
+    if gamma is None:
+        return None, None, "none"
+    if spec.zero_derivative(**node.kwargs):
+        gamma_dot = sp.S.Zero
+    elif spec.dual_dot is not None:
+        gamma_dot = spec.dual_dot(_PLACEHOLDER, **node.kwargs)
+    else:
+        gamma_dot = sp.diff(gamma, _PLACEHOLDER.k)  # Price's theorem
+    return gamma, gamma_dot, "closed form"
+
+
+_PLACEHOLDER = Pair(sp.Symbol("Q1", positive=True), sp.Symbol("Q2", positive=True),
+                    sp.Symbol("K", real=True))
+
+
+def _at(expr: sp.Expr, q1: sp.Expr, q2: sp.Expr, k: sp.Expr) -> sp.Expr:
+    p = _PLACEHOLDER
+    return expr.xreplace({p.q1: q1, p.q2: q2, p.k: k})
+
+
+@apply.register
+def _activation(node: Activation, s: State, b: _Builder) -> State:
+    if not s.gaussian:
+        if s.last == "the raw inputs":
+            raise b.error(f"{node.name} is applied to the raw inputs; an activation needs "
+                          "Gaussian pre-activations", node,
+                          hint=f"put a Dense before it, e.g. Dense(512) > {node}")
+        raise b.error(f"{node.name} follows {s.last} directly; two activations in a row "
+                      "are not supported yet", node,
+                      hint=f"put a Dense between them, e.g. {s.last} > Dense(512) > {node}")
+    gamma, gamma_dot, route = dual_maps(node)
+    if gamma is None:
+        raise b.error(f"{node.name} has no closed-form dual kernel", node,
+                      hint="activations with closed forms: " + ", ".join(_closed_form_names()))
+    new = State(_at(gamma, s.q1, s.q1, s.q1), _at(gamma, s.q2, s.q2, s.q2),
+                _at(gamma, s.q1, s.q2, s.k), s.t * _at(gamma_dot, s.q1, s.q2, s.k),
+                s.width, False, False, node.name)
+    return b.commit(str(node), s, new)
+
+
+def _closed_form_names() -> list[str]:
+    return sorted({spec.name for spec in activations.REGISTRY.values() if spec.dual})
+
+
+@apply.register
+def _identity(node: Identity, s: State, b: _Builder) -> State:
+    return s
+
+
+@apply.register
+def _layer_norm(node: LayerNorm, s: State, b: _Builder) -> State:
+    eps = exact(node.eps)
+    scale = sp.sqrt((eps + s.q1) * (eps + s.q2))
+    new = replace(s, q1=s.q1 / (eps + s.q1), q2=s.q2 / (eps + s.q2), k=s.k / scale,
+                  t=s.t / scale, dense_ended=False)
+    return b.commit(str(node), s, new)
+
+
+@apply.register
+def _serial(node: Serial, s: State, b: _Builder) -> State:
+    for layer in node.layers:
+        s = apply(layer, s, b)
+    return s
+
+
+@apply.register
+def _repeat(node: Repeat, s: State, b: _Builder) -> State:
+    for _ in range(node.times):
+        s = apply(node.body, s, b)
+    return s
+
+
+@apply.register
+def _sum(node: Sum, s: State, b: _Builder) -> State:
+    outs = [apply(branch, s, b) for branch in node.branches]
+    free = [i for i, o in enumerate(outs) if not o.dense_ended]
+    if len(free) > 1:
+        i, j = free[0], free[1]
+        raise b.error(
+            f"branches {i + 1} and {j + 1} of this sum are correlated (neither ends in a "
+            "Dense), so their kernels do not add", node,
+            hint="every branch but one must end in its own Dense (the one may be Identity), "
+                 "e.g. Relu > Dense(512) + Identity")
+    widths = {o.width for o in outs if o.width.is_Integer}
+    if len(widths) > 1:
+        raise b.error("branches of a sum must have the same width, got "
+                      + ", ".join(str(w) for w in sorted(widths)), node)
+    width = widths.pop() if widths else s.width
+    new = State(sum(o.q1 for o in outs), sum(o.q2 for o in outs), sum(o.k for o in outs),
+                sum(o.t for o in outs), width, all(o.gaussian for o in outs),
+                False, "a sum")
+    return b.commit(str(node), s, new)
+
+
+# ---------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------
+
+PAIR_INPUTS = (sp.Symbol("q1_0", positive=True), sp.Symbol("q2_0", positive=True),
+               sp.Symbol("K_0", real=True))
+DIAG_INPUT = sp.Symbol("q_0", positive=True)
+
+
+def derive(ast: Node, source: str = "", diagonal: bool = False) -> Program:
+    """The pair (or diagonal) kernel program of an architecture."""
+    builder = _Builder(diagonal, source)
+    if diagonal:
+        start = State(DIAG_INPUT, DIAG_INPUT, DIAG_INPUT, sp.S.Zero, D)
+        inputs = (DIAG_INPUT, D)
+    else:
+        start = State(*PAIR_INPUTS, sp.S.Zero, D)
+        inputs = (*PAIR_INPUTS, D)
+    end = apply(ast, start, builder)
+    outputs = (end.q1 if diagonal else end.k, end.t)
+    return Program(inputs, tuple(builder.steps), outputs)

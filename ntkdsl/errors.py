@@ -1,0 +1,98 @@
+"""ntkdsl's exceptions: one base class, one subclass per kind of mistake.
+
+Every error a user can cause is one of these. Errors about a piece of an architecture
+string carry its position and render the offending line with a caret underneath, so a
+message always says *where* the problem is and *what would be valid*.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Span:
+    """A region of source text: 1-based line and column, 0-based character offsets."""
+
+    line: int
+    column: int
+    start: int
+    end: int
+
+
+class NTKDSLError(Exception):
+    """Base class of every exception ntkdsl raises on purpose."""
+
+    def __init__(self, message: str, *, source: str | None = None, span: Span | None = None,
+                 hint: str | None = None):
+        self.message = message
+        self.source = source
+        self.span = span
+        self.hint = hint
+        super().__init__(self._render())
+
+    @property
+    def line(self) -> int | None:
+        return self.span.line if self.span else None
+
+    @property
+    def column(self) -> int | None:
+        return self.span.column if self.span else None
+
+    def _render(self) -> str:
+        parts = []
+        if self.span is not None:
+            parts.append(f"line {self.span.line}, column {self.span.column}: {self.message}")
+        else:
+            parts.append(self.message)
+        if self.source is not None and self.span is not None:
+            parts.append(caret_excerpt(self.source, self.span))
+        if self.hint:
+            parts.append(self.hint)
+        return "\n".join(parts)
+
+
+def caret_excerpt(source: str, span: Span) -> str:
+    """The source line holding ``span`` with carets under the spanned characters."""
+    lines = source.split("\n")
+    text = lines[span.line - 1] if 0 < span.line <= len(lines) else ""
+    line_start = sum(len(l) + 1 for l in lines[: span.line - 1])
+    width = max(1, min(span.end, line_start + len(text)) - span.start)
+    return f"    {text}\n    {' ' * (span.column - 1)}{'^' * width}"
+
+
+class ArchitectureSyntaxError(NTKDSLError, SyntaxError):
+    """The architecture string (or an Fn expression) does not follow the grammar."""
+
+
+class UnknownLayerError(NTKDSLError, NameError):
+    """A layer name that is not in the registry."""
+
+
+class LayerArgumentError(NTKDSLError, TypeError):
+    """A layer got an unknown, missing, duplicated or mistyped argument."""
+
+
+class LayerValueError(NTKDSLError, ValueError):
+    """A layer argument has the right type but an invalid value (negative std, bad degree...)."""
+
+
+class ArchitectureError(NTKDSLError, ValueError):
+    """The architecture parses but has no well-defined infinite-width kernel as written
+    (an activation on raw inputs, correlated branches, ...)."""
+
+
+class ExpressionError(NTKDSLError, ValueError):
+    """An activation expression (Fn) that is not a real function of x with finite
+    Gaussian moments."""
+
+
+class InputError(NTKDSLError, ValueError):
+    """Input arrays of the wrong shape, dtype or with non-finite values."""
+
+
+class NumericalError(NTKDSLError, ArithmeticError):
+    """A computation that cannot be carried out reliably (singular kernel, overflow...)."""
+
+
+class ShapeError(InputError):
+    """Arrays whose shapes do not fit together."""

@@ -1,0 +1,121 @@
+"""Symbolic building blocks shared by the dual activations and the derivation.
+
+``Corr(k, q1, q2)`` is the correlation k / sqrt(q1 q2) as one sympy function, so that
+(1) it evaluates to exactly 1 on the diagonal (k = q1 = q2), which gives the diagonal
+recursion its exact correlation; (2) its derivative in k is known, so Price's theorem
+(Γ̇ = ∂Γ/∂k) is plain symbolic differentiation; (3) the numerical printer can clip it
+to [-1, 1], where rounding would otherwise push arccos/arcsin out of their domain.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import comb, factorial
+
+import sympy as sp
+
+
+class Corr(sp.Function):
+    """Correlation k / sqrt(q1 q2), clipped to [-1, 1] when evaluated numerically."""
+
+    nargs = 3
+
+    @classmethod
+    def eval(cls, k, q1, q2):
+        if q1 == q2 and k == q1:
+            return sp.S.One
+        if q1 == q2 and k == -q1:
+            return sp.S.NegativeOne
+        if all(a.is_number for a in (k, q1, q2)):
+            return sp.Max(-1, sp.Min(1, k / sp.sqrt(q1 * q2)))
+        return None
+
+    def fdiff(self, argindex=1):
+        k, q1, q2 = self.args
+        if argindex == 1:
+            return 1 / sp.sqrt(q1 * q2)
+        return -self / (2 * (q1 if argindex == 2 else q2))
+
+    def as_ratio(self) -> sp.Expr:
+        k, q1, q2 = self.args
+        return k / sp.sqrt(q1 * q2)
+
+    def _sympystr(self, printer):
+        return printer.doprint(self.as_ratio())
+
+    def _latex(self, printer):
+        return printer._print(self.as_ratio())
+
+    def _pretty(self, printer):
+        return printer._print(self.as_ratio())
+
+    def _numpycode(self, printer):
+        return "_corr({})".format(", ".join(printer._print(a) for a in self.args))
+
+    _pythoncode = _numpycode
+
+
+@dataclass(frozen=True)
+class Pair:
+    """The bivariate Gaussian (u, v) ~ N(0, [[q1, k], [k, q2]]) that a dual is a function of,
+    with the derived quantities closed forms are written in."""
+
+    q1: sp.Expr
+    q2: sp.Expr
+    k: sp.Expr
+
+    @property
+    def c(self) -> sp.Expr:
+        """Correlation."""
+        return Corr(self.k, self.q1, self.q2)
+
+    @property
+    def norm(self) -> sp.Expr:
+        """sqrt(q1 q2); k = c * norm."""
+        return sp.sqrt(self.q1 * self.q2)
+
+    @property
+    def theta(self) -> sp.Expr:
+        """Angle between the two inputs, arccos(c)."""
+        return sp.acos(self.c)
+
+    @property
+    def sin_theta(self) -> sp.Expr:
+        return sp.sqrt(1 - self.c ** 2)
+
+
+def exact(value) -> sp.Expr:
+    """A float as the exact decimal it was written as (1.5 -> 3/2, 0.1 -> 1/10), so formulas
+    print as written and squares of standard deviations carry no rounding."""
+    if isinstance(value, sp.Basic):
+        return value
+    if isinstance(value, int):
+        return sp.Integer(value)
+    return sp.Rational(repr(float(value)))
+
+
+def _double_factorial_odd(n: int) -> int:
+    """(n-1)!! for even n: the n-th moment of a standard normal (0 for odd n)."""
+    if n % 2:
+        return 0
+    return factorial(n) // (2 ** (n // 2) * factorial(n // 2))
+
+
+def gaussian_moment(i: int, j: int, pair: Pair) -> sp.Expr:
+    """E[u^i v^j] by Isserlis' theorem: choose m cross pairings (u with v), the remaining
+    u's and v's pair among themselves."""
+    total = sp.S.Zero
+    for m in range(min(i, j) + 1):
+        if (i - m) % 2 or (j - m) % 2:
+            continue
+        ways = comb(i, m) * comb(j, m) * factorial(m)
+        total += (ways * _double_factorial_odd(i - m) * _double_factorial_odd(j - m)
+                  * pair.k ** m * pair.q1 ** ((i - m) // 2) * pair.q2 ** ((j - m) // 2))
+    return total
+
+
+def polynomial_dual(coefficients, pair: Pair) -> sp.Expr:
+    """E[p(u) p(v)] for p(x) = Σ coefficients[i] x^i."""
+    coefs = [exact(a) for a in coefficients]
+    return sp.expand(sum(ci * cj * gaussian_moment(i, j, pair)
+                         for i, ci in enumerate(coefs) if ci != 0
+                         for j, cj in enumerate(coefs) if cj != 0))
