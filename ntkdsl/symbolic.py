@@ -14,10 +14,32 @@ from math import comb, factorial
 import sympy as sp
 
 
-class Corr(sp.Function):
+class KernelFunction(sp.Function):
+    """A sympy function that generated code calls by name. ``helpers()`` gives the source
+    of the Python functions (numpy only) that the call needs, keyed by function name;
+    codegen puts each needed helper once at the top of the generated code."""
+
+    def helpers(self) -> dict[str, str]:
+        return {}
+
+
+_CORR_SOURCE = '''
+def _corr(k, q1, q2):
+    """Correlation k / sqrt(q1 q2), clipped to [-1, 1]; 0 where a variance is 0."""
+    norm = numpy.sqrt(q1 * q2)
+    with numpy.errstate(divide="ignore", invalid="ignore"):
+        c = numpy.where(norm > 0, k / numpy.where(norm > 0, norm, 1.0), 0.0)
+    return numpy.clip(c, -1.0, 1.0)
+'''.lstrip("\n")
+
+
+class Corr(KernelFunction):
     """Correlation k / sqrt(q1 q2), clipped to [-1, 1] when evaluated numerically."""
 
     nargs = 3
+
+    def helpers(self) -> dict[str, str]:
+        return {"_corr": _CORR_SOURCE}
 
     @classmethod
     def eval(cls, k, q1, q2):
@@ -42,8 +64,9 @@ class Corr(sp.Function):
     def _sympystr(self, printer):
         return printer.doprint(self.as_ratio())
 
-    def _latex(self, printer):
-        return printer._print(self.as_ratio())
+    def _latex(self, printer, exp=None):
+        text = printer._print(self.as_ratio())
+        return rf"\left({text}\right)^{{{exp}}}" if exp is not None else text
 
     def _pretty(self, printer):
         return printer._print(self.as_ratio())
