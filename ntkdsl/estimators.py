@@ -228,7 +228,7 @@ class _NTKEstimator(BaseEstimator):
     # scikit-learn pickles estimators (joblib, GridSearchCV): the compiled network may hold
     # generated functions that do not pickle, so it is dropped and recompiled on load.
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: the live estimator keeps its network
         if isinstance(self.arch, (str, ArchTemplate)):
             state.pop("network_", None)
         return state

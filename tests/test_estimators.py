@@ -286,3 +286,13 @@ def test_training_kernel_in_blocks_equals_one_evaluation(monkeypatch):
     monkeypatch.setattr(estimators, "_BATCH", 4)  # 11 rows: blocks of 4, 4, 3
     reg = NTKRegressor(kern).fit(X, y)
     np.testing.assert_allclose(reg.ensemble_.k_train_train, kern.ntk(X), rtol=1e-14)
+
+
+@needs_core
+def test_pickling_a_compiled_estimator_keeps_it_usable(regression_data):
+    X, y, X_test, _ = regression_data
+    reg = NTKRegressor(time=5.0).fit(X, y)
+    before = reg.predict(X_test)
+    restored = pickle.loads(pickle.dumps(reg))
+    np.testing.assert_array_equal(reg.predict(X_test), before)  # the original still works
+    np.testing.assert_allclose(restored.predict(X_test), before, rtol=1e-14)
