@@ -87,6 +87,7 @@ def test_end_to_end_with_compiled_architecture(capsys):
     assert main(["fit", ARCH, "--dataset", "wine", "--times", "10"]) == 0
     out = capsys.readouterr().out
     assert "wine: classification" in out
+    assert "NTK of (Dense(512, W_std=1.5, b_std=0.05) > Relu) * 2" in out  # the derivation
     assert table_rows(out)["inf"][3] > 0.8
 
 

@@ -27,6 +27,7 @@ DATASETS = {  # name: (scikit-learn loader, task)
 }
 DEFAULT_DATASET = "breast_cancer"
 DEFAULT_TIMES = "1,10,100,1000,10000"
+_MAX_FORMULA_LINES = 40
 # Integer targets with at most this many distinct values count as class labels (--task auto).
 _MAX_AUTO_CLASSES = 20
 
@@ -270,8 +271,11 @@ def _kernel_summary(estimator, data: Dataset, n_train: int, n_test: int) -> list
              f"{evals[0]:.3g} .. {evals[-1]:.3g}, diag_reg {ensemble.effective_diag_reg:.3g}"]
     formula = getattr(estimator.network_, "formula", None)
     if callable(formula):
-        text = str(formula(ensemble.kernel))
-        lines.append(f"formula       {text if len(text) <= 600 else text[:600] + ' ...'}")
+        derivation = str(formula(ensemble.kernel)).splitlines()
+        lines += ["", *derivation[:_MAX_FORMULA_LINES]]
+        if len(derivation) > _MAX_FORMULA_LINES:
+            lines.append(f"  ... {len(derivation) - _MAX_FORMULA_LINES} more lines "
+                         "(the full derivation: net.formula() in Python)")
     return lines
 
 
