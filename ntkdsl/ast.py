@@ -80,7 +80,7 @@ class Activation:
 
 @dataclass(frozen=True)
 class Serial:
-    layers: tuple["Node", ...]
+    layers: tuple[Node, ...]
     span: Span | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
@@ -91,7 +91,7 @@ class Serial:
 class Sum:
     """Branches fed the same input, outputs summed (neural-tangents' FanOut + FanInSum)."""
 
-    branches: tuple["Node", ...]
+    branches: tuple[Node, ...]
     span: Span | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
@@ -100,7 +100,7 @@ class Sum:
 
 @dataclass(frozen=True)
 class Repeat:
-    body: "Node"
+    body: Node
     times: int
     span: Span | None = field(default=None, compare=False, repr=False)
 

@@ -3,7 +3,8 @@ and the activations of ntkdsl.activations, resolved case-insensitively into AST 
 from __future__ import annotations
 
 import difflib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from . import activations
 from .ast import Activation, Dense, Identity, LayerNorm, Node

@@ -2,8 +2,9 @@
 arguments to them (positional then keyword, as in a Python call)."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .errors import LayerArgumentError, LayerValueError, Span
 

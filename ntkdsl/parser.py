@@ -2,7 +2,7 @@
 syntax, the one Transformer below gives the meaning."""
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 import lark
@@ -21,7 +21,7 @@ _TOKEN_NAMES = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def grammar(name: str = "architecture") -> lark.Lark:
     """The compiled Lark parser for one of the grammars in grammars/."""
     text = resources.files("ntkdsl.grammars").joinpath(f"{name}.lark").read_text()
@@ -56,7 +56,7 @@ _CONSTANTS = {"true": True, "false": False, "none": None}
 class _Value:
     """A parsed argument value with its span (unwrapped when arguments are bound)."""
 
-    __slots__ = ("value", "span")
+    __slots__ = ("span", "value")
 
     def __init__(self, value, span: Span):
         self.value, self.span = value, span
