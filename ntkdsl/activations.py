@@ -11,9 +11,10 @@ To add an activation, add one ``register(Activation(...))`` call below.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, Callable
+from functools import cache
+from typing import Any
 
 import sympy as sp
 
@@ -68,7 +69,7 @@ def abrelu_dual(p: Pair, a: Any, b: Any) -> sp.Expr:
 _THETA, _C = sp.Symbol("theta"), sp.Symbol("c")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _arccos_j(n: int) -> tuple[sp.Expr, sp.Expr]:
     """Cho & Saul's J_n(θ) and −J_n'(θ)/sin θ, both as functions of c = cos θ (symbol c).
 

@@ -10,17 +10,8 @@ from __future__ import annotations
 import sympy as sp
 from sympy.printing.numpy import SciPyPrinter
 
-from .derivation import Program
-
-# Helpers every generated module starts with (numpy only).
-PREAMBLE = '''
-def _corr(k, q1, q2):
-    """Correlation k / sqrt(q1 q2), clipped to [-1, 1]; 0 where a variance is 0."""
-    norm = numpy.sqrt(q1 * q2)
-    with numpy.errstate(divide="ignore", invalid="ignore"):
-        c = numpy.where(norm > 0, k / numpy.where(norm > 0, norm, 1.0), 0.0)
-    return numpy.clip(c, -1.0, 1.0)
-'''.lstrip("\n")
+from .derivation import Program, Step
+from .symbolic import KernelFunction
 
 
 class KernelPrinter(SciPyPrinter):
@@ -36,29 +27,83 @@ class KernelPrinter(SciPyPrinter):
         return "numpy.pi"
 
 
-def _lines_for_step(step, printer: KernelPrinter, counter: list[int]) -> list[str]:
+def comment_lines(text: str) -> list[str]:
+    """``text`` as Python comment lines: one ``# ...`` per line of text, with every
+    character that could end a comment (\\r, form feed, NUL, U+2028, ...), and any
+    non-ASCII one, written as an escape, so no text can leave the comment."""
+    return ["# " + _escape_unprintable(line) for line in text.split("\n")]
+
+
+def _escape_unprintable(text: str) -> str:
+    # Non-ASCII is escaped too: generated files are pure ASCII, identical in any encoding.
+    return "".join(ch if ch.isascii() and ch.isprintable() else ascii(ch)[1:-1]
+                   for ch in text)
+
+
+def docstring_literal(text: str) -> str:
+    """A triple-quoted string literal whose value is exactly ``text``, laid out over the
+    same lines. Backslashes and double quotes are escaped, so nothing in the text can close
+    the literal; newlines stay, other unprintable or non-ASCII characters become escapes."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    lines = [_escape_unprintable(line) for line in escaped.split("\n")]
+    return '"""' + "\n".join(lines) + '"""'
+
+
+def live_steps(program: Program) -> list[Step]:
+    """The program's steps keeping only assignments the outputs depend on (so generated
+    code computes nothing it throws away), and dropping steps left empty."""
+    needed = set().union(*(sp.sympify(o).free_symbols for o in program.outputs))
+    kept: list[Step] = []
+    for step in reversed(program.steps):
+        live = tuple(a for a in step.assignments if a.target in needed)
+        for a in live:
+            needed |= a.expr.free_symbols
+        if live:
+            kept.append(Step(step.label, live, step.note))
+    return kept[::-1]
+
+
+def _lines_for_step(step: Step, printer: KernelPrinter, counter: list[int]) -> list[str]:
     targets = [a.target for a in step.assignments]
     exprs = [a.expr for a in step.assignments]
     symbols = sp.numbered_symbols("_x", start=counter[0])
     shared, reduced = sp.cse(exprs, symbols=symbols, optimizations="basic")
     counter[0] += len(shared)
-    lines = [f"# {line}" for line in step.label.splitlines() or [""]]
+    label = f"{step.label}  [{step.note}]" if step.note else step.label
+    lines = comment_lines(label)
     lines += [f"{s} = {printer.doprint(e)}" for s, e in shared]
     lines += [f"{t} = {printer.doprint(e)}" for t, e in zip(targets, reduced)]
     return lines
 
 
 def function_source(program: Program, name: str, doc: str) -> str:
-    """Source of ``def name(*inputs)`` returning the program's (nngp, ntk) outputs."""
+    """Source of ``def name(*inputs)`` returning the program's (nngp, ntk) outputs; only
+    assignments the outputs need are computed."""
     printer = KernelPrinter()
     counter = [0]
-    body: list[str] = [repr(doc)]  # a literal, so no text can escape the docstring
-    for step in program.steps:
+    body: list[str] = [docstring_literal(doc)]
+    for step in live_steps(program):
         body += _lines_for_step(step, printer, counter)
     outputs = [printer.doprint(o) for o in program.outputs]
     body.append(f"return ({outputs[0]}, {outputs[1]})")
     args = ", ".join(str(s) for s in program.inputs)
-    return f"def {name}({args}):\n" + "\n".join("    " + line for line in body) + "\n"
+    return f"def {name}({args}):\n" + "\n".join(_indent(line) for line in body) + "\n"
+
+
+def _indent(line: str) -> str:
+    return "    " + line if line else line
+
+
+def helpers_source(*programs: Program) -> str:
+    """Source of the helper functions the programs' KernelFunctions call, each once,
+    in a deterministic order."""
+    found: dict[str, str] = {}
+    for program in programs:
+        exprs = [a.expr for step in program.steps for a in step.assignments]
+        for expr in [*exprs, *program.outputs]:
+            for call in sorted(expr.atoms(KernelFunction), key=str):
+                found.update(call.helpers())
+    return "\n\n".join(found[name] for name in sorted(found))
 
 
 def needs_scipy(source: str) -> bool:
@@ -66,12 +111,12 @@ def needs_scipy(source: str) -> bool:
 
 
 def compile_functions(source: str) -> dict:
-    """Execute generated source (never user text: only printed sympy expressions and
-    escaped comments) and return its namespace."""
+    """Execute generated source (never user text: only printed sympy expressions, literals
+    and escaped comments) and return its namespace."""
     import numpy
     namespace: dict = {"numpy": numpy}
     if needs_scipy(source):
         import scipy.special
         namespace["scipy"] = scipy
-    exec(compile(PREAMBLE + "\n" + source, "<ntkdsl generated>", "exec"), namespace)
+    exec(compile(source, "<ntkdsl generated>", "exec"), namespace)
     return namespace

@@ -13,7 +13,7 @@ Two programs come out of one AST:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import lru_cache, singledispatch
+from functools import cache, singledispatch
 
 import sympy as sp
 
@@ -34,10 +34,12 @@ class Assignment:
 
 @dataclass(frozen=True)
 class Step:
-    """The assignments one layer makes; ``label`` is the layer as written."""
+    """The assignments one layer makes; ``label`` is the layer as written, ``note`` says
+    how its dual was obtained (e.g. "closed form") where that is worth stating."""
 
     label: str
     assignments: tuple[Assignment, ...]
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class _Builder:
         self.diagonal, self.source = diagonal, source
         self.steps: list[Step] = []
 
-    def commit(self, label: str, old: State, new: State) -> State:
+    def commit(self, label: str, old: State, new: State, note: str = "") -> State:
         index = len(self.steps) + 1
         names = (("q", "t") if self.diagonal else ("q1", "q2", "K", "T"))
         fields = ("q1", "t") if self.diagonal else ("q1", "q2", "k", "t")
@@ -94,7 +96,7 @@ class _Builder:
         if self.diagonal:
             values["q2"] = values["k"] = values["q1"]
         if assignments:
-            self.steps.append(Step(label, tuple(assignments)))
+            self.steps.append(Step(label, tuple(assignments), note))
         return replace(new, **values)
 
     def error(self, message: str, node: Node, hint: str | None = None) -> ArchitectureError:
@@ -129,7 +131,7 @@ def _dense(node: Dense, s: State, b: _Builder) -> State:
     return b.commit(str(node), s, new)
 
 
-@lru_cache(maxsize=None)
+@cache
 def dual_maps(node: Activation) -> tuple[sp.Expr, sp.Expr, str]:
     """(Γ, Γ̇, route) for an activation, in the placeholder pair (Q1, Q2, K)."""
     spec = activations.lookup(node.name)
@@ -171,7 +173,7 @@ def _activation(node: Activation, s: State, b: _Builder) -> State:
     new = State(_at(gamma, s.q1, s.q1, s.q1), _at(gamma, s.q2, s.q2, s.q2),
                 _at(gamma, s.q1, s.q2, s.k), s.t * _at(gamma_dot, s.q1, s.q2, s.k),
                 s.width, False, False, node.name)
-    return b.commit(str(node), s, new)
+    return b.commit(str(node), s, new, note=route)
 
 
 def _closed_form_names() -> list[str]:
@@ -208,7 +210,10 @@ def _repeat(node: Repeat, s: State, b: _Builder) -> State:
 
 @apply.register
 def _sum(node: Sum, s: State, b: _Builder) -> State:
-    outs = [apply(branch, s, b) for branch in node.branches]
+    # A branch is independent of its siblings only through a Dense of its own: the
+    # state entering the sum is shared by all branches, whatever produced it.
+    entering = replace(s, dense_ended=False)
+    outs = [apply(branch, entering, b) for branch in node.branches]
     free = [i for i, o in enumerate(outs) if not o.dense_ended]
     if len(free) > 1:
         i, j = free[0], free[1]

@@ -141,7 +141,7 @@ def check_inputs(x1: Any, x2: Any) -> tuple[np.ndarray, np.ndarray | None]:
     return a, b
 
 
-def compile(arch: str) -> Network:  # noqa: A001 - the public name of DESIGN §4
+def compile(arch: str) -> Network:
     """Compile an architecture string such as ``"Dense(512) > Relu > Dense(1)"`` into a
     ``Network``. Compiling the same string again returns the cached result."""
     if not isinstance(arch, str):
@@ -154,8 +154,9 @@ def _compile(arch: str) -> Network:
     ast = parse(arch)
     program = derive(ast, arch)
     diagonal_program = derive(ast, arch, diagonal=True)
-    source = (codegen.function_source(program, "pair", arch) + "\n\n"
-              + codegen.function_source(diagonal_program, "diagonal", arch))
+    source = "\n\n".join([codegen.helpers_source(program, diagonal_program),
+                           codegen.function_source(program, "pair", arch),
+                           codegen.function_source(diagonal_program, "diagonal", arch)])
     functions = codegen.compile_functions(source)
     functions["__source__"] = source
     return Network(arch, ast, program, diagonal_program, functions)

@@ -1,0 +1,127 @@
+"""The architecture language: every construct parses to the right AST, every mistake
+raises ntkdsl's own exception pointing at the place."""
+import pytest
+
+import ntkdsl
+from ntkdsl.ast import Activation, Dense, Identity, LayerNorm, Repeat, Serial, Sum
+from ntkdsl.errors import (ArchitectureError, ArchitectureSyntaxError, LayerArgumentError,
+                           LayerValueError, NTKDSLError, UnknownLayerError)
+from ntkdsl.parser import parse
+
+
+def test_serial_with_positional_and_keyword_arguments():
+    ast = parse("Dense(512, W_std=1.5, b_std=0.1) > Relu > Dense(1)")
+    assert ast == Serial((Dense(512, 1.5, 0.1), Activation("Relu"), Dense(1)))
+
+
+def test_standard_parameterization_and_strings():
+    ast = parse("Dense(256, parameterization='standard') > Erf > Dense(1, parameterization=\"ntk\")")
+    assert ast.layers[0].parameterization == "standard"
+    assert ast.layers[2].parameterization == "ntk"
+
+
+def test_precedence_sum_loosest_then_serial_then_repeat():
+    ast = parse("Dense(512) > (Relu > Dense(512) + Identity) * 2 > Relu")
+    rep = ast.layers[1]
+    assert isinstance(rep, Repeat) and rep.times == 2
+    assert rep.body == Sum((Serial((Activation("Relu"), Dense(512))), Identity()))
+    top = parse("Dense(4) + Dense(5) > Dense(6)")
+    assert isinstance(top, Sum) and top.branches[1] == Serial((Dense(5), Dense(6)))
+
+
+def test_repeat_binds_tighter_than_serial():
+    ast = parse("Dense(8) > Relu * 3")
+    assert ast.layers[1] == Repeat(Activation("Relu"), 3)
+
+
+def test_lists_numbers_and_case_insensitive_names():
+    assert parse("polynomial([0.1, 1, -0.5e-1])") == Activation("Polynomial",
+                                                               (("coef", (0.1, 1.0, -0.05)),))
+    assert parse("LEAKYRELU(0.1)") == Activation("LeakyRelu", (("alpha", 0.1),))
+    assert parse("erf(a=2.0, b=0.5, c=0.1)").kwargs == {"a": 2.0, "b": 0.5, "c": 0.1}
+    assert parse("Erf").kwargs == {"a": 1.0, "b": 1.0, "c": 0.0}
+    assert parse("layernorm") == LayerNorm()
+    assert parse("Gelu(approximate=True)").kwargs == {"approximate": True}
+    assert parse("Dense(3, b_std=None)") == Dense(3)
+
+
+def test_multiline_and_whitespace():
+    assert parse("Dense(512)\n  > Relu\n  > Dense(1)\n") == parse("Dense(512)>Relu>Dense(1)")
+
+
+@pytest.mark.parametrize("text", [
+    "Dense(512) > Relu > Dense(1)",
+    "Dense(512, W_std=1.5, b_std=0.1) > (Relu > Dense(512) + Identity) * 3 > Relu",
+    "(Dense(8, parameterization='standard') > Erf(a=2.0)) * 2 > LayerNorm > Dense(1)",
+    "Dense(4) > Polynomial([0.1, 1.0]) > Dense(1)",
+])
+def test_printing_round_trips(text):
+    ast = parse(text)
+    assert parse(str(ast)) == ast
+
+
+def _error(text):
+    with pytest.raises(NTKDSLError) as info:
+        ntkdsl.compile(text)
+    return info.value
+
+
+@pytest.mark.parametrize("text, cls, line, column, fragment", [
+    ("Dense(512) >> Relu", ArchitectureSyntaxError, 1, 13, "expected"),
+    ("Dense(512,", ArchitectureSyntaxError, 1, 11, "end of"),
+    ("Dense(512) > ", ArchitectureSyntaxError, 1, 14, "a layer name"),
+    ("Dense(512) @ 3", ArchitectureSyntaxError, 1, 12, "'@'"),
+    ("Dense(8) > Relu * 0", ArchitectureSyntaxError, 1, 19, ">= 1"),
+    ("Dense(512) > Rleu > Dense(1)", UnknownLayerError, 1, 14, "did you mean 'Relu'"),
+    ("Dense(512)\n > Tanhh", UnknownLayerError, 2, 4, "valid layers"),
+    ("Dense(512, w_std=2)", LayerArgumentError, 1, 12, "no argument 'w_std'"),
+    ("Dense(512, W_std=1, W_std=2)", LayerArgumentError, 1, 21, "given twice"),
+    ("Dense(W_std=1.0)", LayerArgumentError, 1, 1, "needs the argument 'out_dim'"),
+    ("Dense(1, 2, 3, 'ntk', 5)", LayerArgumentError, 1, 23, "at most 4"),
+    ("Dense(512, W_std='big')", LayerArgumentError, 1, 12, "must be a number"),
+    ("Dense(512.5)", LayerArgumentError, 1, 7, "whole number"),
+    ("Dense(-3)", LayerValueError, 1, 7, ">= 1"),
+    ("Dense(3, W_std=-1.0)", LayerValueError, 1, 10, ">= 0"),
+    ("Dense(3, b_std=-0.1)", LayerValueError, 1, 10, ">= 0"),
+    ("Dense(3, parameterization='wide')", LayerValueError, 1, 10, "'ntk', 'standard'"),
+    ("Dense(3) > Monomial(2.5)", LayerArgumentError, 1, 21, "whole number"),
+    ("Dense(3) > Monomial(-1)", LayerValueError, 1, 21, ">= 0"),
+    ("Dense(3) > Polynomial([])", LayerArgumentError, 1, 23, "list of numbers"),
+    ("Dense(3) > Polynomial([[1]])", LayerArgumentError, 1, 24, "nested"),
+    ("Dense(3) > Erf(a=yes)", LayerArgumentError, 1, 18, "not a value"),
+    ("Dense(3, W_std=1 b_std=2)", ArchitectureSyntaxError, 1, 18, "unexpected"),
+    ("Relu > Dense(1)", ArchitectureError, 1, 1, "raw inputs"),
+    ("Dense(3) > Relu > Erf", ArchitectureError, 1, 19, "two activations"),
+    ("Dense(3) > (Relu + Erf)", ArchitectureError, 1, 13, "correlated"),
+    ("Dense(3) > (Relu + Identity)", ArchitectureError, 1, 13, "correlated"),
+    ("Dense(3) > (Dense(4) + Dense(5))", ArchitectureError, 1, 13, "same width"),
+])
+def test_errors_point_at_the_place(text, cls, line, column, fragment):
+    err = _error(text)
+    assert type(err) is cls
+    assert (err.line, err.column) == (line, column), str(err)
+    assert fragment in str(err)
+    if err.span is not None:
+        caret_line = str(err).splitlines()[2]
+        assert caret_line.strip().startswith("^")
+        assert caret_line.index("^") - 4 == column - 1
+
+
+def test_error_messages_are_ntkdsl_exceptions_not_library_tracebacks():
+    for bad in ["", "   ", "(", ")", "Dense(", "Dense(1))", "'x'", "[1, 2]", "Dense(1) + ",
+                "Dense(1) * 2.5", "Dense(1) * x", "Dense(1e999)", "Dense(1)\x00"]:
+        with pytest.raises(NTKDSLError):
+            ntkdsl.compile(bad)
+
+
+def test_non_string_architecture():
+    with pytest.raises(ArchitectureSyntaxError, match="string"):
+        ntkdsl.compile(42)
+
+
+def test_valid_sums_of_independent_branches():
+    # One free branch beside Dense-ended ones, Identity beside a Dense: exact sums.
+    for text in ["Dense(3) > (Relu > Dense(3) + Identity) > Relu",
+                 "Dense(3) > (Dense(3) + Dense(3) + Relu > Dense(3)) > Erf",
+                 "Dense(3) > (Relu + Dense(3))"]:
+        ntkdsl.compile(text)
