@@ -13,8 +13,24 @@ from .errors import (ArchitectureError, ArchitectureSyntaxError, ExpressionError
 from .network import Network, compile
 from .parser import parse
 
+# Names whose modules pull in scikit-learn or are otherwise heavy: imported on first use,
+# so `import ntkdsl` and the command line start fast.
+_LAZY = {
+    "NTKRegressor": "estimators", "NTKClassifier": "estimators", "ArchTemplate": "estimators",
+    "gradient_descent_mse_ensemble": "predict", "gp_inference": "predict",
+    "SingularKernelWarning": "predict",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f"ntkdsl.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'ntkdsl' has no attribute {name!r}")
+
 __all__ = [
-    "compile", "parse", "Network", "NTKDSLError", "ArchitectureSyntaxError",
+    "compile", "parse", "Network", "NTKRegressor", "NTKClassifier", "ArchTemplate",
+    "gradient_descent_mse_ensemble", "gp_inference", "SingularKernelWarning", "NTKDSLError", "ArchitectureSyntaxError",
     "UnknownLayerError", "LayerArgumentError", "LayerValueError", "ArchitectureError",
     "ExpressionError", "InputError", "ShapeError", "NumericalError", "__version__",
 ]
