@@ -3,9 +3,13 @@
 Printing is sympy's job (its NumPy/SciPy printers, extended only for ``Corr``); this module
 lays the printed assignments out as functions, with common subexpressions of each layer
 named once. The same source serves the in-library evaluation and standalone modules, so
-both compute the same numbers.
+both compute the same numbers. ``ntkdsl.codegen(arch)`` — this module, called — gives the
+source of a standalone module (see ntkdsl.standalone).
 """
 from __future__ import annotations
+
+import sys
+import types
 
 import sympy as sp
 from sympy.printing.numpy import SciPyPrinter
@@ -87,7 +91,9 @@ def function_source(program: Program, name: str, doc: str) -> str:
     outputs = [printer.doprint(o) for o in program.outputs]
     body.append(f"return ({outputs[0]}, {outputs[1]})")
     args = ", ".join(str(s) for s in program.inputs)
-    return f"def {name}({args}):\n" + "\n".join(_indent(line) for line in body) + "\n"
+    # Split again so the docstring's continuation lines are indented with the body.
+    lines = "\n".join(body).split("\n")
+    return f"def {name}({args}):\n" + "\n".join(_indent(line) for line in lines) + "\n"
 
 
 def _indent(line: str) -> str:
@@ -118,5 +124,19 @@ def compile_functions(source: str) -> dict:
     if needs_scipy(source):
         import scipy.special
         namespace["scipy"] = scipy
-    exec(compile(source, "<ntkdsl generated>", "exec"), namespace)
+    exec(compile(source, "<ntkdsl generated>", "exec"), namespace)  # noqa: S102 - our code
     return namespace
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``ntkdsl.codegen(arch)`` (DESIGN §4) give a standalone module's source although
+    ``ntkdsl.codegen`` is also this module's name: calling the module calls
+    ``ntkdsl.standalone.module_source``, and ``ntkdsl.codegen.function_source`` etc. work as
+    for any module, whichever way it was imported."""
+
+    def __call__(self, arch: str) -> str:
+        from .standalone import module_source  # standalone builds on this module
+        return module_source(arch)
+
+
+sys.modules[__name__].__class__ = _CallableModule
