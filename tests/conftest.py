@@ -11,7 +11,7 @@ REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 def load_reference(name: str) -> dict:
     path = REFERENCE / name
     if not path.exists():
-        pytest.skip(f"reference file {path} not found")
+        pytest.skip(f"reference file {path} not found", allow_module_level=True)
     return json.loads(path.read_text())
 
 
