@@ -38,6 +38,9 @@ class ActivationSpec:
     zero_derivative: Callable[..., bool] = field(default=lambda **_: False)
     aliases: tuple[str, ...] = ()
     doc: str = ""
+    # check(values, spans, source) for arguments that need more than a type check (the
+    # expression of Fn), raising an error that points into the architecture string.
+    check: Callable[..., None] | None = None
 
 
 REGISTRY: dict[str, ActivationSpec] = {}
@@ -211,3 +214,46 @@ register(ActivationSpec(
     "Polynomial", (Param("coef", "floats"),),
     phi=lambda coef: sum(exact(a) * x ** i for i, a in enumerate(coef)),
     dual=lambda p, coef: polynomial_dual(coef, p), doc="Σ coef[i]·x^i"))
+
+
+# ---------------------------------------------------------------------------------------
+# Activations without a known closed form: routed to the Gaussian-integration rules, then
+# to the numerical dual (see derivation.dual_maps)
+# ---------------------------------------------------------------------------------------
+
+def _softplus(a: sp.Expr) -> sp.Expr:
+    return sp.log(1 + sp.exp(a))
+
+
+register(ActivationSpec("Tanh", (), phi=lambda: sp.tanh(x), doc="tanh(x)"))
+register(ActivationSpec("Sigmoid", (), phi=lambda: 1 / (1 + sp.exp(-x)), doc="1 / (1 + exp(-x))"))
+register(ActivationSpec("Softplus", (), phi=lambda: _softplus(x), doc="log(1 + exp(x))"))
+register(ActivationSpec("Silu", (), phi=lambda: x / (1 + sp.exp(-x)), aliases=("Swish",),
+                        doc="x·sigmoid(x)"))
+register(ActivationSpec(
+    "Elu", (Param("alpha", "float", 1.0),),
+    phi=lambda alpha: sp.Max(x, 0) + exact(alpha) * (sp.exp(sp.Min(x, 0)) - 1),
+    doc="x for x > 0, alpha·(exp(x) − 1) otherwise"))
+register(ActivationSpec("Mish", (), phi=lambda: x * sp.tanh(_softplus(x)),
+                        doc="x·tanh(softplus(x))"))
+
+
+def _fn_phi(expr: str) -> sp.Expr:
+    from .expressions import phi_of_text
+    return phi_of_text(expr)
+
+
+def _fn_check(values: dict, spans: dict, source: str) -> None:
+    """Parse the expression where it is written, so errors point into the architecture."""
+    from .expressions import parse_expression
+    span = spans.get("expr")
+    # The literal is the first quoted text of the argument (after "expr=" if named).
+    quotes = [i for i in (source.find('"', span.start), source.find("'", span.start))
+              if i >= 0] if span is not None else []
+    offset = min(quotes) + 1 if quotes else 0
+    parse_expression(values["expr"], source if span is not None else None, offset)
+
+
+register(ActivationSpec(
+    "Fn", (Param("expr", "str"),), phi=_fn_phi, check=_fn_check,
+    doc="any activation written as an expression in x, e.g. Fn(\"x*tanh(x)\")"))

@@ -17,7 +17,7 @@ from functools import cache, singledispatch
 
 import sympy as sp
 
-from . import activations
+from . import activations, gaussian, numerical
 from .ast import Activation, Dense, Identity, LayerNorm, Node, Repeat, Serial, Sum
 from .errors import ArchitectureError
 from .symbolic import Pair, exact
@@ -131,20 +131,56 @@ def _dense(node: Dense, s: State, b: _Builder) -> State:
     return b.commit(str(node), s, new)
 
 
+@dataclass(frozen=True)
+class Composite:
+    """Consecutive activations φ₁ > φ₂ > ...: one activation, the composition φₙ∘…∘φ₁
+    (the intermediate values are not Gaussian, so only the composite has a dual)."""
+
+    parts: tuple[Activation, ...]
+    span: object = None
+
+    @property
+    def name(self) -> str:
+        return " > ".join(str(p) for p in self.parts)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def phi_of(node: Activation | Composite) -> sp.Expr:
+    """φ of an activation (or of a composition) as a sympy expression in ``x``."""
+    if isinstance(node, Composite):
+        phi = activations.x
+        for part in node.parts:
+            phi = phi_of(part).xreplace({activations.x: phi})
+        return phi
+    return activations.lookup(node.name).phi(**node.kwargs)
+
+
 @cache
-def dual_maps(node: Activation) -> tuple[sp.Expr, sp.Expr, str]:
-    """(Γ, Γ̇, route) for an activation, in the placeholder pair (Q1, Q2, K)."""
-    spec = activations.lookup(node.name)
-    gamma = spec.dual(_PLACEHOLDER, **node.kwargs) if spec.dual else None
+def dual_maps(node: Activation | Composite) -> tuple[sp.Expr, sp.Expr, str]:
+    """(Γ, Γ̇, route) for an activation, in the placeholder pair (Q1, Q2, K).
+
+    Routes in order: the registry's closed form; Gaussian-integration rules on φ
+    (ntkdsl.gaussian); the numerical Hermite-series dual (ntkdsl.numerical)."""
+    spec = None if isinstance(node, Composite) else activations.lookup(node.name)
+    gamma = spec.dual(_PLACEHOLDER, **node.kwargs) if spec and spec.dual else None
+    route = "closed form"
     if gamma is None:
-        return None, None, "none"
-    if spec.zero_derivative(**node.kwargs):
+        phi = phi_of(node)
+        gamma = gaussian.closed_form_dual(phi, activations.x, _PLACEHOLDER, activations.REGISTRY)
+        route = "closed form (Gaussian integration rules)"
+    if gamma is None:
+        dual, dot = numerical.numerical_duals(phi, activations.x, str(node))
+        args = (_PLACEHOLDER.k, _PLACEHOLDER.q1, _PLACEHOLDER.q2)
+        return dual(*args), dot(*args), numerical.bound_note(str(node))
+    if spec and spec.zero_derivative(**node.kwargs):
         gamma_dot = sp.S.Zero
-    elif spec.dual_dot is not None:
+    elif spec and spec.dual_dot is not None:
         gamma_dot = spec.dual_dot(_PLACEHOLDER, **node.kwargs)
     else:
         gamma_dot = sp.diff(gamma, _PLACEHOLDER.k)  # Price's theorem
-    return gamma, gamma_dot, "closed form"
+    return gamma, gamma_dot, route
 
 
 _PLACEHOLDER = Pair(sp.Symbol("Q1", positive=True), sp.Symbol("Q2", positive=True),
@@ -156,28 +192,22 @@ def _at(expr: sp.Expr, q1: sp.Expr, q2: sp.Expr, k: sp.Expr) -> sp.Expr:
     return expr.xreplace({p.q1: q1, p.q2: q2, p.k: k})
 
 
-@apply.register
-def _activation(node: Activation, s: State, b: _Builder) -> State:
+@apply.register(Activation)
+@apply.register(Composite)
+def _activation(node: Activation | Composite, s: State, b: _Builder) -> State:
     if not s.gaussian:
         if s.last == "the raw inputs":
             raise b.error(f"{node.name} is applied to the raw inputs; an activation needs "
                           "Gaussian pre-activations", node,
                           hint=f"put a Dense before it, e.g. Dense(512) > {node}")
-        raise b.error(f"{node.name} follows {s.last} directly; two activations in a row "
-                      "are not supported yet", node,
-                      hint=f"put a Dense between them, e.g. {s.last} > Dense(512) > {node}")
+        raise b.error(f"{node.name} follows {s.last}, whose output is not Gaussian", node,
+                      hint=f"put a Dense between them, e.g. {s.last} > Dense(512) > {node}; "
+                           "activations written one after another in a chain compose")
     gamma, gamma_dot, route = dual_maps(node)
-    if gamma is None:
-        raise b.error(f"{node.name} has no closed-form dual kernel", node,
-                      hint="activations with closed forms: " + ", ".join(_closed_form_names()))
     new = State(_at(gamma, s.q1, s.q1, s.q1), _at(gamma, s.q2, s.q2, s.q2),
                 _at(gamma, s.q1, s.q2, s.k), s.t * _at(gamma_dot, s.q1, s.q2, s.k),
                 s.width, False, False, node.name)
     return b.commit(str(node), s, new, note=route)
-
-
-def _closed_form_names() -> list[str]:
-    return sorted({spec.name for spec in activations.REGISTRY.values() if spec.dual})
 
 
 @apply.register
@@ -196,9 +226,22 @@ def _layer_norm(node: LayerNorm, s: State, b: _Builder) -> State:
 
 @apply.register
 def _serial(node: Serial, s: State, b: _Builder) -> State:
-    for layer in node.layers:
+    for layer in _compose_runs(node.layers):
         s = apply(layer, s, b)
     return s
+
+
+def _compose_runs(layers) -> list[Node]:
+    """Runs of consecutive activations become one Composite activation."""
+    out: list = []
+    for layer in layers:
+        if isinstance(layer, Activation) and out and isinstance(out[-1], (Activation, Composite)):
+            previous = out.pop()
+            parts = previous.parts if isinstance(previous, Composite) else (previous,)
+            out.append(Composite(parts + (layer,), previous.span))
+        else:
+            out.append(layer)
+    return out
 
 
 @apply.register

@@ -62,7 +62,15 @@ def build_layer(name: str, args: Sequence[Arg], source: str, span: Span) -> Node
         return _structural(canonical, values, span)
     spec = activations.lookup(canonical)
     values = bind(spec.name, spec.params, args, source, span)
+    if spec.check is not None:
+        spec.check(values, _arg_spans(spec.params, args), source)
     return Activation(spec.name, tuple(values.items()), span=span)
+
+
+def _arg_spans(params: Sequence[Param], args: Sequence[Arg]) -> dict[str, Span]:
+    """Where each bound argument is written (positional ones by position)."""
+    return {(a.name or params[i].name): a.span for i, a in enumerate(args) if i < len(params)
+            or a.name}
 
 
 def _structural(name: str, values: dict[str, Any], span: Span) -> Node:

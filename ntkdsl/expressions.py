@@ -1,0 +1,228 @@
+"""Activation expressions (the text inside ``Fn("...")``) -> sympy expressions in ``x``.
+
+The syntax is grammars/expression.lark; each rule becomes a sympy node built here from a
+whitelist of names. Nothing the user writes is evaluated as Python (no eval, exec or
+sympify), so no string can run code: an unknown name is an error, not a lookup.
+
+Errors point into the architecture string: ``parse_expression(text, source, offset)``
+takes the position of the expression text inside the architecture source.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import cmath
+
+import lark
+import sympy as sp
+from lark import Transformer, v_args
+
+from .errors import ExpressionError, Span
+from .parser import grammar
+
+x = sp.Symbol("x", real=True)
+
+
+def _sigmoid(a: sp.Expr) -> sp.Expr:
+    return 1 / (1 + sp.exp(-a))
+
+
+def _softplus(a: sp.Expr) -> sp.Expr:
+    return sp.log(1 + sp.exp(a))
+
+
+# name -> (number of arguments, builder). The only functions an expression can call.
+FUNCTIONS: dict[str, tuple[int, Callable[..., sp.Expr]]] = {
+    "exp": (1, sp.exp), "log": (1, sp.log), "sqrt": (1, sp.sqrt), "abs": (1, sp.Abs),
+    "sin": (1, sp.sin), "cos": (1, sp.cos),
+    "sinh": (1, sp.sinh), "cosh": (1, sp.cosh), "tanh": (1, sp.tanh),
+    "erf": (1, sp.erf), "erfc": (1, sp.erfc), "atan": (1, sp.atan), "arctan": (1, sp.atan),
+    "sigmoid": (1, _sigmoid), "softplus": (1, _softplus),
+    "relu": (1, lambda a: sp.Max(a, 0)), "step": (1, lambda a: sp.Heaviside(a, 1)),
+    "sign": (1, sp.sign), "max": (2, sp.Max), "min": (2, sp.Min),
+}
+CONSTANTS: dict[str, sp.Expr] = {"x": x, "pi": sp.pi, "e": sp.E}
+
+
+def valid_names() -> str:
+    """The names an expression may use, for error hints."""
+    return ("variable x; constants pi, e; functions "
+            + ", ".join(f"{n}({', '.join('ab'[:k])})" for n, (k, _) in FUNCTIONS.items()))
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Maps positions in the expression text to spans in the architecture source."""
+
+    source: str
+    offset: int
+
+    def span(self, start: int, end: int) -> Span:
+        pos = self.offset + start
+        line = self.source.count("\n", 0, pos) + 1
+        column = pos - (self.source.rfind("\n", 0, pos) + 1) + 1
+        return Span(line, column, pos, self.offset + max(end, start + 1))
+
+    def error(self, message: str, start: int, end: int, hint: str | None = None):
+        return ExpressionError(message, source=self.source, span=self.span(start, end),
+                               hint=hint)
+
+
+class _ToSympy(Transformer):
+    """Parse tree -> sympy, one method per grammar alternative."""
+
+    def __init__(self, where: _Where):
+        super().__init__()
+        self.where = where
+
+    def number(self, children):
+        (tok,) = children
+        return sp.Rational(str(tok))  # exact: "0.1" is 1/10, as the user wrote it
+
+    def name(self, children):
+        (tok,) = children
+        value = CONSTANTS.get(str(tok))
+        if value is None:
+            hint = ("is a function: call it, e.g. " + str(tok) + "(x)"
+                    if str(tok) in FUNCTIONS else "valid: " + valid_names())
+            raise self.where.error(f"unknown name '{tok}'", tok.start_pos, tok.end_pos, hint)
+        return value
+
+    def call(self, children):
+        tok, *args = children
+        entry = FUNCTIONS.get(str(tok))
+        if entry is None:
+            raise self.where.error(f"unknown function '{tok}'", tok.start_pos, tok.end_pos,
+                                   "valid: " + valid_names())
+        arity, build = entry
+        if len(args) != arity:
+            raise self.where.error(f"{tok}() takes {arity} argument(s), got {len(args)}",
+                                   tok.start_pos, tok.end_pos, "valid: " + valid_names())
+        return build(*args)
+
+    def add(self, c):
+        return c[0] + c[1]
+
+    def sub(self, c):
+        return c[0] - c[1]
+
+    def mul(self, c):
+        return c[0] * c[1]
+
+    def div(self, c):
+        return c[0] / c[1]
+
+    def neg(self, c):
+        return -c[0]
+
+    def pow(self, c):
+        return c[0] ** c[1]
+
+
+_NAMES = {"NAME": "a name", "NUMBER": "a number", "LPAR": "'('", "RPAR": "')'",
+          "COMMA": "','", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'",
+          "__ANON_0": "'**'", "CIRCUMFLEX": "'^'", "$END": "the end of the expression"}
+
+
+def _syntax_error(text: str, err: lark.exceptions.UnexpectedInput, where: _Where):
+    token = getattr(err, "token", None)
+    if isinstance(err, lark.exceptions.UnexpectedCharacters):
+        pos = err.pos_in_stream
+        found, end = repr(text[pos]), pos + 1
+    elif token is None or token.type == "$END":
+        found, pos, end = "end of the expression", len(text), len(text) + 1
+    else:
+        found, pos, end = repr(str(token)), token.start_pos, token.end_pos
+    expected = sorted({_NAMES.get(t, t) for t in (getattr(err, "expected", None)
+                                                   or getattr(err, "allowed", None) or ())})
+    hint = ("expected " + " or ".join(expected) + "; " if expected else "") + \
+        "an expression in x such as \"x*tanh(x)\""
+    return where.error(f"unexpected {found}", pos, end, hint)
+
+
+def parse_expression(text: str, source: str | None = None, offset: int = 0) -> sp.Expr:
+    """φ as a sympy expression in ``x`` (the module symbol ``ntkdsl.expressions.x``).
+
+    ``source``/``offset``: the architecture string and where ``text`` starts in it, so that
+    errors point there. Raises ExpressionError for bad syntax, unknown names, expressions
+    that are not real and finite, or whose Gaussian moments diverge."""
+    where = _Where(text if source is None else source, 0 if source is None else offset)
+    if not text.strip():
+        raise where.error("the expression is empty", 0, 0, "e.g. Fn(\"x*tanh(x)\")")
+    expr = _parse(text, where)
+    check_activation(expr, lambda msg, hint: where.error(msg, 0, len(text), hint))
+    return expr
+
+
+def _parse(text: str, where: _Where) -> sp.Expr:
+    try:
+        tree = grammar("expression").parse(text)
+    except lark.exceptions.UnexpectedInput as err:
+        raise _syntax_error(text, err, where) from None
+    try:
+        result = _ToSympy(where).transform(tree)
+    except lark.exceptions.VisitError as err:
+        if isinstance(err.orig_exc, ExpressionError):
+            raise err.orig_exc from None
+        raise
+    return sp.sympify(result) if not isinstance(result, sp.Basic) else result
+
+
+# ---------------------------------------------------------------------------------------
+# Validity: a real, finite function of x whose Gaussian moments exist for every variance
+# ---------------------------------------------------------------------------------------
+
+# Points where φ must be real and finite (0 and both signs over many scales).
+_PROBE = sorted({s * v for s in (-1, 1) for v in (0, 1e-3, 0.1, 0.5, 1, 1.7, 3, 10, 100)})
+
+
+def check_activation(expr: sp.Expr, fail: Callable[[str, str], Exception]) -> None:
+    """Raise ``fail(message, hint)`` unless ``expr`` is a usable activation."""
+    extra = expr.free_symbols - {x}
+    if extra:
+        raise fail("the expression has symbols other than x: "
+                   + ", ".join(sorted(map(str, extra))), "write an expression in x only")
+    _check_growth(expr, fail)
+    for value in _PROBE:
+        y = _value_at(expr, value)
+        if y is None or not cmath.isfinite(y):
+            raise fail(f"the expression is not finite at x = {value:g}",
+                       "an activation must be a finite real function of every real x")
+        if y.imag != 0:
+            raise fail(f"the expression is not real at x = {value:g} (value {y})",
+                       "an activation must be real for every real x; e.g. use "
+                       "sqrt(abs(x)) or log(1 + exp(x))")
+
+
+def _value_at(expr: sp.Expr, value: float) -> complex | None:
+    """φ(value) to 30 digits, or None where it is undefined or infinite."""
+    y = sp.N(expr.subs(x, sp.Float(value, 30)), 30)
+    if not y.is_number or y.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
+        return None
+    re_, im_ = (float(part) for part in y.as_real_imag())
+    return complex(re_, im_)
+
+
+def _check_growth(expr: sp.Expr, fail) -> None:
+    """E[φ(√q z)²] is finite for every q only if log|φ| grows slower than x²: measure
+    log|φ(x)| / x² far out, where exp(x²)-type growth gives a constant and exp(a·x) or
+    polynomials give almost nothing."""
+    for far in (-1e4, 1e4):
+        y = sp.N(expr.subs(x, sp.Float(far, 30)), 30)
+        if y.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
+            ratio = float("inf")
+        else:
+            ratio = float(sp.log(sp.Abs(y)) / far ** 2) if y != 0 else 0.0
+        if ratio > 1e-3:
+            raise fail("the Gaussian moments of this activation diverge: it grows like "
+                       "exp(x**2) or faster", "an activation must grow slower than "
+                       "exp(a*x**2) for every a > 0, e.g. exp(x) or x**3 are fine, "
+                       "exp(x**2) is not")
+
+
+@lru_cache(maxsize=None)
+def phi_of_text(text: str) -> sp.Expr:
+    """φ for an Fn expression already validated when the architecture was parsed."""
+    return parse_expression(text)

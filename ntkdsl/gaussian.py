@@ -1,0 +1,110 @@
+"""Closed-form duals by rules of Gaussian integration, for activations written as
+expressions (Fn) or registered without a closed form.
+
+Rules, tried in order:
+1. A registry entry with a closed form, up to a constant factor (Fn("2*relu(x)")):
+   Γ = α² Γ_ψ.
+2. Linearity over elementary terms. φ is expanded (sin, cos, sinh, cosh as complex
+   exponentials) into Σ cᵢ x^mᵢ exp(λᵢ x + βᵢ x²); then Γ = Σᵢⱼ cᵢ cⱼ E[u^mᵢ e^(λᵢu+βᵢu²)
+   v^mⱼ e^(λⱼv+βⱼv²)], and each cross term is a derivative of the Gaussian generating
+   function det(A)^(-1/2) exp(½ λᵀ A⁻¹ Σ λ), A = I − 2ΣB (Stein's lemma in closed form:
+   the polynomial factors are derivatives in λ). This covers polynomials × exponentials ×
+   trigonometric terms, with scaled and shifted arguments.
+Γ̇ then follows by differentiation in k (Price's theorem) in the derivation.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import sympy as sp
+
+from .symbolic import Pair
+
+_A, _B = sp.symbols("lambda_u lambda_v")
+
+
+def closed_form_dual(phi: sp.Expr, x: sp.Symbol, pair: Pair, registry) -> sp.Expr | None:
+    """Γ for φ by the rules above, or None if they do not apply."""
+    scaled = _registry_multiple(phi, registry)
+    if scaled is not None:
+        factor, spec = scaled
+        return factor ** 2 * spec.dual(pair)
+    terms = elementary_terms(phi, x)
+    if terms is None:
+        return None
+    return _elementary_dual(terms, pair)
+
+
+def _registry_multiple(phi: sp.Expr, registry):
+    """(α, spec) if φ = α·ψ for a parameterless registry entry ψ with a closed form."""
+    for spec in {id(s): s for s in registry.values()}.values():
+        if spec.dual is None or spec.params:
+            continue
+        ratio = sp.simplify(phi / spec.phi())
+        if ratio.is_number and ratio.is_real and ratio != 0:
+            return ratio, spec
+    return None
+
+
+def elementary_terms(phi: sp.Expr, x: sp.Symbol):
+    """φ as [(c, m, λ, β)] meaning Σ c·x^m·exp(λx + βx²), or None if it is not of that
+    form (λ may be complex: trigonometric factors)."""
+    rewritten = phi.rewrite(sp.sin, sp.exp).rewrite(sp.cos, sp.exp)
+    rewritten = rewritten.rewrite(sp.sinh, sp.exp).rewrite(sp.cosh, sp.exp)
+    expanded = sp.expand(sp.powsimp(sp.expand(rewritten), combine="exp"))
+    terms = []
+    for term in sp.Add.make_args(expanded):
+        parsed = _term(sp.powsimp(term, combine="exp"), x)
+        if parsed is None:
+            return None
+        terms.append(parsed)
+    return terms
+
+
+def _term(term: sp.Expr, x: sp.Symbol):
+    coefficient, m, exponent = sp.S.One, 0, sp.S.Zero
+    for factor in sp.Mul.make_args(term):
+        if not factor.has(x):
+            coefficient *= factor
+        elif factor == x:
+            m += 1
+        elif factor.is_Pow and factor.base == x and factor.exp.is_Integer and factor.exp > 0:
+            m += int(factor.exp)
+        elif isinstance(factor, sp.exp):
+            exponent += factor.args[0]
+        else:
+            return None
+    poly = sp.Poly(sp.expand(exponent), x) if exponent.has(x) else None
+    if poly is not None and (poly.degree() > 2 or any(cf.has(x) for cf in poly.all_coeffs())):
+        return None
+    coeffs = dict(zip(poly.monoms(), poly.coeffs())) if poly is not None else {}
+    coefficient *= sp.exp(coeffs.get((0,), sp.S.Zero) if poly is not None else exponent)
+    return coefficient, m, coeffs.get((1,), sp.S.Zero), coeffs.get((2,), sp.S.Zero)
+
+
+def _elementary_dual(terms, pair: Pair) -> sp.Expr | None:
+    total = sp.S.Zero
+    for c1, m1, l1, b1 in terms:
+        for c2, m2, l2, b2 in terms:
+            total += c1 * c2 * _moment(m1, m2, b1, b2, pair).subs({_A: l1, _B: l2})
+    total = sp.expand(total)
+    if total.has(sp.I):
+        # Conjugate exponentials pair up; what is left of I must cancel exactly.
+        real, imaginary = sp.expand_complex(total).as_real_imag()
+        if sp.simplify(imaginary) != 0:
+            return None
+        total = sp.expand(real)
+    return total
+
+
+@lru_cache(maxsize=None)
+def _moment(m1: int, m2: int, b1: sp.Expr, b2: sp.Expr, pair: Pair) -> sp.Expr:
+    """E[u^m1 v^m2 exp(λ_u u + b1 u² + λ_v v + b2 v²)] as a function of λ_u, λ_v."""
+    sigma = sp.Matrix([[pair.q1, pair.k], [pair.k, pair.q2]])
+    a = sp.eye(2) - 2 * sigma * sp.diag(b1, b2)
+    lam = sp.Matrix([_A, _B])
+    quadratic = (lam.T * a.inv() * sigma * lam)[0, 0] if (b1 or b2) else \
+        (lam.T * sigma * lam)[0, 0]
+    generating = sp.exp(sp.expand(quadratic) / 2) / sp.sqrt(a.det()) if (b1 or b2) else \
+        sp.exp(sp.expand(quadratic) / 2)
+    return sp.diff(generating, _A, m1, _B, m2) if (m1 or m2) else generating
