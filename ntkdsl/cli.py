@@ -12,7 +12,7 @@ import sys
 
 from .errors import NTKDSLError
 
-COMMANDS: tuple[str, ...] = ("fit",)
+COMMANDS: tuple[str, ...] = ("fit", "derive", "codegen")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ntkdsl",
         description="Exact infinite-width NNGP and NTK kernels of networks written as strings, "
         "e.g. \"Dense(512) > Relu > Dense(1)\".",
+        epilog="Run 'ntkdsl COMMAND --help' for a command's options and examples.\n\n"
+        "exit status:\n"
+        "  0  success\n"
+        "  1  an error in the architecture, the data or a file (message on stderr)\n"
+        "  2  a command-line usage error (message on stderr)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"ntkdsl {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -20,15 +20,19 @@ from .derivation import Program, Step
 from .symbolic import Corr
 
 KINDS = ("nngp", "ntk", "both")
+NO_STEP = ("a layer that leaves the kernels unchanged (Identity, Dense(n) without bias) "
+           "takes no step")
 PAIR_LEGEND = (
     "inputs: q1_0 = <x,x>/d, q2_0 = <x',x'>/d, K_0 = <x,x'>/d (d = number of features)",
-    ("after layer l: q1_l, q2_l = variances, K_l = NNGP, T_l = NTK; "
-     "c_l = correlation, theta_l = arccos(c_l)"),
+    ("after step l: q1_l, q2_l = variances, K_l = NNGP, T_l = NTK; its input's "
+     "correlation c_l and angle theta_l = arccos(c_l)"),
+    NO_STEP,
 )
 DIAGONAL_LEGEND = (
     ("inputs: q_0 = <x,x>/d (d = number of features); both inputs are x, so every "
      "correlation is exactly 1"),
-    "after layer l: q_l = NNGP = variance, t_l = NTK",
+    "after step l: q_l = NNGP = variance, t_l = NTK",
+    NO_STEP,
 )
 LEGEND = "; ".join(PAIR_LEGEND)
 # Subexpressions with fewer operations than this are left inline: naming 2*q1 helps nobody.
@@ -40,7 +44,7 @@ _MAX_FACTOR_OPS = 60
 
 @dataclass(frozen=True)
 class Layer:
-    """One layer's map for display: its number (the SSA index), label, note and equations
+    """One layer's map for display: its step number (the SSA index), label, note, equations
     (named intermediates first, then the layer's outputs)."""
 
     number: int
@@ -102,7 +106,7 @@ class Formula:
             lines[0] += ", for identical inputs"
         lines += [f"  ({text})" for text in legend]
         for layer in self.layers:
-            lines.append(f"  layer {layer.number}: {_one_line(layer.title)}")
+            lines.append(f"  step {layer.number}: {_one_line(layer.title)}")
             lines += [f"    {sp.sstr(eq.lhs)} = {sp.sstr(eq.rhs)}" for eq in layer.equations]
         lines += [f"  {name} = {sp.sstr(value)}" for name, value in self.results]
         return "\n".join(lines)
@@ -113,21 +117,27 @@ class Formula:
         """An ``align`` block: one line per equation, each layer introduced by a \\text
         line."""
         def tex(expr) -> str:
-            return sp.latex(expr, symbol_names=_latex_names(expr))
+            return sp.latex(expr, symbol_names=_latex_names(expr), inv_trig_style="full")
 
         rows = []
         for layer in self.layers:
-            rows.append(r"&\text{layer " + str(layer.number) + ": "
+            rows.append(r"&\text{step " + str(layer.number) + ": "
                         + latex_text(layer.title) + "}")
             rows += [f"{tex(eq.lhs)} &= {tex(eq.rhs)}" for eq in layer.equations]
         rows += [rf"\mathrm{{{name.upper()}}} &= {tex(value)}" for name, value in self.results]
         return "\\begin{align}\n" + " \\\\\n".join(rows) + "\n\\end{align}"
 
-    def expanded(self) -> str:
-        """The composed expression(s) as text, one ``name = ...`` line per kernel."""
+    def expanded(self, latex: bool = False) -> str:
+        """The composed expression(s): ``name = ...`` text lines, or with ``latex`` an
+        ``align`` block."""
         values = self.expression if self.kind == "both" else (self.expression,)
-        return "\n".join(f"{name} = {sp.sstr(v)}"
-                         for (name, _), v in zip(self.results, values))
+        pairs = [(name, v) for (name, _), v in zip(self.results, values)]
+        if not latex:
+            return "\n".join(f"{name} = {sp.sstr(v)}" for name, v in pairs)
+        rows = [rf"\mathrm{{{name.upper()}}} &= "
+                + sp.latex(v, symbol_names=_latex_names(v), inv_trig_style="full")
+                for name, v in pairs]
+        return "\\begin{align}\n" + " \\\\\n".join(rows) + "\n\\end{align}"
 
     def _repr_latex_(self) -> str:
         return "$$" + self.latex().replace("{align}", "{aligned}") + "$$"
