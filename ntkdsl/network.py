@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from . import codegen
+from . import codegen, evaluation
 from .ast import Node
 from .derivation import Program, derive
-from .errors import InputError, ShapeError
+from .errors import InputError
+from .evaluation import check_inputs, identical_pairs  # noqa: F401 - public here too
 from .formula import Formula
 from .parser import parse
 
@@ -40,45 +41,67 @@ class Network:
         return self._functions["__source__"]
 
     # ------------------------------------------------------------------ evaluation --
-    def nngp(self, x1: Any, x2: Any = None) -> np.ndarray:
-        """NNGP kernel matrix (n1, n2) of x1 (n1, d) against x2 (n2, d); x2=None: x1 itself."""
-        return self.kernels(x1, x2)[0]
+    def nngp(self, x1: Any, x2: Any = None, out: np.ndarray | None = None, *,
+             dtype: Any = None, progress: bool | None = None,
+             threads: int | None = None) -> np.ndarray:
+        """NNGP kernel matrix (n1, n2) of x1 (n1, d) against x2 (n2, d); x2=None: x1 itself.
 
-    def ntk(self, x1: Any, x2: Any = None) -> np.ndarray:
-        """Neural tangent kernel matrix (n1, n2); x2=None: x1 against itself."""
-        return self.kernels(x1, x2)[1]
+        See ``kernels`` for ``out``, ``dtype``, ``progress`` and ``threads``."""
+        return self._evaluate(("nngp",), x1, x2, None if out is None else (out,),
+                              dtype, progress, threads)[0]
 
-    def kernels(self, x1: Any, x2: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """(NNGP, NTK) from one pass over the layers."""
-        a, b = check_inputs(x1, x2)
-        d = a.shape[1]
-        q1 = np.einsum("ij,ij->i", a, a) / d
-        q2 = q1 if b is None else np.einsum("ij,ij->i", b, b) / d
-        k = (a @ (a if b is None else b).T) / d
-        nngp, ntk = self._functions["pair"](q1[:, None], q2[None, :], k, d)
-        out = [np.array(np.broadcast_to(m, k.shape), dtype=np.float64) for m in (nngp, ntk)]
-        self._exact_identical_pairs(out, a, b, q1, d)
-        return out[0], out[1]
+    def ntk(self, x1: Any, x2: Any = None, out: np.ndarray | None = None, *,
+            dtype: Any = None, progress: bool | None = None,
+            threads: int | None = None) -> np.ndarray:
+        """Neural tangent kernel matrix (n1, n2); x2=None: x1 against itself.
+
+        See ``kernels`` for ``out``, ``dtype``, ``progress`` and ``threads``."""
+        return self._evaluate(("ntk",), x1, x2, None if out is None else (out,),
+                              dtype, progress, threads)[0]
+
+    def kernels(self, x1: Any, x2: Any = None, out: tuple | None = None, *,
+                dtype: Any = None, progress: bool | None = None,
+                threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(NNGP, NTK) of x1 against x2 (x2=None: x1 against itself) from one pass.
+
+        The matrix is computed in cache-sized blocks on a thread pool (``threads``, default
+        all available cores); a self-kernel computes one triangle and mirrors it, so it is
+        exactly symmetric, and entries of identical inputs hold the exact diagonal values.
+
+        out: a preallocated (n1, n2) array or ``np.memmap`` to fill block by block (for
+            ``kernels``, a pair ``(nngp_out, ntk_out)``, either may be None). It is returned.
+            A memmap opened with mode 'w+' or 'r+' is released from resident memory as it
+            is written, so a kernel larger than RAM can go to disk, e.g.
+            ``numpy.lib.format.open_memmap('ntk.npy', mode='w+', dtype=numpy.float64,
+            shape=(n, n))``.
+        dtype: numpy.float64 (default, or the dtype of ``out``) or numpy.float32. float32
+            halves the memory and is faster; norms and Gram entries are computed in
+            float64 and rounded, the layers run in float32, and entries of identical inputs
+            are the float64 diagonal values rounded. Accuracy (tested on ReLU, Erf and
+            LayerNorm networks): absolute error below 1e-6 of the largest entry for pairs
+            of inputs with correlation under 0.99, typically 2e-7; up to 1e-4 for nearly
+            collinear or opposite inputs, where arccos-type kernels have an infinite slope
+            and float32 cannot resolve the correlation.
+        progress: None shows a progress bar on a terminal once an evaluation runs longer
+            than two seconds (never when stderr is not a terminal); True always; False never.
+
+        Bad shapes, dtypes, a read-only ``out``, or a kernel too large for the available
+        memory without ``out`` raise ntkdsl's InputError/ShapeError before any work."""
+        if out is not None and (not isinstance(out, (tuple, list)) or len(out) != 2):
+            raise InputError("out for kernels() must be a pair (nngp_out, ntk_out)",
+                             hint="either entry may be None to allocate that kernel")
+        result = self._evaluate(KINDS, x1, x2, out, dtype, progress, threads)
+        return result[0], result[1]
+
+    def _evaluate(self, kinds, x1, x2, out, dtype, progress, threads) -> list[np.ndarray]:
+        return evaluation.evaluate(self._functions, x1, x2, kinds=kinds, out=out,
+                                   dtype=dtype, progress=progress, threads=threads)
 
     def diagonal(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """Exact (NNGP, NTK) of each input with itself: correlation exactly 1."""
         a, _ = check_inputs(x, None)
-        d = a.shape[1]
-        return self._diagonal(np.einsum("ij,ij->i", a, a) / d, d)
-
-    def _diagonal(self, q: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
-        nngp, ntk = self._functions["diagonal"](q, d)
-        return (np.array(np.broadcast_to(nngp, q.shape), dtype=np.float64),
-                np.array(np.broadcast_to(ntk, q.shape), dtype=np.float64))
-
-    def _exact_identical_pairs(self, out, a, b, q1, d) -> None:
-        """Overwrite entries whose two inputs are identical with the diagonal recursion."""
-        rows, cols = identical_pairs(a, b)
-        if rows.size == 0:
-            return
-        diag = self._diagonal(q1, d)
-        for matrix, values in zip(out, diag):
-            matrix[rows, cols] = values[rows]
+        return evaluation.diagonal_values(self._functions["diagonal"],
+                                          evaluation.squared_norms(a), a.shape[1])
 
     # ------------------------------------------------------------------ formulas --
     def formula(self, kind: str = "ntk") -> Formula:
@@ -92,53 +115,6 @@ class Network:
 
     def __repr__(self) -> str:
         return f"ntkdsl.compile({self.arch!r})"
-
-
-def identical_pairs(a: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Index arrays (rows, cols) of entries whose two input rows are bit-identical,
-    including the whole diagonal of a self-kernel."""
-    rows_b = a if b is None else b
-    both = np.concatenate([a, rows_b]) if b is not None else a
-    _, ids = np.unique(both, axis=0, return_inverse=True)
-    ids = ids.ravel()
-    id1, id2 = ids[: len(a)], ids[len(a):] if b is not None else ids
-    if b is not None and np.intersect1d(id1, id2).size == 0:
-        return np.empty(0, int), np.empty(0, int)
-    if b is None and np.unique(id1).size == id1.size:
-        n = np.arange(len(a))
-        return n, n
-    return np.nonzero(id1[:, None] == id2[None, :])
-
-
-def _as_matrix(x: Any, name: str) -> np.ndarray:
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"{name} must be a numeric array of shape (n, d): {err}") from None
-    if arr.ndim != 2:
-        raise ShapeError(f"{name} must be 2-D (n samples, d features), got shape {arr.shape}",
-                         hint="reshape a single sample with x.reshape(1, -1), "
-                              "a single feature with x.reshape(-1, 1)")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ShapeError(f"{name} is empty (shape {arr.shape}); it needs at least one "
-                         "sample and one feature")
-    if not np.isfinite(arr).all():
-        i, j = np.argwhere(~np.isfinite(arr))[0]
-        raise InputError(f"{name} has a non-finite value {arr[i, j]} at row {i}, column {j}",
-                         hint="kernels are defined for finite inputs only; drop or impute it")
-    return arr
-
-
-def check_inputs(x1: Any, x2: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """Validated float64 copies (or views) of the inputs."""
-    a = _as_matrix(x1, "x1")
-    if x2 is None:
-        return a, None
-    b = _as_matrix(x2, "x2")
-    if a.shape[1] != b.shape[1]:
-        raise ShapeError(f"x1 has {a.shape[1]} features but x2 has {b.shape[1]}; "
-                         "both must have the same number of columns")
-    return a, b
 
 
 def compile(arch: str) -> Network:

@@ -1,0 +1,518 @@
+"""Tiled, threaded, bounded-memory evaluation of a compiled kernel program.
+
+The generated ``pair(q1, q2, K, d)`` function is elementwise in the entries of the kernel
+matrix, so the matrix can be computed in blocks: each block needs its rows' and columns'
+squared norms and its own slice of the Gram matrix ``x1 @ x2.T / d``. This module cuts the
+output into blocks, computes each block's Gram slice with one BLAS call and runs the
+elementwise program on row chunks small enough to stay in the CPU cache, spreading blocks
+over a thread pool (NumPy releases the GIL inside ufuncs and BLAS). A self-kernel computes
+only the blocks on and above the diagonal and mirrors them, so it is exactly symmetric.
+Entries whose two inputs are identical are finally overwritten with the diagonal program's
+exact values (correlation exactly 1, where ``arccos`` near 1 would lose digits).
+
+Results go straight into the output arrays, which may be ``np.memmap`` files: then the pages
+already written are released from this process's resident memory as the evaluation goes,
+so a kernel larger than RAM can be written to disk.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import re
+import sys
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import InputError, ShapeError
+
+KINDS = ("nngp", "ntk")
+DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+
+# Working memory (Gram blocks, program temporaries) is held to this share of the output's
+# size, so an evaluation without ``out`` peaks at about output + 10% + inputs.
+WORKING_SHARE = 0.08
+MIN_WORKING_BYTES = 512 * 1024
+MAX_WORKING_BYTES = 48 * 1024 * 1024
+# Elementwise chunks: large enough to amortise ~100 ufunc calls, small enough for L2.
+MIN_CHUNK, MAX_CHUNK = 1024, 16384
+# With a memory-mapped output, resident pages are released after this many bytes written.
+RELEASE_EVERY_BYTES = 128 * 1024 * 1024
+PROGRESS_DELAY_S = 2.0
+
+
+# ---------------------------------------------------------------------------- inputs --
+
+def _as_matrix(x: Any, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{name} must be a numeric array of shape (n, d): {err}") from None
+    if arr.ndim != 2:
+        raise ShapeError(f"{name} must be 2-D (n samples, d features), got shape {arr.shape}",
+                         hint="reshape a single sample with x.reshape(1, -1), "
+                              "a single feature with x.reshape(-1, 1)")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ShapeError(f"{name} is empty (shape {arr.shape}); it needs at least one "
+                         "sample and one feature")
+    if not np.isfinite(arr).all():
+        i, j = np.argwhere(~np.isfinite(arr))[0]
+        raise InputError(f"{name} has a non-finite value {arr[i, j]} at row {i}, column {j}",
+                         hint="kernels are defined for finite inputs only; drop or impute it")
+    return arr
+
+
+def check_inputs(x1: Any, x2: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validated float64 copies (or views) of the inputs."""
+    a = _as_matrix(x1, "x1")
+    if x2 is None:
+        return a, None
+    b = _as_matrix(x2, "x2")
+    if a.shape[1] != b.shape[1]:
+        raise ShapeError(f"x1 has {a.shape[1]} features but x2 has {b.shape[1]}; "
+                         "both must have the same number of columns")
+    return a, b
+
+
+def squared_norms(x: np.ndarray) -> np.ndarray:
+    """Row-wise x·x / d, the input layer's variances."""
+    return np.einsum("ij,ij->i", x, x) / x.shape[1]
+
+
+# ------------------------------------------------------------------- identical pairs --
+
+_HASH_ENTRIES = 32768  # per chunk of rows hashed: temporaries of 256 KB
+
+
+def _row_hashes(x: np.ndarray) -> np.ndarray:
+    """A 64-bit hash per row, equal for rows with equal values (-0.0 counts as 0.0).
+    Computed in row chunks so the temporaries stay small."""
+    mult = np.random.default_rng(0x6E746B).integers(1, 2**63, size=x.shape[1],
+                                                     dtype=np.uint64) | np.uint64(1)
+    out = np.empty(len(x), dtype=np.uint64)
+    step = max(1, _HASH_ENTRIES // x.shape[1])
+    for s in range(0, len(x), step):
+        bits = (x[s:s + step] + 0.0).view(np.uint64)  # + 0.0 turns -0.0 into 0.0
+        bits *= mult  # wraps modulo 2**64
+        out[s:s + step] = bits.sum(axis=1)
+    return out
+
+
+def _exact_ids(rows: np.ndarray, offset: int) -> np.ndarray:
+    """Group ids (from ``offset`` up) of rows, equal exactly when the rows are equal."""
+    if len(rows) == 0:
+        return np.empty(0, dtype=np.int64)
+    _, inverse = np.unique(rows, axis=0, return_inverse=True)
+    return offset + inverse.ravel().astype(np.int64)
+
+
+def _pairs_from_ids(id1: np.ndarray, id2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All (i, j) with id1[i] == id2[j], without forming the n1 x n2 comparison."""
+    o1, o2 = np.argsort(id1, kind="stable"), np.argsort(id2, kind="stable")
+    u1, start1, count1 = np.unique(id1[o1], return_index=True, return_counts=True)
+    u2, start2, count2 = np.unique(id2[o2], return_index=True, return_counts=True)
+    _, k1, k2 = np.intersect1d(u1, u2, assume_unique=True, return_indices=True)
+    c1, c2, s1, s2 = count1[k1], count2[k2], start1[k1], start2[k2]
+    sizes = c1 * c2
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    within = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    rows = o1[s1[group] + within // c2[group]]
+    cols = o2[s2[group] + within % c2[group]]
+    return rows, cols
+
+
+def identical_pairs(a: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Index arrays (rows, cols) of entries whose two input rows are equal, including the
+    whole diagonal of a self-kernel. Memory is O(n): rows are hashed, and only rows whose
+    hash repeats are compared exactly."""
+    if b is None:
+        h = _row_hashes(a)
+        _, inverse, counts = np.unique(h, return_inverse=True, return_counts=True)
+        candidate = counts[inverse.ravel()] > 1
+        if not candidate.any():
+            n = np.arange(len(a))
+            return n, n
+        ids = np.arange(len(a), dtype=np.int64)
+        ids[candidate] = _exact_ids(a[candidate], len(a))
+        return _pairs_from_ids(ids, ids)
+    ha, hb = _row_hashes(a), _row_hashes(b)
+    ca, cb = np.isin(ha, hb), np.isin(hb, ha)
+    if not ca.any():
+        return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.intp)
+    n1, n2 = len(a), len(b)
+    shared = _exact_ids(np.concatenate([a[ca], b[cb]]), n1 + n2)
+    id1 = np.arange(n1, dtype=np.int64)
+    id2 = np.arange(n1, n1 + n2, dtype=np.int64)
+    id1[ca], id2[cb] = shared[: ca.sum()], shared[ca.sum():]
+    return _pairs_from_ids(id1, id2)
+
+
+# --------------------------------------------------------------------------- outputs --
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gb(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"
+
+
+def resolve_dtype(dtype: Any, outs: Sequence[np.ndarray | None]) -> np.dtype:
+    """The evaluation dtype: the one asked for, else that of a given ``out``, else float64."""
+    given = [o.dtype for o in outs if isinstance(o, np.ndarray)]
+    if dtype is None:
+        dtype = given[0] if given else np.float64
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise InputError(f"dtype {dtype!r} is not a NumPy dtype",
+                         hint="valid: numpy.float64 (default) or numpy.float32") from None
+    if dt not in DTYPES:
+        raise InputError(f"dtype {dt} is not supported",
+                         hint="valid: numpy.float64 (default) or numpy.float32")
+    return dt
+
+
+def check_out(out: Any, kind: str, shape: tuple[int, int], dtype: np.dtype,
+              inputs: Sequence[np.ndarray]) -> None:
+    """Raise before any work if ``out`` cannot receive the ``kind`` kernel."""
+    if not isinstance(out, np.ndarray):
+        raise InputError(f"out for the {kind.upper()} must be a NumPy array or np.memmap, "
+                         f"got {type(out).__name__}")
+    if out.shape != shape:
+        raise ShapeError(f"out for the {kind.upper()} has shape {out.shape} but the kernel "
+                         f"is {shape[0]} x {shape[1]}",
+                         hint=f"allocate it with shape {shape}")
+    if out.dtype != dtype:
+        raise InputError(f"out for the {kind.upper()} has dtype {out.dtype} but the "
+                         f"evaluation is in {dtype}",
+                         hint=f"allocate out with dtype={dtype.name}, or pass "
+                              f"dtype=numpy.{out.dtype.name} if that is supported")
+    if not out.flags.writeable:
+        raise InputError(f"out for the {kind.upper()} is read-only",
+                         hint="pass a writeable array (an np.memmap opened with mode "
+                              "'w+' or 'r+')")
+    for x in inputs:
+        if np.shares_memory(out, x):
+            raise InputError(f"out for the {kind.upper()} overlaps an input array",
+                             hint="the inputs must stay intact while the kernel is written")
+
+
+def allocate_outputs(kinds: Sequence[str], outs: Sequence[np.ndarray | None],
+                     shape: tuple[int, int], dtype: np.dtype) -> list[np.ndarray]:
+    """The given ``out`` arrays, with the missing ones allocated after checking that they
+    fit in the available memory."""
+    missing = sum(o is None for o in outs)
+    need = missing * shape[0] * shape[1] * dtype.itemsize
+    free = available_memory()
+    if need and free is not None and need > free:
+        what = " and ".join(k.upper() for k, o in zip(kinds, outs) if o is None)
+        raise InputError(
+            f"the {what} of {shape[0]} x {shape[1]} inputs needs {_gb(need)} of memory "
+            f"in {dtype.name}, but only {_gb(free)} is available",
+            hint="write it to disk instead: out=numpy.lib.format.open_memmap('kernel.npy', "
+                 f"mode='w+', dtype=numpy.{dtype.name}, shape={shape}); "
+                 "or use dtype=numpy.float32 (half the memory), or fewer inputs")
+    return [np.empty(shape, dtype=dtype) if o is None else o for o in outs]
+
+
+# ------------------------------------------------------------------- memory mapping --
+
+def _libc_madvise() -> Callable | None:
+    if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MADVISE = _libc_madvise()
+
+
+def is_shared_file_map(arr: np.ndarray) -> bool:
+    """True for an np.memmap whose writes go to its file (modes 'r+' and 'w+'); a
+    copy-on-write map ('c') keeps its writes only in memory, so its pages must stay."""
+    return isinstance(arr, np.memmap) and getattr(arr, "mode", None) in ("r+", "w+")
+
+
+def release_pages(arr: np.ndarray) -> None:
+    """Drop the pages of a shared file map from this process's resident memory.
+
+    The data is not lost: in a shared file mapping a written page *is* the page-cache page,
+    which the kernel writes back to the file; unmapping only stops it counting towards this
+    process. Later access faults the page back in from the cache or the file."""
+    if _MADVISE is None or not is_shared_file_map(arr) or arr.size == 0:
+        return
+    lo, hi = np.lib.array_utils.byte_bounds(arr) if hasattr(np.lib, "array_utils") \
+        else np.byte_bounds(arr)
+    start = lo - lo % mmap.PAGESIZE  # the map starts on a page boundary, so this is inside
+    _MADVISE(start, hi - start, mmap.MADV_DONTNEED)
+
+
+# -------------------------------------------------------------------------- planning --
+
+@dataclass(frozen=True)
+class Plan:
+    """How an evaluation is cut up: square blocks for a self-kernel (so a block's mirror is
+    a block), row chunks of a block for the elementwise program."""
+
+    n1: int
+    n2: int
+    symmetric: bool
+    block_rows: int
+    block_cols: int
+    chunk_rows: int
+    threads: int
+
+    def blocks(self) -> list[tuple[int, int, int, int]]:
+        """(r0, r1, c0, c1) of every block to compute, row panel by row panel."""
+        out = []
+        for r0 in range(0, self.n1, self.block_rows):
+            first = r0 if self.symmetric else 0
+            for c0 in range(first, self.n2, self.block_cols):
+                out.append((r0, min(r0 + self.block_rows, self.n1),
+                            c0, min(c0 + self.block_cols, self.n2)))
+        return out
+
+    def entries(self) -> int:
+        """Number of kernel entries the blocks compute (a triangle plus for symmetry)."""
+        return sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in self.blocks())
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def temporaries_per_entry(source: str) -> int:
+    """How many arrays of the chunk's size the generated ``pair`` holds at once, at most:
+    every assigned name stays alive until it returns, plus a few expression temporaries."""
+    body = source.split("def pair(", 1)[-1].split("\ndef ", 1)[0]
+    return len(re.findall(r"^\s+\w+ = ", body, flags=re.M)) + 6
+
+
+def make_plan(n1: int, n2: int, symmetric: bool, dtype: np.dtype, output_bytes: int,
+              temporaries: int, threads: int | None) -> Plan:
+    """Block and chunk sizes keeping working memory near ``WORKING_SHARE`` of the output."""
+    threads = default_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise InputError(f"threads must be at least 1, got {threads}")
+    budget = min(max(WORKING_SHARE * output_bytes, MIN_WORKING_BYTES), MAX_WORKING_BYTES)
+    per_thread = budget / threads
+    # A quarter of a thread's share for its float64 Gram block, the rest for temporaries.
+    side = int(np.sqrt(per_thread / 4 / 8)) // 16 * 16
+    side = min(max(side, 32), 512)
+    if symmetric:
+        rows = cols = min(side, n1)
+    else:
+        rows = min(side, n1)
+        cols = min(n2, max(side, side * side // rows))
+    chunk = per_thread * 0.75 / (temporaries * dtype.itemsize)
+    chunk = min(max(int(chunk), MIN_CHUNK), MAX_CHUNK)
+    return Plan(n1, n2, symmetric, rows, cols, max(1, min(rows, chunk // cols)), threads)
+
+
+# ------------------------------------------------------------------------ evaluation --
+
+class _Block:
+    """Computes one block into the outputs; one instance shared by the pool's threads."""
+
+    def __init__(self, pair: Callable, a: np.ndarray, b: np.ndarray, q1: np.ndarray,
+                 q2: np.ndarray, keep: Sequence[int], outs: Sequence[np.ndarray],
+                 plan: Plan, dtype: np.dtype):
+        self.pair, self.a, self.b, self.keep, self.outs = pair, a, b, keep, outs
+        self.plan, self.dtype, self.d = plan, dtype, a.shape[1]
+        # The program runs in the evaluation dtype; norms are rounded to it once.
+        self.q1, self.q2 = q1.astype(dtype, copy=False), q2.astype(dtype, copy=False)
+        self.local = threading.local()
+
+    def _gram(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """x1[r0:r1] @ x2[c0:c1].T / d in a buffer reused by this thread."""
+        shape = (r1 - r0, c1 - c0)
+        buf = getattr(self.local, "gram", None)
+        if buf is None or buf.shape != shape:
+            buf = self.local.gram = np.empty(shape)
+        np.matmul(self.a[r0:r1], self.b[c0:c1].T, out=buf)
+        np.divide(buf, self.d, out=buf)  # a division, as the untiled x1 @ x2.T / d
+        return buf
+
+    def __call__(self, r0: int, r1: int, c0: int, c1: int) -> int:
+        gram = self._gram(r0, r1, c0, c1)
+        on_diagonal = self.plan.symmetric and r0 == c0
+        step = self.plan.chunk_rows
+        for s in range(0, r1 - r0, step):
+            e = min(s + step, r1 - r0)
+            # On a diagonal block, rows s:e need only columns from s on (the rest mirror).
+            first = s if on_diagonal else 0
+            k = gram[s:e, first:]
+            if self.dtype != k.dtype:
+                k = k.astype(self.dtype)
+            results = self.pair(self.q1[r0 + s:r0 + e, None],
+                                self.q2[None, c0 + first:c1], k, self.d)
+            for i, out in zip(self.keep, self.outs):
+                self._store(out, results[i], r0 + s, r0 + e, c0 + first, c1, on_diagonal)
+        return (r1 - r0) * (c1 - c0)
+
+    def _store(self, out: np.ndarray, values: Any, r0: int, r1: int, c0: int, c1: int,
+               on_diagonal: bool) -> None:
+        """Write a chunk, and its transpose from the cache-warm result when symmetric (a
+        transposed read of ``out`` itself would stride across pages)."""
+        values = np.broadcast_to(values, (r1 - r0, c1 - c0))
+        if not self.plan.symmetric:
+            out[r0:r1, c0:c1] = values
+            return
+        if on_diagonal:
+            # The chunk's leading square straddles the diagonal: keep its upper triangle.
+            n = r1 - r0
+            square = np.triu(values[:, :n])
+            square += np.triu(values[:, :n], 1).T
+            out[r0:r1, c0:c0 + n] = square
+            values, c0 = values[:, n:], c0 + n
+        out[r0:r1, c0:c1] = values
+        out[c0:c1, r0:r1] = values.T
+
+def _progress_bar(progress: bool | None, total: int):
+    """tqdm bar: None shows it on a terminal once the evaluation passes two seconds,
+    True always, False never."""
+    if progress is False:
+        return None
+    from tqdm.auto import tqdm
+    if progress is None and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        return None
+    return tqdm(total=total, unit=" entries", unit_scale=True, leave=False,
+                delay=PROGRESS_DELAY_S if progress is None else 0, desc="kernel")
+
+
+def _blas_limit():
+    """One BLAS thread per pool thread: blocks are small, and BLAS threads spinning beside
+    the pool would oversubscribe the cores."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _run_blocks(block: _Block, plan: Plan, outs: Sequence[np.ndarray],
+                progress: bool | None) -> None:
+    """Run every block, on a thread pool when plan.threads > 1, releasing memory-mapped
+    pages as they are written."""
+    blocks = plan.blocks()
+    bar = _progress_bar(progress, plan.entries())
+    mapped = [o for o in outs if is_shared_file_map(o)]
+    bytes_per_entry = sum(o.dtype.itemsize for o in outs) * (2 if plan.symmetric else 1)
+    written = 0
+
+    def done(entries: int) -> None:
+        nonlocal written
+        if bar is not None:
+            bar.update(entries)
+        written += entries * bytes_per_entry
+        if mapped and written >= RELEASE_EVERY_BYTES:
+            for o in mapped:
+                release_pages(o)
+            written = 0
+
+    try:
+        with _blas_limit():
+            if plan.threads == 1:
+                for blk in blocks:
+                    done(block(*blk))
+            else:
+                _run_pool(block, blocks, plan.threads, done)
+    finally:
+        if bar is not None:
+            bar.close()
+    for o in mapped:
+        release_pages(o)
+
+
+def _run_pool(block: _Block, blocks: list, threads: int, done: Callable) -> None:
+    """Submit blocks a few at a time (so an error or Ctrl-C stops early) and report each."""
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ntkdsl")
+    pending: set = set()
+    todo = iter(blocks)
+    try:
+        while True:
+            for blk in todo:
+                pending.add(pool.submit(block, *blk))
+                if len(pending) >= 4 * threads:
+                    break
+            if not pending:
+                break
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                done(f.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def evaluate(functions: dict, x1: Any, x2: Any = None, *, kinds: Sequence[str] = KINDS,
+             out: Sequence[np.ndarray | None] | None = None, dtype: Any = None,
+             progress: bool | None = None, threads: int | None = None) -> list[np.ndarray]:
+    """The kernels named in ``kinds`` of x1 against x2 (x2=None: x1 against itself), written
+    into ``out`` (one array or None per kind) or into new arrays. Every check happens before
+    any work starts."""
+    a, b = check_inputs(x1, x2)
+    if b is not None and b is a:
+        b = None  # the same array object twice: use the symmetric path
+    shape = (len(a), len(a) if b is None else len(b))
+    outs = [None] * len(kinds) if out is None else list(out)
+    dt = resolve_dtype(dtype, outs)
+    inputs = [a] if b is None else [a, b]
+    for kind, o in zip(kinds, outs):
+        if o is not None:
+            check_out(o, kind, shape, dt, inputs)
+    outs = allocate_outputs(kinds, outs, shape, dt)
+    q1 = squared_norms(a)
+    q2 = q1 if b is None else squared_norms(b)
+    plan = make_plan(*shape, b is None, dt, sum(o.nbytes for o in outs),
+                     temporaries_per_entry(functions["__source__"]), threads)
+    keep = [KINDS.index(k) for k in kinds]
+    block = _Block(functions["pair"], a, a if b is None else b, q1, q2, keep, outs, plan, dt)
+    _run_blocks(block, plan, outs, progress)
+    _exact_identical_pairs(functions["diagonal"], outs, keep, a, b, q1)
+    return outs
+
+
+def diagonal_values(diagonal: Callable, q: np.ndarray, d: int) -> tuple[np.ndarray, ...]:
+    """Exact (NNGP, NTK) of inputs with squared norms q against themselves, as arrays."""
+    return tuple(np.array(np.broadcast_to(v, q.shape), dtype=np.float64)
+                 for v in diagonal(q, d))
+
+
+def _exact_identical_pairs(diagonal: Callable, outs: Sequence[np.ndarray],
+                           keep: Sequence[int], a: np.ndarray, b: np.ndarray | None,
+                           q1: np.ndarray) -> None:
+    """Overwrite entries whose two inputs are identical with the diagonal recursion."""
+    rows, cols = identical_pairs(a, b)
+    if rows.size == 0:
+        return
+    values = diagonal_values(diagonal, q1, a.shape[1])
+    for i, out in zip(keep, outs):
+        out[rows, cols] = values[i][rows]
+        if is_shared_file_map(out):
+            release_pages(out)

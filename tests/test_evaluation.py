@@ -1,0 +1,314 @@
+"""Tiled, threaded, out-of-core kernel evaluation (ntkdsl.evaluation) against independent
+computations: the whole-matrix (untiled) program, a plain ReLU arc-cosine recursion, and a
+brute-force search for identical input rows."""
+import numpy as np
+import pytest
+
+import ntkdsl
+from ntkdsl import evaluation
+from ntkdsl.errors import InputError, ShapeError
+
+RELU = "(Dense(512, W_std=1.4, b_std=0.1) > Relu) * 3 > Dense(1, W_std=1.4, b_std=0.1)"
+ARCHS = [
+    RELU,
+    "Dense(8, W_std=1.2, b_std=0.3) > Erf > Dense(1, W_std=1.1)",
+    "Dense(5, b_std=0.2) > Relu > Dense(5) > LayerNorm > Relu > Dense(1)",
+    "Dense(1, W_std=0.0, b_std=1.0)",  # constant kernel: the program returns scalars
+]
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Blocks of 32 x 32 and chunks of 2 rows, so a few hundred inputs cross every edge."""
+    monkeypatch.setattr(evaluation, "MIN_WORKING_BYTES", 1)
+    monkeypatch.setattr(evaluation, "MAX_WORKING_BYTES", 1)
+    monkeypatch.setattr(evaluation, "MIN_CHUNK", 64)
+    plan = evaluation.make_plan(300, 300, True, np.dtype(np.float64), 1, 40, 2)
+    assert (plan.block_rows, plan.chunk_rows) == (32, 2)
+
+
+def untiled(net, x1, x2=None):
+    """The whole-matrix evaluation: one Gram matrix, one call of the generated program,
+    identical inputs' entries from the diagonal program."""
+    b = x1 if x2 is None else x2
+    d = x1.shape[1]
+    q1, q2 = (np.einsum("ij,ij->i", x, x) / d for x in (x1, b))
+    k = x1 @ b.T / d
+    nngp, ntk = net._functions["pair"](q1[:, None], q2[None, :], k, d)
+    out = [np.array(np.broadcast_to(m, k.shape), dtype=np.float64) for m in (nngp, ntk)]
+    same = (x1[:, None, :] == b[None, :, :]).all(-1)
+    diag = net.diagonal(x1)
+    for m, v in zip(out, diag):
+        m[same] = np.broadcast_to(v[:, None], same.shape)[same]
+    return out
+
+
+def relu_recursion(x1, x2, depth=3, w2=1.4 ** 2, b2=0.1 ** 2):
+    """NNGP/NTK of RELU from the arc-cosine formulas, written out independently."""
+    d = x1.shape[1]
+    k = w2 * x1 @ x2.T / d + b2
+    q1 = w2 * (x1 * x1).sum(1) / d + b2
+    q2 = w2 * (x2 * x2).sum(1) / d + b2
+    t = k.copy()
+    for _ in range(depth):
+        norm = np.sqrt(np.outer(q1, q2))
+        c = np.clip(k / norm, -1, 1)
+        theta = np.arccos(c)
+        k_new = norm * (np.sin(theta) + (np.pi - theta) * c) / (2 * np.pi)
+        t = w2 * t * (np.pi - theta) / (2 * np.pi)
+        k, q1, q2 = w2 * k_new + b2, w2 * q1 / 2 + b2, w2 * q2 / 2 + b2
+        t = t + k
+    return k, t
+
+
+def data(n, d=6, seed=0):
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    x[5] = x[2]  # an identical pair
+    x[7] = -x[3]  # an exactly opposite pair
+    x[9] = x[4] * (1 + 1e-9)  # a nearly collinear pair
+    return x
+
+
+def close(got, ref, rtol):
+    scale = np.abs(ref).max()
+    assert np.abs(got - ref).max() <= rtol * scale, np.abs(got - ref).max() / scale
+
+
+# ------------------------------------------------------------------------ tiled = untiled --
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tiled_self_kernel_equals_untiled(arch, small_tiles):
+    net = ntkdsl.compile(arch)
+    x = data(203)
+    for got, ref in zip(net.kernels(x), untiled(net, x)):
+        assert got.shape == (203, 203) and got.dtype == np.float64
+        close(got, ref, 1e-12)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("n1, n2", [(70, 131), (1, 90), (90, 1)])
+def test_tiled_cross_kernel_equals_untiled(arch, n1, n2, small_tiles):
+    net = ntkdsl.compile(arch)
+    x1, x2 = data(max(n1, 10))[:n1], data(max(n2, 10), seed=1)[:n2]
+    x2[0] = x1[0]  # an identical pair across the two sets
+    for got, ref in zip(net.kernels(x1, x2), untiled(net, x1, x2)):
+        assert got.shape == (n1, n2)
+        close(got, ref, 1e-12)
+
+
+def test_default_plan_many_blocks_equals_untiled():
+    """Without monkeypatching: inputs enough for several default blocks and chunks."""
+    net = ntkdsl.compile(RELU)
+    x = data(1500, d=20)
+    plan = evaluation.make_plan(1500, 1500, True, np.dtype(np.float64), 1500 ** 2 * 8, 60, 2)
+    assert plan.block_rows < 1500 / 4 and plan.chunk_rows < plan.block_rows
+    close(net.ntk(x), untiled(net, x)[1], 1e-12)
+
+
+def test_relu_against_arccos_recursion(small_tiles):
+    net = ntkdsl.compile(RELU)
+    x1, x2 = data(150), data(80, seed=3)
+    k, t = relu_recursion(x1, x2)
+    close(net.nngp(x1, x2), k, 1e-12)
+    close(net.ntk(x1, x2), t, 1e-12)
+
+
+def test_self_kernel_exactly_symmetric_with_exact_diagonal(small_tiles):
+    net = ntkdsl.compile(RELU)
+    x = data(150)
+    for got, diag in zip(net.kernels(x), net.diagonal(x)):
+        assert np.array_equal(got, got.T)
+        assert np.array_equal(np.diagonal(got), diag)
+        assert got[2, 5] == got[5, 2] == diag[2]  # identical rows: the exact value too
+
+
+def test_thread_count_does_not_change_a_bit(small_tiles):
+    net = ntkdsl.compile(RELU)
+    x = data(150)
+    one = net.ntk(x, threads=1)
+    assert np.array_equal(one, net.ntk(x, threads=3))
+    assert np.array_equal(net.ntk(x[:40], x), net.ntk(x[:40], x, threads=1))
+
+
+# ---------------------------------------------------------------------- identical pairs --
+
+@pytest.mark.parametrize("self_kernel", [True, False])
+def test_identical_pairs_match_brute_force(self_kernel):
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 3, size=(60, 2)).astype(float)  # many repeated rows
+    a[0] = [-0.0, 1.0]
+    a[1] = [0.0, 1.0]  # equal values, different bits: still identical inputs
+    b = None if self_kernel else rng.integers(0, 3, size=(45, 2)).astype(float)
+    rows, cols = evaluation.identical_pairs(a, b)
+    other = a if b is None else b
+    expect = np.argwhere((a[:, None, :] == other[None, :, :]).all(-1))
+    got = np.stack([rows, cols], 1)
+    assert sorted(map(tuple, got)) == sorted(map(tuple, expect))
+
+
+def test_no_identical_pairs():
+    a = np.arange(12.0).reshape(6, 2)
+    rows, cols = evaluation.identical_pairs(a, a + 100)
+    assert rows.size == cols.size == 0
+    rows, cols = evaluation.identical_pairs(a, None)
+    assert np.array_equal(rows, np.arange(6)) and np.array_equal(cols, np.arange(6))
+
+
+# -------------------------------------------------------------------------------- out= --
+
+def test_out_array_is_filled_and_returned(small_tiles):
+    net = ntkdsl.compile(RELU)
+    x1, x2 = data(100), data(64, seed=4)
+    ref = untiled(net, x1, x2)
+    out = np.full((100, 64), np.nan)
+    assert net.ntk(x1, x2, out=out) is out
+    close(out, ref[1], 1e-12)
+    nngp_out = np.empty((100, 64))
+    nngp, ntk = net.kernels(x1, x2, out=(nngp_out, None))
+    assert nngp is nngp_out
+    close(nngp, ref[0], 1e-12)
+    close(ntk, ref[1], 1e-12)
+
+
+def test_out_may_be_a_strided_view(small_tiles):
+    net = ntkdsl.compile(RELU)
+    x = data(90)
+    big = np.zeros((90, 180))
+    net.ntk(x, out=big[:, ::2])
+    close(big[:, ::2], untiled(net, x)[1], 1e-12)
+    assert not big[:, 1::2].any()
+
+
+@pytest.mark.skipif(evaluation._MADVISE is None, reason="madvise: Linux only")
+@pytest.mark.parametrize("mode", ["r+", "c"])
+def test_memmap_out_written_to_disk(tmp_path, monkeypatch, small_tiles, mode):
+    """Pages are released from memory as they are written (every few blocks here), and the
+    file holds the kernel afterwards; a copy-on-write map keeps its pages in memory."""
+    monkeypatch.setattr(evaluation, "RELEASE_EVERY_BYTES", 4096)
+    calls = []
+    real = evaluation._MADVISE
+    monkeypatch.setattr(evaluation, "_MADVISE", lambda *a: calls.append(real(*a)))
+    net = ntkdsl.compile(RELU)
+    x = data(200)
+    ref = untiled(net, x)[1]
+    path = tmp_path / "ntk.npy"
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(200, 200)).flush()
+    out = np.lib.format.open_memmap(path, mode=mode)
+    assert net.ntk(x, out=out) is out
+    close(np.array(out), ref, 1e-12)  # released pages read back intact
+    del out
+    if mode == "r+":
+        assert len(calls) > 3 and set(calls) == {0}  # madvise succeeded every time
+        close(np.load(path), ref, 1e-12)
+    else:
+        assert not calls and not np.load(path).any()  # copy-on-write: file untouched
+
+
+def test_release_pages_ignores_plain_arrays():
+    arr = np.ones((1000, 1000))
+    evaluation.release_pages(arr)  # anonymous memory: dropping it would zero it
+    assert arr.all()
+
+
+# ------------------------------------------------------------------------------ float32 --
+
+@pytest.mark.parametrize("arch", ARCHS[:3])
+def test_float32_accuracy_as_documented(arch):
+    """Docstring: absolute error within 1e-6 of the largest entry where the inputs'
+    correlation is below 0.99, within 1e-4 everywhere (nearly collinear inputs, where
+    arccos-type duals have an infinite slope); identical inputs: float64 values rounded."""
+    net = ntkdsl.compile(arch)
+    x = data(300, d=12)
+    x[20] = x[21] * (1 + 1e-7)  # nearly collinear: where arccos loses the most
+    corr = x @ x.T / np.sqrt(np.outer((x * x).sum(1), (x * x).sum(1)))
+    for got, ref in zip(net.kernels(x, dtype=np.float32), net.kernels(x)):
+        assert got.dtype == np.float32
+        got = got.astype(np.float64)
+        close(got, ref, 1e-4)
+        mild = np.abs(corr) < 0.99
+        assert np.abs(got - ref)[mild].max() <= 1e-6 * np.abs(ref).max()
+        assert np.array_equal(np.diagonal(got), np.diagonal(ref).astype(np.float32))
+
+
+def test_float32_from_out_dtype():
+    net = ntkdsl.compile(RELU)
+    x = data(40)
+    out = np.empty((40, 40), dtype=np.float32)
+    net.ntk(x, out=out)
+    close(out.astype(np.float64), net.ntk(x), 1e-4)
+
+
+# ---------------------------------------------------------------------------- bad input --
+
+def _net_and_x():
+    return ntkdsl.compile(RELU), data(30)
+
+
+@pytest.mark.parametrize("out, error, words", [
+    (np.zeros((30, 29)), ShapeError, "shape (30, 29)"),
+    (np.zeros((30, 30), dtype=np.float32), InputError, "dtype float32"),
+    (np.zeros((30, 30), dtype=np.int64), InputError, "dtype int64"),
+    ([[0.0] * 30] * 30, InputError, "must be a NumPy array"),
+])
+def test_bad_out_rejected(out, error, words):
+    net, x = _net_and_x()
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+        net.ntk(x, out=out, dtype=np.float64 if words != "dtype int64" else None)
+
+
+def test_read_only_out_rejected_before_any_work():
+    net, x = _net_and_x()
+    nngp_out = np.full((30, 30), 7.0)
+    ntk_out = np.zeros((30, 30))
+    ntk_out.flags.writeable = False
+    with pytest.raises(InputError, match="read-only"):
+        net.kernels(x, out=(nngp_out, ntk_out))
+    assert (nngp_out == 7.0).all()  # nothing was written
+
+
+def test_out_overlapping_the_input_rejected():
+    net = ntkdsl.compile(RELU)
+    buf = np.random.default_rng(0).standard_normal((30, 30))
+    with pytest.raises(InputError, match="overlaps an input"):
+        net.ntk(buf, out=buf)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"dtype": np.int32}, "not supported"),
+    ({"dtype": "float16"}, "not supported"),
+    ({"threads": 0}, "at least 1"),
+    ({"out": np.zeros((30, 30))}, "must be a pair"),
+])
+def test_bad_options_rejected(kwargs, words):
+    net, x = _net_and_x()
+    with pytest.raises(InputError, match=words):
+        net.kernels(x, **kwargs)
+
+
+def test_kernel_too_large_for_memory_says_how_much_and_suggests_memmap():
+    net = ntkdsl.compile(RELU)
+    x = np.ones((1_000_000, 1))  # its kernel is 8 TB
+    with pytest.raises(InputError) as err:
+        net.ntk(x)
+    msg = str(err.value)
+    assert "8000.00 GB" in msg and "open_memmap" in msg and "available" in msg
+
+
+def test_too_large_checks_the_memory_it_is_told(monkeypatch):
+    monkeypatch.setattr(evaluation, "available_memory", lambda: 10_000)
+    net, x = _net_and_x()  # two 30 x 30 float64 kernels: 14.4 kB
+    with pytest.raises(InputError, match="needs 0.0 MB"):
+        net.kernels(x)
+    assert net.ntk(x).shape == (30, 30)  # one kernel (7.2 kB) fits
+    assert net.ntk(x, out=np.empty((30, 30))).shape == (30, 30)
+
+
+# ----------------------------------------------------------------------------- progress --
+
+def test_progress_bar_switch(capsys):
+    net, x = _net_and_x()
+    net.ntk(x, progress=True)
+    assert "kernel" in capsys.readouterr().err
+    net.ntk(x, progress=False)
+    net.ntk(x)  # auto: stderr is not a terminal here, so quiet
+    assert capsys.readouterr().err == ""
