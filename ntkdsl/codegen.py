@@ -8,6 +8,7 @@ source of a standalone module (see ntkdsl.standalone).
 """
 from __future__ import annotations
 
+import re
 import sys
 import types
 
@@ -112,18 +113,29 @@ def helpers_source(*programs: Program) -> str:
     return "\n\n".join(found[name] for name in sorted(found))
 
 
+# Modules generated code may call by qualified name (sympy's SciPy printer writes e.g.
+# scipy.special.erf, scipy.constants.pi, functools.reduce); each is imported only if used.
+IMPORTABLE = ("functools", "math", "numpy", "scipy.constants", "scipy.special")
+
+
+def required_imports(source: str) -> list[str]:
+    """The modules of ``IMPORTABLE`` that ``source`` refers to, in a fixed order."""
+    return [m for m in IMPORTABLE if re.search(rf"(?<![\w.]){re.escape(m)}\.", source)]
+
+
 def needs_scipy(source: str) -> bool:
-    return "scipy." in source
+    return any(m.startswith("scipy") for m in required_imports(source))
 
 
 def compile_functions(source: str) -> dict:
     """Execute generated source (never user text: only printed sympy expressions, literals
     and escaped comments) and return its namespace."""
-    import numpy
-    namespace: dict = {"numpy": numpy}
-    if needs_scipy(source):
-        import scipy.special
-        namespace["scipy"] = scipy
+    import importlib
+    namespace: dict = {}
+    for name in ["numpy", *required_imports(source)]:
+        importlib.import_module(name)
+        top = name.split(".")[0]
+        namespace[top] = importlib.import_module(top)
     exec(compile(source, "<ntkdsl generated>", "exec"), namespace)  # noqa: S102 - our code
     return namespace
 

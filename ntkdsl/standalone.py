@@ -21,7 +21,12 @@ import sympy as sp
 
 from . import activations
 from .ast import Activation, Node, Repeat, Serial, Sum
-from .codegen import docstring_literal, function_source, helpers_source, needs_scipy
+from .codegen import (
+    docstring_literal,
+    function_source,
+    helpers_source,
+    required_imports,
+)
 from .derivation import Assignment, Program, Step, derive, dual_maps
 from .formula import Formula
 from .parser import parse
@@ -60,8 +65,9 @@ def module_source(arch: str) -> str:
         function_source(program, "pair", _PAIR_DOC),
         function_source(diagonal_program, "diagonal", _DIAGONAL_DOC),
     ]))
-    scipy = needs_scipy(code)
-    imports = "import numpy\n" + ("import scipy.special\n" if scipy else "")
+    modules = sorted({"numpy", *required_imports(code)})
+    scipy = any(m.startswith("scipy") for m in modules)
+    imports = "".join(f"import {m}\n" for m in modules)
     names = sorted(["nngp", "ntk", "kernels", "pair", "diagonal", *(f.name for f in duals)])
     header = "\n".join([
         docstring_literal(_module_doc(arch, program, diagonal_program, duals, scipy)),
@@ -148,7 +154,7 @@ def _dual_doc(f: DualFunction) -> str:
 
 def _module_doc(arch: str, program: Program, diagonal_program: Program,
                 duals: list[DualFunction], scipy: bool) -> str:
-    requirement = "numpy and scipy" if scipy else "numpy only"
+    requirement = "numpy and scipy" if scipy else "numpy only"  # beside the standard library
     lines = [
         "Infinite-width NNGP and NTK kernels of the network",
         "",

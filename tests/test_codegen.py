@@ -354,7 +354,21 @@ def test_a_formula_needing_scipy_imports_scipy_special(tmp_path, monkeypatch):
 
     monkeypatch.setattr(standalone, "dual_maps", fake_dual_maps)
     source = module_source(RELU)
-    assert "import scipy.special\n" in source
+    assert "import scipy.special\n" in source and "import sympy" not in source
     module = _load(source, tmp_path, "with_scipy")
     from math import erf
     assert module.relu_dual(0.0, 0.0, 0.5)[0] == pytest.approx(erf(0.5), rel=1e-15)
+
+
+def test_numerical_and_composed_duals_travel_with_the_module(tmp_path):
+    """Duals on the numerical route carry their helpers (and stdlib/scipy imports) along."""
+    x = np.random.default_rng(4).normal(size=(5, 3))
+    for arch in ["Dense(512, b_std=0.1) > Tanh > Dense(1)", "Dense(512) > Relu > Erf > Dense(1)"]:
+        try:
+            net = ntkdsl.compile(arch)
+        except ntkdsl.NTKDSLError:
+            pytest.skip("numerical duals are not available in this checkout")
+        source = ntkdsl.codegen(arch)
+        compile(source, "<generated>", "exec")
+        module = _load(source, tmp_path, f"num{len(arch)}")
+        np.testing.assert_array_equal(module.ntk(x), net.ntk(x))
