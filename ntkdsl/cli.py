@@ -12,7 +12,7 @@ import sys
 
 from .errors import NTKDSLError
 
-COMMANDS: tuple[str, ...] = ("fit", "derive", "codegen")
+COMMANDS: tuple[str, ...] = ("fit", "derive", "codegen", "verify")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,281 @@
+"""Check the infinite-width theory on finite networks of growing width.
+
+The theory behind ntkdsl makes three claims, each measured here for one architecture at
+several widths n (all expected to fall roughly like n^(-1/2)):
+
+1. At initialisation the network is a Gaussian process with the NNGP kernel — the relative
+   error of the Monte-Carlo NNGP and of the empirical NTK against the analytic kernels.
+2. Training barely moves it — the relative change of the weights and of the empirical NTK
+   over full-batch gradient descent.
+3. So it trains like its linearisation — the gap between the trained network's test
+   predictions and the closed-form gradient-flow prediction with the analytic NTK at the
+   same time t, started from the network's own initial outputs f₀:
+   ``f₀(x*) + Θ*ᵀ Θ⁻¹ (I − exp(−η Θ t/(N k))) (Y − f₀(X))`` (:mod:`ntkdsl.predict`).
+
+Gradient descent is discrete while the prediction is a flow; the difference of the two for
+the *linearised* network (the "discretisation floor") is reported, since the gap cannot be
+expected to fall below it. Relative errors are Frobenius norms: ‖estimate − exact‖/‖exact‖.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .finite import FiniteNetwork, _as_ast, monte_carlo_nngp, with_width
+from .network import compile as compile_network
+from .predict import gradient_descent_mse_ensemble
+
+__all__ = ["METRICS", "Verification", "WidthResult", "make_data", "verify"]
+
+DEFAULT_WIDTHS = (64, 256, 1024, 4096)
+
+# (attribute, column heading, description) of every measured quantity.
+METRICS = (
+    ("nngp_error", "MC NNGP err", "Monte-Carlo NNGP vs analytic NNGP"),
+    ("ntk_error", "emp. NTK err", "empirical NTK at init vs analytic NTK"),
+    ("weight_change", "Δ weights", "relative change of the weights in training"),
+    ("ntk_change", "Δ NTK", "relative change of the empirical NTK in training"),
+    ("prediction_gap", "pred. gap", "trained network vs gradient-flow prediction (test)"),
+)
+
+
+@dataclass
+class WidthResult:
+    """Every measured quantity at one width (all relative, dimensionless)."""
+
+    width: int
+    nngp_error: float
+    ntk_error: float
+    weight_change: float
+    ntk_change: float
+    prediction_gap: float
+    learning_rate: float
+
+
+@dataclass
+class Verification:
+    """The measurements of :func:`verify`, with the fitted log–log slopes."""
+
+    arch: str
+    rows: list[WidthResult]
+    steps: int
+    samples: int
+    n_train: int
+    n_test: int
+    discretisation_floor: float
+    slopes: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        widths = np.log([row.width for row in self.rows])
+        for name, _, _ in METRICS:
+            values = np.array([getattr(row, name) for row in self.rows])
+            self.slopes[name] = (float(np.polyfit(widths, np.log(values), 1)[0])
+                                 if len(self.rows) > 1 and np.all(values > 0) else float("nan"))
+
+    def table(self) -> str:
+        """The measurements as a text table, slopes in the last row."""
+        head = f"{'width':>7}" + "".join(f"  {title:>12}" for _, title, _ in METRICS)
+        lines = [head]
+        for row in self.rows:
+            lines.append(f"{row.width:>7}" + "".join(f"  {getattr(row, name):>12.3e}"
+                                                     for name, _, _ in METRICS))
+        lines.append(f"{'slope':>7}" + "".join(f"  {self.slopes[name]:>12.2f}"
+                                               for name, _, _ in METRICS))
+        return "\n".join(lines)
+
+    def report(self) -> str:
+        rates = sorted({round(row.learning_rate, 12) for row in self.rows})
+        rate = f"{rates[0]:.4g}" if len(rates) == 1 else "per width, " + ", ".join(
+            f"{r:.3g}" for r in rates)
+        return "\n".join([
+            f"architecture  {self.arch}",
+            (f"data          {self.n_train} train / {self.n_test} test inputs; MC NNGP over "
+            f"{self.samples} initialisations; {self.steps} gradient-descent steps at "
+            f"learning rate {rate}"),
+            "",
+            self.table(),
+            "",
+            "slope: fitted d log(error) / d log(width); about -0.5 is the expected rate.",
+            (f"discretisation floor (gradient descent vs flow, linearised): "
+            f"{self.discretisation_floor:.2e} — the prediction gap cannot fall below it."),
+        ])
+
+    def plot(self, path) -> None:
+        """Save the curves on log–log axes with their fits and a width^(-1/2) guide."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        widths = np.array([row.width for row in self.rows], dtype=float)
+        figure, axis = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+        for name, _, description in METRICS:
+            values = np.array([getattr(row, name) for row in self.rows])
+            axis.loglog(widths, values, "o-",
+                        label=f"{description} (slope {self.slopes[name]:.2f})")
+        top = max(getattr(self.rows[0], name) for name, _, _ in METRICS)
+        axis.loglog(widths, top * np.sqrt(widths[0] / widths), "k:", label="width^(-1/2)")
+        axis.axhline(self.discretisation_floor, color="grey", linewidth=0.8, linestyle="--",
+                     label="discretisation floor")
+        axis.set_xlabel("width")
+        axis.set_ylabel("relative error / change")
+        axis.legend(fontsize=7)
+        axis.set_title(self.arch, fontsize=8)
+        try:
+            figure.savefig(Path(path), dpi=120)
+        except OSError as err:
+            raise InputError(f"cannot write {path}: {err.strerror}") from None
+        finally:
+            plt.close(figure)
+
+
+def make_data(n_train: int, n_test: int, input_dim: int, outputs: int, seed: int):
+    """Inputs on the sphere of radius √d (so x·x/d = 1) and smooth targets sin(2 x·u/√d)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_train + n_test, input_dim))
+    x *= np.sqrt(input_dim) / np.linalg.norm(x, axis=1, keepdims=True)
+    directions = rng.standard_normal((input_dim, outputs))
+    y = np.sin(2 * x @ directions / np.sqrt(input_dim))
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+def _relative(estimate: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.linalg.norm(estimate - exact) / np.linalg.norm(exact))
+
+
+def _check_widths(widths) -> list[int]:
+    try:
+        values = [int(w) for w in widths]
+    except (TypeError, ValueError):
+        raise InputError(f"widths must be whole numbers, got {widths!r}") from None
+    if not values or any(w < 1 for w in values) or any(w != v for w, v in zip(values, widths)):
+        raise InputError(f"widths must be whole numbers >= 1, got {list(widths)!r}")
+    return sorted(set(values))
+
+
+def _check_count(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _flow_prediction(ntk, n_train, f0, y_train, learning_rate, steps):
+    """f₀ on the test inputs plus the flow of the residual Y − f₀(X), at t = steps."""
+    ensemble = gradient_descent_mse_ensemble(ntk[:n_train, :n_train], y_train - f0[:n_train],
+                                             learning_rate=learning_rate)
+    flow = ensemble.predict(ntk[n_train:, :n_train], t=float(steps)).mean
+    return f0[n_train:] + flow
+
+
+def discretisation_floor(ntk, n_train, residual, learning_rate, steps) -> float:
+    """‖discrete − continuous‖ / ‖continuous‖ for the linearised network's test change."""
+    evals, evecs = np.linalg.eigh(ntk[:n_train, :n_train])
+    rates = learning_rate * np.maximum(evals, 0) / residual.size
+    coefficients = evecs.T @ residual
+    with np.errstate(divide="ignore", invalid="ignore"):
+        discrete = np.where(evals > 0, -np.expm1(steps * np.log1p(-rates)) / evals, 0.0)
+        flow = np.where(evals > 0, -np.expm1(-steps * rates) / evals, 0.0)
+    cross = ntk[n_train:, :n_train] @ evecs
+    return _relative(cross @ (discrete[:, None] * coefficients),
+                     cross @ (flow[:, None] * coefficients))
+
+
+def _measure_width(ast, width, data, samples, steps, rate, seed, bar) -> tuple[WidthResult, float]:
+    x_train, y_train, x_test, _ = data
+    x = np.concatenate([x_train, x_test])
+    n = len(x_train)
+    analytic = compile_network(str(with_width(ast, width)))
+    nngp, ntk = analytic.kernels(x)
+    bar(f"width {width}: Monte-Carlo NNGP")
+    mc = monte_carlo_nngp(ast, x, width=width, samples=samples, seed=seed)
+    net = FiniteNetwork(ast, x.shape[1], width)
+    params = net.init(seed)
+    bar(f"width {width}: empirical NTK")
+    ntk0 = net.ntk(params, x)[0]
+    # Step size: a fixed fraction of the stability limit of the analytic NTK's top mode.
+    learning_rate = rate * y_train.size / np.linalg.eigvalsh(ntk[:n, :n])[-1]
+    bar(f"width {width}: {steps} gradient-descent steps")
+    trained = net.train(params, x_train, y_train, learning_rate, steps)
+    f0, f_t = net.apply(params, x)[0], net.apply(trained, x_test)[0]
+    flow = _flow_prediction(ntk, n, f0, y_train, learning_rate, steps)
+    change = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(trained, params))
+                     / sum(np.sum(a ** 2) for a in params))
+    result = WidthResult(width, _relative(mc, nngp), _relative(ntk0, ntk), float(change),
+                         _relative(net.ntk(trained, x)[0], ntk0), _relative(f_t, flow),
+                         float(learning_rate))
+    floor = discretisation_floor(ntk, n, y_train - f0[:n], learning_rate, steps)
+    return result, floor
+
+
+def verify(arch, widths=DEFAULT_WIDTHS, *, samples: int = 16, steps: int = 100,
+           rate: float = 1.0, n_train: int = 16, n_test: int = 8, input_dim: int = 8,
+           seed: int = 0, progress: bool = False) -> Verification:
+    """Measure, for each width, how close finite networks are to the infinite-width theory.
+
+    Args:
+        arch: architecture string; every hidden Dense gets each width in turn (output Dense
+            layers keep theirs, see :func:`ntkdsl.finite.with_width`).
+        widths: the widths to try.
+        samples: initialisations averaged by the Monte-Carlo NNGP (>= 2).
+        steps: full-batch gradient-descent steps; t = learning_rate × steps.
+        rate: learning rate as a fraction of N·k / λ_max(analytic training NTK), the
+            stability scale of gradient descent (smaller: closer to the flow, slower).
+        n_train, n_test, input_dim: the synthetic regression problem (see :func:`make_data`).
+        seed: seeds the data, the initialisations and the Monte-Carlo estimate.
+        progress: show a progress bar (tqdm) on stderr.
+
+    Returns:
+        A :class:`Verification`; ``print(result.report())``, ``result.plot("file.png")``.
+    """
+    ast, source = _as_ast(arch)
+    widths = _check_widths(widths)
+    samples = _check_count(samples, "samples", 2)
+    steps = _check_count(steps, "steps", 1)
+    n_train, n_test = _check_count(n_train, "n_train", 2), _check_count(n_test, "n_test", 1)
+    input_dim = _check_count(input_dim, "input_dim", 1)
+    if not 0 < rate < 2:
+        raise InputError(f"rate must be in (0, 2) (gradient descent diverges beyond 2), "
+                         f"got {rate!r}")
+    outputs = FiniteNetwork(ast, input_dim, widths[0]).output_dim
+    data = make_data(n_train, n_test, input_dim, outputs, seed)
+    rows, floors = [], []
+    with _progress(progress, 3 * len(widths)) as bar:
+        for width in widths:
+            row, floor = _measure_width(ast, width, data, samples, steps, rate, seed, bar)
+            rows.append(row)
+            floors.append(floor)
+    return Verification(source or str(ast), rows, steps, samples, n_train, n_test,
+                        float(max(floors)))
+
+
+class _Bar:
+    def __init__(self, bar):
+        self._bar = bar
+
+    def __call__(self, description: str) -> None:
+        if self._bar is not None:
+            self._bar.set_description_str(description)
+            self._bar.update(1)
+
+
+def _progress(enabled: bool, total: int):
+    """A context manager yielding a stage callback; a tqdm bar on stderr when enabled."""
+    if not enabled:
+        return nullcontext(_Bar(None))
+    import sys
+
+    from tqdm.auto import tqdm
+
+    class _Managed:
+        def __enter__(self):
+            self.bar = tqdm(total=total, file=sys.stderr, leave=False)
+            return _Bar(self.bar)
+
+        def __exit__(self, *exc):
+            self.bar.close()
+
+    return _Managed()
