@@ -74,7 +74,7 @@ def generated(tmp_path_factory) -> Path:
     """Every reference architecture's module, written as m0.py, m1.py, ..."""
     folder = tmp_path_factory.mktemp("standalone")
     for i, arch in enumerate(ARCHS):
-        (folder / f"m{i}.py").write_text(ntkdsl.codegen(arch), encoding="ascii")
+        (folder / f"m{i}.py").write_text(ntkdsl.codegen(arch), encoding="utf-8")
     return folder
 
 
@@ -160,7 +160,7 @@ def test_output_is_byte_identical_across_processes_and_hash_seeds():
 
 def _load(source: str, tmp_path: Path, name: str = "kernel_module"):
     path = tmp_path / f"{name}.py"
-    path.write_text(source, encoding="ascii")
+    path.write_text(source, encoding="utf-8")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -371,4 +371,4 @@ def test_numerical_and_composed_duals_travel_with_the_module(tmp_path):
         source = ntkdsl.codegen(arch)
         compile(source, "<generated>", "exec")
         module = _load(source, tmp_path, f"num{len(arch)}")
-        np.testing.assert_array_equal(module.ntk(x), net.ntk(x))
+        np.testing.assert_allclose(module.ntk(x), net.ntk(x), rtol=1e-12, atol=1e-15)

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(source)
         return 0
     try:
-        args.output.write_text(source, encoding="ascii")
+        args.output.write_text(source, encoding="utf-8")
     except OSError as err:
         raise InputError(f"cannot write {args.output}: {err.strerror or err}",
                          hint="check that the directory exists and is writable") from None
