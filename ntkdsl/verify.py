@@ -176,8 +176,12 @@ def discretisation_floor(ntk, n_train, residual, learning_rate, steps) -> float:
     evals, evecs = np.linalg.eigh(ntk[:n_train, :n_train])
     rates = learning_rate * np.maximum(evals, 0) / residual.size
     coefficients = evecs.T @ residual
+    # 1 − (1 − r)^s: through log1p for small r (precision), a plain power near r = 1, where
+    # rounding can put r a hair above 1 and log1p(−r) would be NaN.
+    slow = -np.expm1(steps * np.log1p(-np.minimum(rates, 0.5)))
+    learnt = np.where(rates < 0.5, slow, 1.0 - np.power(1.0 - rates, steps))
     with np.errstate(divide="ignore", invalid="ignore"):
-        discrete = np.where(evals > 0, -np.expm1(steps * np.log1p(-rates)) / evals, 0.0)
+        discrete = np.where(evals > 0, learnt / evals, 0.0)
         flow = np.where(evals > 0, -np.expm1(-steps * rates) / evals, 0.0)
     cross = ntk[n_train:, :n_train] @ evecs
     return _relative(cross @ (discrete[:, None] * coefficients),

@@ -94,3 +94,26 @@ def test_an_architecture_the_finite_network_cannot_build_points_at_the_sum(capsy
 def test_an_architecture_without_an_analytic_kernel_is_reported(capsys):
     assert main(["verify", "Relu > Dense(1)", *FAST]) == 1
     assert "raw inputs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rate", [0.3, 1.0, 1.7])
+def test_discretisation_floor_matches_matrix_powers(rate):
+    """Discrete steps (I − A)^s against the flow exp(−A s) for the linearised network,
+    computed with dense matrix functions; rate 1.0 puts the top mode exactly at r = 1."""
+    from scipy.linalg import expm
+
+    from ntkdsl.verify import discretisation_floor
+
+    x_train, _, x_test, _ = make_data(6, 3, 4, 1, seed=1)
+    x = np.concatenate([x_train, x_test])
+    theta = ntkdsl.compile("Dense(8) > Relu > Dense(1)").ntk(x)
+    train, cross = theta[:6, :6], theta[6:, :6]
+    residual = np.random.default_rng(0).standard_normal((6, 1))
+    learning_rate, steps = rate * 6 / np.linalg.eigvalsh(train)[-1], 25
+    a = learning_rate * train / 6
+    inverse = np.linalg.inv(train)
+    discrete = cross @ inverse @ (np.eye(6) - np.linalg.matrix_power(np.eye(6) - a, steps))
+    flow = cross @ inverse @ (np.eye(6) - expm(-a * steps))
+    expected = np.linalg.norm((discrete - flow) @ residual) / np.linalg.norm(flow @ residual)
+    got = discretisation_floor(theta, 6, residual, learning_rate, steps)
+    assert np.isfinite(got) and got == pytest.approx(expected, rel=1e-6)
