@@ -11,6 +11,7 @@ from .errors import (ArchitectureError, ArchitectureSyntaxError, ExpressionError
                      LayerArgumentError, LayerValueError, NTKDSLError, NumericalError,
                      ShapeError, UnknownLayerError)
 from .network import Network, compile
+from . import codegen  # callable: ntkdsl.codegen(arch) -> source of a standalone module
 from .parser import parse
 
 # Names whose modules pull in scikit-learn or are otherwise heavy: imported on first use,
@@ -29,7 +30,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'ntkdsl' has no attribute {name!r}")
 
 __all__ = [
-    "compile", "parse", "Network", "NTKRegressor", "NTKClassifier", "ArchTemplate",
+    "compile", "parse", "codegen", "Network", "NTKRegressor", "NTKClassifier", "ArchTemplate",
     "gradient_descent_mse_ensemble", "gp_inference", "SingularKernelWarning", "NTKDSLError", "ArchitectureSyntaxError",
     "UnknownLayerError", "LayerArgumentError", "LayerValueError", "ArchitectureError",
     "ExpressionError", "InputError", "ShapeError", "NumericalError", "__version__",
