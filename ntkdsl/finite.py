@@ -127,12 +127,14 @@ def _rewrite(node: Node, width: int, dense_follows: bool) -> Node:
         return replace(node, branches=tuple(_rewrite(b, width, dense_follows)
                                             for b in node.branches))
     if isinstance(node, Repeat):
-        inner = _rewrite(node.body, width, dense_follows=True)
-        if dense_follows or node.times < 2 or not _has_dense(node.body):
-            last = inner if dense_follows else _rewrite(node.body, width, False)
-            return replace(node, body=last) if node.times < 2 else replace(node, body=inner)
-        return Serial((replace(node, body=inner, times=node.times - 1),
-                       _rewrite(node.body, width, False)), span=node.span)
+        hidden = _rewrite(node.body, width, dense_follows=True)
+        if dense_follows or not _has_dense(node.body):
+            return replace(node, body=hidden)
+        # Only the last copy can hold output Dense layers: split it off.
+        last = _rewrite(node.body, width, dense_follows=False)
+        if node.times == 1:
+            return replace(node, body=last)
+        return Serial((replace(node, body=hidden, times=node.times - 1), last), span=node.span)
     return node
 
 

@@ -203,7 +203,8 @@ def _measure_width(ast, width, data, samples, steps, rate, seed, bar) -> tuple[W
     # Step size: a fixed fraction of the stability limit of the analytic NTK's top mode.
     learning_rate = rate * y_train.size / np.linalg.eigvalsh(ntk[:n, :n])[-1]
     bar(f"width {width}: {steps} gradient-descent steps")
-    trained = net.train(params, x_train, y_train, learning_rate, steps)
+    trained = net.train(params, x_train, y_train, learning_rate, steps,
+                        callback=lambda step: bar.note(f"step {step + 1}/{steps}"))
     f0, f_t = net.apply(params, x)[0], net.apply(trained, x_test)[0]
     flow = _flow_prediction(ntk, n, f0, y_train, learning_rate, steps)
     change = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(trained, params))
@@ -264,6 +265,11 @@ class _Bar:
         if self._bar is not None:
             self._bar.set_description_str(description)
             self._bar.update(1)
+
+    def note(self, text: str) -> None:
+        """Within-stage progress (gradient steps), shown after the bar."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
 
 
 def _progress(enabled: bool, total: int):

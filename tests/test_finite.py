@@ -143,6 +143,8 @@ def test_with_width_replaces_hidden_widths_only():
 
     assert rewritten("Dense(512) > Relu > Dense(1)") == "Dense(7) > Relu > Dense(1)"
     assert rewritten("(Dense(512) > Relu) * 3") == "(Dense(7) > Relu) * 2 > Dense(512) > Relu"
+    assert rewritten("(Dense(5) > Relu) * 1 > Dense(1)") == "(Dense(7) > Relu) * 1 > Dense(1)"
+    assert rewritten("(Relu > Dense(5)) * 1") == "(Relu > Dense(5)) * 1"
     assert rewritten("Dense(5) > (Relu > Dense(2) + Dense(2))") == \
         "Dense(7) > (Relu > Dense(2) + Dense(2))"
     assert rewritten("Dense(9) > (Relu > Dense(9) + Identity) > Dense(1)") == \
