@@ -38,6 +38,7 @@ MAX_TERMS = 320     # Hermite terms computed per variance
 ENGINE_SOURCE = '''
 _HD_TOL = %(tol)r
 _HD_TERMS = %(terms)d
+_HD_COLLINEAR = 1e-12
 _HD_GL_X, _HD_GL_W = numpy.polynomial.legendre.leggauss(16)
 # Fixed panels of width 1/4 on [-14, 14] (edge at 0): exp(-z**2/4) bounds every h_n term
 # beyond, below 1e-21.
@@ -75,8 +76,10 @@ def _hd_values(f, x):
 
 def _hd_fixed(f, s):
     """Coefficients and second moments for scales s = sqrt(q) on the shared grid."""
-    z, w = _hd_rule(_HD_EDGES)
-    weighted = w[:, None] * _hd_hermite(z, _HD_TERMS)
+    if "table" not in _HD_CACHE:  # the grid and its weighted h_n are the same every call
+        z, w = _hd_rule(_HD_EDGES)
+        _HD_CACHE["table"] = (z, w, w[:, None] * _hd_hermite(z, _HD_TERMS))
+    z, w, weighted = _HD_CACHE["table"]
     values = _hd_values(f, s[:, None] * z)
     return values @ weighted, (values * values) @ w
 
@@ -99,9 +102,40 @@ def _hd_graded(f, s, kinks):
     return coefficients, moments
 
 
+_HD_CACHE = {}
+
+
 def _hd_coefficients(f, kinks, q):
     """(a, m, tails): a[i, n] = E[f(sqrt(q_i) z) h_n(z)], m[i] = E[f(sqrt(q_i) z)**2] and
-    tails[i, T] = (m[i] - sum_{n<T} a[i, n]**2) / m[i], the relative Parseval remainder."""
+    tails[i, T] = (m[i] - sum_{n<T} a[i, n]**2) / m[i], the relative Parseval remainder.
+    Computed once per distinct variance: kernels are evaluated in blocks that share
+    their rows' and columns' variances."""
+    key = (f, kinks, q.tobytes())
+    recent = _HD_CACHE.setdefault("recent", {})
+    if key in recent:  # chunks of one block share their columns' variances
+        return recent[key]
+    if len(recent) > 64:
+        recent.clear()
+    recent[key] = result = _hd_lookup(f, kinks, q)
+    return result
+
+
+def _hd_lookup(f, kinks, q):
+    """_hd_coefficients through the per-variance cache."""
+    cache = _HD_CACHE.setdefault((f, kinks), {})
+    if len(cache) > 200000:  # bound memory (about 5 kB per variance)
+        cache.clear()
+    missing = numpy.array([v for v in q.tolist() if v not in cache], dtype=float)
+    if missing.size:
+        for v, a, m, t in zip(missing.tolist(), *_hd_compute(f, kinks, missing)):
+            cache[v] = (a, m, t)
+    rows = [cache[v] for v in q.tolist()]
+    return (numpy.array([r[0] for r in rows]), numpy.array([r[1] for r in rows]),
+            numpy.array([r[2] for r in rows]))
+
+
+def _hd_compute(f, kinks, q):
+    """_hd_coefficients without the cache."""
     s = numpy.sqrt(numpy.maximum(q, 0.0))
     a = numpy.empty((len(s), _HD_TERMS))
     m = numpy.empty(len(s))
@@ -192,7 +226,8 @@ def _hd_flat(f, kinks, k, q1, q2, start=0, a1=None, a2=None, t1=None, t2=None):
         t1, t2 = t[inverse[:len(q1)]], t[inverse[len(q1):]]
     c = _hd_correlation(k, q1, q2)
     out = numpy.zeros(c.shape)
-    collinear = numpy.abs(c) >= 1.0
+    # Within rounding of collinear: the 1-D integral at c = +-1 (error ~ (1 - |c|) dΓ/dc).
+    collinear = numpy.abs(c) >= 1.0 - _HD_COLLINEAR
     complete = collinear.copy()  # entries computed whole, not as a remainder from start
     series = ~collinear
     if series.any():
@@ -284,8 +319,24 @@ exec(compile(ENGINE_SOURCE, "<ntkdsl numerical engine>", "exec"), _ENGINE)  # ou
 
 
 def _printer():
+    """SciPy printer whose max/min are elementwise numpy calls (sympy's default for Max
+    needs functools, which generated modules do not import)."""
     from sympy.printing.numpy import SciPyPrinter
-    return SciPyPrinter({"fully_qualified_modules": True, "inline": True})
+
+    class _Printer(SciPyPrinter):
+        def _fold(self, name, args):
+            out = self._print(args[0])
+            for arg in args[1:]:
+                out = f"numpy.{name}({out}, {self._print(arg)})"
+            return out
+
+        def _print_Max(self, expr):
+            return self._fold("maximum", expr.args)
+
+        def _print_Min(self, expr):
+            return self._fold("minimum", expr.args)
+
+    return _Printer({"fully_qualified_modules": True, "inline": True})
 
 
 _NONSMOOTH = (sp.Max, sp.Min, sp.Abs, sp.Heaviside, sp.sign, sp.Piecewise)

@@ -1,0 +1,58 @@
+"""Numerical-route speed: the NTK of a depth-2 Tanh network next to the same network with
+Erf (closed form), timed in one run, plus peak memory at N=1024.
+
+    python benchmarks/activation_speed.py            # N=4096, d=64 (the issue's sizes)
+    python benchmarks/activation_speed.py 1024
+
+Peak memory is the process's peak resident set size (resource.getrusage), measured in a
+fresh subprocess per network so one run does not inherit the other's peak.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import ntkdsl
+
+ARCH = "(Dense(512, W_std=1.5, b_std=0.1) > {}) * 2 > Dense(1)"
+
+
+def seconds(arch: str, x: np.ndarray, repeats: int = 3) -> float:
+    """Best wall time of the NTK over ``repeats`` runs (compiled once beforehand)."""
+    net = ntkdsl.compile(arch)
+    net.ntk(x[:8])  # derivation and code generation are not what is measured
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        net.ntk(x)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def peak_memory_mb(activation: str, n: int, d: int) -> float:
+    """Peak RSS (MB) of a fresh process computing the NTK for n inputs."""
+    code = (f"import resource, numpy as np, ntkdsl\n"
+            f"x = np.random.default_rng(0).standard_normal(({n}, {d}))\n"
+            f"ntkdsl.compile({ARCH.format(activation)!r}).ntk(x)\n"
+            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main(n: int = 4096, d: int = 64) -> None:
+    x = np.random.default_rng(0).standard_normal((n, d))
+    erf = seconds(ARCH.format("Erf"), x)
+    tanh = seconds(ARCH.format("Tanh"), x)
+    print(f"NTK of {ARCH.format('·')}, N={n}, d={d}, float64")
+    print(f"  Erf  (closed form):          {erf:7.2f} s")
+    print(f"  Tanh (numerical, Hermite):   {tanh:7.2f} s   ratio {tanh / erf:.2f}x (target <= 3x)")
+    for act in ("Erf", "Tanh"):
+        print(f"  peak memory, N=1024, {act}:  {peak_memory_mb(act, 1024, d):7.0f} MB")
+
+
+if __name__ == "__main__":
+    main(*(int(a) for a in sys.argv[1:]))
