@@ -74,6 +74,8 @@ def _term(term: sp.Expr, x: sp.Symbol):
             exponent += factor.args[0]
         else:
             return None
+    if exponent.has(x) and not exponent.is_polynomial(x):
+        return None
     poly = sp.Poly(sp.expand(exponent), x) if exponent.has(x) else None
     if poly is not None and (poly.degree() > 2 or any(cf.has(x) for cf in poly.all_coeffs())):
         return None
