@@ -217,6 +217,12 @@ def _identity(node: Identity, s: State, b: _Builder) -> State:
 
 @apply.register
 def _layer_norm(node: LayerNorm, s: State, b: _Builder) -> State:
+    if not s.gaussian:
+        # A real LayerNorm subtracts the mean over features; for zero-mean Gaussian
+        # features that mean vanishes at infinite width, after an activation it does not
+        # (as in neural-tangents, which requires Gaussian inputs here too).
+        raise b.error(f"LayerNorm needs Gaussian inputs, but it follows {s.last}", node,
+                      hint="put it right after a Dense, e.g. Dense(512) > LayerNorm > Relu")
     eps = exact(node.eps)
     scale = sp.sqrt((eps + s.q1) * (eps + s.q2))
     new = replace(s, q1=s.q1 / (eps + s.q1), q2=s.q2 / (eps + s.q2), k=s.k / scale,

@@ -91,10 +91,10 @@ def _error(text):
     ("Dense(3) > Erf(a=yes)", LayerArgumentError, 1, 18, "not a value"),
     ("Dense(3, W_std=1 b_std=2)", ArchitectureSyntaxError, 1, 18, "unexpected"),
     ("Relu > Dense(1)", ArchitectureError, 1, 1, "raw inputs"),
-    ("Dense(3) > Relu > LayerNorm > Erf", ArchitectureError, 1, 31, "not Gaussian"),
     ("Dense(3) > (Relu + Erf)", ArchitectureError, 1, 13, "correlated"),
     ("Dense(3) > (Relu + Identity)", ArchitectureError, 1, 13, "correlated"),
     ("Dense(3) > (Dense(4) + Dense(5))", ArchitectureError, 1, 13, "same width"),
+    ("Dense(3) > Relu > LayerNorm", ArchitectureError, 1, 19, "LayerNorm needs Gaussian"),
 ])
 def test_errors_point_at_the_place(text, cls, line, column, fragment):
     err = _error(text)
