@@ -291,7 +291,7 @@ def test_kernel_too_large_for_memory_says_how_much_and_suggests_memmap():
     with pytest.raises(InputError) as err:
         net.ntk(x)
     msg = str(err.value)
-    assert "8000.00 GB" in msg and "open_memmap" in msg and "available" in msg
+    assert "needs 8.00 TB" in msg and "open_memmap" in msg and "available" in msg
 
 
 def test_too_large_checks_the_memory_it_is_told(monkeypatch):
