@@ -196,17 +196,26 @@ def _hd_entries(a1, a2, c, start, stop):
 
 
 def _hd_collinear(f, kinks, q1, q2, sign):
-    """E[f(sqrt(q1) z) f(sign sqrt(q2) z)] entrywise: the dual at correlation +-1."""
+    """E[f(sqrt(q1) z) f(sign sqrt(q2) z)] entrywise: the dual at correlation +-1.
+    Entries whose scales the shared grid resolves are integrated together on it."""
+    s1, s2 = numpy.sqrt(q1), numpy.sqrt(q2)
     out = numpy.empty(q1.shape)
-    for i in range(len(q1)):  # only entries with |c| = 1: few
-        s1, s2 = numpy.sqrt(q1[i]), numpy.sqrt(q2[i])
-        scale = max(s1, s2)
+    on_grid = (numpy.maximum(s1, s2) <= _HD_FIXED_SCALE) & (not any(b != 0 for b in kinks))
+    if on_grid.any():
+        if "table" not in _HD_CACHE:
+            _hd_fixed(f, numpy.ones(1))  # builds the shared grid
+        z, w, _ = _HD_CACHE["table"]
+        left = _hd_values(f, s1[on_grid, None] * z)
+        right = _hd_values(f, (sign * s2)[on_grid, None] * z)
+        out[on_grid] = (left * right) @ w
+    for i in numpy.nonzero(~on_grid)[0]:  # large scales: panels follow φ's features
+        scale = max(s1[i], s2[i])
         points = [(b + numpy.arange(-48, 49) * 0.25) / t for b in (0.0,) + kinks
-                  for t in (s1, s2) if t > 0]
+                  for t in (s1[i], s2[i]) if t > 0]
         edges = numpy.sort(numpy.concatenate([_HD_EDGES] + ([numpy.clip(
             numpy.concatenate(points), -14, 14)] if scale > 1 else [])))
         z, w = _hd_rule(edges)
-        out[i] = (_hd_values(f, s1 * z) * _hd_values(f, sign[i] * s2 * z)) @ w
+        out[i] = (_hd_values(f, s1[i] * z) * _hd_values(f, sign[i] * s2[i] * z)) @ w
     return out
 
 
