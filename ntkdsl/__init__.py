@@ -20,6 +20,7 @@ _LAZY = {
     "NTKRegressor": "estimators", "NTKClassifier": "estimators", "ArchTemplate": "estimators",
     "gradient_descent_mse_ensemble": "predict", "gp_inference": "predict",
     "SingularKernelWarning": "predict",
+    "empirical_ntk": "finite", "monte_carlo_nngp": "finite", "FiniteNetwork": "finite",
 }
 
 
@@ -31,7 +32,8 @@ def __getattr__(name: str):
 
 __all__ = [
     "compile", "parse", "codegen", "Network", "NTKRegressor", "NTKClassifier", "ArchTemplate",
-    "gradient_descent_mse_ensemble", "gp_inference", "SingularKernelWarning", "NTKDSLError", "ArchitectureSyntaxError",
+    "gradient_descent_mse_ensemble", "gp_inference", "SingularKernelWarning",
+    "empirical_ntk", "monte_carlo_nngp", "FiniteNetwork", "NTKDSLError", "ArchitectureSyntaxError",
     "UnknownLayerError", "LayerArgumentError", "LayerValueError", "ArchitectureError",
     "ExpressionError", "InputError", "ShapeError", "NumericalError", "__version__",
 ]
