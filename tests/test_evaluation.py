@@ -19,10 +19,12 @@ ARCHS = [
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    """Blocks of 32 x 32 and chunks of 2 rows, so a few hundred inputs cross every edge."""
+    """Blocks of 32 x 32 and chunks of 2 rows on a thread pool, so a few hundred inputs
+    cross every edge."""
     monkeypatch.setattr(evaluation, "MIN_WORKING_BYTES", 1)
     monkeypatch.setattr(evaluation, "MAX_WORKING_BYTES", 1)
     monkeypatch.setattr(evaluation, "MIN_CHUNK", 64)
+    monkeypatch.setattr(evaluation, "MIN_THREADED_CHUNK", 0)  # use the pool all the same
     plan = evaluation.make_plan(300, 300, True, np.dtype(np.float64), 1, 40, 2)
     assert (plan.block_rows, plan.chunk_rows) == (32, 2)
 
@@ -100,7 +102,8 @@ def test_default_plan_many_blocks_equals_untiled():
     """Without monkeypatching: inputs enough for several default blocks and chunks."""
     net = ntkdsl.compile(RELU)
     x = data(1500, d=20)
-    plan = evaluation.make_plan(1500, 1500, True, np.dtype(np.float64), 1500 ** 2 * 8, 60, 2)
+    plan = evaluation.make_plan(1500, 1500, True, np.dtype(np.float64),
+                                0.06 * 1500 ** 2 * 8, 60, 2)
     assert plan.block_rows < 1500 / 4 and plan.chunk_rows < plan.block_rows
     close(net.ntk(x), untiled(net, x)[1], 1e-12)
 
@@ -277,6 +280,7 @@ def test_out_overlapping_the_input_rejected():
     ({"dtype": np.int32}, "not supported"),
     ({"dtype": "float16"}, "not supported"),
     ({"threads": 0}, "at least 1"),
+    ({"threads": -2}, "at least 1"),
     ({"out": np.zeros((30, 30))}, "must be a pair"),
 ])
 def test_bad_options_rejected(kwargs, words):
@@ -312,3 +316,13 @@ def test_progress_bar_switch(capsys):
     net.ntk(x, progress=False)
     net.ntk(x)  # auto: stderr is not a terminal here, so quiet
     assert capsys.readouterr().err == ""
+
+
+def test_plan_uses_one_thread_for_small_chunks_unless_told():
+    """Small chunks lose more to the GIL than threads gain: threads=None picks one."""
+    small = evaluation.make_plan(300, 300, True, np.dtype(np.float64), 1e5, 30, None)
+    assert small.threads == 1
+    assert evaluation.make_plan(300, 300, True, np.dtype(np.float64), 1e5, 30, 2).threads == 2
+    big = evaluation.make_plan(8000, 8000, True, np.dtype(np.float64), 40e6, 30, None)
+    assert big.threads == evaluation.default_threads()
+    assert big.chunk_rows * big.block_cols <= evaluation.MAX_CHUNK
