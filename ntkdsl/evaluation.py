@@ -532,6 +532,10 @@ def evaluate(functions: dict, x1: Any, x2: Any = None, *, kinds: Sequence[str] =
     for kind, o in zip(kinds, outs):
         if o is not None:
             check_out(o, kind, shape, dt, inputs)
+    given = [o for o in outs if o is not None]
+    if len(given) == 2 and np.shares_memory(*given):
+        raise InputError("the NNGP and NTK outputs overlap",
+                         hint="pass two separate arrays (or None for either)")
     outs = allocate_outputs(kinds, outs, shape, dt)
     q1 = squared_norms(a)
     q2 = q1 if b is None else squared_norms(b)

@@ -326,3 +326,11 @@ def test_plan_uses_one_thread_for_small_chunks_unless_told():
     big = evaluation.make_plan(8000, 8000, True, np.dtype(np.float64), 40e6, 30, None)
     assert big.threads == evaluation.default_threads()
     assert big.chunk_rows * big.block_cols <= evaluation.MAX_CHUNK
+
+
+def test_overlapping_nngp_and_ntk_outputs_rejected():
+    net, x = _net_and_x()
+    buf = np.zeros((30, 30))
+    with pytest.raises(InputError, match="overlap"):
+        net.kernels(x, out=(buf, buf))
+    assert not buf.any()
