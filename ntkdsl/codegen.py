@@ -16,6 +16,7 @@ import sympy as sp
 from sympy.printing.numpy import SciPyPrinter
 
 from .derivation import Program, Step
+from .inplace import COLUMN, MATRIX, ROW, Emitter, drop_dead_names
 from .symbolic import KernelFunction
 
 
@@ -68,32 +69,47 @@ def live_steps(program: Program) -> list[Step]:
     return kept[::-1]
 
 
-def _lines_for_step(step: Step, printer: KernelPrinter, counter: list[int]) -> list[str]:
+def input_kinds(program: Program) -> dict[sp.Symbol, str]:
+    """Shape kinds of a program's symbols, by the derivation's naming: q1_* are columns
+    (one variance per row of x1), q2_* rows, K_* and T_* kernel matrices; the diagonal
+    program's q_*, t_* and the width d are small."""
+    prefixes = {"q1_": COLUMN, "q2_": ROW, "K_": MATRIX, "T_": MATRIX}
+    symbols = set(program.inputs) | {a.target for s in program.steps for a in s.assignments}
+    return {s: kind for s in symbols for p, kind in prefixes.items() if s.name.startswith(p)}
+
+
+def _lines_for_step(step: Step, emitter: Emitter, counter: list[int]) -> list[str]:
     targets = [a.target for a in step.assignments]
     exprs = [a.expr for a in step.assignments]
     symbols = sp.numbered_symbols("_x", start=counter[0])
     shared, reduced = sp.cse(exprs, symbols=symbols, optimizations="basic")
     counter[0] += len(shared)
     label = f"{step.label}  [{step.note}]" if step.note else step.label
-    lines = comment_lines(label)
-    lines += [f"{s} = {printer.doprint(e)}" for s, e in shared]
-    lines += [f"{t} = {printer.doprint(e)}" for t, e in zip(targets, reduced)]
-    return lines
+    emitter.lines = comment_lines(label)
+    for symbol, expr in [*shared, *zip(targets, reduced)]:
+        emitter.assign(symbol, expr)
+    return emitter.lines
 
 
 def function_source(program: Program, name: str, doc: str) -> str:
     """Source of ``def name(*inputs)`` returning the program's (nngp, ntk) outputs; only
-    assignments the outputs need are computed."""
+    assignments the outputs need are computed, matrices in place (ntkdsl.inplace) and
+    dropped after their last use."""
     printer = KernelPrinter()
+    emitter = Emitter(printer, input_kinds(program))
     counter = [0]
-    body: list[str] = [docstring_literal(doc)]
+    body: list[str] = []
     for step in live_steps(program):
-        body += _lines_for_step(step, printer, counter)
+        body += _lines_for_step(step, emitter, counter)
     outputs = [printer.doprint(o) for o in program.outputs]
+    matrices = {str(s) for s, kind in emitter.kinds.items() if kind == MATRIX}
+    matrices |= {f"_m{i}" for i in range(1, emitter.count + 1)}
+    keep = {str(s) for s in program.inputs} | set(outputs)
+    body = drop_dead_names(body, matrices, keep)
     body.append(f"return ({outputs[0]}, {outputs[1]})")
     args = ", ".join(str(s) for s in program.inputs)
     # Split again so the docstring's continuation lines are indented with the body.
-    lines = "\n".join(body).split("\n")
+    lines = "\n".join([docstring_literal(doc), *body]).split("\n")
     return f"def {name}({args}):\n" + "\n".join(_indent(line) for line in lines) + "\n"
 
 

@@ -317,10 +317,19 @@ def default_threads() -> int:
 
 def temporaries_per_entry(source: str) -> int:
     """How many arrays of the chunk's size the generated ``pair`` holds at once, at most:
-    every assigned name stays alive until it returns (except the q1_*/q2_* norms, which
-    are row or column vectors), plus a few expression temporaries."""
+    the largest number of live names (assigned and not yet ``del``-ed; the q1_*/q2_*
+    norms are vectors and do not count), plus a few expression temporaries."""
     body = source.split("def pair(", 1)[-1].split("\ndef ", 1)[0]
-    return len(re.findall(r"^\s+(?!q)\w+ = ", body, flags=re.M)) + 4
+    live: set[str] = set()
+    most = 0
+    for line in body.splitlines():
+        line = line.strip()
+        if line.startswith("del "):
+            live -= {name.strip() for name in line[4:].split(",")}
+        elif re.match(r"(?!q)\w+ = ", line):
+            live.add(line.split(" = ", 1)[0])
+            most = max(most, len(live))
+    return most + 4
 
 
 _MALLOC_TUNED = False

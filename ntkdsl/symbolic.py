@@ -33,13 +33,23 @@ def _corr(k, q1, q2):
 '''.lstrip("\n")
 
 
+# Used by the in-place emitter (ntkdsl.inplace), which scales a matrix by the inverse
+# square roots of the variance vectors instead of dividing by an outer-product norm.
+_INV_SQRT_SOURCE = '''
+def _inv_sqrt(q):
+    """1 / sqrt(q) for a vector of variances, 0 where a variance is 0."""
+    positive = numpy.asarray(q) > 0
+    return numpy.where(positive, 1.0 / numpy.sqrt(numpy.where(positive, q, 1.0)), 0.0)
+'''.lstrip("\n")
+
+
 class Corr(KernelFunction):
     """Correlation k / sqrt(q1 q2), clipped to [-1, 1] when evaluated numerically."""
 
     nargs = 3
 
     def helpers(self) -> dict[str, str]:
-        return {"_corr": _CORR_SOURCE}
+        return {"_corr": _CORR_SOURCE, "_inv_sqrt": _INV_SQRT_SOURCE}
 
     @classmethod
     def eval(cls, k, q1, q2):

