@@ -181,18 +181,10 @@ class Emitter:
         if exponent == sp.S.Half:
             return self._apply("numpy.sqrt", self.emit(base))
         if exponent == -1:
-            return self._reciprocal(self.emit(base))
+            return self._apply("numpy.reciprocal", self.emit(base))
         if exponent == -sp.S.Half:
-            return self._reciprocal(self._apply("numpy.sqrt", self.emit(base)))
+            return self._apply("numpy.reciprocal", self._apply("numpy.sqrt", self.emit(base)))
         return self._apply("numpy.power", self.emit(base), self._small(exponent))
-
-    def _reciprocal(self, op: Operand) -> Operand:
-        if op.owned:
-            self.lines.append(f"numpy.divide(1.0, {op.code}, out={op.code})")
-            return op
-        name = self._fresh()
-        self.lines.append(f"{name} = numpy.divide(1.0, {op.code})")
-        return Operand(name, True)
 
     def _corr(self, k: sp.Expr, q1: sp.Expr, q2: sp.Expr) -> Operand:
         """k / sqrt(q1 q2) clipped to [-1, 1], in three passes: the inverse square roots
