@@ -111,7 +111,8 @@ class Network:
         return Formula(self.arch, self.program, kind)
 
     def _repr_latex_(self) -> str:
-        return self.formula("ntk")._repr_latex_()
+        """Jupyter shows a compiled network as its derivation, both kernels."""
+        return Formula(self.arch, self.program, "both")._repr_latex_()
 
     def __repr__(self) -> str:
         return f"ntkdsl.compile({self.arch!r})"
