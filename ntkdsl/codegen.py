@@ -82,7 +82,7 @@ def _lines_for_step(step: Step, emitter: Emitter, counter: list[int]) -> list[st
     targets = [a.target for a in step.assignments]
     exprs = [a.expr for a in step.assignments]
     symbols = sp.numbered_symbols("_x", start=counter[0])
-    shared, reduced = sp.cse(exprs, symbols=symbols, optimizations="basic")
+    shared, reduced = sp.cse(exprs, symbols=symbols)
     counter[0] += len(shared)
     label = f"{step.label}  [{step.note}]" if step.note else step.label
     emitter.lines = comment_lines(label)
