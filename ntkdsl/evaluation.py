@@ -445,15 +445,15 @@ def _progress_bar(progress: bool | None, total: int):
                 delay=PROGRESS_DELAY_S if progress is None else 0, desc="kernel")
 
 
-def _blas_limit(threads: int):
-    """The cores the pool leaves to BLAS: one BLAS thread per pool thread when the pool
-    uses every core (blocks are small, and BLAS threads spinning beside the pool would
-    oversubscribe the cores); a single-threaded evaluation lets each Gram block use them."""
+def _blas_limit():
+    """One BLAS thread per pool thread: blocks are small, and BLAS threads spinning beside
+    the pool (or beside other work on a loaded machine: measured 10x slower at N=1024 with
+    one core busy) would oversubscribe the cores."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
         return nullcontext()
-    return threadpool_limits(limits=max(1, default_threads() // threads), user_api="blas")
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _run_blocks(block: _Block, plan: Plan, outs: Sequence[np.ndarray],
@@ -477,7 +477,7 @@ def _run_blocks(block: _Block, plan: Plan, outs: Sequence[np.ndarray],
             written = 0
 
     try:
-        with _blas_limit(plan.threads):
+        with _blas_limit():
             if plan.threads == 1:
                 for blk in blocks:
                     done(block(*blk))
