@@ -103,39 +103,108 @@ def _hd_graded(f, s, kinks):
 
 
 _HD_CACHE = {}
+# Bulk truncations the cost model considers, and what one entry left to the per-entry path
+# costs in units of one Horner pass over one entry (gathers and its remaining terms; on
+# the N=4096 benchmark values from 400 to 1000 were equally fast, 150 and 3000 slower).
+_HD_BULK_MAX = _HD_TERMS
+_HD_OUTLIER_COST = 600.0
 
 
-def _hd_coefficients(f, kinks, q):
-    """(a, m, tails): a[i, n] = E[f(sqrt(q_i) z) h_n(z)], m[i] = E[f(sqrt(q_i) z)**2] and
-    tails[i, T] = (m[i] - sum_{n<T} a[i, n]**2) / m[i], the relative Parseval remainder.
-    Computed once per distinct variance: kernels are evaluated in blocks that share
-    their rows' and columns' variances."""
-    key = (f, kinks, q.tobytes())
-    recent = _HD_CACHE.setdefault("recent", {})
-    if key in recent:  # chunks of one block share their columns' variances
-        return recent[key]
-    if len(recent) > 64:
-        recent.clear()
-    recent[key] = result = _hd_lookup(f, kinks, q)
-    return result
+def _hd_table(f, kinks, q):
+    """(table, rows): the per-φ table of coefficients and rows[i] its row for variance
+    q[i] (1-D). Rows are computed once per distinct variance and appended. A table is
+    never changed: an extension is linked as its successor, and the first one linked
+    wins (list.append is atomic), so tables form one chain in which rows stay valid and
+    threads need no lock (a losing thread computed some rows twice and retries)."""
+    table = _HD_CACHE.get((f, kinks))
+    if table is None or len(table["m"]) > 200000:  # bound memory (5 kB per variance)
+        table = _HD_CACHE[(f, kinks)] = _hd_new_table(f, kinks)
+    table = _hd_latest(table)
+    rows, found = _hd_find(table, q)
+    while not found.all():
+        missing, inverse = numpy.unique(q[~found], return_inverse=True)
+        new = _hd_extend(table, missing)
+        table["next"].append(new)
+        if table["next"][0] is new:
+            _HD_CACHE[(f, kinks)] = new
+            rows[~found] = len(table["m"]) + inverse.ravel()  # where they were appended
+            return new, rows
+        table = _hd_latest(table)
+        rows, found = _hd_find(table, q)
+    return table, rows
 
 
-def _hd_lookup(f, kinks, q):
-    """_hd_coefficients through the per-variance cache."""
-    cache = _HD_CACHE.setdefault((f, kinks), {})
-    if len(cache) > 200000:  # bound memory (about 5 kB per variance)
-        cache.clear()
-    missing = numpy.array([v for v in q.tolist() if v not in cache], dtype=float)
-    if missing.size:
-        for v, a, m, t in zip(missing.tolist(), *_hd_compute(f, kinks, missing)):
-            cache[v] = (a, m, t)
-    rows = [cache[v] for v in q.tolist()]
-    return (numpy.array([r[0] for r in rows]), numpy.array([r[1] for r in rows]),
-            numpy.array([r[2] for r in rows]))
+def _hd_latest(table):
+    """The last table of the chain ``table`` belongs to."""
+    while table["next"]:
+        table = table["next"][0]
+    return table
+
+
+def _hd_find(table, q):
+    """(rows, found): the table rows of the variances q, and which it holds."""
+    if not len(table["keys"]):
+        return numpy.zeros(q.shape, int), numpy.zeros(q.shape, bool)
+    pos = numpy.minimum(numpy.searchsorted(table["keys"], q), len(table["keys"]) - 1)
+    return table["order"][pos], table["keys"][pos] == q
+
+
+def _hd_new_table(f, kinks):
+    """An empty table; its generation marks every table extended from it (rows stay
+    valid within a generation)."""
+    return {"f": f, "kinks": kinks, "q": numpy.empty(0), "keys": numpy.empty(0),
+            "order": numpy.empty(0, int),
+            "a": numpy.empty((0, _HD_TERMS)), "m": numpy.empty(0),
+            "logt": numpy.empty((0, _HD_TERMS + 1)), "generation": object(), "next": [],
+            "recent": {}, "step": 1, "first": 0}
+
+
+def _hd_extend(table, q):
+    """A new table with rows for the (distinct, new) variances q appended."""
+    a, m, tails = _hd_compute(table["f"], table["kinks"], q)
+    new = dict(table, a=numpy.concatenate([table["a"], a]), m=numpy.concatenate([table["m"], m]),
+               logt=numpy.concatenate([table["logt"], numpy.log(numpy.maximum(tails, 1e-300))]))
+    new["q"] = numpy.concatenate([table["q"], q])  # variance of each row
+    order = numpy.argsort(new["q"], kind="stable")
+    new["keys"], new["order"], new["recent"] = new["q"][order], order, {}
+    new["step"], new["first"] = _hd_parity(new["a"])
+    new["next"] = []  # its successor, once one is linked
+    return new
+
+
+def _hd_parity(a):
+    """(2, first live term) when every live coefficient has the parity of the first (φ
+    odd or even: the other half of the series vanishes), else (1, 0). A term is live
+    when it can reach 1e-17 of the largest: the vanishing half is quadrature rounding,
+    about 1e-16 of the largest coefficient, so its products are about 1e-32."""
+    sizes = numpy.abs(a).max(axis=0) ** 2 if len(a) else numpy.zeros(a.shape[1])
+    live = numpy.nonzero(sizes > 1e-17 * sizes.max())[0] if sizes.max() > 0 else [0]
+    if len(live) > 1 and numpy.all(live %% 2 == live[0] %% 2):
+        return 2, int(live[0])
+    return 1, 0
+
+
+def _hd_rows(f, kinks, q):
+    """(table, rows, log of the largest relative tail over those rows for the first
+    _HD_BULK_MAX + 1 truncations, 1/sqrt(q)), memoised on q: the chunks of a block
+    share columns."""
+    table = _HD_CACHE.get((f, kinks))
+    key = q.tobytes()
+    if table is not None and key in table["recent"]:
+        return (table,) + table["recent"][key]
+    table, rows = _hd_table(f, kinks, q)
+    bound = table["logt"][rows, :_HD_BULK_MAX + 1].max(axis=0) if len(rows) else \
+        numpy.full(_HD_BULK_MAX + 1, -numpy.inf)
+    if len(table["recent"]) > 64:
+        table["recent"].clear()
+    table["recent"][key] = (rows, bound, _hd_inverse_sqrt(q))
+    return (table,) + table["recent"][key]
 
 
 def _hd_compute(f, kinks, q):
-    """_hd_coefficients without the cache."""
+    """(a, m, tails) for variances q: a[i, n] = E[f(sqrt(q_i) z) h_n(z)],
+    m[i] = E[f(sqrt(q_i) z)**2] and tails[i, T] = (m[i] - sum_{n<T} a[i, n]**2) / m[i],
+    the relative Parseval remainder."""
     s = numpy.sqrt(numpy.maximum(q, 0.0))
     a = numpy.empty((len(s), _HD_TERMS))
     m = numpy.empty(len(s))
@@ -155,44 +224,85 @@ def _hd_compute(f, kinks, q):
 def _hd_moment(f, kinks, q):
     """E[f(sqrt(q) z)**2] elementwise: the dual at correlation 1 (x = x')."""
     q = numpy.asarray(q, dtype=float)
-    values, inverse = numpy.unique(q.ravel(), return_inverse=True)
-    return _hd_coefficients(f, kinks, values)[1][inverse].reshape(q.shape)
+    table, rows = _hd_table(f, kinks, q.ravel())
+    return table["m"][rows].reshape(q.shape)
 
 
-def _hd_terms_needed(bound, c_abs):
-    """Smallest T with c_abs**T * bound[T] <= _HD_TOL (len(bound) if none)."""
+def _hd_inverse_sqrt(q):
+    """1/sqrt(q), 0 where q = 0 (a zero input has correlation 0 with everything)."""
     with numpy.errstate(divide="ignore"):
-        logs = numpy.log(numpy.maximum(bound, 1e-300))
-        ok = numpy.log(numpy.maximum(c_abs, 1e-300))[..., None] * numpy.arange(bound.shape[-1]) \\
-            + logs <= numpy.log(_HD_TOL)
-    return numpy.where(ok.any(axis=-1), ok.argmax(axis=-1), bound.shape[-1])
+        out = 1.0 / numpy.sqrt(q)
+    out[q <= 0] = 0.0
+    return out
 
 
-def _hd_horner(a1, a2, c, stop):
-    """sum_{n<stop} a1[:, n] a2[:, n] c**n for rows of a1 and columns of a2 (2-D c);
-    for an odd or even φ the vanishing half of the terms is skipped (Horner in c**2)."""
-    sizes = numpy.abs(a1[:, :stop]).max(axis=0) * numpy.abs(a2[:, :stop]).max(axis=0)
-    live = numpy.nonzero(sizes > 1e-17 * sizes.max())[0] if sizes.max() > 0 else [0]
-    step = 2 if len(live) > 1 and numpy.all(live %% 2 == live[0] %% 2) else 1
-    first = int(live[0]) if step == 2 else 0
-    power = c * c if step == 2 else c
-    acc = numpy.zeros(c.shape)
+def _hd_bulk(table, c2, bound):
+    """Number of terms Horner sums for every entry of a block: the truncation that
+    minimises Horner's cost plus the per-entry cost of the entries it does not cover,
+    estimated on a sample of c**2. Returns (terms, reach) with reach[T - 1] the largest
+    c**2 that T terms cover (nondecreasing: more terms never cover less)."""
+    step, first = table["step"], table["first"]
+    terms = numpy.arange(1, _HD_BULK_MAX + 1)
+    with numpy.errstate(over="ignore", divide="ignore"):
+        # |c|**T * tail[T] <= tol  <=>  c**2 <= (tol / tail[T]) ** (2 / T)
+        limits = numpy.exp((numpy.log(_HD_TOL) - bound[1:]) * 2.0 / terms)
+    limits[bound[1:] <= numpy.log(_HD_TOL)] = numpy.inf
+    limits = numpy.maximum.accumulate(limits)
+    sample = numpy.sort(c2.ravel()[:: max(1, c2.size // 256) | 1])
+    uncovered = 1.0 - numpy.searchsorted(sample, limits, side="right") / len(sample)
+    horner = numpy.maximum(terms - first + step - 1, 0) // step
+    cost = 3.0 * horner + _HD_OUTLIER_COST * uncovered
+    return int(numpy.argmin(cost)) + 1, limits
+
+
+def _hd_horner(table, r1, r2, c, c2, stop):
+    """sum_{n<stop} a[r1, n] a[r2, n] c**n over the block (rows r1, columns r2); for an
+    odd or even φ the vanishing half of the terms is skipped (Horner in c**2)."""
+    step, first = table["step"], table["first"]
+    top = stop - 1 - (stop - 1 - first) %% step  # the last live term below stop
+    if top < first:
+        return numpy.zeros(c.shape)
+    a1 = table["a"][r1, :stop]
+    a2 = numpy.ascontiguousarray(table["a"][r2, :stop].T)
+    power = c2 if step == 2 else c
+    acc = numpy.multiply(a1[:, top, None], a2[None, top])
     term = numpy.empty(c.shape)
-    for n in range(stop - 1 - (stop - 1 - first) %% step, first - 1, -step):
+    for n in range(top - step, first - 1, -step):
         acc *= power
-        numpy.multiply(a1[:, n, None], a2[None, :, n], out=term)
+        numpy.multiply(a1[:, n, None], a2[None, n], out=term)
         acc += term
-    return acc * c ** first if first else acc
+    if first:
+        acc *= c if first == 1 else c ** first
+    return acc
 
 
-def _hd_entries(a1, a2, c, start, stop):
-    """sum_{start<=n<stop} a1[e, n] a2[e, n] c[e]**n for a list of entries e."""
-    total = numpy.zeros(c.shape)
-    power = c ** start
-    for n in range(start, stop):
-        total += a1[:, n] * a2[:, n] * power
-        power = power * c
-    return total
+def _hd_terms_needed(table, r1, r2, log_c, start):
+    """Smallest T >= start with |c|**T sqrt(tail1[T] tail2[T]) <= tol per entry, by
+    bisection (_HD_TERMS + 1 where even all terms do not reach it)."""
+    logt = table["logt"]
+    goal = 2.0 * numpy.log(_HD_TOL)
+    lo = numpy.full(len(r1), start)
+    hi = numpy.full(len(r1), _HD_TERMS + 1)
+    while True:
+        open_ = lo < hi
+        if not open_.any():
+            return lo
+        mid = numpy.minimum((lo + hi) // 2, _HD_TERMS)
+        with numpy.errstate(invalid="ignore"):  # 0 * log(0): not met, as for c**0 = 1
+            ok = 2.0 * mid * log_c + logt[r1, mid] + logt[r2, mid] <= goal
+        hi = numpy.where(open_ & ok, mid, hi)
+        lo = numpy.where(open_ & ~ok, mid + 1, lo)
+
+
+def _hd_series(table, r1, r2, c, start, stop):
+    """sum_{start<=n<stop} a[r1[e], n] a[r2[e], n] c[e]**n for a list of entries e."""
+    powers = numpy.empty((len(c), stop - start))
+    powers[:, 0] = c ** start
+    powers[:, 1:] = c[:, None]
+    numpy.cumprod(powers, axis=1, out=powers)
+    powers *= table["a"][r1, start:stop]
+    powers *= table["a"][r2, start:stop]
+    return powers.sum(axis=1)
 
 
 def _hd_collinear(f, kinks, q1, q2, sign):
@@ -219,72 +329,127 @@ def _hd_collinear(f, kinks, q1, q2, sign):
     return out
 
 
-def _hd_correlation(k, q1, q2):
-    norm = numpy.sqrt(q1 * q2)
-    with numpy.errstate(divide="ignore", invalid="ignore"):
-        return numpy.clip(numpy.where(norm > 0, k / numpy.where(norm > 0, norm, 1), 0.0), -1, 1)
+def _hd_collinear_table(table, r1, r2, q1, q2, sign):
+    """_hd_collinear, from the tabulated moments where the variances are equal: at c = 1
+    the dual is E[f(u)**2], at c = -1 for odd (even) f it is -(+) that."""
+    out = numpy.empty(q1.shape)
+    same = q1 == q2
+    if table["step"] == 1:
+        same &= sign > 0
+    parity = 1 if table["first"] %% 2 == 0 else -1
+    out[same] = table["m"][r1[same]] * numpy.where(sign[same] > 0, 1, parity)
+    rest = ~same
+    if rest.any():
+        out[rest] = _hd_collinear(table["f"], table["kinks"], q1[rest], q2[rest], sign[rest])
+    return out
 
 
-def _hd_flat(f, kinks, k, q1, q2, start=0, a1=None, a2=None, t1=None, t2=None):
-    """The series from term ``start`` on for entries given as flat arrays, each summed
-    until its own bound is met; collinear entries (|c| = 1) by direct integration."""
-    if a1 is None:
-        u, inverse = numpy.unique(numpy.concatenate([q1, q2]), return_inverse=True)
-        a, _, t = _hd_coefficients(f, kinks, u)
-        a1, a2 = a[inverse[:len(q1)]], a[inverse[len(q1):]]
-        t1, t2 = t[inverse[:len(q1)]], t[inverse[len(q1):]]
-    c = _hd_correlation(k, q1, q2)
+def _hd_entries(table, r1, r2, q1, q2, c, start, reach=None):
+    """(values, complete) for a list of entries: the series from term ``start`` on, each
+    entry summed until its bound is met; collinear entries (|c| = 1) and those the
+    series cannot certify are computed whole (complete) by quadrature. ``reach`` (from
+    _hd_bulk) gives each entry's number of terms under its block's bound at once; only
+    entries it does not certify are bisected on their own."""
     out = numpy.zeros(c.shape)
+    c2 = c * c
     # Within rounding of collinear: the 1-D integral at c = +-1 (error ~ (1 - |c|) dΓ/dc).
-    collinear = numpy.abs(c) >= 1.0 - _HD_COLLINEAR
-    complete = collinear.copy()  # entries computed whole, not as a remainder from start
-    series = ~collinear
-    if series.any():
-        tails = numpy.sqrt(t1[series] * t2[series])
-        need = _hd_terms_needed(tails, numpy.abs(c[series]))
-        stop = int(min(need.max(), _HD_TERMS))
-        part = _hd_entries(a1[series], a2[series], c[series], start, max(start, stop))
-        _hd_fix(f, kinks, need, q1[series], q2[series], c[series], part)
-        out[series] = part
-        complete[series] = need >= _HD_TERMS
+    collinear = c2 >= (1.0 - _HD_COLLINEAR) ** 2
+    complete = collinear
     if collinear.any():
-        out[collinear] = _hd_collinear(f, kinks, q1[collinear], q2[collinear],
-                                       numpy.sign(c[collinear]))
+        out[collinear] = _hd_collinear_table(table, r1[collinear], r2[collinear],
+                                             q1[collinear], q2[collinear],
+                                             numpy.sign(c[collinear]))
+        series = numpy.flatnonzero(~collinear)
+        r1, r2, c, c2 = r1[series], r2[series], c[series], c2[series]
+    else:
+        series = None  # all of them
+    need = numpy.full(len(c), _HD_TERMS + 1) if reach is None else \
+        numpy.maximum(numpy.searchsorted(reach, c2) + 1, start)
+    own = need >= _HD_TERMS
+    if own.any():
+        with numpy.errstate(divide="ignore"):
+            need[own] = _hd_terms_needed(table, r1[own], r2[own],
+                                         numpy.log(numpy.abs(c[own])), start)
+    values = _hd_grouped(table, r1, r2, c, need, start)
+    uncertified = numpy.flatnonzero(need >= _HD_TERMS)
+    if uncertified.size:
+        _hd_fix(table["f"], table["kinks"], q1[uncertified] if series is None else
+                q1[series[uncertified]], q2[uncertified] if series is None else
+                q2[series[uncertified]], c[uncertified], uncertified, values)
+        complete = complete.copy()
+        complete[uncertified if series is None else series[uncertified]] = True
+    if series is None:
+        return values, complete
+    out[series] = values
     return out, complete
+
+
+def _hd_grouped(table, r1, r2, c, need, start):
+    """The series terms start <= n < need[e] of each entry (certified ones), summed in
+    groups of similar length so a few long entries do not lengthen all; each group's
+    term matrix stays below 2**18 numbers."""
+    out = numpy.zeros(c.shape)
+    certified = need < _HD_TERMS
+    if not certified.any():
+        return out
+    if need[certified].max() - start <= 32 and len(c) * 32 <= 2 ** 18:  # the usual case
+        e = numpy.flatnonzero(certified) if not certified.all() else slice(None)
+        out[e] = _hd_series(table, r1[e], r2[e], c[e], start, int(need[certified].max()))
+        return out
+    order = numpy.flatnonzero(certified)
+    order = order[numpy.argsort(need[order], kind="stable")]
+    lengths = need[order] - start
+    cuts = numpy.searchsorted(lengths, [16, 32, 64, 128, 256], side="right")
+    for lo, hi in zip([0, *cuts], [*cuts, len(order)]):
+        size = max(1, 2 ** 18 // max(1, int(lengths[hi - 1]) if hi > lo else 1))
+        for g in range(lo, hi, size):
+            e = order[g:min(g + size, hi)]
+            stop = int(need[e].max())
+            if stop > start:
+                out[e] = _hd_series(table, r1[e], r2[e], c[e], start, stop)
+    return out
+
+
+def _hd_flat(f, kinks, k, q1, q2):
+    """The dual for entries given as flat arrays."""
+    table, rows = _hd_table(f, kinks, numpy.concatenate([q1, q2]))
+    r1, r2 = rows[:len(q1)], rows[len(q1):]
+    c = k * _hd_inverse_sqrt(q1) * _hd_inverse_sqrt(q2)
+    return _hd_entries(table, r1, r2, q1, q2, c, 0)[0]
 
 
 def _hd_dual(f, kinks, k, q1, q2):
     """E[f(u) f(v)] for (u, v) ~ N(0, [[q1, k], [k, q2]]), elementwise over broadcast
     arrays. In the kernel-matrix layout (q1 a column, q2 a row) most entries are summed
-    together by Horner to the number of terms the 99th percentile of |c| needs; the
-    entries that bound does not cover get their remaining terms individually."""
+    together by Horner to a common number of terms (_hd_bulk); the entries that bound
+    does not cover get their remaining terms individually."""
     k, q1, q2 = (numpy.asarray(v, dtype=float) for v in (k, q1, q2))
     shape = numpy.broadcast_shapes(k.shape, q1.shape, q2.shape)
     matrix = (len(shape) == 2 and q1.shape in ((shape[0], 1), (1, 1))
               and q2.shape in ((1, shape[1]), (1, 1)))
-    if not matrix:
+    if not matrix or 0 in shape:
         k, q1, q2 = (numpy.broadcast_to(v, shape).ravel() for v in (k, q1, q2))
-        return _hd_flat(f, kinks, k, q1, q2)[0].reshape(shape)
-    q1 = numpy.broadcast_to(q1, (shape[0], 1)).ravel()
-    q2 = numpy.broadcast_to(q2, (1, shape[1])).ravel()
-    u1, i1 = numpy.unique(q1, return_inverse=True)
-    u2, i2 = numpy.unique(q2, return_inverse=True)
-    a1, _, t1 = (v[i1.ravel()] for v in _hd_coefficients(f, kinks, u1))
-    a2, _, t2 = (v[i2.ravel()] for v in _hd_coefficients(f, kinks, u2))
-    c = _hd_correlation(numpy.broadcast_to(k, shape), q1[:, None], q2[None, :])
-    bound = numpy.maximum(t1.max(axis=0), t2.max(axis=0))
-    c_abs = numpy.abs(c)
-    sample = c_abs.ravel()[:: max(1, c_abs.size // 20000)]
-    bulk = max(1, min(int(_hd_terms_needed(bound, numpy.quantile(sample, 0.99))), _HD_TERMS))
-    out = _hd_horner(a1, a2, c, bulk)
-    limit = (_HD_TOL / bound[bulk]) ** (1.0 / bulk) if bulk < _HD_TERMS and \
-        bound[bulk] > _HD_TOL else (2.0 if bulk < _HD_TERMS else -1.0)
-    rows, cols = numpy.nonzero(c_abs > limit)
-    if rows.size:
-        rest, complete = _hd_flat(f, kinks, numpy.broadcast_to(k, shape)[rows, cols],
-                                  q1[rows], q2[cols], bulk, a1[rows], a2[cols],
-                                  t1[rows], t2[cols])
-        out[rows, cols] = numpy.where(complete, rest, out[rows, cols] + rest)
+        return _hd_flat(f, kinks, k, q1, q2).reshape(shape)
+    q1 = numpy.ascontiguousarray(numpy.broadcast_to(q1, (shape[0], 1)).ravel())
+    q2 = numpy.ascontiguousarray(numpy.broadcast_to(q2, (1, shape[1])).ravel())
+    while True:  # both within one generation of the table (a new one starts rarely)
+        table1, r1, bound1, inverse1 = _hd_rows(f, kinks, q1)
+        table, r2, bound2, inverse2 = _hd_rows(f, kinks, q2)
+        if table["generation"] is table1["generation"]:
+            break
+    c = numpy.empty(shape)
+    numpy.multiply(k, inverse1[:, None], out=c)
+    c *= inverse2[None, :]
+    c2 = numpy.multiply(c, c)
+    bulk, reach = _hd_bulk(table, c2, numpy.maximum(bound1, bound2))
+    out = _hd_horner(table, r1, r2, c, c2, bulk)
+    flat = numpy.flatnonzero(c2 > reach[bulk - 1])
+    if flat.size:
+        rows, cols = numpy.divmod(flat, shape[1])
+        rest, complete = _hd_entries(table, r1[rows], r2[cols], q1[rows], q2[cols],
+                                     c.ravel()[flat], bulk, reach)
+        values = out.ravel()  # a view: out is a fresh contiguous array
+        values[flat] = numpy.where(complete, rest, values[flat] + rest)
     return out
 
 
@@ -317,10 +482,11 @@ def _hd_direct(f, kinks, q1, q2, c):
     return float((_hd_values(f, s1 * z1) * smoothed) @ w1)
 
 
-def _hd_fix(f, kinks, need, q1, q2, c, out):
-    """Replace the entries whose series bound is not met by direct quadrature."""
-    for i in numpy.nonzero(need >= _HD_TERMS)[0]:  # only near-collinear, large-variance
-        out[i] = _hd_direct(f, kinks, q1[i], q2[i], c[i])
+def _hd_fix(f, kinks, q1, q2, c, entries, out):
+    """out[entries] by direct quadrature: the entries whose series bound is not met (only
+    near-collinear ones with large variances)."""
+    for i, e in enumerate(entries.tolist()):
+        out[e] = _hd_direct(f, kinks, q1[i], q2[i], c[i])
 ''' % {"tol": TOLERANCE, "terms": MAX_TERMS}
 
 _ENGINE: dict = {"numpy": numpy}
