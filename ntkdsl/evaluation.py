@@ -445,15 +445,20 @@ def _progress_bar(progress: bool | None, total: int):
                 delay=PROGRESS_DELAY_S if progress is None else 0, desc="kernel")
 
 
+_BLAS_CONTROLLER = []  # threadpoolctl's view of the loaded BLAS: found once per process
+
+
 def _blas_limit():
     """One BLAS thread per pool thread: blocks are small, and BLAS threads spinning beside
     the pool (or beside other work on a loaded machine: measured 10x slower at N=1024 with
     one core busy) would oversubscribe the cores."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
         return nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    if not _BLAS_CONTROLLER:  # scanning the loaded libraries costs ~1 ms: do it once
+        _BLAS_CONTROLLER.append(ThreadpoolController())
+    return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
 def _run_blocks(block: _Block, plan: Plan, outs: Sequence[np.ndarray],

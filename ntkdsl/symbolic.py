@@ -37,9 +37,10 @@ def _corr(k, q1, q2):
 # square roots of the variance vectors instead of dividing by an outer-product norm.
 _INV_SQRT_SOURCE = '''
 def _inv_sqrt(q):
-    """1 / sqrt(q) for a vector of variances, 0 where a variance is 0."""
-    positive = numpy.asarray(q) > 0
-    return numpy.where(positive, 1.0 / numpy.sqrt(numpy.where(positive, q, 1.0)), 0.0)
+    """1 / sqrt(q) for a vector of variances. A zero variance gets a huge finite factor
+    instead of inf: its covariances are exactly 0 (Cauchy-Schwarz), so its correlations
+    come out 0, as _corr gives them."""
+    return numpy.reciprocal(numpy.sqrt(numpy.maximum(q, 1e-300)))
 '''.lstrip("\n")
 
 
