@@ -7,11 +7,20 @@
 """
 __version__ = "0.1.0"
 
-from .errors import (ArchitectureError, ArchitectureSyntaxError, ExpressionError, InputError,
-                     LayerArgumentError, LayerValueError, NTKDSLError, NumericalError,
-                     ShapeError, UnknownLayerError)
-from .network import Network, compile
 from . import codegen  # callable: ntkdsl.codegen(arch) -> source of a standalone module
+from .errors import (
+    ArchitectureError,
+    ArchitectureSyntaxError,
+    ExpressionError,
+    InputError,
+    LayerArgumentError,
+    LayerValueError,
+    NTKDSLError,
+    NumericalError,
+    ShapeError,
+    UnknownLayerError,
+)
+from .network import Network, compile
 from .parser import parse
 
 # Names whose modules pull in scikit-learn or are otherwise heavy: imported on first use,
@@ -31,9 +40,28 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'ntkdsl' has no attribute {name!r}")
 
 __all__ = [
-    "compile", "parse", "codegen", "Network", "NTKRegressor", "NTKClassifier", "ArchTemplate",
-    "gradient_descent_mse_ensemble", "gp_inference", "SingularKernelWarning",
-    "empirical_ntk", "monte_carlo_nngp", "FiniteNetwork", "NTKDSLError", "ArchitectureSyntaxError",
-    "UnknownLayerError", "LayerArgumentError", "LayerValueError", "ArchitectureError",
-    "ExpressionError", "InputError", "ShapeError", "NumericalError", "__version__",
+    "ArchTemplate",
+    "ArchitectureError",
+    "ArchitectureSyntaxError",
+    "ExpressionError",
+    "FiniteNetwork",
+    "InputError",
+    "LayerArgumentError",
+    "LayerValueError",
+    "NTKClassifier",
+    "NTKDSLError",
+    "NTKRegressor",
+    "Network",
+    "NumericalError",
+    "ShapeError",
+    "SingularKernelWarning",
+    "UnknownLayerError",
+    "__version__",
+    "codegen",
+    "compile",
+    "empirical_ntk",
+    "gp_inference",
+    "gradient_descent_mse_ensemble",
+    "monte_carlo_nngp",
+    "parse",
 ]

@@ -18,6 +18,13 @@ class Span:
     start: int
     end: int
 
+    @classmethod
+    def at(cls, source: str, start: int, end: int) -> Span:
+        """The span of ``source[start:end]``, with its line and column counted."""
+        line = source.count("\n", 0, start) + 1
+        column = start - (source.rfind("\n", 0, start) + 1) + 1
+        return cls(line, column, start, end)
+
 
 class NTKDSLError(Exception):
     """Base class of every exception ntkdsl raises on purpose."""

@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
     def _sk_validate_data(estimator, *args, **kwargs):
         return estimator._validate_data(*args, **kwargs)
 
-__all__ = ["ArchTemplate", "NTKRegressor", "NTKClassifier", "DEFAULT_ARCH"]
+__all__ = ["DEFAULT_ARCH", "ArchTemplate", "NTKClassifier", "NTKRegressor"]
 
 DEFAULT_ARCH = "(Dense(512, W_std=1.5, b_std=0.05) > Relu) * 2 > Dense(1, W_std=1.5, b_std=0.05)"
 

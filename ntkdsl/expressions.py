@@ -9,15 +9,14 @@ takes the position of the expression text inside the architecture source.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import Callable
-
 import cmath
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
 
 import lark
 import sympy as sp
-from lark import Transformer, v_args
+from lark import Transformer
 
 from .errors import ExpressionError, Span
 from .parser import grammar
@@ -60,10 +59,7 @@ class _Where:
     offset: int
 
     def span(self, start: int, end: int) -> Span:
-        pos = self.offset + start
-        line = self.source.count("\n", 0, pos) + 1
-        column = pos - (self.source.rfind("\n", 0, pos) + 1) + 1
-        return Span(line, column, pos, self.offset + max(end, start + 1))
+        return Span.at(self.source, self.offset + start, self.offset + max(end, start + 1))
 
     def error(self, message: str, start: int, end: int, hint: str | None = None):
         return ExpressionError(message, source=self.source, span=self.span(start, end),
@@ -222,7 +218,7 @@ def _check_growth(expr: sp.Expr, fail) -> None:
                        "exp(x**2) is not")
 
 
-@lru_cache(maxsize=None)
+@cache
 def phi_of_text(text: str) -> sp.Expr:
     """φ for an Fn expression already validated when the architecture was parsed."""
     return parse_expression(text)

@@ -14,7 +14,7 @@ Rules, tried in order:
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import sympy as sp
 
@@ -99,7 +99,7 @@ def _elementary_dual(terms, pair: Pair) -> sp.Expr | None:
     return total
 
 
-@lru_cache(maxsize=None)
+@cache
 def _moment(m1: int, m2: int, b1: sp.Expr, b2: sp.Expr, pair: Pair) -> sp.Expr:
     """E[u^m1 v^m2 exp(λ_u u + b1 u² + λ_v v + b2 v²)] as a function of λ_u, λ_v."""
     sigma = sp.Matrix([[pair.q1, pair.k], [pair.k, pair.q2]])

@@ -25,7 +25,7 @@ numbers.
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+from functools import cache
 
 import numpy
 import sympy as sp
@@ -627,7 +627,7 @@ def _classes(f: sp.Expr, x: sp.Symbol, label: str, points) -> tuple[type, type]:
     return dual, moment
 
 
-@lru_cache(maxsize=None)
+@cache
 def numerical_duals(phi: sp.Expr, x: sp.Symbol, name: str) -> tuple[type, type]:
     """(Γ, Γ̇) sympy function classes of (k, q1, q2) for activation φ; Γ differentiates
     in k to Γ̇ (Price's theorem), both computed by the Hermite-series engine."""

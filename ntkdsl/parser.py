@@ -138,13 +138,11 @@ def _syntax_error(source: str, err: lark.exceptions.UnexpectedInput) -> Architec
     else:
         found, pos = repr(str(token)), token.start_pos
         end = token.end_pos
-    line = source.count("\n", 0, pos) + 1
-    column = pos - (source.rfind("\n", 0, pos) + 1) + 1
     expected = sorted({_TOKEN_NAMES.get(t, t) for t in (getattr(err, "expected", None)
                                                           or getattr(err, "allowed", None) or ())})
     hint = ("expected " + " or ".join(expected)) if expected else None
     return ArchitectureSyntaxError(f"unexpected {found}", source=source,
-                                   span=Span(line, column, pos, end), hint=hint)
+                                   span=Span.at(source, pos, end), hint=hint)
 
 
 def parse(source: str) -> Node:

@@ -43,11 +43,11 @@ from .errors import InputError, NumericalError, ShapeError
 
 __all__ = [
     "Gaussian",
-    "GradientFlowEnsemble",
     "GaussianProcessPosterior",
+    "GradientFlowEnsemble",
     "SingularKernelWarning",
-    "gradient_descent_mse_ensemble",
     "gp_inference",
+    "gradient_descent_mse_ensemble",
 ]
 
 KERNELS = ("ntk", "nngp")
