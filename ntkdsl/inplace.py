@@ -196,13 +196,13 @@ class Emitter:
 
     def _opaque(self, expr: sp.Expr) -> Operand:
         """Any other call (numerical duals, Piecewise, ...): its matrix arguments are emitted
-        first, then it is printed as a call; its result may alias an input, so it is not
-        treated as a free buffer."""
+        first, then it is printed as a call. Its result may alias an input, so it is a free
+        buffer only when the function says it returns a new array (``fresh_result``)."""
         args = [sp.Symbol(self.emit(a).code) if self.kind(a) == MATRIX else a
                 for a in expr.args]
         name = self._fresh()
         self.lines.append(f"{name} = {self.printer.doprint(expr.func(*args, evaluate=False))}")
-        return Operand(name, False)
+        return Operand(name, getattr(expr.func, "fresh_result", False))
 
 
 _NAME = re.compile(r"[A-Za-z_]\w*")

@@ -553,6 +553,8 @@ def function_source(name: str, expr: sp.Expr, x: sp.Symbol) -> str:
 class _NumericalFunction(KernelFunction):
     """Shared printing for the numerical duals; subclasses carry one φ's data."""
 
+    fresh_result = True  # the engine returns a new array: generated code may write into it
+
     tag = ""
     label = ""
     helper_prefix = ""
