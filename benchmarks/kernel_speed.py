@@ -47,22 +47,25 @@ def _status_bytes(key: str) -> int:
 
 def measure(fn, repeat: int) -> tuple[float, float, int, object]:
     """(best wall seconds, CPU seconds of that run, peak resident bytes above the start of
-    the call, last result). CPU time shows the work done when other processes share the
-    cores."""
-    best, cpu, peak, result = float("inf"), 0.0, 0, None
+    the call, last result). Times come from ``repeat`` runs in a warm process, as a user's
+    repeated calls run; the peak from one more run after handing freed heap back to the
+    system (malloc_trim), so memory reused from earlier runs cannot hide in it. CPU time
+    shows the work done when other processes share the cores."""
+    best, cpu, result = float("inf"), 0.0, None
     for _ in range(repeat):
         result = None  # drop the previous result before measuring again
-        ctypes.CDLL(None).malloc_trim(0)  # hand freed heap back, so it isn't reused unseen
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current resident size
-        base = _status_bytes("VmRSS")
         t, c = time.perf_counter(), time.process_time()
         result = fn()
         t, c = time.perf_counter() - t, time.process_time() - c
         if t < best:
             best, cpu = t, c
-        peak = max(peak, _status_bytes("VmHWM") - base)
-    return best, cpu, peak, result
+    result = None
+    ctypes.CDLL(None).malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current resident size
+    base = _status_bytes("VmRSS")
+    result = fn()
+    return best, cpu, _status_bytes("VmHWM") - base, result
 
 
 def child_speed(n: int, repeat: int) -> dict:
