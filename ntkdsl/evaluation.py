@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -320,12 +321,16 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# Both read the generated source, which is fixed per compiled network: cached, so each
+# evaluation does not rescan it.
+@lru_cache(maxsize=256)
 def chunk_cap(source: str) -> int:
     """The largest chunk worth giving the generated program: larger when it calls the
     numerical engine (whose helpers are named _hd_*), whose calls have a fixed cost."""
     return MAX_CHUNK_NUMERICAL if "def _hd_" in source else MAX_CHUNK
 
 
+@lru_cache(maxsize=256)
 def temporaries_per_entry(source: str) -> int:
     """How many arrays of the chunk's size the generated ``pair`` holds at once, at most:
     the largest number of live names (assigned and not yet ``del``-ed; the q1_*/q2_*
