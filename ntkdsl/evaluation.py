@@ -1,14 +1,19 @@
 """Tiled, threaded, bounded-memory evaluation of a compiled kernel program.
 
 The generated ``pair(q1, q2, K, d)`` function is elementwise in the entries of the kernel
-matrix, so the matrix can be computed in blocks: each block needs its rows' and columns'
-squared norms and its own slice of the Gram matrix ``x1 @ x2.T / d``. This module cuts the
-output into blocks, computes each block's Gram slice with one BLAS call and runs the
-elementwise program on row chunks small enough to stay in the CPU cache, spreading blocks
-over a thread pool (NumPy releases the GIL inside ufuncs and BLAS). A self-kernel computes
-only the blocks on and above the diagonal and mirrors them, so it is exactly symmetric.
-Entries whose two inputs are identical are finally overwritten with the diagonal program's
-exact values (correlation exactly 1, where ``arccos`` near 1 would lose digits).
+matrix, so the matrix can be computed piece by piece: each piece needs its rows' and
+columns' squared norms and its own slice of the Gram matrix ``x1 @ x2.T / d``. This module
+cuts the output into panels of rows. A panel's Gram slice is one BLAS call written straight
+into the output, where the elementwise program then reads it chunk by chunk (chunks small
+enough to stay in the CPU cache) and overwrites it with the kernels. A self-kernel computes
+each row from the diagonal on and mirrors the rest, so it is exactly symmetric.
+
+On more than one core, a helper thread computes the Gram slices a panel or two ahead and
+does the mirroring (long calls that release the GIL) while the calling thread runs the
+elementwise program (many short NumPy calls, each of which needs the GIL back): the two
+kinds of work overlap instead of queueing for the GIL. Entries whose two inputs are
+identical are finally overwritten with the diagonal program's exact values (correlation
+exactly 1, where ``arccos`` near 1 would lose digits).
 
 Results go straight into the output arrays, which may be ``np.memmap`` files: then the pages
 already written are released from this process's resident memory as the evaluation goes,
@@ -23,7 +28,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
@@ -48,9 +53,14 @@ MIN_CHUNK, MAX_CHUNK = 1024, 16384
 # (coefficient lookup, truncation choice): chunks up to this size amortise it (measured:
 # Tanh NTK at N=4096 1.28 s with 16k-entry chunks, 0.81 s with 64k).
 MAX_CHUNK_NUMERICAL = 65536
-# Below this many entries per chunk, threads lose more to the GIL than they gain (measured:
-# 2 threads at 2k-entry chunks took 1.5x the time of one).
+# Below this many entries per chunk, more than one thread running the elementwise program
+# loses more to the GIL than it gains (measured: 2 threads at 2k-entry chunks took 1.5x the
+# time of one).
 MIN_THREADED_CHUNK = 8192
+# Rows per panel: one Gram slice (BLAS call) each, one task for the helper thread.
+PANEL_ROWS = 128
+# Below this many kernel entries a helper thread costs more in hand-offs than it saves.
+MIN_PIPELINED_ENTRIES = 65536
 # With a memory-mapped output, resident pages are released after this many bytes written.
 RELEASE_EVERY_BYTES = 128 * 1024 * 1024
 PROGRESS_DELAY_S = 2.0
@@ -287,31 +297,56 @@ def release_pages(arr: np.ndarray) -> None:
 
 @dataclass(frozen=True)
 class Plan:
-    """How an evaluation is cut up: square blocks for a self-kernel (so a block's mirror is
-    a block), row chunks of a block for the elementwise program."""
+    """How an evaluation is cut up. The rows of the output go in panels; each panel takes
+    three steps: its slice of the Gram matrix (one BLAS call), the elementwise program on
+    chunks of its rows, and, for a self-kernel, the mirror of what it computed (a panel
+    computes only the columns from the diagonal on, and takes the rest of its rows from the
+    panels above it).
+
+    With a ``helper`` thread, Gram slices and mirrors (long calls that release the GIL) run
+    on it while ``workers`` threads run the elementwise program (many short NumPy calls):
+    the two kinds of work overlap instead of competing for the GIL."""
 
     n1: int
     n2: int
     symmetric: bool
-    block_rows: int
-    block_cols: int
-    chunk_rows: int
-    threads: int
+    panel_rows: int
+    chunk: int  # entries per call of the elementwise program (at least one row)
+    workers: int
+    helper: bool
+    gram_columns: int  # a float32 panel's Gram slice is made this many columns at a time
 
-    def blocks(self) -> list[tuple[int, int, int, int]]:
-        """(r0, r1, c0, c1) of every block to compute, row panel by row panel."""
-        out = []
-        for r0 in range(0, self.n1, self.block_rows):
-            first = r0 if self.symmetric else 0
-            for c0 in range(first, self.n2, self.block_cols):
-                out.append((r0, min(r0 + self.block_rows, self.n1),
-                            c0, min(c0 + self.block_cols, self.n2)))
-        return out
+    @property
+    def threads(self) -> int:
+        return self.workers + self.helper
 
-    def entries(self) -> int:
-        """Number of kernel entries the blocks cover (for a self-kernel: those on and above
-        the diagonal, and the diagonal blocks whole)."""
-        return sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in self.blocks())
+    @property
+    def lookahead(self) -> int:
+        """Panels whose Gram slice is computed ahead of the elementwise program."""
+        return self.workers + 1
+
+    def panels(self) -> list[tuple[int, int]]:
+        return [(r0, min(r0 + self.panel_rows, self.n1))
+                for r0 in range(0, self.n1, self.panel_rows)]
+
+    def first_column(self, row: int) -> int:
+        """A self-kernel computes row ``row`` from the diagonal on; the rest is mirrored."""
+        return row if self.symmetric else 0
+
+    def chunks(self, r0: int, r1: int):
+        """(s, e): the row chunks of panel r0:r1, each about ``chunk`` entries wide."""
+        s = r0
+        while s < r1:
+            e = min(r1, s + max(1, self.chunk // (self.n2 - self.first_column(s))))
+            yield s, e
+            s = e
+
+    def entries(self, r0: int = 0, r1: int | None = None) -> int:
+        """Kernel entries computed for rows r0:r1 (default all)."""
+        r1 = self.n1 if r1 is None else r1
+        if not self.symmetric:
+            return (r1 - r0) * self.n2
+        return (r1 - r0) * self.n2 - (r1 * (r1 - 1) - r0 * (r0 - 1)) // 2
 
 
 def default_threads() -> int:
@@ -330,21 +365,31 @@ def chunk_cap(source: str) -> int:
     return MAX_CHUNK_NUMERICAL if "def _hd_" in source else MAX_CHUNK
 
 
+_ASSIGNMENT = re.compile(r"(\w+) = (.*)")
+_NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
+
+
 @lru_cache(maxsize=256)
 def temporaries_per_entry(source: str) -> int:
-    """How many arrays of the chunk's size the generated ``pair`` holds at once, at most:
-    the largest number of live names (assigned and not yet ``del``-ed; the q1_*/q2_*
-    norms are vectors and do not count), plus a few expression temporaries."""
+    """How many arrays of the chunk's size the generated ``pair`` holds at once, at most,
+    plus a few expression temporaries. An assignment makes a chunk-sized array when its
+    right side reads one (K_0 or a name made so); ``A = B`` only names B's array again, and
+    an array lives until its last name is ``del``-ed."""
     body = source.split("def pair(", 1)[-1].split("\ndef ", 1)[0]
-    live: set[str] = set()
-    most = 0
-    for line in body.splitlines():
+    arrays: dict[str, int] = {"K_0": 0}  # name -> the array it holds
+    most = 1
+    for n, line in enumerate(body.splitlines(), start=1):
         line = line.strip()
         if line.startswith("del "):
-            live -= {name.strip() for name in line[4:].split(",")}
-        elif re.match(r"(?!q)\w+ = ", line):
-            live.add(line.split(" = ", 1)[0])
-            most = max(most, len(live))
+            for name in line[4:].split(","):
+                arrays.pop(name.strip(), None)
+        elif (m := _ASSIGNMENT.fullmatch(line)) is not None:
+            name, rhs = m.groups()
+            if rhs in arrays:
+                arrays[name] = arrays[rhs]
+            elif any(used in arrays for used in _NAME.findall(rhs)):
+                arrays[name] = n
+            most = max(most, len(set(arrays.values())))
     return most + 4
 
 
@@ -367,87 +412,97 @@ def _keep_freed_heap() -> None:
 
 def make_plan(n1: int, n2: int, symmetric: bool, dtype: np.dtype, working_bytes: float,
               temporaries: int, threads: int | None, max_chunk: int = MAX_CHUNK) -> Plan:
-    """Block and chunk sizes keeping working memory near ``working_bytes``; threads=None
-    means all cores when chunks are large enough to gain from them, else one."""
+    """Panel and chunk sizes keeping working memory near ``working_bytes``. ``threads`` is
+    the most threads to use (None: all cores): one helper for Gram slices and mirrors and
+    the rest for the elementwise program, but only one of those unless chunks are large
+    enough to gain from more."""
     if threads is not None and int(threads) < 1:
         raise InputError(f"threads must be at least 1, got {threads}")
     pool = default_threads() if threads is None else int(threads)
+    helper = pool > 1 and n1 * n2 >= MIN_PIPELINED_ENTRIES
+    workers = pool - 1 if helper else 1
     budget = min(max(working_bytes, MIN_WORKING_BYTES), MAX_WORKING_BYTES)
-    per_thread = budget / pool
-    # A quarter of a thread's share for its float64 Gram block, the rest for temporaries.
-    side = int(np.sqrt(per_thread / 4 / 8)) // 16 * 16
-    side = min(max(side, 32), 512)
-    if symmetric:
-        rows = cols = min(side, n1)
-    else:
-        rows = min(side, n1)
-        cols = min(n2, max(side, side * side // rows))
-    chunk = per_thread * 0.75 / (temporaries * dtype.itemsize)
-    chunk = min(max(int(chunk), MIN_CHUNK), max_chunk)
-    chunk_rows = max(1, min(rows, chunk // cols))
-    if threads is None and pool > 1 and chunk_rows * cols < MIN_THREADED_CHUNK:
-        return make_plan(n1, n2, symmetric, dtype, working_bytes, temporaries, 1, max_chunk)
-    return Plan(n1, n2, symmetric, rows, cols, chunk_rows, pool)
+    # The first output holds each panel's Gram slice until the program overwrites it. A
+    # float32 slice is made in float64 column blocks first: a quarter of the budget.
+    gram_bytes = 0 if dtype == np.float64 else budget / 4
+    gram_columns = n2 if not gram_bytes else max(64, int(gram_bytes / (PANEL_ROWS * 8)))
+    while True:
+        chunk = (budget - gram_bytes) * 0.75 / (workers * temporaries * dtype.itemsize)
+        chunk = min(max(int(chunk), MIN_CHUNK), max_chunk)
+        if workers == 1 or chunk >= MIN_THREADED_CHUNK or threads is not None:
+            break
+        workers = 1  # small chunks: more workers would lose more to the GIL than gain
+    return Plan(n1, n2, symmetric, min(PANEL_ROWS, n1), chunk, workers, helper,
+                min(gram_columns, n2))
 
 
 # ------------------------------------------------------------------------ evaluation --
 
-class _Block:
-    """Computes one block into the outputs; one instance shared by the pool's threads."""
+class _Panels:
+    """The three steps of a panel, for the outputs of one evaluation. Steps of different
+    panels may run at once on different threads: each writes only its own panel's rows,
+    and a mirror reads only entries that earlier panels have finished."""
 
     def __init__(self, pair: Callable, a: np.ndarray, b: np.ndarray, q1: np.ndarray,
                  q2: np.ndarray, keep: Sequence[int], outs: Sequence[np.ndarray],
                  plan: Plan, dtype: np.dtype):
-        self.pair, self.a, self.b, self.keep, self.outs = pair, a, b, keep, outs
-        self.plan, self.dtype, self.d = plan, dtype, a.shape[1]
+        self.pair, self.a, self.b, self.plan, self.dtype = pair, a, b, plan, dtype
+        self.d = a.shape[1]
         # The program runs in the evaluation dtype; norms are rounded to it once.
         self.q1, self.q2 = q1.astype(dtype, copy=False), q2.astype(dtype, copy=False)
-        self.local = threading.local()
+        # The output holding the Gram slices is written last in each chunk: the program
+        # may return its input (the Gram slice itself) as another kernel.
+        self.stores = list(zip(keep, outs))[::-1]
+        self.outs = outs
 
-    def _gram(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        """x1[r0:r1] @ x2[c0:c1].T / d in a buffer reused by this thread."""
-        shape = (r1 - r0, c1 - c0)
-        buf = getattr(self.local, "gram", None)
-        if buf is None or buf.shape != shape:
-            buf = self.local.gram = np.empty(shape)
-        np.matmul(self.a[r0:r1], self.b[c0:c1].T, out=buf)
-        np.divide(buf, self.d, out=buf)  # a division, as the untiled x1 @ x2.T / d
-        return buf
+    def gram(self, r0: int, r1: int) -> np.ndarray:
+        """The panel's slice x1[r0:r1] @ x2[c0:].T / d (c0 its first column), written
+        into the first output, where the elementwise program reads it: no memory of its
+        own in float64; in float32, computed in float64 blocks and rounded."""
+        c0 = self.plan.first_column(r0)
+        dest = self.outs[0][r0:r1, c0:]
+        if dest.dtype == np.float64:
+            np.matmul(self.a[r0:r1], self.b[c0:].T, out=dest)
+            return np.divide(dest, self.d, out=dest)  # a division, as the untiled x1 @ x2.T / d
+        step = self.plan.gram_columns
+        block = np.empty((r1 - r0, step))
+        for c in range(c0, self.plan.n2, step):
+            part = block[:, :min(step, self.plan.n2 - c)]
+            np.matmul(self.a[r0:r1], self.b[c:c + step].T, out=part)
+            np.divide(part, self.d, out=dest[:, c - c0:c - c0 + part.shape[1]])
+        return dest
 
-    def __call__(self, r0: int, r1: int, c0: int, c1: int) -> int:
-        gram = self._gram(r0, r1, c0, c1)
-        on_diagonal = self.plan.symmetric and r0 == c0
-        step = self.plan.chunk_rows
-        for s in range(0, r1 - r0, step):
-            e = min(s + step, r1 - r0)
-            # On a diagonal block, rows s:e need only columns from s on (the rest mirror).
-            first = s if on_diagonal else 0
-            k = gram[s:e, first:]
-            if self.dtype != k.dtype:
-                k = k.astype(self.dtype)
-            results = self.pair(self.q1[r0 + s:r0 + e, None],
-                                self.q2[None, c0 + first:c1], k, self.d)
-            for i, out in zip(self.keep, self.outs):
-                self._store(out, results[i], r0 + s, r0 + e, c0 + first, c1, on_diagonal)
-        return (r1 - r0) * (c1 - c0)
+    def elementwise(self, gram: np.ndarray, r0: int, r1: int) -> int:
+        """Run the program on the panel's row chunks and store the results; returns the
+        number of entries computed."""
+        offset = self.plan.first_column(r0)
+        for s, e in self.plan.chunks(r0, r1):
+            c0 = self.plan.first_column(s)
+            k = gram[s - r0:e - r0, c0 - offset:]
+            results = self.pair(self.q1[s:e, None], self.q2[None, c0:], k, self.d)
+            for i, out in self.stores:
+                out[s:e, c0:] = results[i]
+        return self.plan.entries(r0, r1)
 
-    def _store(self, out: np.ndarray, values: Any, r0: int, r1: int, c0: int, c1: int,
-               on_diagonal: bool) -> None:
-        """Write a chunk, and its transpose from the cache-warm result when symmetric (a
-        transposed read of ``out`` itself would stride across pages)."""
-        values = np.broadcast_to(values, (r1 - r0, c1 - c0))
-        if not self.plan.symmetric:
-            out[r0:r1, c0:c1] = values
-            return
-        if on_diagonal:
-            # The chunk's leading square straddles the diagonal: keep its upper triangle.
-            n = r1 - r0
-            square = np.triu(values[:, :n])
-            square += np.triu(values[:, :n], 1).T
-            out[r0:r1, c0:c0 + n] = square
-            values, c0 = values[:, n:], c0 + n
-        out[r0:r1, c0:c1] = values
-        out[c0:c1, r0:r1] = values.T
+    def mirror(self, r0: int, r1: int) -> None:
+        """Fill the panel's rows left of the diagonal from the transposed entries above it,
+        which earlier panels computed: writing along the panel's own rows touches fresh
+        output pages in order (measured: first touches scattered down the columns cost
+        ten times as much), and square blocks keep the strided read in the cache."""
+        n = r1 - r0
+        lower = _lower_mask(n)
+        for out in self.outs:
+            square = out[r0:r1, r0:r1]
+            np.copyto(square, square.T, where=lower)
+            for c0 in range(0, r0, n):
+                c1 = min(c0 + n, r0)
+                out[r0:r1, c0:c1] = out[c0:c1, r0:r1].T
+
+
+@lru_cache(maxsize=8)
+def _lower_mask(n: int) -> np.ndarray:
+    return np.tri(n, k=-1, dtype=bool)
+
 
 def _progress_bar(progress: bool | None, total: int):
     """tqdm bar: None shows it on a terminal once the evaluation passes two seconds,
@@ -465,9 +520,10 @@ _BLAS_CONTROLLER = []  # threadpoolctl's view of the loaded BLAS: found once per
 
 
 def _blas_limit():
-    """One BLAS thread per pool thread: blocks are small, and BLAS threads spinning beside
-    the pool (or beside other work on a loaded machine: measured 10x slower at N=1024 with
-    one core busy) would oversubscribe the cores."""
+    """One BLAS thread: the Gram slices run beside the elementwise program (or one after
+    the other on one thread), and BLAS threads spinning beside it (or beside other work on
+    a loaded machine: measured 10x slower at N=1024 with one core busy) would oversubscribe
+    the cores."""
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
@@ -477,11 +533,122 @@ def _blas_limit():
     return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
-def _run_blocks(block: _Block, plan: Plan, outs: Sequence[np.ndarray],
-                progress: bool | None) -> None:
-    """Run every block, on a thread pool when plan.threads > 1, releasing memory-mapped
-    pages as they are written."""
-    blocks = plan.blocks()
+_POOLS: dict[tuple[str, int], ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(role: str, threads: int) -> ThreadPoolExecutor:
+    """A thread pool kept for the process: its threads keep their malloc arenas, stacks and
+    BLAS buffers warm between evaluations, instead of touching new memory every call."""
+    with _POOLS_LOCK:
+        if (role, threads) not in _POOLS:
+            _POOLS[role, threads] = ThreadPoolExecutor(
+                max_workers=threads, thread_name_prefix=f"ntkdsl-{role}")
+        return _POOLS[role, threads]
+
+
+class _Pipeline:
+    """Runs the panels' steps: Gram slices ``plan.lookahead`` panels ahead and mirrors on
+    the helper thread (in order of submission), elementwise steps on the calling thread or
+    on a pool of workers. Without a helper, everything runs in turn on the calling
+    thread."""
+
+    def __init__(self, panels: _Panels, plan: Plan):
+        self.steps, self.plan, self.panels = panels, plan, plan.panels()
+        self.helper = _pool("helper", 1) if plan.helper else None
+        self.lock = threading.Lock()
+        self.grams: dict[int, Future] = {}
+        self.submitted: list[tuple[Future, Callable, tuple]] = []
+        self.finished: set[int] = set()
+        self.mirrored = 0  # panels before this one are mirrored (or queued to be)
+
+    def _on_helper(self, fn: Callable, *args) -> Future:
+        if self.helper is None:
+            f: Future = Future()
+            f.set_result(fn(*args))
+            return f
+        f = self.helper.submit(fn, *args)
+        self.submitted.append((f, fn, args))
+        return f
+
+    def _start_gram(self, index: int) -> None:
+        if index < len(self.panels):
+            self.grams[index] = self._on_helper(self.steps.gram, *self.panels[index])
+
+    def panel(self, index: int) -> int:
+        """All steps of one panel that are not left to the helper; returns its entries."""
+        with self.lock:
+            if index not in self.grams:  # no helper: Gram slices are made when needed
+                self._start_gram(index)
+            gram = self.grams.pop(index)
+        r0, r1 = self.panels[index]
+        entries = self.steps.elementwise(gram.result(), r0, r1)
+        with self.lock:
+            if self.plan.symmetric:  # a mirror reads what all earlier panels computed
+                self.finished.add(index)
+                while self.mirrored in self.finished:
+                    self._on_helper(self.steps.mirror, *self.panels[self.mirrored])
+                    self.mirrored += 1
+            if self.helper is not None:
+                self._start_gram(index + self.plan.lookahead)
+        return entries
+
+    def run(self, done: Callable[[int], None], meanwhile: Callable[[], Any]) -> Any:
+        """Run every panel, reporting each one's entries to ``done``; ``meanwhile`` runs on
+        the calling thread while the first Gram slices are computed. Returns its result."""
+        try:
+            if self.helper is not None:
+                with self.lock:
+                    for i in range(self.plan.lookahead):
+                        self._start_gram(i)
+            found = meanwhile()
+            if self.plan.workers == 1:
+                for i in range(len(self.panels)):
+                    done(self.panel(i))
+            else:
+                _run_pool(_pool("workers", self.plan.workers), self.panel,
+                          range(len(self.panels)), self.plan.workers, done)
+            # The last queued steps (mirrors) need nothing but finished panels: the calling
+            # thread takes those the helper has not started, from the end of the queue.
+            for f, fn, args in reversed(self.submitted):
+                if f.cancel():
+                    fn(*args)
+            for f, _, _ in self.submitted:
+                if not f.cancelled():
+                    f.result()
+            return found
+        finally:
+            for f, _, _ in self.submitted:
+                f.cancel()
+            wait([f for f, _, _ in self.submitted])  # running steps finish before we go
+
+
+def _run_pool(pool: ThreadPoolExecutor, fn: Callable, items, threads: int,
+              done: Callable) -> None:
+    """Submit items a few at a time (so an error or Ctrl-C stops early) and report each."""
+    pending: set = set()
+    todo = iter(items)
+    try:
+        while True:
+            for item in todo:
+                pending.add(pool.submit(fn, item))
+                if len(pending) >= 2 * threads:
+                    break
+            if not pending:
+                break
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                done(f.result())
+    finally:
+        for f in pending:
+            f.cancel()
+        wait(pending)
+
+
+def _run(panels: _Panels, plan: Plan, outs: Sequence[np.ndarray], progress: bool | None,
+         meanwhile: Callable[[], Any]) -> Any:
+    """Run every panel, releasing memory-mapped pages as they are written; returns the
+    result of ``meanwhile``, run while the first Gram slices are computed."""
     bar = _progress_bar(progress, plan.entries())
     mapped = [o for o in outs if is_shared_file_map(o)]
     bytes_per_entry = sum(o.dtype.itemsize for o in outs) * (2 if plan.symmetric else 1)
@@ -499,52 +666,13 @@ def _run_blocks(block: _Block, plan: Plan, outs: Sequence[np.ndarray],
 
     try:
         with _blas_limit():
-            if plan.threads == 1:
-                for blk in blocks:
-                    done(block(*blk))
-            else:
-                _run_pool(block, blocks, plan.threads, done)
+            found = _Pipeline(panels, plan).run(done, meanwhile)
     finally:
         if bar is not None:
             bar.close()
     for o in mapped:
         release_pages(o)
-
-
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """A thread pool kept for the process: its threads keep their malloc arenas, stacks and
-    BLAS buffers warm between evaluations, instead of touching new memory every call."""
-    with _POOLS_LOCK:
-        if threads not in _POOLS:
-            _POOLS[threads] = ThreadPoolExecutor(max_workers=threads,
-                                                 thread_name_prefix="ntkdsl")
-        return _POOLS[threads]
-
-
-def _run_pool(block: _Block, blocks: list, threads: int, done: Callable) -> None:
-    """Submit blocks a few at a time (so an error or Ctrl-C stops early) and report each."""
-    pool = _pool(threads)
-    pending: set = set()
-    todo = iter(blocks)
-    try:
-        while True:
-            for blk in todo:
-                pending.add(pool.submit(block, *blk))
-                if len(pending) >= 2 * threads:
-                    break
-            if not pending:
-                break
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in finished:
-                done(f.result())
-    finally:
-        for f in pending:
-            f.cancel()
-        wait(pending)  # blocks already running finish before their buffers go away
+    return found
 
 
 def evaluate(functions: dict, x1: Any, x2: Any = None, *, kinds: Sequence[str] = KINDS,
@@ -575,9 +703,11 @@ def evaluate(functions: dict, x1: Any, x2: Any = None, *, kinds: Sequence[str] =
                      chunk_cap(functions["__source__"]))
     keep = [KINDS.index(k) for k in kinds]
     _keep_freed_heap()
-    block = _Block(functions["pair"], a, a if b is None else b, q1, q2, keep, outs, plan, dt)
-    _run_blocks(block, plan, outs, progress)
-    _exact_identical_pairs(functions["diagonal"], outs, keep, a, b, q1)
+    panels = _Panels(functions["pair"], a, a if b is None else b, q1, q2, keep, outs, plan,
+                     dt)
+    # Identical inputs are found while the first Gram slices are computed.
+    rows, cols = _run(panels, plan, outs, progress, lambda: identical_pairs(a, b))
+    _exact_identical_pairs(functions["diagonal"], outs, keep, rows, cols, q1, a.shape[1])
     return outs
 
 
@@ -588,13 +718,13 @@ def diagonal_values(diagonal: Callable, q: np.ndarray, d: int) -> tuple[np.ndarr
 
 
 def _exact_identical_pairs(diagonal: Callable, outs: Sequence[np.ndarray],
-                           keep: Sequence[int], a: np.ndarray, b: np.ndarray | None,
-                           q1: np.ndarray) -> None:
-    """Overwrite entries whose two inputs are identical with the diagonal recursion."""
-    rows, cols = identical_pairs(a, b)
+                           keep: Sequence[int], rows: np.ndarray, cols: np.ndarray,
+                           q1: np.ndarray, d: int) -> None:
+    """Overwrite the entries (rows, cols), whose two inputs are identical, with the
+    diagonal recursion."""
     if rows.size == 0:
         return
-    values = diagonal_values(diagonal, q1, a.shape[1])
+    values = diagonal_values(diagonal, q1, d)
     for i, out in zip(keep, outs):
         out[rows, cols] = values[i][rows]
         if is_shared_file_map(out):

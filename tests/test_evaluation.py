@@ -19,14 +19,19 @@ ARCHS = [
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    """Blocks of 32 x 32 and chunks of 2 rows on a thread pool, so a few hundred inputs
-    cross every edge."""
+    """Panels of 32 rows, chunks of 64 entries (one row of a wide panel, several of a
+    narrow one), float32 Gram slices in blocks of 64 columns, and the helper thread even
+    for small kernels: a few hundred inputs cross every edge."""
     monkeypatch.setattr(evaluation, "MIN_WORKING_BYTES", 1)
     monkeypatch.setattr(evaluation, "MAX_WORKING_BYTES", 1)
     monkeypatch.setattr(evaluation, "MIN_CHUNK", 64)
-    monkeypatch.setattr(evaluation, "MIN_THREADED_CHUNK", 0)  # use the pool all the same
-    plan = evaluation.make_plan(300, 300, True, np.dtype(np.float64), 1, 40, 2)
-    assert (plan.block_rows, plan.chunk_rows) == (32, 2)
+    monkeypatch.setattr(evaluation, "PANEL_ROWS", 32)
+    monkeypatch.setattr(evaluation, "MIN_PIPELINED_ENTRIES", 0)
+    monkeypatch.setattr(evaluation, "MIN_THREADED_CHUNK", 0)  # several workers if asked
+    plan = evaluation.make_plan(300, 300, True, np.dtype(np.float32), 1, 40, 2)
+    assert (plan.panel_rows, plan.chunk, plan.gram_columns, plan.helper) == (32, 64, 64, True)
+    assert list(plan.chunks(0, 32))[:2] == [(0, 1), (1, 2)]
+    assert list(plan.chunks(288, 300)) == [(288, 293), (293, 300)]
 
 
 def untiled(net, x1, x2=None):
@@ -112,13 +117,14 @@ def test_tiled_cross_kernel_equals_untiled(arch, n1, n2, small_tiles):
         close(got, ref, 1e-12)
 
 
-def test_default_plan_many_blocks_equals_untiled():
-    """Without monkeypatching: inputs enough for several default blocks and chunks."""
+def test_default_plan_many_panels_equals_untiled():
+    """Without monkeypatching: inputs enough for several default panels and chunks."""
     net = ntkdsl.compile(RELU)
     x = data(1500, d=20)
     plan = evaluation.make_plan(1500, 1500, True, np.dtype(np.float64),
                                 0.06 * 1500 ** 2 * 8, 60, 2)
-    assert plan.block_rows < 1500 / 4 and plan.chunk_rows < plan.block_rows
+    assert len(plan.panels()) > 4 and plan.chunk < plan.panel_rows * 1500
+    assert sum(plan.entries(*p) for p in plan.panels()) == 1500 * 1501 // 2
     close(net.ntk(x), untiled(net, x)[1], 1e-12)
 
 
@@ -139,11 +145,15 @@ def test_self_kernel_exactly_symmetric_with_exact_diagonal(small_tiles):
         assert got[2, 5] == got[5, 2] == diag[2]  # identical rows: the exact value too
 
 
-def test_thread_count_does_not_change_a_bit(small_tiles):
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_thread_count_does_not_change_a_bit(small_tiles, dtype):
+    """One thread; a helper and one worker; a helper and three workers."""
     net = ntkdsl.compile(RELU)
     x = data(150)
-    one = net.ntk(x, threads=1)
-    assert np.array_equal(one, net.ntk(x, threads=3))
+    one = net.kernels(x, threads=1, dtype=dtype)
+    for threads in (2, 4):
+        assert all(np.array_equal(a, b)
+                   for a, b in zip(one, net.kernels(x, threads=threads, dtype=dtype)))
     assert np.array_equal(net.ntk(x[:40], x), net.ntk(x[:40], x, threads=1))
 
 
@@ -230,7 +240,7 @@ def test_release_pages_ignores_plain_arrays():
 # ------------------------------------------------------------------------------ float32 --
 
 @pytest.mark.parametrize("arch", ARCHS[:3])
-def test_float32_accuracy_as_documented(arch):
+def test_float32_accuracy_as_documented(arch, small_tiles):
     """Docstring: absolute error within 1e-6 of the largest entry where the inputs'
     correlation is below 0.99, within 1e-4 everywhere (nearly collinear inputs, where
     arccos-type duals have an infinite slope); identical inputs: float64 values rounded."""
@@ -332,14 +342,21 @@ def test_progress_bar_switch(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_plan_uses_one_thread_for_small_chunks_unless_told():
-    """Small chunks lose more to the GIL than threads gain: threads=None picks one."""
-    small = evaluation.make_plan(300, 300, True, np.dtype(np.float64), 1e5, 30, None)
-    assert small.threads == 1
-    assert evaluation.make_plan(300, 300, True, np.dtype(np.float64), 1e5, 30, 2).threads == 2
-    big = evaluation.make_plan(8000, 8000, True, np.dtype(np.float64), 40e6, 30, None)
+def test_plan_threads():
+    """A helper thread (Gram slices, mirrors) beside one worker; more workers only for
+    large chunks (small ones lose more to the GIL than threads gain) or when told; no
+    helper for a small kernel or threads=1."""
+    plan = evaluation.make_plan
+    f64 = np.dtype(np.float64)
+    small_chunks = plan(3000, 3000, True, f64, 1e5, 30, None)
+    assert (small_chunks.workers, small_chunks.helper) == (1, evaluation.default_threads() > 1)
+    told = plan(3000, 3000, True, f64, 1e5, 30, 4)
+    assert (told.workers, told.helper, told.threads) == (3, True, 4)
+    assert not plan(3000, 3000, True, f64, 1e5, 30, 1).helper
+    assert not plan(100, 100, True, f64, 1e5, 30, 4).helper
+    big = plan(8000, 8000, True, f64, 40e6, 30, None)
     assert big.threads == evaluation.default_threads()
-    assert big.chunk_rows * big.block_cols <= evaluation.MAX_CHUNK
+    assert big.chunk == evaluation.MAX_CHUNK
 
 
 def test_overlapping_nngp_and_ntk_outputs_rejected():
