@@ -61,9 +61,9 @@ MIN_THREADED_CHUNK = 8192
 PANEL_ROWS = 128
 # Below this many kernel entries a helper thread costs more in hand-offs than it saves.
 MIN_PIPELINED_ENTRIES = 65536
-# With a memory-mapped output, resident pages are released after this many bytes written.
-RELEASE_EVERY_BYTES = 128 * 1024 * 1024
 PROGRESS_DELAY_S = 2.0
+# Identical-input entries written into a file map between releases of its pages.
+IDENTICAL_BATCH = 1024
 
 
 # ---------------------------------------------------------------------------- inputs --
@@ -497,6 +497,9 @@ class _Panels:
             for c0 in range(0, r0, n):
                 c1 = min(c0 + n, r0)
                 out[r0:r1, c0:c1] = out[c0:c1, r0:r1].T
+                # Reading a file map maps the pages around each one read (the kernel's
+                # fault-around, 64 kB): across all rows above, more than the panel itself.
+                release_pages(out[c0:c1])
 
 
 @lru_cache(maxsize=8)
@@ -651,18 +654,14 @@ def _run(panels: _Panels, plan: Plan, outs: Sequence[np.ndarray], progress: bool
     result of ``meanwhile``, run while the first Gram slices are computed."""
     bar = _progress_bar(progress, plan.entries())
     mapped = [o for o in outs if is_shared_file_map(o)]
-    bytes_per_entry = sum(o.dtype.itemsize for o in outs) * (2 if plan.symmetric else 1)
-    written = 0
 
     def done(entries: int) -> None:
-        nonlocal written
         if bar is not None:
             bar.update(entries)
-        written += entries * bytes_per_entry
-        if mapped and written >= RELEASE_EVERY_BYTES:
-            for o in mapped:
-                release_pages(o)
-            written = 0
+        # After every panel: a mirror touches a page in each row above its panel, so the
+        # pages a panel touches are not in proportion to the entries it computes.
+        for o in mapped:
+            release_pages(o)
 
     try:
         with _blas_limit():
@@ -726,6 +725,9 @@ def _exact_identical_pairs(diagonal: Callable, outs: Sequence[np.ndarray],
         return
     values = diagonal_values(diagonal, q1, d)
     for i, out in zip(keep, outs):
-        out[rows, cols] = values[i][rows]
-        if is_shared_file_map(out):
+        # A write into a file map maps the pages around it too (measured: ~90 kB per
+        # entry), so a file map is written a batch of entries at a time and released.
+        step = IDENTICAL_BATCH if is_shared_file_map(out) else rows.size
+        for s in range(0, rows.size, step):
+            out[rows[s:s + step], cols[s:s + step]] = values[i][rows[s:s + step]]
             release_pages(out)

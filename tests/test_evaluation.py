@@ -209,9 +209,10 @@ def test_out_may_be_a_strided_view(small_tiles):
 @pytest.mark.skipif(evaluation._MADVISE is None, reason="madvise: Linux only")
 @pytest.mark.parametrize("mode", ["r+", "c"])
 def test_memmap_out_written_to_disk(tmp_path, monkeypatch, small_tiles, mode):
-    """Pages are released from memory as they are written (every few blocks here), and the
-    file holds the kernel afterwards; a copy-on-write map keeps its pages in memory."""
-    monkeypatch.setattr(evaluation, "RELEASE_EVERY_BYTES", 4096)
+    """Pages are released from memory as they are written (after every panel, during the
+    mirrors, every 16 identical-input entries here), and the file holds the kernel
+    afterwards; a copy-on-write map keeps its pages in memory."""
+    monkeypatch.setattr(evaluation, "IDENTICAL_BATCH", 16)
     calls = []
     real = evaluation._MADVISE
     monkeypatch.setattr(evaluation, "_MADVISE", lambda *a: calls.append(real(*a)))
