@@ -88,7 +88,37 @@ def _lines_for_step(step: Step, emitter: Emitter, counter: list[int]) -> list[st
     emitter.lines = comment_lines(label)
     for symbol, expr in [*shared, *zip(targets, reduced)]:
         emitter.assign(symbol, expr)
-    return emitter.lines
+    return joint_calls(emitter.lines, exprs, emitter.printer)
+
+
+def joint_calls(lines: list[str], exprs: list[sp.Expr], printer) -> list[str]:
+    """Where a step calls both of two functions that one helper computes together
+    (``KernelFunction.joint``) on the same arguments, the first of the two assignments
+    becomes ``a, b = helper(args)`` and the second goes."""
+    atoms = set().union(*(e.atoms(KernelFunction) for e in exprs))
+    for call in sorted(atoms, key=str):
+        joint = call.joint()
+        if joint is None or joint[0] not in atoms:
+            continue
+        partner, helper = joint
+        found = [_assignments(lines, printer.doprint(c).split("(")[0]) for c in (call, partner)]
+        for args in found[0].keys() & found[1].keys():
+            (i, a), (j, b) = found[0][args], found[1][args]
+            lines[min(i, j)] = f"{a}, {b} = {helper}({args})"
+            del lines[max(i, j)]
+            break  # line numbers moved: one pair per call (a step has one of each)
+    return lines
+
+
+def _assignments(lines: list[str], function: str) -> dict[str, tuple[int, str]]:
+    """{arguments: (line number, target)} of the lines ``target = function(arguments)``."""
+    pattern = re.compile(rf"(\w+) = {re.escape(function)}\((.*)\)")
+    found = {}
+    for i, line in enumerate(lines):
+        m = pattern.fullmatch(line)
+        if m is not None:
+            found.setdefault(m.group(2), (i, m.group(1)))
+    return found
 
 
 def function_source(program: Program, name: str, doc: str) -> str:

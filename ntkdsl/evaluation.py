@@ -49,10 +49,11 @@ MAX_WORKING_BYTES = 48 * 1024 * 1024
 # Elementwise chunks: large enough to amortise ~100 ufunc calls (about 100 us of Python per
 # call), small enough to stay in cache (measured best: 16k entries, 41 ns per entry).
 MIN_CHUNK, MAX_CHUNK = 1024, 16384
-# Numerical duals (ntkdsl.numerical) cost ~100 us per call on top of their per-entry work
-# (coefficient lookup, truncation choice): chunks up to this size amortise it (measured:
-# Tanh NTK at N=4096 1.28 s with 16k-entry chunks, 0.81 s with 64k).
-MAX_CHUNK_NUMERICAL = 65536
+# Numerical duals (ntkdsl.numerical) cost ~0.5 ms per call on top of their per-entry work
+# (coefficient lookup, truncation choice, entries left to the per-entry path): chunks up
+# to this size amortise it (measured on the Tanh NTK at N=4096, where the working memory
+# allows 80k entries: 16k 1.28 s, 64k 0.59 s, 80k 0.53 s).
+MAX_CHUNK_NUMERICAL = 131072
 # Below this many entries per chunk, more than one thread running the elementwise program
 # loses more to the GIL than it gains (measured: 2 threads at 2k-entry chunks took 1.5x the
 # time of one).
@@ -365,7 +366,7 @@ def chunk_cap(source: str) -> int:
     return MAX_CHUNK_NUMERICAL if "def _hd_" in source else MAX_CHUNK
 
 
-_ASSIGNMENT = re.compile(r"(\w+) = (.*)")
+_ASSIGNMENT = re.compile(r"(\w+(?:, \w+)*) = (.*)")
 _NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
 
 
@@ -373,10 +374,11 @@ _NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
 def temporaries_per_entry(source: str) -> int:
     """How many arrays of the chunk's size the generated ``pair`` holds at once, at most,
     plus a few expression temporaries. An assignment makes a chunk-sized array when its
-    right side reads one (K_0 or a name made so); ``A = B`` only names B's array again, and
-    an array lives until its last name is ``del``-ed."""
+    right side reads one (K_0 or a name made so), one per target of ``a, b = f(...)``;
+    ``A = B`` only names B's array again, and an array lives until its last name is
+    ``del``-ed."""
     body = source.split("def pair(", 1)[-1].split("\ndef ", 1)[0]
-    arrays: dict[str, int] = {"K_0": 0}  # name -> the array it holds
+    arrays: dict[str, object] = {"K_0": 0}  # name -> the array it holds
     most = 1
     for n, line in enumerate(body.splitlines(), start=1):
         line = line.strip()
@@ -384,11 +386,11 @@ def temporaries_per_entry(source: str) -> int:
             for name in line[4:].split(","):
                 arrays.pop(name.strip(), None)
         elif (m := _ASSIGNMENT.fullmatch(line)) is not None:
-            name, rhs = m.groups()
+            names, rhs = m.group(1).split(", "), m.group(2)
             if rhs in arrays:
-                arrays[name] = arrays[rhs]
+                arrays[names[0]] = arrays[rhs]
             elif any(used in arrays for used in _NAME.findall(rhs)):
-                arrays[name] = n
+                arrays.update({name: (n, i) for i, name in enumerate(names)})
             most = max(most, len(set(arrays.values())))
     return most + 4
 
@@ -560,7 +562,7 @@ class _Pipeline:
         self.steps, self.plan, self.panels = panels, plan, plan.panels()
         self.helper = _pool("helper", 1) if plan.helper else None
         self.lock = threading.Lock()
-        self.grams: dict[int, Future] = {}
+        self.grams: dict[int, Future] = {}  # every Gram slice started, by panel
         self.submitted: list[tuple[Future, Callable, tuple]] = []
         self.finished: set[int] = set()
         self.mirrored = 0  # panels before this one are mirrored (or queued to be)
@@ -575,15 +577,16 @@ class _Pipeline:
         return f
 
     def _start_gram(self, index: int) -> None:
-        if index < len(self.panels):
+        """Start panel ``index``'s Gram slice unless it has been started: with several
+        workers, a panel may be reached before the one that usually starts it finishes."""
+        if index < len(self.panels) and index not in self.grams:
             self.grams[index] = self._on_helper(self.steps.gram, *self.panels[index])
 
     def panel(self, index: int) -> int:
         """All steps of one panel that are not left to the helper; returns its entries."""
         with self.lock:
-            if index not in self.grams:  # no helper: Gram slices are made when needed
-                self._start_gram(index)
-            gram = self.grams.pop(index)
+            self._start_gram(index)  # without a helper, Gram slices are made when needed
+            gram = self.grams[index]
         r0, r1 = self.panels[index]
         entries = self.steps.elementwise(gram.result(), r0, r1)
         with self.lock:

@@ -22,6 +22,12 @@ class KernelFunction(sp.Function):
     def helpers(self) -> dict[str, str]:
         return {}
 
+    def joint(self) -> tuple[sp.Expr, str] | None:
+        """(partner call, helper): another call that one helper, called as ``helper(*args)``,
+        computes together with this one and returns second, or None. Codegen makes one
+        call of the helper where a step needs both."""
+        return None
+
 
 _CORR_SOURCE = '''
 def _corr(k, q1, q2):

@@ -157,6 +157,17 @@ def test_thread_count_does_not_change_a_bit(small_tiles, dtype):
     assert np.array_equal(net.ntk(x[:40], x), net.ntk(x[:40], x, threads=1))
 
 
+def test_workers_finishing_out_of_order(small_tiles):
+    """With two workers, a later (narrower) panel often finishes first and its worker
+    reaches a panel whose Gram slice the earlier one would start: it must start it once,
+    not again over results already written."""
+    net = ntkdsl.compile(RELU)
+    x = data(400)
+    one = net.kernels(x, threads=1)
+    for _ in range(5):
+        assert all(np.array_equal(a, b) for a, b in zip(one, net.kernels(x, threads=3)))
+
+
 # ---------------------------------------------------------------------- identical pairs --
 
 @pytest.mark.parametrize("self_kernel", [True, False])

@@ -94,3 +94,38 @@ def test_standalone_module_has_the_same_numbers():
     np.testing.assert_allclose(module.ntk(x1), ntkdsl.compile(arch).ntk(x1), rtol=1e-13)
     assert not [line for line in source.splitlines()
                 if line.startswith(("import", "from")) and "numpy" not in line]
+
+
+def test_joint_route_equals_separate_duals_with_zero_variances_and_collinear_pairs():
+    """Γ̇ as the derivative of Γ's series (one pass for both) against Γ̇ from φ''s own
+    series (checked against quadrature above): rows and columns with zero variance,
+    collinear and opposite pairs, variances from 1e-3 to 1e3."""
+    gamma, dot = numerical.numerical_duals(sp.tanh(x), x, "Tanh")
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((40, 4)) * np.geomspace(0.03, 30, 40)[:, None]
+    a[5], a[6], a[7] = 0.0, a[8], -2 * a[9]
+    q, k = (a * a).sum(1) / 4, a @ a.T / 4
+    args = (k[:25], q[:25, None], q[None, :])
+    got, got_dot = numerical.evaluate_pair(gamma, *args)
+    want, want_dot = numerical.evaluate(gamma, *args), numerical.evaluate(dot, *args)
+    m, m_dot = (np.sqrt(np.outer(f(q[:25]), f(q))) for f in (
+        lambda v: numerical.evaluate(gamma, v, v, v), lambda v: numerical.evaluate(dot, v, v, v)))
+    assert np.abs(got - want).max() <= 1e-10 * m.max()
+    assert (np.abs(got_dot - want_dot) <= 1e-9 * m_dot).all()
+    # An input of zero variance: E[tanh'(0) tanh'(v)] = E[sech^2(sqrt(q2) z)] (1-D).
+    dens = lambda z: np.exp(-z * z / 2) / np.sqrt(2 * np.pi)  # noqa: E731
+    for j in (0, 12, 24):
+        ref = integrate.quad(lambda z: SECH2(np.sqrt(q[j]) * z) * dens(z), -12, 12,
+                             limit=400, epsabs=1e-15)[0]
+        assert abs(got_dot[5, j] - ref) <= 1e-10 and abs(got_dot[j, 5] - ref) <= 1e-10
+
+
+def test_generated_code_computes_gamma_and_derivative_in_one_call():
+    """Tanh (continuous): one _pair_ call per layer and no call of Γ̇'s own series; an
+    activation with a jump keeps two calls (there E[φ'φ'] is not ∂Γ/∂k)."""
+    smooth = ntkdsl.compile("(Dense(8) > Tanh) * 2 > Dense(1)").source
+    body = smooth[smooth.index("def pair("):smooth.index("def diagonal(")]
+    gamma, dot = numerical.numerical_duals(sp.tanh(x), x, "Tanh")
+    assert body.count(f"= _pair_{gamma.tag}(") == 2 and f"_dual_{dot.tag}(" not in body
+    jump = ntkdsl.compile('Dense(8) > Fn("tanh(x) + 0.1*sign(x)") > Dense(1)').source
+    assert "_pair_" not in jump and jump.count("= _dual_") == 2
