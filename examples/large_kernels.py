@@ -4,10 +4,11 @@
     python examples/large_kernels.py 40000      # a 12.8 GB NTK on disk, resident memory
                                                 # stays a few hundred MB (minutes)
 
-ntkdsl evaluates kernels in cache-sized blocks on all cores, computes one triangle of a
-self-kernel and mirrors it, and writes each block straight into the output, which can be an
-``np.memmap``: pages already written are released from memory as it goes, so a kernel larger
-than RAM goes to disk. Without ``out``, a kernel that does not fit in the available memory
+ntkdsl evaluates kernels in panels of rows on all cores (a helper thread computes the Gram
+slices and mirrors while the calling thread runs the generated program), computes one
+triangle of a self-kernel and mirrors it, and writes each panel straight into the output,
+which can be an ``np.memmap``: pages already written are released from memory as it goes,
+so a kernel larger than RAM goes to disk. Without ``out``, a kernel that does not fit in the available memory
 is refused up front with a message saying how much it needs.
 """
 import os
@@ -39,7 +40,7 @@ def main(n: int = 6000, d: int = 64) -> None:
     print(f"float32 NTK: {ntk32.nbytes / 1e6:.0f} MB instead of {ntk.nbytes / 1e6:.0f} MB, "
           f"max error {err:.1e} of the largest entry")
 
-    # The whole self-NTK straight to disk, block by block, with a progress bar on a terminal.
+    # The whole self-NTK straight to disk, panel by panel, with a progress bar on a terminal.
     path = os.path.join(tempfile.mkdtemp(), "ntk.npy")
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(n, n))
     t = time.perf_counter()

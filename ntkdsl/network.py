@@ -64,9 +64,13 @@ class Network:
                 threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(NNGP, NTK) of x1 against x2 (x2=None: x1 against itself) from one pass.
 
-        The matrix is computed in cache-sized blocks on a thread pool (``threads``, default
-        all available cores); a self-kernel computes one triangle and mirrors it, so it is
-        exactly symmetric, and entries of identical inputs hold the exact diagonal values.
+        The matrix is computed in panels of rows: each panel's Gram slice (one BLAS call)
+        goes straight into the output, where the generated program reads it in cache-sized
+        chunks and overwrites it. ``threads`` (default: all available cores) is the most
+        threads used: a helper computes Gram slices ahead and mirrors while the calling
+        thread runs the program; ``threads=1`` does all on the calling thread. A
+        self-kernel computes one triangle and mirrors it, so it is exactly symmetric, and
+        entries of identical inputs hold the exact diagonal values.
 
         out: a preallocated (n1, n2) array or ``np.memmap`` to fill block by block (for
             ``kernels``, a pair ``(nngp_out, ntk_out)``, either may be None). It is returned.

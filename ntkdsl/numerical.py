@@ -8,7 +8,10 @@ With u = √q1·z1 and v = √q2·(c·z1 + √(1−c²)·z2), Mehler's formula g
 with h_n = He_n / √n! the orthonormal Hermite polynomials. The a_n are one-dimensional
 integrals of one variance each, so a kernel matrix needs them once per row, not per entry;
 an entry then costs one multiply-add per term. Γ̇ = E[φ'(u) φ'(v)] is the same series for φ'
-(φ' from sympy), so it is as accurate as Γ.
+(φ' from sympy), so it is as accurate as Γ. For a continuous φ, Γ̇ = ∂Γ/∂k (Price) is also
+the derivative of Γ's series, Σ n a_n(q1) a_n(q2) c^(n-1) / √(q1 q2): generated code gets
+both from one Horner pass (``_hd_dual_pair``), with φ''s own series bounding the
+derivative and completing the entries that bound leaves.
 
 Error bound (Cauchy–Schwarz and Parseval): truncating after T terms leaves at most
 |c|^T · sqrt(t(q1, T) t(q2, T)) with t(q, T) = E[φ(√q z)²] − Σ_{n<T} a_n(q)², which the
