@@ -50,26 +50,34 @@ def test_tanh_dual_and_derivative_across_correlations_and_variances(q1, q2):
     k = c * np.sqrt(q1 * q2)
     args = (k[None, :], np.full((1, 1), q1), np.full((1, 1), q2))
     got, got_dot = numerical.evaluate(gamma, *args)[0], numerical.evaluate(dot, *args)[0]
+    # The joint route generated code takes: Γ̇ as the derivative of Γ's series.
+    joint, joint_dot = (v[0] for v in numerical.evaluate_pair(gamma, *args))
     for i, ci in enumerate(c):
         want = quad2(TANH, q1, q2, ci)
         want_dot = quad2(SECH2, q1, q2, ci)
-        assert abs(got[i] - want) <= 1e-9 * max(abs(want), 1e-3), (ci, got[i], want)
-        assert abs(got_dot[i] - want_dot) <= 1e-9 * max(abs(want_dot), 1e-3), ci
+        for g, g_dot in ((got, got_dot), (joint, joint_dot)):
+            assert abs(g[i] - want) <= 1e-9 * max(abs(want), 1e-3), (ci, g[i], want)
+            assert abs(g_dot[i] - want_dot) <= 1e-9 * max(abs(want_dot), 1e-3), ci
 
 
-@pytest.mark.parametrize("expr, f", [
-    ("x*tanh(x)", lambda t: t * np.tanh(t)),
-    ("relu(x - 1)", lambda t: np.maximum(t - 1, 0)),
-    ("log(1 + exp(x))", lambda t: np.logaddexp(0, t)),
+@pytest.mark.parametrize("expr, f, f_dot", [
+    ("x*tanh(x)", lambda t: t * np.tanh(t), lambda t: np.tanh(t) + t * SECH2(t)),
+    ("relu(x - 1)", lambda t: np.maximum(t - 1, 0), lambda t: (t > 1) * 1.0),
+    ("log(1 + exp(x))", lambda t: np.logaddexp(0, t), lambda t: 0.5 * (1 + np.tanh(t / 2))),
 ])
 @pytest.mark.parametrize("q, c", [(0.7, 0.5), (5.0, -0.95), (200.0, 0.8)])
-def test_other_activations(expr, f, q, c):
+def test_other_activations(expr, f, f_dot, q, c):
+    """Γ, and Γ̇ by the joint route (derivative of Γ's series, kinks included)."""
     from ntkdsl.expressions import parse_expression
     gamma, _ = numerical.numerical_duals(parse_expression(expr), x, expr)
     k = c * np.sqrt(q * 1.3 * q)
-    got = numerical.evaluate(gamma, np.array([[k]]), np.array([[q]]), np.array([[1.3 * q]]))
+    args = np.array([[k]]), np.array([[q]]), np.array([[1.3 * q]])
+    got = numerical.evaluate(gamma, *args)
     want = quad2(f, q, 1.3 * q, c)
     assert abs(got[0, 0] - want) <= 1e-9 * max(abs(want), 1e-3)
+    joint_dot = numerical.evaluate_pair(gamma, *args)[1]
+    want_dot = quad2(f_dot, q, 1.3 * q, c)
+    assert abs(joint_dot[0, 0] - want_dot) <= 1e-9 * max(abs(want_dot), 1e-3)
 
 
 def test_kernel_matrix_layout_matches_entrywise_values():
