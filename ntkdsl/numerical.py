@@ -819,7 +819,7 @@ def evaluate(cls: type, k, q1, q2):
 
 def evaluate_pair(cls: type, k, q1, q2):
     """(Γ, Γ̇) from the joint route of a continuous φ's dual class (see _hd_dual_pair)."""
-    if cls.joint(cls(*sp.symbols("k q1 q2"))) is None:
+    if f"_pair_{cls.tag}" not in cls.sources:
         raise ValueError(f"{cls.label} has no joint route (φ is not continuous)")
     return _ENGINE["_hd_dual_pair"](_engine_function(cls), _engine_function(cls.dot),
                                     cls.points, k, q1, q2)
