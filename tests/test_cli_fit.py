@@ -16,7 +16,6 @@ from ntkdsl.errors import InputError
 from test_estimators import ReluKernel
 
 ARCH = "(Dense(512, W_std=1.5, b_std=0.05) > Relu) * 2 > Dense(1, W_std=1.5, b_std=0.05)"
-HAS_CORE = hasattr(ntkdsl, "compile")
 
 
 @pytest.fixture
@@ -82,7 +81,6 @@ def test_csv_input_and_plot(local_kernel, tmp_path, capsys):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.skipif(not HAS_CORE, reason="ntkdsl.compile has not landed yet")
 def test_end_to_end_with_compiled_architecture(capsys):
     assert main(["fit", ARCH, "--dataset", "wine", "--times", "10"]) == 0
     out = capsys.readouterr().out

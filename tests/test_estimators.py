@@ -17,8 +17,6 @@ from ntkdsl.errors import InputError
 from ntkdsl.estimators import ArchTemplate, NTKClassifier, NTKRegressor
 from test_predict import relu_network_kernels
 
-HAS_CORE = hasattr(ntkdsl, "compile")
-needs_core = pytest.mark.skipif(not HAS_CORE, reason="ntkdsl.compile has not landed yet")
 
 
 class ReluKernel:
@@ -60,7 +58,6 @@ def test_scikit_learn_contract(estimator, check):
     check(estimator)
 
 
-@needs_core
 @parametrize_with_checks([NTKRegressor(), NTKClassifier()])
 def test_scikit_learn_contract_with_compiled_architecture(estimator, check):
     check(estimator)
@@ -210,7 +207,6 @@ def test_arch_template_parameters():
     assert "ArchTemplate(" in repr(reg)
 
 
-@needs_core
 def test_grid_search_over_depth_of_an_architecture_string():
     X, y = load_diabetes(return_X_y=True)
     X, y = X[:100], (y[:100] - y[:100].mean()) / y[:100].std()
@@ -288,7 +284,6 @@ def test_training_kernel_in_blocks_equals_one_evaluation(monkeypatch):
     np.testing.assert_allclose(reg.ensemble_.k_train_train, kern.ntk(X), rtol=1e-14)
 
 
-@needs_core
 def test_pickling_a_compiled_estimator_keeps_it_usable(regression_data):
     X, y, X_test, _ = regression_data
     reg = NTKRegressor(time=5.0).fit(X, y)

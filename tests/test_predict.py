@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+import ntkdsl
+from conftest import load_reference
 from ntkdsl.errors import InputError, NumericalError, ShapeError
 from ntkdsl.predict import (
     SingularKernelWarning,
@@ -16,7 +18,6 @@ from ntkdsl.predict import (
     gradient_descent_mse_ensemble,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "nt_predict.json"
 RTOL = 1e-8
 
 
@@ -56,7 +57,7 @@ def relu_network_kernels(x1, x2, depth, w_std, b_std):
 
 @pytest.fixture(scope="module")
 def case():
-    return json.loads(REFERENCE.read_text())["cases"][0]
+    return load_reference("nt_predict.json")["cases"][0]
 
 
 def local_kernel_pair(x1, x2=None):
@@ -64,9 +65,6 @@ def local_kernel_pair(x1, x2=None):
 
 
 def compiled_kernel_pair(arch):
-    ntkdsl = pytest.importorskip("ntkdsl")
-    if not hasattr(ntkdsl, "compile"):
-        pytest.skip("ntkdsl.compile has not landed yet")
     net = ntkdsl.compile(arch)
     return lambda x1, x2=None: (net.nngp(x1, x2), net.ntk(x1, x2))
 

@@ -1,4 +1,4 @@
-"""The numerical route and the rules against ../shared/reference/quad_kernels.json (nested
+"""The numerical route and the rules against tests/reference/quad_kernels.json (nested
 adaptive quadrature, ~1e-13): 1e-9 relative; `loose` entries 1e-7 of the largest entry."""
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 
 import ntkdsl
+from conftest import load_reference
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "quad_kernels.json"
-if not REFERENCE.exists():
-    pytest.skip("reference numbers not available", allow_module_level=True)
-CASES = json.loads(REFERENCE.read_text())["cases"]
+CASES = load_reference("quad_kernels.json")["cases"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c['arch'][:50]}-{c['x2'] is None}" for c in CASES])
