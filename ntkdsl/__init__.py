@@ -31,13 +31,23 @@ _LAZY = {
     "SingularKernelWarning": "predict",
     "empirical_ntk": "finite", "monte_carlo_nngp": "finite", "FiniteNetwork": "finite",
 }
+# Submodules reachable as attributes after a plain `import ntkdsl` (ntkdsl.verify.verify,
+# ntkdsl.finite.FiniteNetwork, ...), loaded on first access for the same reason.
+_LAZY_MODULES = ("estimators", "finite", "predict", "verify", "standalone", "formula",
+                 "evaluation", "numerical", "derivation", "activations", "expressions")
 
 
 def __getattr__(name: str):
+    import importlib
     if name in _LAZY:
-        import importlib
         return getattr(importlib.import_module(f"ntkdsl.{_LAZY[name]}"), name)
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"ntkdsl.{name}")
     raise AttributeError(f"module 'ntkdsl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_LAZY_MODULES))
 
 __all__ = [
     "ArchTemplate",
