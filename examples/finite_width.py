@@ -7,8 +7,13 @@
 3. ``ntkdsl.verify.verify`` measures all of it in one call (``ntkdsl verify`` on the command
    line) and plots the curves.
 
-Run:  python examples/finite_width.py   (a few seconds; writes finite_width.png)
+Run:  python examples/finite_width.py [OUTPUT_DIR]
+(a few seconds; writes finite_width.png into OUTPUT_DIR, default a new temporary directory)
 """
+import sys
+import tempfile
+from pathlib import Path
+
 import numpy as np
 
 import ntkdsl
@@ -51,5 +56,6 @@ for got, expected in zip(finite.apply(trained, x_test)[0, :, 0], predicted[:, 0]
 result = verify(ARCH, widths=(64, 256, 1024, 4096))
 print()
 print(result.report())
-result.plot("finite_width.png")
-print("plot saved to finite_width.png")
+out_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="ntkdsl-"))
+result.plot(out_dir / "finite_width.png")
+print(f"plot saved to {out_dir / 'finite_width.png'}")

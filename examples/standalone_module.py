@@ -1,8 +1,8 @@
 """Ship a kernel without ntkdsl: generate a standalone module, import it, check it.
 
-    python examples/standalone_module.py
+    python examples/standalone_module.py [OUTPUT_DIR]
 
-Writes relu_kernel.py into the current directory (numpy only), loads it in a
+Writes relu_kernel.py (numpy only) into OUTPUT_DIR (default: a new temporary directory), loads it in a
 fresh interpreter where ntkdsl, sympy and lark are unavailable, and compares its NTK with
 ntkdsl's. The same file comes from the command line:
 
@@ -11,6 +11,7 @@ ntkdsl's. The same file comes from the command line:
 """
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +37,12 @@ print(relu_kernel.__doc__.splitlines()[2].strip())
 
 
 def main() -> None:
-    path = Path("relu_kernel.py")
+    out_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="ntkdsl-"))
+    path = out_dir / "relu_kernel.py"
     path.write_text(ntkdsl.codegen(ARCH), encoding="utf-8")
     print(f"wrote {path} ({len(path.read_text().splitlines())} lines)")
-    subprocess.run([sys.executable, "-I", "-c", CHILD], check=True)
-    standalone = np.load("relu_kernel_ntk.npy")
+    subprocess.run([sys.executable, "-I", "-c", CHILD], check=True, cwd=out_dir)
+    standalone = np.load(out_dir / "relu_kernel_ntk.npy")
     x = np.random.default_rng(0).normal(size=(4, 8))
     library = ntkdsl.compile(ARCH).ntk(x)
     error = np.abs(standalone - library).max() / np.abs(library).max()

@@ -15,3 +15,11 @@ def test_example_runs(script, tmp_path):
                             text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip(), "an example should show its results"
+    assert not any(tmp_path.iterdir()), "examples write into a temporary or given directory"
+
+
+def test_examples_write_into_the_directory_given(tmp_path):
+    run = subprocess.run([sys.executable, str(EXAMPLES[0].with_name("standalone_module.py")),
+                          str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "relu_kernel.py").read_text().startswith('"""')
