@@ -5,6 +5,8 @@
     >>> net.ntk(x1, x2)          # (n1, n2) float64
     >>> print(net.formula("nngp"))
 """
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
 from . import codegen  # callable: ntkdsl.codegen(arch) -> source of a standalone module
@@ -31,6 +33,12 @@ _LAZY = {
     "SingularKernelWarning": "predict",
     "empirical_ntk": "finite", "monte_carlo_nngp": "finite", "FiniteNetwork": "finite",
 }
+if TYPE_CHECKING:  # type checkers see the lazy names as ordinary imports
+    from . import estimators, evaluation, finite, formula, numerical, predict, standalone, verify
+    from .estimators import ArchTemplate, NTKClassifier, NTKRegressor
+    from .finite import FiniteNetwork, empirical_ntk, monte_carlo_nngp
+    from .predict import SingularKernelWarning, gp_inference, gradient_descent_mse_ensemble
+
 # Submodules reachable as attributes after a plain `import ntkdsl` (ntkdsl.verify.verify,
 # ntkdsl.finite.FiniteNetwork, ...), loaded on first access for the same reason.
 _LAZY_MODULES = ("estimators", "finite", "predict", "verify", "standalone", "formula",

@@ -146,7 +146,7 @@ def nasty_expression(rng: random.Random) -> str:
 
 def mutate(text: str, rng: random.Random) -> str:
     """Token-level damage: delete, duplicate, swap or insert a token or a character."""
-    tokens = [t for t in _tokens(text)]
+    tokens = _tokens(text)
     for _ in range(rng.randint(1, 3)):
         if not tokens:
             break
