@@ -319,8 +319,9 @@ def _table(run: Run, data: Dataset, y_train, y_test) -> list[str]:
     return lines
 
 
-# The loss axis spans at most this many decades below the largest loss: t = inf losses
-# of an interpolating ensemble are ~1e-30, which would squash every finite time into the top.
+# The loss axis ends one decade below the smallest loss at a finite time, but spans at most
+# this many decades below the largest: t = inf losses of an interpolating ensemble are
+# ~1e-30, which would squash every finite time into the top of a log axis.
 _LOSS_DECADES = 8
 
 
@@ -340,8 +341,9 @@ def figure(args, data: Dataset, run: Run, y_train, y_test):
     curves = {label: [_metrics(data.task, truth, o, classes) for o in outputs]
               for outputs, truth, label in ((run.train, y_train, "train"),
                                             (run.test, y_test, "test"))}
-    largest = max(m["loss"] for metrics in curves.values() for m in metrics)
-    floor = largest * 10.0 ** -_LOSS_DECADES
+    losses = np.array([[m["loss"] for m in metrics] for metrics in curves.values()])
+    smallest = losses[:, shown].min(initial=np.inf, where=losses[:, shown] > 0)
+    floor = max(losses.max() * 10.0 ** -_LOSS_DECADES, smallest / 10)
     with plt.rc_context(PLOT_STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), constrained_layout=True)
         for label, metrics in curves.items():
@@ -354,7 +356,7 @@ def figure(args, data: Dataset, run: Run, y_train, y_test):
                 below = key == "loss" and at_inf < floor
                 axis.axhline(max(at_inf, floor) if key == "loss" else at_inf,
                              color=line.get_color(), linestyle="--", linewidth=1.5,
-                             label=f"{label}, t = inf" + (f" (< {floor:.0e}, at the floor)"
+                             label=f"{label}, t = inf" + (f" (< {floor:.1e}, at the floor)"
                                                           if below else ""))
         axes[0].set_yscale("log")
         axes[0].set_ylim(bottom=floor / 2)
