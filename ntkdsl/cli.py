@@ -1,8 +1,10 @@
 """The ``ntkdsl`` command line: a thin dispatcher over the subcommands in ntkdsl.commands.
 
 Each subcommand lives in its own module ``ntkdsl/commands/<name>.py`` exposing
-``register(subparsers)`` (adds its parser and sets ``func``); add a command by adding its
-module name to ``COMMANDS``.
+``register(subparsers)`` (adds its parser and sets ``func``, and optionally ``check``, which
+reports usage errors between options through the parser's ``error``); add a command by
+adding its module name to ``COMMANDS``. Usage errors exit with status 2 and one line on
+stderr; errors in the architecture, the data or a file exit with status 1.
 """
 from __future__ import annotations
 
@@ -15,10 +17,20 @@ from .errors import NTKDSLError
 COMMANDS: tuple[str, ...] = ("fit", "derive", "codegen", "verify")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line of stderr (exit status 2): the message and
+    where to find the usage, instead of the whole usage block. Subcommand parsers are of
+    this class too (argparse makes them with the parent's class)."""
+
+    def error(self, message: str):
+        message = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {message} (usage: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ntkdsl",
         description="Exact infinite-width NNGP and NTK kernels of networks written as strings, "
         "e.g. \"Dense(512) > Relu > Dense(1)\".",
@@ -40,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
-        parser.print_help(sys.stderr)
-        return 2
+        parser.error(f"a command is needed: one of {', '.join(COMMANDS)}")
+    check = getattr(args, "check", None)
+    if check is not None:  # usage rules between options, checked before any work
+        check(args)
     try:
         return int(args.func(args) or 0)
     except NTKDSLError as err:

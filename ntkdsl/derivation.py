@@ -12,6 +12,7 @@ Two programs come out of one AST:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, replace
 from functools import cache, singledispatch
 
@@ -137,10 +138,17 @@ class Composite:
     (the intermediate values are not Gaussian, so only the composite has a dual)."""
 
     parts: tuple[Activation, ...]
-    span: object = None
+    span: object = dataclasses.field(default=None, compare=False)  # not part of the dual
 
     @property
     def name(self) -> str:
+        """The parts as written; a run that repeats one block reads as that repeat
+        (``Relu * 3``, ``(Relu > Sin) * 2``), as the user wrote it."""
+        count = len(self.parts)
+        for period in range(1, count // 2 + 1):
+            if count % period == 0 and self.parts == self.parts[:period] * (count // period):
+                block = " > ".join(str(p) for p in self.parts[:period])
+                return f"({block}) * {count // period}" if period > 1 else f"{block} * {count}"
         return " > ".join(str(p) for p in self.parts)
 
     def __str__(self) -> str:
@@ -230,11 +238,24 @@ def _layer_norm(node: LayerNorm, s: State, b: _Builder) -> State:
     return b.commit(str(node), s, new)
 
 
-@apply.register
-def _serial(node: Serial, s: State, b: _Builder) -> State:
-    for layer in _compose_runs(node.layers):
+@apply.register(Serial)
+@apply.register(Repeat)
+def _serial(node: Serial | Repeat, s: State, b: _Builder) -> State:
+    for layer in _compose_runs(_written_out(node)):
         s = apply(layer, s, b)
     return s
+
+
+def _written_out(node: Node) -> list[Node]:
+    """The chain of layers a Serial or Repeat stands for, as if its text were written out:
+    parentheses dropped and every repetition copied, so that ``Relu * 2`` means
+    ``Relu > Relu`` and ``Relu > (Sin > Cos)`` means ``Relu > Sin > Cos`` (a Sum stays one
+    layer of the chain; its branches are chains of their own)."""
+    if isinstance(node, Serial):
+        return [layer for part in node.layers for layer in _written_out(part)]
+    if isinstance(node, Repeat):
+        return _written_out(node.body) * node.times
+    return [node]
 
 
 def _compose_runs(layers) -> list[Node]:
@@ -248,13 +269,6 @@ def _compose_runs(layers) -> list[Node]:
         else:
             out.append(layer)
     return out
-
-
-@apply.register
-def _repeat(node: Repeat, s: State, b: _Builder) -> State:
-    for _ in range(node.times):
-        s = apply(node.body, s, b)
-    return s
 
 
 @apply.register

@@ -18,13 +18,14 @@ expected to fall below it. Relative errors are Frobenius norms: ‖estimate − 
 """
 from __future__ import annotations
 
+import textwrap
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import ArchitectureError, InputError, Span
 from .finite import FiniteNetwork, _as_ast, monte_carlo_nngp, with_width
 from .network import compile as compile_network
 from .predict import gradient_descent_mse_ensemble
@@ -67,23 +68,25 @@ class Verification:
     n_train: int
     n_test: int
     discretisation_floor: float
-    slopes: dict[str, float] = field(default_factory=dict)
+    slopes: dict[str, float | None] = field(default_factory=dict)
 
     def __post_init__(self):
         widths = np.log([row.width for row in self.rows])
         for name, _, _ in METRICS:
             values = np.array([getattr(row, name) for row in self.rows])
+            # A quantity that is exactly 0 at some width (e.g. the NTK change of a Sign
+            # network, whose first layer never moves) has no log-log slope: None, not NaN.
             self.slopes[name] = (float(np.polyfit(widths, np.log(values), 1)[0])
-                                 if len(self.rows) > 1 and np.all(values > 0) else float("nan"))
+                                 if len(self.rows) > 1 and np.all(values > 0) else None)
 
     def table(self) -> str:
-        """The measurements as a text table, slopes in the last row."""
+        """The measurements as a text table, slopes in the last row ("n/a": no slope)."""
         head = f"{'width':>7}" + "".join(f"  {title:>12}" for _, title, _ in METRICS)
         lines = [head]
         for row in self.rows:
             lines.append(f"{row.width:>7}" + "".join(f"  {getattr(row, name):>12.3e}"
                                                      for name, _, _ in METRICS))
-        lines.append(f"{'slope':>7}" + "".join(f"  {self.slopes[name]:>12.2f}"
+        lines.append(f"{'slope':>7}" + "".join(f"  {_slope_text(self.slopes[name]):>12}"
                                                for name, _, _ in METRICS))
         return "\n".join(lines)
 
@@ -100,37 +103,84 @@ class Verification:
             self.table(),
             "",
             "slope: fitted d log(error) / d log(width); about -0.5 is the expected rate.",
+            *self._no_slope_notes(),
             (f"discretisation floor (gradient descent vs flow, linearised): "
             f"{self.discretisation_floor:.2e} — the prediction gap cannot fall below it."),
         ])
 
-    def plot(self, path) -> None:
-        """Save the curves on log–log axes with their fits and a width^(-1/2) guide."""
+    def _no_slope_notes(self) -> list[str]:
+        missing = [title for name, title, _ in METRICS if self.slopes[name] is None]
+        if not missing:
+            return []
+        return [f"n/a: {', '.join(missing)} is exactly 0 at some width, so it has no slope "
+                "(nothing of the network's kernel changes there)."]
+
+    def figure(self):
+        """The curves on log–log axes with a width^(-1/2) guide (a matplotlib Figure):
+        every width a labelled tick, a grid, fonts readable at a glance."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FixedLocator, NullLocator
 
         widths = np.array([row.width for row in self.rows], dtype=float)
-        figure, axis = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-        for name, _, description in METRICS:
-            values = np.array([getattr(row, name) for row in self.rows])
-            axis.loglog(widths, values, "o-",
-                        label=f"{description} (slope {self.slopes[name]:.2f})")
-        top = max(getattr(self.rows[0], name) for name, _, _ in METRICS)
-        axis.loglog(widths, top * np.sqrt(widths[0] / widths), "k:", label="width^(-1/2)")
-        axis.axhline(self.discretisation_floor, color="grey", linewidth=0.8, linestyle="--",
-                     label="discretisation floor")
-        axis.set_xlabel("width")
-        axis.set_ylabel("relative error / change")
-        axis.legend(fontsize=7)
-        axis.set_title(self.arch, fontsize=8)
-        try:
-            figure.savefig(Path(path), dpi=120)
-        except OSError as err:
-            raise InputError(f"cannot write {path}: {err.strerror}") from None
-        finally:
-            plt.close(figure)
+        with plt.rc_context(PLOT_STYLE):
+            figure, axis = plt.subplots(figsize=(12, 7.5), layout="constrained")
+            for name, _, description in METRICS:
+                values = np.array([getattr(row, name) for row in self.rows])
+                slope = self.slopes[name]
+                label = (f"{description} (slope {slope:.2f})" if slope is not None
+                         else f"{description} (0 at some width: no slope)")
+                axis.loglog(widths, values, "o-", linewidth=2, markersize=6, label=label)
+            top = max(getattr(self.rows[0], name) for name, _, _ in METRICS)
+            axis.loglog(widths, top * np.sqrt(widths[0] / widths), "k:", linewidth=2,
+                        label="width$^{-1/2}$")
+            axis.axhline(self.discretisation_floor, color="grey", linewidth=1.2,
+                         linestyle="--", label="discretisation floor")
+            # Every measured width is a tick with its number; log axes otherwise label
+            # only the powers of ten.
+            axis.xaxis.set_major_locator(FixedLocator(widths))
+            axis.xaxis.set_minor_locator(NullLocator())
+            axis.set_xticklabels([f"{w:g}" for w in widths])
+            axis.grid(True, which="major", alpha=0.5)
+            axis.grid(True, which="minor", axis="y", alpha=0.2)
+            axis.set_xlabel("hidden width")
+            axis.set_ylabel("relative error / change")
+            # Below the axes, not over the curves (constrained layout makes room for it).
+            axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2)
+            axis.set_title(textwrap.fill(self.arch, 100))
+        return figure
+
+    def plot(self, path) -> None:
+        """Save :meth:`figure` as an image (the format from the file name, e.g. .png)."""
+        save_figure(self.figure(), path)
+
+
+# Font sizes for figures read at a glance (matplotlib's default 10 pt is small at 120 dpi).
+PLOT_STYLE = {"font.size": 13, "axes.titlesize": 13, "axes.labelsize": 14,
+              "xtick.labelsize": 12, "ytick.labelsize": 12, "legend.fontsize": 11,
+              "figure.titlesize": 15}
+
+
+def save_figure(figure, path) -> None:
+    """Write a matplotlib figure to ``path`` and close it; a file that cannot be written is
+    an InputError."""
+    import matplotlib.pyplot as plt
+
+    try:
+        figure.savefig(Path(path), dpi=120)
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {err.strerror}") from None
+    except ValueError as err:  # an unknown image format, from the file's extension
+        raise InputError(f"cannot write {path}: {err}", hint="use a .png, .pdf or .svg "
+                         "file name") from None
+    finally:
+        plt.close(figure)
+
+
+def _slope_text(slope: float | None) -> str:
+    return "n/a" if slope is None else f"{slope:.2f}"
 
 
 def make_data(n_train: int, n_test: int, input_dim: int, outputs: int, seed: int):
@@ -154,7 +204,24 @@ def _check_widths(widths) -> list[int]:
         raise InputError(f"widths must be whole numbers, got {widths!r}") from None
     if not values or any(w < 1 for w in values) or any(w != v for w, v in zip(values, widths)):
         raise InputError(f"widths must be whole numbers >= 1, got {list(widths)!r}")
-    return sorted(set(values))
+    distinct = sorted(set(values))
+    if len(distinct) < 2:
+        raise InputError(f"widths must hold at least two different widths to fit a slope "
+                         f"against, got {list(widths)!r}", hint="e.g. 64,256,1024,4096")
+    return distinct
+
+
+def _check_hidden_dense(ast, source: str) -> None:
+    """Refuse an architecture whose widths cannot vary: without a hidden Dense (one that
+    another Dense follows) every width gives the same network."""
+    # with_width leaves the tree unchanged for every width exactly when nothing is hidden.
+    if with_width(ast, 1) == with_width(ast, 2):
+        text = source or str(ast)
+        raise ArchitectureError(
+            "this architecture has no hidden Dense layer (a Dense that another Dense "
+            "follows), so the widths would change nothing", source=text,
+            span=Span.at(text, 0, len(text)),
+            hint="end it in a readout, e.g. Dense(512) > Relu > Dense(1)")
 
 
 def _check_count(value, name: str, minimum: int) -> int:
@@ -224,7 +291,8 @@ def verify(arch, widths=DEFAULT_WIDTHS, *, samples: int = 16, steps: int = 100,
     Args:
         arch: architecture string; every hidden Dense gets each width in turn (output Dense
             layers keep theirs, see :func:`ntkdsl.finite.with_width`).
-        widths: the widths to try.
+        widths: the widths to try, at least two different ones (the slopes are fitted
+            over them).
         samples: initialisations averaged by the Monte-Carlo NNGP (>= 2).
         steps: full-batch gradient-descent steps; t = learning_rate × steps.
         rate: learning rate as a fraction of N·k / λ_max(analytic training NTK), the
@@ -240,12 +308,15 @@ def verify(arch, widths=DEFAULT_WIDTHS, *, samples: int = 16, steps: int = 100,
     widths = _check_widths(widths)
     samples = _check_count(samples, "samples", 2)
     steps = _check_count(steps, "steps", 1)
+    seed = _check_count(seed, "seed", 0)
     n_train, n_test = _check_count(n_train, "n_train", 2), _check_count(n_test, "n_test", 1)
     input_dim = _check_count(input_dim, "input_dim", 1)
     if not 0 < rate < 2:
         raise InputError(f"rate must be in (0, 2) (gradient descent diverges beyond 2), "
                          f"got {rate!r}")
     outputs = FiniteNetwork(ast, input_dim, widths[0]).output_dim
+    compile_network(source or str(ast))  # no analytic kernel: say so before anything else
+    _check_hidden_dense(ast, source)
     data = make_data(n_train, n_test, input_dim, outputs, seed)
     rows, floors = [], []
     with _progress(progress, 3 * len(widths)) as bar:

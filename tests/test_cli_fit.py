@@ -1,6 +1,7 @@
 """Tests of the ``ntkdsl fit`` command."""
 from __future__ import annotations
 
+import argparse
 import re
 
 import numpy as np
@@ -122,26 +123,108 @@ def test_csv_task_detection(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--data", "missing.csv"], "--data needs --target"),
     (["--data", "/nonexistent/file.csv", "--target", "y"], "cannot read"),
-    (["--target", "y"], "--target and --task are for --data"),
-    (["--times", "1,-5"], "--times must be >= 0"),
-    (["--times", "soon"], "comma-separated numbers"),
-    (["--test-size", "1.5"], "--test-size must be between 0 and 1"),
-    (["--learning-rate", "-1"], "learning_rate must be"),
+    (["--plot", "/nonexistent/dir/curves.png"], "the directory /nonexistent/dir does not exist"),
 ])
-def test_bad_arguments_print_an_error_and_return_1(local_kernel, capsys, argv, message):
+def test_file_errors_print_an_error_and_return_1(local_kernel, capsys, argv, message):
     assert main(["fit", ARCH, *argv]) == 1
     assert message in capsys.readouterr().err
 
 
-def test_unknown_dataset_is_refused_by_the_parser(capsys):
-    with pytest.raises(SystemExit):
-        main(["fit", ARCH, "--dataset", "mnist"])
-    assert "invalid choice: 'mnist'" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "missing.csv"], "--data needs --target"),
+    (["--target", "y"], "--target and --task are for --data"),
+    (["--task", "regression"], "--target and --task are for --data"),
+    (["--times", "1,abc"], "argument --times: 'abc' is not a number"),
+    (["--times", "1,-5"], "times must be >= 0, got '-5'"),
+    (["--times", "1,nan"], "times must be >= 0, got 'nan'"),
+    (["--times", "soon"], "'soon' is not a number"),
+    (["--times", ""], "give comma-separated values"),
+    (["--times", "1,,10"], "has an empty entry"),
+    (["--test-size", "1.5"], "argument --test-size: must be a finite number > 0 and < 1"),
+    (["--test-size", "0"], "argument --test-size: must be a finite number > 0 and < 1"),
+    (["--learning-rate", "-1"], "argument --learning-rate: must be a finite number > 0"),
+    (["--learning-rate", "nan"], "argument --learning-rate: must be a finite number > 0"),
+    (["--diag-reg", "-0.1"], "argument --diag-reg: must be a finite number >= 0"),
+    (["--diag-reg", "inf"], "argument --diag-reg: must be a finite number >= 0"),
+    (["--seed", "-1"], "argument --seed: must be a whole number from 0 to 4294967295"),
+    (["--seed", "1.5"], "argument --seed: '1.5' is not a whole number"),
+    (["--plot", "curves.xyz"], "does not end in an image format"),
+    (["--dataset", "mnist"], "invalid choice: 'mnist'"),
+    (["--dataset", "wine", "--data", "x.csv"], "not allowed with argument --dataset"),
+])
+def test_usage_errors_exit_2_with_one_line_on_stderr(local_kernel, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", ARCH, *argv])
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ntkdsl fit: error: ")
+    assert message in lines[0] and lines[0].endswith("(usage: ntkdsl fit --help)")
 
 
 def test_parse_times():
     np.testing.assert_array_equal(parse_times("100, 1,10,inf"), [1.0, 10.0, 100.0])
-    with pytest.raises(InputError):
-        parse_times("nan")
+    np.testing.assert_array_equal(parse_times("inf"), [])
+    for bad in ("nan", "-1", "1,x", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_times(bad)
+
+
+# ----------------------------------------------------------------------------- the plot
+
+@pytest.fixture
+def captured_figure(monkeypatch):
+    """The figure `fit --plot` draws, kept for inspection after it is saved."""
+    from ntkdsl.commands import fit
+
+    kept = []
+
+    def keep(*args):
+        kept.append(fit_figure(*args))
+        return kept[-1]
+
+    fit_figure = fit.figure
+    monkeypatch.setattr(fit, "figure", keep)
+    return kept
+
+
+def test_plot_has_a_log_loss_axis_down_to_a_floor_and_readable_text(local_kernel, capsys,
+                                                                    tmp_path, captured_figure):
+    plot = tmp_path / "curves.png"
+    assert main(["fit", ARCH, "--times", "0,1,100,1000", "--plot", str(plot)]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (fig,) = captured_figure
+    loss, score = fig.axes
+    assert loss.get_yscale() == "log" and loss.get_xscale() == "log"
+    assert score.get_yscale() == "linear" and score.get_xscale() == "log"
+    curves = {line.get_label(): line for line in loss.get_lines()}
+    # The plotted losses are the table's at the same times (one eigendecomposition).
+    for label, column in (("train", 0), ("test", 2)):
+        times, values = curves[label].get_xdata(), curves[label].get_ydata()
+        for t in ("1", "100", "1000"):
+            assert values[np.argmin(abs(times - float(t)))] == pytest.approx(rows[t][column],
+                                                                             rel=1e-3)
+    # The t = inf train loss (~1e-31, an interpolating ensemble) sits at a floor at most
+    # eight decades below the largest loss, inside the axis, and its legend entry says so.
+    largest = max(max(line.get_ydata()) for line in curves.values())
+    inf_line = next(line for label, line in curves.items() if label.startswith("train, t = inf"))
+    floor = inf_line.get_ydata()[0]
+    assert rows["inf"][0] < floor and "at the floor" in inf_line.get_label()
+    assert floor >= largest * 1e-8 * (1 - 1e-12)
+    assert floor <= max(largest * 1e-8, rows["1000"][0] / 10) * (1 + 1e-12)
+    bottom, top = loss.get_ylim()
+    assert 0 < bottom <= floor and top >= largest
+    for line in curves.values():
+        assert np.all(np.isfinite(line.get_ydata())) and np.all(line.get_ydata() >= floor)
+    # Readable at a glance: large fonts, grids, a title naming the architecture.
+    fig.canvas.draw()
+    assert fig.get_suptitle().startswith("breast_cancer: NTK ensemble of") and \
+        fig._suptitle.get_fontsize() >= 14
+    for axis in (loss, score):
+        assert axis.xaxis.label.get_fontsize() >= 13 and axis.yaxis.label.get_fontsize() >= 13
+        assert all(t.get_fontsize() >= 12 for t in axis.get_xticklabels())
+        assert any(g.get_visible() for g in axis.get_xgridlines())
+        assert any(g.get_visible() for g in axis.get_ygridlines())

@@ -8,6 +8,7 @@ import pytest
 
 import ntkdsl
 from ntkdsl.cli import main
+from ntkdsl.errors import ArchitectureError, InputError
 from ntkdsl.finite import FiniteNetwork
 from ntkdsl.verify import METRICS, make_data, verify
 
@@ -73,16 +74,92 @@ def test_prediction_gap_is_measured_against_the_flow_from_the_networks_own_start
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--widths", "0,16"], "--widths must be whole numbers >= 1"),
-    (["--widths", "a,b"], "--widths must be comma-separated whole numbers"),
-    (["--samples", "1"], "samples must be a whole number >= 2"),
-    (["--rate", "2.5"], "rate must be in (0, 2)"),
-    (["--steps", "0"], "steps must be a whole number >= 1"),
+    (["--widths", "0,16"], "argument --widths: must be a whole number >= 1, got 0"),
+    (["--widths", "a,b"], "'a' is not a whole number"),
+    (["--widths", "64"], "give at least two different widths"),
+    (["--widths", "64,64"], "give at least two different widths"),
+    (["--widths", "16,,64"], "has an empty entry"),
+    (["--samples", "1"], "argument --samples: must be a whole number >= 2, got 1"),
+    (["--rate", "2.5"], "argument --rate: must be a finite number > 0 and < 2 (gradient descent"),
+    (["--rate", "nan"], "argument --rate: must be a finite number > 0 and < 2"),
+    (["--steps", "0"], "argument --steps: must be a whole number >= 1, got 0"),
+    (["--train", "1"], "argument --train: must be a whole number >= 2, got 1"),
+    (["--test", "0"], "argument --test: must be a whole number >= 1, got 0"),
+    (["--dim", "x"], "argument --dim: 'x' is not a whole number"),
+    (["--seed", "-1"], "argument --seed: must be a whole number from 0 to 4294967295"),
+    (["--plot", "curves.xyz"], "does not end in an image format"),
 ])
-def test_bad_options_are_one_line_errors(args, message, capsys):
-    assert main(["verify", ARCH, *args]) == 1
+def test_bad_options_are_usage_errors_on_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["verify", ARCH, *args])
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ntkdsl verify: error:")
+    assert message in lines[0]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"widths": (64,)}, "at least two different widths"),
+    ({"widths": (64, 64)}, "at least two different widths"),
+    ({"seed": -1}, "seed must be a whole number >= 0"),
+])
+def test_python_verify_refuses_what_it_cannot_fit_a_slope_to(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        verify(ARCH, **{"widths": (16, 64), **kwargs})
+
+
+@pytest.mark.parametrize("arch", ["Dense(512) > Relu", "Dense(4) > Erf * 2",
+                                  "Dense(8) + Dense(8)"])
+def test_an_architecture_without_a_hidden_dense_is_refused(arch, capsys):
+    """Without a hidden Dense every width gives the same network: the old command printed
+    identical rows and slopes of 0."""
+    assert main(["verify", arch, *FAST]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("ntkdsl verify: error:") and message in err
+    assert "no hidden Dense layer" in err and "^" * len(arch) in err
+    with pytest.raises(ArchitectureError, match="no hidden Dense"):
+        verify(arch, (16, 64))
+
+
+def test_a_quantity_that_is_exactly_zero_has_no_slope_instead_of_nan(capsys):
+    """Sign has φ' = 0, so the first layer never trains and the NTK (the readout's features)
+    does not change at all: that column reads n/a with a note, never 'nan'."""
+    arch = "Dense(512) > Sign > Dense(1)"
+    assert main(["verify", arch, *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out
+    assert re.search(r"^\s*slope(\s+-?[\d.]+){3}\s+n/a\s+-?[\d.]+\s*$", out, re.M)
+    assert "n/a: Δ NTK is exactly 0 at some width" in out
+    result = verify(arch, (16, 64, 256), samples=4, steps=30, n_train=8, n_test=4, input_dim=5)
+    assert all(row.ntk_change == 0.0 for row in result.rows)
+    assert result.slopes["ntk_change"] is None
+    widths = np.log([16, 64, 256])
+    errors = np.log([row.ntk_error for row in result.rows])
+    assert result.slopes["ntk_error"] == pytest.approx(np.polyfit(widths, errors, 1)[0])
+
+
+def test_plot_labels_every_width_with_a_grid_and_readable_text():
+    result = verify(ARCH, (16, 64, 256), samples=4, steps=30, n_train=8, n_test=4,
+                    input_dim=5)
+    fig = result.figure()
+    fig.canvas.draw()
+    (axis,) = fig.axes
+    assert axis.get_xscale() == "log" and axis.get_yscale() == "log"
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["16", "64", "256"]
+    assert list(axis.get_xticks()) == [16, 64, 256]
+    assert any(g.get_visible() for g in axis.get_xgridlines())
+    assert any(g.get_visible() for g in axis.get_ygridlines())
+    assert axis.title.get_text() == ARCH and axis.title.get_fontsize() >= 13
+    assert axis.xaxis.label.get_fontsize() >= 13 and axis.yaxis.label.get_fontsize() >= 13
+    assert all(t.get_fontsize() >= 12 for t in axis.get_xticklabels() + axis.get_yticklabels())
+    legend = axis.get_legend()
+    assert legend.get_texts()[0].get_fontsize() >= 11
+    # One curve per measured quantity through the measured points, with its slope named.
+    for (name, _, description), line in zip(METRICS, axis.get_lines()):
+        np.testing.assert_array_equal(line.get_ydata(), [getattr(r, name) for r in result.rows])
+        assert line.get_label() == f"{description} (slope {result.slopes[name]:.2f})"
+    # The legend sits below the axes, clear of the curves.
+    renderer = fig.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).y1 < axis.get_window_extent(renderer).y0
 
 
 def test_an_architecture_the_finite_network_cannot_build_points_at_the_sum(capsys):

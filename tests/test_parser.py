@@ -125,3 +125,11 @@ def test_valid_sums_of_independent_branches():
                  "Dense(3) > (Dense(3) + Dense(3) + Relu > Dense(3)) > Erf",
                  "Dense(3) > (Relu + Dense(3))"]:
         ntkdsl.compile(text)
+
+
+def test_repeats_nest_and_print_back_as_written():
+    ast = parse("Dense(8) > Relu * 2 * 3 > (Relu > Sin) * 2")
+    assert ast.layers[1] == Repeat(Repeat(Activation("Relu"), 2), 3)
+    assert isinstance(ast.layers[2], Repeat) and ast.layers[2].body == Serial(
+        (Activation("Relu"), parse("Sin")))
+    assert parse(str(ast)) == ast  # the printed text parses back to the same tree

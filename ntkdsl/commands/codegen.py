@@ -1,4 +1,4 @@
-"""``ntkdsl codegen ARCH``: a standalone Python module computing the architecture's kernels.
+"""ntkdsl codegen ARCH: a standalone Python module computing the architecture's kernels.
 
 The module needs numpy only (plus scipy.special where a formula needs it) — not ntkdsl,
 sympy or lark — and gives the same numbers as ntkdsl. It exposes nngp(x1, x2=None),
@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from .options import add_arch, add_command
 
-EXAMPLES = """examples:
+EXAMPLES = """
   ntkdsl codegen "Dense(512) > Relu > Dense(1)" -o relu_kernel.py
   python -c "import numpy, relu_kernel; print(relu_kernel.ntk(numpy.eye(3)))"
   ntkdsl codegen "Dense(512) > Erf > Dense(1)" | less
@@ -23,14 +24,13 @@ EXAMPLES = """examples:
 
 def register(subparsers) -> None:
     """Add the ``codegen`` subcommand to the ``ntkdsl`` parser."""
-    parser = subparsers.add_parser(
-        "codegen", help="write a standalone Python module (numpy only) computing the kernels",
-        description=__doc__, epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("arch", metavar="ARCH",
-                        help='architecture, e.g. "Dense(512, W_std=1.5) > Relu > Dense(1)"')
+    parser = add_command(
+        subparsers, "codegen", help="write a standalone Python module (numpy only) computing "
+        "the kernels", description=__doc__, examples=EXAMPLES)
+    add_arch(parser, "Dense(512, W_std=1.5) > Relu > Dense(1)")
     parser.add_argument("-o", "--output", metavar="FILE.py", type=Path,
-                        help="write the module to FILE.py (replacing it) instead of stdout")
+                        help="write the module to FILE.py, replacing it (default: standard "
+                             "output; - also means standard output)")
     parser.set_defaults(func=run)
 
 

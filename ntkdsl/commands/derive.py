@@ -1,4 +1,4 @@
-"""``ntkdsl derive ARCH``: the NNGP and NTK of an architecture as formulas, layer by layer.
+"""ntkdsl derive ARCH: the NNGP and NTK of an architecture as formulas, layer by layer.
 
 Each layer's map is printed with its intermediate quantities named: the correlation c_l of
 the layer's input pair, its angle theta_l = arccos(c_l), and shared subexpressions z1,
@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-EXAMPLES = """examples:
+from .options import add_arch, add_command
+
+EXAMPLES = """
   ntkdsl derive "Dense(512) > Relu > Dense(1)"
   ntkdsl derive "Dense(512, W_std=1.5, b_std=0.1) > Erf > Dense(1)" --kernel ntk
   ntkdsl derive "Dense(512) > Relu > Dense(1)" --latex > relu_ntk.tex
@@ -20,25 +22,24 @@ EXAMPLES = """examples:
 
 def register(subparsers) -> None:
     """Add the ``derive`` subcommand to the ``ntkdsl`` parser."""
-    parser = subparsers.add_parser(
-        "derive", help="print the NNGP and NTK of an architecture as formulas, layer by layer",
-        description=__doc__, epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("arch", metavar="ARCH",
-                        help='architecture, e.g. "(Dense(512, W_std=1.4) > Relu) * 3 > '
-                             'Dense(1)"')
+    parser = add_command(
+        subparsers, "derive", help="print the NNGP and NTK of an architecture as formulas, "
+        "layer by layer", description=__doc__, examples=EXAMPLES)
+    add_arch(parser, "(Dense(512, W_std=1.4) > Relu) * 3 > Dense(1)")
     parser.add_argument("--kernel", choices=["both", "nngp", "ntk"], default="both",
-                        help="which kernel to derive (default both; the NTK needs the "
+                        help="which kernel to derive (default: both; the NTK needs the "
                              "NNGP's maps, so 'ntk' shows those too)")
     parser.add_argument("--latex", action="store_true",
-                        help="print LaTeX (an align environment) instead of text")
+                        help="print LaTeX (an align environment) instead of text (default: "
+                             "text)")
     parser.add_argument("--expand", action="store_true",
                         help="print each kernel composed into one expression in the input "
                              "statistics q1_0 = <x,x>/d, q2_0 = <x',x'>/d, K_0 = <x,x'>/d "
-                             "(long for deep networks)")
+                             "(long for deep networks; default: layer by layer)")
     parser.add_argument("--diagonal", action="store_true",
                         help="derive the kernels of an input with itself (correlation "
-                             "exactly 1; the recursion used for identical inputs)")
+                             "exactly 1; the recursion used for identical inputs; default: "
+                             "two different inputs)")
     parser.set_defaults(func=run)
 
 

@@ -1,22 +1,26 @@
-"""``ntkdsl fit ARCH``: what an infinitely wide network learns, without training it.
+"""ntkdsl fit ARCH: what an infinitely wide network learns, without training it.
 
 Runs kernel regression with the architecture's NTK (or NNGP) on a dataset — one bundled with
 scikit-learn by default, or the user's CSV file — and reports train and test metrics of the
-trained ensemble at t = ∞ and at a few finite training times, optionally plotting the test
-loss and accuracy (R² for regression) against training time.
+trained ensemble at t = inf and at a few finite training times, optionally plotting the test
+and train loss and accuracy (R² for regression) against training time.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import sys
+import textwrap
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from .options import (add_arch, add_command, check_output_directory, comma_list, image_path,
+                      real, seed)
 
 DATASETS = {  # name: (scikit-learn loader, task)
     "breast_cancer": ("load_breast_cancer", "classification"),
@@ -41,37 +45,56 @@ class Dataset:
     feature_names: list[str]
 
 
+EXAMPLES = """
+  ntkdsl fit "(Dense(512, W_std=1.5, b_std=0.05) > Relu) * 2 > Dense(1, W_std=1.5, b_std=0.05)"
+  ntkdsl fit "Dense(512) > Erf > Dense(1)" --dataset diabetes --times 1,100 --plot curves.png
+  ntkdsl fit "Dense(512) > Relu > Dense(1)" --data mydata.csv --target label --kernel nngp
+"""
+
+
 def register(subparsers) -> None:
     """Add the ``fit`` subcommand to the ``ntkdsl`` parser."""
-    parser = subparsers.add_parser(
-        "fit", help="predict a trained infinitely wide network on a dataset, without training",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("arch", metavar="ARCH",
-                        help='architecture, e.g. "(Dense(512, W_std=1.5, b_std=0.05) > Relu) * 2'
-                             ' > Dense(1, W_std=1.5, b_std=0.05)"')
+    parser = add_command(
+        subparsers, "fit", help="predict a trained infinitely wide network on a dataset, "
+        "without training", description=__doc__, examples=EXAMPLES)
+    add_arch(parser, "(Dense(512, W_std=1.5, b_std=0.05) > Relu) * 2 > Dense(1, W_std=1.5, "
+                     "b_std=0.05)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--dataset", choices=sorted(DATASETS), default=None,
-                        help=f"a dataset shipped with scikit-learn (default {DEFAULT_DATASET})")
+                        help=f"a dataset shipped with scikit-learn (default: {DEFAULT_DATASET})")
     source.add_argument("--data", metavar="FILE.csv", type=Path,
-                        help="your own data: a CSV file with a header row (needs --target)")
-    parser.add_argument("--target", metavar="COLUMN", help="the CSV column to predict")
+                        help="your own data: a CSV file with a header row, numeric features "
+                             "(needs --target; default: the bundled --dataset)")
+    parser.add_argument("--target", metavar="COLUMN",
+                        help="for --data: the CSV column to predict (no default)")
     parser.add_argument("--task", choices=["auto", "classification", "regression"],
-                        default="auto", help="for --data: what the target is (default: "
+                        default="auto", help="for --data: what the target is (default auto: "
                         "classification for non-numeric or few integer values)")
     parser.add_argument("--kernel", choices=["ntk", "nngp"], default="ntk",
                         help="ntk: every layer trained; nngp: readout only / Bayesian")
-    parser.add_argument("--times", default=DEFAULT_TIMES,
-                        help=f"finite training times (steps), comma-separated "
-                             f"(default {DEFAULT_TIMES}); t = inf is always reported")
-    parser.add_argument("--learning-rate", type=float, default=1.0)
-    parser.add_argument("--diag-reg", type=float, default=0.0,
-                        help="ridge on the kernel diagonal, relative to its mean (default 0)")
-    parser.add_argument("--test-size", type=float, default=0.25,
-                        help="fraction of samples held out for testing (default 0.25)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
-    parser.add_argument("--plot", metavar="FILE.png", type=Path,
-                        help="save test loss and accuracy (R²) against training time")
-    parser.set_defaults(func=run)
+    parser.add_argument("--times", default=DEFAULT_TIMES, type=parse_times, metavar="T1,T2,...",
+                        help=f"finite training times (steps), comma-separated numbers >= 0 "
+                             f"(default: {DEFAULT_TIMES}); t = inf is always reported")
+    parser.add_argument("--learning-rate", type=real(0), default=1.0, metavar="RATE",
+                        help="gradient-descent learning rate; time t counts steps at this rate")
+    parser.add_argument("--diag-reg", type=real(0, low_included=True), default=0.0,
+                        metavar="RIDGE",
+                        help="ridge on the kernel diagonal, relative to its mean")
+    parser.add_argument("--test-size", type=real(0, 1), default=0.25, metavar="FRACTION",
+                        help="fraction of samples held out for testing, between 0 and 1")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the train/test split")
+    parser.add_argument("--plot", metavar="FILE.png", type=image_path,
+                        help="save test and train loss and accuracy (R²) against training "
+                             "time (default: no plot)")
+    parser.set_defaults(func=run, check=partial(check_usage, parser))
+
+
+def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage rules between options (a usage error through ``parser.error``)."""
+    if args.data is not None and args.target is None:
+        parser.error("--data needs --target COLUMN: the name of the column to predict")
+    if args.data is None and (args.target is not None or args.task != "auto"):
+        parser.error("--target and --task are for --data FILE.csv")
 
 
 # ----------------------------------------------------------------------------- data
@@ -175,15 +198,21 @@ def _progress(total: int):
         bar.close()
 
 
-def parse_times(text: str) -> np.ndarray:
-    """Comma-separated non-negative finite times ('inf' is always added by the caller)."""
+def _time(text: str) -> float:
+    """One training time: a number >= 0; 'inf' is allowed (it is always reported)."""
     try:
-        times = np.array([float(part) for part in text.split(",") if part.strip()])
+        value = float(text)
     except ValueError:
-        raise InputError(f"--times must be comma-separated numbers, e.g. {DEFAULT_TIMES}; "
-                         f"got {text!r}") from None
-    if np.any(np.isnan(times)) or np.any(times < 0):
-        raise InputError(f"--times must be >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"times must be >= 0, got {text!r}")
+    return value
+
+
+def parse_times(text: str) -> np.ndarray:
+    """The --times option: comma-separated times >= 0, sorted, without 'inf' (t = inf is
+    always added by the caller); a bad value is a usage error."""
+    times = np.array(comma_list(_time, DEFAULT_TIMES)(text))
     return np.unique(times[np.isfinite(times)])
 
 
@@ -245,8 +274,6 @@ def _standardise(split, task):
 def _split(data: Dataset, args):
     from sklearn.model_selection import train_test_split
 
-    if not 0 < args.test_size < 1:
-        raise InputError(f"--test-size must be between 0 and 1, got {args.test_size}")
     stratify = data.y if data.task == "classification" else None
     try:
         split = train_test_split(data.X, data.y, test_size=args.test_size,
@@ -292,44 +319,65 @@ def _table(run: Run, data: Dataset, y_train, y_test) -> list[str]:
     return lines
 
 
-def _plot(path: Path, args, data: Dataset, run: Run, y_train, y_test) -> None:
+# The loss axis ends one decade below the smallest loss at a finite time, but spans at most
+# this many decades below the largest: t = inf losses of an interpolating ensemble are
+# ~1e-30, which would squash every finite time into the top of a log axis.
+_LOSS_DECADES = 8
+
+
+def figure(args, data: Dataset, run: Run, y_train, y_test):
+    """Train and test loss (log axis) and accuracy or R² against training time (log axis),
+    with the t = inf values as dashed lines: a matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..verify import PLOT_STYLE
+
     classes = getattr(run.estimator, "classes_", None)
     score = "accuracy" if data.task == "classification" else "r2"
-    finite = np.isfinite(run.times)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for outputs, truth, label in ((run.train, y_train, "train"), (run.test, y_test, "test")):
-        metrics = [_metrics(data.task, truth, o, classes) for o in outputs]
-        for axis, key in zip(axes, ("loss", score)):
-            values = np.array([m[key] for m in metrics])
-            line, = axis.plot(run.times[finite], values[finite], label=label)
-            axis.axhline(values[~finite][0], color=line.get_color(), linestyle="--",
-                         linewidth=0.8, label=f"{label}, t = inf")
-    for axis, key in zip(axes, ("loss (½ MSE)", "accuracy" if score == "accuracy" else "R²")):
-        axis.set_xscale("log")
-        axis.set_xlabel(f"training time t (steps at learning rate {args.learning_rate:g})")
-        axis.set_ylabel(key)
-        axis.legend()
-    figure.suptitle(f"{data.name}: {args.kernel.upper()} ensemble of {args.arch}", fontsize=9)
-    try:
-        figure.savefig(path, dpi=120)
-    except OSError as err:
-        raise InputError(f"cannot write {path}: {err.strerror}") from None
-    finally:
-        plt.close(figure)
+    shown = np.isfinite(run.times) & (run.times > 0)  # a log time axis has no t = 0
+    curves = {label: [_metrics(data.task, truth, o, classes) for o in outputs]
+              for outputs, truth, label in ((run.train, y_train, "train"),
+                                            (run.test, y_test, "test"))}
+    losses = np.array([[m["loss"] for m in metrics] for metrics in curves.values()])
+    smallest = losses[:, shown].min(initial=np.inf, where=losses[:, shown] > 0)
+    floor = max(losses.max() * 10.0 ** -_LOSS_DECADES, smallest / 10)
+    with plt.rc_context(PLOT_STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), constrained_layout=True)
+        for label, metrics in curves.items():
+            for axis, key in zip(axes, ("loss", score)):
+                values = np.array([m[key] for m in metrics])
+                at_inf = values[np.isinf(run.times)][0]
+                if key == "loss":
+                    values = np.maximum(values, floor)
+                line, = axis.plot(run.times[shown], values[shown], linewidth=2, label=label)
+                below = key == "loss" and at_inf < floor
+                axis.axhline(max(at_inf, floor) if key == "loss" else at_inf,
+                             color=line.get_color(), linestyle="--", linewidth=1.5,
+                             label=f"{label}, t = inf" + (f" (< {floor:.1e}, at the floor)"
+                                                          if below else ""))
+        axes[0].set_yscale("log")
+        axes[0].set_ylim(bottom=floor / 2)
+        for axis, key in zip(axes, ("loss (½ MSE)", "accuracy" if score == "accuracy" else "R²")):
+            axis.set_xscale("log")
+            axis.set_xlabel(f"training time t (steps at learning rate {args.learning_rate:g})")
+            axis.set_ylabel(key)
+            axis.grid(True, which="major", alpha=0.5)
+            axis.grid(True, which="minor", alpha=0.15)
+            axis.legend()
+        fig.suptitle(textwrap.fill(f"{data.name}: {args.kernel.upper()} ensemble of "
+                                   f"{args.arch}", 100))
+    return fig
 
 
 def run(args) -> int:
     """Load the data, fit, print the kernel summary and metrics, plot if asked."""
-    if args.data is None and (args.target is not None or args.task != "auto"):
-        raise InputError("--target and --task are for --data FILE.csv")
+    check_output_directory(args.plot, "--plot")
     data = (load_csv(args.data, args.target, args.task) if args.data is not None
             else load_bundled(args.dataset or DEFAULT_DATASET))
-    times = parse_times(args.times)
+    times = args.times
     plot_times = np.unique(np.concatenate([times, np.geomspace(0.1, 1e5, 61)])) \
         if args.plot else times
     with _progress(total=3) as step:
@@ -344,6 +392,8 @@ def run(args) -> int:
                       "loss in those units)")
     print("\n".join(report))
     if args.plot:
-        _plot(args.plot, args, data, trace, y_train, y_test)
+        from ..verify import save_figure
+
+        save_figure(figure(args, data, trace, y_train, y_test), args.plot)
         print(f"plot saved to {args.plot}")
     return 0

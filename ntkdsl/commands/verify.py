@@ -1,68 +1,71 @@
-"""ntkdsl verify: check the infinite-width theory on finite networks of growing width.
+"""ntkdsl verify ARCH: check the infinite-width theory on finite networks of growing width.
 
-For each width, every hidden Dense of ARCH gets that width (output layers keep theirs), and
-the command measures: the relative error of the Monte-Carlo NNGP and of the empirical NTK
-against the analytic kernels; the relative change of the weights and of the empirical NTK
-during full-batch gradient descent; and the gap between the trained network's test
-predictions and the closed-form gradient-flow prediction at the same time t. It prints a
-table with the fitted log-log slope of each against width (about -0.5 is expected) and, with
---plot, saves the curves.
-
-example:
-  ntkdsl verify "Dense(512, W_std=1.5, b_std=0.05) > Relu > Dense(1, W_std=1.5, b_std=0.05)"
-  ntkdsl verify "Dense(512) > Erf > Dense(1)" --widths 32,128,512 --plot erf.png
+For each width, every hidden Dense of ARCH (one that another Dense follows) gets that width
+(output layers keep theirs), and the command measures: the relative error of the
+Monte-Carlo NNGP and of the empirical NTK against the analytic kernels; the relative change
+of the weights and of the empirical NTK during full-batch gradient descent; and the gap
+between the trained network's test predictions and the closed-form gradient-flow prediction
+at the same time t. It prints a table with the fitted log-log slope of each against width
+(about -0.5 is expected) and, with --plot, saves the curves.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from ..errors import InputError
+from .options import (add_arch, add_command, check_output_directory, comma_list, image_path,
+                      real, seed, whole)
 
 DEFAULT_WIDTHS = "64,256,1024,4096"
+EXAMPLES = """
+  ntkdsl verify "Dense(512, W_std=1.5, b_std=0.05) > Relu > Dense(1, W_std=1.5, b_std=0.05)"
+  ntkdsl verify "Dense(512) > Erf > Dense(1)" --widths 32,128,512 --plot erf.png
+"""
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "verify", help="measure how finite networks approach the infinite-width kernels",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("arch", metavar="ARCH", help='architecture, e.g. "Dense(512) > Relu '
-                                                     '> Dense(1)"')
-    parser.add_argument("--widths", default=DEFAULT_WIDTHS,
-                        help=f"comma-separated hidden widths (default {DEFAULT_WIDTHS})")
-    parser.add_argument("--samples", type=int, default=16,
-                        help="initialisations averaged by the Monte-Carlo NNGP (default 16)")
-    parser.add_argument("--steps", type=int, default=100,
-                        help="gradient-descent steps (default 100)")
-    parser.add_argument("--rate", type=float, default=1.0,
-                        help="learning rate as a fraction of N·k/λ_max(NTK), the stability "
-                             "scale of gradient descent (default 1.0; must be < 2)")
-    parser.add_argument("--train", type=int, default=16, help="training inputs (default 16)")
-    parser.add_argument("--test", type=int, default=8, help="test inputs (default 8)")
-    parser.add_argument("--dim", type=int, default=8, help="input features (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data and networks")
-    parser.add_argument("--plot", metavar="FILE.png", type=Path,
-                        help="save the error curves against width")
+    """Add the ``verify`` subcommand to the ``ntkdsl`` parser."""
+    parser = add_command(
+        subparsers, "verify", help="measure how finite networks approach the infinite-width "
+        "kernels", description=__doc__, examples=EXAMPLES)
+    add_arch(parser, "Dense(512) > Relu > Dense(1)")
+    parser.add_argument("--widths", default=DEFAULT_WIDTHS, type=parse_widths,
+                        metavar="W1,W2,...",
+                        help=f"comma-separated hidden widths, at least two different ones "
+                             f"(default: {DEFAULT_WIDTHS})")
+    parser.add_argument("--samples", type=whole(2), default=16, metavar="N",
+                        help="initialisations averaged by the Monte-Carlo NNGP, >= 2")
+    parser.add_argument("--steps", type=whole(1), default=100, metavar="N",
+                        help="full-batch gradient-descent steps, >= 1")
+    parser.add_argument("--rate", type=real(0, 2, reason=" (gradient descent diverges "
+                                                          "beyond 2)"),
+                        default=1.0, help="learning rate as a fraction of N·k/λ_max(NTK), "
+                        "the stability scale of gradient descent, between 0 and 2")
+    parser.add_argument("--train", type=whole(2), default=16, metavar="N",
+                        help="training inputs, >= 2")
+    parser.add_argument("--test", type=whole(1), default=8, metavar="N", help="test inputs")
+    parser.add_argument("--dim", type=whole(1), default=8, metavar="D", help="input features")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of data and networks")
+    parser.add_argument("--plot", metavar="FILE.png", type=image_path,
+                        help="save the error curves against width (default: no plot)")
     parser.set_defaults(func=run)
 
 
 def parse_widths(text: str) -> list[int]:
-    """Comma-separated whole numbers >= 1."""
-    try:
-        widths = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise InputError(f"--widths must be comma-separated whole numbers, e.g. "
-                         f"{DEFAULT_WIDTHS}; got {text!r}") from None
-    if not widths or min(widths) < 1:
-        raise InputError(f"--widths must be whole numbers >= 1, got {text!r}")
+    """The --widths option: comma-separated whole numbers >= 1, at least two different
+    ones (a slope needs two points); a bad value is a usage error."""
+    widths = comma_list(whole(1), DEFAULT_WIDTHS)(text)
+    if len(set(widths)) < 2:
+        raise argparse.ArgumentTypeError(f"give at least two different widths to fit a slope "
+                                         f"against, e.g. {DEFAULT_WIDTHS}; got {text!r}")
     return widths
 
 
 def run(args) -> int:
     from ..verify import verify
 
-    result = verify(args.arch, parse_widths(args.widths), samples=args.samples,
+    check_output_directory(args.plot, "--plot")
+    result = verify(args.arch, args.widths, samples=args.samples,
                     steps=args.steps, rate=args.rate, n_train=args.train, n_test=args.test,
                     input_dim=args.dim, seed=args.seed, progress=sys.stderr.isatty())
     print(result.report())
