@@ -9,14 +9,17 @@ lines rather than one expression growing with depth.
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import count
 
 import sympy as sp
+from sympy.printing.latex import LatexPrinter
 
 from .codegen import live_steps
 from .derivation import Program, Step
+from .numerical import NumericalDual, NumericalMoment
 from .symbolic import Corr
 
 KINDS = ("nngp", "ntk", "both")
@@ -114,32 +117,31 @@ class Formula:
     __repr__ = __str__
 
     def latex(self) -> str:
-        """An ``align`` block: one line per equation, each layer introduced by a \\text
-        line."""
-        def tex(expr) -> str:
-            return sp.latex(expr, symbol_names=_latex_names(expr), inv_trig_style="full")
-
-        rows = []
+        """An amsmath ``align`` block that renders in MathJax 3 and compiles in LaTeX: a
+        heading (the kernel, the architecture, what the inputs and step variables are), then
+        each step's equations under a line naming the layer and its route. Text rows hold at
+        most ``TEXT_WIDTH`` characters; long notes wrap onto indented rows."""
+        rows = _heading_rows(self.kind, self.arch, self.diagonal)
         for layer in self.layers:
-            rows.append(r"&\text{step " + str(layer.number) + ": "
-                        + latex_text(layer.title) + "}")
-            rows += [f"{tex(eq.lhs)} &= {tex(eq.rhs)}" for eq in layer.equations]
-        rows += [rf"\mathrm{{{name.upper()}}} &= {tex(value)}" for name, value in self.results]
-        return "\\begin{align}\n" + " \\\\\n".join(rows) + "\n\\end{align}"
+            rows += _step_rows(layer)
+            rows += [f"{_tex(eq.lhs)} &= {_tex(eq.rhs)}" for eq in layer.equations]
+        rows += [rf"\mathrm{{{name.upper()}}} &= {_tex(value)}" for name, value in self.results]
+        return _align(rows)
 
     def expanded(self, latex: bool = False) -> str:
         """The composed expression(s): ``name = ...`` text lines, or with ``latex`` an
-        ``align`` block."""
+        ``align`` block under the same heading as ``latex()``."""
         values = self.expression if self.kind == "both" else (self.expression,)
         pairs = [(name, v) for (name, _), v in zip(self.results, values)]
         if not latex:
             return "\n".join(f"{name} = {sp.sstr(v)}" for name, v in pairs)
-        rows = [rf"\mathrm{{{name.upper()}}} &= "
-                + sp.latex(v, symbol_names=_latex_names(v), inv_trig_style="full")
-                for name, v in pairs]
-        return "\\begin{align}\n" + " \\\\\n".join(rows) + "\n\\end{align}"
+        rows = _heading_rows(self.kind, self.arch, self.diagonal, steps=False)
+        rows += [rf"\mathrm{{{name.upper()}}} &= {_tex(v)}" for name, v in pairs]
+        return _align(rows)
 
     def _repr_latex_(self) -> str:
+        """Jupyter's text/latex: the ``latex()`` block as one $$ display (``aligned``, which
+        MathJax accepts there)."""
         return "$$" + self.latex().replace("{align}", "{aligned}") + "$$"
 
 
@@ -207,6 +209,161 @@ def _tidy(expr: sp.Expr) -> sp.Expr:
 # LaTeX
 # ---------------------------------------------------------------------------------------
 
+# Characters of text per heading or note row. A notebook output area shows about 100
+# characters of text at the default font; 80 leaves room for the indent of continuation rows.
+TEXT_WIDTH = 80
+
+_KIND_NAMES = {"nngp": "NNGP", "ntk": "NTK", "both": "NNGP and NTK"}
+_INPUTS_ROWS = (
+    (r"&\text{inputs: } q_{1}^{(0)} = \langle x, x \rangle / d,\; "
+     r"q_{2}^{(0)} = \langle x', x' \rangle / d,\; K^{(0)} = \langle x, x' \rangle / d,"),
+    r"&\quad\text{where } d \text{ is the number of features}",
+)
+_STEP_VARIABLE_ROWS = (
+    (r"&\text{after step } l\text{: } q_{1}^{(l)}, q_{2}^{(l)} = \text{variances},\; "
+     r"K^{(l)} = \text{NNGP},\; \Theta^{(l)} = \text{NTK};"),
+    (r"&\quad c^{(l)} = \text{correlation of the step's input pair},\; "
+     r"\theta^{(l)} = \arccos c^{(l)}"),
+)
+_NO_STEP_ROW = (r"&\texttt{Identity}\text{ and }\texttt{Dense(n)}\text{ without bias leave the "
+                r"kernels unchanged and take no step}")  # NO_STEP, within TEXT_WIDTH
+_DIAGONAL_INPUTS_ROWS = (
+    (r"&\text{inputs: } q^{(0)} = \langle x, x \rangle / d, \text{ where } d "
+     r"\text{ is the number of features;}"),
+    r"&\quad\text{both inputs are } x\text{, so every correlation is exactly 1}",
+)
+_DIAGONAL_STEP_VARIABLE_ROWS = (
+    (r"&\text{after step } l\text{: } q^{(l)} = \text{NNGP} = \text{variance},\; "
+     r"\Theta^{(l)} = \text{NTK}"),
+)
+
+
+def _align(rows: list[str]) -> str:
+    return "\\begin{align}\n" + " \\\\\n".join(rows) + "\n\\end{align}"
+
+
+def _heading_rows(kind: str, arch: str, diagonal: bool, steps: bool = True) -> list[str]:
+    """What is derived, of which architecture, and what the symbols stand for."""
+    what = _KIND_NAMES[kind] + (" (identical inputs)" if diagonal else "") + " of "
+    rows = _architecture_rows(what, arch)
+    if diagonal:
+        rows += _DIAGONAL_INPUTS_ROWS + (_DIAGONAL_STEP_VARIABLE_ROWS if steps else ())
+    else:
+        rows += _INPUTS_ROWS + (_STEP_VARIABLE_ROWS if steps else ())
+    return rows + [_NO_STEP_ROW] if steps else rows
+
+
+def _step_rows(layer: Layer) -> list[str]:
+    """'step l: <layer>' in typewriter type, then its route note: on the same row when
+    both fit in TEXT_WIDTH, else wrapped onto indented rows."""
+    title = f"step {layer.number}: "
+    rows = _architecture_rows(title, layer.label)
+    if not layer.note:
+        return rows
+    note = f"[{_one_line(layer.note)}]"
+    last = _wrap_architecture(layer.label, TEXT_WIDTH - len(title))[-1]
+    if len(title) + len(last) + 1 + len(note) <= TEXT_WIDTH:
+        rows[-1] += latex_roman(" " + note)
+    else:
+        rows += [r"&\quad" + latex_roman(line) for line in _wrap(note, TEXT_WIDTH)]
+    return rows
+
+
+def _architecture_rows(prefix: str, arch: str) -> list[str]:
+    """``prefix`` in roman type, then ``arch`` in typewriter type, wrapped onto indented
+    rows after the first."""
+    lines = _wrap_architecture(arch, TEXT_WIDTH - len(prefix))
+    return ([r"&\text{" + prefix + "}" + latex_tt(lines[0])]
+            + [r"&\quad" + latex_tt(line) for line in lines[1:]])
+
+
+def _wrap_architecture(arch: str, width: int) -> list[str]:
+    """Lines of an architecture, broken before a '>' or '+' so each line reads as the
+    continuation of the one above."""
+    glued = re.sub(r"([>+]) ", "\\1\N{NO-BREAK SPACE}", _one_line(arch))  # textwrap keeps these
+    return [line.replace("\N{NO-BREAK SPACE}", " ") for line in _wrap(glued, width)]
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Lines of at most ``width`` characters, broken at spaces only (a word longer than
+    that keeps its own line)."""
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [""]
+
+
+# TeX's special characters spelled in math mode, where MathJax (2 and 3, without the
+# textmacros extension) and LaTeX both read them: inside \text{...} MathJax shows "\_" or
+# "\^{}" literally, and LaTeX rejects a bare "_".
+_MATH_SPELLING = {"\\": r"\backslash ", "{": r"\{", "}": r"\}", "_": r"\_", "#": r"\#",
+                  "$": r"\$", "%": r"\%", "&": r"\&", "^": r"\hat{}", "~": r"\sim "}
+# In roman text also these, which LaTeX's default (OT1) roman font prints as other glyphs
+# ("<" as an inverted exclamation mark, "|" as a dash); typewriter type has them.
+_ROMAN_SPELLING = {**_MATH_SPELLING, "<": "<", ">": ">", "|": "|", "<=": r"\le ", ">=": r"\ge "}
+_TT_SPECIALS = re.compile("[" + re.escape("".join(_MATH_SPELLING)) + "]")
+# "^2" (as in E[phi(u)^2]) becomes a superscript 2; "<=" a relation, spaced as one.
+_ROMAN_SPECIALS = re.compile(r" ?<= ?| ?>= ?|\^\d+|[" + re.escape("".join(_ROMAN_SPELLING)) + "]")
+
+
+def latex_tt(text: str) -> str:
+    """``text`` in typewriter type for math mode: runs of ordinary characters in \\texttt,
+    TeX's special characters as their math-mode spelling (valid for MathJax and LaTeX)."""
+    return _text_runs(text, r"\texttt", _TT_SPECIALS, _MATH_SPELLING)
+
+
+def latex_roman(text: str) -> str:
+    """``text`` in roman type for math mode: runs in \\text, special characters and
+    ``<``, ``>``, ``|``, ``<=``, ``>=``, ``^<digits>`` in math."""
+    return _text_runs(text, r"\text", _ROMAN_SPECIALS, _ROMAN_SPELLING)
+
+
+def _text_runs(text: str, command: str, specials: re.Pattern, spelling: dict[str, str]) -> str:
+    parts, start = [], 0
+    for match in specials.finditer(text):
+        if match.start() > start:
+            parts.append(command + "{" + text[start:match.start()] + "}")
+        token = match.group().strip()
+        parts.append("{}^{" + token[1:] + "}" if token[:1] == "^" and token[1:]
+                     else spelling[token])
+        start = match.end()
+    if start < len(text):
+        parts.append(command + "{" + text[start:] + "}")
+    return "".join(parts)
+
+
+def _tex(expr: sp.Basic) -> str:
+    return _FormulaPrinter({"symbol_names": _latex_names(expr),
+                            "inv_trig_style": "full"}).doprint(expr)
+
+
+class _FormulaPrinter(LatexPrinter):
+    """sympy's LaTeX, with the numerical duals as math: Gamma[Tanh](k, q1, q2) as
+    \\Gamma_{\\mathrm{Tanh}}(k, q1, q2) and Gammadot[...] as \\dot\\Gamma; a moment (the
+    dual on the diagonal, one argument q) as \\Gamma(q, q, q), which is what it is."""
+
+    def _print(self, expr, **kwargs) -> str:
+        if isinstance(expr, (NumericalDual, NumericalMoment)):
+            return self._print_numerical(expr, **kwargs)
+        return super()._print(expr, **kwargs)
+
+    def _print_numerical(self, expr, exp: str | None = None) -> str:
+        args = expr.args * 3 if isinstance(expr, NumericalMoment) else expr.args
+        # Braces make the parenthesised arguments an ordinary atom: no gap after the name.
+        call = (_dual_name(expr.label) + r"{\left("
+                + ", ".join(self._print(a) for a in args) + r"\right)}")
+        return rf"\left({call}\right)^{{{exp}}}" if exp is not None else call
+
+
+def _dual_name(label: str) -> str:
+    """'Gamma[Tanh]' -> \\Gamma_{\\mathrm{Tanh}}, 'Gammadot[Tanh > Relu]' -> \\dot{\\Gamma}
+    with the activation in typewriter type."""
+    match = re.fullmatch(r"(Gamma|Gammadot)\[(.*)\]", label, re.DOTALL)
+    if match is None:
+        return latex_tt(label)
+    symbol = r"\Gamma" if match[1] == "Gamma" else r"\dot{\Gamma}"
+    name = match[2]
+    sub = rf"\mathrm{{{name}}}" if re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", name) else latex_tt(name)
+    return symbol + "_{" + sub + "}"
+
+
 _LATEX_PATTERNS = (  # symbol name -> LaTeX, by the naming scheme of derivation.py and above
     (re.compile(r"q([12])_(\d+)"), r"q_{\1}^{(\2)}"),
     (re.compile(r"q_(\d+)"), r"q^{(\1)}"),
@@ -229,7 +386,9 @@ def _latex_names(expr: sp.Basic) -> dict[sp.Symbol, str]:
 
 
 def latex_text(text: str) -> str:
-    """``text`` safe inside LaTeX's \\text{...}: every special character escaped."""
+    """``text`` safe inside real LaTeX's \\text{...}: every special character escaped with
+    a text-mode command. MathJax shows these escapes literally: for formulas meant for both,
+    use ``latex_roman`` or ``latex_tt``."""
     specials = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "_": r"\_", "#": r"\#",
                 "$": r"\$", "%": r"\%", "&": r"\&", "^": r"\^{}", "~": r"\~{}", "\n": " ",
                 "\r": " "}

@@ -1,10 +1,15 @@
 """net.formula(): a snapshot of the ReLU derivation (recognisably the arc-cosine kernel),
+its LaTeX valid in text mode for LaTeX and MathJax (headings, wrapped notes, Γ names),
 and the composed expression evaluated by sympy equals the library's numbers."""
+import re
+
 import numpy as np
+import pytest
 import sympy as sp
 
 import ntkdsl
-from ntkdsl.derivation import D, PAIR_INPUTS
+from ntkdsl.derivation import PAIR_INPUTS, D
+from ntkdsl.formula import TEXT_WIDTH, Formula
 
 RELU_NTK = """\
 NTK of Dense(512) > Relu > Dense(1)
@@ -51,3 +56,55 @@ def test_latex_align_block():
     latex = ntkdsl.compile("Dense(512) > Relu > Dense(1)").formula("ntk").latex()
     assert latex.startswith("\\begin{align}") and latex.endswith("\\end{align}")
     assert "\\arccos" in latex
+
+
+# --------------------------------------------------------------------------- LaTeX --
+LATEX_ARCHS = [
+    "Dense(512, W_std=1.5, b_std=0.1) > Tanh > Dense(1)",
+    'Dense(512) > Fn("x^2 + 0.5*x") > Dense(1)',
+    "Dense(512) > (Relu > Dense(512, b_std=0.2) + Identity) > Relu > Dense(1)",
+]
+# TeX's special characters, which LaTeX's text mode does not take literally; in roman type
+# also those the default OT1 font prints as other glyphs (< as an inverted exclamation mark).
+TT_FORBIDDEN = set("\\{}_#$%&^~")
+ROMAN_FORBIDDEN = TT_FORBIDDEN | set("<>|")
+
+
+def _text_arguments(latex: str) -> list[tuple[str, str]]:
+    """(command, argument) of every \\text{...}, \\texttt{...} in ``latex``, the argument
+    read up to its matching brace, as TeX reads it."""
+    found = []
+    for match in re.finditer(r"\\(text|texttt)\{", latex):
+        depth, end = 1, match.end()
+        while depth:
+            depth += {"{": 1, "}": -1}.get(latex[end], 0)
+            end += 1
+        found.append((match[1], latex[match.end():end - 1]))
+    return found
+
+
+@pytest.mark.parametrize("arch", LATEX_ARCHS)
+def test_latex_text_is_valid_in_latex_and_mathjax_text_mode(arch):
+    """Every text argument holds only characters that LaTeX prints as themselves and that
+    MathJax shows as themselves (it does not read escapes such as \\_ inside \\text)."""
+    net = ntkdsl.compile(arch)
+    for formula in (net.formula("ntk"), Formula(arch, net.diagonal_program, "both")):
+        latex = formula.latex()
+        assert latex.count("{") == latex.count("}")
+        arguments = _text_arguments(latex)
+        assert any(command == "texttt" for command, _ in arguments)  # the architecture
+        for command, argument in arguments:
+            forbidden = TT_FORBIDDEN if command == "texttt" else ROMAN_FORBIDDEN
+            assert not forbidden & set(argument), (command, argument)
+
+
+def test_latex_heading_wraps_notes_and_names_duals():
+    latex = ntkdsl.compile(LATEX_ARCHS[0]).formula("ntk").latex()
+    rows = latex.split(" \\\\\n")
+    assert rows[0] == (r"\begin{align}" "\n" r"&\text{NTK of }\texttt{Dense(512, W}\_\texttt{std=1.5, "
+                       r"b}\_\texttt{std=0.1) > Tanh > Dense(1)}")
+    text_rows = [row for row in rows if "&=" not in row]
+    longest = max(sum(len(a) for _, a in _text_arguments(row)) for row in text_rows)
+    assert TEXT_WIDTH - 10 < longest <= TEXT_WIDTH  # the note wraps, and fills its rows
+    assert r"\Gamma_{\mathrm{Tanh}}{\left(" in latex and r"\dot{\Gamma}_{\mathrm{Tanh}}" in latex
+    assert "Gamma[" not in latex and "operatorname" not in latex
