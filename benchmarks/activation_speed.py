@@ -3,17 +3,20 @@ Erf (closed form), timed in one run, plus peak memory at N=1024.
 
     python benchmarks/activation_speed.py            # N=4096, d=64 (the issue's sizes)
     python benchmarks/activation_speed.py 1024
+    python benchmarks/activation_speed.py --busy     # beside a competing CPU-bound process
 
 Peak memory is the process's peak resident set size (resource.getrusage), measured in a
 fresh subprocess per network so one run does not inherit the other's peak.
 """
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import time
 
 import numpy as np
+from busy import busy_note, competing_process
 
 import ntkdsl
 
@@ -48,10 +51,12 @@ def peak_memory_mb(activation: str, n: int, d: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def main(n: int = 4096, d: int = 64) -> None:
+def main(n: int = 4096, d: int = 64, busy: bool = False) -> None:
     x = np.random.default_rng(0).standard_normal((n, d))
-    erf, tanh = best_seconds([ARCH.format("Erf"), ARCH.format("Tanh")], x)
-    print(f"NTK of {ARCH.format('·')}, N={n}, d={d}, float64")
+    with competing_process(busy):
+        erf, tanh = best_seconds([ARCH.format("Erf"), ARCH.format("Tanh")], x)
+        note = busy_note(busy)
+    print(f"NTK of {ARCH.format('·')}, N={n}, d={d}, float64, {note}")
     print(f"  Erf  (closed form):          {erf:7.2f} s")
     print(f"  Tanh (numerical, Hermite):   {tanh:7.2f} s   ratio {tanh / erf:.2f}x (target <= 3x)")
     for act in ("Erf", "Tanh"):
@@ -59,4 +64,10 @@ def main(n: int = 4096, d: int = 64) -> None:
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:]))
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("n", type=int, nargs="?", default=4096)
+    p.add_argument("d", type=int, nargs="?", default=64)
+    p.add_argument("--busy", action="store_true",
+                   help="time beside a competing CPU-bound process")
+    a = p.parse_args()
+    main(a.n, a.d, a.busy)

@@ -29,7 +29,6 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -523,21 +522,105 @@ def _progress_bar(progress: bool | None, total: int):
                 delay=PROGRESS_DELAY_S if progress is None else 0, desc="kernel")
 
 
-_BLAS_CONTROLLER = []  # threadpoolctl's view of the loaded BLAS: found once per process
+# ----------------------------------------------------------------------- BLAS threads --
+# Every loaded BLAS is held to one thread while an evaluation runs: the Gram slices run
+# beside the elementwise program (or one after the other on one thread), and BLAS threads
+# spinning beside it (or beside other work on a loaded machine: measured 10x slower at
+# N=1024 with one core busy) would oversubscribe the cores. The numerical route's rank-1
+# updates (scipy.linalg.blas.dger) come from SciPy's own OpenBLAS, which is loaded only when
+# that route first runs, often in the middle of an evaluation; with it left at two threads
+# beside one busy process the Tanh NTK at N=4096 took 5x as long as Erf's instead of 2x.
 
 
-def _blas_limit():
-    """One BLAS thread: the Gram slices run beside the elementwise program (or one after
-    the other on one thread), and BLAS threads spinning beside it (or beside other work on
-    a loaded machine: measured 10x slower at N=1024 with one core busy) would oversubscribe
-    the cores."""
+class _DlPhdrInfo(ctypes.Structure):
+    """The head of glibc's (and musl's) struct dl_phdr_info, up to its load counter."""
+    _fields_ = [("addr", ctypes.c_void_p), ("name", ctypes.c_char_p),
+                ("phdr", ctypes.c_void_p), ("phnum", ctypes.c_uint16),
+                ("adds", ctypes.c_ulonglong)]
+
+
+# The object's address arrives as a plain int: building ctypes objects for the struct
+# and casting a data pointer tripled the cost of a call (~3 us against ~1 us).
+@ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+def _load_count(info, size, data):
+    """dl_iterate_phdr callback: the number of libraries loaded so far (it counts every
+    load, and unloads do not lower it), read from the first object; stops there."""
+    if size < ctypes.sizeof(_DlPhdrInfo):
+        return -1  # an older C library without the counter
+    return min(ctypes.c_ulonglong.from_address(info + _DlPhdrInfo.adds.offset).value,
+               2**31 - 1)
+
+
+@lru_cache(maxsize=1)
+def _dl_iterate_phdr():
+    """The C library's dl_iterate_phdr, or None (macOS, Windows). Called holding the GIL
+    (PyDLL): it holds the loader's lock while the callback runs, and the callback needs
+    the GIL, which a thread importing an extension module holds while it waits for that
+    lock."""
     try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
-        return nullcontext()
-    if not _BLAS_CONTROLLER:  # scanning the loaded libraries costs ~1 ms: do it once
-        _BLAS_CONTROLLER.append(ThreadpoolController())
-    return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
+        fn = ctypes.PyDLL(None).dl_iterate_phdr
+    except (AttributeError, OSError, TypeError):
+        return None
+    fn.argtypes, fn.restype = [type(_load_count), ctypes.c_void_p], ctypes.c_int
+    return fn
+
+
+def _loaded_libraries_stamp() -> int:
+    """A number that changes whenever a shared library has been loaded: the C library's
+    load counter (~1 us, where a threadpoolctl scan of the loaded libraries costs ~0.4-1
+    ms); without it, minus the number of imported modules, as a BLAS is loaded by
+    importing an extension module."""
+    iterate = _dl_iterate_phdr()
+    count = -1 if iterate is None else iterate(_load_count, None)
+    return count if count > 0 else -len(sys.modules)
+
+
+_BLAS_SCAN: list = [None, None]  # [stamp, threadpoolctl controller of the BLAS loaded then]
+
+
+def _loaded_blas():
+    """threadpoolctl's controller of every BLAS loaded now, or None without threadpoolctl.
+    The libraries are scanned again only when the stamp says some may have appeared."""
+    stamp = _loaded_libraries_stamp()
+    scanned, controller = _BLAS_SCAN
+    if scanned != stamp:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
+            return None
+        controller = ThreadpoolController().select(user_api="blas")
+        _BLAS_SCAN[:] = [stamp, controller]  # one assignment: readers see a matching pair
+    return controller
+
+
+class _BlasLimit:
+    """Every loaded BLAS held to one thread from entry to exit; ``refresh()`` limits the
+    libraries loaded since (cheap when there are none). Enter, refresh and exit on one
+    thread: OpenBLAS's thread count is the process's, and threadpoolctl lets only the
+    thread that set it change it until that thread's limits are all undone."""
+
+    def __enter__(self):
+        self.limiters: list = []  # threadpoolctl limiters, undone newest first
+        self.seen = None  # the controller of the libraries limited so far
+        self.refresh()
+        return self
+
+    def refresh(self) -> None:
+        controller = _loaded_blas()
+        if controller is None or controller is self.seen:
+            return
+        new = controller
+        if self.seen is not None:  # rescanned: limit only what was not there before
+            limited = {c.filepath for c in self.seen.lib_controllers}
+            new = controller.select(filepath=[c.filepath for c in controller.lib_controllers
+                                              if c.filepath not in limited])
+        self.seen = controller
+        if new.lib_controllers:
+            self.limiters.append(new.limit(limits=1).__enter__())
+
+    def __exit__(self, *exc) -> None:
+        while self.limiters:
+            self.limiters.pop().__exit__(None, None, None)
 
 
 _POOLS: dict[tuple[str, int], ThreadPoolExecutor] = {}
@@ -654,9 +737,10 @@ def _run_pool(pool: ThreadPoolExecutor, fn: Callable, items, threads: int,
 
 
 def _run(panels: _Panels, plan: Plan, outs: Sequence[np.ndarray], progress: bool | None,
-         meanwhile: Callable[[], Any]) -> Any:
+         meanwhile: Callable[[], Any], blas: _BlasLimit) -> Any:
     """Run every panel, releasing memory-mapped pages as they are written; returns the
-    result of ``meanwhile``, run while the first Gram slices are computed."""
+    result of ``meanwhile``, run while the first Gram slices are computed. ``blas`` is
+    refreshed after every panel, on the calling thread."""
     bar = _progress_bar(progress, plan.entries())
     mapped = [o for o in outs if is_shared_file_map(o)]
 
@@ -667,10 +751,12 @@ def _run(panels: _Panels, plan: Plan, outs: Sequence[np.ndarray], progress: bool
         # pages a panel touches are not in proportion to the entries it computes.
         for o in mapped:
             release_pages(o)
+        # A BLAS loaded during the panel (the numerical route imports SciPy's on first
+        # use) runs unlimited only until here.
+        blas.refresh()
 
     try:
-        with _blas_limit():
-            found = _Pipeline(panels, plan).run(done, meanwhile)
+        found = _Pipeline(panels, plan).run(done, meanwhile)
     finally:
         if bar is not None:
             bar.close()
@@ -709,14 +795,23 @@ def evaluate(functions: dict, x1: Any, x2: Any = None, *, kinds: Sequence[str] =
     _keep_freed_heap()
     panels = _Panels(functions["pair"], a, a if b is None else b, q1, q2, keep, outs, plan,
                      dt)
-    # Identical inputs are found while the first Gram slices are computed.
-    rows, cols = _run(panels, plan, outs, progress, lambda: identical_pairs(a, b))
-    _exact_identical_pairs(functions["diagonal"], outs, keep, rows, cols, q1, a.shape[1])
+    with _BlasLimit() as blas:
+        # Identical inputs are found while the first Gram slices are computed.
+        rows, cols = _run(panels, plan, outs, progress, lambda: identical_pairs(a, b), blas)
+        _exact_identical_pairs(functions["diagonal"], outs, keep, rows, cols, q1,
+                               a.shape[1])
     return outs
 
 
 def diagonal_values(diagonal: Callable, q: np.ndarray, d: int) -> tuple[np.ndarray, ...]:
-    """Exact (NNGP, NTK) of inputs with squared norms q against themselves, as arrays."""
+    """Exact (NNGP, NTK) of inputs with squared norms q against themselves, as arrays.
+    Every BLAS is held to one thread meanwhile (the numerical route's coefficients are
+    matrix products)."""
+    with _BlasLimit():
+        return _diagonal_arrays(diagonal, q, d)
+
+
+def _diagonal_arrays(diagonal: Callable, q: np.ndarray, d: int) -> tuple[np.ndarray, ...]:
     return tuple(np.array(np.broadcast_to(v, q.shape), dtype=np.float64)
                  for v in diagonal(q, d))
 
@@ -728,7 +823,7 @@ def _exact_identical_pairs(diagonal: Callable, outs: Sequence[np.ndarray],
     diagonal recursion."""
     if rows.size == 0:
         return
-    values = diagonal_values(diagonal, q1, d)
+    values = _diagonal_arrays(diagonal, q1, d)  # BLAS is limited by the caller
     for i, out in zip(keep, outs):
         # A write into a file map maps the pages around it too (measured: ~90 kB per
         # entry), so a file map is written a batch of entries at a time and released.
