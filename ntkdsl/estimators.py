@@ -30,7 +30,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from .errors import InputError
-from .predict import KERNELS, GradientFlowEnsemble
+from .evaluation import as_real_array, kernel_name, refuse_complex
+from .predict import GradientFlowEnsemble
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data
@@ -47,7 +48,12 @@ _BATCH = 512
 
 
 def _validate(estimator, *args, **kwargs):
-    """scikit-learn's validation, with its ValueErrors re-raised as ntkdsl InputErrors."""
+    """scikit-learn's validation, with its ValueErrors re-raised as ntkdsl InputErrors.
+
+    ``args`` are X, or X and y; complex data is refused first, with ntkdsl's message rather
+    than scikit-learn's (which prints the whole array)."""
+    for name, value in zip(("X", "y"), args):
+        refuse_complex(value, name)
     try:
         return _sk_validate_data(estimator, *args, dtype=np.float64, **kwargs)
     except InputError:
@@ -157,9 +163,7 @@ class _NTKEstimator(BaseEstimator):
                          f"with nngp() and ntk() methods, got {type(self.arch).__name__}")
 
     def _check_hyperparameters(self) -> None:
-        if not isinstance(self.kernel, str) or self.kernel.lower() not in KERNELS:
-            raise InputError(f"unknown kernel {self.kernel!r}; valid kernels are 'ntk' (all "
-                             "layers trained) and 'nngp' (readout only / Bayesian posterior)")
+        kernel_name(self.kernel)
         for name in ("learning_rate", "diag_reg"):
             value = getattr(self, name)
             if not isinstance(value, (int, float, np.number)) or not value >= 0 \
@@ -182,7 +186,7 @@ class _NTKEstimator(BaseEstimator):
 
     @property
     def _train_kernel_name(self) -> str:
-        return self.kernel.lower()
+        return kernel_name(self.kernel)
 
     def _kernel_rows(self, which: str, X, X2=None, desc: str = "") -> np.ndarray:
         """``network.<which>(X, X2)`` evaluated in row blocks (with a progress bar if verbose)."""
@@ -213,6 +217,8 @@ class _NTKEstimator(BaseEstimator):
         self.ensemble_ = GradientFlowEnsemble(k_train, targets, kernel=self._train_kernel_name,
                                               learning_rate=self.learning_rate,
                                               diag_reg=self.diag_reg)
+        # Factorise for the fitted time now, so a SingularKernelWarning is raised by fit().
+        self.ensemble_.prepare(self.time)
 
     def _outputs(self, X, times) -> np.ndarray:
         """Ensemble mean outputs (targets' scale) at ``times`` (None = the fitted time)."""
@@ -289,7 +295,7 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
 
     def predict_trajectory(self, X, times):
         """Mean predictions at several training times: shape ``np.shape(times) + (m[, k])``."""
-        return self._outputs(X, np.asarray(times, dtype=np.float64))
+        return self._outputs(X, as_real_array(times, "times"))
 
     def _gaussian(self, X):
         """Mean and covariance of the ensemble on X (needs the NNGP beside the NTK)."""
@@ -372,9 +378,9 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
 
     def predict_trajectory(self, X, times):
         """Predicted classes at several training times: shape ``np.shape(times) + (m,)``."""
-        scores = self._scores(X, np.asarray(times, dtype=np.float64))
+        scores = self._scores(X, as_real_array(times, "times"))
         return self.classes_[np.argmax(scores, axis=-1)]
 
     def decision_trajectory(self, X, times):
         """Per-class scores at several training times: ``np.shape(times) + (m, C)``."""
-        return self._scores(X, np.asarray(times, dtype=np.float64))
+        return self._scores(X, as_real_array(times, "times"))

@@ -229,7 +229,7 @@ def test_pickle_round_trip_keeps_predictions(regression_data):
 # ----------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("params, message", [
-    (dict(kernel="rbf"), "valid kernels are 'ntk'"),
+    (dict(kernel="rbf"), "valid kernels are 'nngp' or 'ntk'"),
     (dict(time=-1.0), "time must be"),
     (dict(time="forever"), "time must be"),
     (dict(learning_rate=-0.1), "learning_rate must be"),

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..evaluation import kernel_name
 
 DATASETS = {  # name: (scikit-learn loader, task)
     "breast_cancer": ("load_breast_cancer", "classification"),
@@ -58,8 +59,9 @@ def register(subparsers) -> None:
     parser.add_argument("--task", choices=["auto", "classification", "regression"],
                         default="auto", help="for --data: what the target is (default: "
                         "classification for non-numeric or few integer values)")
-    parser.add_argument("--kernel", choices=["ntk", "nngp"], default="ntk",
-                        help="ntk: every layer trained; nngp: readout only / Bayesian")
+    parser.add_argument("--kernel", type=_kernel_argument, default="ntk", metavar="{ntk,nngp}",
+                        help="ntk: every layer trained; nngp: readout only / Bayesian "
+                             "(any case, as everywhere in ntkdsl)")
     parser.add_argument("--times", default=DEFAULT_TIMES,
                         help=f"finite training times (steps), comma-separated "
                              f"(default {DEFAULT_TIMES}); t = inf is always reported")
@@ -72,6 +74,14 @@ def register(subparsers) -> None:
     parser.add_argument("--plot", metavar="FILE.png", type=Path,
                         help="save test loss and accuracy (R²) against training time")
     parser.set_defaults(func=run)
+
+
+def _kernel_argument(text: str) -> str:
+    """--kernel: ntkdsl's one rule for kernel names, as an argparse type (a usage error)."""
+    try:
+        return kernel_name(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------- data
