@@ -24,11 +24,13 @@ Conventions are neural-tangents' (``predict.gradient_descent_mse_ensemble`` and
 The training kernel is factorised once — an eigendecomposition for finite times, a Cholesky
 factorisation for t = ∞ — and the factors are reused for every time and every test batch.
 
-A numerically singular training kernel (smallest eigenvalue below ``N · eps · λ_max``) is
-repaired automatically by raising its small eigenvalues to that floor, with a
-:class:`SingularKernelWarning` stating the floor; a kernel that is clearly not positive
-semi-definite raises :class:`~ntkdsl.errors.NumericalError`. Predictions are never NaN
-without an error.
+Training kernels must be symmetric (up to rounding, which is averaged out); any other matrix
+is refused naming its worst entry. The training kernel is factorised when the solver is built,
+so a numerically singular one (smallest eigenvalue below ``N · eps · λ_max``) is reported
+there, once, at the caller's line: it is repaired by raising its small eigenvalues to that
+floor, with a :class:`SingularKernelWarning` stating the floor. A kernel that is clearly not
+positive semi-definite raises :class:`~ntkdsl.errors.NumericalError`. Predictions are never
+NaN without an error.
 """
 from __future__ import annotations
 
@@ -62,8 +64,8 @@ _NOT_PSD_TOLERANCE = 1e-6
 # refused as not symmetric. Kernels of a set against a copy of itself (net.ntk(X, X.copy()))
 # differ from their transpose by rounding only: measured at most 6e-9 in float64 (ReLU NTK,
 # nearly collinear rows) and 2e-7 in float32, where ntkdsl documents errors up to 1e-4.
-_SYMMETRY_TOLERANCE = {np.dtype(np.float64): 1e-6}
-_SYMMETRY_TOLERANCE_LOW_PRECISION = 1e-3
+_SYMMETRY_TOLERANCE = 1e-6
+_SYMMETRY_TOLERANCE_LOW_PRECISION = 1e-3  # float32 and float16 arrays
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -103,12 +105,16 @@ def _as_symmetric(value, name: str, hint: str) -> np.ndarray:
     entry), naming the entry; otherwise returns ``(K + Kᵀ)/2``, so that the factorisations,
     which read one triangle only, use both."""
     dtype = np.dtype(getattr(value, "dtype", np.float64))
-    tolerance = _SYMMETRY_TOLERANCE.get(dtype, _SYMMETRY_TOLERANCE_LOW_PRECISION)
+    low_precision = dtype.kind == "f" and dtype.itemsize < 8
+    tolerance = _SYMMETRY_TOLERANCE_LOW_PRECISION if low_precision else _SYMMETRY_TOLERANCE
     matrix = _as_matrix(value, name)
     n = matrix.shape[0]
     _check_shape(matrix, (n, n), name, hint)
-    gap = np.abs(matrix - matrix.T)
+    gap = matrix - matrix.T
+    np.abs(gap, out=gap)  # one N x N temporary, freed on return
     i, j = np.unravel_index(np.argmax(gap), gap.shape)
+    if gap[i, j] == 0:
+        return matrix  # exactly symmetric, as ntkdsl's self-kernels are: no copy
     scale = np.max(np.abs(matrix))
     if gap[i, j] > tolerance * scale:
         raise InputError(f"{name} is not symmetric: entry [{i}, {j}] is {matrix[i, j]:.17g} but "
@@ -471,9 +477,10 @@ def gradient_descent_mse_ensemble(k_train_train, y_train, *, kernel: str = "ntk"
 
     Args:
         k_train_train: (N, N) kernel that drives training: the NTK (``kernel="ntk"``, every
-            layer trained) or the NNGP (``kernel="nngp"``, only the readout trained).
+            layer trained) or the NNGP (``kernel="nngp"``, only the readout trained). It must
+            be symmetric to 1e-6 of its largest entry (1e-3 for float32 arrays).
         y_train: (N,) or (N, k) training targets.
-        kernel: ``"ntk"`` or ``"nngp"``, naming what ``k_train_train`` is.
+        kernel: ``"ntk"`` or ``"nngp"`` (any case), naming what ``k_train_train`` is.
         nngp_train_train: (N, N) NNGP on the training set; only for ``kernel="ntk"``, and
             only needed for covariances.
         learning_rate: step size; times are in steps, so only ``learning_rate · t`` matters.
