@@ -30,7 +30,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from .errors import InputError
-from .predict import KERNELS, GradientFlowEnsemble
+from .evaluation import as_real_array, kernel_name, refuse_complex
+from .predict import GradientFlowEnsemble
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data
@@ -47,7 +48,12 @@ _BATCH = 512
 
 
 def _validate(estimator, *args, **kwargs):
-    """scikit-learn's validation, with its ValueErrors re-raised as ntkdsl InputErrors."""
+    """scikit-learn's validation, with its ValueErrors re-raised as ntkdsl InputErrors.
+
+    ``args`` are X, or X and y; complex data is refused first, with ntkdsl's message rather
+    than scikit-learn's (which prints the whole array)."""
+    for name, value in zip(("X", "y"), args):
+        refuse_complex(value, name)
     try:
         return _sk_validate_data(estimator, *args, dtype=np.float64, **kwargs)
     except InputError:
@@ -157,9 +163,7 @@ class _NTKEstimator(BaseEstimator):
                          f"with nngp() and ntk() methods, got {type(self.arch).__name__}")
 
     def _check_hyperparameters(self) -> None:
-        if not isinstance(self.kernel, str) or self.kernel.lower() not in KERNELS:
-            raise InputError(f"unknown kernel {self.kernel!r}; valid kernels are 'ntk' (all "
-                             "layers trained) and 'nngp' (readout only / Bayesian posterior)")
+        kernel_name(self.kernel)
         for name in ("learning_rate", "diag_reg"):
             value = getattr(self, name)
             if not isinstance(value, (int, float, np.number)) or not value >= 0 \
@@ -182,7 +186,7 @@ class _NTKEstimator(BaseEstimator):
 
     @property
     def _train_kernel_name(self) -> str:
-        return self.kernel.lower()
+        return kernel_name(self.kernel)
 
     def _kernel_rows(self, which: str, X, X2=None, desc: str = "") -> np.ndarray:
         """``network.<which>(X, X2)`` evaluated in row blocks (with a progress bar if verbose)."""
@@ -213,6 +217,8 @@ class _NTKEstimator(BaseEstimator):
         self.ensemble_ = GradientFlowEnsemble(k_train, targets, kernel=self._train_kernel_name,
                                               learning_rate=self.learning_rate,
                                               diag_reg=self.diag_reg)
+        # Factorise for the fitted time now, so a SingularKernelWarning is raised by fit().
+        self.ensemble_.prepare(self.time)
 
     def _outputs(self, X, times) -> np.ndarray:
         """Ensemble mean outputs (targets' scale) at ``times`` (None = the fitted time)."""
@@ -252,9 +258,15 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
         learning_rate: gradient-descent step size (≥ 0).
         diag_reg: ridge added to the kernel diagonal, relative to its mean diagonal.
         verbose: show progress bars for kernel evaluation on a terminal.
+        normalize_y: as in scikit-learn's GaussianProcessRegressor: centre each target
+            column and divide it by its standard deviation before fitting (the ensemble
+            starts at the prior mean 0 and the kernel's scale is 1, so targets far from 0
+            or of another scale fit badly otherwise); predictions, std and cov are scaled
+            back. Default False.
 
     Attributes after ``fit``: ``network_`` (the compiled kernels), ``ensemble_`` (a
-    :class:`ntkdsl.predict.GradientFlowEnsemble`), ``n_features_in_``.
+    :class:`ntkdsl.predict.GradientFlowEnsemble`, fitted to the normalised targets when
+    ``normalize_y``), ``n_features_in_``.
 
     Example:
         >>> arch = ArchTemplate("(Dense(512, W_std={w}) > Relu) * {L} > Dense(1)", w=1.4, L=3)
@@ -262,13 +274,32 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
         >>> reg.fit(X_train, y_train).predict(X_test, return_std=True)
     """
 
+    def __init__(self, arch=DEFAULT_ARCH, kernel="ntk", time=None, learning_rate=1.0,
+                 diag_reg=0.0, verbose=False, normalize_y=False):
+        super().__init__(arch, kernel, time, learning_rate, diag_reg, verbose)
+        self.normalize_y = normalize_y
+
     def fit(self, X, y):
         """Evaluate the kernel on the training data and factorise it."""
         X, y = _validate(self, X, y, multi_output=True, y_numeric=True)
         if X.shape[0] < 2:
             raise InputError(f"need at least 2 training samples, got n_samples={X.shape[0]}")
-        self._fit_targets(X, y)
+        self._y_train_mean, self._y_train_std = self._target_scaling(y)
+        self._fit_targets(X, (y - self._y_train_mean) / self._y_train_std)
         return self
+
+    def _target_scaling(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) per target column that fit() divides out: (0, 1) unless normalize_y."""
+        if not isinstance(self.normalize_y, (bool, np.bool_)):
+            raise InputError(f"normalize_y must be True or False, got {self.normalize_y!r}")
+        if not self.normalize_y:
+            return np.zeros(y.shape[1:]), np.ones(y.shape[1:])
+        std = np.std(y, axis=0)
+        # A constant column keeps scale 1, as scikit-learn does (it would divide by zero).
+        return np.mean(y, axis=0), np.where(std < 10 * np.finfo(np.float64).eps, 1.0, std)
+
+    def _unscaled(self, outputs: np.ndarray) -> np.ndarray:
+        return outputs * self._y_train_std + self._y_train_mean
 
     def predict(self, X, return_std=False, return_cov=False):
         """Mean prediction; with ``return_std``/``return_cov`` also the ensemble's spread.
@@ -278,18 +309,19 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
         """
         if return_std and return_cov:
             raise InputError("return_std and return_cov cannot both be True; choose one")
-        mean = self._outputs(X, None)
+        mean = self._unscaled(self._outputs(X, None))
         if not (return_std or return_cov):
             return mean
         X = _validate(self, X, reset=False)
         spread = self._std(X) if return_std else self._cov(X)
         if mean.ndim == 2:  # one copy per output, as scikit-learn's GP regressor returns
             spread = np.repeat(spread[..., None], mean.shape[1], axis=-1)
-        return mean, spread
+        # Back to the targets' scale: the std scales with the target's std, the cov with its square.
+        return mean, spread * (self._y_train_std if return_std else self._y_train_std ** 2)
 
     def predict_trajectory(self, X, times):
         """Mean predictions at several training times: shape ``np.shape(times) + (m[, k])``."""
-        return self._outputs(X, np.asarray(times, dtype=np.float64))
+        return self._unscaled(self._outputs(X, as_real_array(times, "times")))
 
     def _gaussian(self, X):
         """Mean and covariance of the ensemble on X (needs the NNGP beside the NTK)."""
@@ -372,9 +404,9 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
 
     def predict_trajectory(self, X, times):
         """Predicted classes at several training times: shape ``np.shape(times) + (m,)``."""
-        scores = self._scores(X, np.asarray(times, dtype=np.float64))
+        scores = self._scores(X, as_real_array(times, "times"))
         return self.classes_[np.argmax(scores, axis=-1)]
 
     def decision_trajectory(self, X, times):
         """Per-class scores at several training times: ``np.shape(times) + (m, C)``."""
-        return self._scores(X, np.asarray(times, dtype=np.float64))
+        return self._scores(X, as_real_array(times, "times"))

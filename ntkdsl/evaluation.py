@@ -68,11 +68,49 @@ IDENTICAL_BATCH = 1024
 
 # ---------------------------------------------------------------------------- inputs --
 
-def _as_matrix(x: Any, name: str) -> np.ndarray:
+def kernel_name(kernel: Any) -> str:
+    """``'nngp'`` or ``'ntk'`` for any capitalisation of either; InputError for anything else.
+
+    The one rule for kernel names, shared by ``Network.formula``, the solvers, the estimators
+    and the command line."""
+    if isinstance(kernel, str) and kernel.lower() in KINDS:
+        return kernel.lower()
+    raise InputError(f"unknown kernel {kernel!r}; valid kernels are 'nngp' or 'ntk' (any case)",
+                     hint="'ntk': the neural tangent kernel (every layer trained); 'nngp': the "
+                          "NNGP kernel (the network at initialisation: readout-only training, "
+                          "the Bayesian posterior)")
+
+
+def refuse_complex(value: Any, name: str) -> None:
+    """InputError if ``value`` (an array or anything array-like) holds complex numbers."""
+    dtype = getattr(value, "dtype", None)
+    if not isinstance(dtype, np.dtype):  # lists, DataFrames, objects with __array__ only
+        try:
+            dtype = np.asarray(value).dtype
+        except (TypeError, ValueError):
+            return  # not an array at all: the float conversion that follows says so
+    if dtype.kind == "c":
+        # The wording starts as scikit-learn's, which its estimator checks look for.
+        raise InputError(f"Complex data not supported: {name} has a complex dtype; kernels and "
+                         "solvers take real numbers only",
+                         hint=f"pass {name}.real or np.abs({name}) if that is what you mean")
+
+
+def as_real_array(value: Any, name: str, what: str = "a numeric array") -> np.ndarray:
+    """``value`` as a float64 array (a view when it already is one).
+
+    The dtype check every entry point shares: complex data is refused rather than cut to its
+    real part (NumPy's float conversion would drop the imaginary part with only a warning),
+    and anything that is not numeric raises InputError naming ``name``."""
+    refuse_complex(value, name)
     try:
-        arr = np.asarray(x, dtype=np.float64)
+        return np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise InputError(f"{name} must be a numeric array of shape (n, d): {err}") from None
+        raise InputError(f"{name} must be {what}: {err}") from None
+
+
+def _as_matrix(x: Any, name: str) -> np.ndarray:
+    arr = as_real_array(x, name, "a numeric array of shape (n, d)")
     if arr.ndim != 2:
         raise ShapeError(f"{name} must be 2-D (n samples, d features), got shape {arr.shape}",
                          hint="reshape a single sample with x.reshape(1, -1), "

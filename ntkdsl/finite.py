@@ -39,6 +39,7 @@ import sympy as sp
 from . import activations
 from .ast import Activation, Dense, Identity, LayerNorm, Node, Repeat, Serial, Sum
 from .errors import ArchitectureError, InputError, NumericalError, ShapeError
+from .evaluation import as_real_array
 from .network import check_inputs
 from .parser import parse
 
@@ -424,7 +425,7 @@ class FiniteNetwork:
         """(loss per sample (S,), gradients, outputs) for ½·mean over N·k of (f − y)²."""
         a = self._inputs(x)
         out, cache = self._forward(params, a)
-        residual = out - y
+        residual = out - as_real_array(y, "y")
         loss = 0.5 * np.mean(residual ** 2, axis=(1, 2))
         cot = (residual / residual[0].size)[:, :, None, :]  # one cotangent column
         grads: list[np.ndarray | None] = [None] * len(params)
@@ -442,10 +443,12 @@ class FiniteNetwork:
         ``y`` is (N,) or (N, k). Time t = learning_rate × steps, as in DESIGN §2.
         """
         a = self._inputs(x)
-        targets = np.asarray(y, dtype=np.float64).reshape(len(a), -1)
-        if targets.shape[1] != self.output_dim:
-            raise ShapeError(f"targets have {targets.shape[1]} columns but the network has "
-                             f"{self.output_dim} outputs")
+        targets = as_real_array(y, "y")
+        valid = [(len(a), self.output_dim)] + ([(len(a),)] if self.output_dim == 1 else [])
+        if targets.shape not in valid:
+            raise ShapeError(f"targets have shape {targets.shape}, but {len(a)} inputs and "
+                             f"{self.output_dim} outputs need {' or '.join(map(str, valid))}")
+        targets = targets.reshape(len(a), -1)
         params = [p.copy() for p in params]
         for step in range(int(steps)):
             self._descend(params, a, targets, learning_rate)

@@ -109,10 +109,10 @@ class Network:
 
     # ------------------------------------------------------------------ formulas --
     def formula(self, kind: str = "ntk") -> Formula:
-        """The derivation of the NNGP or NTK as sympy objects (see ntkdsl.formula.Formula)."""
-        if kind not in KINDS:
-            raise InputError(f"unknown kernel '{kind}'", hint="valid: 'nngp' or 'ntk'")
-        return Formula(self.arch, self.program, kind)
+        """The derivation of the NNGP or NTK as sympy objects (see ntkdsl.formula.Formula).
+
+        ``kind`` is 'nngp' or 'ntk', in any case (the rule of every ``kernel`` argument)."""
+        return Formula(self.arch, self.program, evaluation.kernel_name(kind))
 
     def _repr_latex_(self) -> str:
         """Jupyter shows a compiled network as its derivation, both kernels."""

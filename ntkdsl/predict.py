@@ -24,14 +24,18 @@ Conventions are neural-tangents' (``predict.gradient_descent_mse_ensemble`` and
 The training kernel is factorised once — an eigendecomposition for finite times, a Cholesky
 factorisation for t = ∞ — and the factors are reused for every time and every test batch.
 
-A numerically singular training kernel (smallest eigenvalue below ``N · eps · λ_max``) is
-repaired automatically by raising its small eigenvalues to that floor, with a
-:class:`SingularKernelWarning` stating the floor; a kernel that is clearly not positive
-semi-definite raises :class:`~ntkdsl.errors.NumericalError`. Predictions are never NaN
-without an error.
+Training kernels must be symmetric (up to rounding, which is averaged out); any other matrix
+is refused naming its worst entry. The training kernel is factorised when the solver is built,
+so a numerically singular one (smallest eigenvalue below ``N · eps · λ_max``) is reported
+there, once, at the caller's line: it is repaired by raising its small eigenvalues to that
+floor, with a :class:`SingularKernelWarning` stating the floor. A kernel that is clearly not
+positive semi-definite raises :class:`~ntkdsl.errors.NumericalError`. Predictions are never
+NaN without an error.
 """
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from functools import cached_property
 from typing import NamedTuple
@@ -40,6 +44,8 @@ import numpy as np
 import scipy.linalg
 
 from .errors import InputError, NumericalError, ShapeError
+from .evaluation import KINDS as KERNELS  # noqa: F401 - the estimators import it from here
+from .evaluation import as_real_array, kernel_name
 
 __all__ = [
     "Gaussian",
@@ -50,11 +56,18 @@ __all__ = [
     "gradient_descent_mse_ensemble",
 ]
 
-KERNELS = ("ntk", "nngp")
-
 # Relative size of a negative eigenvalue that rounding cannot explain: below -1e-6·λ_max the
 # matrix is not a kernel (a bug upstream, or a user-made matrix), so we refuse it.
 _NOT_PSD_TOLERANCE = 1e-6
+
+# Largest |K - Kᵀ| a kernel on one set of inputs may have, relative to max |K|, before it is
+# refused as not symmetric. Kernels of a set against a copy of itself (net.ntk(X, X.copy()))
+# differ from their transpose by rounding only: measured at most 6e-9 in float64 (ReLU NTK,
+# nearly collinear rows) and 2e-7 in float32, where ntkdsl documents errors up to 1e-4.
+_SYMMETRY_TOLERANCE = 1e-6
+_SYMMETRY_TOLERANCE_LOW_PRECISION = 1e-3  # float32 and float16 arrays
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class SingularKernelWarning(RuntimeWarning):
@@ -77,15 +90,40 @@ class Gaussian(NamedTuple):
 
 def _as_matrix(value, name: str) -> np.ndarray:
     """``value`` as a finite float64 2-D array, or an InputError/ShapeError naming it."""
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"{name} must be a numeric array: {err}") from None
+    array = as_real_array(value, name)
     if array.ndim != 2:
         raise ShapeError(f"{name} must be a 2-D array, got shape {array.shape}")
     if not np.all(np.isfinite(array)):
         raise InputError(f"{name} contains NaN or infinite values; every entry must be finite")
     return array
+
+
+def _as_symmetric(value, name: str, hint: str) -> np.ndarray:
+    """A square kernel of one set of inputs against itself, symmetric up to rounding.
+
+    Refuses a matrix whose worst asymmetry exceeds the tolerance (relative to its largest
+    entry), naming the entry; otherwise returns ``(K + Kᵀ)/2``, so that the factorisations,
+    which read one triangle only, use both."""
+    dtype = np.dtype(getattr(value, "dtype", np.float64))
+    low_precision = dtype.kind == "f" and dtype.itemsize < 8
+    tolerance = _SYMMETRY_TOLERANCE_LOW_PRECISION if low_precision else _SYMMETRY_TOLERANCE
+    matrix = _as_matrix(value, name)
+    n = matrix.shape[0]
+    _check_shape(matrix, (n, n), name, hint)
+    gap = matrix - matrix.T
+    np.abs(gap, out=gap)  # one N x N temporary, freed on return
+    i, j = np.unravel_index(np.argmax(gap), gap.shape)
+    if gap[i, j] == 0:
+        return matrix  # exactly symmetric, as ntkdsl's self-kernels are: no copy
+    scale = np.max(np.abs(matrix))
+    if gap[i, j] > tolerance * scale:
+        raise InputError(f"{name} is not symmetric: entry [{i}, {j}] is {matrix[i, j]:.17g} but "
+                         f"[{j}, {i}] is {matrix[j, i]:.17g} (difference {gap[i, j]:.3e}, more "
+                         f"than {tolerance:g} x the largest entry {scale:.3e})",
+                         hint="it must be the kernel of one set of inputs with itself, e.g. "
+                              "net.ntk(x_train); a kernel of test against training inputs "
+                              "belongs in predict()")
+    return (matrix + matrix.T) / 2
 
 
 def _check_shape(array: np.ndarray, expected: tuple[int, int], name: str, hint: str) -> None:
@@ -95,10 +133,7 @@ def _check_shape(array: np.ndarray, expected: tuple[int, int], name: str, hint: 
 
 def _as_targets(y_train, n_train: int) -> np.ndarray:
     """Training targets as a finite (N, k) float64 array (1-D targets become one column)."""
-    try:
-        y = np.asarray(y_train, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"y_train must be numeric: {err}") from None
+    y = as_real_array(y_train, "y_train")
     if y.ndim not in (1, 2):
         raise ShapeError(f"y_train must be 1-D (N,) or 2-D (N, k), got shape {y.shape}")
     if y.shape[0] != n_train:
@@ -119,13 +154,6 @@ def _check_nonnegative(value, name: str) -> float:
     return number
 
 
-def _check_kernel_name(kernel) -> str:
-    if not isinstance(kernel, str) or kernel.lower() not in KERNELS:
-        raise InputError(f"unknown kernel {kernel!r}; valid kernels are 'ntk' (all layers "
-                         "trained) and 'nngp' (only the readout trained / Bayesian)")
-    return kernel.lower()
-
-
 def _as_times(t) -> np.ndarray | None:
     """Training times as a float64 array, or None when every time is infinite.
 
@@ -134,11 +162,7 @@ def _as_times(t) -> np.ndarray | None:
     """
     if t is None:
         return None
-    try:
-        times = np.asarray(t, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(f"t must be a number, an array of numbers or None (= infinity), "
-                         f"got {t!r}") from None
+    times = as_real_array(t, "t", "a number, an array of numbers or None (= infinity)")
     if np.any(np.isnan(times)) or np.any(times < 0):
         raise InputError(f"training times must be >= 0 (or None / np.inf for infinity), got {t!r}")
     if times.ndim == 0 and np.isinf(times):
@@ -157,12 +181,25 @@ class _RegularisedKernel:
         self.raw = k_train_train
         self.ridge = diag_reg * scale  # the absolute amount added to the diagonal
         self.matrix = k_train_train + self.ridge * np.eye(n)
+        self._eigensystem = None
 
-    @cached_property
+    def factorise(self) -> None:
+        """Factorise now: Cholesky, or the floored eigensystem when Cholesky is unusable.
+
+        Called at construction, so that a singular or non-PSD kernel is reported where the
+        user built the solver, not at a later predict."""
+        if self._cholesky is None:
+            self.eigensystem  # noqa: B018 - computed (and warned about) once, then kept
+
+    @property
     def eigensystem(self) -> tuple[np.ndarray, np.ndarray]:
         """Eigenvalues (floored, see module doc) and eigenvectors of the regularised kernel."""
-        evals, evecs = np.linalg.eigh(self.matrix)
-        return _floor_eigenvalues(evals), evecs
+        # Cached by hand, not by functools.cached_property: its frame would sit between the
+        # singular-kernel warning and the user's call, and the warning would point into functools.
+        if self._eigensystem is None:
+            evals, evecs = np.linalg.eigh(self.matrix)
+            self._eigensystem = _floor_eigenvalues(evals), evecs
+        return self._eigensystem
 
     @cached_property
     def _cholesky(self):
@@ -214,13 +251,23 @@ def _floor_eigenvalues(evals: np.ndarray) -> np.ndarray:
     floor = evals.size * np.finfo(np.float64).eps * largest
     small = evals < floor
     if np.any(small):
-        warnings.warn(
+        _warn_at_caller(
             f"the training kernel is numerically singular ({int(small.sum())} of {evals.size} "
             f"eigenvalues below {floor:.3e} = N·eps·λ_max, smallest {evals[0]:.3e}); raised "
             f"them to {floor:.3e}. Duplicate training inputs cause this; pass diag_reg > 0 "
-            "to regularise explicitly.", SingularKernelWarning, stacklevel=4)
+            "to regularise explicitly.", SingularKernelWarning)
         evals = np.maximum(evals, floor)
     return evals
+
+
+def _warn_at_caller(message: str, category: type[Warning]) -> None:
+    """Warn with the location of the first frame outside ntkdsl: the user's line (or the
+    library of theirs, such as scikit-learn, that called ntkdsl), however deep inside the
+    package the warning arose."""
+    frame, level = sys._getframe(1), 2  # stacklevel 2 = the caller of this helper
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 # --------------------------------------------------------------------------- gradient flow
@@ -235,10 +282,9 @@ class GradientFlowEnsemble:
     def __init__(self, k_train_train, y_train, *, kernel: str = "ntk",
                  nngp_train_train=None, learning_rate: float = 1.0, diag_reg: float = 0.0,
                  diag_reg_absolute_scale: bool = False):
-        self.kernel = _check_kernel_name(kernel)
-        train = _as_matrix(k_train_train, "k_train_train")
+        self.kernel = kernel_name(kernel)
+        train = _as_symmetric(k_train_train, "k_train_train", "the training kernel must be square")
         n = train.shape[0]
-        _check_shape(train, (n, n), "k_train_train", "the training kernel must be square")
         if n < 2:
             raise InputError(f"need at least 2 training samples, got {n}")
         self.y_train = _as_targets(y_train, n)
@@ -247,6 +293,7 @@ class GradientFlowEnsemble:
         diag_reg = _check_nonnegative(diag_reg, "diag_reg")
         self.nngp_train_train = self._prior_train_kernel(train, nngp_train_train)
         self.factor = _RegularisedKernel(train, diag_reg, bool(diag_reg_absolute_scale))
+        self.factor.factorise()
         self.k_train_train = train
         self._alpha_inf = None
 
@@ -259,7 +306,8 @@ class GradientFlowEnsemble:
             return train
         if nngp_train_train is None:
             return None  # means only; a covariance request will say what is missing
-        nngp = _as_matrix(nngp_train_train, "nngp_train_train")
+        # The NNGP on the training set is a kernel too: the same symmetry rule as k_train_train.
+        nngp = _as_symmetric(nngp_train_train, "nngp_train_train", "same as k_train_train")
         _check_shape(nngp, train.shape, "nngp_train_train", "same as k_train_train")
         return nngp
 
@@ -269,6 +317,15 @@ class GradientFlowEnsemble:
             raise InputError("attach_nngp is only for kernel='ntk'; with kernel='nngp' the "
                              "training kernel is the NNGP itself")
         self.nngp_train_train = self._prior_train_kernel(self.k_train_train, nngp_train_train)
+
+    def prepare(self, t=None) -> None:
+        """Factorise the training kernel now for predictions at time(s) ``t``.
+
+        The constructor already factorises for t = ∞ (Cholesky, or the eigendecomposition of
+        a singular kernel); a finite ``t`` also computes the eigendecomposition, so its cost
+        and any :class:`SingularKernelWarning` come here rather than at the first predict."""
+        if _as_times(t) is not None:
+            self.factor.eigensystem  # noqa: B018 - computed once, then kept
 
     @property
     def n_train(self) -> int:
@@ -333,7 +390,7 @@ class GradientFlowEnsemble:
 
     def _prior_test_kernels(self, cross, nngp_test_train, nngp_test_test):
         m = cross.shape[0]
-        prior_test = _as_matrix(nngp_test_test, "nngp_test_test")
+        prior_test = _as_symmetric(nngp_test_test, "nngp_test_test", "test x test")
         _check_shape(prior_test, (m, m), "nngp_test_test", "test x test")
         if self.kernel == "nngp":
             if nngp_test_train is not None:
@@ -420,9 +477,10 @@ def gradient_descent_mse_ensemble(k_train_train, y_train, *, kernel: str = "ntk"
 
     Args:
         k_train_train: (N, N) kernel that drives training: the NTK (``kernel="ntk"``, every
-            layer trained) or the NNGP (``kernel="nngp"``, only the readout trained).
+            layer trained) or the NNGP (``kernel="nngp"``, only the readout trained). It must
+            be symmetric to 1e-6 of its largest entry (1e-3 for float32 arrays).
         y_train: (N,) or (N, k) training targets.
-        kernel: ``"ntk"`` or ``"nngp"``, naming what ``k_train_train`` is.
+        kernel: ``"ntk"`` or ``"nngp"`` (any case), naming what ``k_train_train`` is.
         nngp_train_train: (N, N) NNGP on the training set; only for ``kernel="ntk"``, and
             only needed for covariances.
         learning_rate: step size; times are in steps, so only ``learning_rate · t`` matters.

@@ -192,9 +192,15 @@ _RUNTIME = '''
 def _as_matrix(x, name):
     """x as a float64 (n, d) array, or a ValueError saying what is wrong."""
     try:
-        arr = numpy.asarray(x, dtype=numpy.float64)
+        raw = numpy.asarray(x)
+        # Checked before the float64 conversion, which would drop the imaginary part.
+        complex_input = raw.dtype.kind == "c"
+        arr = None if complex_input else raw.astype(numpy.float64, copy=False)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name} must be a numeric array of shape (n, d): {err}") from None
+    if complex_input:
+        raise ValueError(f"Complex data not supported: {name} has a complex dtype; the "
+                         f"kernels take real numbers only (pass {name}.real if you mean it)")
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n samples, d features), got shape "
                          f"{arr.shape}; reshape a single sample with x.reshape(1, -1)")

@@ -51,7 +51,8 @@ class ReluKernel:
 # ----------------------------------------------------------------------------- sklearn contract
 
 @parametrize_with_checks([NTKRegressor(ReluKernel()), NTKClassifier(ReluKernel()),
-                          NTKRegressor(ReluKernel(), kernel="nngp", time=50.0, diag_reg=1e-3)])
+                          NTKRegressor(ReluKernel(), kernel="nngp", time=50.0, diag_reg=1e-3),
+                          NTKRegressor(ReluKernel(), time=20.0, normalize_y=True)])
 def test_scikit_learn_contract(estimator, check):
     # Every applicable check passes; no expected failures. (Checks scikit-learn itself skips:
     # array-API input without SCIPY_ARRAY_API, pandas input when pandas is not installed.)
@@ -229,7 +230,7 @@ def test_pickle_round_trip_keeps_predictions(regression_data):
 # ----------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("params, message", [
-    (dict(kernel="rbf"), "valid kernels are 'ntk'"),
+    (dict(kernel="rbf"), "valid kernels are 'nngp' or 'ntk'"),
     (dict(time=-1.0), "time must be"),
     (dict(time="forever"), "time must be"),
     (dict(learning_rate=-0.1), "learning_rate must be"),

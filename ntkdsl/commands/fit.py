@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..evaluation import kernel_name
 from .options import (add_arch, add_command, check_output_directory, comma_list, image_path,
                       real, seed)
 
@@ -70,8 +71,9 @@ def register(subparsers) -> None:
     parser.add_argument("--task", choices=["auto", "classification", "regression"],
                         default="auto", help="for --data: what the target is (default auto: "
                         "classification for non-numeric or few integer values)")
-    parser.add_argument("--kernel", choices=["ntk", "nngp"], default="ntk",
-                        help="ntk: every layer trained; nngp: readout only / Bayesian")
+    parser.add_argument("--kernel", type=_kernel_argument, default="ntk", metavar="{ntk,nngp}",
+                        help="ntk: every layer trained; nngp: readout only / Bayesian "
+                             "(any case, as everywhere in ntkdsl)")
     parser.add_argument("--times", default=DEFAULT_TIMES, type=parse_times, metavar="T1,T2,...",
                         help=f"finite training times (steps), comma-separated numbers >= 0 "
                              f"(default: {DEFAULT_TIMES}); t = inf is always reported")
@@ -95,6 +97,14 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--data needs --target COLUMN: the name of the column to predict")
     if args.data is None and (args.target is not None or args.task != "auto"):
         parser.error("--target and --task are for --data FILE.csv")
+
+
+def _kernel_argument(text: str) -> str:
+    """--kernel: ntkdsl's one rule for kernel names, as an argparse type (a usage error)."""
+    try:
+        return kernel_name(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------- data
