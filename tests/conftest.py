@@ -3,7 +3,12 @@
 The JSON files are copies of the project's reference data (neural-tangents 0.6.5 and nested
 quadrature), kept in the repository so that a plain clone can run every test."""
 import json
+import os
 from pathlib import Path
+
+# scikit-learn's estimator checks exercise the array-API input path only when SciPy's array-API
+# mode is on, which must be set before SciPy is first imported; numpy inputs are unaffected.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
 import numpy as np
 import pytest
