@@ -826,10 +826,21 @@ def _classes(f: sp.Expr, x: sp.Symbol, label: str, points,
     tag = _tag(f)
     sources = {**_sources(tag, f, x, points), **(extra or {})}
     data = {"tag": tag, "label": label, "points": points, "sources": sources}
-    moment = _NumericalClass(f"Moment_{tag}", (NumericalMoment,), dict(data))
-    dual = _NumericalClass(f"Dual_{tag}", (NumericalDual,), dict(data, moment=moment))
-    _BY_NAME.update({cls.__name__: cls for cls in (dual, moment)})
+    moment = _new_class(f"Moment_{tag}", NumericalMoment, dict(data))
+    dual = _new_class(f"Dual_{tag}", NumericalDual, dict(data, moment=moment))
     return dual, moment
+
+
+def _new_class(name: str, base: type, data: dict) -> type:
+    """A run-time class under a name no other class of this process has (one φ can come
+    with several labels, e.g. Tanh and Fn("tanh(x)"), each its own classes), registered
+    for lookup by name."""
+    unique, number = name, 1
+    while unique in _BY_NAME:
+        number += 1
+        unique = f"{name}_{number}"
+    cls = _BY_NAME[unique] = _NumericalClass(unique, (base,), data)
+    return cls
 
 
 # Jumps in φ make E[φ'φ'] (with the point masses of φ' dropped) differ from ∂Γ/∂k.

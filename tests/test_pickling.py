@@ -164,6 +164,24 @@ def test_numerical_classes_pickle_by_recipe():
     assert not hasattr(numerical, "Dual_000000000000")  # unknown names: AttributeError
 
 
+def test_one_activation_under_two_labels_keeps_two_findable_classes():
+    import cloudpickle
+
+    from ntkdsl import numerical
+
+    classes = []
+    for arch in ("Dense(512) > Tanh > Dense(1)", 'Dense(512) > Fn("tanh(x)") > Dense(1)'):
+        expression = ntkdsl.compile(arch).formula("ntk").expression
+        classes += sorted({type(node) for node in expression.atoms(numerical.NumericalDual)},
+                          key=lambda cls: cls.label)
+    assert len({cls.tag for cls in classes}) == 2 and len(set(classes)) == 4  # same φ, φ'
+    for cls in classes:
+        assert getattr(numerical, cls.__name__) is cls
+        # cloudpickle (joblib's loky workers) copies classes it cannot find by name
+        assert cloudpickle.loads(cloudpickle.dumps(cls)) is cls
+        assert pickle.loads(pickle.dumps(cls)) is cls
+
+
 # --------------------------------------------------------------------------- finite networks
 
 def _finite_case(name):
