@@ -231,19 +231,6 @@ class _NTKEstimator(BaseEstimator):
         lead = np.ndim(np.inf if t is None else t)
         return np.concatenate(means, axis=lead)
 
-    # scikit-learn pickles estimators (joblib, GridSearchCV): the compiled network may hold
-    # generated functions that do not pickle, so it is dropped and recompiled on load.
-    def __getstate__(self):
-        state = dict(super().__getstate__())  # a copy: the live estimator keeps its network
-        if isinstance(self.arch, (str, ArchTemplate)):
-            state.pop("network_", None)
-        return state
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        if "ensemble_" in state and "network_" not in state:
-            self.network_ = self._compile()
-
 
 class NTKRegressor(RegressorMixin, _NTKEstimator):
     """Regression with an infinitely wide network trained by MSE gradient flow for ``time``.

@@ -197,6 +197,11 @@ class ActivationLayer:
         self.node = node
         self.phi, self.dphi = activation_functions(node)
 
+    def __reduce__(self):
+        # φ and φ' are lambdified closures, which do not pickle: rebuild them from the node
+        # (activation_functions caches them per node).
+        return ActivationLayer, (self.node,)
+
     def forward(self, params, h):
         return self.phi(h), h
 

@@ -82,6 +82,16 @@ class Formula:
     def diagonal(self) -> bool:
         return len(self.program.inputs) == 2  # (q_0, d) rather than (q1_0, q2_0, K_0, d)
 
+    def __getstate__(self) -> dict:
+        """Pickle (and deepcopy) the derivation without its cached views (layers, steps,
+        expression): they are recomputed on demand. Kept, they would print differently once
+        loaded (sympy re-evaluates expressions as it unpickles them, which undoes the
+        factored display forms: (225*q1_0 + 1)/100 came back as 9*q1_0/4 + 1/100), and a
+        deep network's composed expression is large."""
+        cached = {name for name, value in vars(Formula).items()
+                  if isinstance(value, cached_property)}
+        return {name: value for name, value in vars(self).items() if name not in cached}
+
     @cached_property
     def layers(self) -> list[Layer]:
         wanted = Program(self.program.inputs, self.program.steps,

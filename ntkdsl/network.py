@@ -121,6 +121,14 @@ class Network:
     def __repr__(self) -> str:
         return f"ntkdsl.compile({self.arch!r})"
 
+    # ------------------------------------------------------------------ pickling --
+    def __reduce__(self):
+        """Pickle (and copy) as the architecture string: the generated functions live in a
+        namespace that does not pickle, and recompiling is exact and goes through the
+        per-string cache, so a pickle is 48 bytes plus the string and a copy in the same
+        process is this (immutable) network itself."""
+        return compile, (self.arch,)
+
 
 def compile(arch: str) -> Network:
     """Compile an architecture string such as ``"Dense(512) > Relu > Dense(1)"`` into a

@@ -27,6 +27,7 @@ numbers.
 """
 from __future__ import annotations
 
+import copyreg
 import hashlib
 from functools import cache
 
@@ -684,7 +685,51 @@ def function_source(name: str, expr: sp.Expr, x: sp.Symbol) -> str:
     return f"def {name}({x}):\n    return {body} + 0.0 * {x}\n"
 
 
-class _NumericalFunction(KernelFunction):
+class _NumericalClass(type(KernelFunction)):
+    """Metaclass of the numerical dual classes. Those are made at run time, one pair per
+    activation, so pickle cannot find them by name; a class that carries a ``recipe``
+    pickles as that recipe instead (see ``_reduce_class``) and is rebuilt on load."""
+
+
+def _reduce_class(cls: type):
+    """Pickle a run-time dual class as the call that rebuilds it in any process; the
+    named base classes of this module pickle by name as usual."""
+    recipe = cls.__dict__.get("recipe")
+    return cls.__qualname__ if recipe is None else (_rebuild_class, recipe)
+
+
+# pickle consults copyreg for a class's metaclass before it tries a lookup by name.
+copyreg.pickle(_NumericalClass, _reduce_class)
+
+_ROLES = ((), ("moment",), ("dot",), ("dot", "moment"))  # paths from Γ to the four classes
+
+# This process's run-time classes by name. cloudpickle (joblib's process workers) copies a
+# class by value unless its module gives it back by name; found here, it goes through
+# copyreg like plain pickle, so a worker rebuilds the class its own derivation uses.
+_BY_NAME: dict[str, type] = {}
+
+
+def __getattr__(name: str) -> type:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def _follow(gamma: type, path: tuple[str, ...]) -> type:
+    cls = gamma
+    for attribute in path:
+        cls = getattr(cls, attribute)
+    return cls
+
+
+def _rebuild_class(phi: sp.Expr, x: sp.Symbol, name: str, path: tuple[str, ...]) -> type:
+    """The class at ``path`` from Γ of ``numerical_duals(phi, x, name)``; that function is
+    cached, so within one process this is the very class that was pickled."""
+    return _follow(numerical_duals(phi, x, name)[0], path)
+
+
+class _NumericalFunction(KernelFunction, metaclass=_NumericalClass):
     """Shared printing for the numerical duals; subclasses carry one φ's data."""
 
     fresh_result = True  # the engine returns a new array: generated code may write into it
@@ -781,9 +826,21 @@ def _classes(f: sp.Expr, x: sp.Symbol, label: str, points,
     tag = _tag(f)
     sources = {**_sources(tag, f, x, points), **(extra or {})}
     data = {"tag": tag, "label": label, "points": points, "sources": sources}
-    moment = type(f"Moment_{tag}", (NumericalMoment,), dict(data))
-    dual = type(f"Dual_{tag}", (NumericalDual,), dict(data, moment=moment))
+    moment = _new_class(f"Moment_{tag}", NumericalMoment, dict(data))
+    dual = _new_class(f"Dual_{tag}", NumericalDual, dict(data, moment=moment))
     return dual, moment
+
+
+def _new_class(name: str, base: type, data: dict) -> type:
+    """A run-time class under a name no other class of this process has (one φ can come
+    with several labels, e.g. Tanh and Fn("tanh(x)"), each its own classes), registered
+    for lookup by name."""
+    unique, number = name, 1
+    while unique in _BY_NAME:
+        number += 1
+        unique = f"{name}_{number}"
+    cls = _BY_NAME[unique] = _NumericalClass(unique, (base,), data)
+    return cls
 
 
 # Jumps in φ make E[φ'φ'] (with the point masses of φ' dropped) differ from ∂Γ/∂k.
@@ -802,6 +859,8 @@ def numerical_duals(phi: sp.Expr, x: sp.Symbol, name: str) -> tuple[type, type]:
         _tag(phi), dot.sources, dot.tag, points)
     gamma, _ = _classes(phi, x, f"Gamma[{name}]", points, pair)
     gamma.dot = dot
+    for path in _ROLES:  # how pickle rebuilds each class (_reduce_class)
+        _follow(gamma, path).recipe = (phi, x, name, path)
     return gamma, dot
 
 
