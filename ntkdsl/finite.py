@@ -30,11 +30,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
 import sympy as sp
+from numpy.typing import ArrayLike
 
 from . import activations
 from .ast import Activation, Dense, Identity, LayerNorm, Node, Repeat, Serial, Sum
@@ -57,7 +58,7 @@ _CHUNK_FLOATS = 1 << 23
 
 # ----------------------------------------------------------------------------- activations
 
-@lru_cache(maxsize=None)
+@cache
 def activation_functions(node: Activation) -> tuple[Callable, Callable]:
     """(φ, φ') of an activation node as vectorised NumPy functions.
 
@@ -249,8 +250,8 @@ class SerialLayer:
         return h, caches
 
     def backward(self, params, caches, cot, record):
-        for layer, cache in zip(reversed(self.layers), reversed(caches)):
-            cot = layer.backward(params, cache, cot, record)
+        for layer, layer_cache in zip(reversed(self.layers), reversed(caches)):
+            cot = layer.backward(params, layer_cache, cot, record)
         return cot
 
 
@@ -332,7 +333,7 @@ class FiniteNetwork:
     make them with :meth:`init`. Every method is vectorised over samples and examples.
     """
 
-    def __init__(self, arch, input_dim: int, width: int | None = None):
+    def __init__(self, arch: str | Node, input_dim: int, width: int | None = None) -> None:
         if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) \
                 or input_dim < 1:
             raise InputError(f"input_dim must be a whole number >= 1, got {input_dim!r}")
@@ -377,7 +378,7 @@ class FiniteNetwork:
                                  "outputs (overflow); scale the inputs or W_std down")
         return out, cache
 
-    def apply(self, params, x) -> np.ndarray:
+    def apply(self, params: list[np.ndarray], x: ArrayLike) -> np.ndarray:
         """Outputs f(x), shape (S, n, k)."""
         return self._forward(params, self._inputs(x))[0]
 
@@ -394,7 +395,7 @@ class FiniteNetwork:
         eye = np.eye(self.output_dim)
         return np.broadcast_to(eye, (samples, n, self.output_dim, self.output_dim))
 
-    def jacobian(self, params, x) -> list[np.ndarray]:
+    def jacobian(self, params: list[np.ndarray], x: ArrayLike) -> list[np.ndarray]:
         """∂f/∂θ for every parameter array: shapes (S, n, k, *param shape)."""
         a = self._inputs(x)
         _, cache = self._forward(params, a)
@@ -406,7 +407,7 @@ class FiniteNetwork:
                 grads[layer.b_index] = layer.b_mult * cot
         return grads
 
-    def ntk(self, params, x1, x2=None) -> np.ndarray:
+    def ntk(self, params: list[np.ndarray], x1: ArrayLike, x2: ArrayLike | None = None) -> np.ndarray:
         """Empirical NTK J(x1) J(x2)ᵀ averaged over output units, shape (S, n1, n2).
 
         Contracted layer by layer — (w_mult² h hᵀ + b_mult²) ∘ (cot cotᵀ) — which equals
@@ -426,7 +427,8 @@ class FiniteNetwork:
 
     # ------------------------------------------------------------------ training
 
-    def loss_and_grad(self, params, x, y) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    def loss_and_grad(self, params: list[np.ndarray], x: ArrayLike, y: ArrayLike
+                      ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
         """(loss per sample (S,), gradients, outputs) for ½·mean over N·k of (f − y)²."""
         a = self._inputs(x)
         out, cache = self._forward(params, a)
@@ -441,7 +443,7 @@ class FiniteNetwork:
                 grads[layer.b_index] = layer.b_mult * c.sum(axis=(1, 2))
         return loss, grads, out
 
-    def train(self, params, x, y, learning_rate: float, steps: int,
+    def train(self, params: list[np.ndarray], x: ArrayLike, y: ArrayLike, learning_rate: float, steps: int,
               callback: Callable[[int], Any] | None = None) -> list[np.ndarray]:
         """Full-batch gradient descent; returns the trained parameters (a new list).
 
@@ -517,7 +519,8 @@ def _chunks(total: int, per_sample_floats: int) -> list[int]:
 
 # ----------------------------------------------------------------------------- public API
 
-def empirical_ntk(arch, x1, x2=None, width: int | None = 1024, seed: int = 0) -> np.ndarray:
+def empirical_ntk(arch: str | Node, x1: ArrayLike, x2: ArrayLike | None = None, width: int | None = 1024,
+                  seed: int = 0) -> np.ndarray:
     """The NTK of one randomly initialised finite network, J(x1) J(x2)ᵀ: (n1, n2) float64.
 
     Comparable with ``ntkdsl.compile(arch).ntk(x1, x2)``: it converges to it as the width
@@ -535,7 +538,8 @@ def empirical_ntk(arch, x1, x2=None, width: int | None = 1024, seed: int = 0) ->
     return net.ntk(net.init(seed), a, b)[0]
 
 
-def monte_carlo_nngp(arch, x1, x2=None, width: int | None = 1024, samples: int = 64,
+def monte_carlo_nngp(arch: str | Node, x1: ArrayLike, x2: ArrayLike | None = None,
+                     width: int | None = 1024, samples: int = 64,
                      seed: int = 0, exact_readout: bool = True) -> np.ndarray:
     """Monte-Carlo NNGP: the output covariance E[f(x1) f(x2)ᵀ] of ``samples`` random
     finite networks, (n1, n2) float64, averaged over output units.

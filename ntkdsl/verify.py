@@ -18,10 +18,13 @@ expected to fall below it. Relative errors are Frobenius norms: ‖estimate − 
 """
 from __future__ import annotations
 
+import os
 import textwrap
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +32,9 @@ from .errors import ArchitectureError, InputError, Span
 from .finite import FiniteNetwork, _as_ast, monte_carlo_nngp, with_width
 from .network import compile as compile_network
 from .predict import gradient_descent_mse_ensemble
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["METRICS", "Verification", "WidthResult", "make_data", "verify"]
 
@@ -115,7 +121,7 @@ class Verification:
         return [f"n/a: {', '.join(missing)} is exactly 0 at some width, so it has no slope "
                 "(nothing of the network's kernel changes there)."]
 
-    def figure(self):
+    def figure(self) -> Figure:
         """The curves on log–log axes with a width^(-1/2) guide (a matplotlib Figure):
         every width a labelled tick, a grid, fonts readable at a glance."""
         import matplotlib
@@ -152,7 +158,7 @@ class Verification:
             axis.set_title(textwrap.fill(self.arch, 100))
         return figure
 
-    def plot(self, path) -> None:
+    def plot(self, path: str | os.PathLike) -> None:
         """Save :meth:`figure` as an image (the format from the file name, e.g. .png)."""
         save_figure(self.figure(), path)
 
@@ -238,7 +244,8 @@ def _flow_prediction(ntk, n_train, f0, y_train, learning_rate, steps):
     return f0[n_train:] + flow
 
 
-def discretisation_floor(ntk, n_train, residual, learning_rate, steps) -> float:
+def discretisation_floor(ntk: np.ndarray, n_train: int, residual: np.ndarray, learning_rate: float,
+                         steps: int) -> float:
     """‖discrete − continuous‖ / ‖continuous‖ for the linearised network's test change."""
     evals, evecs = np.linalg.eigh(ntk[:n_train, :n_train])
     rates = learning_rate * np.maximum(evals, 0) / residual.size
@@ -283,7 +290,7 @@ def _measure_width(ast, width, data, samples, steps, rate, seed, bar) -> tuple[W
     return result, floor
 
 
-def verify(arch, widths=DEFAULT_WIDTHS, *, samples: int = 16, steps: int = 100,
+def verify(arch: str, widths: Sequence[int] = DEFAULT_WIDTHS, *, samples: int = 16, steps: int = 100,
            rate: float = 1.0, n_train: int = 16, n_test: int = 8, input_dim: int = 8,
            seed: int = 0, progress: bool = False) -> Verification:
     """Measure, for each width, how close finite networks are to the infinite-width theory.
