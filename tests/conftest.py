@@ -11,7 +11,6 @@ from pathlib import Path
 os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
 import numpy as np
-import pytest
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
 

@@ -17,7 +17,7 @@ def relu_recursion(x, depth, w, b):
     w2, b2 = w * w, b * b
     k = w2 * (x @ x.T) / x.shape[1] + b2
     t = k.copy()
-    for layer in range(depth):
+    for _ in range(depth):
         d = np.sqrt(np.diag(k))
         c = np.clip(k / np.outer(d, d), -1, 1)
         th = np.arccos(c)
@@ -85,9 +85,9 @@ def test_relu_diagonal_exact(depth):
     np.testing.assert_allclose(np.diag(nngp), k_ref, rtol=1e-13, atol=0)
     np.testing.assert_allclose(np.diag(ntk), t_ref, rtol=1e-13, atol=0)
     # The same rows against a copy of themselves (x2 given): identical pairs are exact too.
-    nngp12, ntk12 = net.kernels(x, x[::-1].copy())
+    _, ntk12 = net.kernels(x, x[::-1].copy())
     np.testing.assert_allclose(np.diag(ntk12[:, ::-1]), t_ref, rtol=1e-13, atol=0)
-    d_nngp, d_ntk = net.diagonal(x)
+    _, d_ntk = net.diagonal(x)
     np.testing.assert_allclose(d_ntk, t_ref, rtol=1e-13, atol=0)
 
 

@@ -337,7 +337,7 @@ def test_kernel_too_large_for_memory_says_how_much_and_suggests_memmap():
 def test_too_large_checks_the_memory_it_is_told(monkeypatch):
     monkeypatch.setattr(evaluation, "available_memory", lambda: 10_000)
     net, x = _net_and_x()  # two 30 x 30 float64 kernels: 14.4 kB
-    with pytest.raises(InputError, match="needs 0.0 MB"):
+    with pytest.raises(InputError, match=r"needs 0\.0 MB"):
         net.kernels(x)
     assert net.ntk(x).shape == (30, 30)  # one kernel (7.2 kB) fits
     assert net.ntk(x, out=np.empty((30, 30))).shape == (30, 30)

@@ -22,21 +22,21 @@ def quad2(f, q1, q2, c):
     """E[f(u) f(v)] by adaptive quadrature over (z1, z2), breaking at the z1 = 0 kink
     scale; collinear pairs as a 1-D integral."""
     s = np.sqrt(max(1 - c * c, 0.0))
-    dens = lambda z: np.exp(-z * z / 2) / np.sqrt(2 * np.pi)  # noqa: E731
+    dens = lambda z: np.exp(-z * z / 2) / np.sqrt(2 * np.pi)
     pts = sorted({0.0, *(t / np.sqrt(q1) for t in (-3, -1, 1, 3))})
     if s == 0:
-        g = lambda z: f(np.sqrt(q1) * z) * f(np.sign(c) * np.sqrt(q2) * z) * dens(z)  # noqa
+        g = lambda z: f(np.sqrt(q1) * z) * f(np.sign(c) * np.sqrt(q2) * z) * dens(z)
         return integrate.quad(g, -12, 12, points=pts, limit=400, epsabs=1e-15, epsrel=1e-13)[0]
 
     def inner(z1):
-        g = lambda z2: f(np.sqrt(q2) * (c * z1 + s * z2)) * dens(z2)  # noqa: E731
+        g = lambda z2: f(np.sqrt(q2) * (c * z1 + s * z2)) * dens(z2)
         centre = -c * z1 / s
         p = sorted({centre + t / (np.sqrt(q2) * s) for t in (-3, -1, 0, 1, 3)})
         p = [v for v in p if -12 < v < 12]
         return integrate.quad(g, -12, 12, points=p, limit=400, epsabs=1e-15,
                               epsrel=1e-13)[0]
 
-    h = lambda z1: f(np.sqrt(q1) * z1) * dens(z1) * inner(z1)  # noqa: E731
+    h = lambda z1: f(np.sqrt(q1) * z1) * dens(z1) * inner(z1)
     return integrate.quad(h, -12, 12, points=pts, limit=400, epsabs=1e-15, epsrel=1e-13)[0]
 
 

@@ -1,16 +1,14 @@
 """Tests of ntkdsl.predict against neural-tangents' numbers and independent computations."""
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.linalg
+from conftest import load_reference
 
 import ntkdsl
-from conftest import load_reference
 from ntkdsl.errors import InputError, NumericalError, ShapeError
 from ntkdsl.predict import (
     SingularKernelWarning,
@@ -256,8 +254,8 @@ def test_duplicate_training_points_warn_with_floor_and_stay_finite():
     x = rng.normal(size=(5, 3))
     x = np.vstack([x, x[:2]])  # two exact duplicates: the kernel is singular
     y = np.concatenate([np.arange(5.0), [0.0, 1.0]])
-    nngp_dd, ntk_dd = relu_network_kernels(x, x, 1, 1.0, 0.0)
-    nngp_td, ntk_td = relu_network_kernels(x[:3] + 0.1, x, 1, 1.0, 0.0)
+    _, ntk_dd = relu_network_kernels(x, x, 1, 1.0, 0.0)
+    _, ntk_td = relu_network_kernels(x[:3] + 0.1, x, 1, 1.0, 0.0)
     with pytest.warns(SingularKernelWarning, match=r"raised them to \d\.\d+e-\d+"):
         ensemble = gradient_descent_mse_ensemble(ntk_dd, y)  # warned where it is factorised
     mean = ensemble.predict(ntk_td, [1.0, np.inf]).mean
@@ -311,7 +309,7 @@ def test_bad_construction_raises_clear_errors(small_problem, kwargs, error, mess
 @pytest.mark.parametrize("t", [-1.0, [1.0, -2.0], np.nan, "soon"])
 def test_bad_times_raise(small_problem, t):
     ensemble = gradient_descent_mse_ensemble(small_problem["ntk_dd"], small_problem["y"])
-    with pytest.raises(InputError, match="t|time"):
+    with pytest.raises(InputError, match=r"t|time"):
         ensemble.predict(small_problem["ntk_td"], t)
 
 

@@ -2,14 +2,11 @@
 adaptive quadrature, ~1e-13): 1e-9 relative; `loose` entries 1e-7 of the largest entry."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import load_reference
 
 import ntkdsl
-from conftest import load_reference
 
 CASES = load_reference("quad_kernels.json")["cases"]
 

@@ -73,7 +73,7 @@ COMPLEX_CALLS = {
 
 @pytest.mark.parametrize("call", COMPLEX_CALLS.values(), ids=COMPLEX_CALLS.keys())
 def test_complex_input_is_refused_not_truncated(call):
-    with pytest.raises(InputError, match="Complex data not supported: .* has a complex dtype"):
+    with pytest.raises(InputError, match=r"Complex data not supported: .* has a complex dtype"):
         _strict(call)
 
 
