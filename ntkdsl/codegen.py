@@ -148,7 +148,7 @@ def _template_code(bound: Bound, kinds: tuple[str | None, ...]) -> _StepCode:
                  + [f"_m{i}" for i in range(1, emitter.count + 1)])
         position = {name: i for i, name in enumerate(names)}
         pattern = re.compile(r"(?<![\w.])(" + "|".join(map(re.escape, names)) + r")(?!\w)")
-        text = pattern.sub(lambda m: "{%d}" % position[m.group(1)],
+        text = pattern.sub(lambda m: f"{{{position[m.group(1)]}}}",
                            "\n".join(lines).replace("{", "{{").replace("}", "}}"))
         assigned = {s.name: k for s, k in emitter.kinds.items() if s not in template.inputs}
         code = _STEP_CODE[key] = _StepCode(text, tuple(names), assigned, counter[0],
