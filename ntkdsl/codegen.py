@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import sympy as sp
 from sympy.printing.numpy import SciPyPrinter
 
-from .derivation import Bound, Program, Step
+from .derivation import Bound, Program, Step, TemplateCache
 from .inplace import COLUMN, MATRIX, ROW, Emitter, drop_dead_names
 from .symbolic import KernelFunction
 
@@ -128,7 +128,7 @@ class _StepCode:
     buffers: int
 
 
-_STEP_CODE: dict = {}
+_STEP_CODE = TemplateCache()
 
 
 def _template_code(bound: Bound, kinds: tuple[str | None, ...]) -> _StepCode:

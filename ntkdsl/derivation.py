@@ -158,7 +158,22 @@ class _Builder:
 # ---------------------------------------------------------------------------------------
 
 TEMPLATE_SUFFIX = "r"        # targets of a template: q1_r, K_r, ...
-_TEMPLATES: dict = {}
+
+
+class TemplateCache(dict):
+    """A dict that starts afresh once it holds ``LIMIT`` entries, so a session compiling
+    many different architectures stays bounded (steps refer to their templates directly,
+    and a template forgotten is rebuilt when next needed)."""
+
+    LIMIT = 4096
+
+    def __setitem__(self, key, value) -> None:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        super().__setitem__(key, value)
+
+
+_TEMPLATES = TemplateCache()
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,7 +16,7 @@ from itertools import count
 import sympy as sp
 
 from .codegen import live_steps
-from .derivation import TEMPLATE_SUFFIX, Bound, Program, Step
+from .derivation import TEMPLATE_SUFFIX, Bound, Program, Step, TemplateCache
 from .symbolic import Corr
 
 KINDS = ("nngp", "ntk", "both")
@@ -161,7 +161,7 @@ def _readable(step: Step, names: count, number: int | str | None = None) -> Laye
     return Layer(number, step.label, step.note, tuple(definitions + shared + outputs))
 
 
-_TEMPLATE_LAYERS: dict = {}
+_TEMPLATE_LAYERS = TemplateCache()
 
 
 def _readable_bound(step: Step, names: count) -> Layer:

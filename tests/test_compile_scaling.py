@@ -307,3 +307,20 @@ def test_codegen_of_the_named_cases_runs_and_matches_the_library():
         expected = ntkdsl.compile(arch).kernels(x1, x2)
         for a, b in zip(got, expected):
             np.testing.assert_allclose(a, b, rtol=1e-13)
+
+
+def test_template_caches_stay_bounded(monkeypatch):
+    """A cache that is full starts afresh; networks compiled before keep their templates."""
+    from ntkdsl.derivation import _TEMPLATES, TemplateCache
+    monkeypatch.setattr(TemplateCache, "LIMIT", 3)
+    _TEMPLATES.clear()
+    x1, x2 = _inputs()
+    first = ntkdsl.compile("Dense(8, W_std=1.1) > Relu > Dense(8, W_std=1.2) > Erf > Dense(1)")
+    for width in range(2, 8):
+        ntkdsl.compile(f"Dense({width}, W_std=1.3) > Sin > Dense(1, b_std=0.{width})")
+        assert len(_TEMPLATES) <= 3
+    again = derive(parse(first.arch))
+    assert len(again.steps) == len(first.program.steps)
+    assert [tuple(s.assignments) for s in again.steps] == [tuple(s.assignments)
+                                                           for s in first.program.steps]
+    assert np.isfinite(first.ntk(x1, x2)).all()
