@@ -69,36 +69,45 @@ def abrelu_dual(p: Pair, a: Any, b: Any) -> sp.Expr:
                      + ((a ** 2 + b ** 2) / 2 - (a - b) ** 2 * p.theta / (2 * sp.pi)) * c)
 
 
-_THETA, _C = sp.Symbol("theta"), sp.Symbol("c")
+_C = sp.Symbol("c")
 
 
 @cache
-def _arccos_j(n: int) -> tuple[sp.Expr, sp.Expr]:
-    """Cho & Saul's J_n(θ) and −J_n'(θ)/sin θ, both as functions of c = cos θ (symbol c).
+def _arccos_polynomials(n: int) -> tuple[sp.Poly, sp.Poly]:
+    """(A_n, B_n) with Cho & Saul's J_n(θ) = A_n(c)·(π − θ) + B_n(c)·sin θ, c = cos θ.
 
-    The second is the θ-route to ∂/∂k (dθ/dk = −1 / (sqrt(q1 q2) sin θ)): simplifying in θ
-    cancels the 1/sin θ that differentiating in k leaves behind, which would be 0/0 at c = ±1.
-    """
-    f = (sp.pi - _THETA) / sp.sin(_THETA)
-    for _ in range(n):
-        f = sp.diff(f, _THETA) / sp.sin(_THETA)
-    j = sp.simplify((-1) ** n * sp.sin(_THETA) ** (2 * n + 1) * f)
-    dj = sp.simplify(-sp.diff(j, _THETA) / sp.sin(_THETA))
+    J_n = sin^(2n+1) θ · (d/dc)^n [(π − θ) / sin θ]; writing the n-th derivative as
+    (A_n (π − θ) + B_n sin θ) / sin^(2n+1) θ and differentiating once more gives
+    A_(n+1) = (1 − c²) A_n' + (2n + 1) c A_n and B_(n+1) = A_n + (1 − c²) B_n' + 2n c B_n:
+    exact integer polynomials in n steps, where differentiating and simplifying in θ took
+    seconds for n = 5 and left 0/0 terms at c = ±1."""
+    a, b = sp.Poly(1, _C), sp.Poly(0, _C)
+    one_minus_c2, c = sp.Poly(1 - _C ** 2, _C), sp.Poly(_C, _C)
+    for m in range(n):
+        a, b = (one_minus_c2 * a.diff(_C) + (2 * m + 1) * c * a,
+                a + one_minus_c2 * b.diff(_C) + 2 * m * c * b)
+    return a, b
 
-    def in_c(e: sp.Expr) -> sp.Expr:
-        return sp.expand(sp.expand(sp.expand_trig(e)).subs(_THETA, sp.acos(_C)))
 
-    return in_c(j), in_c(dj)
+def _arccos_j(n: int, p: Pair) -> sp.Expr:
+    """J_n at the pair's correlation, expanded over c, θ and sin θ."""
+    a, b = _arccos_polynomials(n)
+    return sp.expand(a.as_expr().xreplace({_C: p.c}) * (sp.pi - p.theta)
+                     + b.as_expr().xreplace({_C: p.c}) * p.sin_theta)
 
 
 def rectified_monomial_dual(p: Pair, degree: int) -> sp.Expr:
     """E[relu(u)^n relu(v)^n] = (q1 q2)^(n/2) J_n(θ) / (2π)."""
-    return p.norm ** degree * _arccos_j(degree)[0].subs(_C, p.c) / (2 * sp.pi)
+    return p.norm ** degree * _arccos_j(degree, p) / (2 * sp.pi)
 
 
 def rectified_monomial_dual_dot(p: Pair, degree: int) -> sp.Expr:
-    """∂Γ/∂k for RectifiedMonomial, differentiated in θ (see _arccos_j)."""
-    return p.norm ** (degree - 1) * _arccos_j(degree)[1].subs(_C, p.c) / (2 * sp.pi)
+    """∂Γ/∂k for RectifiedMonomial: by Price's theorem n² E[relu(u)^(n-1) relu(v)^(n-1)]
+    (the derivative of relu^n is n relu^(n-1)), i.e. n² (q1 q2)^((n-1)/2) J_(n-1)(θ) / (2π):
+    no 1/sin θ left to cancel at c = ±1, where differentiating J_n in k gave 0/0."""
+    if degree == 0:
+        return sp.S.Zero
+    return degree ** 2 * rectified_monomial_dual(p, degree - 1)
 
 
 def erf_dual(p: Pair, a: Any, b: Any, c: Any) -> sp.Expr:
@@ -204,7 +213,9 @@ register(ActivationSpec(
 register(ActivationSpec(
     "Monomial", (Param("degree", "int", check=_degree_check),),
     phi=lambda degree: x ** degree,
-    dual=lambda p, degree: polynomial_dual([0] * degree + [1], p), doc="x^degree"))
+    dual=lambda p, degree: polynomial_dual([0] * degree + [1], p),
+    dual_dot=lambda p, degree: polynomial_dual([0] * degree + [1], p, derivative=True),
+    doc="x^degree"))
 register(ActivationSpec(
     "RectifiedMonomial", (Param("degree", "int", check=_degree_check),),
     phi=lambda degree: sp.Heaviside(x, 1) if degree == 0 else sp.Max(x, 0) ** degree,
@@ -213,7 +224,8 @@ register(ActivationSpec(
 register(ActivationSpec(
     "Polynomial", (Param("coef", "floats"),),
     phi=lambda coef: sum(exact(a) * x ** i for i, a in enumerate(coef)),
-    dual=lambda p, coef: polynomial_dual(coef, p), doc="Σ coef[i]·x^i"))
+    dual=lambda p, coef: polynomial_dual(coef, p),
+    dual_dot=lambda p, coef: polynomial_dual(coef, p, derivative=True), doc="Σ coef[i]·x^i"))
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,11 +11,12 @@ from __future__ import annotations
 import re
 import sys
 import types
+from dataclasses import dataclass
 
 import sympy as sp
 from sympy.printing.numpy import SciPyPrinter
 
-from .derivation import Program, Step
+from .derivation import Bound, Program, Step, TemplateCache
 from .inplace import COLUMN, MATRIX, ROW, Emitter, drop_dead_names
 from .symbolic import KernelFunction
 
@@ -61,6 +62,14 @@ def live_steps(program: Program) -> list[Step]:
     needed = set().union(*(sp.sympify(o).free_symbols for o in program.outputs))
     kept: list[Step] = []
     for step in reversed(program.steps):
+        if isinstance(step.assignments, Bound):  # without materialising the template
+            bound = step.assignments
+            live = tuple(i for i, t in enumerate(bound.targets) if t in needed)
+            for i in live:
+                needed |= bound.free_symbols(i)
+            if live:
+                kept.append(Step(step.label, bound.restricted(live), step.note))
+            continue
         live = tuple(a for a in step.assignments if a.target in needed)
         for a in live:
             needed |= a.expr.free_symbols
@@ -69,13 +78,29 @@ def live_steps(program: Program) -> list[Step]:
     return kept[::-1]
 
 
+def _targets(step: Step) -> list[sp.Symbol]:
+    if isinstance(step.assignments, Bound):
+        return step.assignments.targets
+    return [a.target for a in step.assignments]
+
+
 def input_kinds(program: Program) -> dict[sp.Symbol, str]:
     """Shape kinds of a program's symbols, by the derivation's naming: q1_* are columns
     (one variance per row of x1), q2_* rows, K_* and T_* kernel matrices; the diagonal
     program's q_*, t_* and the width d are small."""
-    prefixes = {"q1_": COLUMN, "q2_": ROW, "K_": MATRIX, "T_": MATRIX}
-    symbols = set(program.inputs) | {a.target for s in program.steps for a in s.assignments}
-    return {s: kind for s in symbols for p, kind in prefixes.items() if s.name.startswith(p)}
+    symbols = set(program.inputs).union(*(_targets(s) for s in program.steps))
+    return {s: kind for s in symbols if (kind := symbol_kind(s)) is not None}
+
+
+def symbol_kind(symbol: sp.Symbol) -> str | None:
+    for prefix, kind in (("q1_", COLUMN), ("q2_", ROW), ("K_", MATRIX), ("T_", MATRIX)):
+        if symbol.name.startswith(prefix):
+            return kind
+    return None
+
+
+def _step_comment(step: Step) -> list[str]:
+    return comment_lines(f"{step.label}  [{step.note}]" if step.note else step.label)
 
 
 def _lines_for_step(step: Step, emitter: Emitter, counter: list[int]) -> list[str]:
@@ -84,11 +109,74 @@ def _lines_for_step(step: Step, emitter: Emitter, counter: list[int]) -> list[st
     symbols = sp.numbered_symbols("_x", start=counter[0])
     shared, reduced = sp.cse(exprs, symbols=symbols)
     counter[0] += len(shared)
-    label = f"{step.label}  [{step.note}]" if step.note else step.label
-    emitter.lines = comment_lines(label)
+    emitter.lines = []
     for symbol, expr in [*shared, *zip(targets, reduced)]:
         emitter.assign(symbol, expr)
     return joint_calls(emitter.lines, exprs, emitter.printer)
+
+
+@dataclass(frozen=True)
+class _StepCode:
+    """A template step's statements as a format string: ``{i}`` stands for the i-th name
+    of ``names`` (placeholders, targets, then the _x temporaries and _m buffers it uses),
+    ``kinds`` the shape kind of each name the statements assign."""
+
+    text: str
+    names: tuple[str, ...]
+    kinds: dict[str, str]
+    temporaries: int
+    buffers: int
+
+
+_STEP_CODE = TemplateCache()
+
+
+def _template_code(bound: Bound, kinds: tuple[str | None, ...]) -> _StepCode:
+    """The statements of a template's live assignments, generated once per template (and
+    shape kinds of its inputs): every layer of that kind renames them."""
+    key = (bound.template, bound.live, kinds)
+    code = _STEP_CODE.get(key)
+    if code is None:
+        template = bound.template
+        step = Step("", tuple(template.step.assignments[i] for i in bound.live))
+        emitter = Emitter(KernelPrinter(), {p: k for p, k in zip(template.inputs, kinds)
+                                            if k is not None})
+        counter = [0]
+        lines = _lines_for_step(step, emitter, counter)
+        names = ([p.name for p in template.inputs] + [t.name for t in template.targets]
+                 + [f"_x{i}" for i in range(counter[0])]
+                 + [f"_m{i}" for i in range(1, emitter.count + 1)])
+        position = {name: i for i, name in enumerate(names)}
+        pattern = re.compile(r"(?<![\w.])(" + "|".join(map(re.escape, names)) + r")(?!\w)")
+        text = pattern.sub(lambda m: f"{{{position[m.group(1)]}}}",
+                           "\n".join(lines).replace("{", "{{").replace("}", "}}"))
+        assigned = {s.name: k for s, k in emitter.kinds.items() if s not in template.inputs}
+        code = _STEP_CODE[key] = _StepCode(text, tuple(names), assigned, counter[0],
+                                           emitter.count)
+    return code
+
+
+def _bound_lines(step: Step, emitter: Emitter, counter: list[int],
+                 matrices: set[str]) -> list[str]:
+    """A template step's statements renamed for this layer; the emitter learns the kinds
+    of its targets, ``matrices`` gets the matrix names it assigns (dropped after their
+    last use)."""
+    bound = step.assignments
+    template = bound.template
+    inputs = [bound.binding[p] for p in template.inputs]
+    code = _template_code(bound, tuple(emitter.kinds.get(s) for s in inputs))
+    rename = {p.name: s.name for p, s in zip(template.inputs, inputs)}
+    for i, target in zip(bound.live, bound.targets):
+        rename[template.targets[i].name] = target.name
+        if (kind := code.kinds.get(template.targets[i].name)) is not None:
+            emitter.kinds[target] = kind
+    rename.update({f"_x{i}": f"_x{i + counter[0]}" for i in range(code.temporaries)})
+    rename.update({f"_m{i}": f"_m{i + emitter.count}" for i in range(1, code.buffers + 1)})
+    counter[0] += code.temporaries
+    emitter.count += code.buffers
+    matrices.update(rename[name] for name, kind in code.kinds.items()
+                    if kind == MATRIX and name in rename)
+    return code.text.format(*(rename.get(n, n) for n in code.names)).split("\n")
 
 
 def joint_calls(lines: list[str], exprs: list[sp.Expr], printer) -> list[str]:
@@ -129,10 +217,15 @@ def function_source(program: Program, name: str, doc: str) -> str:
     emitter = Emitter(printer, input_kinds(program))
     counter = [0]
     body: list[str] = []
+    matrices: set[str] = set()
     for step in live_steps(program):
-        body += _lines_for_step(step, emitter, counter)
+        body += _step_comment(step)
+        if isinstance(step.assignments, Bound):
+            body += _bound_lines(step, emitter, counter, matrices)
+        else:
+            body += _lines_for_step(step, emitter, counter)
     outputs = [printer.doprint(o) for o in program.outputs]
-    matrices = {str(s) for s, kind in emitter.kinds.items() if kind == MATRIX}
+    matrices |= {str(s) for s, kind in emitter.kinds.items() if kind == MATRIX}
     matrices |= {f"_m{i}" for i in range(1, emitter.count + 1)}
     keep = {str(s) for s in program.inputs} | set(outputs)
     body = drop_dead_names(body, matrices, keep)
@@ -151,10 +244,18 @@ def helpers_source(*programs: Program) -> str:
     """Source of the helper functions the programs' KernelFunctions call, each once,
     in a deterministic order."""
     found: dict[str, str] = {}
+    templates = set()
     for program in programs:
-        exprs = [a.expr for step in program.steps for a in step.assignments]
-        for expr in [*exprs, *program.outputs]:
-            for call in sorted(expr.atoms(KernelFunction), key=str):
+        exprs = list(program.outputs)
+        for step in program.steps:
+            if isinstance(step.assignments, Bound):  # each template's expressions once
+                if step.assignments.template not in templates:
+                    templates.add(step.assignments.template)
+                    exprs += [a.expr for a in step.assignments.template.step.assignments]
+            else:
+                exprs += [a.expr for a in step.assignments]
+        for expr in exprs:
+            for call in sorted(sp.sympify(expr).atoms(KernelFunction), key=str):
                 found.update(call.helpers())
     return "\n\n".join(found[name] for name in sorted(found))
 

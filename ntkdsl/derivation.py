@@ -13,8 +13,9 @@ Two programs come out of one AST:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import cache, singledispatch
+from functools import cache, cached_property, singledispatch
 
 import sympy as sp
 
@@ -36,7 +37,12 @@ class Assignment:
 @dataclass(frozen=True)
 class Step:
     """The assignments one layer makes; ``label`` is the layer as written, ``note`` says
-    how its dual was obtained (e.g. "closed form") where that is worth stating."""
+    how its dual was obtained (e.g. "closed form") where that is worth stating.
+
+    A derived step's ``assignments`` are a ``Bound`` template: the layer's map is built
+    once per kind of layer over placeholder symbols and only renamed for each layer, so
+    its expressions are materialised only when asked for (formulas), and code generation
+    reuses the template's code."""
 
     label: str
     assignments: tuple[Assignment, ...]
@@ -74,24 +80,45 @@ class State:
     last: str = "the raw inputs"
 
 
+# Sympy numbers that are not rationals (sqrt(2)/pi, asin(3/5), ...) stay exact while they
+# are small; a larger one is folded to a 30-digit Float, so constants fed through many
+# layers (after a Sign, whose variances are exactly 1) do not grow with depth.
+_MAX_CONSTANT_OPS = 8
+_CONSTANT_DIGITS = 30
+
+
+def fold_constant(value: sp.Expr) -> sp.Expr:
+    """A numeric value kept as it is when small or rational, else evaluated to a Float."""
+    if value.is_Rational or value.is_Float or sp.count_ops(value) <= _MAX_CONSTANT_OPS:
+        return value
+    return sp.Float(value.evalf(_CONSTANT_DIGITS), _CONSTANT_DIGITS)
+
+
+def _step_symbol(name: str, suffix) -> sp.Symbol:
+    return sp.Symbol(f"{name}_{suffix}", positive=name.startswith("q"), real=True)
+
+
 class _Builder:
     """Records each layer's new state as fresh symbols (SSA) and collects the steps."""
 
-    def __init__(self, diagonal: bool, source: str):
+    def __init__(self, diagonal: bool, source: str, suffix=None):
         self.diagonal, self.source = diagonal, source
         self.steps: list[Step] = []
+        self.suffix = suffix  # recording a template: targets are named <name>_<suffix>
 
     def commit(self, label: str, old: State, new: State, note: str = "") -> State:
-        index = len(self.steps) + 1
+        index = self.suffix if self.suffix is not None else len(self.steps) + 1
         names = (("q", "t") if self.diagonal else ("q1", "q2", "K", "T"))
         fields = ("q1", "t") if self.diagonal else ("q1", "q2", "k", "t")
         assignments, values = [], {}
         for name, field in zip(names, fields):
             expr = getattr(new, field)
+            if expr.is_number:
+                expr = fold_constant(expr)
             if expr == getattr(old, field) or expr.is_number or isinstance(expr, sp.Symbol):
                 values[field] = expr
                 continue
-            symbol = sp.Symbol(f"{name}_{index}", positive=name.startswith("q"), real=True)
+            symbol = _step_symbol(name, index)
             assignments.append(Assignment(symbol, expr))
             values[field] = symbol
         if self.diagonal:
@@ -100,8 +127,164 @@ class _Builder:
             self.steps.append(Step(label, tuple(assignments), note))
         return replace(new, **values)
 
+    def layer(self, node, states: tuple[State, ...], rule) -> State:
+        """``rule(node, *states, builder)`` for one layer, through its template: the rule
+        runs once per (layer, pattern of its input state) over placeholders, and each
+        layer of that kind renames the template's step — constant work per layer."""
+        key, inputs = _pattern(states)
+        cache_key = (self.diagonal, type(node), node, key)
+        template = _TEMPLATES.get(cache_key)
+        if template is None:
+            template = _record(node, _over_placeholders(states, inputs), rule, self)
+            _TEMPLATES[cache_key] = template
+        if template.step is None:
+            binding = dict(zip(template.inputs, inputs))
+        else:
+            index = len(self.steps) + 1
+            binding = dict(zip(template.inputs, inputs))
+            binding.update({t: _step_symbol(t.name.rsplit("_", 1)[0], index)
+                            for t in template.targets})
+            self.steps.append(Step(str(node), Bound(template, binding), template.step.note))
+        out = template.output
+        return replace(out, **{f: binding.get(getattr(out, f), getattr(out, f))
+                               for f in ("q1", "q2", "k", "t", "width")})
+
     def error(self, message: str, node: Node, hint: str | None = None) -> ArchitectureError:
         return ArchitectureError(message, source=self.source, span=node.span, hint=hint)
+
+
+# ---------------------------------------------------------------------------------------
+# Step templates
+# ---------------------------------------------------------------------------------------
+
+TEMPLATE_SUFFIX = "r"        # targets of a template: q1_r, K_r, ...
+
+
+class TemplateCache(dict):
+    """A dict that starts afresh once it holds ``LIMIT`` entries, so a session compiling
+    many different architectures stays bounded (steps refer to their templates directly,
+    and a template forgotten is rebuilt when next needed)."""
+
+    LIMIT = 4096
+
+    def __setitem__(self, key, value) -> None:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        super().__setitem__(key, value)
+
+
+_TEMPLATES = TemplateCache()
+
+
+@dataclass(frozen=True, eq=False)
+class Template:
+    """One layer's map over placeholders: ``inputs`` (the distinct symbols of the input
+    states, renamed <prefix>_p<i>), ``step`` (its assignments to <name>_r targets, or None
+    when the layer changes nothing) and ``output`` (the state after the layer)."""
+
+    inputs: tuple[sp.Symbol, ...]
+    step: Step | None
+    output: State
+
+    @cached_property
+    def targets(self) -> tuple[sp.Symbol, ...]:
+        return tuple(a.target for a in self.step.assignments) if self.step else ()
+
+    @cached_property
+    def reads(self) -> tuple[frozenset[sp.Symbol], ...]:
+        """The symbols each assignment reads."""
+        return tuple(frozenset(a.expr.free_symbols) for a in self.step.assignments)
+
+
+class Bound(Sequence):
+    """A template's assignments with its placeholders bound to one layer's symbols. As a
+    sequence of Assignments it materialises (renames the expressions) on first use; code
+    generation works on ``template`` and ``binding`` and never needs to."""
+
+    def __init__(self, template: Template, binding: dict, live: tuple[int, ...] | None = None):
+        self.template, self.binding = template, binding
+        self.live = tuple(range(len(template.targets))) if live is None else live
+        self._materialised = None
+
+    @property
+    def targets(self) -> list[sp.Symbol]:
+        return [self.binding[self.template.targets[i]] for i in self.live]
+
+    def free_symbols(self, i: int) -> set[sp.Symbol]:
+        """The symbols the i-th (live) assignment reads, without materialising it."""
+        return {self.binding.get(s, s) for s in self.template.reads[self.live[i]]}
+
+    def restricted(self, live: tuple[int, ...]) -> Bound:
+        return Bound(self.template, self.binding, tuple(self.live[i] for i in live))
+
+    def _assignments(self) -> tuple[Assignment, ...]:
+        if self._materialised is None:
+            step = self.template.step
+            self._materialised = tuple(
+                Assignment(self.binding[step.assignments[i].target],
+                           step.assignments[i].expr.xreplace(self.binding)) for i in self.live)
+        return self._materialised
+
+    def __iter__(self):
+        return iter(self._assignments())
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def __getitem__(self, i):
+        return self._assignments()[i]
+
+    def __eq__(self, other) -> bool:
+        return tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+def _symbol_key(symbol: sp.Symbol) -> tuple:
+    """What a placeholder must share with the symbol it stands for: the name's prefix
+    (which fixes the shape kind in generated code) and the assumptions."""
+    return symbol.name.rsplit("_", 1)[0], frozenset(symbol.assumptions0.items())
+
+
+def _pattern(states: tuple[State, ...]) -> tuple[tuple, tuple[sp.Symbol, ...]]:
+    """(key, symbols): the key is the states with each distinct symbol (but the width d)
+    replaced by its first-occurrence index and kind — numbers and flags as they are;
+    ``symbols`` are the distinct symbols in that order."""
+    index: dict[sp.Symbol, int] = {}
+    key = []
+    for state in states:
+        for value in (state.q1, state.q2, state.k, state.t, state.width):
+            if isinstance(value, sp.Symbol) and value != D:
+                key.append((index.setdefault(value, len(index)), _symbol_key(value)))
+            else:
+                key.append(value)
+        key.append((state.gaussian, state.dense_ended, state.last))
+    return tuple(key), tuple(index)
+
+
+def _over_placeholders(states: tuple[State, ...], symbols: tuple[sp.Symbol, ...]):
+    """(placeholders, states): each symbol replaced by <prefix>_p<i> with its assumptions."""
+    placeholders = []
+    for i, symbol in enumerate(symbols):
+        prefix, assumptions = _symbol_key(symbol)
+        placeholders.append(sp.Symbol(f"{prefix}_p{i}", **dict(assumptions)))
+    rename = dict(zip(symbols, placeholders))
+    return tuple(placeholders), tuple(
+        replace(s, **{f: rename.get(getattr(s, f), getattr(s, f))
+                      for f in ("q1", "q2", "k", "t", "width")}) for s in states)
+
+
+def _record(node, placeholders, rule, b: _Builder) -> Template:
+    """Run the rule once over placeholder states (errors name the actual layer)."""
+    inputs, states = placeholders
+    recorder = _Builder(b.diagonal, b.source, suffix=TEMPLATE_SUFFIX)
+    output = rule(node, *states, b=recorder)
+    assert len(recorder.steps) <= 1, "a templated rule commits one step"
+    return Template(inputs, recorder.steps[0] if recorder.steps else None, output)
 
 
 # ---------------------------------------------------------------------------------------
@@ -113,7 +296,13 @@ def apply(node: Node, state: State, b: _Builder) -> State:
     raise TypeError(f"no kernel rule for {type(node).__name__}")  # pragma: no cover
 
 
-@apply.register
+def _templated(rule):
+    """The rule for a single layer, run through its template (``_Builder.layer``)."""
+    def apply_layer(node, s: State, b: _Builder) -> State:
+        return b.layer(node, (s,), rule)
+    return apply_layer
+
+
 def _dense(node: Dense, s: State, b: _Builder) -> State:
     w2 = exact(node.W_std) ** 2
     bias2 = exact(node.b_std) ** 2 if node.b_std is not None else 0
@@ -200,8 +389,6 @@ def _at(expr: sp.Expr, q1: sp.Expr, q2: sp.Expr, k: sp.Expr) -> sp.Expr:
     return expr.xreplace({p.q1: q1, p.q2: q2, p.k: k})
 
 
-@apply.register(Activation)
-@apply.register(Composite)
 def _activation(node: Activation | Composite, s: State, b: _Builder) -> State:
     if not s.gaussian:
         if s.last == "the raw inputs":
@@ -223,7 +410,6 @@ def _identity(node: Identity, s: State, b: _Builder) -> State:
     return s
 
 
-@apply.register
 def _layer_norm(node: LayerNorm, s: State, b: _Builder) -> State:
     if not s.gaussian:
         # A real LayerNorm subtracts the mean over features; for zero-mean Gaussian
@@ -236,6 +422,12 @@ def _layer_norm(node: LayerNorm, s: State, b: _Builder) -> State:
     new = replace(s, q1=s.q1 / (eps + s.q1), q2=s.q2 / (eps + s.q2), k=s.k / scale,
                   t=s.t / scale, dense_ended=False)
     return b.commit(str(node), s, new)
+
+
+apply.register(Dense, _templated(_dense))
+apply.register(Activation, _templated(_activation))
+apply.register(Composite, _templated(_activation))
+apply.register(LayerNorm, _templated(_layer_norm))
 
 
 @apply.register(Serial)
@@ -277,6 +469,11 @@ def _sum(node: Sum, s: State, b: _Builder) -> State:
     # state entering the sum is shared by all branches, whatever produced it.
     entering = replace(s, dense_ended=False)
     outs = [apply(branch, entering, b) for branch in node.branches]
+    return b.layer(node, (s, *outs), _sum_of)
+
+
+def _sum_of(node: Sum, s: State, *outs: State, b: _Builder) -> State:
+    """The state after a sum, from the state entering it and its branches' states."""
     free = [i for i, o in enumerate(outs) if not o.dense_ended]
     if len(free) > 1:
         i, j = free[0], free[1]

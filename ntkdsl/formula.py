@@ -18,7 +18,7 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
 from .codegen import live_steps
-from .derivation import Program, Step
+from .derivation import TEMPLATE_SUFFIX, Bound, Program, Step, TemplateCache
 from .numerical import NumericalDual, NumericalMoment
 from .symbolic import Corr
 
@@ -159,15 +159,45 @@ class Formula:
 # Naming a layer's intermediate quantities
 # ---------------------------------------------------------------------------------------
 
-def _readable(step: Step, names: count) -> Layer:
+def _readable(step: Step, names: count, number: int | str | None = None) -> Layer:
     """The step's assignments rewritten over named intermediates."""
-    number = int(str(step.assignments[0].target).rsplit("_", 1)[1])
+    if isinstance(step.assignments, Bound):
+        return _readable_bound(step, names)
+    if number is None:
+        number = int(str(step.assignments[0].target).rsplit("_", 1)[1])
     exprs = [a.expr for a in step.assignments]
     definitions, exprs = _name_angles(exprs, number)
     shared, exprs = _name_shared(exprs, names)
     outputs = [sp.Eq(a.target, _tidy(e), evaluate=False)
                for a, e in zip(step.assignments, exprs)]
     return Layer(number, step.label, step.note, tuple(definitions + shared + outputs))
+
+
+_TEMPLATE_LAYERS = TemplateCache()
+
+
+def _readable_bound(step: Step, names: count) -> Layer:
+    """A template step's readable layer: worked out once per template (naming, factoring)
+    and renamed for each layer, so a deep network's derivation costs a renaming per layer."""
+    bound = step.assignments
+    key = (bound.template, bound.live)
+    if key not in _TEMPLATE_LAYERS:
+        live = tuple(bound.template.step.assignments[i] for i in bound.live)
+        _TEMPLATE_LAYERS[key] = _readable(Step(step.label, live, step.note), count(1),
+                                          number=TEMPLATE_SUFFIX)
+    layer = _TEMPLATE_LAYERS[key]
+    number = int(bound.targets[0].name.rsplit("_", 1)[1])
+    rename = dict(bound.binding)
+    for eq in layer.equations:  # z1, z2, ... of the template take the next global numbers
+        if eq.lhs not in rename and str(eq.lhs).startswith("z"):
+            rename[eq.lhs] = sp.Symbol(f"z{next(names)}", real=True)
+        elif eq.lhs not in rename:  # c_r, theta_r (or c_ra, ...): this layer's number
+            prefix, suffix = str(eq.lhs).rsplit("_", 1)
+            rename[eq.lhs] = sp.Symbol(f"{prefix}_{number}{suffix[1:]}", real=True)
+    with sp.evaluate(False):  # a renaming: keep the template's factored forms as they are
+        equations = tuple(sp.Eq(eq.lhs.xreplace(rename), eq.rhs.xreplace(rename))
+                          for eq in layer.equations)
+    return Layer(number, step.label, step.note, equations)
 
 
 def _name_angles(exprs: list[sp.Expr], number: int) -> tuple[list[sp.Eq], list[sp.Expr]]:
@@ -209,7 +239,8 @@ def _name_shared(exprs: list[sp.Expr], names: count) -> tuple[list[sp.Eq], list[
 def _tidy(expr: sp.Expr) -> sp.Expr:
     """A factored form where that is no longer than the expression (e.g. T (pi - theta)/(2 pi)
     rather than -T (theta/pi - 1)/2)."""
-    if sp.count_ops(expr) > _MAX_FACTOR_OPS:
+    if sp.count_ops(expr) > _MAX_FACTOR_OPS or expr.has(sp.Float):
+        # factor() turns floats into rationals of hundreds of digits: minutes, no gain.
         return expr
     factored = sp.factor(expr, deep=False)
     return factored if sp.count_ops(factored) <= sp.count_ops(expr) else expr

@@ -6,21 +6,20 @@ Rules, tried in order:
    Γ = α² Γ_ψ.
 2. Linearity over elementary terms. φ is expanded (sin, cos, sinh, cosh as complex
    exponentials) into Σ cᵢ x^mᵢ exp(λᵢ x + βᵢ x²); then Γ = Σᵢⱼ cᵢ cⱼ E[u^mᵢ e^(λᵢu+βᵢu²)
-   v^mⱼ e^(λⱼv+βⱼv²)], and each cross term is a derivative of the Gaussian generating
-   function det(A)^(-1/2) exp(½ λᵀ A⁻¹ Σ λ), A = I − 2ΣB (Stein's lemma in closed form:
-   the polynomial factors are derivatives in λ). This covers polynomials × exponentials ×
-   trigonometric terms, with scaled and shifted arguments.
+   v^mⱼ e^(λⱼv+βⱼv²)]; each cross term is a moment of the Gaussian tilted by its
+   exponential (``_moment``), a polynomial φ the Hermite sum of symbolic.polynomial_dual.
+   This covers polynomials × exponentials × trigonometric terms, with scaled and shifted
+   arguments.
 Γ̇ then follows by differentiation in k (Price's theorem) in the derivation.
 """
 from __future__ import annotations
 
 from functools import cache
+from math import comb
 
 import sympy as sp
 
-from .symbolic import Pair
-
-_A, _B = sp.symbols("lambda_u lambda_v")
+from .symbolic import Pair, gaussian_moment, polynomial_dual
 
 
 def closed_form_dual(phi: sp.Expr, x: sp.Symbol, pair: Pair, registry) -> sp.Expr | None:
@@ -85,10 +84,12 @@ def _term(term: sp.Expr, x: sp.Symbol):
 
 
 def _elementary_dual(terms, pair: Pair) -> sp.Expr | None:
+    if all(lam == 0 and beta == 0 for _, _, lam, beta in terms):
+        return _polynomial(terms, pair)
     total = sp.S.Zero
     for c1, m1, l1, b1 in terms:
         for c2, m2, l2, b2 in terms:
-            total += c1 * c2 * _moment(m1, m2, b1, b2, pair).subs({_A: l1, _B: l2})
+            total += c1 * c2 * _moment(m1, m2, l1, l2, b1, b2, pair)
     total = sp.expand(total)
     if total.has(sp.I):
         # Conjugate exponentials pair up; what is left of I must cancel exactly.
@@ -99,14 +100,38 @@ def _elementary_dual(terms, pair: Pair) -> sp.Expr | None:
     return total
 
 
+def _polynomial(terms, pair: Pair) -> sp.Expr | None:
+    """A polynomial φ (real coefficients): the Hermite sum of symbolic.polynomial_dual."""
+    coefficients = [sp.S.Zero] * (max(m for _, m, _, _ in terms) + 1)
+    for c, m, _, _ in terms:
+        coefficients[m] += c
+    if not all(c.is_real for c in coefficients):
+        return None
+    return polynomial_dual(coefficients, pair)
+
+
 @cache
-def _moment(m1: int, m2: int, b1: sp.Expr, b2: sp.Expr, pair: Pair) -> sp.Expr:
-    """E[u^m1 v^m2 exp(λ_u u + b1 u² + λ_v v + b2 v²)] as a function of λ_u, λ_v."""
+def _moment(m1: int, m2: int, l1: sp.Expr, l2: sp.Expr, b1: sp.Expr, b2: sp.Expr,
+            pair: Pair) -> sp.Expr:
+    """E[u^m1 v^m2 exp(l1 u + b1 u² + l2 v + b2 v²)] for (u, v) ~ N(0, Σ).
+
+    The exponential tilts the Gaussian: the weight exp(λᵀz + zᵀBz) turns N(0, Σ) into
+    N(μ, Σ') with Σ' = A⁻¹Σ, A = I − 2ΣB, μ = Σ'λ, times det(A)^(-1/2) exp(½ λᵀΣ'λ);
+    the polynomial factor is then a moment of N(μ, Σ'): a binomial sum over the mean
+    times Isserlis' central moments. Direct, where differentiating the generating function
+    m1 + m2 times took a minute for x^16."""
     sigma = sp.Matrix([[pair.q1, pair.k], [pair.k, pair.q2]])
-    a = sp.eye(2) - 2 * sigma * sp.diag(b1, b2)
-    lam = sp.Matrix([_A, _B])
-    quadratic = (lam.T * a.inv() * sigma * lam)[0, 0] if (b1 or b2) else \
-        (lam.T * sigma * lam)[0, 0]
-    generating = sp.exp(sp.expand(quadratic) / 2) / sp.sqrt(a.det()) if (b1 or b2) else \
-        sp.exp(sp.expand(quadratic) / 2)
-    return sp.diff(generating, _A, m1, _B, m2) if (m1 or m2) else generating
+    prefactor = sp.S.One
+    if b1 or b2:
+        a = sp.eye(2) - 2 * sigma * sp.diag(b1, b2)
+        sigma, prefactor = a.inv() * sigma, 1 / sp.sqrt(a.det())
+    lam = sp.Matrix([l1, l2])
+    mean = sigma * lam
+    tilted = Pair(sigma[0, 0], sigma[1, 1], sigma[0, 1])
+    central = sp.S.Zero
+    for i in range(m1 + 1):
+        for j in range(m2 + 1):
+            shift = mean[0] ** (m1 - i) * mean[1] ** (m2 - j)
+            if shift != 0:
+                central += comb(m1, i) * comb(m2, j) * shift * gaussian_moment(i, j, tilted)
+    return prefactor * sp.exp(sp.expand((lam.T * sigma * lam)[0, 0]) / 2) * central

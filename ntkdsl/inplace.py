@@ -67,7 +67,15 @@ class Emitter:
         if kind != MATRIX:
             self.lines.append(f"{target} = {self.printer.doprint(expr)}")
             return
-        self.lines.append(f"{target} = {self.emit(expr).code}")
+        start, first_buffer = len(self.lines), self.count + 1
+        code = self.emit(expr).code
+        if _BUFFER.fullmatch(code) and int(code[2:]) >= first_buffer:
+            # A buffer made for this value alone: name it the target from the start
+            # instead of writing `target = _mN` and `del _mN` (fewer statements to compile).
+            word = re.compile(rf"\b{code}\b")
+            self.lines[start:] = [word.sub(str(target), line) for line in self.lines[start:]]
+        else:
+            self.lines.append(f"{target} = {code}")
 
     # -- expressions -------------------------------------------------------------------
     def emit(self, expr: sp.Expr) -> Operand:
@@ -206,6 +214,7 @@ class Emitter:
 
 
 _NAME = re.compile(r"[A-Za-z_]\w*")
+_BUFFER = re.compile(r"_m\d+")
 
 
 def drop_dead_names(lines: list[str], names: set[str], keep: set[str]) -> list[str]:
