@@ -2,8 +2,10 @@
 sparse inputs and the up-front memory check against the process's limits."""
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +88,64 @@ def test_ascii_source_names_the_mathematical_characters():
     assert ascii_source(text) == ("# phi(sqrt(q) z) while sqrt(q1 q2) <= 1; dGamma/dk, "
                                   "Gammadot and 1/2 d")
     assert ascii_source("ω").isascii() and ascii_source("ω") == "\\u03c9"
+
+
+# ------------------------------------------------------------------ 2. CSV files (fit) --
+
+FIT_ARCH = "Dense(16) > Relu > Dense(1)"
+_RANDOM = np.random.default_rng(0).bytes(4000)
+
+
+@pytest.mark.parametrize("content, message", [
+    (_RANDOM, r"line \d+, column \d+: a NUL byte; this is a binary file"),
+    (bytes(range(128, 256)) * 4, "line 1, column 1: byte 0x80 is not UTF-8 text"),
+    ("a,y\n1,2\n3,4\n".encode("utf-16"), "is UTF-16 text"),
+    ("a,y\n1,2\n3,4\n".encode("utf-16-le"), "line 1, column 2: a NUL byte"),
+    ("a,b,y\n1,2,3\ncaf\u00e9,5,6\n".encode("latin-1"), "line 3, column 4: byte 0xe9 is not UTF-8"),
+    (b"", "is empty: it needs a header row and at least 2 data rows"),
+    (b"a,b,y\n", "0 data rows below the header"),
+    (b"a,b,y\n1,2,3\n", "1 data rows below the header"),
+    (b"a,b,y\n1,2,3\n4,5\n", "line 3: 2 fields, but the header has 3"),
+    (b"a,b,y\n1,2,3\n\n4,x,6\n", "line 4, column 'b': 'x' is not a number"),
+    (b'a,b,y\n1,"2\n",3\n4,x,6\n', "line 4, column 'b': 'x' is not a number"),
+    (b"a,b,y\n1,2,3\n4,nan,6\n", "line 3, column 'b': 'nan' is not finite"),
+    (b"a,b,y\n1,2,3\n-inf,5,6\n", "line 3, column 'a': '-inf' is not finite"),
+    (b"a,b,y\n1,2,3\n4,1e999,6\n", "line 3, column 'b': '1e999' is not finite"),
+    (b"a,b,y\n1,2,3.5\n4,5,nan\n", "line 3, column 'y': 'nan' is not finite"),
+    (b"a,b,y\n1,2,\n4,5,6\n", "line 2, column 'y': empty cells in the target column"),
+    (b"a,b,z\n1,2,3\n4,5,6\n", "no column named 'y'; the columns are a, b, z"),
+    (b"a,a,y\n1,2,3\n4,5,6\n", "line 1: the column names 'a' appear more than once"),
+    (b"a,y\n" + b"1" * 200_000 + b",2\n3,4\n", "line 2: not valid CSV: field larger than"),
+])
+def test_bad_csv_is_one_input_error_naming_file_and_place(tmp_path, capsys, content, message):
+    from ntkdsl.cli import main
+
+    path = tmp_path / "data.csv"
+    path.write_bytes(content)
+    assert main(["fit", FIT_ARCH, "--data", str(path), "--target", "y"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"ntkdsl fit: error: {path}") and err.count("error:") == 1, err
+    assert re.search(message, err), err
+
+
+def test_binary_csv_exits_1_without_a_traceback_in_a_fresh_process(tmp_path):
+    (tmp_path / "data.csv").write_bytes(_RANDOM)
+    proc = run_cli("fit", FIT_ARCH, "--data", "data.csv", "--target", "y", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stdout == b""
+    lines = proc.stderr.decode("ascii").splitlines()
+    assert lines[0].startswith("ntkdsl fit: error: data.csv, line ") and "Traceback" not in \
+        proc.stderr.decode()
+
+
+def test_csv_with_a_utf8_byte_order_mark_reads_like_without(tmp_path):
+    from ntkdsl.commands.fit import load_csv
+
+    text = "a,b,y\n0.5,1,1\n0.25,-2,0\n3,4.5,1\n"
+    path = tmp_path / "bom.csv"
+    path.write_bytes(text.encode("utf-8-sig"))  # as spreadsheets save "CSV UTF-8"
+    data = load_csv(path, "a", "regression")  # the first column, behind the mark
+    expected = np.loadtxt(io.StringIO(text), delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(data.X, expected[:, 1:])
+    np.testing.assert_array_equal(data.y, expected[:, 0])
