@@ -7,7 +7,7 @@ message always says *where* the problem is and *what would be valid*.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _not_fitted_error_class() -> type:
     from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
