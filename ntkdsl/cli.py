@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from .commands.options import escaped_unencodable_output
 from .errors import NTKDSLError
 
 COMMANDS: tuple[str, ...] = ("fit", "derive", "codegen", "verify")
@@ -49,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with escaped_unencodable_output():  # help, formulas and reports on any terminal
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

@@ -7,6 +7,7 @@ message always says *where* the problem is and *what would be valid*.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 
 @dataclass(frozen=True)
@@ -103,3 +104,29 @@ class NumericalError(NTKDSLError, ArithmeticError):
 
 class ShapeError(InputError):
     """Arrays whose shapes do not fit together."""
+
+
+# Exceptions that must also be scikit-learn's classes, so that scikit-learn's own checks
+# (GridSearchCV, check_is_fitted users, check_estimator) recognise them. scikit-learn takes
+# about a second to import, so these are made on first use: ``from ntkdsl.errors import
+# NotFittedError`` (or ``ntkdsl.errors.NotFittedError``) imports it then.
+_SKLEARN_BASED = ("NotFittedError",)
+
+
+def __getattr__(name: str):
+    if name in _SKLEARN_BASED:
+        return _not_fitted_error_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@cache
+def _not_fitted_error_class() -> type:
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+    class NotFittedError(NTKDSLError, SklearnNotFittedError):
+        """An estimator used before ``fit``: both ntkdsl's error and scikit-learn's
+        NotFittedError (itself a ValueError and an AttributeError)."""
+
+    NotFittedError.__module__ = __name__
+    NotFittedError.__qualname__ = "NotFittedError"
+    return NotFittedError

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import string
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -29,9 +30,10 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from .errors import InputError
-from .evaluation import as_real_array, kernel_name, refuse_complex
-from .predict import GradientFlowEnsemble
+from . import errors
+from .errors import InputError, NTKDSLError
+from .evaluation import as_real_array, densified, kernel_name, refuse_complex, require_memory
+from .predict import GradientFlowEnsemble, solver_memory
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data
@@ -47,19 +49,40 @@ DEFAULT_ARCH = "(Dense(512, W_std=1.5, b_std=0.05) > Relu) * 2 > Dense(1, W_std=
 _BATCH = 512
 
 
+@contextmanager
+def _input_errors():
+    """scikit-learn's ValueErrors about the data (shapes, NaN, label types, lengths) as
+    ntkdsl InputErrors: still ValueErrors, with scikit-learn's wording, which its checks
+    look for; ntkdsl's own errors pass unchanged."""
+    try:
+        yield
+    except NTKDSLError:
+        raise
+    except ValueError as err:
+        raise InputError(str(err)) from err
+
+
 def _validate(estimator, *args, **kwargs):
     """scikit-learn's validation, with its ValueErrors re-raised as ntkdsl InputErrors.
 
     ``args`` are X, or X and y; complex data is refused first, with ntkdsl's message rather
-    than scikit-learn's (which prints the whole array)."""
+    than scikit-learn's (which prints the whole array), and sparse data is densified (the
+    kernel is dense anyway; see ``ntkdsl.evaluation.densified``)."""
     for name, value in zip(("X", "y"), args):
         refuse_complex(value, name)
-    try:
+    args = tuple(densified(value, name) for name, value in zip(("X", "y"), args))
+    with _input_errors():
         return _sk_validate_data(estimator, *args, dtype=np.float64, **kwargs)
-    except InputError:
+
+
+def _check_fitted(estimator) -> None:
+    """ntkdsl's NotFittedError (also scikit-learn's) if ``fit`` has not been called."""
+    try:
+        check_is_fitted(estimator, "ensemble_")
+    except NTKDSLError:
         raise
-    except ValueError as err:
-        raise InputError(str(err)) from err
+    except ValueError as err:  # scikit-learn's NotFittedError
+        raise errors.NotFittedError(str(err)) from None
 
 
 def arch_placeholders(template: str) -> list[str]:
@@ -211,6 +234,7 @@ class _NTKEstimator(BaseEstimator):
     def _fit_targets(self, X, targets) -> None:
         """Compile, evaluate the training kernel once and factorise it (lazily) for predict."""
         self._check_hyperparameters()
+        self._check_memory(X.shape[0])
         self.network_ = self._compile()
         self.X_fit_ = X
         k_train = self._kernel_rows(self._train_kernel_name, X, desc="training kernel")
@@ -220,9 +244,18 @@ class _NTKEstimator(BaseEstimator):
         # Factorise for the fitted time now, so a SingularKernelWarning is raised by fit().
         self.ensemble_.prepare(self.time)
 
+    def _check_memory(self, n: int) -> None:
+        """Before any kernel entry: the N x N training kernel and the solver's factorisation
+        (an eigendecomposition for a finite time) must fit in the memory available."""
+        finite = self.time is not None and np.isfinite(self.time)
+        require_memory(8.0 * n * n + solver_memory(n, eigen=finite),
+                       f"fitting on {n} samples (the {n} x {n} training kernel and its "
+                       f"{'eigendecomposition' if finite else 'factorisation'})",
+                       hint="fit on fewer samples (e.g. a random subset of the training set)")
+
     def _outputs(self, X, times) -> np.ndarray:
         """Ensemble mean outputs (targets' scale) at ``times`` (None = the fitted time)."""
-        check_is_fitted(self, "ensemble_")
+        _check_fitted(self)
         X = _validate(self, X, reset=False)
         t = self.time if times is None else times
         means = [self.ensemble_.predict(self._kernel_rows(self._train_kernel_name, X[s:s + _BATCH],
@@ -230,6 +263,17 @@ class _NTKEstimator(BaseEstimator):
                  for s in range(0, X.shape[0], _BATCH)]
         lead = np.ndim(np.inf if t is None else t)
         return np.concatenate(means, axis=lead)
+
+    def _score(self, mixin_score, X, y, sample_weight):
+        """The mixin's score (R² or accuracy) with scikit-learn's errors about ``y`` (wrong
+        length, wrong kind) as ntkdsl InputErrors."""
+        with _input_errors():
+            return mixin_score(X, y, sample_weight=sample_weight)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # densified: the kernel is dense anyway
+        return tags
 
 
 class NTKRegressor(RegressorMixin, _NTKEstimator):
@@ -269,6 +313,7 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
     def fit(self, X, y):
         """Evaluate the kernel on the training data and factorise it."""
         X, y = _validate(self, X, y, multi_output=True, y_numeric=True)
+        y = as_real_array(y, "y", "numeric (class labels go to NTKClassifier)")
         if X.shape[0] < 2:
             raise InputError(f"need at least 2 training samples, got n_samples={X.shape[0]}")
         self._y_train_mean, self._y_train_std = self._target_scaling(y)
@@ -330,6 +375,10 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
     def _cov(self, X) -> np.ndarray:
         return self._gaussian(X).covariance
 
+    def score(self, X, y, sample_weight=None):
+        """R² of the mean prediction on X against y (scikit-learn's RegressorMixin.score)."""
+        return self._score(super().score, X, y, sample_weight)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
@@ -353,7 +402,8 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
     def fit(self, X, y):
         """Encode the labels one-hot, evaluate the kernel on the training data."""
         X, y = _validate(self, X, y)
-        check_classification_targets(y)
+        with _input_errors():
+            check_classification_targets(y)
         encoder = LabelEncoder().fit(y)
         self.classes_ = encoder.classes_
         if len(self.classes_) < 2:
@@ -381,6 +431,10 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
         """The class with the largest output."""
         scores = self._scores(X)  # first, so that an unfitted estimator says so
         return self.classes_[np.argmax(scores, axis=1)]
+
+    def score(self, X, y, sample_weight=None):
+        """Accuracy of the predicted classes on X against y (ClassifierMixin.score)."""
+        return self._score(super().score, X, y, sample_weight)
 
     def predict_proba(self, X):
         """Scores clipped at 0 and normalised to sum to 1 (not calibrated probabilities)."""

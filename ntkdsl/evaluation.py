@@ -103,10 +103,28 @@ def as_real_array(value: Any, name: str, what: str = "a numeric array") -> np.nd
     real part (NumPy's float conversion would drop the imaginary part with only a warning),
     and anything that is not numeric raises InputError naming ``name``."""
     refuse_complex(value, name)
+    value = densified(value, name)
     try:
         return np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise InputError(f"{name} must be {what}: {err}") from None
+
+
+def densified(value: Any, name: str) -> Any:
+    """A scipy.sparse matrix or array as a dense ndarray, anything else as it is.
+
+    Kernels are dense whatever the inputs, so sparse inputs are accepted as scikit-learn's
+    kernel methods accept them, and densified once: an (n, d) input costs n * d floats,
+    checked against the memory available first."""
+    sparse = sys.modules.get("scipy.sparse")  # not imported: nothing can be sparse
+    if sparse is None or not sparse.issparse(value):
+        return value
+    shape = " x ".join(map(str, value.shape))
+    copies = 1 if value.dtype == np.float64 else 2  # the dense array, then its float64 copy
+    require_memory(copies * 8 * int(np.prod(value.shape, dtype=np.float64)),
+                   f"{name} ({shape}, sparse) as a dense array",
+                   hint="kernels are dense whatever the inputs; pass fewer rows at a time")
+    return value.toarray()
 
 
 def _as_matrix(x: Any, name: str) -> np.ndarray:
@@ -213,7 +231,35 @@ def identical_pairs(a: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np
 # --------------------------------------------------------------------------- outputs --
 
 def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux MemAvailable), or None."""
+    """Bytes a new allocation can take: the least headroom of ``memory_limits()`` (free
+    memory, the process's address-space and data limits, its cgroup's limit), or None."""
+    limits = memory_limits()
+    return min(limits.values()) if limits else None
+
+
+def memory_limits() -> dict[str, int]:
+    """Headroom in bytes under every memory limit that applies and can be read, by a name
+    that says how to change it. An allocation beyond the smallest fails: numpy's
+    MemoryError under ``ulimit -v``, the kernel's OOM killer under a cgroup limit."""
+    limits = {}
+    free = _free_memory()
+    if free is not None:
+        limits["free memory"] = free
+    status = _process_status()
+    for resource_name, field, name in (
+            ("RLIMIT_AS", "VmSize", "the address-space limit (ulimit -v)"),
+            ("RLIMIT_DATA", "VmData", "the data-segment limit (ulimit -d)")):
+        limit = _soft_rlimit(resource_name)
+        if limit is not None and field in status:
+            limits[name] = max(limit - status[field], 0)
+    cgroup = cgroup_headroom()
+    if cgroup is not None:
+        limits["the cgroup memory limit"] = cgroup
+    return limits
+
+
+def _free_memory() -> int | None:
+    """Linux MemAvailable (or the free physical pages elsewhere), in bytes."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -225,6 +271,102 @@ def available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def _process_status() -> dict[str, int]:
+    """This process's VmSize and VmData (what RLIMIT_AS and RLIMIT_DATA count), in bytes."""
+    found = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmSize", "VmData"):
+                    found[key] = int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return found
+
+
+def _soft_rlimit(name: str) -> int | None:
+    try:
+        import resource
+        soft = resource.getrlimit(getattr(resource, name))[0]
+    except (ImportError, AttributeError, OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY or soft < 0 else soft
+
+
+# cgroup v1 writes "no limit" as the largest page-aligned long; anything this large is none.
+_NO_CGROUP_LIMIT = 2**62
+
+
+def cgroup_headroom(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup"
+                    ) -> int | None:
+    """Bytes left under this process's cgroup memory limit (v2 ``memory.max`` or v1
+    ``memory.limit_in_bytes``), counting reclaimable page cache (inactive files) as free,
+    as the kernel does before it kills; None without a limit. The process's own cgroup and
+    the hierarchy's root (a container's own group) are read, the smaller headroom kept."""
+    headrooms = [h for h in map(_cgroup_dir_headroom, _cgroup_dirs(root, membership))
+                 if h is not None]
+    return min(headrooms) if headrooms else None
+
+
+def _cgroup_dirs(root: str, membership: str) -> list[str]:
+    dirs = [root, os.path.join(root, "memory")]
+    try:
+        with open(membership) as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":  # v2: one unified hierarchy
+                    dirs.append(root + path)
+                elif "memory" in controllers.split(","):
+                    dirs.append(os.path.join(root, "memory") + path)
+    except (OSError, ValueError):
+        pass
+    return list(dict.fromkeys(os.path.normpath(d) for d in dirs))
+
+
+def _cgroup_dir_headroom(directory: str) -> int | None:
+    for limit_file, usage_file, cache_keys in (
+            ("memory.max", "memory.current", ("inactive_file",)),
+            ("memory.limit_in_bytes", "memory.usage_in_bytes",
+             ("total_inactive_file", "inactive_file"))):
+        try:
+            with open(os.path.join(directory, limit_file)) as f:
+                text = f.read().strip()
+            if text == "max" or int(text) >= _NO_CGROUP_LIMIT:
+                return None
+            with open(os.path.join(directory, usage_file)) as f:
+                usage = int(f.read())
+        except (OSError, ValueError):
+            continue
+        return max(int(text) - usage + _cgroup_stat(directory, cache_keys), 0)
+    return None
+
+
+def _cgroup_stat(directory: str, keys: tuple[str, ...]) -> int:
+    """The first of ``keys`` found in the group's memory.stat (bytes), else 0."""
+    try:
+        with open(os.path.join(directory, "memory.stat")) as f:
+            stats = dict(line.split() for line in f if line.count(" ") == 1)
+    except (OSError, ValueError):
+        return 0
+    for key in keys:
+        if key in stats:
+            return int(stats[key])
+    return 0
+
+
+def require_memory(nbytes: float, what: str, hint: str) -> None:
+    """InputError before any allocation if ``nbytes`` (for ``what``) exceed the memory
+    available under every limit of ``memory_limits()``; the message names the limit."""
+    free = available_memory()
+    if free is None or nbytes <= free:
+        return
+    binding = [name for name, value in memory_limits().items() if value == free]
+    under = f" under {binding[0]}" if binding and binding[0] != "free memory" else ""
+    raise InputError(f"{what} needs {_size(nbytes)} of memory, but only {_size(free)} is "
+                     f"available{under}", hint=hint)
 
 
 def _size(nbytes: float) -> str:
@@ -278,19 +420,23 @@ def check_out(out: Any, kind: str, shape: tuple[int, int], dtype: np.dtype,
 def allocate_outputs(kinds: Sequence[str], outs: Sequence[np.ndarray | None],
                      shape: tuple[int, int], dtype: np.dtype) -> list[np.ndarray]:
     """The given ``out`` arrays, with the missing ones allocated after checking that they
-    fit in the available memory."""
+    (and the evaluation's working memory) fit in the memory available."""
     missing = sum(o is None for o in outs)
     need = missing * shape[0] * shape[1] * dtype.itemsize
-    free = available_memory()
-    if need and free is not None and need > free:
-        what = " and ".join(k.upper() for k, o in zip(kinds, outs) if o is None)
-        raise InputError(
-            f"the {what} ({shape[0]} x {shape[1]}, {dtype.name}) needs {_size(need)} of "
-            f"memory, but only {_size(free)} is available",
-            hint="write it to disk instead: out=numpy.lib.format.open_memmap('kernel.npy', "
-                 f"mode='w+', dtype=numpy.{dtype.name}, shape={shape}); "
-                 "or use dtype=numpy.float32 (half the memory), or fewer inputs")
-    return [np.empty(shape, dtype=dtype) if o is None else o for o in outs]
+    if not need:
+        return list(outs)
+    what = " and ".join(k.upper() for k, o in zip(kinds, outs) if o is None)
+    description = f"the {what} ({shape[0]} x {shape[1]}, {dtype.name})"
+    hint = ("write it to disk instead: out=numpy.lib.format.open_memmap('kernel.npy', "
+            f"mode='w+', dtype=numpy.{dtype.name}, shape={shape}); "
+            "or use dtype=numpy.float32 (half the memory), or fewer inputs")
+    # The working memory (Gram blocks, temporaries) comes on top: see WORKING_SHARE.
+    require_memory(need + min(WORKING_SHARE * need, MAX_WORKING_BYTES), description, hint)
+    try:
+        return [np.empty(shape, dtype=dtype) if o is None else o for o in outs]
+    except MemoryError:  # a limit the check cannot read (or memory taken meanwhile)
+        raise InputError(f"{description} needs {_size(need)} of memory, more than this "
+                         "process could allocate", hint=hint) from None
 
 
 # ------------------------------------------------------------------- memory mapping --

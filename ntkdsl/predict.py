@@ -45,7 +45,7 @@ import scipy.linalg
 
 from .errors import InputError, NumericalError, ShapeError
 from .evaluation import KINDS as KERNELS  # noqa: F401 - the estimators import it from here
-from .evaluation import as_real_array, kernel_name
+from .evaluation import as_real_array, kernel_name, require_memory
 
 __all__ = [
     "Gaussian",
@@ -68,6 +68,28 @@ _SYMMETRY_TOLERANCE = 1e-6
 _SYMMETRY_TOLERANCE_LOW_PRECISION = 1e-3  # float32 and float16 arrays
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+# N x N float64 arrays a solver allocates beyond the training kernel it is given, at the peak
+# (checked against the memory available before the first of them): building the regularised
+# copy K + ridge·I takes three (np.eye, its multiple, the sum), the symmetry check one fewer;
+# then Cholesky keeps a factor beside that copy, and numpy's eigh needs four more (a copy of
+# its input, LAPACK's workspace of about two, the eigenvectors).
+_CONSTRUCTION_MATRICES = 3
+_EIGEN_MATRICES = 4
+_KEPT_MATRICES = 2  # the regularised copy and the Cholesky factor
+
+
+def solver_memory(n: int, *, eigen: bool) -> float:
+    """Bytes a solver on an N x N training kernel allocates beyond that kernel, at the
+    peak: building and factorising it, with (``eigen``, for finite times) or without its
+    eigendecomposition."""
+    matrices = _KEPT_MATRICES + _EIGEN_MATRICES if eigen else _CONSTRUCTION_MATRICES
+    return 8.0 * n * n * matrices
+
+
+def _require_solver_memory(n: int, matrices: int, what: str) -> None:
+    require_memory(8.0 * n * n * matrices, f"{what} of the {n} x {n} training kernel",
+                   hint="train on fewer samples (e.g. a random subset of the training set)")
 
 
 class SingularKernelWarning(RuntimeWarning):
@@ -197,6 +219,8 @@ class _RegularisedKernel:
         # Cached by hand, not by functools.cached_property: its frame would sit between the
         # singular-kernel warning and the user's call, and the warning would point into functools.
         if self._eigensystem is None:
+            _require_solver_memory(self.matrix.shape[0], _EIGEN_MATRICES,
+                                   "the eigendecomposition (for finite times)")
             evals, evecs = np.linalg.eigh(self.matrix)
             self._eigensystem = _floor_eigenvalues(evals), evecs
         return self._eigensystem
@@ -283,6 +307,9 @@ class GradientFlowEnsemble:
                  nngp_train_train=None, learning_rate: float = 1.0, diag_reg: float = 0.0,
                  diag_reg_absolute_scale: bool = False):
         self.kernel = kernel_name(kernel)
+        shape = np.shape(k_train_train)
+        if len(shape) == 2:  # before the first N x N temporary; other shapes are refused below
+            _require_solver_memory(shape[0], _CONSTRUCTION_MATRICES, "the factorisation")
         train = _as_symmetric(k_train_train, "k_train_train", "the training kernel must be square")
         n = train.shape[0]
         if n < 2:

@@ -15,6 +15,7 @@ are ours (registry names, never user spellings).
 from __future__ import annotations
 
 import keyword
+import re
 from dataclasses import dataclass
 
 import sympy as sp
@@ -78,7 +79,31 @@ def module_source(arch: str) -> str:
         f"ARCHITECTURE = {arch!a}",
         f'NTKDSL_VERSION = "{_version()}"',
     ])
-    return header + "\n\n\n" + code + "\n\n" + _RUNTIME
+    return ascii_source(header + "\n\n\n" + code + "\n\n" + _RUNTIME)
+
+
+# Readable ASCII for the mathematical characters of comments and docstrings carried into a
+# module (the numerical route's engine is written with them); anything else is escaped.
+_ASCII_NAMES = {
+    "Γ": "Gamma", "Θ": "Theta", "φ": "phi", "θ": "theta", "ε": "eps", "σ": "sigma",
+    "λ": "lambda", "η": "eta", "τ": "tau", "π": "pi", "\u0307": "dot",  # combining dot: Γ̇
+    "∞": "inf", "≤": "<=", "≥": ">=", "≈": "~=", "·": "*", "×": "x", "−": "-", "–": "-",
+    "—": "--", "±": "+-", "²": "^2", "³": "^3", "ᵀ": "^T", "⁻¹": "^-1", "∂": "d", "∘": " o ",
+    "…": "...", "‖": "||", "→": "->", "₀": "_0", "₁": "_1", "₂": "_2", "ₙ": "_n", "ᵢ": "_i",
+    "½": "1/2",
+}
+_SQUARE_ROOT = re.compile(r"√(\w+)")
+
+
+def ascii_source(source: str) -> str:
+    """``source`` with every non-ASCII character (found in comments and docstrings only)
+    written in ASCII: Greek letters by name (Gamma, phi), math symbols as in code (sqrt(q)
+    for the root sign before q, <=, ^2), an escape such as \\u2202 for anything else. A
+    generated module is then the same bytes in any encoding and shows on any terminal."""
+    source = _SQUARE_ROOT.sub(r"sqrt(\1)", source).replace("√", "sqrt")
+    for char, name in _ASCII_NAMES.items():
+        source = source.replace(char, name)
+    return "".join(ch if ch.isascii() else ascii(ch)[1:-1] for ch in source)
 
 
 def dual_functions(ast: Node) -> list[DualFunction]:

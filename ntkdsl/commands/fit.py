@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 import textwrap
 from contextlib import contextmanager
@@ -120,54 +121,117 @@ def load_bundled(name: str) -> Dataset:
 
 
 def load_csv(path: Path, target: str | None, task: str = "auto") -> Dataset:
-    """Features and target from a CSV file with a header; every feature must be numeric."""
+    """Features and target from a UTF-8 CSV file with a header; every feature must be numeric.
+
+    Every problem with the file (not text, not UTF-8, ragged rows, no data, text or NaN
+    among the features, no such target column) is an InputError naming the file and, where
+    there is one, the line and column."""
     if target is None:
         raise InputError("--data needs --target COLUMN: the name of the column to predict")
-    try:
-        with open(path, newline="") as handle:
-            rows = list(csv.reader(handle))
-    except OSError as err:
-        raise InputError(f"cannot read {path}: {err.strerror}") from None
-    if len(rows) < 2:
-        raise InputError(f"{path}: need a header row and at least 2 data rows")
+    lines, rows = _csv_rows(path, _csv_text(path))
+    if not rows:
+        raise InputError(f"{path} is empty: it needs a header row and at least 2 data rows")
     header = [name.strip() for name in rows[0]]
-    if target not in header:
-        raise InputError(f"{path}: no column named {target!r}; the columns are "
-                         f"{', '.join(header)}")
-    body = [row for row in rows[1:] if any(cell.strip() for cell in row)]
-    for number, row in enumerate(body, start=2):
+    _check_header(path, header, target)
+    body = [(line, row) for line, row in zip(lines[1:], rows[1:])
+            if any(cell.strip() for cell in row)]
+    if len(body) < 2:
+        raise InputError(f"{path}: {len(body)} data rows below the header; need a header row "
+                         "and at least 2 data rows")
+    for line, row in body:
         if len(row) != len(header):
-            raise InputError(f"{path}, line {number}: {len(row)} fields, but the header has "
+            raise InputError(f"{path}, line {line}: {len(row)} fields, but the header has "
                              f"{len(header)}")
     index = header.index(target)
     features = [name for name in header if name != target]
     if not features:
         raise InputError(f"{path}: no feature columns besides the target {target!r}")
     X = _numeric_columns(path, body, header, [header.index(f) for f in features])
-    labels = np.array([row[index].strip() for row in body])
-    y, task = _target_and_task(path, target, labels, task)
+    y, task = _target_and_task(path, target, body, index, task)
     return Dataset(path.name, X, y, task, features)
+
+
+def _csv_text(path: Path) -> str:
+    """The file's text: UTF-8 (a byte-order mark is dropped, as spreadsheets write one);
+    a binary file or another encoding is an InputError at the first byte that does not fit."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror or err}") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputError(f"{path} is UTF-16 text (it starts with a UTF-16 byte-order mark); "
+                         "save it as UTF-8 CSV")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise InputError(f"{path}, {_byte_place(data, nul)}: a NUL byte; this is a binary file, "
+                         "not CSV text", hint="give a text file of comma-separated values")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}, {_byte_place(data, err.start)}: byte "
+                         f"0x{data[err.start]:02x} is not UTF-8 text",
+                         hint="save the file as UTF-8 CSV (in a spreadsheet: 'CSV UTF-8')") \
+            from None
+
+
+def _byte_place(data: bytes, offset: int) -> str:
+    """'line L, column C' (1-based; the column counts bytes) of ``data[offset]``."""
+    line = data.count(b"\n", 0, offset) + 1
+    column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    return f"line {line}, column {column}"
+
+
+def _csv_rows(path: Path, text: str) -> tuple[list[int], list[list[str]]]:
+    """(first line of each record, the records): lines as a text editor numbers them, so
+    that a quoted field over several lines does not shift the numbers after it."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    lines, rows, end = [], [], 0
+    try:
+        for row in reader:
+            lines.append(end + 1)
+            rows.append(row)
+            end = reader.line_num
+    except csv.Error as err:
+        raise InputError(f"{path}, line {reader.line_num}: not valid CSV: {err}") from None
+    return lines, rows
+
+
+def _check_header(path: Path, header: list[str], target: str) -> None:
+    if target not in header:
+        raise InputError(f"{path}: no column named {target!r}; the columns are "
+                         f"{', '.join(header)}")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise InputError(f"{path}, line 1: the column names {', '.join(map(repr, repeated))} "
+                         "appear more than once; every column needs its own name")
 
 
 def _numeric_columns(path, body, header, columns) -> np.ndarray:
     X = np.empty((len(body), len(columns)))
     for j, column in enumerate(columns):
-        for i, row in enumerate(body):
+        for i, (line, row) in enumerate(body):
             try:
                 X[i, j] = float(row[column])
             except ValueError:
                 raise InputError(
-                    f"{path}, line {i + 2}, column {header[column]!r}: {row[column]!r} is not a "
+                    f"{path}, line {line}, column {header[column]!r}: {row[column]!r} is not a "
                     "number; every feature column must be numeric (encode categories as "
                     "numbers, drop text columns, fill missing values)") from None
     if not np.all(np.isfinite(X)):
-        raise InputError(f"{path}: features contain nan or inf; every value must be finite")
+        i, j = np.argwhere(~np.isfinite(X))[0]
+        raise InputError(f"{path}, line {body[i][0]}, column {header[columns[j]]!r}: "
+                         f"{body[i][1][columns[j]].strip()!r} is not finite; every feature "
+                         "value must be a finite number (drop or impute it)")
     return X
 
 
-def _target_and_task(path, target, labels, task) -> tuple[np.ndarray, str]:
-    if np.any(labels == ""):
-        raise InputError(f"{path}: column {target!r} has empty cells; every row needs a target")
+def _target_and_task(path, target, body, index, task) -> tuple[np.ndarray, str]:
+    labels = np.array([row[index].strip() for _, row in body])
+    empty = np.flatnonzero(labels == "")
+    if empty.size:
+        raise InputError(f"{path}, line {body[empty[0]][0]}, column {target!r}: empty cells in "
+                         f"the target column ({empty.size} of {labels.size} rows); every row "
+                         "needs a target")
     try:
         values = labels.astype(np.float64)
     except ValueError:
@@ -182,7 +246,10 @@ def _target_and_task(path, target, labels, task) -> tuple[np.ndarray, str]:
     if task == "classification":
         return labels, task
     if not np.all(np.isfinite(values)):
-        raise InputError(f"{path}: column {target!r} contains nan or inf")
+        first = np.flatnonzero(~np.isfinite(values))[0]
+        raise InputError(f"{path}, line {body[first][0]}, column {target!r}: "
+                         f"{str(labels[first])!r} is not finite; every target must be a finite "
+                         "number")
     return values, task
 
 

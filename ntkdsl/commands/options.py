@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import InputError
@@ -24,6 +26,25 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
                                                                    argparse.SUPPRESS)):
             return text
         return f"{text} (default: %(default)s)"
+
+
+@contextmanager
+def escaped_unencodable_output() -> Iterator[None]:
+    """Standard output that writes a character its encoding cannot show as an escape
+    (``\\u03b8``) instead of failing: help texts, formulas and reports hold a few
+    non-ASCII characters, and an ASCII terminal or PYTHONIOENCODING=ascii must still get
+    them (standard error does this already: Python gives it 'backslashreplace')."""
+    stream = sys.stdout
+    errors = getattr(stream, "errors", None)
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is None or errors not in ("strict", None):
+        yield  # not a text stream we can set, or it already escapes or replaces
+        return
+    reconfigure(errors="backslashreplace")
+    try:
+        yield
+    finally:
+        reconfigure(errors=errors)
 
 
 def add_command(subparsers, name: str, *, help: str, description: str,
