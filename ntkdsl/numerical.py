@@ -107,15 +107,17 @@ def _hd_asymptote(f, x):
     return out
 
 
-def _hd_error(message):
+_HD_SMALLER = "Smaller weight or bias variances (W_std, b_std) keep the pre-activations moderate."
+
+
+def _hd_error(message, hint=None):
     """ntkdsl's NumericalError when ntkdsl is there (the library), else ArithmeticError
     (its base class) in a standalone module, which imports nothing else."""
     try:
         from ntkdsl.errors import NumericalError
     except ImportError:
-        return ArithmeticError(message)
-    return NumericalError(message, hint="Smaller weight or bias variances (W_std, b_std) "
-                          "keep this activation's moments within float64.")
+        return ArithmeticError(message if hint is None else f"{message}\\n{hint}")
+    return NumericalError(message, hint=hint)
 
 
 def _hd_check(f, q, values, what):
@@ -125,7 +127,7 @@ def _hd_check(f, q, values, what):
         at = numpy.asarray(q, dtype=float).ravel()[numpy.argmax(bad.reshape(len(q), -1).any(axis=1))]
         raise _hd_error(f"{getattr(f, 'label', 'activation')}: {what} is not finite in float64 at "
                         f"pre-activation variance q = {at:.6g} (the numerical route needs "
-                        "E[phi(u)^2] finite)")
+                        "E[phi(u)^2] finite)", _HD_SMALLER)
 
 
 def _hd_fixed(f, s):
@@ -153,9 +155,17 @@ def _hd_graded(f, s, kinks):
         edges = _hd_feature_edges(_HD_EDGES, _hd_features(f, kinks, s[i], 0.0))
         z, w = _hd_rule(edges)
         values = _hd_values(f, s[i] * z)
-        coefficients[i] = (values * w) @ _hd_hermite(z, _HD_TERMS)
+        coefficients[i] = _hd_project(values * w, z)
         moments[i] = (values * values) @ w
     return coefficients, moments
+
+
+def _hd_project(weighted, z):
+    """sum over nodes of weighted · h_n(z), n < _HD_TERMS, in blocks of nodes (the h_n
+    table of a block stays below 2**18 numbers)."""
+    block = max(1, 2 ** 18 // _HD_TERMS)
+    return sum(weighted[i:i + block] @ _hd_hermite(z[i:i + block], _HD_TERMS)
+               for i in range(0, len(z), block))
 
 
 def _hd_features(f, kinks, scale, shift):
@@ -164,17 +174,20 @@ def _hd_features(f, kinks, scale, shift):
     f.singular lists the kinks where a derivative is unbounded (x**0.3 at 0)."""
     singular = getattr(f, "singular", ())
     width = 1.0 / numpy.maximum(numpy.abs(scale), 1e-300)
-    out = [((0.0 - shift) * width * numpy.sign(scale), width, False)]
-    for b in kinks:
-        out.append(((b - shift) * width * numpy.sign(scale), width, b in singular))
+    out = []
+    for b in sorted({0.0, *kinks}):
+        centre = (b - shift) * width * numpy.sign(scale)
+        if b == 0 or numpy.any(numpy.abs(centre) <= 15.0):  # beyond, the Gaussian weight is nil
+            out.append((centre, width, b in singular))
     return out
 
 
 # Panel edges around a feature of width w at distances w·2**j, j >= -1, up to 1 (geometric
 # grading: a smooth φ varies on a scale that grows with the distance from its feature, so
 # a panel as wide as its distance keeps 16-point Gauss-Legendre exact to rounding; beyond
-# a distance of 1 the base grid resolves φ) and, towards a singular kink, down to w·2**-40.
-_HD_FIRST_STEP, _HD_SINGULAR_STEP = -1, -40
+# a distance of 1 the base grid resolves φ) and, towards a singular kink, down to w·2**-28
+# (|x|**0.3 then integrates to 1e-12).
+_HD_FIRST_STEP, _HD_SINGULAR_STEP = -1, -28
 
 
 def _hd_feature_edges(base, features):
@@ -681,6 +694,7 @@ def _hd_remainder(table, r1, r2, q1, q2, c, c2, terms, reach, out):
 # beyond |z| = 14 its weight is below 1e-42. Blocks of function values stay below 2**18.
 _HD_DIRECT_EDGES = numpy.linspace(-14.0, 14.0, 29)
 _HD_BLOCK = 2 ** 18
+_HD_DIRECT_BUDGET = 2 ** 27  # function values per entry (about 2 s): a bound on the time
 
 
 def _hd_direct(f, kinks, q1, q2, c):
@@ -696,6 +710,12 @@ def _hd_direct(f, kinks, q1, q2, c):
     outside = _hd_values(f, s1 * z1) * w1
     # Every row of the inner grid has the same number of nodes: one row tells the block.
     row = _hd_feature_edges(_HD_DIRECT_EDGES, _hd_features(f, kinks, s2 * s, s2 * c * z1[:1]))
+    nodes = len(z1) * 16 * row.shape[-1]
+    if nodes > _HD_DIRECT_BUDGET:  # only φ with dozens of kinks within reach get here
+        raise _hd_error(f"{getattr(f, 'label', 'activation')}: an entry with variances "
+                        f"{q1:.6g}, {q2:.6g} and correlation {c:.12g} needs {nodes:.3g} "
+                        f"quadrature nodes ({len(kinks)} kinks), beyond the numerical "
+                        f"route's budget of {_HD_DIRECT_BUDGET:.3g}", _HD_SMALLER)
     block = max(1, _HD_BLOCK // (16 * row.shape[-1]))
     total = 0.0
     for start in range(0, len(z1), block):
@@ -764,12 +784,27 @@ def kinks(phi: sp.Expr, x: sp.Symbol) -> tuple[float, ...]:
         else:
             args = [node.args[0]]
         for arg in args:
-            try:
-                roots = sp.solve(sp.Eq(arg, 0), x)
-            except (NotImplementedError, TypeError, ValueError):
-                roots = []
-            points |= {float(r) for r in roots if r.is_real and r.is_finite}
-    return tuple(sorted(points))
+            points |= _roots(arg, x)
+    # The nearest ones matter most: φ(√q z) with q ~ 1 reaches |x| ~ 14 (a periodic
+    # argument has infinitely many; the grids skip those a variance does not reach).
+    return tuple(sorted(sorted(points, key=abs)[:MAX_KINKS]))
+
+
+MAX_KINKS = 128
+_KINK_RANGE = sp.Interval(-64, 64)
+
+
+def _roots(arg: sp.Expr, x: sp.Symbol) -> set[float]:
+    """Real zeros of arg in [-64, 64] (all of a periodic one's there), else those
+    sympy's solve finds."""
+    try:
+        roots = sp.solveset(arg, x, _KINK_RANGE)
+        if isinstance(roots, sp.FiniteSet):
+            return {float(r) for r in roots if r.is_real}
+        roots = sp.solve(sp.Eq(arg, 0), x)
+    except (NotImplementedError, TypeError, ValueError):
+        return set()
+    return {float(r) for r in roots if r.is_real and r.is_finite}
 
 
 def derivative(phi: sp.Expr, x: sp.Symbol) -> sp.Expr:
@@ -810,7 +845,7 @@ def square_diverges(f: sp.Expr, x: sp.Symbol, points: tuple[float, ...]) -> floa
     like the derivative of max(x, 0)**0.3 at 0), else None: then E[f(u)**2] is infinite.
     Decided numerically: h·f(b ± h)**2 does not shrink from h = 1e-6 to 1e-12."""
     function = _numpy_function(f, x)
-    for b in points:
+    for b in sorted(points, key=abs):
         for side in (-1.0, 1.0):
             with numpy.errstate(all="ignore"):
                 g = numpy.array([1e-6, 1e-12]) * function(b + side * numpy.array([1e-6, 1e-12])) ** 2
@@ -821,14 +856,19 @@ def square_diverges(f: sp.Expr, x: sp.Symbol, points: tuple[float, ...]) -> floa
 
 def _numpy_function(f: sp.Expr, x: sp.Symbol):
     namespace: dict = {"numpy": numpy}
-    source = function_source("_g", f, x)
+    _execute(function_source("_g", f, x), namespace)
+    return namespace["_g"]
+
+
+def _execute(source: str, namespace: dict) -> None:
+    """Run printed sympy (never user text) in ``namespace``, with the SciPy modules it
+    names (the printer writes scipy.constants.pi, scipy.special.erf) imported first."""
     import importlib
-    for module in ("scipy.special",):
+    for module in ("scipy.constants", "scipy.special"):
         if module + "." in source:
             namespace["scipy"] = importlib.import_module("scipy")
             importlib.import_module(module)
     exec(source, namespace)  # printed sympy, not user text
-    return namespace["_g"]
 
 
 class _NumericalFunction(KernelFunction):
@@ -928,7 +968,8 @@ def _infinite_sources(tag: str, layer: str, point: float) -> dict[str, str]:
     """Γ̇'s helpers when E[φ'(u)**2] diverges: the NTK through the layer is infinite on
     the diagonal (and at zero variance), so asking for it raises NumericalError."""
     message = (f"{layer}: the NTK through this layer is infinite: phi' is not square-"
-               f"integrable next to x = {point:g} (E[phi'(u)^2] diverges); its NNGP is finite")
+               f"integrable next to x = {point:g}, so E[phi'(u)^2] (the NTK's diagonal) "
+               "diverges; kernels are computed together, so the NNGP is refused too")
     raising = f"    raise _hd_error({message!r})\n"
     return {f"_dual_{tag}": f"def _dual_{tag}(k, q1, q2):\n{raising}",
             f"_moment_{tag}": f"def _moment_{tag}(q):\n{raising}"}
@@ -969,7 +1010,7 @@ def numerical_duals(phi: sp.Expr, x: sp.Symbol, name: str) -> tuple[type, type]:
 def _engine_function(cls: type):
     name = f"_f_{cls.tag}"
     if name not in _ENGINE:
-        exec(cls.sources[name], _ENGINE)  # printed sympy, not user text
+        _execute(cls.sources[name], _ENGINE)
     return _ENGINE[name]
 
 
