@@ -17,9 +17,14 @@ Error bound (Cauchy–Schwarz and Parseval): truncating after T terms leaves at 
 |c|^T · sqrt(t(q1, T) t(q2, T)) with t(q, T) = E[φ(√q z)²] − Σ_{n<T} a_n(q)², which the
 engine computes alongside the coefficients. Each entry is summed until that bound is
 below 1e-11 × sqrt(E[φ(u)²] E[φ(v)²]); entries with |c| = 1 (collinear inputs) are
-one-dimensional integrals and are computed directly. If an entry cannot reach the bound
-within the available terms (very large variances with |c| near 1), a warning names the
-bound reached.
+one-dimensional integrals and are computed directly. An entry that cannot reach the bound
+within the available terms (large variances with |c| near 1) is computed by nested
+quadrature.
+
+At any variance: every quadrature grid is graded towards φ's features (0 and its kinks) at
+φ's own scale, so a variance q costs O(log q) nodes (_hd_feature_edges); the nested
+quadrature runs in blocks of bounded memory under a node budget. Moments that are not
+finite in float64 raise NumericalError naming the layer (_hd_check), never inf/NaN.
 
 The engine below is Python source (numpy only) so that generated modules carry it verbatim:
 this module executes the same text, so library and standalone module compute the same
@@ -708,22 +713,24 @@ def _hd_direct(f, kinks, q1, q2, c):
     outer = _hd_features(f, kinks, s1, 0.0) + _hd_features(f, kinks, s2 * c, 0.0)
     z1, w1 = _hd_rule(_hd_feature_edges(_HD_DIRECT_EDGES, outer))
     outside = _hd_values(f, s1 * z1) * w1
-    # Every row of the inner grid has the same number of nodes: one row tells the block.
-    row = _hd_feature_edges(_HD_DIRECT_EDGES, _hd_features(f, kinks, s2 * s, s2 * c * z1[:1]))
-    nodes = len(z1) * 16 * row.shape[-1]
-    if nodes > _HD_DIRECT_BUDGET:  # only φ with dozens of kinks within reach get here
-        raise _hd_error(f"{getattr(f, 'label', 'activation')}: an entry with variances "
-                        f"{q1:.6g}, {q2:.6g} and correlation {c:.12g} needs {nodes:.3g} "
-                        f"quadrature nodes ({len(kinks)} kinks), beyond the numerical "
-                        f"route's budget of {_HD_DIRECT_BUDGET:.3g}", _HD_SMALLER)
-    block = max(1, _HD_BLOCK // (16 * row.shape[-1]))
-    total = 0.0
-    for start in range(0, len(z1), block):
-        shift = s2 * c * z1[start:start + block]
+    total, start, used = 0.0, 0, 0
+    while start < len(z1):
+        # A block as long as its first row's grid allows (rows nearby reach the same kinks).
+        first = _hd_feature_edges(_HD_DIRECT_EDGES,
+                                  _hd_features(f, kinks, s2 * s, s2 * c * z1[start:start + 1]))
+        stop = start + max(1, _HD_BLOCK // (16 * first.shape[-1]))
+        shift = s2 * c * z1[start:stop]
         edges = _hd_feature_edges(_HD_DIRECT_EDGES, _hd_features(f, kinks, s2 * s, shift))
+        used += 16 * edges.size
+        if used > _HD_DIRECT_BUDGET:  # only φ with dozens of kinks within reach get here
+            raise _hd_error(f"{getattr(f, 'label', 'activation')}: an entry with variances "
+                            f"{q1:.6g}, {q2:.6g} and correlation {c:.12g} needs more than "
+                            f"{_HD_DIRECT_BUDGET:.3g} quadrature nodes ({len(kinks)} kinks), "
+                            "the numerical route's budget", _HD_SMALLER)
         xi, w2 = _hd_rule(edges)
         smoothed = (_hd_values(f, shift[:, None] + (s2 * s) * xi) * w2).sum(axis=1)
-        total += float(outside[start:start + block] @ smoothed)
+        total += float(outside[start:stop] @ smoothed)
+        start = stop
     return total
 
 

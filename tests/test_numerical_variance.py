@@ -17,8 +17,9 @@ from ntkdsl.expressions import parse_expression
 
 x = activations.x
 SQRT2PI = np.sqrt(2 * np.pi)
-SIG = lambda t: 0.5 * (1 + np.tanh(t / 2))  # noqa: E731 - stable logistic
-SECH2 = lambda t: 1 / np.cosh(np.clip(t, -350, 350)) ** 2  # noqa: E731
+SIG = lambda t: 0.5 * (1 + np.tanh(t / 2))
+SECH2 = lambda t: 1 / np.cosh(np.clip(t, -350, 350)) ** 2
+GELU_A = np.sqrt(2 / np.pi)
 
 # name -> (sympy φ, φ, φ') with φ and φ' written independently of the library's printing.
 CASES = {
@@ -26,12 +27,15 @@ CASES = {
     "Softplus": (activations.lookup("Softplus").phi(), lambda t: np.logaddexp(0, t), SIG),
     "Silu": (activations.lookup("Silu").phi(), lambda t: t * SIG(t),
              lambda t: SIG(t) * (1 + t * SIG(-t))),
-    "Elu": (activations.lookup("Elu").phi(alpha=1.0), lambda t: np.where(t > 0, t, np.expm1(np.minimum(t, 0))),
+    "Elu": (activations.lookup("Elu").phi(alpha=1.0),
+            lambda t: np.where(t > 0, t, np.expm1(np.minimum(t, 0))),
             lambda t: np.where(t > 0, 1.0, np.exp(np.minimum(t, 0)))),
     "Gelu": (activations.lookup("Gelu").phi(approximate=True),
-             lambda t: 0.5 * t * (1 + np.tanh(np.sqrt(2 / np.pi) * (t + 0.044715 * t ** 3))),
-             None),
-    "Mish": (activations.lookup("Mish").phi(), lambda t: t * np.tanh(np.logaddexp(0, t)), None),
+             lambda t: 0.5 * t * (1 + np.tanh(GELU_A * (t + 0.044715 * t ** 3))),
+             lambda t: 0.5 * (1 + np.tanh(GELU_A * (t + 0.044715 * t ** 3)))
+             + 0.5 * t * SECH2(GELU_A * (t + 0.044715 * t ** 3)) * GELU_A * (1 + 3 * 0.044715 * t ** 2)),
+    "Mish": (activations.lookup("Mish").phi(), lambda t: t * np.tanh(np.logaddexp(0, t)),
+             lambda t: np.tanh(np.logaddexp(0, t)) + t * SECH2(np.logaddexp(0, t)) * SIG(t)),
     "Sigmoid": (activations.lookup("Sigmoid").phi(), SIG, lambda t: SIG(t) * SIG(-t)),
     "Fn(x*tanh(x))": (parse_expression("x*tanh(x)"), lambda t: t * np.tanh(t),
                       lambda t: np.tanh(t) + t * SECH2(t)),
@@ -52,7 +56,7 @@ def gaussian_mean(f, mean, std, points=FEATURES):
     if std == 0:
         return float(f(np.array(mean)))
     lo, hi = mean - 14 * std, mean + 14 * std
-    density = lambda y: np.exp(-0.5 * ((y - mean) / std) ** 2) / (SQRT2PI * std)  # noqa: E731
+    density = lambda y: np.exp(-0.5 * ((y - mean) / std) ** 2) / (SQRT2PI * std)
     return _quad(lambda y: f(y) * density(y), lo, hi, points)
 
 
@@ -97,8 +101,7 @@ def test_collinear_and_independent_entries_at_any_variance(name, q1, q2, c):
 
 
 @pytest.mark.parametrize("name", ["Tanh", "Softplus", "Elu", "Gelu", "Fn(relu(x-1))"])
-@pytest.mark.parametrize("q1, q2, c", [(1e2, 1e2, 0.999), (1e4, 1e4, -0.9995), (1e6, 1e6, 0.99),
-                                       (1e-3, 1e5, 0.7), (1.0, 1.0, 0.6)])
+@pytest.mark.parametrize("q1, q2, c", [(1e2, 1e2, 0.999), (1e4, 1e4, -0.9995), (1e6, 1e6, 0.99)])
 def test_correlated_entries_at_large_variance(name, q1, q2, c):
     """The entries the series cannot certify at large variance (|c| near 1) go to the
     graded nested quadrature."""
@@ -186,7 +189,7 @@ def test_singular_activations_diagonal_and_infinite_ntk(expr, power):
         assert abs(got[0, 0] - reference(f, q, q, c, points)) <= 1e-9 * reference(f, q, q, 1.0, points)
     if power is None:  # 40 kinks within reach of a near-collinear entry: past the budget, refused
         with pytest.raises(NumericalError, match="budget"):
-            numerical.evaluate(gamma, np.array([[49.5]]), np.array([[50.0]]), np.array([[50.0]]))
+            numerical._ENGINE["_hd_direct"](numerical._engine_function(gamma), gamma.points, 50.0, 50.0, 0.99)
     net = ntkdsl.compile(f'Dense(8, W_std=1.3) > Fn("{expr}") > Dense(1)')
     for kernel in (net.ntk, net.nngp):
         with pytest.raises(NumericalError, match=r"infinite.*x = 0"):
