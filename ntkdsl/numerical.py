@@ -17,9 +17,14 @@ Error bound (Cauchy–Schwarz and Parseval): truncating after T terms leaves at 
 |c|^T · sqrt(t(q1, T) t(q2, T)) with t(q, T) = E[φ(√q z)²] − Σ_{n<T} a_n(q)², which the
 engine computes alongside the coefficients. Each entry is summed until that bound is
 below 1e-11 × sqrt(E[φ(u)²] E[φ(v)²]); entries with |c| = 1 (collinear inputs) are
-one-dimensional integrals and are computed directly. If an entry cannot reach the bound
-within the available terms (very large variances with |c| near 1), a warning names the
-bound reached.
+one-dimensional integrals and are computed directly. An entry that cannot reach the bound
+within the available terms (large variances with |c| near 1) is computed by nested
+quadrature.
+
+At any variance: every quadrature grid is graded towards φ's features (0 and its kinks) at
+φ's own scale, so a variance q costs O(log q) nodes (_hd_feature_edges); the nested
+quadrature runs in blocks of bounded memory under a node budget. Moments that are not
+finite in float64 raise NumericalError naming the layer (_hd_check), never inf/NaN.
 
 The engine below is Python source (numpy only) so that generated modules carry it verbatim:
 this module executes the same text, so library and standalone module compute the same
@@ -74,8 +79,61 @@ def _hd_hermite(z, count):
 
 
 def _hd_values(f, x):
+    """f at x (any shape). Where the printed formula overflows in an intermediate (exp(-x)
+    over (1 + exp(-x))**2 at x = -800), f is linear to rounding (its exponentials are
+    below 1e-300 there): it is extended from +-700 (_hd_asymptote). Values that stay
+    non-finite are genuine, for _hd_check to report."""
     with numpy.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        return numpy.broadcast_to(numpy.asarray(f(x), dtype=float), x.shape)
+        values = numpy.broadcast_to(numpy.asarray(f(x), dtype=float), x.shape)
+        bad = ~numpy.isfinite(values) & (numpy.abs(x) > _HD_LINEAR_FROM)
+        if bad.any():
+            values = values.copy()
+            values[bad] = _hd_asymptote(f, x[bad])
+    return values
+
+
+_HD_LINEAR_FROM = 700.0  # exp(-700) ~ 1e-304: beyond, exp terms of a sum are rounding
+
+
+def _hd_asymptote(f, x):
+    """f's straight-line extension beyond +-_HD_LINEAR_FROM, where f is linear on
+    [+-698, +-700] to 1e-12 (a sum of polynomials of degree <= 1 and exponentially small
+    terms, or below 1e-280); inf where it is not (a genuine overflow is not hidden)."""
+    out = numpy.full(x.shape, numpy.inf)
+    for side in (-1.0, 1.0):
+        here = numpy.sign(x) == side
+        if not here.any():
+            continue
+        y = numpy.asarray(f(side * (_HD_LINEAR_FROM - numpy.arange(3.0))), dtype=float)
+        y = numpy.broadcast_to(y, (3,))
+        slope, curve = y[0] - y[1], y[0] - 2 * y[1] + y[2]
+        # (an absolute 1e-280 accepts exponential tails that are rounding there already)
+        if numpy.all(numpy.isfinite(y)) and abs(curve) <= 1e-12 * (abs(y[0]) + abs(slope)) + 1e-280:
+            out[here] = y[0] + slope * (numpy.abs(x[here]) - _HD_LINEAR_FROM)
+    return out
+
+
+_HD_SMALLER = "Smaller weight or bias variances (W_std, b_std) keep the pre-activations moderate."
+
+
+def _hd_error(message, hint=None):
+    """ntkdsl's NumericalError when ntkdsl is there (the library), else ArithmeticError
+    (its base class) in a standalone module, which imports nothing else."""
+    try:
+        from ntkdsl.errors import NumericalError
+    except ImportError:
+        return ArithmeticError(message if hint is None else f"{message}\\n{hint}")
+    return NumericalError(message, hint=hint)
+
+
+def _hd_check(f, q, values, what):
+    """Raise _hd_error naming f's layer where ``values`` (per variance q) are not finite."""
+    bad = ~numpy.isfinite(values)
+    if bad.any():
+        at = numpy.asarray(q, dtype=float).ravel()[numpy.argmax(bad.reshape(len(q), -1).any(axis=1))]
+        raise _hd_error(f"{getattr(f, 'label', 'activation')}: {what} is not finite in float64 at "
+                        f"pre-activation variance q = {at:.6g} (the numerical route needs "
+                        "E[phi(u)^2] finite)", _HD_SMALLER)
 
 
 def _hd_fixed(f, s):
@@ -88,22 +146,74 @@ def _hd_fixed(f, s):
     return values @ weighted, (values * values) @ w
 
 
+def _hd_grid_resolves(f, kinks):
+    """Whether the shared grid can serve φ (at scales up to _HD_FIXED_SCALE): its kinks
+    must be at 0, an edge of the grid, and none singular."""
+    return not any(b != 0 for b in kinks) and not getattr(f, "singular", ())
+
+
 def _hd_graded(f, s, kinks):
-    """The same on grids refined around each kink of φ (and 0) at φ's own scale."""
-    steps = numpy.arange(-24, 25) * 0.5
-    points = numpy.concatenate([(b + steps)[None, :] / s[:, None] for b in (0.0,) + kinks],
-                               axis=1)
-    edges = numpy.sort(numpy.concatenate(
-        [numpy.broadcast_to(_HD_EDGES, (len(s), len(_HD_EDGES))),
-         numpy.clip(points, -14.0, 14.0)], axis=1), axis=1)
+    """The same on grids graded towards each feature of φ (0 and its kinks) at φ's own
+    scale (_hd_feature_edges): the node count grows with log(q), not with q."""
     coefficients = numpy.empty((len(s), _HD_TERMS))
     moments = numpy.empty(len(s))
     for i in range(len(s)):  # one variance at a time bounds memory; rows are few here
-        z, w = _hd_rule(edges[i])
+        edges = _hd_feature_edges(_HD_EDGES, _hd_features(f, kinks, s[i], 0.0))
+        z, w = _hd_rule(edges)
         values = _hd_values(f, s[i] * z)
-        coefficients[i] = (values * w) @ _hd_hermite(z, _HD_TERMS)
+        coefficients[i] = _hd_project(values * w, z)
         moments[i] = (values * values) @ w
     return coefficients, moments
+
+
+def _hd_project(weighted, z):
+    """sum over nodes of weighted · h_n(z), n < _HD_TERMS, in blocks of nodes (the h_n
+    table of a block stays below 2**18 numbers)."""
+    block = max(1, 2 ** 18 // _HD_TERMS)
+    return sum(weighted[i:i + block] @ _hd_hermite(z[i:i + block], _HD_TERMS)
+               for i in range(0, len(z), block))
+
+
+def _hd_features(f, kinks, scale, shift):
+    """[(centre, width, singular)] of φ(scale·t + shift) in t: φ's features (0, where its
+    nonlinearity is, and its kinks) sit at t = (b - shift)/scale and are 1/scale wide;
+    f.singular lists the kinks where a derivative is unbounded (x**0.3 at 0)."""
+    singular = getattr(f, "singular", ())
+    width = 1.0 / numpy.maximum(numpy.abs(scale), 1e-300)
+    out = []
+    for b in sorted({0.0, *kinks}):
+        centre = (b - shift) * width * numpy.sign(scale)
+        if b == 0 or numpy.any(numpy.abs(centre) <= 15.0):  # beyond, the Gaussian weight is nil
+            out.append((centre, width, b in singular))
+    return out
+
+
+# Panel edges around a feature of width w at distances w·2**j, j >= -1, up to 1 (geometric
+# grading: a smooth φ varies on a scale that grows with the distance from its feature, so
+# a panel as wide as its distance keeps 16-point Gauss-Legendre exact to rounding; beyond
+# a distance of 1 the base grid resolves φ) and, towards a singular kink, down to w·2**-28
+# (|x|**0.3 then integrates to 1e-12).
+_HD_FIRST_STEP, _HD_SINGULAR_STEP = -1, -28
+
+
+def _hd_feature_edges(base, features):
+    """Sorted edges: ``base`` (last axis) plus graded edges around every feature (centre
+    and width arrays broadcasting against base's leading axes), clipped to base's range.
+    Per feature at most 2 · (41 + log2(1/width)) edges: the count grows with log(q)."""
+    lo, hi = base[..., :1], base[..., -1:]
+    parts = [base]
+    for centre, width, singular in features:
+        width = numpy.asarray(width, dtype=float)
+        top = max(_HD_FIRST_STEP, int(numpy.ceil(numpy.log2(1.0 / width.min()))))
+        steps = 2.0 ** numpy.arange(_HD_SINGULAR_STEP if singular else _HD_FIRST_STEP, top + 1)
+        distance = numpy.minimum(width[..., None] * steps, 1.0)
+        centre = numpy.asarray(centre, dtype=float)[..., None]
+        parts += [numpy.clip(centre + distance, lo, hi), numpy.clip(centre - distance, lo, hi),
+                  numpy.clip(centre, lo, hi)]
+    shape = numpy.broadcast_shapes(*(p.shape[:-1] for p in parts))
+    edges = numpy.concatenate([numpy.broadcast_to(p, shape + p.shape[-1:]) for p in parts], axis=-1)
+    edges = numpy.sort(edges, axis=-1)
+    return numpy.unique(edges) if edges.ndim == 1 else edges
 
 
 _HD_CACHE = {}
@@ -225,11 +335,13 @@ def _hd_compute(f, kinks, q):
     s = numpy.sqrt(numpy.maximum(q, 0.0))
     a = numpy.empty((len(s), _HD_TERMS))
     m = numpy.empty(len(s))
-    fixed = (s <= _HD_FIXED_SCALE) & (not any(b != 0 for b in kinks))
+    fixed = (s <= _HD_FIXED_SCALE) & _hd_grid_resolves(f, kinks)
     if fixed.any():
         a[fixed], m[fixed] = _hd_fixed(f, s[fixed])
     if (~fixed).any():
         a[~fixed], m[~fixed] = _hd_graded(f, s[~fixed], kinks)
+    _hd_check(f, q, m, "E[phi(u)^2]")
+    _hd_check(f, q, a, "a Hermite coefficient E[phi(u) h_n(z)]")
     partial = numpy.concatenate([numpy.zeros((len(s), 1)), numpy.cumsum(a * a, axis=1)], axis=1)
     scale = numpy.where(m > 0, m, 1.0)
     tails = numpy.maximum((m[:, None] - partial) / scale[:, None], 0.0)
@@ -389,7 +501,7 @@ def _hd_collinear(f, kinks, q1, q2, sign):
     Entries whose scales the shared grid resolves are integrated together on it."""
     s1, s2 = numpy.sqrt(q1), numpy.sqrt(q2)
     out = numpy.empty(q1.shape)
-    on_grid = (numpy.maximum(s1, s2) <= _HD_FIXED_SCALE) & (not any(b != 0 for b in kinks))
+    on_grid = (numpy.maximum(s1, s2) <= _HD_FIXED_SCALE) & _hd_grid_resolves(f, kinks)
     if on_grid.any():
         if "table" not in _HD_CACHE:
             _hd_fixed(f, numpy.ones(1))  # builds the shared grid
@@ -398,12 +510,8 @@ def _hd_collinear(f, kinks, q1, q2, sign):
         right = _hd_values(f, (sign * s2)[on_grid, None] * z)
         out[on_grid] = (left * right) @ w
     for i in numpy.nonzero(~on_grid)[0]:  # large scales: panels follow φ's features
-        scale = max(s1[i], s2[i])
-        points = [(b + numpy.arange(-48, 49) * 0.25) / t for b in (0.0,) + kinks
-                  for t in (s1[i], s2[i]) if t > 0]
-        edges = numpy.sort(numpy.concatenate([_HD_EDGES] + ([numpy.clip(
-            numpy.concatenate(points), -14, 14)] if scale > 1 else [])))
-        z, w = _hd_rule(edges)
+        features = _hd_features(f, kinks, s1[i], 0.0) + _hd_features(f, kinks, sign[i] * s2[i], 0.0)
+        z, w = _hd_rule(_hd_feature_edges(_HD_EDGES, features))
         out[i] = (_hd_values(f, s1[i] * z) * _hd_values(f, sign[i] * s2[i] * z)) @ w
     return out
 
@@ -588,33 +696,43 @@ def _hd_remainder(table, r1, r2, q1, q2, c, c2, terms, reach, out):
         values[flat] = numpy.where(complete, rest, values[flat] + rest)
 
 
-def _hd_edges(centres, widths):
-    """Sorted panel edges: the fixed grid plus, around each centre, 97 edges a quarter
-    of its width apart (the scale of φ's features there), clipped to the grid's range."""
-    steps = numpy.arange(-48, 49) * 0.25
-    extra = [numpy.clip(c[..., None] + steps * w[..., None], -14.0, 14.0)
-             for c, w in zip(centres, widths)]
-    base = numpy.broadcast_to(_HD_EDGES, extra[0].shape[:-1] + _HD_EDGES.shape)
-    return numpy.sort(numpy.concatenate([base] + extra, axis=-1), axis=-1)
+# The nested quadrature of _hd_direct: a standard Gaussian needs panels no wider than 1;
+# beyond |z| = 14 its weight is below 1e-42. Blocks of function values stay below 2**18.
+_HD_DIRECT_EDGES = numpy.linspace(-14.0, 14.0, 29)
+_HD_BLOCK = 2 ** 18
+_HD_DIRECT_BUDGET = 2 ** 27  # function values per entry (about 2 s): a bound on the time
 
 
 def _hd_direct(f, kinks, q1, q2, c):
-    """E[f(u) f(v)] for one entry by nested composite quadrature, refined where f(u), or
-    the conditional mean of f(v), changes on φ's own scale: the route for the few entries
-    (large variance, |c| near 1) where the series cannot certify its bound."""
+    """E[f(u) f(v)] for one entry by nested composite quadrature, u = s1 z1 and
+    v = s2 (c z1 + s xi): the route for the few entries (large variance, |c| near 1) where
+    the series cannot certify its bound. Both grids are graded towards φ's features at φ's
+    own scale (_hd_feature_edges), so their sizes grow with log(q); the inner integrals
+    are done in blocks of outer nodes, so memory stays bounded."""
     s1, s2, s = numpy.sqrt(q1), numpy.sqrt(q2), numpy.sqrt(max(1.0 - c * c, 0.0))
-    points = (0.0,) + kinks
-    one = numpy.ones(())
-    outer = _hd_edges([b / s1 * one for b in points] + [b / (s2 * max(abs(c), 1e-300)) * one
-                                                     for b in points],
-                      [one / s1] * len(points) + [one / (s2 * max(abs(c), 1e-300))] * len(points))
-    z1, w1 = _hd_rule(outer)
-    # Inner variable xi: v = s2 (c z1 + s xi); f's features sit at xi = (b/s2 - c z1)/s.
-    inner = _hd_edges([(b / s2 - c * z1) / s for b in points],
-                      [numpy.full(z1.shape, 1.0 / (s2 * s))] * len(points))
-    xi, w2 = _hd_rule(inner)
-    smoothed = (_hd_values(f, s2 * (c * z1[:, None] + s * xi)) * w2).sum(axis=1)
-    return float((_hd_values(f, s1 * z1) * smoothed) @ w1)
+    # E[f(v) | z1] is f smoothed, centred at s2 c z1: its features are at b / (s2 c).
+    outer = _hd_features(f, kinks, s1, 0.0) + _hd_features(f, kinks, s2 * c, 0.0)
+    z1, w1 = _hd_rule(_hd_feature_edges(_HD_DIRECT_EDGES, outer))
+    outside = _hd_values(f, s1 * z1) * w1
+    total, start, used = 0.0, 0, 0
+    while start < len(z1):
+        # A block as long as its first row's grid allows (rows nearby reach the same kinks).
+        first = _hd_feature_edges(_HD_DIRECT_EDGES,
+                                  _hd_features(f, kinks, s2 * s, s2 * c * z1[start:start + 1]))
+        stop = start + max(1, _HD_BLOCK // (16 * first.shape[-1]))
+        shift = s2 * c * z1[start:stop]
+        edges = _hd_feature_edges(_HD_DIRECT_EDGES, _hd_features(f, kinks, s2 * s, shift))
+        used += 16 * edges.size
+        if used > _HD_DIRECT_BUDGET:  # only φ with dozens of kinks within reach get here
+            raise _hd_error(f"{getattr(f, 'label', 'activation')}: an entry with variances "
+                            f"{q1:.6g}, {q2:.6g} and correlation {c:.12g} needs more than "
+                            f"{_HD_DIRECT_BUDGET:.3g} quadrature nodes ({len(kinks)} kinks), "
+                            "the numerical route's budget", _HD_SMALLER)
+        xi, w2 = _hd_rule(edges)
+        smoothed = (_hd_values(f, shift[:, None] + (s2 * s) * xi) * w2).sum(axis=1)
+        total += float(outside[start:stop] @ smoothed)
+        start = stop
+    return total
 
 
 def _hd_fix(f, kinks, q1, q2, c, entries, out):
@@ -646,6 +764,15 @@ def _printer():
         def _print_Min(self, expr):
             return self._fold("minimum", expr.args)
 
+        def _print_log(self, expr):
+            # log(1 + exp(a)) as logaddexp(0, a): no overflow for a > 709 (Softplus, Mish).
+            arg = expr.args[0]
+            if isinstance(arg, sp.Add) and len(arg.args) == 2 and sp.S.One in arg.args:
+                other = arg.args[0] if arg.args[1] == 1 else arg.args[1]
+                if isinstance(other, sp.exp):
+                    return f"numpy.logaddexp(0, {self._print(other.args[0])})"
+            return super()._print_log(expr)
+
     return _Printer({"fully_qualified_modules": True, "inline": True})
 
 
@@ -665,12 +792,27 @@ def kinks(phi: sp.Expr, x: sp.Symbol) -> tuple[float, ...]:
         else:
             args = [node.args[0]]
         for arg in args:
-            try:
-                roots = sp.solve(sp.Eq(arg, 0), x)
-            except (NotImplementedError, TypeError, ValueError):
-                roots = []
-            points |= {float(r) for r in roots if r.is_real and r.is_finite}
-    return tuple(sorted(points))
+            points |= _roots(arg, x)
+    # The nearest ones matter most: φ(√q z) with q ~ 1 reaches |x| ~ 14 (a periodic
+    # argument has infinitely many; the grids skip those a variance does not reach).
+    return tuple(sorted(sorted(points, key=abs)[:MAX_KINKS]))
+
+
+MAX_KINKS = 128
+_KINK_RANGE = sp.Interval(-64, 64)
+
+
+def _roots(arg: sp.Expr, x: sp.Symbol) -> set[float]:
+    """Real zeros of arg in [-64, 64] (all of a periodic one's there), else those
+    sympy's solve finds."""
+    try:
+        roots = sp.solveset(arg, x, _KINK_RANGE)
+        if isinstance(roots, sp.FiniteSet):
+            return {float(r) for r in roots if r.is_real}
+        roots = sp.solve(sp.Eq(arg, 0), x)
+    except (NotImplementedError, TypeError, ValueError):
+        return set()
+    return {float(r) for r in roots if r.is_real and r.is_finite}
 
 
 def derivative(phi: sp.Expr, x: sp.Symbol) -> sp.Expr:
@@ -679,10 +821,62 @@ def derivative(phi: sp.Expr, x: sp.Symbol) -> sp.Expr:
     return sp.diff(phi, x).replace(sp.DiracDelta, lambda *args: sp.S.Zero)
 
 
-def function_source(name: str, expr: sp.Expr, x: sp.Symbol) -> str:
-    """``def name(x): return <expr printed for numpy>``, broadcasting constants."""
+def function_source(name: str, expr: sp.Expr, x: sp.Symbol, label: str = "",
+                    singular: tuple[float, ...] = ()) -> str:
+    """``def name(x): return <expr printed for numpy>``, broadcasting constants, with
+    ``name.label`` (the layer, for error messages) and ``name.singular`` (kinks where a
+    derivative of expr is unbounded, for the engine's quadrature grids)."""
     body = _printer().doprint(expr)
-    return f"def {name}({x}):\n    return {body} + 0.0 * {x}\n"
+    return (f"def {name}({x}):\n    return {body} + 0.0 * {x}\n\n\n"
+            f"{name}.label = {label!r}\n{name}.singular = {tuple(singular)!r}\n")
+
+
+def singular_points(f: sp.Expr, x: sp.Symbol, points: tuple[float, ...]) -> tuple[float, ...]:
+    """The points among ``points`` (kinks) next to which f'' is unbounded (x**0.3 at 0,
+    sqrt|sin x| at 0): the quadrature grids are graded towards those down to 1e-12 of
+    φ's scale. Decided numerically, |f''| at distances 1e-9 and 1e-7 on each side."""
+    if not points:
+        return ()
+    second = _numpy_function(derivative(derivative(f, x), x), x)
+    out = []
+    for b in points:
+        near = b + numpy.array([-1e-9, -1e-7, 1e-7, 1e-9])
+        with numpy.errstate(all="ignore"):
+            values = numpy.abs(second(near))
+        if not numpy.all(numpy.isfinite(values)) or values.max() > 1e6:
+            out.append(b)
+    return tuple(out)
+
+
+def square_diverges(f: sp.Expr, x: sp.Symbol, points: tuple[float, ...]) -> float | None:
+    """A point next to which f**2 is not integrable (|f| ~ |x - b|**-p with p >= 1/2,
+    like the derivative of max(x, 0)**0.3 at 0), else None: then E[f(u)**2] is infinite.
+    Decided numerically: h·f(b ± h)**2 does not shrink from h = 1e-6 to 1e-12."""
+    function = _numpy_function(f, x)
+    for b in sorted(points, key=abs):
+        for side in (-1.0, 1.0):
+            with numpy.errstate(all="ignore"):
+                g = numpy.array([1e-6, 1e-12]) * function(b + side * numpy.array([1e-6, 1e-12])) ** 2
+            if not numpy.all(numpy.isfinite(g)) or (g[1] > 0 and g[1] >= 0.5 * g[0]):
+                return b
+    return None
+
+
+def _numpy_function(f: sp.Expr, x: sp.Symbol):
+    namespace: dict = {"numpy": numpy}
+    _execute(function_source("_g", f, x), namespace)
+    return namespace["_g"]
+
+
+def _execute(source: str, namespace: dict) -> None:
+    """Run printed sympy (never user text) in ``namespace``, with the SciPy modules it
+    names (the printer writes scipy.constants.pi, scipy.special.erf) imported first."""
+    import importlib
+    for module in ("scipy.constants", "scipy.special"):
+        if module + "." in source:
+            namespace["scipy"] = importlib.import_module("scipy")
+            importlib.import_module(module)
+    exec(source, namespace)  # printed sympy, not user text
 
 
 class _NumericalClass(type(KernelFunction)):
@@ -799,10 +993,11 @@ def _tag(f: sp.Expr) -> str:
     return hashlib.sha1(sp.srepr(f).encode()).hexdigest()[:12]
 
 
-def _sources(tag: str, f: sp.Expr, x: sp.Symbol, points: tuple[float, ...]) -> dict[str, str]:
+def _sources(tag: str, f: sp.Expr, x: sp.Symbol, points: tuple[float, ...],
+             layer: str = "") -> dict[str, str]:
     return {
         "_hd_engine": ENGINE_SOURCE,
-        f"_f_{tag}": function_source(f"_f_{tag}", f, x),
+        f"_f_{tag}": function_source(f"_f_{tag}", f, x, layer, singular_points(f, x, points)),
         f"_dual_{tag}": (f"def _dual_{tag}(k, q1, q2):\n"
                          f"    return _hd_dual(_f_{tag}, {points!r}, k, q1, q2)\n"),
         f"_moment_{tag}": (f"def _moment_{tag}(q):\n"
@@ -821,10 +1016,21 @@ def _pair_sources(tag: str, dot: dict[str, str], dot_tag: str,
     }
 
 
+def _infinite_sources(tag: str, layer: str, point: float) -> dict[str, str]:
+    """Γ̇'s helpers when E[φ'(u)**2] diverges: the NTK through the layer is infinite on
+    the diagonal (and at zero variance), so asking for it raises NumericalError."""
+    message = (f"{layer}: the NTK through this layer is infinite: phi' is not square-"
+               f"integrable next to x = {point:g}, so E[phi'(u)^2] (the NTK's diagonal) "
+               "diverges; kernels are computed together, so the NNGP is refused too")
+    raising = f"    raise _hd_error({message!r})\n"
+    return {f"_dual_{tag}": f"def _dual_{tag}(k, q1, q2):\n{raising}",
+            f"_moment_{tag}": f"def _moment_{tag}(q):\n{raising}"}
+
+
 def _classes(f: sp.Expr, x: sp.Symbol, label: str, points,
-             extra: dict[str, str] | None = None) -> tuple[type, type]:
+             extra: dict[str, str] | None = None, layer: str = "") -> tuple[type, type]:
     tag = _tag(f)
-    sources = {**_sources(tag, f, x, points), **(extra or {})}
+    sources = {**_sources(tag, f, x, points, layer), **(extra or {})}
     data = {"tag": tag, "label": label, "points": points, "sources": sources}
     moment = _new_class(f"Moment_{tag}", NumericalMoment, dict(data))
     dual = _new_class(f"Dual_{tag}", NumericalDual, dict(data, moment=moment))
@@ -854,10 +1060,13 @@ def numerical_duals(phi: sp.Expr, x: sp.Symbol, name: str) -> tuple[type, type]:
     continuous φ, Γ̇ is also the derivative of Γ's series, so one helper computes both."""
     points = kinks(phi, x)
     phi_dot = derivative(phi, x)
-    dot, _ = _classes(phi_dot, x, f"Gammadot[{name}]", points)
-    pair = None if phi.has(*_DISCONTINUOUS) else _pair_sources(
+    infinite = square_diverges(phi_dot, x, points)
+    dot, _ = _classes(phi_dot, x, f"Gammadot[{name}]", points,
+                      None if infinite is None else _infinite_sources(_tag(phi_dot), name, infinite),
+                      f"{name} (its derivative, for the NTK)")
+    pair = None if phi.has(*_DISCONTINUOUS) or infinite is not None else _pair_sources(
         _tag(phi), dot.sources, dot.tag, points)
-    gamma, _ = _classes(phi, x, f"Gamma[{name}]", points, pair)
+    gamma, _ = _classes(phi, x, f"Gamma[{name}]", points, pair, name)
     gamma.dot = dot
     for path in _ROLES:  # how pickle rebuilds each class (_reduce_class)
         _follow(gamma, path).recipe = (phi, x, name, path)
@@ -867,7 +1076,7 @@ def numerical_duals(phi: sp.Expr, x: sp.Symbol, name: str) -> tuple[type, type]:
 def _engine_function(cls: type):
     name = f"_f_{cls.tag}"
     if name not in _ENGINE:
-        exec(cls.sources[name], _ENGINE)  # printed sympy, not user text
+        _execute(cls.sources[name], _ENGINE)
     return _ENGINE[name]
 
 
