@@ -108,7 +108,7 @@ class Repeat:
         return f"{_wrap(self.body, (Sum, Serial))} * {self.times}"
 
 
-Node = Union[Dense, Identity, LayerNorm, Activation, Serial, Sum, Repeat]
+Node = Union[Dense, Identity, LayerNorm, Activation, Serial, Sum, Repeat]  # noqa: UP007 - runtime alias
 
 
 def _wrap(node: Node, loose: type | tuple[type, ...]) -> str:

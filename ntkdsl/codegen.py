@@ -283,7 +283,7 @@ def compile_functions(source: str) -> dict:
         importlib.import_module(name)
         top = name.split(".")[0]
         namespace[top] = importlib.import_module(top)
-    exec(compile(source, "<ntkdsl generated>", "exec"), namespace)  # noqa: S102 - our code
+    exec(compile(source, "<ntkdsl generated>", "exec"), namespace)
     return namespace
 
 

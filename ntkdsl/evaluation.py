@@ -588,7 +588,7 @@ def _keep_freed_heap() -> None:
     cue to raise its mmap threshold to that size and its trim threshold to twice it; any
     NumPy program that frees a mid-sized array does the same. Nothing is touched, so no
     memory is used."""
-    global _MALLOC_TUNED
+    global _MALLOC_TUNED  # noqa: PLW0603 - a once-per-process flag
     if not _MALLOC_TUNED:
         _MALLOC_TUNED = True
         del_me = np.empty(16 * 2**20, dtype=np.uint8)

@@ -740,7 +740,7 @@ def _hd_fix(f, kinks, q1, q2, c, entries, out):
     near-collinear ones with large variances)."""
     for i, e in enumerate(entries.tolist()):
         out[e] = _hd_direct(f, kinks, q1[i], q2[i], c[i])
-''' % {"tol": TOLERANCE, "terms": MAX_TERMS}
+''' % {"tol": TOLERANCE, "terms": MAX_TERMS}  # noqa: UP031 - the engine is full of braces
 
 _ENGINE: dict = {"numpy": numpy}
 exec(compile(ENGINE_SOURCE, "<ntkdsl numerical engine>", "exec"), _ENGINE)  # our own text

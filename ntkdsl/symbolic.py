@@ -69,7 +69,7 @@ class Corr(KernelFunction):
         return None
 
     def fdiff(self, argindex=1):
-        k, q1, q2 = self.args
+        _, q1, q2 = self.args
         if argindex == 1:
             return 1 / sp.sqrt(q1 * q2)
         return -self / (2 * (q1 if argindex == 2 else q2))

@@ -9,12 +9,12 @@ import pytest
 from sklearn.datasets import load_diabetes
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
+from test_estimators import ReluKernel
 
 import ntkdsl
 from ntkdsl.cli import main
 from ntkdsl.commands.fit import load_csv, parse_times
 from ntkdsl.errors import InputError
-from test_estimators import ReluKernel
 
 ARCH = "(Dense(512, W_std=1.5, b_std=0.05) > Relu) * 2 > Dense(1, W_std=1.5, b_std=0.05)"
 

@@ -11,12 +11,10 @@ from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
-
-import ntkdsl
-from ntkdsl.errors import InputError
-from ntkdsl.estimators import ArchTemplate, NTKClassifier, NTKRegressor
 from test_predict import relu_network_kernels
 
+from ntkdsl.errors import InputError
+from ntkdsl.estimators import ArchTemplate, NTKClassifier, NTKRegressor
 
 
 class ReluKernel:
@@ -263,7 +261,7 @@ def test_bad_template_and_predict_inputs(regression_data):
         ArchTemplate("Dense({n}) > Dense(1)", m=3)
     with pytest.raises(InputError, match="must be a name"):
         ArchTemplate("Dense({}) > Dense(1)")
-    with pytest.raises(InputError, match="placeholders are written {name}"):
+    with pytest.raises(InputError, match=r"placeholders are written \{name\}"):
         ArchTemplate("Dense({n) > Dense(1)")
     reg = NTKRegressor(ReluKernel()).fit(X, y)
     with pytest.raises(InputError, match="3 features"):

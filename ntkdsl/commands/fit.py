@@ -21,8 +21,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..evaluation import kernel_name
-from .options import (add_arch, add_command, check_output_directory, comma_list, image_path,
-                      real, seed)
+from .options import add_arch, add_command, check_output_directory, comma_list, image_path, real, seed
 
 DATASETS = {  # name: (scikit-learn loader, task)
     "breast_cancer": ("load_breast_cancer", "classification"),
@@ -318,7 +317,7 @@ class Run:
 def _fit_and_trace(args, data: Dataset, split, times: np.ndarray, step) -> Run:
     from ..estimators import NTKClassifier, NTKRegressor
 
-    X_train, X_test, y_train, y_test = split
+    X_train, X_test, y_train, _ = split
     cls = NTKClassifier if data.task == "classification" else NTKRegressor
     estimator = cls(args.arch, kernel=args.kernel, learning_rate=args.learning_rate,
                     diag_reg=args.diag_reg, verbose=sys.stderr.isatty())

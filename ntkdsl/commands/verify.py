@@ -13,8 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import (add_arch, add_command, check_output_directory, comma_list, image_path,
-                      real, seed, whole)
+from .options import add_arch, add_command, check_output_directory, comma_list, image_path, real, seed, whole
 
 DEFAULT_WIDTHS = "64,256,1024,4096"
 EXAMPLES = """
