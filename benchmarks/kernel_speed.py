@@ -2,7 +2,7 @@
 
 Network: (Dense(512, W_std=1.4, b_std=0.1) > Relu) * 3 > Dense(1, W_std=1.4, b_std=0.1),
 inputs of d=512 features. For each N, a fresh child process times the yardstick
-(../shared/bench/naive_relu_ntk.py, whole-matrix NumPy) and ntkdsl's ``net.kernels(x)``
+(benchmarks/yardstick/naive_relu_ntk.py, whole-matrix NumPy) and ntkdsl's ``net.kernels(x)``
 (both NNGP and NTK, as the yardstick returns), taking turns in each of --repeat rounds (so a
 slow spell of a shared machine hits both alike), best run of each, and measures each one's
 peak resident memory above what the process held before the call (Linux VmHWM, reset before
@@ -36,7 +36,7 @@ from busy import busy_note, competing_process
 
 ARCH = "(Dense(512, W_std=1.4, b_std=0.1) > Relu) * 3 > Dense(1, W_std=1.4, b_std=0.1)"
 D = 512
-YARDSTICK = Path(__file__).resolve().parents[1] / ".." / "shared" / "bench"
+YARDSTICK = Path(__file__).resolve().parent / "yardstick"  # a copy of the project's yardstick
 
 
 # ---------------------------------------------------------------- in the child process --
