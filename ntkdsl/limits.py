@@ -36,10 +36,10 @@ MAX_COEFFICIENTS = 20         # Polynomial coefficients: the dual has O(n^3) ter
 
 # --- Fn expressions -----------------------------------------------------------------------
 MAX_FN_LENGTH = 2_000         # characters of the expression text
-MAX_FN_DEPTH = 40             # nesting of calls, parentheses and operators
+MAX_FN_DEPTH = 40             # nesting of calls, operators and signs (a chain a + b + c is one level)
 MAX_FN_CALL_DEPTH = 6         # calls inside calls, sin(sin(x)) is 2 (measured: 2 s at 6, 29 s at 8)
 MAX_FN_NODES = 400            # nodes of its syntax tree (numbers, names, operators, calls)
-MAX_FN_EXPONENT = 100         # |p| of a numeric exponent in a ** p
+MAX_FN_EXPONENT = 20          # |p| of a numeric exponent in a ** p (a polynomial degree; Monomial goes to 100)
 
 
 def number_problem(text: str, value: float) -> str | None:
