@@ -267,6 +267,13 @@ def _fn_check(values: dict, spans: dict, source: str) -> None:
     parse_expression(values["expr"], source if span is not None else None, offset)
 
 
+def _fn_zero_derivative(expr: str) -> bool:
+    """φ' = 0 almost everywhere (sign, step and their combinations): Γ̇ = 0, as for Sign —
+    ∂Γ/∂k would be the derivative of an arcsine, infinite at correlation 1."""
+    derivative = sp.diff(_fn_phi(expr), x).replace(sp.DiracDelta, lambda *args: sp.S.Zero)
+    return derivative == 0
+
+
 register(ActivationSpec(
-    "Fn", (Param("expr", "str"),), phi=_fn_phi, check=_fn_check,
+    "Fn", (Param("expr", "str"),), phi=_fn_phi, check=_fn_check, zero_derivative=_fn_zero_derivative,
     doc="any activation written as an expression in x, e.g. Fn(\"x*tanh(x)\")"))
