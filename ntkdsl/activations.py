@@ -267,11 +267,14 @@ def _fn_check(values: dict, spans: dict, source: str) -> None:
     parse_expression(values["expr"], source if span is not None else None, offset)
 
 
+def derivative_vanishes(phi: sp.Expr) -> bool:
+    """φ' = 0 almost everywhere (sign, step and their combinations): then Γ̇ = 0, as for
+    Sign — ∂Γ/∂k would be the derivative of an arcsine, infinite at correlation 1."""
+    return sp.diff(phi, x).replace(sp.DiracDelta, lambda *args: sp.S.Zero) == 0
+
+
 def _fn_zero_derivative(expr: str) -> bool:
-    """φ' = 0 almost everywhere (sign, step and their combinations): Γ̇ = 0, as for Sign —
-    ∂Γ/∂k would be the derivative of an arcsine, infinite at correlation 1."""
-    derivative = sp.diff(_fn_phi(expr), x).replace(sp.DiracDelta, lambda *args: sp.S.Zero)
-    return derivative == 0
+    return derivative_vanishes(_fn_phi(expr))
 
 
 register(ActivationSpec(
