@@ -18,6 +18,7 @@ from typing import Any
 
 import sympy as sp
 
+from . import limits
 from .params import Param
 from .symbolic import Pair, exact, polynomial_dual
 
@@ -164,8 +165,18 @@ def sign_dual(p: Pair) -> sp.Expr:
 # The entries (names, parameters and defaults as in neural-tangents' stax)
 # ---------------------------------------------------------------------------------------
 
-def _degree_check(v: int) -> str | None:
-    return None if v >= 0 else "must be a whole number >= 0"
+def _gaussian_b_check(b: float) -> str | None:
+    # E[exp(2 b u²)] for u ~ N(0, q) exists only while 4 b q < 1: with b > 0 the kernel would
+    # be undefined (NaN) for every input variance past 1/(4b) — refused, as Fn refuses
+    # exp(x**2)-type growth.
+    return None if b <= 0 else ("must be <= 0: for b > 0 the Gaussian moments E[phi(u)^2] "
+                                "diverge once the pre-activation variance reaches 1/(4 b)")
+
+
+def _coefficients_check(coef: tuple) -> str | None:
+    return (None if len(coef) <= limits.MAX_COEFFICIENTS else
+            f"must have at most {limits.MAX_COEFFICIENTS} coefficients (degree "
+            f"{limits.MAX_COEFFICIENTS - 1}; ntkdsl.limits.MAX_COEFFICIENTS)")
 
 
 _ABC = (Param("a", "float", 1.0), Param("b", "float", 1.0), Param("c", "float", 0.0))
@@ -196,7 +207,7 @@ register(ActivationSpec(
     "Exp", (Param("a", "float", 1.0), Param("b", "float", 1.0)),
     phi=lambda a, b: exact(a) * sp.exp(exact(b) * x), dual=exp_dual, doc="a·exp(b·x)"))
 register(ActivationSpec(
-    "Gaussian", (Param("a", "float", 1.0), Param("b", "float", -1.0)),
+    "Gaussian", (Param("a", "float", 1.0), Param("b", "float", -1.0, check=_gaussian_b_check)),
     phi=lambda a, b: exact(a) * sp.exp(exact(b) * x ** 2), dual=gaussian_dual,
     doc="a·exp(b·x²)"))
 register(ActivationSpec(
@@ -211,18 +222,20 @@ register(ActivationSpec(
     "Sign", (), phi=lambda: sp.sign(x), dual=sign_dual, zero_derivative=lambda: True,
     doc="sign(x); its derivative is 0 almost everywhere, so it adds nothing to the NTK"))
 register(ActivationSpec(
-    "Monomial", (Param("degree", "int", check=_degree_check),),
+    "Monomial",
+    (Param("degree", "int", check=limits.at_most(limits.MAX_DEGREE, "ntkdsl.limits.MAX_DEGREE")),),
     phi=lambda degree: x ** degree,
     dual=lambda p, degree: polynomial_dual([0] * degree + [1], p),
     dual_dot=lambda p, degree: polynomial_dual([0] * degree + [1], p, derivative=True),
     doc="x^degree"))
 register(ActivationSpec(
-    "RectifiedMonomial", (Param("degree", "int", check=_degree_check),),
+    "RectifiedMonomial", (Param("degree", "int", check=limits.at_most(
+        limits.MAX_RECTIFIED_DEGREE, "ntkdsl.limits.MAX_RECTIFIED_DEGREE")),),
     phi=lambda degree: sp.Heaviside(x, 1) if degree == 0 else sp.Max(x, 0) ** degree,
     dual=rectified_monomial_dual, dual_dot=rectified_monomial_dual_dot, zero_derivative=lambda degree: degree == 0,
     doc="max(x, 0)^degree (a step for degree 0)"))
 register(ActivationSpec(
-    "Polynomial", (Param("coef", "floats"),),
+    "Polynomial", (Param("coef", "floats", check=_coefficients_check),),
     phi=lambda coef: sum(exact(a) * x ** i for i, a in enumerate(coef)),
     dual=lambda p, coef: polynomial_dual(coef, p),
     dual_dot=lambda p, coef: polynomial_dual(coef, p, derivative=True), doc="Σ coef[i]·x^i"))
@@ -266,6 +279,16 @@ def _fn_check(values: dict, spans: dict, source: str) -> None:
     parse_expression(values["expr"], source if span is not None else None, offset)
 
 
+def derivative_vanishes(phi: sp.Expr) -> bool:
+    """φ' = 0 almost everywhere (sign, step and their combinations): then Γ̇ = 0, as for
+    Sign — ∂Γ/∂k would be the derivative of an arcsine, infinite at correlation 1."""
+    return sp.diff(phi, x).replace(sp.DiracDelta, lambda *args: sp.S.Zero) == 0
+
+
+def _fn_zero_derivative(expr: str) -> bool:
+    return derivative_vanishes(_fn_phi(expr))
+
+
 register(ActivationSpec(
-    "Fn", (Param("expr", "str"),), phi=_fn_phi, check=_fn_check,
+    "Fn", (Param("expr", "str"),), phi=_fn_phi, check=_fn_check, zero_derivative=_fn_zero_derivative,
     doc="any activation written as an expression in x, e.g. Fn(\"x*tanh(x)\")"))

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, ShapeError
+from .errors import InputError, NumericalError, ShapeError
 
 KINDS = ("nngp", "ntk")
 DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
@@ -984,7 +984,85 @@ def evaluate(functions: dict, x1: Any, x2: Any = None, *, kinds: Sequence[str] =
         rows, cols = _run(panels, plan, outs, progress, lambda: identical_pairs(a, b), blas)
         _exact_identical_pairs(functions["diagonal"], outs, keep, rows, cols, q1,
                                a.shape[1])
+    check_finite(functions, kinds, outs, q1, q2, a.shape[1])
     return outs
+
+
+def check_finite(functions: dict, kinds: Sequence[str], outs: Sequence[np.ndarray],
+                 q1: np.ndarray, q2: np.ndarray, d: int) -> None:
+    """NumericalError, naming the first layer whose variance is not finite, if any kernel
+    entry is inf or NaN (an overflow such as exp(b² q) for large b² q): never a silent
+    inf/NaN. One pass over the outputs, block by block."""
+    for kind, out in zip(kinds, outs):
+        entry = _first_nonfinite(out)
+        if entry is None:
+            continue
+        i, j = entry
+        layer = nonfinite_layer(functions, np.array([q1[i], q2[j]], dtype=np.float64), d)
+        where = (f"the variance after {layer} is not finite for these inputs" if layer else
+                 "every layer's variance is finite for these inputs, so the kernel formula "
+                 "itself failed at this pair")
+        raise NumericalError(
+            f"the {kind.upper()} is not finite ({out[i, j]}) at entry ({i}, {j}): {where}",
+            hint="an overflow past float64's range (about 1.8e308): use smaller weight or "
+                 "activation scales (W_std, b_std, b of Exp, ...) or inputs of smaller norm")
+
+
+def _first_nonfinite(out: np.ndarray) -> tuple[int, int] | None:
+    step = max(1, (1 << 20) // max(1, out.shape[1]))
+    mapped = is_shared_file_map(out)
+    for r in range(0, out.shape[0], step):
+        bad = ~np.isfinite(out[r:r + step])
+        if mapped:
+            release_pages(out)
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            return r + int(i), int(j)
+    return None
+
+
+_DIAGONAL_STATE = re.compile(r"[qt]_(\d+)")
+
+
+def nonfinite_layer(functions: dict, q: np.ndarray, d: int) -> str | None:
+    """The first layer (``step l: label``, as in the derivation) at which the diagonal
+    recursion of squared norms ``q`` stops being finite, or None. Runs the generated
+    diagonal function once under a line tracer; only on the error path."""
+    bad: list[str] = []
+
+    def trace(frame, event, arg):
+        if frame.f_code.co_name != "diagonal":
+            return None
+        for name, value in frame.f_locals.items():
+            if (not bad and _DIAGONAL_STATE.fullmatch(name)
+                    and not np.isfinite(np.asarray(value, dtype=np.float64)).all()):
+                bad.append(name)
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        with np.errstate(all="ignore"):
+            functions["diagonal"](q, d)
+    except (ArithmeticError, ValueError):
+        pass  # the recursion itself failed: the variables seen so far tell where
+    finally:
+        sys.settrace(previous)
+    return _step_label(functions["__source__"], bad[0]) if bad else None
+
+
+def _step_label(source: str, variable: str) -> str:
+    """``step l: <layer>`` from the comment above the assignment of ``variable`` in the
+    generated diagonal function."""
+    body = source.split("def diagonal(", 1)[-1]
+    label = ""
+    for line in body.split("\n"):
+        stripped = line.strip()
+        if stripped.startswith("# "):
+            label = stripped[2:].split("  [", 1)[0]
+        elif stripped.startswith(variable + " ="):
+            break
+    return f"step {variable.split('_')[1]}: {label}"
 
 
 def diagonal_values(diagonal: Callable, q: np.ndarray, d: int) -> tuple[np.ndarray, ...]:
@@ -992,7 +1070,15 @@ def diagonal_values(diagonal: Callable, q: np.ndarray, d: int) -> tuple[np.ndarr
     Every BLAS is held to one thread meanwhile (the numerical route's coefficients are
     matrix products)."""
     with _BlasLimit():
-        return _diagonal_arrays(diagonal, q, d)
+        values = _diagonal_arrays(diagonal, q, d)
+    for kind, value in zip(KINDS, values):
+        if not np.isfinite(value).all():
+            i = int(np.argmax(~np.isfinite(value)))
+            raise NumericalError(f"the {kind.upper()} of input {i} with itself is not finite "
+                                 f"({value[i]}): an overflow past float64's range",
+                                 hint="use smaller weight or activation scales, or inputs of "
+                                      "smaller norm")
+    return values
 
 
 def _diagonal_arrays(diagonal: Callable, q: np.ndarray, d: int) -> tuple[np.ndarray, ...]:

@@ -16,10 +16,11 @@ from functools import cache
 
 import lark
 import sympy as sp
-from lark import Transformer
+from lark import Transformer, v_args
 
+from . import limits
 from .errors import ExpressionError, Span
-from .parser import grammar
+from .parser import deeper_than, grammar
 
 x = sp.Symbol("x", real=True)
 
@@ -75,7 +76,13 @@ class _ToSympy(Transformer):
 
     def number(self, children):
         (tok,) = children
-        return sp.Rational(str(tok))  # exact: "0.1" is 1/10, as the user wrote it
+        # Checked before sympy reads it: Rational("1e999999999") would build a huge integer.
+        text = str(tok)
+        value = float(text) if len(text) <= limits.MAX_NUMBER_LENGTH else 0.0
+        problem = limits.number_problem(text, value)
+        if problem:
+            raise self.where.error(problem, tok.start_pos, tok.end_pos)
+        return sp.Rational(text)  # exact: "0.1" is 1/10, as the user wrote it
 
     def name(self, children):
         (tok,) = children
@@ -86,7 +93,8 @@ class _ToSympy(Transformer):
             raise self.where.error(f"unknown name '{tok}'", tok.start_pos, tok.end_pos, hint)
         return value
 
-    def call(self, children):
+    @v_args(meta=True)
+    def call(self, meta, children):
         tok, *args = children
         entry = FUNCTIONS.get(str(tok))
         if entry is None:
@@ -96,25 +104,57 @@ class _ToSympy(Transformer):
         if len(args) != arity:
             raise self.where.error(f"{tok}() takes {arity} argument(s), got {len(args)}",
                                    tok.start_pos, tok.end_pos, "valid: " + valid_names())
-        return build(*args)
+        return self._defined(build(*args), meta)
 
-    def add(self, c):
-        return c[0] + c[1]
+    @v_args(meta=True)
+    def add(self, meta, c):
+        return self._defined(c[0] + c[1], meta)
 
-    def sub(self, c):
-        return c[0] - c[1]
+    @v_args(meta=True)
+    def sub(self, meta, c):
+        return self._defined(c[0] - c[1], meta)
 
-    def mul(self, c):
-        return c[0] * c[1]
+    @v_args(meta=True)
+    def mul(self, meta, c):
+        return self._defined(c[0] * c[1], meta)
 
-    def div(self, c):
-        return c[0] / c[1]
+    @v_args(meta=True)
+    def div(self, meta, c):
+        return self._defined(c[0] / c[1], meta)
 
     def neg(self, c):
         return -c[0]
 
-    def pow(self, c):
-        return c[0] ** c[1]
+    @v_args(meta=True)
+    def pow(self, meta, c):
+        base, exponent = c
+        if exponent.is_number and exponent.is_real:
+            self._check_power(base, exponent, meta)
+        return self._defined(base ** exponent, meta)
+
+    def _check_power(self, base: sp.Expr, exponent: sp.Expr, meta) -> None:
+        """Bound a ** p before sympy computes it: 9**9**9 would be an integer of 370 million
+        digits, x**1000000 a polynomial no kernel can be derived for."""
+        p = float(exponent)
+        if abs(p) > limits.MAX_FN_EXPONENT:
+            raise self.where.error(
+                f"the exponent {exponent} is too large: at most {limits.MAX_FN_EXPONENT} in "
+                "magnitude (ntkdsl.limits.MAX_FN_EXPONENT)", meta.start_pos, meta.end_pos)
+        if base.is_number and base != 0 and base.is_real:
+            magnitude = abs(p) * abs(float(sp.log(sp.Abs(base), 10)))
+            if magnitude > 300:
+                raise self.where.error(
+                    f"{base}**{exponent} is beyond the float64 range", meta.start_pos,
+                    meta.end_pos, "a constant must be between 1e-300 and 1e300 in magnitude")
+
+    def _defined(self, result: sp.Expr, meta) -> sp.Expr:
+        """sympy's undefined values (zoo from 1/0, nan from 0*zoo, ...) are refused where
+        they arise, never passed on to the derivation."""
+        if result.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
+            raise self.where.error("this part of the expression is undefined (a division by "
+                                   "zero or an infinite value)", meta.start_pos, meta.end_pos,
+                                   "an activation must be a finite real function of every real x")
+        return result
 
 
 _NAMES = {"NAME": "a name", "NUMBER": "a number", "LPAR": "'('", "RPAR": "')'",
@@ -153,10 +193,15 @@ def parse_expression(text: str, source: str | None = None, offset: int = 0) -> s
 
 
 def _parse(text: str, where: _Where) -> sp.Expr:
+    if len(text) > limits.MAX_FN_LENGTH:
+        raise where.error(f"the expression has {len(text)} characters; the limit is "
+                          f"{limits.MAX_FN_LENGTH} (ntkdsl.limits.MAX_FN_LENGTH)",
+                          limits.MAX_FN_LENGTH, limits.MAX_FN_LENGTH + 1)
     try:
         tree = grammar("expression").parse(text)
     except lark.exceptions.UnexpectedInput as err:
         raise _syntax_error(text, err, where) from None
+    _check_size(tree, text, where)
     try:
         result = _ToSympy(where).transform(tree)
     except lark.exceptions.VisitError as err:
@@ -164,6 +209,40 @@ def _parse(text: str, where: _Where) -> sp.Expr:
             raise err.orig_exc from None
         raise
     return sp.sympify(result) if not isinstance(result, sp.Basic) else result
+
+
+# A chain a + b - c or a * b / c is one level of nesting, however long (sympy flattens it).
+_CHAINS = (frozenset({"add", "sub"}), frozenset({"mul", "div"}))
+
+
+def _syntax_level(parent: str, child: str) -> int:
+    return 0 if any(parent in group and child in group for group in _CHAINS) else 1
+
+
+def _call_level(parent: str, child: str) -> int:
+    return 1 if child == "call" else 0
+
+
+def _check_size(tree: lark.Tree | lark.Token, text: str, where: _Where) -> None:
+    """Nesting depth, nesting of function calls and node count, measured without
+    recursion, before the transformer (which recurses once per level) and sympy see the
+    tree."""
+    if not isinstance(tree, lark.Tree):
+        return  # a lone number or name
+    for limit, level, what, name in (
+            (limits.MAX_FN_DEPTH, _syntax_level, "is nested", "MAX_FN_DEPTH"),
+            (limits.MAX_FN_CALL_DEPTH, _call_level, "has function calls nested",
+             "MAX_FN_CALL_DEPTH")):
+        too_deep = deeper_than(tree, limit, level)
+        if too_deep is not None:
+            raise where.error(f"the expression {what} more than {limit} levels deep "
+                              f"(ntkdsl.limits.{name})", too_deep.meta.start_pos,
+                              too_deep.meta.end_pos)
+    nodes = sum(1 + sum(isinstance(c, lark.Token) for c in t.children) for t in tree.iter_subtrees())
+    if nodes > limits.MAX_FN_NODES:
+        raise where.error(f"the expression has {nodes} parts (numbers, names, operators, "
+                          f"calls); the limit is {limits.MAX_FN_NODES} "
+                          "(ntkdsl.limits.MAX_FN_NODES)", 0, len(text))
 
 
 # ---------------------------------------------------------------------------------------
@@ -194,7 +273,10 @@ def check_activation(expr: sp.Expr, fail: Callable[[str, str], Exception]) -> No
 
 def _value_at(expr: sp.Expr, value: float) -> complex | None:
     """φ(value) to 30 digits, or None where it is undefined or infinite."""
-    y = sp.N(expr.subs(x, sp.Float(value, 30)), 30)
+    try:
+        y = sp.N(expr.subs(x, sp.Float(value, 30)), 30)
+    except (ValueError, TypeError, ArithmeticError):
+        return None  # e.g. Min(zoo, 0) at x = 0: "the argument 'zoo' is not comparable"
     if not y.is_number or y.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
         return None
     re_, im_ = (float(part) for part in y.as_real_imag())
@@ -205,17 +287,27 @@ def _check_growth(expr: sp.Expr, fail) -> None:
     """E[φ(√q z)²] is finite for every q only if log|φ| grows slower than x²: measure
     log|φ(x)| / x² far out, where exp(x²)-type growth gives a constant and exp(a·x) or
     polynomials give almost nothing."""
-    for far in (-1e4, 1e4):
-        y = sp.N(expr.subs(x, sp.Float(far, 30)), 30)
-        if y.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
-            ratio = float("inf")
-        else:
-            ratio = float(sp.log(sp.Abs(y)) / far ** 2) if y != 0 else 0.0
-        if ratio > 1e-3:
+    for sign in (-1, 1):
+        if bool(_far_ratio(expr, sign) > sp.Float(1e-3)):
             raise fail("the Gaussian moments of this activation diverge: it grows like "
                        "exp(x**2) or faster", "an activation must grow slower than "
                        "exp(a*x**2) for every a > 0, e.g. exp(x) or x**3 are fine, "
                        "exp(x**2) is not")
+
+
+def _far_ratio(expr: sp.Expr, sign: int) -> sp.Expr:
+    """log|φ(x)| / x² at the farthest of x = ±1e4, ±1e3, ±1e2 where sympy can evaluate φ
+    (erfc(exp(3x)) at 1e4 is too small even for mpmath's exponents); compared in sympy,
+    since log|φ| of exp(exp(x))-type values is beyond float range."""
+    for far in (1e4, 1e3, 1e2):
+        try:
+            y = sp.N(expr.subs(x, sp.Float(sign * far, 30)), 30)
+        except (ValueError, TypeError, ArithmeticError):
+            continue
+        if y.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
+            return sp.oo
+        return sp.log(sp.Abs(y)) / far ** 2 if y != 0 else sp.S.Zero
+    return sp.oo  # not evaluable anywhere far out: no moments can be established
 
 
 @cache

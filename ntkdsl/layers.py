@@ -6,14 +6,15 @@ import difflib
 from collections.abc import Sequence
 from typing import Any
 
-from . import activations
+from . import activations, limits
 from .ast import Activation, Dense, Identity, LayerNorm, Node
 from .errors import Span, UnknownLayerError
 from .params import Arg, Param, bind, nonnegative, one_of, positive
 
 STRUCTURAL: dict[str, tuple[Param, ...]] = {
     "Dense": (
-        Param("out_dim", "int", check=lambda n: None if n >= 1 else "must be a width >= 1"),
+        Param("out_dim", "int", check=lambda n: None if 1 <= n <= limits.MAX_WIDTH
+              else f"must be a width >= 1 and <= {limits.MAX_WIDTH} (ntkdsl.limits.MAX_WIDTH)"),
         Param("W_std", "float", 1.0, check=nonnegative),
         Param("b_std", "float", None, check=nonnegative, optional=True),
         Param("parameterization", "str", "ntk", check=one_of("ntk", "standard")),

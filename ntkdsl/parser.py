@@ -2,14 +2,16 @@
 syntax, the one Transformer below gives the meaning."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 
 import lark
 from lark import Transformer, v_args
 
+from . import limits
 from .ast import Node, Repeat, Serial, Sum
-from .errors import ArchitectureSyntaxError, LayerArgumentError, Span
+from .errors import ArchitectureSyntaxError, LayerArgumentError, LayerValueError, Span
 from .layers import build_layer
 from .params import Arg
 
@@ -72,6 +74,7 @@ class ToAST(Transformer):
     def number(self, children):
         (tok,) = children
         text = str(tok)
+        check_number(text, self.source, _token_span(tok))
         is_int = all(ch.isdigit() or ch in "+-" for ch in text)
         return _Value(int(text) if is_int else float(text), _token_span(tok))
 
@@ -121,10 +124,30 @@ class ToAST(Transformer):
     @v_args(meta=True)
     def repeat(self, meta, children):
         body, times = children
+        # The length first: int() of thousands of digits is slow, and refused past 4300.
+        if len(times) > limits.MAX_NUMBER_LENGTH or int(times) > limits.MAX_REPEAT:
+            raise LayerValueError(
+                f"a repeat count must be at most {limits.MAX_REPEAT}, got {_shortened(times)}",
+                source=self.source, span=_token_span(times),
+                hint=f"at most {limits.MAX_LAYERS} layers in all, with repeats written out")
         if int(times) < 1:
             raise ArchitectureSyntaxError("a repeat count must be >= 1", source=self.source,
                                           span=_token_span(times))
         return Repeat(body, int(times), span=_span(meta))
+
+
+def _shortened(text: str, keep: int = 20) -> str:
+    """A long literal cut for a message (the caret shows all of it)."""
+    return text if len(text) <= keep else f"{text[:keep]}... ({len(text)} characters)"
+
+
+def check_number(text: str, source: str, span: Span) -> None:
+    """Refuse a number literal that is too long, beyond float64 or out of
+    ntkdsl's magnitude range (ntkdsl.limits), with a caret under it."""
+    value = float(text) if len(text) <= limits.MAX_NUMBER_LENGTH else 0.0
+    problem = limits.number_problem(text, value)
+    if problem:
+        raise LayerValueError(problem, source=source, span=span)
 
 
 def _syntax_error(source: str, err: lark.exceptions.UnexpectedInput) -> ArchitectureSyntaxError:
@@ -154,13 +177,72 @@ def parse(source: str) -> Node:
     if not source.strip():
         raise ArchitectureSyntaxError("the architecture string is empty",
                                       hint="e.g. \"Dense(512) > Relu > Dense(1)\"")
+    if len(source) > limits.MAX_SOURCE_LENGTH:
+        raise ArchitectureSyntaxError(
+            f"the architecture string has {len(source)} characters; the limit is "
+            f"{limits.MAX_SOURCE_LENGTH}", source=source,
+            span=Span.at(source, limits.MAX_SOURCE_LENGTH, limits.MAX_SOURCE_LENGTH + 1),
+            hint="write long repeated chains with \"* N\", e.g. (Dense(512) > Relu) * 100")
     try:
         tree = grammar().parse(source)
     except lark.exceptions.UnexpectedInput as err:
         raise _syntax_error(source, err) from None
+    too_deep = deeper_than(tree, limits.MAX_NESTING)
+    if too_deep is not None:
+        raise ArchitectureSyntaxError(
+            f"the architecture is nested more than {limits.MAX_NESTING} levels deep",
+            source=source, span=_span(too_deep.meta),
+            hint="write a deep chain without nesting, e.g. A > B > C, or with \"* N\"")
     try:
-        return ToAST(source).transform(tree)
+        ast = ToAST(source).transform(tree)
     except lark.exceptions.VisitError as err:
         if isinstance(err.orig_exc, Exception) and hasattr(err.orig_exc, "span"):
             raise err.orig_exc from None
         raise
+    _check_layer_count(ast, source)
+    return ast
+
+
+def deeper_than(tree: lark.Tree, limit: int,
+                level: Callable[[str, str], int] = lambda parent, child: 1) -> lark.Tree | None:
+    """The first subtree more than ``limit`` levels deep, or None; iterative, so a deep tree
+    cannot exhaust Python's recursion limit before it is refused. ``level(parent, child)``
+    (rule names; the root's parent is "") is how many levels a child adds: 1 by default."""
+    stack = [(tree, level("", tree.data))]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return node
+        stack.extend((child, depth + level(node.data, child.data))
+                     for child in node.children if isinstance(child, lark.Tree))
+    return None
+
+
+def layer_count(node: Node) -> int:
+    """Layers of ``node`` with every repeat written out (counted, never expanded)."""
+    if isinstance(node, Serial):
+        return sum(layer_count(part) for part in node.layers)
+    if isinstance(node, Sum):
+        return sum(layer_count(branch) for branch in node.branches)
+    if isinstance(node, Repeat):
+        return node.times * layer_count(node.body)
+    return 1
+
+
+def _check_layer_count(ast: Node, source: str) -> None:
+    total = layer_count(ast)
+    if total <= limits.MAX_LAYERS:
+        return
+    # Point at the innermost construct that is over the limit on its own.
+    node = ast
+    while True:
+        parts = (node.layers if isinstance(node, Serial) else node.branches if isinstance(node, Sum)
+                 else (node.body,) if isinstance(node, Repeat) else ())
+        inner = [p for p in parts if layer_count(p) > limits.MAX_LAYERS]
+        if not inner:
+            break
+        node = inner[0]
+    raise LayerValueError(
+        f"this architecture has {total} layers once its repeats are written out; the limit "
+        f"is {limits.MAX_LAYERS}", source=source, span=node.span,
+        hint="use fewer or shorter repeats")

@@ -135,3 +135,21 @@ def test_composition_is_the_dual_of_the_composed_function():
     b = ntkdsl.compile('Dense(8, b_std=0.1) > Fn("sin(relu(x))") > Dense(1)').kernels(x1)
     for got, want in zip(a, b):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("body, scale", [("sign(x)", 1.0), ("3*sign(x)", 3.0), ("2*step(x) - 1", 1.0)])
+def test_fn_with_zero_derivative_is_the_arcsine_kernel(body, scale):
+    """φ' = 0 almost everywhere: Γ̇ = 0 as for Sign (∂Γ/∂k of the arcsine is infinite on
+    the diagonal; it used to leak out of the printer as KeyError: 'ComplexInfinity')."""
+    x = np.random.default_rng(3).standard_normal((5, 3))
+    x[3], x[4] = x[0], -x[1]  # an identical and an opposite pair
+    net = ntkdsl.compile(f'Dense(8) > Fn("{body}") > Dense(1)')
+    k = x @ x.T / 3
+    c = np.clip(k / np.sqrt(np.outer(np.diag(k), np.diag(k))), -1, 1)
+    nngp = scale ** 2 * 2 / np.pi * np.arcsin(c)
+    # The opposite pair is a "loose" entry (DESIGN §5): c is -1 only to within rounding.
+    tight = np.ones(c.shape, bool)
+    tight[1, 4] = tight[4, 1] = False
+    for got in (net.nngp(x), net.ntk(x)):  # the NTK is the readout's term only: Γ̇ = 0
+        np.testing.assert_allclose(got[tight], nngp[tight], rtol=1e-10, atol=1e-12)
+        assert np.abs(got - nngp)[~tight].max() <= 1e-7 * scale ** 2

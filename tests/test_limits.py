@@ -1,0 +1,327 @@
+"""Issue 12, "every input bounded, finite and exact": every size that drives time or memory
+has a documented limit (ntkdsl.limits), refused with ntkdsl's own exception and a caret
+under the offending text before any work starts; inputs just inside each limit still give
+the right numbers (checked against an independent computation); an overflow during
+evaluation is a NumericalError naming the layer, never a silent inf/NaN."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.polynomial.hermite_e import hermegauss
+from scipy.integrate import dblquad, quad
+
+import ntkdsl
+from ntkdsl import limits
+from ntkdsl.errors import ExpressionError, LayerValueError, NumericalError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# (architecture, exception class, the text the caret must be under, a fragment of the message)
+REFUSED = [
+    ("(Dense(512) > Relu) * 100000000 > Dense(1)", "LayerValueError", "100000000",
+     f"at most {limits.MAX_REPEAT}"),
+    ("(Dense(512) > Relu) * 1001 > Dense(1)", "LayerValueError",
+     "(Dense(512) > Relu) * 1001", f"the limit is {limits.MAX_LAYERS}"),  # the repeat alone is over
+    ("Dense(8) * 1000 > Relu > Dense(8) * 1000", "LayerValueError",
+     "Dense(8) * 1000 > Relu > Dense(8) * 1000", "2001 layers"),  # only the whole is over
+    ("((Relu * 2000) * 2000) * 2000", "LayerValueError", "(Relu * 2000) * 2000",
+     "8000000000 layers once its repeats are written out"),
+    ("Dense(8) > Monomial(1000000) > Dense(1)", "LayerValueError", "1000000",
+     f"<= {limits.MAX_DEGREE}"),
+    ("Dense(8) > Monomial(degree=1e30) > Dense(1)", "LayerValueError", "degree=1e30",
+     f"<= {limits.MAX_DEGREE}"),
+    ("Dense(8) > RectifiedMonomial(6) > Dense(1)", "LayerValueError", "6",
+     f"<= {limits.MAX_RECTIFIED_DEGREE}"),
+    ("Dense(8) > Polynomial([" + ", ".join(["0.5"] * 21) + "]) > Dense(1)", "LayerValueError",
+     "[" + ", ".join(["0.5"] * 21) + "]", f"at most {limits.MAX_COEFFICIENTS} coefficients"),
+    ("Dense(8, W_std=1" + "0" * 5000 + ")", "LayerValueError", "1" + "0" * 5000,
+     f"at most {limits.MAX_NUMBER_LENGTH} characters"),
+    ("Dense(" + "9" * 400 + ") > Relu > Dense(1)", "LayerValueError", "9" * 400,
+     f"at most {limits.MAX_NUMBER_LENGTH} characters"),
+    ("Dense(8, W_std=0." + "0" * 60 + "1)", "LayerValueError", "0." + "0" * 60 + "1",
+     "magnitude between 1e-50 and 1e+50"),
+    ("Dense(512, W_std=1e308) > Exp > Dense(1)", "LayerValueError", "1e308",
+     "magnitude between 1e-50 and 1e+50"),
+    ("Dense(8, W_std=1e309)", "LayerValueError", "1e309", "1.7976931348623157e+308"),
+    ("Dense(8, b_std=1e-320) > Relu > Dense(1)", "LayerValueError", "1e-320", "write 0"),
+    ("Dense(2000000000) > Relu > Dense(1)", "LayerValueError", "2000000000",
+     f"<= {limits.MAX_WIDTH}"),
+    ("Dense(8) > Gaussian(a=1, b=1) > Dense(1)", "LayerValueError", "b=1", "must be <= 0"),
+    ("(Dense(8) > " * 150 + "Relu" + ")" * 150, "ArchitectureSyntaxError", None,
+     f"more than {limits.MAX_NESTING} levels"),
+    ("Dense(8) > " * 10000 + "Dense(1)", "ArchitectureSyntaxError", None,
+     f"the limit is {limits.MAX_SOURCE_LENGTH}"),
+    ('Dense(8) > Fn("min((x) ** (-1), x)") > Dense(1)', "ExpressionError",
+     "min((x) ** (-1), x)", "not finite at x = 0"),
+    ('Dense(8) > Fn("1/0 + x") > Dense(1)', "ExpressionError", "1/0", "undefined"),
+    ('Dense(8) > Fn("9**9**9") > Dense(1)', "ExpressionError", "9**9**9", "exponent"),
+    ('Dense(8) > Fn("x**1000000") > Dense(1)', "ExpressionError", "x**1000000", "exponent"),
+    ('Dense(8) > Fn("1e40**8 * x") > Dense(1)', "ExpressionError", "1e40**8", "float64 range"),
+    ('Dense(8) > Fn("1e400*x") > Dense(1)', "ExpressionError", "1e400", "float64 range"),
+    ('Dense(8) > Fn("' + "-" * 1500 + 'x") > Dense(1)', "ExpressionError", None,
+     f"nested more than {limits.MAX_FN_DEPTH} levels"),
+    ('Dense(8) > Fn("' + "sin(" * 7 + "x" + ")" * 7 + '") > Dense(1)', "ExpressionError",
+     "sin(x)", f"function calls nested more than {limits.MAX_FN_CALL_DEPTH}"),
+    ('Dense(8) > Fn("' + "+".join(["x"] * 134) + '") > Dense(1)', "ExpressionError",
+     "+".join(["x"] * 134), f"the limit is {limits.MAX_FN_NODES}"),
+    ('Dense(8) > Fn("x' + " " * 2500 + '") > Dense(1)', "ExpressionError", None,
+     f"the limit is {limits.MAX_FN_LENGTH}"),
+]
+
+_RUNNER = r"""
+import json, sys
+import ntkdsl
+out = []
+for arch in json.loads(sys.stdin.read()):
+    try:
+        ntkdsl.compile(arch)
+        out.append({"kind": "compiled"})
+    except ntkdsl.NTKDSLError as err:
+        out.append({"kind": type(err).__name__, "start": err.span.start, "end": err.span.end,
+                    "line": err.line, "column": err.column, "text": str(err)})
+    except BaseException as err:
+        out.append({"kind": "foreign " + type(err).__name__, "text": str(err)[:300]})
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def refusals() -> dict[str, dict]:
+    """Every REFUSED input compiled in one child process: a hang (the old behaviour of
+    several) fails the tests instead of stalling them. The timeout is a hang guard only."""
+    archs = [case[0] for case in REFUSED]
+    done = subprocess.run([sys.executable, "-c", _RUNNER], input=json.dumps(archs), text=True,
+                          capture_output=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return dict(zip(archs, json.loads(done.stdout)))
+
+
+def _expected_span(arch: str, target: str | None, found: dict) -> tuple[int, int]:
+    if target is None:  # the limit's own position: checked by the message and the caret
+        return found["start"], found["end"]
+    if target == "sin(x)":  # the innermost call past the limit
+        start = arch.index("sin(" * (limits.MAX_FN_CALL_DEPTH + 1)) + 4 * limits.MAX_FN_CALL_DEPTH
+        return start, arch.index(")", start) + 1
+    start = arch.index(target)
+    return start, start + len(target)
+
+
+@pytest.mark.parametrize("arch, kind, target, fragment", REFUSED,
+                         ids=[f"{i}:{c[0][:40]}" for i, c in enumerate(REFUSED)])
+def test_limits_are_refused_with_a_caret(refusals, arch, kind, target, fragment):
+    found = refusals[arch]
+    assert found["kind"] == kind, found
+    assert fragment in found["text"], found["text"][:500]
+    assert (found["start"], found["end"]) == _expected_span(arch, target, found), found["text"][:500]
+    assert found["line"] == 1 and found["column"] == found["start"] + 1
+    caret_line = found["text"].split("\n")[2]
+    assert caret_line.strip().startswith("^")
+
+
+def test_limit_positions_of_length_and_depth(refusals):
+    """Length limits point at the first character past the limit, depth limits at the
+    subtree past it."""
+    source = "Dense(8) > " * 10000 + "Dense(1)"
+    assert refusals[source]["start"] == limits.MAX_SOURCE_LENGTH
+    fn = 'Dense(8) > Fn("x' + " " * 2500 + '") > Dense(1)'
+    assert refusals[fn]["start"] == fn.index('"') + 1 + limits.MAX_FN_LENGTH
+    deep = 'Dense(8) > Fn("' + "-" * 1500 + 'x") > Dense(1)'
+    # The subtree below MAX_FN_DEPTH levels starts at the (MAX_FN_DEPTH + 1)-th minus.
+    assert refusals[deep]["start"] == deep.index('"') + 1 + limits.MAX_FN_DEPTH
+    nested = "(Dense(8) > " * 150 + "Relu" + ")" * 150
+    start = refusals[nested]["start"]
+    assert nested[start:].startswith("Dense(8) > (") and nested[:start].count("(") > limits.MAX_NESTING // 2
+
+
+# ------------------------------------------------------------- just inside every limit --
+
+def _inputs(d: int = 4) -> np.ndarray:
+    x = np.random.default_rng(7).standard_normal((5, d))
+    x[3] = -x[0]  # an exactly opposite pair
+    return x
+
+
+def _stats(x: np.ndarray):
+    d = x.shape[1]
+    k = x @ x.T / d
+    q = np.diag(k)
+    return q[:, None], q[None, :], k
+
+
+def _gauss_pair(phi, q1, q2, k, points: int = 60):
+    """E[φ(u) φ(v)] for (u, v) ~ N(0, [[q1, k], [k, q2]]) entrywise, by a tensor
+    Gauss–Hermite rule (exact for polynomials of degree < 2·points in each variable)."""
+    z, w = hermegauss(points)
+    w = w / w.sum()
+    c = np.clip(k / np.sqrt(q1 * q2), -1, 1)
+    z1, z2 = z[:, None], z[None, :]
+    out = np.empty(np.broadcast(q1, q2, k).shape)
+    for idx in np.ndindex(out.shape):
+        a, b, cc = np.broadcast_to(q1, out.shape)[idx], np.broadcast_to(q2, out.shape)[idx], c[idx]
+        u = np.sqrt(a) * z1
+        v = np.sqrt(b) * (cc * z1 + np.sqrt(max(0.0, 1 - cc * cc)) * z2)
+        out[idx] = (w[:, None] * w[None, :] * phi(u) * phi(v)).sum()
+    return out
+
+
+def test_layers_and_repeat_just_inside_the_limits():
+    """MAX_LAYERS layers with a repeat count of MAX_REPEAT compile and follow the written-out
+    recursion: Dense(8) (no bias) keeps K, and each adds K to the NTK."""
+    x = _inputs()
+    body = limits.MAX_LAYERS - 1
+    net = ntkdsl.compile(f"Dense(8) * {body} > Dense(1, W_std=1.5, b_std=0.5)")
+    _, _, k = _stats(x)
+    np.testing.assert_allclose(net.nngp(x), 2.25 * k + 0.25, rtol=1e-12)
+    np.testing.assert_allclose(net.ntk(x), (2.25 * k + 0.25) + 2.25 * body * k, rtol=1e-12)
+    ntkdsl.parser.parse(f"Identity * {limits.MAX_REPEAT}")
+    with pytest.raises(LayerValueError):
+        ntkdsl.parser.parse(f"Identity * {limits.MAX_REPEAT + 1}")
+    with pytest.raises(LayerValueError):
+        ntkdsl.parser.parse(f"Dense(8) * {limits.MAX_LAYERS} > Dense(1)")
+
+
+def test_extreme_magnitudes_just_inside_are_exact():
+    """W_std = 1e50 and b_std = 1e-50 (the magnitude limits) give the arc-cosine recursion
+    written out in numpy."""
+    x = _inputs()
+    net = ntkdsl.compile("Dense(8, W_std=1e50, b_std=1e-50) > Relu > Dense(1, W_std=1e-50)")
+    q1, q2, k = _stats(x)
+    w2, b2 = 1e100, 1e-100
+    q1, q2, k = w2 * q1 + b2, w2 * q2 + b2, w2 * k + b2
+    c = np.clip(k / np.sqrt(q1 * q2), -1, 1)
+    theta = np.arccos(c)
+    relu = np.sqrt(q1 * q2) * (np.sin(theta) + (np.pi - theta) * c) / (2 * np.pi)
+    relu_dot = (np.pi - theta) / (2 * np.pi)
+    nngp = 1e-100 * relu
+    ntk = nngp + 1e-100 * k * relu_dot
+    # The opposite pair's ReLU kernel is 0 to within rounding of c = -1.
+    np.testing.assert_allclose(net.nngp(x), nngp, rtol=1e-10, atol=1e-15 * nngp.max())
+    np.testing.assert_allclose(net.ntk(x), ntk, rtol=1e-10, atol=1e-15 * ntk.max())
+
+
+def _monomial_gamma(n: int, q1, q2, c):
+    """E[u^n v^n] by the Hermite (Mehler) expansion x^n = Σ_j a_j He_j(x),
+    a_j = n! / (j! 2^((n-j)/2) ((n-j)/2)!): E = (q1 q2)^(n/2) Σ_j a_j² j! c^j —
+    independent of the Isserlis sum ntkdsl uses."""
+    total = np.zeros(np.broadcast(q1, q2, c).shape)
+    for j in range(n % 2, n + 1, 2):
+        m = (n - j) // 2
+        log_a = math.lgamma(n + 1) - math.lgamma(j + 1) - m * math.log(2) - math.lgamma(m + 1)
+        total += math.exp(2 * log_a + math.lgamma(j + 1)) * c ** j
+    return (q1 * q2) ** (n / 2) * total
+
+
+def test_monomial_of_the_largest_degree():
+    n = limits.MAX_DEGREE
+    x = _inputs()
+    x /= np.sqrt((x ** 2).mean(axis=1, keepdims=True))  # unit variances: values ~ (2n-1)!!
+    x[1] *= 0.9
+    net = ntkdsl.compile(f"Dense(8) > Monomial({n}) > Dense(1)")
+    q1, q2, k = _stats(x)
+    c = np.clip(k / np.sqrt(q1 * q2), -1, 1)
+    gamma = _monomial_gamma(n, q1, q2, c)
+    gamma_dot = n ** 2 * _monomial_gamma(n - 1, q1, q2, c)
+    np.testing.assert_allclose(net.nngp(x), gamma, rtol=1e-10)
+    np.testing.assert_allclose(net.ntk(x), gamma + k * gamma_dot, rtol=1e-10)
+
+
+def test_polynomial_of_the_most_coefficients():
+    coef = [((-1) ** i) * 0.7 ** i for i in range(limits.MAX_COEFFICIENTS)]
+    x = _inputs()
+    net = ntkdsl.compile(f"Dense(8) > Polynomial({coef}) > Dense(1)")
+    q1, q2, k = _stats(x)
+    p = np.polynomial.Polynomial(coef)
+    gamma = _gauss_pair(p, q1, q2, k)
+    gamma_dot = _gauss_pair(p.deriv(), q1, q2, k)
+    np.testing.assert_allclose(net.nngp(x), gamma, rtol=1e-10)
+    np.testing.assert_allclose(net.ntk(x), gamma + k * gamma_dot, rtol=1e-10)
+
+
+def test_fn_just_inside_the_size_limits():
+    """The longest, deepest and largest Fn bodies compile: -…-x (MAX_FN_DEPTH levels),
+    x + … + x (just under MAX_FN_NODES nodes), padded to MAX_FN_LENGTH characters."""
+    x = _inputs()
+    _, _, k = _stats(x)
+    deep = "-" * (limits.MAX_FN_DEPTH - 1) + "x"  # odd: -x
+    terms = (limits.MAX_FN_NODES + 1) // 3  # n names, n tokens, n - 1 additions
+    wide = "+".join(["x"] * terms)
+    for body, scale in ((deep, 1), (wide, terms), ("x" + " " * (limits.MAX_FN_LENGTH - 1), 1)):
+        net = ntkdsl.compile(f'Dense(8) > Fn("{body}") > Dense(1)')
+        np.testing.assert_allclose(net.nngp(x), scale ** 2 * k, rtol=1e-12)
+        np.testing.assert_allclose(net.ntk(x), scale ** 2 * k + scale ** 2 * k, rtol=1e-12)
+    with pytest.raises(ExpressionError):
+        ntkdsl.compile('Dense(8) > Fn("' + "-" * limits.MAX_FN_DEPTH + 'x") > Dense(1)')
+    with pytest.raises(ExpressionError):
+        ntkdsl.compile('Dense(8) > Fn("' + "+".join(["x"] * (terms + 1)) + '") > Dense(1)')
+
+
+def test_fn_calls_nested_to_the_limit():
+    depth = limits.MAX_FN_CALL_DEPTH
+    body = "sin(" * depth + "x" + ")" * depth
+    x = _inputs()
+    net = ntkdsl.compile(f'Dense(8) > Fn("{body}") > Dense(1)')
+
+    def phi(v):
+        for _ in range(depth):
+            v = np.sin(v)
+        return v
+
+    _, _, k = _stats(x)
+    got = net.nngp(x)
+    density = lambda z: np.exp(-z * z / 2) / np.sqrt(2 * np.pi)  # noqa: E731
+    for i, j in ((0, 0), (1, 1), (0, 1), (1, 4), (0, 3)):  # (0, 3): opposite inputs
+        su, c = np.sqrt(k[i, i]), k[i, j] / np.sqrt(k[i, i] * k[j, j])
+        sv, s = np.sqrt(k[j, j]), np.sqrt(max(0.0, 1 - c * c))
+        if i == j:
+            ref = quad(lambda z: phi(su * z) ** 2 * density(z), -40, 40, epsrel=1e-13,
+                       epsabs=0, limit=500)[0]
+        else:
+            ref = dblquad(lambda z2, z1: phi(su * z1) * phi(sv * (c * z1 + s * z2))
+                          * density(z1) * density(z2), -12, 12, -12, 12,
+                          epsabs=1e-14, epsrel=1e-12)[0]
+        assert abs(got[i, j] - ref) <= 1e-9 * abs(got[i, i]), (i, j, got[i, j], ref)
+
+
+def test_fn_exponent_limit():
+    n = limits.MAX_FN_EXPONENT
+    assert ntkdsl.expressions.parse_expression(f"x**{n}") == ntkdsl.expressions.x ** n
+    with pytest.raises(ExpressionError, match="exponent"):
+        ntkdsl.expressions.parse_expression(f"x**{n + 1}")
+
+
+def test_fn_far_evaluation_underflow_is_not_divergence():
+    """erfc(exp(3x)) is bounded; far out it is too small for sympy to evaluate at 1e4
+    (once an OverflowError from inside the check), which is no reason to refuse it."""
+    ntkdsl.expressions.parse_expression("erfc(exp(3*x))")
+    with pytest.raises(ExpressionError, match="diverge"):
+        ntkdsl.expressions.parse_expression("exp(0.01*x**2)")
+
+
+def test_gaussian_b_zero_and_negative_are_fine():
+    x = _inputs()
+    net = ntkdsl.compile("Dense(8) > Gaussian(a=1.0, b=-0.5) > Dense(1)")
+    q1, q2, k = _stats(x)
+    gamma = _gauss_pair(lambda v: np.exp(-0.5 * v ** 2), q1, q2, k)
+    np.testing.assert_allclose(net.nngp(x), gamma, rtol=1e-10)
+
+
+# ------------------------------------------------------------- overflow at evaluation --
+
+def test_overflow_is_a_numerical_error_naming_the_layer():
+    """exp(b²·q) overflows float64 for large variances: a NumericalError that names the
+    layer, where the kernel used to hold inf."""
+    net = ntkdsl.compile("Dense(8, W_std=20) > Relu > Dense(8, b_std=0.1) > Exp > Dense(1)")
+    x = _inputs()
+    with pytest.raises(NumericalError) as err:
+        net.kernels(x)
+    assert "step 4: Exp(a=1.0, b=1.0)" in str(err.value)
+    with pytest.raises(NumericalError):
+        net.diagonal(x)
+    small = x / 100  # the same network at small variances is finite
+    assert np.isfinite(net.ntk(small)).all()
