@@ -34,8 +34,7 @@ _LAZY = {
     "empirical_ntk": "finite", "monte_carlo_nngp": "finite", "FiniteNetwork": "finite",
 }
 if TYPE_CHECKING:  # type checkers see the lazy names as ordinary imports
-    from . import (  # noqa: F401 - attributes for type checkers, loaded lazily at run time
-        estimators, evaluation, finite, formula, numerical, predict, standalone, verify)
+    from . import estimators, evaluation, finite, formula, numerical, predict, standalone, verify  # noqa: F401 - attributes for type checkers, loaded lazily at run time
     from .estimators import ArchTemplate, NTKClassifier, NTKRegressor
     from .finite import FiniteNetwork, empirical_ntk, monte_carlo_nngp
     from .predict import SingularKernelWarning, gp_inference, gradient_descent_mse_ensemble

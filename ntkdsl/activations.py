@@ -232,7 +232,8 @@ register(ActivationSpec(
     "RectifiedMonomial", (Param("degree", "int", check=limits.at_most(
         limits.MAX_RECTIFIED_DEGREE, "ntkdsl.limits.MAX_RECTIFIED_DEGREE")),),
     phi=lambda degree: sp.Heaviside(x, 1) if degree == 0 else sp.Max(x, 0) ** degree,
-    dual=rectified_monomial_dual, dual_dot=rectified_monomial_dual_dot, zero_derivative=lambda degree: degree == 0,
+    dual=rectified_monomial_dual, dual_dot=rectified_monomial_dual_dot,
+    zero_derivative=lambda degree: degree == 0,
     doc="max(x, 0)^degree (a step for degree 0)"))
 register(ActivationSpec(
     "Polynomial", (Param("coef", "floats", check=_coefficients_check),),

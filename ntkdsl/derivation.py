@@ -371,8 +371,9 @@ def dual_maps(node: Activation | Composite) -> tuple[sp.Expr, sp.Expr, str]:
         dual, dot = numerical.numerical_duals(phi, activations.x, str(node))
         args = (_PLACEHOLDER.k, _PLACEHOLDER.q1, _PLACEHOLDER.q2)
         return dual(*args), dot(*args), numerical.bound_note(str(node))
-    if spec and spec.zero_derivative(**node.kwargs):
-        gamma_dot = sp.S.Zero
+    if (spec.zero_derivative(**node.kwargs) if spec
+            else activations.derivative_vanishes(phi_of(node))):
+        gamma_dot = sp.S.Zero  # φ' = 0 a.e. (Sign, steps, compositions of them)
     elif spec and spec.dual_dot is not None:
         gamma_dot = spec.dual_dot(_PLACEHOLDER, **node.kwargs)
     else:

@@ -63,7 +63,7 @@ def caret_excerpt(source: str, span: Span) -> str:
     """The source line holding ``span`` with carets under the spanned characters."""
     lines = source.split("\n")
     text = lines[span.line - 1] if 0 < span.line <= len(lines) else ""
-    line_start = sum(len(l) + 1 for l in lines[: span.line - 1])
+    line_start = sum(len(line) + 1 for line in lines[: span.line - 1])
     width = max(1, min(span.end, line_start + len(text)) - span.start)
     return f"    {text}\n    {' ' * (span.column - 1)}{'^' * width}"
 

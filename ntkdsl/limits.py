@@ -31,15 +31,18 @@ FLOAT64_MAX = 1.7976931348623157e308
 # --- layer arguments --------------------------------------------------------------------
 MAX_WIDTH = 10 ** 9           # Dense out_dim (enters the standard parameterisation's NTK)
 MAX_DEGREE = 100              # Monomial degree: Isserlis constants up to (2n-1)!! stay < 1e308
-MAX_RECTIFIED_DEGREE = 5      # RectifiedMonomial degree: J_n is simplified symbolically (measured: 4 s at 5, 16 s at 6)
-MAX_COEFFICIENTS = 20         # Polynomial coefficients: the dual has O(n^3) terms (measured: 5 s at 20, 25 s at 30)
+# RectifiedMonomial degree: J_n is simplified symbolically (measured: 4 s at 5, 16 s at 6)
+MAX_RECTIFIED_DEGREE = 5
+# Polynomial coefficients: the dual's size grows with n (measured: 5 s at 20, 25 s at 30)
+MAX_COEFFICIENTS = 20
 
 # --- Fn expressions -----------------------------------------------------------------------
 MAX_FN_LENGTH = 2_000         # characters of the expression text
 MAX_FN_DEPTH = 40             # nesting of calls, operators and signs (a chain a + b + c is one level)
 MAX_FN_CALL_DEPTH = 6         # calls inside calls, sin(sin(x)) is 2 (measured: 2 s at 6, 29 s at 8)
 MAX_FN_NODES = 400            # nodes of its syntax tree (numbers, names, operators, calls)
-MAX_FN_EXPONENT = 20          # |p| of a numeric exponent in a ** p (a polynomial degree; Monomial goes to 100)
+# |p| of a numeric exponent in a ** p (a polynomial degree; Monomial goes to 100)
+MAX_FN_EXPONENT = 20
 
 
 def number_problem(text: str, value: float) -> str | None:

@@ -116,7 +116,7 @@ def test_rules_give_exact_elementary_duals():
     (exact to rounding for these entire integrands at small variance)."""
     z, w = np.polynomial.hermite_e.hermegauss(80)
     w = w / w.sum()
-    f = lambda t: t * np.exp(-t ** 2 / 2) + np.cos(2 * t + 1)  # noqa: E731
+    f = lambda t: t * np.exp(-t ** 2 / 2) + np.cos(2 * t + 1)
     net = ntkdsl.compile('Dense(8, b_std=0.3) > Fn("x*exp(-x**2/2) + cos(2*x + 1)")')
     x1 = np.array([[0.3, -0.2], [0.1, 0.4]])
     got = net.nngp(x1)
@@ -153,3 +153,15 @@ def test_fn_with_zero_derivative_is_the_arcsine_kernel(body, scale):
     for got in (net.nngp(x), net.ntk(x)):  # the NTK is the readout's term only: Γ̇ = 0
         np.testing.assert_allclose(got[tight], nngp[tight], rtol=1e-10, atol=1e-12)
         assert np.abs(got - nngp)[~tight].max() <= 1e-7 * scale ** 2
+
+
+def test_composed_activations_with_vanishing_derivative_add_nothing_to_the_ntk():
+    """Sign > Sign (and Sign * 3) compose to sign∘sign = sign: the same kernels as one Sign,
+    with Γ̇ = 0 as for Sign itself (it raised a sympy KeyError before)."""
+    x = np.random.default_rng(3).standard_normal((5, 3))
+    one = ntkdsl.compile("Dense(1, b_std=1.74) > Sign > Dense(8, W_std=0.215, b_std=1)")
+    for arch in ["Dense(1, b_std=1.74) > (Sign) * 3 > Dense(8, W_std=0.215, b_std=1)",
+                 "Dense(1, b_std=1.74) > Sign > Sign > Dense(8, W_std=0.215, b_std=1)"]:
+        net = ntkdsl.compile(arch)
+        np.testing.assert_allclose(net.nngp(x), one.nngp(x), rtol=1e-13)
+        np.testing.assert_allclose(net.ntk(x), one.ntk(x), rtol=1e-13)

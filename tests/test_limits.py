@@ -200,9 +200,12 @@ def test_extreme_magnitudes_just_inside_are_exact():
     relu_dot = (np.pi - theta) / (2 * np.pi)
     nngp = 1e-100 * relu
     ntk = nngp + 1e-100 * k * relu_dot
-    # The opposite pair's ReLU kernel is 0 to within rounding of c = -1.
-    np.testing.assert_allclose(net.nngp(x), nngp, rtol=1e-10, atol=1e-15 * nngp.max())
-    np.testing.assert_allclose(net.ntk(x), ntk, rtol=1e-10, atol=1e-15 * ntk.max())
+    # Pairs within rounding of c = ±1 follow DESIGN §5's loose rule (arccos has an infinite
+    # slope there, so any float64 evaluation differs by ~1e-9 of the largest entry).
+    loose = np.abs(c) > 1 - 1e-9
+    for got, ref in ((net.nngp(x), nngp), (net.ntk(x), ntk)):
+        np.testing.assert_allclose(got[~loose], ref[~loose], rtol=1e-10, atol=1e-15 * ref.max())
+        assert np.all(np.abs(got - ref)[loose] <= 1e-7 * ref.max())
 
 
 def _monomial_gamma(n: int, q1, q2, c):
@@ -274,15 +277,15 @@ def test_fn_calls_nested_to_the_limit():
 
     _, _, k = _stats(x)
     got = net.nngp(x)
-    density = lambda z: np.exp(-z * z / 2) / np.sqrt(2 * np.pi)  # noqa: E731
+    density = lambda z: np.exp(-z * z / 2) / np.sqrt(2 * np.pi)
     for i, j in ((0, 0), (1, 1), (0, 1), (1, 4), (0, 3)):  # (0, 3): opposite inputs
         su, c = np.sqrt(k[i, i]), k[i, j] / np.sqrt(k[i, i] * k[j, j])
         sv, s = np.sqrt(k[j, j]), np.sqrt(max(0.0, 1 - c * c))
         if i == j:
-            ref = quad(lambda z: phi(su * z) ** 2 * density(z), -40, 40, epsrel=1e-13,
+            ref = quad(lambda z: phi(su * z) ** 2 * density(z), -40, 40, epsrel=1e-13,  # noqa: B023
                        epsabs=0, limit=500)[0]
         else:
-            ref = dblquad(lambda z2, z1: phi(su * z1) * phi(sv * (c * z1 + s * z2))
+            ref = dblquad(lambda z2, z1: phi(su * z1) * phi(sv * (c * z1 + s * z2))  # noqa: B023
                           * density(z1) * density(z2), -12, 12, -12, 12,
                           epsabs=1e-14, epsrel=1e-12)[0]
         assert abs(got[i, j] - ref) <= 1e-9 * abs(got[i, i]), (i, j, got[i, j], ref)

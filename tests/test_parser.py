@@ -4,8 +4,14 @@ import pytest
 
 import ntkdsl
 from ntkdsl.ast import Activation, Dense, Identity, LayerNorm, Repeat, Serial, Sum
-from ntkdsl.errors import (ArchitectureError, ArchitectureSyntaxError, LayerArgumentError,
-                           LayerValueError, NTKDSLError, UnknownLayerError)
+from ntkdsl.errors import (
+    ArchitectureError,
+    ArchitectureSyntaxError,
+    LayerArgumentError,
+    LayerValueError,
+    NTKDSLError,
+    UnknownLayerError,
+)
 from ntkdsl.parser import parse
 
 
