@@ -25,6 +25,7 @@ import sys
 from contextlib import contextmanager
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
@@ -310,7 +311,7 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
         super().__init__(arch, kernel, time, learning_rate, diag_reg, verbose)
         self.normalize_y = normalize_y
 
-    def fit(self, X, y):
+    def fit(self, X: ArrayLike, y: ArrayLike) -> NTKRegressor:
         """Evaluate the kernel on the training data and factorise it."""
         X, y = _validate(self, X, y, multi_output=True, y_numeric=True)
         y = as_real_array(y, "y", "numeric (class labels go to NTKClassifier)")
@@ -333,7 +334,8 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
     def _unscaled(self, outputs: np.ndarray) -> np.ndarray:
         return outputs * self._y_train_std + self._y_train_mean
 
-    def predict(self, X, return_std=False, return_cov=False):
+    def predict(self, X: ArrayLike, return_std: bool = False, return_cov: bool = False
+                ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Mean prediction; with ``return_std``/``return_cov`` also the ensemble's spread.
 
         Shapes follow GaussianProcessRegressor: mean (m,) or (m, k); std (m,) or (m, k);
@@ -351,7 +353,7 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
         # Back to the targets' scale: the std scales with the target's std, the cov with its square.
         return mean, spread * (self._y_train_std if return_std else self._y_train_std ** 2)
 
-    def predict_trajectory(self, X, times):
+    def predict_trajectory(self, X: ArrayLike, times: ArrayLike) -> np.ndarray:
         """Mean predictions at several training times: shape ``np.shape(times) + (m[, k])``."""
         return self._unscaled(self._outputs(X, as_real_array(times, "times")))
 
@@ -375,7 +377,7 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
     def _cov(self, X) -> np.ndarray:
         return self._gaussian(X).covariance
 
-    def score(self, X, y, sample_weight=None):
+    def score(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> float:
         """R² of the mean prediction on X against y (scikit-learn's RegressorMixin.score)."""
         return self._score(super().score, X, y, sample_weight)
 
@@ -399,7 +401,7 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
     not calibrated probabilities.
     """
 
-    def fit(self, X, y):
+    def fit(self, X: ArrayLike, y: ArrayLike) -> NTKClassifier:
         """Encode the labels one-hot, evaluate the kernel on the training data."""
         X, y = _validate(self, X, y)
         with _input_errors():
@@ -422,32 +424,32 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
         """Per-class outputs on the one-hot scale (they sum to 1 over classes)."""
         return self._outputs(X, times) + 1.0 / len(self.classes_)
 
-    def decision_function(self, X):
+    def decision_function(self, X: ArrayLike) -> np.ndarray:
         """Per-class scores (m, C); for two classes the margin of class 1 over class 0 (m,)."""
         scores = self._scores(X)
         return scores[:, 1] - scores[:, 0] if len(self.classes_) == 2 else scores
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """The class with the largest output."""
         scores = self._scores(X)  # first, so that an unfitted estimator says so
         return self.classes_[np.argmax(scores, axis=1)]
 
-    def score(self, X, y, sample_weight=None):
+    def score(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> float:
         """Accuracy of the predicted classes on X against y (ClassifierMixin.score)."""
         return self._score(super().score, X, y, sample_weight)
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Scores clipped at 0 and normalised to sum to 1 (not calibrated probabilities)."""
         scores = np.maximum(self._scores(X), 0.0)
         totals = scores.sum(axis=1, keepdims=True)
         uniform = np.full_like(scores, 1.0 / scores.shape[1])
         return np.where(totals > 0, scores / np.where(totals > 0, totals, 1.0), uniform)
 
-    def predict_trajectory(self, X, times):
+    def predict_trajectory(self, X: ArrayLike, times: ArrayLike) -> np.ndarray:
         """Predicted classes at several training times: shape ``np.shape(times) + (m,)``."""
         scores = self._scores(X, as_real_array(times, "times"))
         return self.classes_[np.argmax(scores, axis=-1)]
 
-    def decision_trajectory(self, X, times):
+    def decision_trajectory(self, X: ArrayLike, times: ArrayLike) -> np.ndarray:
         """Per-class scores at several training times: ``np.shape(times) + (m, C)``."""
         return self._scores(X, as_real_array(times, "times"))

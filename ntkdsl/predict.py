@@ -42,6 +42,7 @@ from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg
+from numpy.typing import ArrayLike
 
 from .errors import InputError, NumericalError, ShapeError
 from .evaluation import KINDS as KERNELS  # noqa: F401 - the estimators import it from here
@@ -303,8 +304,8 @@ class GradientFlowEnsemble:
     every call of :meth:`predict` or :meth:`predict_train` reuses it.
     """
 
-    def __init__(self, k_train_train, y_train, *, kernel: str = "ntk",
-                 nngp_train_train=None, learning_rate: float = 1.0, diag_reg: float = 0.0,
+    def __init__(self, k_train_train: ArrayLike, y_train: ArrayLike, *, kernel: str = "ntk",
+                 nngp_train_train: ArrayLike | None = None, learning_rate: float = 1.0, diag_reg: float = 0.0,
                  diag_reg_absolute_scale: bool = False):
         self.kernel = kernel_name(kernel)
         shape = np.shape(k_train_train)
@@ -338,7 +339,7 @@ class GradientFlowEnsemble:
         _check_shape(nngp, train.shape, "nngp_train_train", "same as k_train_train")
         return nngp
 
-    def attach_nngp(self, nngp_train_train) -> None:
+    def attach_nngp(self, nngp_train_train: ArrayLike) -> None:
         """Supply the training-set NNGP after construction (for covariances of 'ntk' mode)."""
         if self.kernel != "ntk":
             raise InputError("attach_nngp is only for kernel='ntk'; with kernel='nngp' the "
@@ -378,8 +379,9 @@ class GradientFlowEnsemble:
 
     # ------------------------------------------------------------------ test set
 
-    def predict(self, k_test_train, t=None, *, nngp_test_train=None,
-                nngp_test_test=None) -> Gaussian:
+    def predict(self, k_test_train: ArrayLike, t: ArrayLike | None = None, *,
+                nngp_test_train: ArrayLike | None = None,
+                nngp_test_test: ArrayLike | None = None) -> Gaussian:
         """Mean (and covariance) of the ensemble's outputs on test inputs at time(s) ``t``.
 
         Args:
@@ -461,7 +463,7 @@ class GradientFlowEnsemble:
 
     # ------------------------------------------------------------------ training set
 
-    def predict_train(self, t=None, *, compute_cov: bool = False) -> Gaussian:
+    def predict_train(self, t: ArrayLike | None = None, *, compute_cov: bool = False) -> Gaussian:
         """The trajectory of the ensemble on the training inputs at time(s) ``t``.
 
         Worked out in the eigenbasis of the training kernel, so at ``diag_reg=0`` the mean
@@ -496,8 +498,8 @@ class GradientFlowEnsemble:
                          optimize=True)
 
 
-def gradient_descent_mse_ensemble(k_train_train, y_train, *, kernel: str = "ntk",
-                                  nngp_train_train=None, learning_rate: float = 1.0,
+def gradient_descent_mse_ensemble(k_train_train: ArrayLike, y_train: ArrayLike, *, kernel: str = "ntk",
+                                  nngp_train_train: ArrayLike | None = None, learning_rate: float = 1.0,
                                   diag_reg: float = 0.0,
                                   diag_reg_absolute_scale: bool = False) -> GradientFlowEnsemble:
     """Closed-form gradient-flow predictions of an infinite ensemble of wide networks.
@@ -549,7 +551,7 @@ class GaussianProcessPosterior:
         return self._flow.predict(k_test_train, None, nngp_test_test=k_test_test)
 
 
-def gp_inference(k_train_train, y_train, diag_reg: float = 0.0,
+def gp_inference(k_train_train: ArrayLike, y_train: ArrayLike, diag_reg: float = 0.0,
                  diag_reg_absolute_scale: bool = False) -> GaussianProcessPosterior:
     """Bayesian inference with a kernel as the Gaussian-process prior (normally the NNGP).
 

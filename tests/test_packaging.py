@@ -22,7 +22,7 @@ net = ntkdsl.compile("Dense(512) > Relu > Dense(1)")
 x = np.ones((2, 3))
 reveal_type(net)
 reveal_type(net.ntk(x))
-reveal_type(NTKRegressor("Dense(8) > Relu > Dense(1)").fit)
+reveal_type(NTKRegressor("Dense(8) > Relu > Dense(1)").fit(x, x[:, 0]))
 reveal_type(gradient_descent_mse_ensemble)
 reveal_type(FiniteNetwork("Dense(8) > Relu > Dense(1)", 3).init(0))
 reveal_type(empirical_ntk("Dense(8) > Relu > Dense(1)", x))
@@ -62,4 +62,6 @@ def test_mypy_sees_the_public_types(tmp_path):
     assert "Any" not in revealed, out
     assert revealed[0] == "ntkdsl.network.Network"
     assert revealed[1].startswith("numpy.ndarray")
+    assert revealed[2] == "ntkdsl.estimators.NTKRegressor"
+    assert revealed[3].startswith("def (k_train_train: ") and "Any" not in revealed[3].split("->")[1]
     assert revealed[-1] == "str"
