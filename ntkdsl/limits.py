@@ -14,8 +14,11 @@ from collections.abc import Callable
 # --- the architecture string ------------------------------------------------------------
 MAX_SOURCE_LENGTH = 100_000   # characters of an architecture string (parse time is linear)
 MAX_NESTING = 100             # depth of parentheses / nested constructs (the transformer recurses)
-MAX_REPEAT = 2_000            # the count of "* N"; a larger count can never fit MAX_LAYERS
-MAX_LAYERS = 2_000            # layers after writing every repeat out, branches included
+# The count of "* N"; a larger count can never fit MAX_LAYERS.
+MAX_REPEAT = 5_000
+# Layers after writing every repeat out, branches included: compiling is linear in it
+# (about 1 ms a layer), and (Dense > Relu) * 1000 > Dense(1), 2,001 layers, must fit.
+MAX_LAYERS = 5_000
 
 # --- numbers ----------------------------------------------------------------------------
 MAX_NUMBER_LENGTH = 100       # characters of one number literal

@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 REFUSED = [
     ("(Dense(512) > Relu) * 100000000 > Dense(1)", "LayerValueError", "100000000",
      f"at most {limits.MAX_REPEAT}"),
-    ("(Dense(512) > Relu) * 1001 > Dense(1)", "LayerValueError",
-     "(Dense(512) > Relu) * 1001", f"the limit is {limits.MAX_LAYERS}"),  # the repeat alone is over
-    ("Dense(8) * 1000 > Relu > Dense(8) * 1000", "LayerValueError",
-     "Dense(8) * 1000 > Relu > Dense(8) * 1000", "2001 layers"),  # only the whole is over
+    ("(Dense(512) > Relu) * 2501 > Dense(1)", "LayerValueError",
+     "(Dense(512) > Relu) * 2501", f"the limit is {limits.MAX_LAYERS}"),  # the repeat alone is over
+    ("Dense(8) * 2500 > Relu > Dense(8) * 2500", "LayerValueError",
+     "Dense(8) * 2500 > Relu > Dense(8) * 2500", "5001 layers"),  # only the whole is over
     ("((Relu * 2000) * 2000) * 2000", "LayerValueError", "(Relu * 2000) * 2000",
      "8000000000 layers once its repeats are written out"),
     ("Dense(8) > Monomial(1000000) > Dense(1)", "LayerValueError", "1000000",
