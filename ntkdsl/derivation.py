@@ -19,9 +19,9 @@ from functools import cache, cached_property, singledispatch
 
 import sympy as sp
 
-from . import activations, gaussian, numerical
+from . import activations, gaussian, limits, numerical
 from .ast import Activation, Dense, Identity, LayerNorm, Node, Repeat, Serial, Sum
-from .errors import ArchitectureError
+from .errors import ArchitectureError, LayerValueError, Span
 from .symbolic import Pair, exact
 
 # Input statistics: q1_0 = x·x/d, q2_0 = x'·x'/d, K_0 = x·x'/d; d = number of features.
@@ -435,8 +435,19 @@ apply.register(LayerNorm, _templated(_layer_norm))
 @apply.register(Repeat)
 def _serial(node: Serial | Repeat, s: State, b: _Builder) -> State:
     for layer in _compose_runs(_written_out(node)):
+        if isinstance(layer, Composite) and len(layer.parts) > limits.MAX_COMPOSED:
+            raise _too_many_composed(layer, b.source)
         s = apply(layer, s, b)
     return s
+
+
+def _too_many_composed(run: Composite, source: str) -> LayerValueError:
+    spans = [p.span for p in run.parts if p.span is not None]
+    where = Span.at(source, min(s.start for s in spans), max(s.end for s in spans)) if spans else None
+    return LayerValueError(
+        f"{len(run.parts)} activations in a row compose into one activation; the limit is "
+        f"{limits.MAX_COMPOSED}", source=source, span=where,
+        hint="put a Dense between activations, or write the composition as one Fn(...)")
 
 
 def _written_out(node: Node) -> list[Node]:

@@ -19,6 +19,8 @@ MAX_REPEAT = 5_000
 # Layers after writing every repeat out, branches included: compiling is linear in it
 # (about 1 ms a layer), and (Dense > Relu) * 1000 > Dense(1), 2,001 layers, must fit.
 MAX_LAYERS = 5_000
+# Activations in a row, composed into one φ: sympy's expression for φ nests once per part.
+MAX_COMPOSED = 16
 
 # --- numbers ----------------------------------------------------------------------------
 MAX_NUMBER_LENGTH = 100       # characters of one number literal

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # (architecture, exception class, the text the caret must be under, a fragment of the message)
 REFUSED = [
+    ("Dense(3) > (Sigmoid) * 1000 > Dense(8)", "LayerValueError", "Sigmoid",
+     f"the limit is {limits.MAX_COMPOSED}"),  # was a RecursionError in sympy
     ("(Dense(512) > Relu) * 100000000 > Dense(1)", "LayerValueError", "100000000",
      f"at most {limits.MAX_REPEAT}"),
     ("(Dense(512) > Relu) * 2501 > Dense(1)", "LayerValueError",
@@ -328,3 +330,12 @@ def test_overflow_is_a_numerical_error_naming_the_layer():
         net.diagonal(x)
     small = x / 100  # the same network at small variances is finite
     assert np.isfinite(net.ntk(small)).all()
+
+
+def test_composed_runs_just_inside_the_limit():
+    """MAX_COMPOSED activations in a row compose: relu∘…∘relu is relu."""
+    x = _inputs()
+    many = ntkdsl.compile(f"Dense(8, b_std=0.1) > Relu * {limits.MAX_COMPOSED} > Dense(1)")
+    one = ntkdsl.compile("Dense(8, b_std=0.1) > Relu > Dense(1)")
+    np.testing.assert_allclose(many.nngp(x), one.nngp(x), rtol=1e-13)
+    np.testing.assert_allclose(many.ntk(x), one.ntk(x), rtol=1e-13)
