@@ -91,7 +91,10 @@ def fold_constant(value: sp.Expr) -> sp.Expr:
     """A numeric value kept as it is when small or rational, else evaluated to a Float."""
     if value.is_Rational or value.is_Float or sp.count_ops(value) <= _MAX_CONSTANT_OPS:
         return value
-    return sp.Float(value.evalf(_CONSTANT_DIGITS), _CONSTANT_DIGITS)
+    folded = value.evalf(_CONSTANT_DIGITS)
+    # A numerical-route dual of constant arguments has no evalf: it stays as it is and is
+    # computed by the generated code like any other step.
+    return sp.Float(folded, _CONSTANT_DIGITS) if folded.is_Float else value
 
 
 def _step_symbol(name: str, suffix) -> sp.Symbol:

@@ -194,3 +194,21 @@ def test_singular_activations_diagonal_and_infinite_ntk(expr, power):
     for kernel in (net.ntk, net.nngp):
         with pytest.raises(NumericalError, match=r"infinite.*x = 0"):
             kernel(_fuzz_input())
+
+
+def test_numerical_dual_of_an_input_independent_variance():
+    """After a constant activation every variance is a number: the numerical dual of those
+    numbers is computed by the program (constant folding used to evalf it: a TypeError),
+    and equals 1-D quadrature of E[silu(u)²] and E[silu'(u)²] (every correlation is 1)."""
+    arch = ("Dense(64, W_std=0.0852, b_std=0.6658) > Polynomial(coef=[-0.363]) > "
+            "Dense(64, W_std=2.07) > Silu > Dense(1, W_std=1.248, b_std=2.97)")
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    nngp, ntk = ntkdsl.compile(arch).kernels(x)
+    q = 2.07 ** 2 * 0.363 ** 2
+    sig = lambda u: 1 / (1 + np.exp(-u))
+    moment = lambda f: integrate.quad(lambda z: f(np.sqrt(q) * z) ** 2 * np.exp(-z * z / 2)
+                                      / np.sqrt(2 * np.pi), -40, 40, epsabs=1e-14)[0]
+    k = 1.248 ** 2 * moment(lambda u: u * sig(u)) + 2.97 ** 2
+    t = k + 1.248 ** 2 * q * moment(lambda u: sig(u) * (1 + u * (1 - sig(u))))
+    np.testing.assert_allclose(nngp, np.full((4, 4), k), rtol=1e-10)
+    np.testing.assert_allclose(ntk, np.full((4, 4), t), rtol=1e-10)
