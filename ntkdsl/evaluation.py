@@ -979,11 +979,14 @@ def evaluate(functions: dict, x1: Any, x2: Any = None, *, kinds: Sequence[str] =
     _keep_freed_heap()
     panels = _Panels(functions["pair"], a, a if b is None else b, q1, q2, keep, outs, plan,
                      dt)
-    with _BlasLimit() as blas:
-        # Identical inputs are found while the first Gram slices are computed.
-        rows, cols = _run(panels, plan, outs, progress, lambda: identical_pairs(a, b), blas)
-        _exact_identical_pairs(functions["diagonal"], outs, keep, rows, cols, q1,
-                               a.shape[1])
+    try:
+        with _BlasLimit() as blas:
+            # Identical inputs are found while the first Gram slices are computed.
+            rows, cols = _run(panels, plan, outs, progress, lambda: identical_pairs(a, b), blas)
+            _exact_identical_pairs(functions["diagonal"], outs, keep, rows, cols, q1,
+                                   a.shape[1])
+    except OverflowError as err:  # a Python-level conversion of an inf inside the program
+        raise _overflow(functions, q1, q2, a.shape[1], str(err)) from None
     check_finite(functions, kinds, outs, q1, q2, a.shape[1])
     return outs
 
@@ -1006,6 +1009,18 @@ def check_finite(functions: dict, kinds: Sequence[str], outs: Sequence[np.ndarra
             f"the {kind.upper()} is not finite ({out[i, j]}) at entry ({i}, {j}): {where}",
             hint="an overflow past float64's range (about 1.8e308): use smaller weight or "
                  "activation scales (W_std, b_std, b of Exp, ...) or inputs of smaller norm")
+
+
+def _overflow(functions: dict, q1: np.ndarray, q2: np.ndarray, d: int, detail: str
+              ) -> NumericalError:
+    """NumericalError for an overflow that stopped the program, naming the first layer whose
+    variance is not finite at the largest input norms (where an overflow starts)."""
+    layer = nonfinite_layer(functions, np.array([q1.max(), q2.max()], dtype=np.float64), d)
+    where = f"the variance after {layer} is not finite" if layer else "a value overflowed"
+    return NumericalError(
+        f"the kernel overflowed float64 ({detail}): {where} for the largest inputs",
+        hint="use smaller weight or activation scales (W_std, b_std, b of Exp, ...) or "
+             "inputs of smaller norm")
 
 
 def _first_nonfinite(out: np.ndarray) -> tuple[int, int] | None:

@@ -339,3 +339,13 @@ def test_composed_runs_just_inside_the_limit():
     one = ntkdsl.compile("Dense(8, b_std=0.1) > Relu > Dense(1)")
     np.testing.assert_allclose(many.nngp(x), one.nngp(x), rtol=1e-13)
     np.testing.assert_allclose(many.ntk(x), one.ntk(x), rtol=1e-13)
+
+
+def test_an_overflow_that_stops_the_program_is_a_numerical_error():
+    """Exp of a large constant variance (after Sign) into the numerical route overflowed to
+    inf inside the engine and stopped it with a bare OverflowError."""
+    arch = ("Dense(512, parameterization='standard') > Sign > Dense(512, W_std=1.99, b_std=25.7) "
+            "> Exp(0.05992) > Dense(8, W_std=2.397, b_std=0.003483) > Silu > Dense(512, W_std=3)")
+    x = _inputs()
+    with np.errstate(all="ignore"), pytest.raises(NumericalError, match="overflowed float64"):
+        ntkdsl.compile(arch).kernels(x)
