@@ -985,7 +985,9 @@ def evaluate(functions: dict, x1: Any, x2: Any = None, *, kinds: Sequence[str] =
             rows, cols = _run(panels, plan, outs, progress, lambda: identical_pairs(a, b), blas)
             _exact_identical_pairs(functions["diagonal"], outs, keep, rows, cols, q1,
                                    a.shape[1])
-    except OverflowError as err:  # a Python-level conversion of an inf inside the program
+    # Inputs are checked before the program runs: a Python-level conversion of an inf or NaN
+    # inside it (int(inf), int(nan)) means the kernel overflowed.
+    except (OverflowError, ValueError) as err:
         raise _overflow(functions, q1, q2, a.shape[1], str(err)) from None
     check_finite(functions, kinds, outs, q1, q2, a.shape[1])
     return outs

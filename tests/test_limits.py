@@ -349,3 +349,12 @@ def test_an_overflow_that_stops_the_program_is_a_numerical_error():
     x = _inputs()
     with np.errstate(all="ignore"), pytest.raises(NumericalError, match="overflowed float64"):
         ntkdsl.compile(arch).kernels(x)
+
+
+def test_a_nan_that_stops_the_program_is_a_numerical_error_naming_the_layer():
+    """exp(b² q) past float64 inside LayerNorm's normalisation gave NaN, and the numerical
+    route's int(nan) a bare ValueError."""
+    arch = ("Dense(1, W_std=11.39) > Exp(1e-12, b=231.6) > Dense(2, W_std=2, "
+            "parameterization='standard') > LayerNorm > Dense(1) > Sigmoid > Dense(8, W_std=12.18)")
+    with np.errstate(all="ignore"), pytest.raises(NumericalError, match=r"step 2: Exp"):
+        ntkdsl.compile(arch).kernels(_inputs())
