@@ -993,6 +993,10 @@ def evaluate(functions: dict, x1: Any, x2: Any = None, *, kinds: Sequence[str] =
     return outs
 
 
+_OVERFLOW_HINT = ("an overflow past float64's range (about 1.8e308): use smaller weight or "
+                  "activation scales (W_std, b_std, b of Exp, ...) or inputs of smaller norm")
+
+
 def check_finite(functions: dict, kinds: Sequence[str], outs: Sequence[np.ndarray],
                  q1: np.ndarray, q2: np.ndarray, d: int) -> None:
     """NumericalError, naming the first layer whose variance is not finite, if any kernel
@@ -1009,8 +1013,7 @@ def check_finite(functions: dict, kinds: Sequence[str], outs: Sequence[np.ndarra
                  "itself failed at this pair")
         raise NumericalError(
             f"the {kind.upper()} is not finite ({out[i, j]}) at entry ({i}, {j}): {where}",
-            hint="an overflow past float64's range (about 1.8e308): use smaller weight or "
-                 "activation scales (W_std, b_std, b of Exp, ...) or inputs of smaller norm")
+            hint=_OVERFLOW_HINT)
 
 
 def _overflow(functions: dict, q1: np.ndarray, q2: np.ndarray, d: int, detail: str
@@ -1021,8 +1024,7 @@ def _overflow(functions: dict, q1: np.ndarray, q2: np.ndarray, d: int, detail: s
     where = f"the variance after {layer} is not finite" if layer else "a value overflowed"
     return NumericalError(
         f"the kernel overflowed float64 ({detail}): {where} for the largest inputs",
-        hint="use smaller weight or activation scales (W_std, b_std, b of Exp, ...) or "
-             "inputs of smaller norm")
+        hint=_OVERFLOW_HINT)
 
 
 def _first_nonfinite(out: np.ndarray) -> tuple[int, int] | None:
