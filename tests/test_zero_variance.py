@@ -154,6 +154,24 @@ def test_zero_rows_diagonal_matches_the_definition(act, last_bias):
     np.testing.assert_allclose(module["ntk"](x), ntk, rtol=1e-11, atol=1e-15)
 
 
+@pytest.mark.parametrize("act", ["Sign", "RectifiedMonomial(0)", 'Fn("step(x) + x")'])
+def test_zero_rows_in_the_standard_parameterization(act):
+    """Standard parameterisation: T ← n_in·K + σw²·T (+1 for a bias). A zero row's T is 0
+    wherever its variance is (its gradients vanish with it), so the NTK there is
+    512·Γ + 1 from the readout alone, with Γ from the definition."""
+    arch = (f"Dense(512, W_std={W1}, parameterization='standard') > {act} > "
+            f"Dense(1, W_std={W2}, b_std={B2}, parameterization='standard')")
+    x1, x2 = _inputs("both")
+    nngp, ntk = ntkdsl.compile(arch).kernels(x1, x2)
+    phi = JUMPS[act][0]
+    d = x1.shape[1]
+    for i, j in _zero_entries(x1, x2):
+        q1, q2 = W1 ** 2 * (x1[i] @ x1[i]) / d, W1 ** 2 * (x2[j] @ x2[j]) / d
+        gamma = expectation(phi, q1, q2, W1 ** 2 * (x1[i] @ x2[j]) / d)
+        assert nngp[i, j] == pytest.approx(W2 ** 2 * gamma + B2 ** 2, rel=1e-9, abs=1e-12)
+        assert ntk[i, j] == pytest.approx(512 * gamma + 1, rel=1e-9, abs=1e-12)
+
+
 @pytest.mark.parametrize("act", ["Sign", "RectifiedMonomial(0)", 'Fn("step(x) + x")', "Relu > Sign"])
 def test_a_bias_before_the_jump_leaves_no_zero_variance(act):
     """With a bias the zero row's pre-activation has variance b², correlated with every
