@@ -19,10 +19,9 @@ from typing import Any
 import sympy as sp
 
 from . import limits
+from .expressions import parse_expression, phi_of_text, x  # x: the one variable of every φ
 from .params import Param
 from .symbolic import Pair, exact, polynomial_dual
-
-x = sp.Symbol("x", real=True)
 
 
 @dataclass(frozen=True)
@@ -265,13 +264,11 @@ register(ActivationSpec("Mish", (), phi=lambda: x * sp.tanh(_softplus(x)),
 
 
 def _fn_phi(expr: str) -> sp.Expr:
-    from .expressions import phi_of_text
     return phi_of_text(expr)
 
 
 def _fn_check(values: dict, spans: dict, source: str) -> None:
     """Parse the expression where it is written, so errors point into the architecture."""
-    from .expressions import parse_expression
     span = spans.get("expr")
     # The literal is the first quoted text of the argument (after "expr=" if named).
     quotes = [i for i in (source.find('"', span.start), source.find("'", span.start))
@@ -280,10 +277,17 @@ def _fn_check(values: dict, spans: dict, source: str) -> None:
     parse_expression(values["expr"], source if span is not None else None, offset)
 
 
+def derivative(phi: sp.Expr, variable: sp.Symbol = x) -> sp.Expr:
+    """φ' almost everywhere — the one φ' of ntkdsl (the NTK's Γ̇, the numerical route's φ' and
+    φ'', the finite networks' backward pass): the Dirac deltas that steps and sign differentiate
+    into are dropped, as automatic differentiation of a finite network drops them (DESIGN §2)."""
+    return sp.diff(phi, variable).replace(sp.DiracDelta, lambda *args: sp.S.Zero)
+
+
 def derivative_vanishes(phi: sp.Expr) -> bool:
     """φ' = 0 almost everywhere (sign, step and their combinations): then Γ̇ = 0, as for
     Sign — ∂Γ/∂k would be the derivative of an arcsine, infinite at correlation 1."""
-    return sp.diff(phi, x).replace(sp.DiracDelta, lambda *args: sp.S.Zero) == 0
+    return derivative(phi) == 0
 
 
 def _fn_zero_derivative(expr: str) -> bool:

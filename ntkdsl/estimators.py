@@ -31,7 +31,7 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from . import errors
+from . import errors, network
 from .errors import InputError, NTKDSLError
 from .evaluation import as_real_array, densified, kernel_name, refuse_complex, require_memory
 from .predict import GradientFlowEnsemble, solver_memory
@@ -204,9 +204,7 @@ class _NTKEstimator(BaseEstimator):
         arch = self.architecture()
         if not isinstance(arch, str):
             return arch
-        import ntkdsl  # the package imports this module, so import it at call time
-
-        return ntkdsl.compile(arch)
+        return network.compile(arch)
 
     @property
     def _train_kernel_name(self) -> str:

@@ -62,20 +62,15 @@ _CHUNK_FLOATS = 1 << 23
 def activation_functions(node: Activation) -> tuple[Callable, Callable]:
     """(φ, φ') of an activation node as vectorised NumPy functions.
 
-    φ comes from the registry as a sympy expression; φ' is its symbolic derivative, with
-    the Dirac deltas that steps and Sign differentiate into replaced by 0 — the almost-
-    everywhere derivative, which is what automatic differentiation gives and what the
-    analytic NTK uses (DESIGN §2).
+    φ comes from the registry as a sympy expression; φ' is ``activations.derivative`` of it,
+    the almost-everywhere derivative that automatic differentiation gives and the analytic
+    NTK uses (DESIGN §2).
     """
     spec = activations.lookup(node.name)
     if spec is None:  # the parser only makes registered names; guard direct AST users
         raise ArchitectureError(f"unknown activation '{node.name}'")
     phi = spec.phi(**node.kwargs)
-    x = activations.x
-    if spec.zero_derivative(**node.kwargs):
-        dphi = sp.S.Zero
-    else:
-        dphi = sp.diff(phi, x).replace(sp.DiracDelta, lambda *args: sp.S.Zero)
+    dphi = sp.S.Zero if spec.zero_derivative(**node.kwargs) else activations.derivative(phi)
     return _numpy_function(phi), _numpy_function(dphi)
 
 

@@ -2,16 +2,13 @@
 syntax, the one Transformer below gives the meaning."""
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import cache
-from importlib import resources
-
 import lark
 from lark import Transformer, v_args
 
 from . import limits
 from .ast import Node, Repeat, Serial, Sum
 from .errors import ArchitectureSyntaxError, LayerArgumentError, LayerValueError, Span
+from .grammars import deeper_than, grammar
 from .layers import build_layer
 from .params import Arg
 
@@ -21,13 +18,6 @@ _TOKEN_NAMES = {
     "COMMA": "','", "EQUAL": "'='", "MORETHAN": "'>'", "PLUS": "'+'", "STAR": "'*'",
     "$END": "the end of the text",
 }
-
-
-@cache
-def grammar(name: str = "architecture") -> lark.Lark:
-    """The compiled Lark parser for one of the grammars in grammars/."""
-    text = resources.files("ntkdsl.grammars").joinpath(f"{name}.lark").read_text()
-    return lark.Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True)
 
 
 def _span(meta) -> Span:
@@ -201,21 +191,6 @@ def parse(source: str) -> Node:
         raise
     _check_layer_count(ast, source)
     return ast
-
-
-def deeper_than(tree: lark.Tree, limit: int,
-                level: Callable[[str, str], int] = lambda parent, child: 1) -> lark.Tree | None:
-    """The first subtree more than ``limit`` levels deep, or None; iterative, so a deep tree
-    cannot exhaust Python's recursion limit before it is refused. ``level(parent, child)``
-    (rule names; the root's parent is "") is how many levels a child adds: 1 by default."""
-    stack = [(tree, level("", tree.data))]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return node
-        stack.extend((child, depth + level(node.data, child.data))
-                     for child in node.children if isinstance(child, lark.Tree))
-    return None
 
 
 def layer_count(node: Node) -> int:
