@@ -195,13 +195,11 @@ def parse(source: str) -> Node:
 
 def layer_count(node: Node) -> int:
     """Layers of ``node`` with every repeat written out (counted, never expanded)."""
-    if isinstance(node, Serial):
-        return sum(layer_count(part) for part in node.layers)
-    if isinstance(node, Sum):
-        return sum(layer_count(branch) for branch in node.branches)
-    if isinstance(node, Repeat):
-        return node.times * layer_count(node.body)
-    return 1
+    parts = node.children()
+    if not parts:
+        return 1
+    count = sum(layer_count(part) for part in parts)
+    return node.times * count if isinstance(node, Repeat) else count
 
 
 def _check_layer_count(ast: Node, source: str) -> None:
@@ -211,9 +209,7 @@ def _check_layer_count(ast: Node, source: str) -> None:
     # Point at the innermost construct that is over the limit on its own.
     node = ast
     while True:
-        parts = (node.layers if isinstance(node, Serial) else node.branches if isinstance(node, Sum)
-                 else (node.body,) if isinstance(node, Repeat) else ())
-        inner = [p for p in parts if layer_count(p) > limits.MAX_LAYERS]
+        inner = [p for p in node.children() if layer_count(p) > limits.MAX_LAYERS]
         if not inner:
             break
         node = inner[0]

@@ -22,14 +22,14 @@ import sympy as sp
 
 from . import activations
 from ._version import __version__
-from .ast import Activation, Node, Repeat, Serial, Sum
+from .ast import Node
 from .codegen import (
     docstring_literal,
     function_source,
     helpers_source,
     required_imports,
 )
-from .derivation import Assignment, Program, Step, derive, dual_maps
+from .derivation import Assignment, Composite, Program, Step, activation_layers, derive, dual_maps
 from .formula import Formula
 from .parser import parse
 
@@ -109,15 +109,18 @@ def ascii_source(source: str) -> str:
 
 def dual_functions(ast: Node) -> list[DualFunction]:
     """One dual function per distinct activation layer with a closed-form or embedded
-    dual, in order of appearance; named after the registry entry (``relu_dual``, and
-    ``erf_dual_2`` for a second, differently parameterised Erf)."""
+    dual, in order of appearance, as the derivation applies them (so ``pair`` calls these
+    very duals): activations written one after another are one layer, their composition.
+    Named after the registry entries (``relu_dual``; ``relu_sin_dual`` for ``Relu > Sin``,
+    i.e. sin∘relu; ``erf_dual_2`` for a second, differently parameterised Erf)."""
     found: list[DualFunction] = []
     used: dict[str, int] = {}
-    for node in dict.fromkeys(_activations(ast)):  # distinct, first appearance first
+    for node in dict.fromkeys(activation_layers(ast)):  # distinct, first appearance first
         gamma, gamma_dot, route = dual_maps(node)
         if gamma is None:
             continue
-        base = _identifier(node.name) + "_dual"
+        parts = node.parts if isinstance(node, Composite) else (node,)
+        base = "_".join(_identifier(part.name) for part in parts) + "_dual"
         used[base] = used.get(base, 0) + 1
         name = base if used[base] == 1 else f"{base}_{used[base]}"
         # dual_maps writes duals over placeholders named Q1, Q2, K; rename to q1, q2, k.
@@ -131,19 +134,6 @@ def dual_functions(ast: Node) -> list[DualFunction]:
         found.append(DualFunction(name, str(node),
                                   Program(_DUAL_INPUTS, (step,), _DUAL_OUTPUTS)))
     return found
-
-
-def _activations(node: Node):
-    if isinstance(node, Activation):
-        yield node
-    elif isinstance(node, Serial):
-        for layer in node.layers:
-            yield from _activations(layer)
-    elif isinstance(node, Sum):
-        for branch in node.branches:
-            yield from _activations(branch)
-    elif isinstance(node, Repeat):
-        yield from _activations(node.body)
 
 
 def _identifier(name: str) -> str:
