@@ -53,7 +53,8 @@ def module_source(arch: str) -> str:
 
     The module exposes ``nngp(x1, x2=None)``, ``ntk(x1, x2=None)``, ``kernels(x1, x2=None)``,
     the layer recursions ``pair(q1_0, q2_0, K_0, d)`` and ``diagonal(q_0, d)``, and one
-    ``<activation>_dual(q1, q2, k)`` per distinct activation layer. It imports numpy (and
+    ``<activation>_dual(q1, q2, k)`` per distinct activation layer (a run of activations is
+    one layer, their composition, as ``pair`` computes it). It imports numpy (and
     scipy.special only if a formula needs it), never ntkdsl, sympy or lark. The same string
     always gives the same bytes.
     """
