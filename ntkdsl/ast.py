@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Union, get_args
+from typing import Any, TypeVar, Union
 
 from .errors import Span
 
@@ -25,14 +25,17 @@ def _fmt(value: Any) -> str:
     return repr(value)
 
 
+_LayerT = TypeVar("_LayerT", bound="_Layer")
+
+
 class _Layer:
     """A single layer: a leaf of the tree."""
 
     def children(self) -> tuple[Node, ...]:
         return ()
 
-    def map_children(self, f: Callable[[Node], Node]) -> Node:
-        return self  # type: ignore[return-value] - every subclass is a Node
+    def map_children(self: _LayerT, f: Callable[[Node], Node]) -> _LayerT:
+        return self
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ class Repeat:
 
 
 Node = Union[Dense, Identity, LayerNorm, Activation, Serial, Sum, Repeat]  # noqa: UP007 - runtime alias
-NODE_TYPES: tuple[type, ...] = get_args(Node)
+NODE_TYPES = (Dense, Identity, LayerNorm, Activation, Serial, Sum, Repeat)  # isinstance(x, NODE_TYPES)
 
 
 def _wrap(node: Node, loose: type | tuple[type, ...]) -> str:

@@ -3,9 +3,11 @@ traversals built on it (layer counts, the finite networks' width rewrite, the ac
 the derivation applies)."""
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 
-from ntkdsl.ast import NODE_TYPES, Activation, Dense, Identity, LayerNorm, Repeat, Serial, Sum
+from ntkdsl.ast import NODE_TYPES, Activation, Dense, Identity, LayerNorm, Node, Repeat, Serial, Sum
 from ntkdsl.derivation import Composite, activation_layers
 from ntkdsl.errors import Span
 from ntkdsl.finite import with_width
@@ -24,6 +26,7 @@ CONTAINERS = [
 
 
 def test_every_node_type_is_covered():
+    assert set(get_args(Node)) == set(NODE_TYPES)
     assert {type(n) for n in LEAVES} | {type(n) for n, _ in CONTAINERS} == set(NODE_TYPES)
 
 
