@@ -34,7 +34,9 @@ def _strings(node: ast.AST) -> list[str] | None:
 
 def test_the_kernel_names_are_written_once():
     pairs = _where(lambda node: sorted(_strings(node) or []) == ["nngp", "ntk"])
-    assert [where.split(":")[0] for where in pairs] == ["ntkdsl.kinds"]
+    # The runtime stands alone (standalone modules embed its text), so it may not import them.
+    library = [where.split(":")[0] for where in pairs if not where.startswith("ntkdsl.runtime")]
+    assert library == ["ntkdsl.kinds"]
     assert KINDS == ("nngp", "ntk")  # the order of a program's outputs and of kernels()
 
 
