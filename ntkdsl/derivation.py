@@ -13,7 +13,7 @@ Two programs come out of one AST:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cache, cached_property, singledispatch
 
@@ -560,11 +560,23 @@ def _written_out(node: Node) -> list[Node]:
     parentheses dropped and every repetition copied, so that ``Relu * 2`` means
     ``Relu > Relu`` and ``Relu > (Sin > Cos)`` means ``Relu > Sin > Cos`` (a Sum stays one
     layer of the chain; its branches are chains of their own)."""
-    if isinstance(node, Serial):
-        return [layer for part in node.layers for layer in _written_out(part)]
     if isinstance(node, Repeat):
         return _written_out(node.body) * node.times
+    if isinstance(node, Serial):
+        return [layer for part in node.children() for layer in _written_out(part)]
     return [node]
+
+
+def activation_layers(node: Node) -> Iterator[Activation | Composite]:
+    """The activation layers as the derivation applies them, in order: each run of
+    activations written one after another is one Composite (``Relu > Sin`` is sin∘relu),
+    repeats are written out, and the branches of sums are searched too."""
+    for layer in _compose_runs(_written_out(node)):
+        if isinstance(layer, (Activation, Composite)):
+            yield layer
+        else:
+            for child in layer.children():
+                yield from activation_layers(child)
 
 
 def _compose_runs(layers) -> list[Node]:
