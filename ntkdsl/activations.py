@@ -20,7 +20,7 @@ import sympy as sp
 
 from . import limits
 from .params import Param
-from .symbolic import ExpSinh, Pair, exact, polynomial_dual
+from .symbolic import ExpCosh, ExpSinh, Pair, exact, polynomial_dual
 
 x = sp.Symbol("x", real=True)
 
@@ -128,28 +128,30 @@ def erf_dual_dot(p: Pair, a: Any, b: Any, c: Any) -> sp.Expr:
     return sp.cancel(sp.diff(erf_dual(p, a, b, c), p.k))
 
 
-def _cos_moments(p: Pair, b: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
-    """(E[cos(b(u − v))] − E[cos(b(u + v))], E[cos(b(u + v))]) — the Gaussian characteristic
-    function, exp(−b²(q1 + q2 ∓ 2k)/2). The difference is 2 exp(−b²(q1 + q2)/2) sinh(b² k)
-    as one function (``ExpSinh``): subtracting the two exponentials loses all digits of a
-    small variance (both are ≈ 1), and the product overflows to inf·0 at a large one."""
-    plus = sp.exp(-b ** 2 * (p.q1 + p.q2 + 2 * p.k) / 2)
-    return 2 * ExpSinh(-b ** 2 * (p.q1 + p.q2) / 2, b ** 2 * p.k), plus
+def _hyperbolic_moments(p: Pair, b: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
+    """(exp(m) sinh(d), exp(m) cosh(d)), m = −b²(q1 + q2)/2, d = b² k: half the difference
+    and half the sum of E[cos(b(u − v))] = exp(m + d) and E[cos(b(u + v))] = exp(m − d), the
+    Gaussian characteristic function. As ``ExpSinh``/``ExpCosh``: subtracting the two
+    exponentials loses every digit of a small variance (both are ≈ 1), and the product
+    exp(m)·sinh(d) overflows to inf·0 at a large one."""
+    m, d = -b ** 2 * (p.q1 + p.q2) / 2, b ** 2 * p.k
+    return ExpSinh(m, d), ExpCosh(m, d)
 
 
 def sin_dual(p: Pair, a: Any, b: Any, c: Any) -> sp.Expr:
-    """a²/2 (E[cos(b(u − v))] − cos(2c) E[cos(b(u + v))]), with cos 2c = 1 − 2 sin² c so that
-    the two exponentials are subtracted only inside ``ExpSinh``."""
+    """a²/2 (E[cos(b(u − v))] − cos(2c) E[cos(b(u + v))]) = a² (cos²c e^m sinh d + sin²c e^m
+    cosh d): a sum of two accurate terms for c = 0 (the odd sine) or k ≥ 0."""
     a, b, c = exact(a), exact(b), exact(c)
-    difference, plus = _cos_moments(p, b)
-    return a ** 2 / 2 * (difference + 2 * sp.sin(c) ** 2 * plus)
+    sinh, cosh = _hyperbolic_moments(p, b)
+    return a ** 2 * (sp.cos(c) ** 2 * sinh + sp.sin(c) ** 2 * cosh)
 
 
 def cos_dual(p: Pair, a: Any, b: Any, c: Any) -> sp.Expr:
-    """a²/2 (E[cos(b(u − v))] + cos(2c) E[cos(b(u + v))]), cos 2c = 2 cos² c − 1."""
+    """a²/2 (E[cos(b(u − v))] + cos(2c) E[cos(b(u + v))]) = a² (sin²c e^m sinh d + cos²c e^m
+    cosh d)."""
     a, b, c = exact(a), exact(b), exact(c)
-    difference, plus = _cos_moments(p, b)
-    return a ** 2 / 2 * (difference + 2 * sp.cos(c) ** 2 * plus)
+    sinh, cosh = _hyperbolic_moments(p, b)
+    return a ** 2 * (sp.sin(c) ** 2 * sinh + sp.cos(c) ** 2 * cosh)
 
 
 def exp_dual(p: Pair, a: Any, b: Any) -> sp.Expr:

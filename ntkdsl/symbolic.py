@@ -112,7 +112,25 @@ def _exp_sinh(m, d):
     """exp(m) sinh(d) as sign(d) exp(m + |d|) (1 - exp(-2|d|)) / 2: no cancellation of two
     exponentials at small d, no inf * 0 where exp(m) underflows and sinh(d) overflows."""
     size = numpy.abs(d)
-    return -numpy.sign(d) * numpy.exp(m + size) * numpy.expm1(-2 * size) / 2
+    return numpy.copysign(numpy.expm1(-2 * size), d) * numpy.exp(m + size) / 2
+'''.lstrip("\n")
+
+# Where a step needs both (Γ and Γ̇ of Sin, Cos, sinh/cosh terms): one pass, two
+# transcendental calls for the pair.
+_EXP_SINH_COSH_SOURCE = '''
+def _exp_sinh_cosh(m, d):
+    """(exp(m) sinh(d), exp(m) cosh(d)) from one exp and one expm1, in place."""
+    size = numpy.abs(d)
+    scale = numpy.add(m, size)
+    numpy.exp(scale, out=scale)
+    half = numpy.multiply(size, -2, out=size)
+    numpy.expm1(half, out=half)
+    half *= 0.5                       # (exp(-2|d|) - 1) / 2
+    sinh = numpy.copysign(half, d)
+    half += 1
+    same = sinh.shape == scale.shape  # m and d broadcast to d's shape
+    return (numpy.multiply(sinh, scale, out=sinh if same else None),
+            numpy.multiply(half, scale, out=half if same else None))
 '''.lstrip("\n")
 
 _EXP_COSH_SOURCE = '''
@@ -148,7 +166,11 @@ class _ExpHyperbolic(PrintedAs):
         return sp.exp(m) * self.hyperbolic(d)
 
     def helpers(self) -> dict[str, str]:
-        return {self.call: _EXP_SINH_SOURCE if self.hyperbolic is sp.sinh else _EXP_COSH_SOURCE}
+        return {self.call: _EXP_SINH_SOURCE if self.hyperbolic is sp.sinh else _EXP_COSH_SOURCE,
+                "_exp_sinh_cosh": _EXP_SINH_COSH_SOURCE}
+
+    def joint(self) -> tuple[sp.Expr, str] | None:
+        return (ExpCosh(*self.args), "_exp_sinh_cosh") if self.hyperbolic is sp.sinh else None
 
 
 class ExpSinh(_ExpHyperbolic):

@@ -208,11 +208,11 @@ REFERENCES = {
 }
 
 # ---------------------------------------------------------------------------------------
-# The regimes: variances 1e-8 .. 1e10 (powers of 4, so that c = ±1 is exact in float64),
-# q1 ≪ q2, correlations 0, ±0.5, ±(1 − 1e-6), ±1; and the diagonal program
+# The regimes: variances 1e-8 .. 1e10, q1 ≪ q2 (powers of 4, so that c = ±1 is exact in
+# float64), correlations 0, ±0.5, ±(1 − 1e-6), ±1; and the diagonal program
 # ---------------------------------------------------------------------------------------
 
-VARIANCES = [4.0 ** e for e in (-13, -5, 0, 5, 10, 17)]
+VARIANCES = [1.3e-8, 2.7e-4, 0.7, 1.7e3, 3.1e6, 9.1e9, 4.0 ** 17]
 MIXED = [(4.0 ** -13, 4.0 ** 17), (4.0 ** -5, 4.0 ** 10), (1.0, 4.0 ** 17)]
 CORRELATIONS = [0.0, 0.5, -0.5, 1 - 1e-6, -(1 - 1e-6), 1.0, -1.0]
 
@@ -221,7 +221,7 @@ def pair_points():
     """(q1, q2, k) float64 triples of every regime."""
     out = []
     for q1, q2 in [(q, q) for q in VARIANCES] + MIXED + [(b, a) for a, b in MIXED]:
-        norm = math.sqrt(q1 * q2)  # exact: a power of 2
+        norm = q1 if q1 == q2 else math.sqrt(q1 * q2)  # exact: q, or a power of 2
         out += [(q1, q2, c * norm) for c in CORRELATIONS]
     return np.array(out)
 
