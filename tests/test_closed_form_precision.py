@@ -1,8 +1,9 @@
 """Issue 12: closed-form duals stay accurate at any variance, diagonals included.
 
 Every closed form Γ and its NTK factor Γ̇ = ∂Γ/∂k, evaluated by the generated NumPy code
-the library runs (pair program: variances as a column and a row, covariance as a matrix;
-diagonal program: one variance), against a 50-digit mpmath evaluation at the same float64
+the library runs (the pair program's code, fed (n, 1) columns, which broadcast as its
+column/row/matrix layout does; the diagonal program's, fed variances), and whole networks,
+against a 50-digit mpmath evaluation at the same float64
 inputs of textbook formulas written here independently of ntkdsl's (and themselves checked
 against quadrature at moderate variance below).
 
