@@ -21,7 +21,7 @@ from .codegen import live_steps
 from .derivation import TEMPLATE_SUFFIX, Bound, Program, Step, TemplateCache
 from .kinds import KINDS
 from .numerical import NumericalDual, NumericalMoment
-from .symbolic import Corr
+from .symbolic import ArcCosine, Corr
 
 # What a formula shows: one kernel, or both.
 FORMULA_KINDS = (*KINDS, "both")
@@ -143,7 +143,7 @@ class Formula:
         """The composed expression(s): ``name = ...`` text lines, or with ``latex`` an
         ``align`` block under the same heading as ``latex()``."""
         values = self.expression if self.kind == "both" else (self.expression,)
-        pairs = [(name, v) for (name, _), v in zip(self.results, values)]
+        pairs = [(name, _arccosine_shown(v)) for (name, _), v in zip(self.results, values)]
         if not latex:
             return "\n".join(f"{name} = {sp.sstr(v)}" for name, v in pairs)
         rows = _heading_rows(self.kind, self.arch, self.diagonal, steps=False)
@@ -203,7 +203,9 @@ def _readable_bound(step: Step, names: count) -> Layer:
 
 def _name_angles(exprs: list[sp.Expr], number: int) -> tuple[list[sp.Eq], list[sp.Expr]]:
     """Replace each correlation Corr(k, q1, q2) by c_l and, where the layer uses it,
-    arccos(c_l) by theta_l and sqrt(1 - c_l^2) by sin(theta_l) (theta_l is in [0, pi])."""
+    arccos(c_l) by theta_l and sqrt(1 - c_l^2) by sin(theta_l) (theta_l is in [0, pi]); the
+    arc-cosine integrals J_n are shown in their usual form in theta_l."""
+    exprs = [_arccosine_shown(e) for e in exprs]
     corrs = sorted(set().union(*(e.atoms(Corr) for e in exprs)), key=sp.default_sort_key)
     definitions: list[sp.Eq] = []
     for i, corr in enumerate(corrs):
@@ -217,6 +219,14 @@ def _name_angles(exprs: list[sp.Expr], number: int) -> tuple[list[sp.Eq], list[s
             exprs = [e.xreplace(swap) for e in exprs]
             definitions.append(sp.Eq(theta, sp.acos(c), evaluate=False))
     return definitions, exprs
+
+
+def _arccosine_shown(expr: sp.Expr) -> sp.Expr:
+    """``expr`` with each ArcCosine written out as the arc-cosine form it stands for, so that
+    sympy collects it with the rest (and theta_l can name its arccos)."""
+    if not isinstance(expr, sp.Basic) or not expr.has(ArcCosine):
+        return expr
+    return expr.replace(lambda f: isinstance(f, ArcCosine), lambda f: f.shown())
 
 
 def _name_shared(exprs: list[sp.Expr], names: count) -> tuple[list[sp.Eq], list[sp.Expr]]:

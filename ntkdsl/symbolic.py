@@ -9,9 +9,11 @@ to [-1, 1], where rounding would otherwise push arccos/arcsin out of their domai
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from math import comb, factorial
 
 import sympy as sp
+from sympy.printing.precedence import precedence
 
 
 class KernelFunction(sp.Function):
@@ -186,6 +188,220 @@ class ExpCosh(_ExpHyperbolic):
 
 
 _PARTNER = {ExpSinh: ExpCosh, ExpCosh: ExpSinh}
+
+
+_C = sp.Symbol("c")
+
+
+@cache
+def arccos_polynomials(n: int) -> tuple[sp.Poly, sp.Poly]:
+    """(A_n, B_n) with Cho & Saul's J_n(θ) = A_n(c)·(π − θ) + B_n(c)·sin θ, c = cos θ.
+
+    J_n = sin^(2n+1) θ · (d/dc)^n [(π − θ) / sin θ]; writing the n-th derivative as
+    (A_n (π − θ) + B_n sin θ) / sin^(2n+1) θ and differentiating once more gives
+    A_(n+1) = (1 − c²) A_n' + (2n + 1) c A_n and B_(n+1) = A_n + (1 − c²) B_n' + 2n c B_n:
+    exact integer polynomials in n steps, where differentiating and simplifying in θ took
+    seconds for n = 5 and left 0/0 terms at c = ±1."""
+    a, b = sp.Poly(1, _C), sp.Poly(0, _C)
+    one_minus_c2, c = sp.Poly(1 - _C ** 2, _C), sp.Poly(_C, _C)
+    for m in range(n):
+        a, b = (one_minus_c2 * a.diff(_C) + (2 * m + 1) * c * a,
+                a + one_minus_c2 * b.diff(_C) + 2 * m * c * b)
+    return a, b
+
+
+# Below this φ = π − θ the helper sums J_n's series in φ instead of the closed form, whose
+# two terms of size φ cancel there to one of size φ^(2n+1): at φ = 1 (c = −0.54) the closed
+# form loses at most a factor 505 (RectifiedMonomial(5); Relu 4.6) to that cancellation,
+# and 9 (Relu) to 14 (degree 5) terms of the series are exact to SERIES_ERROR.
+SERIES_BELOW = 1.0
+SERIES_ERROR = 1e-17
+
+
+@cache
+def arccos_series(n: int) -> tuple[sp.Rational, ...]:
+    """Coefficients s_m with J_n = φ^(2n+1) Σ_m s_m φ^(2m), truncated where the rest is at
+    most SERIES_ERROR of J_n for every φ ≤ SERIES_BELOW.
+
+    J_n is entire in φ, and dJ_n/dφ = (dJ_n/dc)(dc/dφ) = n² J_(n−1) sin φ with J_0 = φ and
+    J_n(0) = 0 (n ≥ 1): each order is n² ∫₀^φ J_(n−1)(t) sin t dt — exact rational arithmetic
+    on power series. Relative to φ^(2n+1) the omitted terms grow with φ and J_n falls, so the
+    bound at φ = SERIES_BELOW holds below it."""
+    size = 2 * n + 30  # more terms than any order needs; the tail bound below decides
+    coefficients = [sp.Integer(1)] + [sp.Integer(0)] * (size - 1)   # of φ^(2p+1); J_0 = φ
+    sine = [sp.Integer(-1) ** j / sp.factorial(2 * j + 1) for j in range(size)]
+    for order in range(1, n + 1):
+        coefficients = [sp.Integer(0)] + [
+            sp.Integer(order) ** 2 / (2 * p + 1)
+            * sum((sine[j] * coefficients[p - 1 - j] for j in range(p)), sp.Integer(0))
+            for p in range(1, size)]
+    coefficients = coefficients[n:]
+    x2 = sp.Rational(SERIES_BELOW) ** 2
+    value = sum(a * x2 ** m for m, a in enumerate(coefficients))  # J_n(SERIES_BELOW), to 1e-40
+    for terms in range(1, size):
+        tail = sum(abs(a) * x2 ** m for m, a in enumerate(coefficients[terms:], terms))
+        if tail <= SERIES_ERROR * value:
+            return tuple(coefficients[:terms])
+    raise AssertionError(f"J_{n}'s series needs more than {size} terms")  # pragma: no cover
+
+
+def arccosine_closed(n: int, c: sp.Expr) -> sp.Expr:
+    """J_n/(2π) at correlation c in the usual arc-cosine form, (A_n(c)(π − arccos c) +
+    B_n(c)·√(1 − c²))/(2π), expanded over c, θ and sin θ."""
+    a, b = arccos_polynomials(n)
+    return sp.expand(a.as_expr().xreplace({_C: c}) * (sp.pi - sp.acos(c))
+                     + b.as_expr().xreplace({_C: c}) * sp.sqrt(1 - c ** 2)) / (2 * sp.pi)
+
+
+_ARCCOSINE_SOURCE = '''
+def _arccosine_parts(c):
+    """What J_n / (2 pi) is made of at correlations c = cos(theta) (Cho & Saul's J_n =
+    A_n(c) phi + B_n(c) sin(phi), phi = pi - theta): (phi / (2 pi), sin(phi) / (2 pi), a
+    free array of c's shape, phi where phi < SERIES_BELOW and that mask, or None, None
+    where no entry is that close to c = -1: one pass over phi, its minimum, finds out).
+    phi is arccos(-c), accurate to the last digit as phi -> 0, sin(phi) is
+    sqrt((1 - c)(1 + c)), accurate as c -> 1; both are scaled before they are combined, so
+    that rounding is relative to the result (J_1 / (2 pi) = 1/2 at c = 1, exactly). In c's
+    precision (float32 where the caller evaluates in float32)."""
+    turns = numpy.negative(c, out=numpy.empty_like(c))
+    numpy.arccos(turns, out=turns)
+    near = turns < SERIES_BELOW if turns.size and turns.min() < SERIES_BELOW else None
+    phi = None if near is None else turns[near]
+    turns *= 1 / (2 * numpy.pi)  # exactly 1/2 where turns is pi (c = 1)
+    sine = numpy.subtract(1.0, c, out=numpy.empty_like(c))
+    free = numpy.add(1.0, c, out=numpy.empty_like(c))
+    sine *= free
+    numpy.sqrt(sine, out=sine)
+    sine *= 1 / (2 * numpy.pi)
+    return turns, sine, free, phi, near
+
+
+def _arccosine_series(coefficients, phi, power):
+    """phi**power * (coefficients[0] + coefficients[1] phi**2 + ...): J_n / (2 pi) where
+    its closed form cancels (phi -> 0), by Horner in phi**2."""
+    square = phi * phi
+    total = numpy.full_like(phi, coefficients[-1])
+    for coefficient in coefficients[-2::-1]:
+        total *= square
+        total += coefficient
+    total *= phi ** power
+    return total
+'''.lstrip("\n").replace("SERIES_BELOW", repr(SERIES_BELOW))
+
+_ARCCOSINE0_SOURCE = '''
+def _arccosine0(c):
+    """J_0 / (2 pi) = arccos(-c) / (2 pi) at correlations c."""
+    turns = numpy.negative(c, out=numpy.empty_like(c))
+    numpy.arccos(turns, out=turns)
+    turns *= 1 / (2 * numpy.pi)
+    return turns
+'''.lstrip("\n")
+
+
+def _horner_lines(coefficients: list[int], factor: str, out: str) -> list[str]:
+    """Statements setting the array ``out`` to ``factor`` · p(c), p of degree ≥ 1 with these
+    integer coefficients (highest first), by Horner in place."""
+    lines = [f"numpy.multiply({factor}, c, out={out})"]
+    if coefficients[0] != 1:
+        lines.append(f"{out} *= {coefficients[0]}")
+    for position, coefficient in enumerate(coefficients[1:], 2):
+        if coefficient:
+            lines.append(f"{out} += {factor}" if coefficient == 1 else
+                         f"{out} += {coefficient} * {factor}")
+        if position < len(coefficients):
+            lines.append(f"{out} *= c")
+    return lines
+
+
+def _arccosine_lines(n: int, out: str) -> list[str]:
+    """Statements computing J_n/(2π) (n ≥ 1) into the array ``out`` from _arccosine_parts."""
+    a, b = (tuple(int(v) for v in p.all_coeffs()) for p in arccos_polynomials(n))
+    lines = _horner_lines(list(a), "turns", out)
+    if len(b) == 1:
+        lines.append(f"{out} += sine" if b[0] == 1 else f"{out} += {b[0]} * sine")
+    else:
+        lines += _horner_lines(list(b), "sine", "free") + [f"{out} += free"]
+    series = ", ".join(repr(float(sp.N(s / (2 * sp.pi), 30))) for s in arccos_series(n))
+    lines += ["if near is not None:",
+              f"    {out}[near] = _arccosine_series(({series},), phi, {2 * n + 1})"]
+    return lines
+
+
+def _arccosine_source(n: int) -> str:
+    """Source of _arccosine<n>(c) = J_n/(2π) and _arccosine<n>_<n−1>(c) = (J_n/(2π),
+    J_(n−1)/(2π)), straight-line code over _arccosine_parts (no loops: generated code calls
+    it for every block of a kernel matrix)."""
+    body = ["turns, sine, free, phi, near = _arccosine_parts(c)", "value = free",
+            "free = numpy.empty_like(c)" if len(arccos_polynomials(n)[1].all_coeffs()) > 1 else ""]
+    single = [*body, *_arccosine_lines(n, "value"), "return value"]
+    if n == 1:
+        pair = [*body, *_arccosine_lines(1, "value"), "return value, turns"]
+    else:
+        pair = [*body, *_arccosine_lines(n, "value"), "lower = numpy.empty_like(c)",
+                *_arccosine_lines(n - 1, "lower"), "return value, lower"]
+    return "\n\n\n".join(
+        f'def {name}(c):\n    """{doc} at correlations c (see _arccosine_parts)."""\n'
+        + "".join(f"    {line}\n" for line in lines if line)
+        for name, doc, lines in [(f"_arccosine{n}", f"J_{n} / (2 pi)", single),
+                                 (f"_arccosine{n}_{n - 1}",
+                                  f"(J_{n} / (2 pi), J_{n - 1} / (2 pi))", pair)])
+
+
+class ArcCosine(PrintedAs):
+    """The arc-cosine kernel of order n at correlation c = cos θ: J_n(θ)/(2π), with J_n of
+    Cho & Saul (2009) — E[relu(u)^n relu(v)^n] for unit variances, so the dual of relu^n is
+    (q1 q2)^(n/2) ArcCosine(n, c); J_0 = π − θ.
+
+    Formulas show it as the usual (A_n(c)(π − θ) + B_n(c) sin θ)/(2π); generated code calls a
+    helper that is accurate where that form cancels (θ → π, c → −1, where J_n vanishes like
+    (π − θ)^(2n+1)). It is exactly 1/2 at c = 1 for n ≤ 1, so a kernel of collinear inputs
+    stays exactly collinear into the next layer, as the arccos form kept it. Its derivative
+    is n² ArcCosine(n − 1, c) (Price's theorem for relu^n), so the NTK factor of every
+    arc-cosine dual is again such a function, and one helper call gives both."""
+
+    nargs = 2
+    fresh_result = True  # new arrays: generated code may write into them
+
+    @classmethod
+    def eval(cls, n, c):
+        if not (n.is_Integer and n >= 0):
+            raise TypeError(f"ArcCosine's order must be a non-negative integer, got {n}")
+        if c.is_number:  # the diagonal (c = 1) and c = -1 are exact: A_n(1)/2, and 0
+            return arccosine_closed(int(n), c)
+        return None
+
+    def fdiff(self, argindex=2):
+        n, c = self.args
+        if argindex != 2:
+            raise sp.ArgumentIndexError(self, argindex)
+        return n ** 2 * ArcCosine(n - 1, c) if n > 0 else 1 / (2 * sp.pi * sp.sqrt(1 - c ** 2))
+
+    def shown(self) -> sp.Expr:
+        return arccosine_closed(int(self.args[0]), self.args[1])
+
+    @property
+    def precedence(self) -> int:
+        """That of the expression it is shown as (sympy's printers parenthesise by it)."""
+        return precedence(self.shown())
+
+    @property
+    def call(self) -> str:
+        return f"_arccosine{int(self.args[0])}"
+
+    def _numpycode(self, printer):
+        return f"{self.call}({printer._print(self.args[1])})"
+
+    _pythoncode = _numpycode
+
+    def helpers(self) -> dict[str, str]:
+        n = int(self.args[0])
+        if n == 0:
+            return {self.call: _ARCCOSINE0_SOURCE}
+        return {"_arccosine_parts": _ARCCOSINE_SOURCE, self.call: _arccosine_source(n)}
+
+    def joint(self) -> tuple[sp.Expr, str] | None:
+        n, c = self.args
+        return (ArcCosine(n - 1, c), f"{self.call}_{int(n) - 1}") if n > 0 else None
 
 
 _AT_ZERO_VARIANCE_SOURCE = '''
