@@ -24,18 +24,20 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import re
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import InputError, NumericalError, ShapeError
+
+if TYPE_CHECKING:
+    from .generate import CompiledKernels
 
 KINDS = ("nngp", "ntk")
 DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
@@ -540,44 +542,6 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-# Both read the generated source, which is fixed per compiled network: cached, so each
-# evaluation does not rescan it.
-@lru_cache(maxsize=256)
-def chunk_cap(source: str) -> int:
-    """The largest chunk worth giving the generated program: larger when it calls the
-    numerical engine (whose helpers are named _hd_*), whose calls have a fixed cost."""
-    return MAX_CHUNK_NUMERICAL if "def _hd_" in source else MAX_CHUNK
-
-
-_ASSIGNMENT = re.compile(r"(\w+(?:, \w+)*) = (.*)")
-_NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
-
-
-@lru_cache(maxsize=256)
-def temporaries_per_entry(source: str) -> int:
-    """How many arrays of the chunk's size the generated ``pair`` holds at once, at most,
-    plus a few expression temporaries. An assignment makes a chunk-sized array when its
-    right side reads one (K_0 or a name made so), one per target of ``a, b = f(...)``;
-    ``A = B`` only names B's array again, and an array lives until its last name is
-    ``del``-ed."""
-    body = source.split("def pair(", 1)[-1].split("\ndef ", 1)[0]
-    arrays: dict[str, object] = {"K_0": 0}  # name -> the array it holds
-    most = 1
-    for n, line in enumerate(body.splitlines(), start=1):
-        line = line.strip()
-        if line.startswith("del "):
-            for name in line[4:].split(","):
-                arrays.pop(name.strip(), None)
-        elif (m := _ASSIGNMENT.fullmatch(line)) is not None:
-            names, rhs = m.group(1).split(", "), m.group(2)
-            if rhs in arrays:
-                arrays[names[0]] = arrays[rhs]
-            elif any(used in arrays for used in _NAME.findall(rhs)):
-                arrays.update({name: (n, i) for i, name in enumerate(names)})
-            most = max(most, len(set(arrays.values())))
-    return most + 4
-
-
 _MALLOC_TUNED = False
 
 
@@ -949,7 +913,7 @@ def _run(panels: _Panels, plan: Plan, outs: Sequence[np.ndarray], progress: bool
     return found
 
 
-def evaluate(functions: dict, x1: Any, x2: Any = None, *, kinds: Sequence[str] = KINDS,
+def evaluate(compiled: CompiledKernels, x1: Any, x2: Any = None, *, kinds: Sequence[str] = KINDS,
              out: Sequence[np.ndarray | None] | None = None, dtype: Any = None,
              progress: bool | None = None, threads: int | None = None) -> list[np.ndarray]:
     """The kernels named in ``kinds`` of x1 against x2 (x2=None: x1 against itself), written
@@ -972,24 +936,25 @@ def evaluate(functions: dict, x1: Any, x2: Any = None, *, kinds: Sequence[str] =
     outs = allocate_outputs(kinds, outs, shape, dt)
     q1 = squared_norms(a)
     q2 = q1 if b is None else squared_norms(b)
+    # The numerical engine's calls have a fixed cost: larger chunks pay it less often.
     plan = make_plan(*shape, b is None, dt, WORKING_SHARE * sum(o.nbytes for o in outs),
-                     temporaries_per_entry(functions["__source__"]), threads,
-                     chunk_cap(functions["__source__"]))
+                     compiled.temporaries, threads,
+                     MAX_CHUNK_NUMERICAL if compiled.numerical else MAX_CHUNK)
     keep = [KINDS.index(k) for k in kinds]
     _keep_freed_heap()
-    panels = _Panels(functions["pair"], a, a if b is None else b, q1, q2, keep, outs, plan,
+    panels = _Panels(compiled.pair, a, a if b is None else b, q1, q2, keep, outs, plan,
                      dt)
     try:
         with _BlasLimit() as blas:
             # Identical inputs are found while the first Gram slices are computed.
             rows, cols = _run(panels, plan, outs, progress, lambda: identical_pairs(a, b), blas)
-            _exact_identical_pairs(functions["diagonal"], outs, keep, rows, cols, q1,
+            _exact_identical_pairs(compiled.diagonal, outs, keep, rows, cols, q1,
                                    a.shape[1])
     # Inputs are checked before the program runs: a Python-level conversion of an inf or NaN
     # inside it (int(inf), int(nan)) means the kernel overflowed.
     except (OverflowError, ValueError) as err:
-        raise _overflow(functions, q1, q2, a.shape[1], str(err)) from None
-    check_finite(functions, kinds, outs, q1, q2, a.shape[1])
+        raise _overflow(compiled, q1, q2, a.shape[1], str(err)) from None
+    check_finite(compiled, kinds, outs, q1, q2, a.shape[1])
     return outs
 
 
@@ -997,7 +962,7 @@ _OVERFLOW_HINT = ("an overflow past float64's range (about 1.8e308): use smaller
                   "activation scales (W_std, b_std, b of Exp, ...) or inputs of smaller norm")
 
 
-def check_finite(functions: dict, kinds: Sequence[str], outs: Sequence[np.ndarray],
+def check_finite(compiled: CompiledKernels, kinds: Sequence[str], outs: Sequence[np.ndarray],
                  q1: np.ndarray, q2: np.ndarray, d: int) -> None:
     """NumericalError, naming the first layer whose variance is not finite, if any kernel
     entry is inf or NaN (an overflow such as exp(b² q) for large b² q): never a silent
@@ -1007,7 +972,7 @@ def check_finite(functions: dict, kinds: Sequence[str], outs: Sequence[np.ndarra
         if entry is None:
             continue
         i, j = entry
-        layer = nonfinite_layer(functions, np.array([q1[i], q2[j]], dtype=np.float64), d)
+        layer = nonfinite_layer(compiled, np.array([q1[i], q2[j]], dtype=np.float64), d)
         where = (f"the variance after {layer} is not finite for these inputs" if layer else
                  "every layer's variance is finite for these inputs, so the kernel formula "
                  "itself failed at this pair")
@@ -1016,11 +981,11 @@ def check_finite(functions: dict, kinds: Sequence[str], outs: Sequence[np.ndarra
             hint=_OVERFLOW_HINT)
 
 
-def _overflow(functions: dict, q1: np.ndarray, q2: np.ndarray, d: int, detail: str
+def _overflow(compiled: CompiledKernels, q1: np.ndarray, q2: np.ndarray, d: int, detail: str
               ) -> NumericalError:
     """NumericalError for an overflow that stopped the program, naming the first layer whose
     variance is not finite at the largest input norms (where an overflow starts)."""
-    layer = nonfinite_layer(functions, np.array([q1.max(), q2.max()], dtype=np.float64), d)
+    layer = nonfinite_layer(compiled, np.array([q1.max(), q2.max()], dtype=np.float64), d)
     where = f"the variance after {layer} is not finite" if layer else "a value overflowed"
     return NumericalError(
         f"the kernel overflowed float64 ({detail}): {where} for the largest inputs",
@@ -1040,20 +1005,19 @@ def _first_nonfinite(out: np.ndarray) -> tuple[int, int] | None:
     return None
 
 
-_DIAGONAL_STATE = re.compile(r"[qt]_(\d+)")
-
-
-def nonfinite_layer(functions: dict, q: np.ndarray, d: int) -> str | None:
+def nonfinite_layer(compiled: CompiledKernels, q: np.ndarray, d: int) -> str | None:
     """The first layer (``step l: label``, as in the derivation) at which the diagonal
     recursion of squared norms ``q`` stops being finite, or None. Runs the generated
-    diagonal function once under a line tracer; only on the error path."""
+    diagonal function once under a line tracer, watching the variables the compiled
+    kernels name as layer states; only on the error path."""
     bad: list[str] = []
+    labels = compiled.labels
 
     def trace(frame, event, arg):
-        if frame.f_code.co_name != "diagonal":
+        if frame.f_code is not compiled.diagonal.__code__:
             return None
         for name, value in frame.f_locals.items():
-            if (not bad and _DIAGONAL_STATE.fullmatch(name)
+            if (not bad and name in labels
                     and not np.isfinite(np.asarray(value, dtype=np.float64)).all()):
                 bad.append(name)
         return trace
@@ -1062,26 +1026,12 @@ def nonfinite_layer(functions: dict, q: np.ndarray, d: int) -> str | None:
     sys.settrace(trace)
     try:
         with np.errstate(all="ignore"):
-            functions["diagonal"](q, d)
+            compiled.diagonal(q, d)
     except (ArithmeticError, ValueError):
         pass  # the recursion itself failed: the variables seen so far tell where
     finally:
         sys.settrace(previous)
-    return _step_label(functions["__source__"], bad[0]) if bad else None
-
-
-def _step_label(source: str, variable: str) -> str:
-    """``step l: <layer>`` from the comment above the assignment of ``variable`` in the
-    generated diagonal function."""
-    body = source.split("def diagonal(", 1)[-1]
-    label = ""
-    for line in body.split("\n"):
-        stripped = line.strip()
-        if stripped.startswith("# "):
-            label = stripped[2:].split("  [", 1)[0]
-        elif stripped.startswith(variable + " ="):
-            break
-    return f"step {variable.split('_')[1]}: {label}"
+    return labels[bad[0]] if bad else None
 
 
 def diagonal_values(diagonal: Callable, q: np.ndarray, d: int) -> tuple[np.ndarray, ...]:

@@ -17,9 +17,20 @@ from itertools import count
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
-from .codegen import live_steps
-from .derivation import TEMPLATE_SUFFIX, Bound, Program, Step, TemplateCache
+from .derivation import TEMPLATE_SUFFIX
 from .numerical import NumericalDual, NumericalMoment
+from .program import (
+    DIAGONAL_NTK,
+    NNGP,
+    NTK,
+    VARIANCE,
+    VARIANCE1,
+    VARIANCE2,
+    Bound,
+    Program,
+    Step,
+    TemplateCache,
+)
 from .symbolic import Corr
 
 KINDS = ("nngp", "ntk", "both")
@@ -80,7 +91,7 @@ class Formula:
 
     @property
     def diagonal(self) -> bool:
-        return len(self.program.inputs) == 2  # (q_0, d) rather than (q1_0, q2_0, K_0, d)
+        return self.program.diagonal
 
     def __getstate__(self) -> dict:
         """Pickle (and deepcopy) the derivation without its cached views (layers, steps,
@@ -94,10 +105,9 @@ class Formula:
 
     @cached_property
     def layers(self) -> list[Layer]:
-        wanted = Program(self.program.inputs, self.program.steps,
-                         tuple(r for _, r in self.results))
+        wanted = self.program.restricted_to(tuple(r for _, r in self.results))
         names = count(1)
-        return [_readable(step, names) for step in live_steps(wanted)]
+        return [_readable(step, names) for step in wanted.live()]
 
     @cached_property
     def steps(self) -> list[tuple[str, list[sp.Eq]]]:
@@ -164,7 +174,7 @@ def _readable(step: Step, names: count, number: int | str | None = None) -> Laye
     if isinstance(step.assignments, Bound):
         return _readable_bound(step, names)
     if number is None:
-        number = int(str(step.assignments[0].target).rsplit("_", 1)[1])
+        number = step.layer
     exprs = [a.expr for a in step.assignments]
     definitions, exprs = _name_angles(exprs, number)
     shared, exprs = _name_shared(exprs, names)
@@ -186,7 +196,7 @@ def _readable_bound(step: Step, names: count) -> Layer:
         _TEMPLATE_LAYERS[key] = _readable(Step(step.label, live, step.note), count(1),
                                           number=TEMPLATE_SUFFIX)
     layer = _TEMPLATE_LAYERS[key]
-    number = int(bound.targets[0].name.rsplit("_", 1)[1])
+    number = step.layer
     rename = dict(bound.binding)
     for eq in layer.equations:  # z1, z2, ... of the template take the next global numbers
         if eq.lhs not in rename and str(eq.lhs).startswith("z"):
@@ -405,11 +415,11 @@ def _dual_name(label: str) -> str:
     return symbol + "_{" + sub + "}"
 
 
-_LATEX_PATTERNS = (  # symbol name -> LaTeX, by the naming scheme of derivation.py and above
-    (re.compile(r"q([12])_(\d+)"), r"q_{\1}^{(\2)}"),
-    (re.compile(r"q_(\d+)"), r"q^{(\1)}"),
-    (re.compile(r"K_(\d+)"), r"K^{(\1)}"),
-    (re.compile(r"[Tt]_(\d+)"), r"\\Theta^{(\1)}"),
+# LaTeX of the program's variables by role (the layer is the superscript), and of the
+# names this module gives intermediates.
+_ROLE_LATEX = {VARIANCE1: "q_{1}", VARIANCE2: "q_{2}", NNGP: "K", NTK: r"\Theta",
+               VARIANCE: "q", DIAGONAL_NTK: r"\Theta"}
+_LATEX_PATTERNS = (
     (re.compile(r"c_(\d+[a-z]?)"), r"c^{(\1)}"),
     (re.compile(r"theta_(\d+[a-z]?)"), r"\\theta^{(\1)}"),
     (re.compile(r"z(\d+)"), r"z_{\1}"),
@@ -419,6 +429,10 @@ _LATEX_PATTERNS = (  # symbol name -> LaTeX, by the naming scheme of derivation.
 def _latex_names(expr: sp.Basic) -> dict[sp.Symbol, str]:
     names = {}
     for symbol in expr.free_symbols:
+        role = getattr(symbol, "role", None)
+        if role in _ROLE_LATEX and isinstance(symbol.layer, int):
+            names[symbol] = f"{_ROLE_LATEX[role]}^{{({symbol.layer})}}"
+            continue
         for pattern, template in _LATEX_PATTERNS:
             if pattern.fullmatch(symbol.name):
                 names[symbol] = pattern.sub(template, symbol.name)

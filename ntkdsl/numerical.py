@@ -35,10 +35,12 @@ from __future__ import annotations
 import copyreg
 import hashlib
 from functools import cache
+from typing import ClassVar
 
 import numpy
 import sympy as sp
 
+from .printing import compile_source, function_of, numpy_function
 from .symbolic import KernelFunction
 
 TOLERANCE = 1e-11   # relative truncation bound per entry (the route's stated error)
@@ -746,36 +748,6 @@ _ENGINE: dict = {"numpy": numpy}
 exec(compile(ENGINE_SOURCE, "<ntkdsl numerical engine>", "exec"), _ENGINE)  # our own text
 
 
-def _printer():
-    """SciPy printer whose max/min are elementwise numpy calls (sympy's default for Max
-    needs functools, which generated modules do not import)."""
-    from sympy.printing.numpy import SciPyPrinter
-
-    class _Printer(SciPyPrinter):
-        def _fold(self, name, args):
-            out = self._print(args[0])
-            for arg in args[1:]:
-                out = f"numpy.{name}({out}, {self._print(arg)})"
-            return out
-
-        def _print_Max(self, expr):
-            return self._fold("maximum", expr.args)
-
-        def _print_Min(self, expr):
-            return self._fold("minimum", expr.args)
-
-        def _print_log(self, expr):
-            # log(1 + exp(a)) as logaddexp(0, a): no overflow for a > 709 (Softplus, Mish).
-            arg = expr.args[0]
-            if isinstance(arg, sp.Add) and len(arg.args) == 2 and sp.S.One in arg.args:
-                other = arg.args[0] if arg.args[1] == 1 else arg.args[1]
-                if isinstance(other, sp.exp):
-                    return f"numpy.logaddexp(0, {self._print(other.args[0])})"
-            return super()._print_log(expr)
-
-    return _Printer({"fully_qualified_modules": True, "inline": True})
-
-
 _NONSMOOTH = (sp.Max, sp.Min, sp.Abs, sp.Heaviside, sp.sign, sp.Piecewise)
 
 
@@ -822,13 +794,14 @@ def derivative(phi: sp.Expr, x: sp.Symbol) -> sp.Expr:
 
 
 def function_source(name: str, expr: sp.Expr, x: sp.Symbol, label: str = "",
-                    singular: tuple[float, ...] = ()) -> str:
-    """``def name(x): return <expr printed for numpy>``, broadcasting constants, with
+                    singular: tuple[float, ...] = ()) -> tuple[str, list[str]]:
+    """(``def name(x): return <expr printed for numpy>``, broadcasting constants, with
     ``name.label`` (the layer, for error messages) and ``name.singular`` (kinks where a
-    derivative of expr is unbounded, for the engine's quadrature grids)."""
-    body = _printer().doprint(expr)
-    return (f"def {name}({x}):\n    return {body} + 0.0 * {x}\n\n\n"
-            f"{name}.label = {label!r}\n{name}.singular = {tuple(singular)!r}\n")
+    derivative of expr is unbounded, for the engine's quadrature grids); the modules it
+    uses)."""
+    source, modules = function_of(expr, x, name)
+    return (source + f"\n\n{name}.label = {label!r}\n{name}.singular = {tuple(singular)!r}\n",
+            modules)
 
 
 def singular_points(f: sp.Expr, x: sp.Symbol, points: tuple[float, ...]) -> tuple[float, ...]:
@@ -837,7 +810,7 @@ def singular_points(f: sp.Expr, x: sp.Symbol, points: tuple[float, ...]) -> tupl
     φ's scale. Decided numerically, |f''| at distances 1e-9 and 1e-7 on each side."""
     if not points:
         return ()
-    second = _numpy_function(derivative(derivative(f, x), x), x)
+    second = numpy_function(derivative(derivative(f, x), x), x)
     out = []
     for b in points:
         near = b + numpy.array([-1e-9, -1e-7, 1e-7, 1e-9])
@@ -852,7 +825,7 @@ def square_diverges(f: sp.Expr, x: sp.Symbol, points: tuple[float, ...]) -> floa
     """A point next to which f**2 is not integrable (|f| ~ |x - b|**-p with p >= 1/2,
     like the derivative of max(x, 0)**0.3 at 0), else None: then E[f(u)**2] is infinite.
     Decided numerically: h·f(b ± h)**2 does not shrink from h = 1e-6 to 1e-12."""
-    function = _numpy_function(f, x)
+    function = numpy_function(f, x)
     for b in sorted(points, key=abs):
         for side in (-1.0, 1.0):
             with numpy.errstate(all="ignore"):
@@ -860,23 +833,6 @@ def square_diverges(f: sp.Expr, x: sp.Symbol, points: tuple[float, ...]) -> floa
             if not numpy.all(numpy.isfinite(g)) or (g[1] > 0 and g[1] >= 0.5 * g[0]):
                 return b
     return None
-
-
-def _numpy_function(f: sp.Expr, x: sp.Symbol):
-    namespace: dict = {"numpy": numpy}
-    _execute(function_source("_g", f, x), namespace)
-    return namespace["_g"]
-
-
-def _execute(source: str, namespace: dict) -> None:
-    """Run printed sympy (never user text) in ``namespace``, with the SciPy modules it
-    names (the printer writes scipy.constants.pi, scipy.special.erf) imported first."""
-    import importlib
-    for module in ("scipy.constants", "scipy.special"):
-        if module + "." in source:
-            namespace["scipy"] = importlib.import_module("scipy")
-            importlib.import_module(module)
-    exec(source, namespace)  # printed sympy, not user text
 
 
 class _NumericalClass(type(KernelFunction)):
@@ -924,22 +880,14 @@ def _rebuild_class(phi: sp.Expr, x: sp.Symbol, name: str, path: tuple[str, ...])
 
 
 class _NumericalFunction(KernelFunction, metaclass=_NumericalClass):
-    """Shared printing for the numerical duals; subclasses carry one φ's data."""
-
-    fresh_result = True  # the engine returns a new array: generated code may write into it
+    """The numerical duals as sympy functions; subclasses carry one φ's data, which the
+    printer (ntkdsl.printing) reads: ``tag`` (names its helpers), ``sources`` (those
+    helpers' text, the engine's among them) and ``modules`` (what they import)."""
 
     tag = ""
     label = ""
-    helper_prefix = ""
-
-    def _call(self, printer) -> str:
-        args = ", ".join(printer._print(a) for a in self.args)
-        return f"{self.helper_prefix}{self.tag}({args})"
-
-    def _numpycode(self, printer):
-        return self._call(printer)
-
-    _pythoncode = _numpycode
+    sources: ClassVar[dict[str, str]] = {}
+    modules: ClassVar[tuple[str, ...]] = ()
 
     def _sympystr(self, printer):
         return f"{self.label}({', '.join(printer._print(a) for a in self.args)})"
@@ -951,10 +899,10 @@ class _NumericalFunction(KernelFunction, metaclass=_NumericalClass):
 
 
 class NumericalDual(_NumericalFunction):
-    """Γ(k, q1, q2) = E[f(u) f(v)] by the Hermite series; f is φ (or φ' for Γ̇)."""
+    """Γ(k, q1, q2) = E[f(u) f(v)] by the Hermite series; f is φ (or φ' for Γ̇). Where
+    ``sources`` hold ``_pair_<tag>``, Γ and Γ̇ (``dot``) are computed in one pass."""
 
     nargs = 3
-    helper_prefix = "_dual_"
     moment: type | None = None
     dot: type | None = None
 
@@ -964,29 +912,16 @@ class NumericalDual(_NumericalFunction):
             return cls.moment(q1)
         return None
 
-    def joint(self):
-        """Γ and Γ̇ of a continuous φ in one pass (_hd_dual_pair)."""
-        if self.dot is None or f"_pair_{self.tag}" not in self.sources:
-            return None
-        return self.dot(*self.args), f"_pair_{self.tag}"
-
     def fdiff(self, argindex=1):
         if argindex == 1 and self.dot is not None:  # Price: ∂Γ/∂k = E[φ'(u) φ'(v)]
             return self.dot(*self.args)
         raise sp.ArgumentIndexError(self, argindex)
-
-    def helpers(self) -> dict[str, str]:
-        return self.sources
 
 
 class NumericalMoment(_NumericalFunction):
     """E[f(√q z)²]: the dual on the diagonal."""
 
     nargs = 1
-    helper_prefix = "_moment_"
-
-    def helpers(self) -> dict[str, str]:
-        return self.sources
 
 
 def _tag(f: sp.Expr) -> str:
@@ -994,15 +929,17 @@ def _tag(f: sp.Expr) -> str:
 
 
 def _sources(tag: str, f: sp.Expr, x: sp.Symbol, points: tuple[float, ...],
-             layer: str = "") -> dict[str, str]:
+             layer: str = "") -> tuple[dict[str, str], list[str]]:
+    """(helper sources of f's dual and moment, the modules they import)."""
+    f_source, modules = function_source(f"_f_{tag}", f, x, layer, singular_points(f, x, points))
     return {
         "_hd_engine": ENGINE_SOURCE,
-        f"_f_{tag}": function_source(f"_f_{tag}", f, x, layer, singular_points(f, x, points)),
+        f"_f_{tag}": f_source,
         f"_dual_{tag}": (f"def _dual_{tag}(k, q1, q2):\n"
                          f"    return _hd_dual(_f_{tag}, {points!r}, k, q1, q2)\n"),
         f"_moment_{tag}": (f"def _moment_{tag}(q):\n"
                            f"    return _hd_moment(_f_{tag}, {points!r}, q)\n"),
-    }
+    }, modules
 
 
 def _pair_sources(tag: str, dot: dict[str, str], dot_tag: str,
@@ -1030,8 +967,10 @@ def _infinite_sources(tag: str, layer: str, point: float) -> dict[str, str]:
 def _classes(f: sp.Expr, x: sp.Symbol, label: str, points,
              extra: dict[str, str] | None = None, layer: str = "") -> tuple[type, type]:
     tag = _tag(f)
-    sources = {**_sources(tag, f, x, points, layer), **(extra or {})}
-    data = {"tag": tag, "label": label, "points": points, "sources": sources}
+    sources, modules = _sources(tag, f, x, points, layer)
+    sources.update(extra or {})
+    data = {"tag": tag, "label": label, "points": points, "sources": sources,
+            "modules": tuple(modules)}
     moment = _new_class(f"Moment_{tag}", NumericalMoment, dict(data))
     dual = _new_class(f"Dual_{tag}", NumericalDual, dict(data, moment=moment))
     return dual, moment
@@ -1068,6 +1007,7 @@ def numerical_duals(phi: sp.Expr, x: sp.Symbol, name: str) -> tuple[type, type]:
         _tag(phi), dot.sources, dot.tag, points)
     gamma, _ = _classes(phi, x, f"Gamma[{name}]", points, pair, name)
     gamma.dot = dot
+    gamma.modules = tuple(sorted({*gamma.modules, *dot.modules}))  # _pair_ calls Γ̇'s f
     for path in _ROLES:  # how pickle rebuilds each class (_reduce_class)
         _follow(gamma, path).recipe = (phi, x, name, path)
     return gamma, dot
@@ -1076,7 +1016,7 @@ def numerical_duals(phi: sp.Expr, x: sp.Symbol, name: str) -> tuple[type, type]:
 def _engine_function(cls: type):
     name = f"_f_{cls.tag}"
     if name not in _ENGINE:
-        _execute(cls.sources[name], _ENGINE)
+        _ENGINE[name] = compile_source(cls.sources[name], cls.modules)[name]
     return _ENGINE[name]
 
 

@@ -1,15 +1,15 @@
 """Standalone kernel modules: the source of a Python file computing an architecture's NNGP
 and NTK with numpy alone (plus scipy.special where a formula needs it).
 
-The module is assembled from the same pieces the library evaluates — ``helpers_source``
-and ``function_source`` of the same programs — so it computes the same numbers, and
+The module is assembled from the same pieces the library evaluates — ``function_code``
+of the same programs, with the helpers their printer recorded — so it computes the same numbers, and
 activation duals that carry data (coefficient arrays in their helpers) come along by
 themselves. Around them sits a fixed runtime (``_RUNTIME``): input validation with
 ValueError messages and the exact diagonal for identical input rows, mirroring
 ntkdsl.network.
 
 Safety: the architecture text reaches the file only through ``docstring_literal``,
-``ascii()`` string literals and ``comment_lines`` (see ntkdsl.codegen); names in the file
+``ascii()`` string literals and ``comment_lines`` (see ntkdsl.generate); names in the file
 are ours (registry names, never user spellings).
 """
 from __future__ import annotations
@@ -22,14 +22,9 @@ import sympy as sp
 
 from . import activations
 from .ast import Activation, Node, Repeat, Serial, Sum
-from .codegen import (
-    docstring_literal,
-    function_source,
-    helpers_source,
-    required_imports,
-)
 from .derivation import Assignment, Program, Step, derive, dual_maps
 from .formula import Formula
+from .generate import docstring_literal, function_code, module_code
 from .parser import parse
 
 # The dual functions' arguments: the covariance [[q1, k], [k, q2]] of the pre-activations.
@@ -60,13 +55,12 @@ def module_source(arch: str) -> str:
     program = derive(ast, arch)
     diagonal_program = derive(ast, arch, diagonal=True)
     duals = dual_functions(ast)
-    code = "\n\n".join(filter(None, [
-        helpers_source(program, diagonal_program, *(f.program for f in duals)),
-        *(function_source(f.program, f.name, _dual_doc(f)) for f in duals),
-        function_source(program, "pair", _PAIR_DOC),
-        function_source(diagonal_program, "diagonal", _DIAGONAL_DOC),
-    ]))
-    modules = sorted({"numpy", *required_imports(code)})
+    code, needs = module_code([
+        *(function_code(f.program, f.name, _dual_doc(f)) for f in duals),
+        function_code(program, "pair", _PAIR_DOC),
+        function_code(diagonal_program, "diagonal", _DIAGONAL_DOC),
+    ])
+    modules = sorted({"numpy", *needs.imports})
     scipy = any(m.startswith("scipy") for m in modules)
     imports = "".join(f"import {m}\n" for m in modules)
     names = sorted(["nngp", "ntk", "kernels", "pair", "diagonal", *(f.name for f in duals)])

@@ -3,7 +3,7 @@
 ``Corr(k, q1, q2)`` is the correlation k / sqrt(q1 q2) as one sympy function, so that
 (1) it evaluates to exactly 1 on the diagonal (k = q1 = q2), which gives the diagonal
 recursion its exact correlation; (2) its derivative in k is known, so Price's theorem
-(Γ̇ = ∂Γ/∂k) is plain symbolic differentiation; (3) the numerical printer can clip it
+(Γ̇ = ∂Γ/∂k) is plain symbolic differentiation; (3) the NumPy printer can clip it
 to [-1, 1], where rounding would otherwise push arccos/arcsin out of their domain.
 """
 from __future__ import annotations
@@ -15,48 +15,15 @@ import sympy as sp
 
 
 class KernelFunction(sp.Function):
-    """A sympy function that generated code calls by name. ``helpers()`` gives the source
-    of the Python functions (numpy only) that the call needs, keyed by function name;
-    codegen puts each needed helper once at the top of the generated code."""
-
-    def helpers(self) -> dict[str, str]:
-        return {}
-
-    def joint(self) -> tuple[sp.Expr, str] | None:
-        """(partner call, helper): another call that one helper, called as ``helper(*args)``,
-        computes together with this one and returns second, or None. Codegen makes one
-        call of the helper where a step needs both."""
-        return None
-
-
-_CORR_SOURCE = '''
-def _corr(k, q1, q2):
-    """Correlation k / sqrt(q1 q2), clipped to [-1, 1]; 0 where a variance is 0."""
-    norm = numpy.sqrt(q1 * q2)
-    with numpy.errstate(divide="ignore", invalid="ignore"):
-        c = numpy.where(norm > 0, k / numpy.where(norm > 0, norm, 1.0), 0.0)
-    return numpy.clip(c, -1.0, 1.0)
-'''.lstrip("\n")
-
-
-# Used by the in-place emitter (ntkdsl.inplace), which scales a matrix by the inverse
-# square roots of the variance vectors instead of dividing by an outer-product norm.
-_INV_SQRT_SOURCE = '''
-def _inv_sqrt(q):
-    """1 / sqrt(q) for a vector of variances. A zero variance gets a huge finite factor
-    instead of inf: its covariances are exactly 0 (Cauchy-Schwarz), so its correlations
-    come out 0, as _corr gives them."""
-    return numpy.reciprocal(numpy.sqrt(numpy.maximum(q, 1e-300)))
-'''.lstrip("\n")
+    """A sympy function that generated code calls by name. It holds only mathematics
+    (evaluation, derivatives, display); how a target calls it, and the helper code that
+    call needs, belong to the target's printer (ntkdsl.printing)."""
 
 
 class Corr(KernelFunction):
     """Correlation k / sqrt(q1 q2), clipped to [-1, 1] when evaluated numerically."""
 
     nargs = 3
-
-    def helpers(self) -> dict[str, str]:
-        return {"_corr": _CORR_SOURCE, "_inv_sqrt": _INV_SQRT_SOURCE}
 
     @classmethod
     def eval(cls, k, q1, q2):
@@ -87,11 +54,6 @@ class Corr(KernelFunction):
 
     def _pretty(self, printer):
         return printer._print(self.as_ratio())
-
-    def _numpycode(self, printer):
-        return "_corr({})".format(", ".join(printer._print(a) for a in self.args))
-
-    _pythoncode = _numpycode
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,217 @@
+"""The NumPy backend's printer: sympy expressions -> NumPy/SciPy source.
+
+One printer class owns every target-specific piece of generated code: how a correlation
+(``Corr``) and the numerical duals are called, the helper functions those calls need, and
+the modules the printed code uses — all recorded while printing, as sympy's own printers
+record ``module_imports``. Kernel programs (ntkdsl.codegen), the numerical route's φ
+functions (ntkdsl.numerical) and finite networks' activations (ntkdsl.finite) all print
+through it, so every sympy -> NumPy path handles Max, log1p-type forms and constants alike.
+
+A new target (JAX, CuPy) is a new printer with its runtime; nothing upstream changes.
+
+This module imports sympy only (no stage of ntkdsl): the numerical route, which sits
+beside the derivation, prints through it too.
+"""
+from __future__ import annotations
+
+import importlib
+
+import sympy as sp
+from sympy.printing.numpy import SciPyPrinter
+
+# Modules generated code may name (sympy's SciPy printer writes e.g. scipy.special.erf,
+# scipy.constants.pi); a module is imported only when the printer used it.
+IMPORTABLE = ("functools", "math", "numpy", "scipy.constants", "scipy.special")
+
+CORR_SOURCE = '''
+def _corr(k, q1, q2):
+    """Correlation k / sqrt(q1 q2), clipped to [-1, 1]; 0 where a variance is 0."""
+    norm = numpy.sqrt(q1 * q2)
+    with numpy.errstate(divide="ignore", invalid="ignore"):
+        c = numpy.where(norm > 0, k / numpy.where(norm > 0, norm, 1.0), 0.0)
+    return numpy.clip(c, -1.0, 1.0)
+'''.lstrip("\n")
+
+# Used by the in-place emitter (ntkdsl.inplace), which scales a matrix by the inverse
+# square roots of the variance vectors instead of dividing by an outer-product norm.
+INV_SQRT_SOURCE = '''
+def _inv_sqrt(q):
+    """1 / sqrt(q) for a vector of variances. A zero variance gets a huge finite factor
+    instead of inf: its covariances are exactly 0 (Cauchy-Schwarz), so its correlations
+    come out 0, as _corr gives them."""
+    return numpy.reciprocal(numpy.sqrt(numpy.maximum(q, 1e-300)))
+'''.lstrip("\n")
+
+_HELPER_SOURCES = {"_corr": CORR_SOURCE, "_inv_sqrt": INV_SQRT_SOURCE}
+
+
+class NumPyPrinter(SciPyPrinter):
+    """SciPy printer with full-precision floats, modules named ``numpy``/``scipy``, and
+    elementwise max/min. While printing it records ``helpers`` (name -> source of each
+    helper function the printed code calls), the modules it used (``imports()``) and
+    whether it called the numerical engine (``numerical``).
+
+    ``names`` maps symbols to the text they print as (code generation prints a template
+    step once with numbered slots in place of its variables)."""
+
+    def __init__(self, names: dict | None = None):
+        super().__init__({"fully_qualified_modules": True, "inline": True})
+        self.names: dict = {} if names is None else names
+        self.helpers: dict[str, str] = {}
+        self.numerical = False
+
+    # -- what the printed code needs -----------------------------------------------------
+    def imports(self) -> list[str]:
+        """The modules of ``IMPORTABLE`` the printed code refers to, in a fixed order."""
+        return [m for m in IMPORTABLE if m in self.module_imports]
+
+    def record(self, other: Needs) -> None:
+        """Take over what code printed elsewhere needs (a cached template step's code)."""
+        self.helpers.update(other.helpers)
+        for module in other.imports:
+            self.module_imports[module]
+        self.numerical |= other.numerical
+
+    def needs(self) -> Needs:
+        return Needs(dict(self.helpers), tuple(self.imports()), self.numerical)
+
+    def ufunc(self, qualified: str) -> str:
+        """A module-qualified function name (``numpy.multiply``), its module recorded."""
+        return self._module_format(qualified)
+
+    def helper(self, name: str) -> str:
+        """The name of one of this printer's own helpers (``_corr``, ``_inv_sqrt``), which
+        is then part of the output."""
+        self.helpers[name] = _HELPER_SOURCES[name]
+        self._module_format("numpy.sqrt")  # the helpers are numpy code
+        return name
+
+    @staticmethod
+    def fresh_result(func) -> bool:
+        """Whether a call of ``func`` returns a new array that nothing else refers to, so
+        generated code may overwrite it (the numerical engine's results)."""
+        return _numerical_kind(func) is not None
+
+    @staticmethod
+    def joint(call: sp.Expr) -> tuple[sp.Expr, str] | None:
+        """(partner call, helper): where one helper, called as ``helper(*args)``, computes
+        ``call`` (first) and the partner (second) together, else None — Γ and Γ̇ of a
+        continuous φ on the numerical route (``_hd_dual_pair``)."""
+        cls = type(call)
+        if (_numerical_kind(cls) != "dual" or getattr(cls, "dot", None) is None
+                or f"_pair_{cls.tag}" not in cls.sources):
+            return None
+        return cls.dot(*call.args), f"_pair_{cls.tag}"
+
+    def joint_call(self, helper: str, args) -> str:
+        """``helper(args)`` for a joint call found by ``joint`` (its sources recorded with
+        the call's own when the call was recognised)."""
+        return f"{helper}({', '.join(self._print(a) for a in args)})"
+
+    # -- printing --------------------------------------------------------------------------
+    def _print_Symbol(self, expr):
+        name = self.names.get(expr)
+        return name if name is not None else super()._print_Symbol(expr)
+
+    _print_Dummy = _print_Symbol
+
+    def _print_Float(self, expr):
+        return repr(float(expr))
+
+    def _print_Pi(self, expr):
+        return self._module_format("numpy.pi")
+
+    def _fold(self, name: str, args) -> str:
+        out = self._print(args[0])
+        for arg in args[1:]:
+            out = f"{self._module_format('numpy.' + name)}({out}, {self._print(arg)})"
+        return out
+
+    def _print_Max(self, expr):
+        return self._fold("maximum", expr.args)
+
+    def _print_Min(self, expr):
+        return self._fold("minimum", expr.args)
+
+    def _print_log(self, expr):
+        # log(1 + exp(a)) as logaddexp(0, a): no overflow for a > 709 (Softplus, Mish).
+        arg = expr.args[0]
+        if isinstance(arg, sp.Add) and len(arg.args) == 2 and sp.S.One in arg.args:
+            other = arg.args[0] if arg.args[1] == 1 else arg.args[1]
+            if isinstance(other, sp.exp):
+                return f"{self._module_format('numpy.logaddexp')}(0, {self._print(other.args[0])})"
+        return super()._print_log(expr)
+
+    def _print_Corr(self, expr):
+        return f"{self.helper('_corr')}({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_Function(self, expr):
+        # sympy dispatches a Function subclass on its own name only: the run-time classes
+        # of each φ's numerical dual come here.
+        kind = _numerical_kind(type(expr))
+        if kind is None:
+            return super()._print_Function(expr)
+        return self._print_numerical(expr, f"_{kind}_")
+
+    def _print_numerical(self, expr, prefix: str) -> str:
+        """A numerical dual or moment: a call of its generated helper, whose sources (the
+        engine's among them) and modules the printed code then needs."""
+        cls = type(expr)
+        self.helpers.update(cls.sources)
+        for module in ("numpy", *cls.modules):
+            self.module_imports[module]
+        self.numerical = True
+        return f"{prefix}{cls.tag}({', '.join(self._print(a) for a in expr.args)})"
+
+
+def _numerical_kind(func) -> str | None:
+    """'dual' or 'moment' for a numerical-route function class, else None. Recognised by
+    the base classes' names: ntkdsl.numerical prints through this module, so importing it
+    here would make a cycle."""
+    names = {c.__name__ for c in getattr(func, "__mro__", ())}
+    if "NumericalDual" in names:
+        return "dual"
+    if "NumericalMoment" in names:
+        return "moment"
+    return None
+
+
+class Needs:
+    """What a piece of printed code needs around it: helper sources, modules, and whether
+    it calls the numerical engine."""
+
+    __slots__ = ("helpers", "imports", "numerical")
+
+    def __init__(self, helpers: dict[str, str], imports: tuple[str, ...], numerical: bool):
+        self.helpers, self.imports, self.numerical = helpers, imports, numerical
+
+
+def helpers_text(helpers: dict[str, str]) -> str:
+    """The helper sources, each once, in a deterministic order."""
+    return "\n\n".join(helpers[name] for name in sorted(helpers))
+
+
+def compile_source(source: str, modules, name: str = "<ntkdsl generated>") -> dict:
+    """Execute generated source (never user text: only printed sympy expressions, literals
+    and escaped comments) with the modules it uses imported, and return its namespace."""
+    namespace: dict = {}
+    for module in ["numpy", *modules]:
+        importlib.import_module(module)
+        top = module.split(".")[0]
+        namespace[top] = importlib.import_module(top)
+    exec(compile(source, name, "exec"), namespace)  # printed code, not user text
+    return namespace
+
+
+def function_of(expr: sp.Expr, x: sp.Symbol, name: str = "_f") -> tuple[str, list[str]]:
+    """(source of ``def name(x): return <expr> + 0.0 * x``, modules it uses): adding
+    ``0.0 * x`` broadcasts a constant expression to the input's shape."""
+    printer = NumPyPrinter()
+    body = printer.doprint(expr)
+    return f"def {name}({x}):\n    return {body} + 0.0 * {x}\n", printer.imports()
+
+
+def numpy_function(expr: sp.Expr, x: sp.Symbol):
+    """``expr`` as a NumPy function of ``x`` (same shape as x, constants broadcast)."""
+    source, modules = function_of(expr, x)
+    return compile_source(source, modules, "<ntkdsl printed function>")["_f"]
