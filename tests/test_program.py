@@ -15,7 +15,6 @@ from ntkdsl.derivation import derive
 from ntkdsl.generate import (
     EXTRA_TEMPORARIES,
     function_code,
-    live_arrays,
     module_code,
     with_deletes,
 )
