@@ -159,14 +159,14 @@ class _Layout:
             code = step_code(step.assignments, tuple(inputs),
                              tuple(self.kinds.get(s) for s in inputs))
         self._bind(code, inputs, step.targets)
-        number = step.layer
+        label = f"step {step.layer}: {step.label}"
         for target in step.targets:
-            self.labels[str(target)] = f"step {number}: {step.label}"
+            self.labels[target.name] = label
 
     def _bind(self, code: StepCode, inputs, targets) -> None:
-        names = [str(s) for s in inputs] + [""] * (max(_slots(code)) + 1 - len(inputs))
+        names = [s.name for s in inputs] + [""] * (max(_slots(code)) + 1 - len(inputs))
         for index, target in zip(code.targets, targets):
-            names[index] = str(target)
+            names[index] = target.name
         for index in code.temporaries:
             names[index] = f"_x{self.temporaries}"
             self.temporaries += 1
@@ -234,21 +234,16 @@ def _indent(line: str) -> str:
 def with_deletes(statements: list[Statement], names: set[str]) -> list[Statement]:
     """The statements with a ``del`` for each of ``names`` after the last statement that
     binds or reads it, so a block's matrices are freed as soon as possible."""
-    last: dict[str, int] = {}
-    for i, statement in enumerate(statements):
-        for name in (*statement.targets, *statement.reads):
-            if name in names:
-                last[name] = i
-    after: dict[int, list[str]] = {}
-    for name, i in last.items():
-        after.setdefault(i, []).append(name)
+    seen: set[str] = set()
     out: list[Statement] = []
-    for i, statement in enumerate(statements):
+    for statement in reversed(statements):  # the first mention from the end is the last use
+        dead = [n for n in (*statement.targets, *statement.reads) if n in names and n not in seen]
+        if dead:
+            seen.update(dead)
+            dead = sorted(set(dead))
+            out.append(Statement("del " + ", ".join(dead), deletes=tuple(dead)))
         out.append(statement)
-        if i in after:
-            dead = tuple(sorted(after[i]))
-            out.append(Statement("del " + ", ".join(dead), deletes=dead))
-    return out
+    return out[::-1]
 
 
 def live_arrays(code: FunctionCode) -> int:

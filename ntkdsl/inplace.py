@@ -19,6 +19,7 @@ kind by binding the slots to that layer's names.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import sympy as sp
 
@@ -46,8 +47,7 @@ def shape_kind(kinds) -> str:
     return found.pop()
 
 
-@dataclass(frozen=True)
-class Statement:
+class Statement(NamedTuple):  # a tuple: a deep network's function has tens of thousands
     """One statement of generated code: ``text``, the names it binds (``targets``: a new
     array each, or with ``alias`` a second name for the array it reads), the names it
     reads, and the names a ``del`` statement drops. In a step's code (``StepCode``) names
@@ -61,9 +61,10 @@ class Statement:
     deletes: tuple = ()
 
     def bound(self, names: list[str]) -> Statement:
-        return Statement(self.text.format(*names), tuple(names[i] for i in self.targets),
-                         tuple(names[i] for i in self.reads), self.alias,
-                         tuple(names[i] for i in self.deletes))
+        name = names.__getitem__
+        return Statement(self.text.format(*names), tuple(map(name, self.targets)),
+                         tuple(map(name, self.reads)), self.alias,
+                         tuple(map(name, self.deletes)) if self.deletes else ())
 
 
 def comment(text: str) -> Statement:

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import sympy as sp
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Role:
     """What a variable holds: ``name`` for people, ``prefix`` for its printed name,
     ``depends_on`` which inputs (x, x') it is a function of — that fixes its shape in a
@@ -36,6 +36,11 @@ class Role:
 
     def __repr__(self) -> str:
         return f"Role({self.name!r})"
+
+    def __reduce__(self):
+        # Roles compare by identity (fast: every variable comparison compares them); a
+        # pickled role comes back as the very constant of this module.
+        return role_named, (self.name,)
 
 
 _X, _XP = frozenset({"x"}), frozenset({"x'"})
@@ -52,6 +57,11 @@ DIAGONAL_ROLES = (VARIANCE, DIAGONAL_NTK)
 # Common subexpressions code generation names (_x0, _x1, ...): program-internal values.
 TEMPORARY = Role("temporary", "_x", frozenset())
 ROLES = (*PAIR_ROLES, SCALAR, *DIAGONAL_ROLES, TEMPORARY)
+
+
+def role_named(name: str) -> Role:
+    """The role of that name."""
+    return next(r for r in ROLES if r.name == name)
 
 
 class KernelVariable(sp.Symbol):
@@ -87,12 +97,12 @@ class KernelVariable(sp.Symbol):
 KernelVariable.__name__ = "Symbol"
 
 
-def state_variable(role: Role, layer: int | str | None, layout: object = None,
-                   **assumptions) -> KernelVariable:
+@lru_cache(maxsize=1 << 16)
+def state_variable(role: Role, layer: int | str | None, layout: object = None) -> KernelVariable:
     """The kernel-state variable of ``role`` after step ``layer``: real, and positive
-    exactly when the role is a variance, unless ``assumptions`` say otherwise."""
-    assumptions = {"real": True, "positive": role.positive, **assumptions}
-    return KernelVariable(f"{role.prefix}_{layer}", role, layer, layout, **assumptions)
+    exactly when the role is a variance (cached: a deep network asks for many)."""
+    return KernelVariable(f"{role.prefix}_{layer}", role, layer, layout, real=True,
+                          positive=role.positive)
 
 
 @dataclass(frozen=True)
@@ -248,10 +258,13 @@ class Bound(Sequence):
         self.template, self.binding = template, binding
         self.live = tuple(range(len(template.targets))) if live is None else live
         self._materialised = None
+        self._targets = None
 
     @property
     def targets(self) -> list[sp.Symbol]:
-        return [self.binding[self.template.targets[i]] for i in self.live]
+        if self._targets is None:
+            self._targets = [self.binding[self.template.targets[i]] for i in self.live]
+        return self._targets
 
     def free_symbols(self, i: int) -> set[sp.Symbol]:
         """The symbols the i-th (live) assignment reads, without materialising it."""
