@@ -7,8 +7,7 @@
 """
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .errors import (
     ArchitectureError,
     ArchitectureSyntaxError,

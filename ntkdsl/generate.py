@@ -108,8 +108,8 @@ def _fused(exprs: list[sp.Expr], emitter: Emitter) -> list[sp.Expr]:
         joint = emitter.printer.joint(call)
         if joint is None or joint[0] not in calls:
             continue
-        partner, helper = joint
-        first, second = emitter.joint(helper, call.args)
+        partner, _ = joint
+        first, second = emitter.joint(call)
         exprs = [e.xreplace({call: first, partner: second}) for e in exprs]
     return exprs
 

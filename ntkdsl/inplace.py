@@ -125,9 +125,11 @@ class Emitter:
     def _reads(self, expr: sp.Expr) -> list[int]:
         return [self.slots[s] for s in sorted(expr.free_symbols, key=str) if s in self.slots]
 
-    def joint(self, helper: str, args) -> tuple[sp.Symbol, sp.Symbol]:
-        """``a, b = helper(*args)``: two values one helper computes together, as two new
-        symbols standing for its results (new arrays of the arguments' shape)."""
+    def joint(self, call: sp.Expr) -> tuple[sp.Symbol, sp.Symbol]:
+        """``a, b = helper(*args)``: ``call`` and its partner, which one helper computes
+        together (the printer's ``joint``), as two new symbols standing for its results (new
+        arrays of the arguments' shape)."""
+        helper, args = self.printer.joint_helper(call), call.args
         operands = [self.emit(a) if self.kind(a) == MATRIX else self._small(a) for a in args]
         first, second = self._fresh(), self._fresh()
         self._emit(f"{slot(first)}, {slot(second)} = {helper}({', '.join(o.code for o in operands)})",

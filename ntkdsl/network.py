@@ -18,9 +18,8 @@ from .errors import InputError
 from .evaluation import check_inputs, identical_pairs  # noqa: F401 - public here too
 from .formula import Formula
 from .generate import CompiledKernels, compile_kernels
+from .kinds import KINDS
 from .parser import parse
-
-KINDS = ("nngp", "ntk")
 
 
 @dataclass(frozen=True)

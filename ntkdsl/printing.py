@@ -3,13 +3,13 @@
 One printer class owns every target-specific piece of generated code: how a correlation
 (``Corr``) and the numerical duals are called, the helper functions those calls need, and
 the modules the printed code uses — all recorded while printing, as sympy's own printers
-record ``module_imports``. Kernel programs (ntkdsl.codegen), the numerical route's φ
+record ``module_imports``. Kernel programs (ntkdsl.generate), the numerical route's φ
 functions (ntkdsl.numerical) and finite networks' activations (ntkdsl.finite) all print
 through it, so every sympy -> NumPy path handles Max, log1p-type forms and constants alike.
 
 A new target (JAX, CuPy) is a new printer with its runtime; nothing upstream changes.
 
-This module imports sympy only (no stage of ntkdsl): the numerical route, which sits
+This module imports sympy and ntkdsl.symbolic only: the numerical route, which sits
 beside the derivation, prints through it too.
 """
 from __future__ import annotations
@@ -18,6 +18,8 @@ import importlib
 
 import sympy as sp
 from sympy.printing.numpy import SciPyPrinter
+
+from .symbolic import AtZeroVariance, ExpCosh, ExpSinh, PrintedAs
 
 # Modules generated code may name (sympy's SciPy printer writes e.g. scipy.special.erf,
 # scipy.constants.pi); a module is imported only when the printer used it.
@@ -42,7 +44,52 @@ def _inv_sqrt(q):
     return numpy.reciprocal(numpy.sqrt(numpy.maximum(q, 1e-300)))
 '''.lstrip("\n")
 
-_HELPER_SOURCES = {"_corr": CORR_SOURCE, "_inv_sqrt": INV_SQRT_SOURCE}
+_EXP_SINH_SOURCE = '''
+def _exp_sinh(m, d):
+    """exp(m) sinh(d) as sign(d) exp(m + |d|) (1 - exp(-2|d|)) / 2: no cancellation of two
+    exponentials at small d, no inf * 0 where exp(m) underflows and sinh(d) overflows."""
+    size = numpy.abs(d)
+    return numpy.copysign(numpy.expm1(-2 * size), d) * numpy.exp(m + size) / 2
+'''.lstrip("\n")
+
+# Where a step needs both (Γ and Γ̇ of Sin, Cos, sinh/cosh terms): one pass, two
+# transcendental calls for the pair.
+_EXP_SINH_COSH_SOURCE = '''
+def _exp_sinh_cosh(m, d):
+    """(exp(m) sinh(d), exp(m) cosh(d)) from one exp and one expm1, in place."""
+    size = numpy.abs(d)
+    scale = numpy.add(m, size)
+    numpy.exp(scale, out=scale)
+    half = numpy.multiply(size, -2, out=size)
+    numpy.expm1(half, out=half)
+    half *= 0.5                       # (exp(-2|d|) - 1) / 2
+    sinh = numpy.copysign(half, d)
+    half += 1
+    same = sinh.shape == scale.shape  # m and d broadcast to d's shape
+    return (numpy.multiply(sinh, scale, out=sinh if same else None),
+            numpy.multiply(half, scale, out=half if same else None))
+'''.lstrip("\n")
+
+_EXP_COSH_SOURCE = '''
+def _exp_cosh(m, d):
+    """exp(m) cosh(d) as exp(m + |d|) (1 + exp(-2|d|)) / 2 (no inf * 0)."""
+    size = numpy.abs(d)
+    return numpy.exp(m + size) * (1 + numpy.exp(-2 * size)) / 2
+'''.lstrip("\n")
+
+
+_AT_ZERO_VARIANCE_SOURCE = '''
+def _at_zero_variance(q, zero, value):
+    """``zero`` where the variance q is exactly 0 (the pre-activation is surely 0), else
+    ``value``; float64 even where both are printed as integers."""
+    return numpy.asarray(numpy.where(numpy.equal(q, 0.0), zero, value), dtype=numpy.float64)
+'''.lstrip("\n")
+
+
+_HELPER_SOURCES = {"_corr": CORR_SOURCE, "_inv_sqrt": INV_SQRT_SOURCE,
+                   "_exp_sinh": _EXP_SINH_SOURCE, "_exp_cosh": _EXP_COSH_SOURCE,
+                   "_exp_sinh_cosh": _EXP_SINH_COSH_SOURCE,
+                   "_at_zero_variance": _AT_ZERO_VARIANCE_SOURCE}
 
 
 class NumPyPrinter(SciPyPrinter):
@@ -69,7 +116,7 @@ class NumPyPrinter(SciPyPrinter):
         """Take over what code printed elsewhere needs (a cached template step's code)."""
         self.helpers.update(other.helpers)
         for module in other.imports:
-            self.module_imports[module]
+            self.module_imports.setdefault(module, set())  # the module is used
         self.numerical |= other.numerical
 
     def needs(self) -> Needs:
@@ -89,24 +136,31 @@ class NumPyPrinter(SciPyPrinter):
     @staticmethod
     def fresh_result(func) -> bool:
         """Whether a call of ``func`` returns a new array that nothing else refers to, so
-        generated code may overwrite it (the numerical engine's results)."""
-        return _numerical_kind(func) is not None
+        generated code may overwrite it (the numerical engine's results, numpy.where's)."""
+        return _numerical_kind(func) is not None or func is AtZeroVariance
 
     @staticmethod
     def joint(call: sp.Expr) -> tuple[sp.Expr, str] | None:
         """(partner call, helper): where one helper, called as ``helper(*args)``, computes
         ``call`` (first) and the partner (second) together, else None — Γ and Γ̇ of a
-        continuous φ on the numerical route (``_hd_dual_pair``)."""
+        continuous φ on the numerical route (``_hd_dual_pair``), exp(m)·sinh(d) with
+        exp(m)·cosh(d) (``_exp_sinh_cosh``)."""
+        if isinstance(call, ExpSinh):
+            return ExpCosh(*call.args), "_exp_sinh_cosh"
         cls = type(call)
         if (_numerical_kind(cls) != "dual" or getattr(cls, "dot", None) is None
                 or f"_pair_{cls.tag}" not in cls.sources):
             return None
         return cls.dot(*call.args), f"_pair_{cls.tag}"
 
-    def joint_call(self, helper: str, args) -> str:
-        """``helper(args)`` for a joint call found by ``joint`` (its sources recorded with
-        the call's own when the call was recognised)."""
-        return f"{helper}({', '.join(self._print(a) for a in args)})"
+    def joint_helper(self, call: sp.Expr) -> str:
+        """The helper of ``joint(call)``, recorded as used with what it needs."""
+        partner, helper = self.joint(call)
+        if isinstance(call, ExpSinh):
+            return self.helper(helper)
+        self._record_numerical(type(call))
+        self._record_numerical(type(partner))
+        return helper
 
     # -- printing --------------------------------------------------------------------------
     def _print_Symbol(self, expr):
@@ -142,26 +196,30 @@ class NumPyPrinter(SciPyPrinter):
                 return f"{self._module_format('numpy.logaddexp')}(0, {self._print(other.args[0])})"
         return super()._print_log(expr)
 
-    def _print_Corr(self, expr):
-        return f"{self.helper('_corr')}({', '.join(self._print(a) for a in expr.args)})"
+    def _print_AtZeroVariance(self, expr):
+        return self._call(self.helper("_at_zero_variance"), expr.args)
+
+    def _call(self, name: str, args) -> str:
+        return f"{name}({', '.join(self._print(a) for a in args)})"
 
     def _print_Function(self, expr):
-        # sympy dispatches a Function subclass on its own name only: the run-time classes
-        # of each φ's numerical dual come here.
+        # sympy dispatches a Function subclass on its own name only: Corr, exp(m)·sinh(d),
+        # ... and the run-time classes of each φ's numerical dual come here.
+        if isinstance(expr, PrintedAs):  # one helper each
+            return self._call(self.helper(expr.call), expr.args)
         kind = _numerical_kind(type(expr))
         if kind is None:
             return super()._print_Function(expr)
-        return self._print_numerical(expr, f"_{kind}_")
+        self._record_numerical(type(expr))
+        return self._call(f"_{kind}_{expr.tag}", expr.args)
 
-    def _print_numerical(self, expr, prefix: str) -> str:
-        """A numerical dual or moment: a call of its generated helper, whose sources (the
-        engine's among them) and modules the printed code then needs."""
-        cls = type(expr)
+    def _record_numerical(self, cls) -> None:
+        """A numerical dual or moment is called: its helpers' sources (the engine's among
+        them) and modules are then needed."""
         self.helpers.update(cls.sources)
         for module in ("numpy", *cls.modules):
-            self.module_imports[module]
+            self.module_imports.setdefault(module, set())  # the module is used
         self.numerical = True
-        return f"{prefix}{cls.tag}({', '.join(self._print(a) for a in expr.args)})"
 
 
 def _numerical_kind(func) -> str | None:

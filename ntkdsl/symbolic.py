@@ -20,10 +20,33 @@ class KernelFunction(sp.Function):
     call needs, belong to the target's printer (ntkdsl.printing)."""
 
 
-class Corr(KernelFunction):
+class PrintedAs(KernelFunction):
+    """A KernelFunction that formulas show as the expression it stands for (``shown``) and
+    generated code computes by calling the helper the printer knows by ``call``."""
+
+    call = ""
+
+    def shown(self) -> sp.Expr:
+        raise NotImplementedError
+
+    def _sympystr(self, printer):
+        return printer.doprint(self.shown())
+
+    def _latex(self, printer, exp=None):
+        text = printer._print(self.shown())
+        return rf"\left({text}\right)^{{{exp}}}" if exp is not None else text
+
+    def _pretty(self, printer):
+        return printer._print(self.shown())
+
+
+
+
+class Corr(PrintedAs):
     """Correlation k / sqrt(q1 q2), clipped to [-1, 1] when evaluated numerically."""
 
     nargs = 3
+    call = "_corr"
 
     @classmethod
     def eval(cls, k, q1, q2):
@@ -45,15 +68,88 @@ class Corr(KernelFunction):
         k, q1, q2 = self.args
         return k / sp.sqrt(q1 * q2)
 
+    shown = as_ratio
+
+
+class _ExpHyperbolic(PrintedAs):
+    """exp(m)·sinh(d) or exp(m)·cosh(d) as one function, evaluated without cancellation or
+    overflow (the NumPy printer's helpers); shown as the product it stands for. Its derivatives are
+    again such functions, so Price's theorem (Γ̇ = ∂Γ/∂k) keeps the form stable."""
+
+    nargs = 2
+    hyperbolic = sp.sinh
+
+    @classmethod
+    def eval(cls, m, d):
+        if d == 0 or (m.is_number and d.is_number):
+            return sp.exp(m) * cls.hyperbolic(d)
+        if d.could_extract_minus_sign():  # one spelling each: sinh(-d) = -sinh(d)
+            return (-1 if cls.hyperbolic is sp.sinh else 1) * cls(m, -d)
+        return None
+
+    def fdiff(self, argindex=1):
+        m, d = self.args
+        return self.func(m, d) if argindex == 1 else _PARTNER[self.func](m, d)
+
+    def shown(self) -> sp.Expr:
+        m, d = self.args
+        return sp.exp(m) * self.hyperbolic(d)
+
+
+class ExpSinh(_ExpHyperbolic):
+    """exp(m)·sinh(d)."""
+    hyperbolic = sp.sinh
+    call = "_exp_sinh"
+
+
+class ExpCosh(_ExpHyperbolic):
+    """exp(m)·cosh(d)."""
+    hyperbolic = sp.cosh
+    call = "_exp_cosh"
+
+
+_PARTNER = {ExpSinh: ExpCosh, ExpCosh: ExpSinh}
+
+
+class AtZeroVariance(KernelFunction):
+    """``zero`` where the variance ``q`` is exactly 0, else ``value``.
+
+    A pre-activation of variance 0 is surely 0, so an activation's dual there is its value
+    at 0 (φ(0)·E[φ(v)]), which for φ with a jump at 0 (sign, steps) is not the limit of the
+    dual as q → 0. The variance symbols are declared positive (for simplification), so a
+    Piecewise on Eq(q, 0) would be decided False by sympy; this function keeps the test.
+    Nested tests of the same q are decided by the outer one."""
+
+    nargs = 3
+
+    @classmethod
+    def eval(cls, q, zero, value):
+        if q.is_number:
+            return zero if q.is_zero else value
+        zero_case, other_case = _decided(zero, q, True), _decided(value, q, False)
+        if zero_case == other_case:
+            return other_case
+        if (zero_case, other_case) != (zero, value):
+            return cls(q, zero_case, other_case)
+        return None
+
     def _sympystr(self, printer):
-        return printer.doprint(self.as_ratio())
+        q, zero, value = (printer.doprint(a) for a in self.args)
+        return f"Piecewise(({zero}, Eq({q}, 0)), ({value}, True))"
 
     def _latex(self, printer, exp=None):
-        text = printer._print(self.as_ratio())
+        q, zero, value = (printer._print(a) for a in self.args)
+        text = (rf"\begin{{cases}} {zero} & \text{{for}}\: {q} = 0 \\ {value} & "
+                r"\text{otherwise} \end{cases}")
         return rf"\left({text}\right)^{{{exp}}}" if exp is not None else text
 
-    def _pretty(self, printer):
-        return printer._print(self.as_ratio())
+
+def _decided(expr: sp.Expr, q: sp.Expr, is_zero: bool) -> sp.Expr:
+    """``expr`` with every AtZeroVariance test of ``q`` replaced by its branch."""
+    if not expr.has(AtZeroVariance):
+        return expr
+    return expr.replace(lambda e: isinstance(e, AtZeroVariance) and e.args[0] == q,
+                        lambda e: e.args[1] if is_zero else e.args[2])
 
 
 @dataclass(frozen=True)
@@ -83,6 +179,21 @@ class Pair:
     @property
     def sin_theta(self) -> sp.Expr:
         return sp.sqrt(1 - self.c ** 2)
+
+    @property
+    def gram(self) -> sp.Expr:
+        """q1 q2 − k², the determinant of the covariance: written as this difference it is
+        exactly 0 on the diagonal (k = q1 = q2), symbolically, before any rounding."""
+        return self.q1 * self.q2 - self.k ** 2
+
+    def det_shifted(self, s: sp.Expr) -> sp.Expr:
+        """det(I + s Σ) = (1 + s q1)(1 + s q2) − s² k², as 1 + s (q1 + q2) + s² (q1 q2 − k²).
+
+        The product form subtracts two numbers of size s² q1 q2 to leave one of size s q:
+        at q = 1e10 that loses ten digits, on the diagonal too (neural-tangents' form). This
+        form has no such difference for s > 0 (only q1 q2 − k², whose rounding near |c| = 1
+        is the inputs' own), and is exactly 1 + 2 s q on the diagonal."""
+        return 1 + s * (self.q1 + self.q2) + s ** 2 * self.gram
 
 
 # Floats outside this range stay floats: a rational of hundreds of digits (1e-320 ->
