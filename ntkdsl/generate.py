@@ -105,7 +105,7 @@ def _fused(exprs: list[sp.Expr], emitter: Emitter) -> list[sp.Expr]:
     become the two values it returns."""
     calls = set().union(*(e.atoms(sp.Function) for e in exprs))
     for call in sorted(calls, key=sp.default_sort_key):
-        joint = emitter.printer.joint(call)
+        joint = emitter.printer.joint(call, arrays=emitter.kind(call) == MATRIX)
         if joint is None or joint[0] not in calls:
             continue
         partner, _ = joint

@@ -140,13 +140,14 @@ class NumPyPrinter(SciPyPrinter):
         return _numerical_kind(func) is not None or func is AtZeroVariance
 
     @staticmethod
-    def joint(call: sp.Expr) -> tuple[sp.Expr, str] | None:
+    def joint(call: sp.Expr, arrays: bool = True) -> tuple[sp.Expr, str] | None:
         """(partner call, helper): where one helper, called as ``helper(*args)``, computes
         ``call`` (first) and the partner (second) together, else None — Γ and Γ̇ of a
         continuous φ on the numerical route (``_hd_dual_pair``), exp(m)·sinh(d) with
-        exp(m)·cosh(d) (``_exp_sinh_cosh``)."""
+        exp(m)·cosh(d) (``_exp_sinh_cosh``, which works in place: only where the call's
+        values are ``arrays``, a matrix)."""
         if isinstance(call, ExpSinh):
-            return ExpCosh(*call.args), "_exp_sinh_cosh"
+            return (ExpCosh(*call.args), "_exp_sinh_cosh") if arrays else None
         cls = type(call)
         if (_numerical_kind(cls) != "dual" or getattr(cls, "dot", None) is None
                 or f"_pair_{cls.tag}" not in cls.sources):

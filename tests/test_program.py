@@ -164,3 +164,27 @@ def test_no_regular_expressions_on_the_code_generation_path(module):
                 for alias in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "re" not in imported
+
+
+@pytest.mark.parametrize("name", ["Corr", "ExpSinh", "ExpCosh", "AtZeroVariance",
+                                  "NumericalDual", "NumericalMoment"])
+def test_sympy_functions_hold_mathematics_only(name):
+    """How a call is printed, its helper sources, its partner call and whether it returns a
+    new array are the NumPy printer's business, not the sympy class's."""
+    from ntkdsl import numerical, symbolic
+    cls = getattr(symbolic, name, None) or getattr(numerical, name)
+    for backend in ("_numpycode", "_pythoncode", "helpers", "joint", "fresh_result"):
+        assert not hasattr(cls, backend), f"{name}.{backend}"
+
+
+def test_exp_sinh_and_cosh_of_one_step_are_one_call_and_give_the_closed_form():
+    """Sin's Γ and Γ̇ need exp(m)·sinh(d) and exp(m)·cosh(d): fused on the expressions into
+    one helper call; the kernel equals E[sin(u) sin(v)] = exp(-(q1+q2)/2) sinh(k)."""
+    net = ntkdsl.compile("Dense(8, b_std=0.3) > Sin > Dense(1)")
+    calls = [s for s in net.compiled.source.split("def pair(")[1].split("def diagonal(")[0]
+             .splitlines() if "_exp_s" in s or "_exp_c" in s]
+    assert len(calls) == 1 and "_exp_sinh_cosh(" in calls[0]
+    x = np.random.default_rng(2).normal(size=(4, 3))
+    q, k = (x ** 2).mean(1) + 0.09, x @ x.T / 3 + 0.09
+    expected = np.exp(-(q[:, None] + q[None, :]) / 2) * np.sinh(k)
+    np.testing.assert_allclose(net.nngp(x), expected, rtol=1e-13)
