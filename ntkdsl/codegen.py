@@ -240,9 +240,9 @@ def _indent(line: str) -> str:
     return "    " + line if line else line
 
 
-def helpers_source(*programs: Program) -> str:
-    """Source of the helper functions the programs' KernelFunctions call, each once,
-    in a deterministic order."""
+def helper_sources(*programs: Program) -> dict[str, str]:
+    """The source of each helper function the programs' KernelFunctions call, by helper
+    name, in a deterministic order (sorted by name)."""
     found: dict[str, str] = {}
     templates = set()
     for program in programs:
@@ -257,7 +257,13 @@ def helpers_source(*programs: Program) -> str:
         for expr in exprs:
             for call in sorted(sp.sympify(expr).atoms(KernelFunction), key=str):
                 found.update(call.helpers())
-    return "\n\n".join(found[name] for name in sorted(found))
+    return {name: found[name] for name in sorted(found)}
+
+
+def helpers_source(*programs: Program) -> str:
+    """Source of the helper functions the programs' KernelFunctions call, each once,
+    in a deterministic order."""
+    return "\n\n".join(helper_sources(*programs).values())
 
 
 # Modules generated code may call by qualified name (sympy's SciPy printer writes e.g.
@@ -274,11 +280,12 @@ def needs_scipy(source: str) -> bool:
     return any(m.startswith("scipy") for m in required_imports(source))
 
 
-def compile_functions(source: str) -> dict:
+def compile_functions(source: str, runtime: dict | None = None) -> dict:
     """Execute generated source (never user text: only printed sympy expressions, literals
-    and escaped comments) and return its namespace."""
+    and escaped comments) and return its namespace, which starts as ``runtime`` (the
+    runtime functions the source calls, see ``ntkdsl.runtime.bindings``)."""
     import importlib
-    namespace: dict = {}
+    namespace: dict = dict(runtime or {})
     for name in ["numpy", *required_imports(source)]:
         importlib.import_module(name)
         top = name.split(".")[0]

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, NumericalError, ShapeError
+from .runtime import driver
 
 KINDS = ("nngp", "ntk")
 DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
@@ -81,33 +82,30 @@ def kernel_name(kernel: Any) -> str:
                           "the Bayesian posterior)")
 
 
+def _checked(check: Callable, *args: Any) -> Any:
+    """``check(*args)``, one of the runtime's validators (ntkdsl.runtime.driver, the ones
+    standalone modules run), with its InputProblem raised as ntkdsl's error: ShapeError
+    for shapes, else InputError, with the same message and hint."""
+    try:
+        return check(*args)
+    except driver.InputProblem as problem:
+        raise (ShapeError if problem.shape else InputError)(problem.message,
+                                                            hint=problem.hint) from None
+
+
 def refuse_complex(value: Any, name: str) -> None:
     """InputError if ``value`` (an array or anything array-like) holds complex numbers."""
-    dtype = getattr(value, "dtype", None)
-    if not isinstance(dtype, np.dtype):  # lists, DataFrames, objects with __array__ only
-        try:
-            dtype = np.asarray(value).dtype
-        except (TypeError, ValueError):
-            return  # not an array at all: the float conversion that follows says so
-    if dtype.kind == "c":
-        # The wording starts as scikit-learn's, which its estimator checks look for.
-        raise InputError(f"Complex data not supported: {name} has a complex dtype; kernels and "
-                         "solvers take real numbers only",
-                         hint=f"pass {name}.real or np.abs({name}) if that is what you mean")
+    _checked(driver.refuse_complex, value, name)
 
 
 def as_real_array(value: Any, name: str, what: str = "a numeric array") -> np.ndarray:
     """``value`` as a float64 array (a view when it already is one).
 
-    The dtype check every entry point shares: complex data is refused rather than cut to its
-    real part (NumPy's float conversion would drop the imaginary part with only a warning),
-    and anything that is not numeric raises InputError naming ``name``."""
-    refuse_complex(value, name)
-    value = densified(value, name)
-    try:
-        return np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"{name} must be {what}: {err}") from None
+    The dtype check every entry point shares: complex data is refused rather than cut to
+    its real part, sparse input is densified, and anything that is not numeric raises
+    InputError naming ``name``."""
+    refuse_complex(value, name)  # before densifying, which would cost memory first
+    return _checked(driver.as_real, densified(value, name), name, what)
 
 
 def densified(value: Any, name: str) -> Any:
@@ -127,105 +125,24 @@ def densified(value: Any, name: str) -> Any:
     return value.toarray()
 
 
-def _as_matrix(x: Any, name: str) -> np.ndarray:
-    arr = as_real_array(x, name, "a numeric array of shape (n, d)")
-    if arr.ndim != 2:
-        raise ShapeError(f"{name} must be 2-D (n samples, d features), got shape {arr.shape}",
-                         hint="reshape a single sample with x.reshape(1, -1), "
-                              "a single feature with x.reshape(-1, 1)")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ShapeError(f"{name} is empty (shape {arr.shape}); it needs at least one "
-                         "sample and one feature")
-    if not np.isfinite(arr).all():
-        i, j = np.argwhere(~np.isfinite(arr))[0]
-        raise InputError(f"{name} has a non-finite value {arr[i, j]} at row {i}, column {j}",
-                         hint="kernels are defined for finite inputs only; drop or impute it")
-    return arr
-
-
 def check_inputs(x1: Any, x2: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """Validated float64 copies (or views) of the inputs."""
+    """Validated float64 copies (or views) of the inputs: the checks of the runtime's
+    ``check_inputs`` (which standalone modules run), sparse inputs densified."""
     a = _as_matrix(x1, "x1")
     if x2 is None:
         return a, None
     b = _as_matrix(x2, "x2")
-    if a.shape[1] != b.shape[1]:
-        raise ShapeError(f"x1 has {a.shape[1]} features but x2 has {b.shape[1]}; "
-                         "both must have the same number of columns")
+    _checked(driver.check_features, a, b)
     return a, b
 
 
-def squared_norms(x: np.ndarray) -> np.ndarray:
-    """Row-wise x·x / d, the input layer's variances."""
-    return np.einsum("ij,ij->i", x, x) / x.shape[1]
+def _as_matrix(x: Any, name: str) -> np.ndarray:
+    refuse_complex(x, name)  # before densifying, which would cost memory first
+    return _checked(driver.as_matrix, densified(x, name), name)
 
 
-# ------------------------------------------------------------------- identical pairs --
-
-_HASH_ENTRIES = 32768  # per chunk of rows hashed: temporaries of 256 KB
-
-
-def _row_hashes(x: np.ndarray) -> np.ndarray:
-    """A 64-bit hash per row, equal for rows with equal values (-0.0 counts as 0.0).
-    Computed in row chunks so the temporaries stay small."""
-    mult = np.random.default_rng(0x6E746B).integers(1, 2**63, size=x.shape[1],
-                                                     dtype=np.uint64) | np.uint64(1)
-    out = np.empty(len(x), dtype=np.uint64)
-    step = max(1, _HASH_ENTRIES // x.shape[1])
-    for s in range(0, len(x), step):
-        bits = (x[s:s + step] + 0.0).view(np.uint64)  # + 0.0 turns -0.0 into 0.0
-        bits *= mult  # wraps modulo 2**64
-        out[s:s + step] = bits.sum(axis=1)
-    return out
-
-
-def _exact_ids(rows: np.ndarray, offset: int) -> np.ndarray:
-    """Group ids (from ``offset`` up) of rows, equal exactly when the rows are equal."""
-    if len(rows) == 0:
-        return np.empty(0, dtype=np.int64)
-    _, inverse = np.unique(rows, axis=0, return_inverse=True)
-    return offset + inverse.ravel().astype(np.int64)
-
-
-def _pairs_from_ids(id1: np.ndarray, id2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All (i, j) with id1[i] == id2[j], without forming the n1 x n2 comparison."""
-    o1, o2 = np.argsort(id1, kind="stable"), np.argsort(id2, kind="stable")
-    u1, start1, count1 = np.unique(id1[o1], return_index=True, return_counts=True)
-    u2, start2, count2 = np.unique(id2[o2], return_index=True, return_counts=True)
-    _, k1, k2 = np.intersect1d(u1, u2, assume_unique=True, return_indices=True)
-    c1, c2, s1, s2 = count1[k1], count2[k2], start1[k1], start2[k2]
-    sizes = c1 * c2
-    group = np.repeat(np.arange(len(sizes)), sizes)
-    within = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    rows = o1[s1[group] + within // c2[group]]
-    cols = o2[s2[group] + within % c2[group]]
-    return rows, cols
-
-
-def identical_pairs(a: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Index arrays (rows, cols) of entries whose two input rows are equal, including the
-    whole diagonal of a self-kernel. Memory is O(n): rows are hashed, and only rows whose
-    hash repeats are compared exactly."""
-    if b is None:
-        h = _row_hashes(a)
-        _, inverse, counts = np.unique(h, return_inverse=True, return_counts=True)
-        candidate = counts[inverse.ravel()] > 1
-        if not candidate.any():
-            n = np.arange(len(a))
-            return n, n
-        ids = np.arange(len(a), dtype=np.int64)
-        ids[candidate] = _exact_ids(a[candidate], len(a))
-        return _pairs_from_ids(ids, ids)
-    ha, hb = _row_hashes(a), _row_hashes(b)
-    ca, cb = np.isin(ha, hb), np.isin(hb, ha)
-    if not ca.any():
-        return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.intp)
-    n1, n2 = len(a), len(b)
-    shared = _exact_ids(np.concatenate([a[ca], b[cb]]), n1 + n2)
-    id1 = np.arange(n1, dtype=np.int64)
-    id2 = np.arange(n1, n1 + n2, dtype=np.int64)
-    id1[ca], id2[cb] = shared[: ca.sum()], shared[ca.sum():]
-    return _pairs_from_ids(id1, id2)
+squared_norms = driver.squared_norms  # row-wise x·x / d, the input layer's variances
+identical_pairs = driver.identical_pairs  # O(n) memory: rows hashed, repeats compared exactly
 
 
 # --------------------------------------------------------------------------- outputs --

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from . import codegen, evaluation
+from . import codegen, evaluation, runtime
 from .ast import Node
 from .derivation import Program, derive
 from .errors import InputError
@@ -143,9 +143,14 @@ def _compile(arch: str) -> Network:
     ast = parse(arch)
     program = derive(ast, arch)
     diagonal_program = derive(ast, arch, diagonal=True)
-    source = "\n\n".join([codegen.helpers_source(program, diagonal_program),
-                           codegen.function_source(program, "pair", arch),
-                           codegen.function_source(diagonal_program, "diagonal", arch)])
-    functions = codegen.compile_functions(source)
+    helpers = codegen.helper_sources(program, diagonal_program)
+    code = [codegen.function_source(program, "pair", arch),
+            codegen.function_source(diagonal_program, "diagonal", arch)]
+    # The source shown is a standalone module's text; what runs binds the runtime modules
+    # among the helpers (one numerical engine and cache per process) instead of their text.
+    source = "\n\n".join(["\n\n".join(helpers.values()), *code])
+    generated = [text for name, text in helpers.items() if name not in runtime.HELPER_MODULES]
+    functions = codegen.compile_functions("\n\n".join([*generated, *code]),
+                                          runtime.bindings(helpers))
     functions["__source__"] = source
     return Network(arch, ast, program, diagonal_program, functions)

@@ -13,6 +13,8 @@ from math import comb, factorial
 
 import sympy as sp
 
+from .runtime import embedded_source
+
 
 class KernelFunction(sp.Function):
     """A sympy function that generated code calls by name. ``helpers()`` gives the source
@@ -29,34 +31,14 @@ class KernelFunction(sp.Function):
         return None
 
 
-_CORR_SOURCE = '''
-def _corr(k, q1, q2):
-    """Correlation k / sqrt(q1 q2), clipped to [-1, 1]; 0 where a variance is 0."""
-    norm = numpy.sqrt(q1 * q2)
-    with numpy.errstate(divide="ignore", invalid="ignore"):
-        c = numpy.where(norm > 0, k / numpy.where(norm > 0, norm, 1.0), 0.0)
-    return numpy.clip(c, -1.0, 1.0)
-'''.lstrip("\n")
-
-
-# Used by the in-place emitter (ntkdsl.inplace), which scales a matrix by the inverse
-# square roots of the variance vectors instead of dividing by an outer-product norm.
-_INV_SQRT_SOURCE = '''
-def _inv_sqrt(q):
-    """1 / sqrt(q) for a vector of variances. A zero variance gets a huge finite factor
-    instead of inf: its covariances are exactly 0 (Cauchy-Schwarz), so its correlations
-    come out 0, as _corr gives them."""
-    return numpy.reciprocal(numpy.sqrt(numpy.maximum(q, 1e-300)))
-'''.lstrip("\n")
-
-
 class Corr(KernelFunction):
     """Correlation k / sqrt(q1 q2), clipped to [-1, 1] when evaluated numerically."""
 
     nargs = 3
 
     def helpers(self) -> dict[str, str]:
-        return {"_corr": _CORR_SOURCE, "_inv_sqrt": _INV_SQRT_SOURCE}
+        # _corr and the in-place emitter's _inv_sqrt (ntkdsl.inplace), from the runtime.
+        return {"_corr": embedded_source("correlation")}
 
     @classmethod
     def eval(cls, k, q1, q2):
