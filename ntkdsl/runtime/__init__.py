@@ -30,14 +30,14 @@ def embedded_source(module: str) -> str:
     text = resources.files(__name__).joinpath(f"{module}.py").read_text(encoding="utf-8")
     body = ast.parse(text).body
     first = 1  # body[0] is the docstring
-    while isinstance(body[first], ast.Import):
-        if [alias.name for alias in body[first].names] != ["numpy"]:  # the header has numpy only
+    while isinstance(statement := body[first], ast.Import):
+        if [alias.name for alias in statement.names] != ["numpy"]:  # the header has numpy only
             raise ValueError(f"runtime module {module} imports more than numpy at the top")
         first += 1
     # Comments just above the first definition belong to it.
-    start = body[first].lineno - 1
+    start, above = body[first].lineno - 1, body[first - 1].end_lineno or 0
     lines = text.split("\n")
-    while start > body[first - 1].end_lineno and lines[start - 1].startswith("#"):
+    while start > above and lines[start - 1].startswith("#"):
         start -= 1
     return "\n".join(lines[start:]).rstrip("\n") + "\n"
 

@@ -85,7 +85,7 @@ _HD_SMALLER = "Smaller weight or bias variances (W_std, b_std) keep the pre-acti
 # Makes the exception of _hd_error from (message, hint): None in a standalone module (an
 # ArithmeticError), ntkdsl's NumericalError (an ArithmeticError too) once the library has
 # imported this module (ntkdsl.numerical sets it; the runtime imports nothing of ntkdsl).
-_HD_ERROR_CLASS = None
+_HD_ERROR_CLASS: type | None = None
 
 
 def _hd_error(message, hint=None):
@@ -185,7 +185,7 @@ def _hd_feature_edges(base, features):
     return numpy.unique(edges) if edges.ndim == 1 else edges
 
 
-_HD_CACHE = {}
+_HD_CACHE: dict = {}
 # Bulk truncations the cost model considers, and what one entry left to the per-entry path
 # costs in units of one Horner pass over one entry (gathers and its remaining terms; on
 # the N=4096 benchmark values from 400 to 1000 were equally fast, 150 and 3000 slower).
