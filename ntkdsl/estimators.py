@@ -34,7 +34,8 @@ from sklearn.utils.validation import check_is_fitted
 from . import errors
 from .errors import InputError, NTKDSLError
 from .evaluation import as_real_array, densified, kernel_name, refuse_complex, require_memory
-from .predict import GradientFlowEnsemble, solver_memory
+from .network import Network
+from .predict import KERNELS, GradientFlowEnsemble, solver_memory
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data
@@ -46,7 +47,8 @@ __all__ = ["DEFAULT_ARCH", "ArchTemplate", "NTKClassifier", "NTKRegressor"]
 
 DEFAULT_ARCH = "(Dense(512, W_std=1.5, b_std=0.05) > Relu) * 2 > Dense(1, W_std=1.5, b_std=0.05)"
 
-# Rows of test inputs per kernel evaluation: bounds memory at BATCH × N floats.
+# Rows of test inputs per prediction: bounds the test kernels and the solver's products at
+# BATCH × N floats each.
 _BATCH = 512
 
 
@@ -212,25 +214,20 @@ class _NTKEstimator(BaseEstimator):
     def _train_kernel_name(self) -> str:
         return kernel_name(self.kernel)
 
-    def _kernel_rows(self, which: str, X, X2=None, desc: str = "") -> np.ndarray:
-        """``network.<which>(X, X2)`` evaluated in row blocks (with a progress bar if verbose)."""
-        fn = getattr(self.network_, which)
-        starts = range(0, X.shape[0], _BATCH)
-        if self.verbose and len(starts) > 1:
-            from tqdm.auto import tqdm
+    def _kernels(self, X, X2=None, kinds: tuple[str, ...] = ("ntk",)) -> dict[str, np.ndarray]:
+        """{kind: kernel of X against X2 (None: X itself)} for each of ``kinds``.
 
-            starts = tqdm(starts, desc=desc or f"{which} kernel", unit="block",
-                          disable=not sys.stderr.isatty(), leave=False)
-        if X2 is not None:
-            return np.concatenate([fn(X[s:s + _BATCH], X2) for s in starts], axis=0)
-        rows = []
-        for s in starts:
-            block, before, after = X[s:s + _BATCH], X[:s], X[s + _BATCH:]
-            # x2=None on the diagonal block lets the network pair each point with itself exactly
-            parts = [fn(block, before) if len(before) else None, fn(block),
-                     fn(block, after) if len(after) else None]
-            rows.append(np.concatenate([p for p in parts if p is not None], axis=1))
-        return np.concatenate(rows, axis=0)
+        A compiled network evaluates them with its own tiled pipeline — both kernels from one
+        pass, a self-kernel computing each off-diagonal entry once and mirroring it — with a
+        progress bar on a terminal if ``verbose``; any other kernel object is called as given."""
+        network = self.network_
+        if not isinstance(network, Network):
+            args = (X,) if X2 is None else (X, X2)
+            return {kind: getattr(network, kind)(*args) for kind in kinds}
+        progress = bool(self.verbose) and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+        if set(kinds) == set(KERNELS):
+            return dict(zip(KERNELS, network.kernels(X, X2, progress=progress)))
+        return {kinds[0]: getattr(network, kinds[0])(X, X2, progress=progress)}
 
     def _fit_targets(self, X, targets) -> None:
         """Compile, evaluate the training kernel once and factorise it (lazily) for predict."""
@@ -238,7 +235,7 @@ class _NTKEstimator(BaseEstimator):
         self._check_memory(X.shape[0])
         self.network_ = self._compile()
         self.X_fit_ = X
-        k_train = self._kernel_rows(self._train_kernel_name, X, desc="training kernel")
+        k_train = self._kernels(X, kinds=(self._train_kernel_name,))[self._train_kernel_name]
         self.ensemble_ = GradientFlowEnsemble(k_train, targets, kernel=self._train_kernel_name,
                                               learning_rate=self.learning_rate,
                                               diag_reg=self.diag_reg)
@@ -259,8 +256,9 @@ class _NTKEstimator(BaseEstimator):
         _check_fitted(self)
         X = _validate(self, X, reset=False)
         t = self.time if times is None else times
-        means = [self.ensemble_.predict(self._kernel_rows(self._train_kernel_name, X[s:s + _BATCH],
-                                                          self.X_fit_), t).mean
+        name = self._train_kernel_name
+        means = [self.ensemble_.predict(self._kernels(X[s:s + _BATCH], self.X_fit_, (name,))[name],
+                                        t).mean
                  for s in range(0, X.shape[0], _BATCH)]
         lead = np.ndim(np.inf if t is None else t)
         return np.concatenate(means, axis=lead)
@@ -361,12 +359,15 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
         """Mean and covariance of the ensemble on X (needs the NNGP beside the NTK)."""
         ensemble = self.ensemble_
         extra = {}
+        if ensemble.kernel == "ntk" and ensemble.nngp_train_train is None:
+            # computed once, on the first request
+            ensemble.attach_nngp(self._kernels(self.X_fit_, kinds=("nngp",))["nngp"])
+        # The NTK ensemble's covariance needs the NNGP beside the NTK: both from one pass.
+        cross = self._kernels(X, self.X_fit_, KERNELS if ensemble.kernel == "ntk" else ("nngp",))
         if ensemble.kernel == "ntk":
-            if ensemble.nngp_train_train is None:  # computed once, on the first request
-                ensemble.attach_nngp(self._kernel_rows("nngp", self.X_fit_))
-            extra["nngp_test_train"] = self.network_.nngp(X, self.X_fit_)
-        cross = getattr(self.network_, ensemble.kernel)(X, self.X_fit_)
-        return ensemble.predict(cross, self.time, nngp_test_test=self.network_.nngp(X), **extra)
+            extra["nngp_test_train"] = cross["nngp"]
+        return ensemble.predict(cross[ensemble.kernel], self.time,
+                                nngp_test_test=self._kernels(X, kinds=("nngp",))["nngp"], **extra)
 
     def _std(self, X) -> np.ndarray:
         variances = [np.diagonal(self._gaussian(X[s:s + _BATCH]).covariance)
