@@ -21,7 +21,6 @@ your own).
 from __future__ import annotations
 
 import string
-import sys
 from contextlib import contextmanager
 
 import numpy as np
@@ -31,11 +30,11 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from . import errors
+from . import errors, network
 from .errors import InputError, NTKDSLError
 from .evaluation import as_real_array, densified, kernel_name, refuse_complex, require_memory
-from .network import Network
-from .predict import KERNELS, GradientFlowEnsemble, solver_memory
+from .kinds import KINDS
+from .predict import GradientFlowEnsemble, solver_memory
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data
@@ -206,9 +205,7 @@ class _NTKEstimator(BaseEstimator):
         arch = self.architecture()
         if not isinstance(arch, str):
             return arch
-        import ntkdsl  # the package imports this module, so import it at call time
-
-        return ntkdsl.compile(arch)
+        return network.compile(arch)
 
     @property
     def _train_kernel_name(self) -> str:
@@ -218,16 +215,17 @@ class _NTKEstimator(BaseEstimator):
         """{kind: kernel of X against X2 (None: X itself)} for each of ``kinds``.
 
         A compiled network evaluates them with its own tiled pipeline — both kernels from one
-        pass, a self-kernel computing each off-diagonal entry once and mirroring it — with a
-        progress bar on a terminal if ``verbose``; any other kernel object is called as given."""
-        network = self.network_
-        if not isinstance(network, Network):
+        pass, a self-kernel computing each off-diagonal block once and mirroring it — and, if
+        ``verbose``, its progress bar (on a terminal, for evaluations over two seconds); any
+        other kernel object is called as given."""
+        net = self.network_
+        if not isinstance(net, network.Network):
             args = (X,) if X2 is None else (X, X2)
-            return {kind: getattr(network, kind)(*args) for kind in kinds}
-        progress = bool(self.verbose) and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-        if set(kinds) == set(KERNELS):
-            return dict(zip(KERNELS, network.kernels(X, X2, progress=progress)))
-        return {kinds[0]: getattr(network, kinds[0])(X, X2, progress=progress)}
+            return {kind: getattr(net, kind)(*args) for kind in kinds}
+        progress = None if self.verbose else False  # the network's rule for None: a terminal
+        if set(kinds) == set(KINDS):
+            return dict(zip(KINDS, net.kernels(X, X2, progress=progress)))
+        return {kinds[0]: getattr(net, kinds[0])(X, X2, progress=progress)}
 
     def _fit_targets(self, X, targets) -> None:
         """Compile, evaluate the training kernel once and factorise it (lazily) for predict."""
@@ -287,7 +285,8 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
             means t = ∞.
         learning_rate: gradient-descent step size (≥ 0).
         diag_reg: ridge added to the kernel diagonal, relative to its mean diagonal.
-        verbose: show progress bars for kernel evaluation on a terminal.
+        verbose: show the kernel evaluation's progress bar on a terminal (for evaluations
+            longer than two seconds).
         normalize_y: as in scikit-learn's GaussianProcessRegressor: centre each target
             column and divide it by its standard deviation before fitting (the ensemble
             starts at the prior mean 0 and the kernel's scale is 1, so targets far from 0
@@ -363,7 +362,7 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
             # computed once, on the first request
             ensemble.attach_nngp(self._kernels(self.X_fit_, kinds=("nngp",))["nngp"])
         # The NTK ensemble's covariance needs the NNGP beside the NTK: both from one pass.
-        cross = self._kernels(X, self.X_fit_, KERNELS if ensemble.kernel == "ntk" else ("nngp",))
+        cross = self._kernels(X, self.X_fit_, KINDS if ensemble.kernel == "ntk" else ("nngp",))
         if ensemble.kernel == "ntk":
             extra["nngp_test_train"] = cross["nngp"]
         return ensemble.predict(cross[ensemble.kernel], self.time,

@@ -94,6 +94,64 @@ class Corr(KernelFunction):
     _pythoncode = _numpycode
 
 
+_AT_ZERO_VARIANCE_SOURCE = '''
+def _at_zero_variance(q, zero, value):
+    """``zero`` where the variance q is exactly 0 (the pre-activation is surely 0), else
+    ``value``; float64 even where both are printed as integers."""
+    return numpy.asarray(numpy.where(numpy.equal(q, 0.0), zero, value), dtype=numpy.float64)
+'''.lstrip("\n")
+
+
+class AtZeroVariance(KernelFunction):
+    """``zero`` where the variance ``q`` is exactly 0, else ``value``.
+
+    A pre-activation of variance 0 is surely 0, so an activation's dual there is its value
+    at 0 (φ(0)·E[φ(v)]), which for φ with a jump at 0 (sign, steps) is not the limit of the
+    dual as q → 0. The variance symbols are declared positive (for simplification), so a
+    Piecewise on Eq(q, 0) would be decided False by sympy; this function keeps the test.
+    Nested tests of the same q are decided by the outer one."""
+
+    nargs = 3
+    fresh_result = True  # numpy.where makes a new array: generated code may write into it
+
+    @classmethod
+    def eval(cls, q, zero, value):
+        if q.is_number:
+            return zero if q.is_zero else value
+        zero_case, other_case = _decided(zero, q, True), _decided(value, q, False)
+        if zero_case == other_case:
+            return other_case
+        if (zero_case, other_case) != (zero, value):
+            return cls(q, zero_case, other_case)
+        return None
+
+    def helpers(self) -> dict[str, str]:
+        return {"_at_zero_variance": _AT_ZERO_VARIANCE_SOURCE}
+
+    def _numpycode(self, printer):
+        return "_at_zero_variance({})".format(", ".join(printer._print(a) for a in self.args))
+
+    _pythoncode = _numpycode
+
+    def _sympystr(self, printer):
+        q, zero, value = (printer.doprint(a) for a in self.args)
+        return f"Piecewise(({zero}, Eq({q}, 0)), ({value}, True))"
+
+    def _latex(self, printer, exp=None):
+        q, zero, value = (printer._print(a) for a in self.args)
+        text = (rf"\begin{{cases}} {zero} & \text{{for}}\: {q} = 0 \\ {value} & "
+                r"\text{otherwise} \end{cases}")
+        return rf"\left({text}\right)^{{{exp}}}" if exp is not None else text
+
+
+def _decided(expr: sp.Expr, q: sp.Expr, is_zero: bool) -> sp.Expr:
+    """``expr`` with every AtZeroVariance test of ``q`` replaced by its branch."""
+    if not expr.has(AtZeroVariance):
+        return expr
+    return expr.replace(lambda e: isinstance(e, AtZeroVariance) and e.args[0] == q,
+                        lambda e: e.args[1] if is_zero else e.args[2])
+
+
 @dataclass(frozen=True)
 class Pair:
     """The bivariate Gaussian (u, v) ~ N(0, [[q1, k], [k, q2]]) that a dual is a function of,

@@ -323,19 +323,19 @@ def test_custom_kernel_objects_are_called_on_the_whole_training_set():
     np.testing.assert_allclose(reg.ensemble_.k_train_train, kern.ntk(X), rtol=1e-14)
 
 
-def test_verbose_shows_the_network_progress_bar_on_a_terminal(monkeypatch):
-    import io
-    import sys
+def test_verbose_shows_the_network_progress_bar(monkeypatch):
+    """verbose asks the network's evaluation for its bar by the helper's rule (None: on a
+    terminal; tests/test_one_of_each.py checks the rule), quiet asks for none."""
+    from ntkdsl.evaluation import panels
 
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
+    asked = []
+    monkeypatch.setattr(panels, "progress_bar", lambda show, *a, **k: asked.append(show))
     X = np.random.default_rng(7).normal(size=(40, 3))
     for verbose in (False, True):
-        monkeypatch.setattr(sys, "stderr", Terminal())
-        NTKRegressor(DEFAULT_ARCH, verbose=verbose).fit(X, X[:, 0])
-        assert ("kernel" in sys.stderr.getvalue()) == verbose
+        reg = NTKRegressor(DEFAULT_ARCH, verbose=verbose).fit(X, X[:, 0])
+        # training NTK; mean: cross NTK; std: training NNGP, both cross kernels, test NNGP
+        reg.predict(X[:5], return_std=True)
+    assert asked == [False] * 5 + [None] * 5
 
 
 def test_pickling_a_compiled_estimator_keeps_it_usable(regression_data):

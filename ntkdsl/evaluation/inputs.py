@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, ShapeError
+from ..kinds import KINDS
 from .memory import require_memory
 
-KINDS = ("nngp", "ntk")
 DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 
 

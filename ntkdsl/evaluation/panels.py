@@ -2,7 +2,6 @@
 thread and a helper; ``evaluate`` and ``diagonal_values``, the two entry points."""
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, NumericalError
+from ..progress import progress_bar
 from .blas import _BlasLimit
 from .checks import _overflow, check_finite
 from .identical import identical_pairs
@@ -95,18 +95,6 @@ class _Panels:
 @lru_cache(maxsize=8)
 def _lower_mask(n: int) -> np.ndarray:
     return np.tri(n, k=-1, dtype=bool)
-
-
-def _progress_bar(progress: bool | None, total: int):
-    """tqdm bar: None shows it on a terminal once the evaluation passes two seconds,
-    True always, False never."""
-    if progress is False:
-        return None
-    from tqdm.auto import tqdm
-    if progress is None and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
-        return None
-    return tqdm(total=total, unit=" entries", unit_scale=True, leave=False,
-                delay=PROGRESS_DELAY_S if progress is None else 0, desc="kernel")
 
 
 # The cache alone could build a pool twice when two evaluations start at once (a miss runs
@@ -230,7 +218,9 @@ def _run(panels: _Panels, plan: Plan, outs: Sequence[np.ndarray], progress: bool
     """Run every panel, releasing memory-mapped pages as they are written; returns the
     result of ``meanwhile``, run while the first Gram slices are computed. ``blas`` is
     refreshed after every panel, on the calling thread."""
-    bar = _progress_bar(progress, plan.entries())
+    # progress=None: on a terminal, once the evaluation passes PROGRESS_DELAY_S.
+    bar = progress_bar(progress, plan.entries(), unit=" entries", unit_scale=True, desc="kernel",
+                       delay=PROGRESS_DELAY_S if progress is None else 0)
     mapped = [o for o in outs if is_shared_file_map(o)]
 
     def done(entries: int) -> None:
