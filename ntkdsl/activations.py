@@ -21,7 +21,7 @@ import sympy as sp
 from . import limits
 from .expressions import parse_expression, phi_of_text, x  # x: the one variable of every φ
 from .params import Param
-from .symbolic import Pair, exact, polynomial_dual
+from .symbolic import ExpCosh, ExpSinh, Pair, exact, polynomial_dual
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,8 @@ class ActivationSpec:
     params: tuple[Param, ...]
     phi: Callable[..., sp.Expr]
     dual: Callable[..., sp.Expr] | None = None
-    # ∂Γ/∂k written out, only where plain differentiation leaves a removable 0/0.
+    # ∂Γ/∂k written out, only where plain differentiation leaves a removable 0/0 or terms
+    # that cancel in floating point.
     dual_dot: Callable[..., sp.Expr] | None = None
     zero_derivative: Callable[..., bool] = field(default=lambda **_: False)
     aliases: tuple[str, ...] = ()
@@ -110,29 +111,45 @@ def rectified_monomial_dual_dot(p: Pair, degree: int) -> sp.Expr:
 
 
 def erf_dual(p: Pair, a: Any, b: Any, c: Any) -> sp.Expr:
+    """2a²/π · arcsin(s k / sqrt((1 + s q1)(1 + s q2))) + c², s = 2b², written as the angle
+    atan2(s k, sqrt(det(I + s Σ))): the arcsine of a ratio within rounding of 1 (large
+    variance, nearly collinear inputs) amplifies that rounding by its square-root
+    singularity; the angle of two accurate legs does not."""
     a, b, c = exact(a), exact(b), exact(c)
     scale = 2 * b ** 2
-    return (2 * a ** 2 / sp.pi * sp.asin(scale * p.k / sp.sqrt((1 + scale * p.q1) * (1 + scale * p.q2)))
-            + c ** 2)
+    return 2 * a ** 2 / sp.pi * sp.atan2(scale * p.k, sp.sqrt(p.det_shifted(scale))) + c ** 2
 
 
-def _cos_moments(p: Pair, b: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
-    """(E[cos(b(u - v))], E[cos(b(u + v))]) — the Gaussian characteristic function."""
-    minus = sp.exp(-b ** 2 * (p.q1 + p.q2 - 2 * p.k) / 2)
-    plus = sp.exp(-b ** 2 * (p.q1 + p.q2 + 2 * p.k) / 2)
-    return minus, plus
+def erf_dual_dot(p: Pair, a: Any, b: Any, c: Any) -> sp.Expr:
+    """∂Γ/∂k, differentiated and cancelled: 4a²b² / (π sqrt(det(I + 2b²Σ))). Plain
+    differentiation of the angle leaves (1 + s q1)(1 + s q2) over itself in a sum."""
+    return sp.cancel(sp.diff(erf_dual(p, a, b, c), p.k))
+
+
+def _hyperbolic_moments(p: Pair, b: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
+    """(exp(m) sinh(d), exp(m) cosh(d)), m = −b²(q1 + q2)/2, d = b² k: half the difference
+    and half the sum of E[cos(b(u − v))] = exp(m + d) and E[cos(b(u + v))] = exp(m − d), the
+    Gaussian characteristic function. As ``ExpSinh``/``ExpCosh``: subtracting the two
+    exponentials loses every digit of a small variance (both are ≈ 1), and the product
+    exp(m)·sinh(d) overflows to inf·0 at a large one."""
+    m, d = -b ** 2 * (p.q1 + p.q2) / 2, b ** 2 * p.k
+    return ExpSinh(m, d), ExpCosh(m, d)
 
 
 def sin_dual(p: Pair, a: Any, b: Any, c: Any) -> sp.Expr:
+    """a²/2 (E[cos(b(u − v))] − cos(2c) E[cos(b(u + v))]) = a² (cos²c e^m sinh d + sin²c e^m
+    cosh d): a sum of two accurate terms for c = 0 (the odd sine) or k ≥ 0."""
     a, b, c = exact(a), exact(b), exact(c)
-    minus, plus = _cos_moments(p, b)
-    return a ** 2 / 2 * (minus - plus * sp.cos(2 * c))
+    sinh, cosh = _hyperbolic_moments(p, b)
+    return a ** 2 * (sp.cos(c) ** 2 * sinh + sp.sin(c) ** 2 * cosh)
 
 
 def cos_dual(p: Pair, a: Any, b: Any, c: Any) -> sp.Expr:
+    """a²/2 (E[cos(b(u − v))] + cos(2c) E[cos(b(u + v))]) = a² (sin²c e^m sinh d + cos²c e^m
+    cosh d)."""
     a, b, c = exact(a), exact(b), exact(c)
-    minus, plus = _cos_moments(p, b)
-    return a ** 2 / 2 * (minus + plus * sp.cos(2 * c))
+    sinh, cosh = _hyperbolic_moments(p, b)
+    return a ** 2 * (sp.sin(c) ** 2 * sinh + sp.cos(c) ** 2 * cosh)
 
 
 def exp_dual(p: Pair, a: Any, b: Any) -> sp.Expr:
@@ -143,16 +160,32 @@ def exp_dual(p: Pair, a: Any, b: Any) -> sp.Expr:
 def gaussian_dual(p: Pair, a: Any, b: Any) -> sp.Expr:
     """φ = a·exp(b x²): E = a² / sqrt(det(I − 2b Σ))."""
     a, b = exact(a), exact(b)
-    return a ** 2 / sp.sqrt((1 - 2 * b * p.q1) * (1 - 2 * b * p.q2) - 4 * b ** 2 * p.k ** 2)
+    return a ** 2 / sp.sqrt(p.det_shifted(-2 * b))
 
 
 def gelu_dual(p: Pair) -> sp.Expr:
     """φ = x Φ(x), the exact (erf) Gelu; neural-tangents uses this dual for both values of
-    ``approximate``."""
+    ``approximate``: k/4 + (k arcsin(k / sqrt((1 + q1)(1 + q2))) + (k² + q1 q2 δ²) / ((1 +
+    q1)(1 + q2) δ)) / (2π) with δ = sqrt((1 + q1)(1 + q2) − k²). Rewritten so that no step
+    loses digits at large variance (that form lost 4e-10 of the diagonal NTK at q = 5e5):
+    δ² from ``Pair.det_shifted`` (exact on the diagonal), and k/4 + k arcsin(..)/(2π) as
+    k·atan2(δ, −k)/(2π) — π/2 + arcsin as the angle of two accurate legs, which does not
+    cancel k/4 at k ≈ −q."""
     outer = (1 + p.q1) * (1 + p.q2)
-    delta = sp.sqrt(outer - p.k ** 2)
-    return (p.k / 4 + ((p.k ** 2 + p.q1 * p.q2 * delta ** 2) / (outer * delta)
-                       + p.k * sp.asin(p.k / sp.sqrt(outer))) / (2 * sp.pi))
+    delta = sp.sqrt(p.det_shifted(1))
+    return (p.k * sp.atan2(delta, -p.k)
+            + (p.k ** 2 + p.q1 * p.q2 * delta ** 2) / (outer * delta)) / (2 * sp.pi)
+
+
+def gelu_dual_dot(p: Pair) -> sp.Expr:
+    """∂Γ/∂k collected by hand: (atan2(δ, −k) + k (k² + (3 + q1 + q2) δ²) / ((1 + q1)(1 + q2)
+    δ³)) / (2π). Plain differentiation gives terms of size k/δ that cancel to one of size
+    1/δ² (ten digits at q = 1e10); the test checks this against ∂Γ/∂k of the textbook form."""
+    outer = (1 + p.q1) * (1 + p.q2)
+    delta2 = p.det_shifted(1)
+    return (sp.atan2(sp.sqrt(delta2), -p.k)
+            + p.k * (p.k ** 2 + (3 + p.q1 + p.q2) * delta2) / (outer * delta2 ** sp.Rational(3, 2))
+            ) / (2 * sp.pi)
 
 
 def sign_dual(p: Pair) -> sp.Expr:
@@ -193,7 +226,7 @@ register(ActivationSpec(
     "Abs", (), phi=lambda: sp.Abs(x), dual=lambda p: abrelu_dual(p, -1, 1)))
 register(ActivationSpec(
     "Erf", _ABC, phi=lambda a, b, c: exact(a) * sp.erf(exact(b) * x) + exact(c),
-    dual=erf_dual))
+    dual=erf_dual, dual_dot=erf_dual_dot))
 register(ActivationSpec(
     "Sin", _ABC, phi=lambda a, b, c: exact(a) * sp.sin(exact(b) * x + exact(c)),
     dual=sin_dual))
@@ -212,7 +245,8 @@ register(ActivationSpec(
                              if approximate else x / 2 * (1 + sp.erf(x / sp.sqrt(2)))),
     # The tanh approximation has no closed-form dual (neural-tangents reuses the exact
     # one for it; ntkdsl gives the kernel of the function actually written).
-    dual=lambda p, approximate: None if approximate else gelu_dual(p)))
+    dual=lambda p, approximate: None if approximate else gelu_dual(p),
+    dual_dot=lambda p, approximate: None if approximate else gelu_dual_dot(p)))
 # Sign's derivative is 0 almost everywhere, so it adds nothing to the NTK.
 register(ActivationSpec(
     "Sign", (), phi=lambda: sp.sign(x), dual=sign_dual, zero_derivative=lambda: True))
