@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
+from . import runtime
 from .inplace import COLUMN, MATRIX, ROW, Emitter, Statement, comment, slot
 from .printing import Needs, NumPyPrinter, compile_source, helpers_text
 from .program import TEMPORARY, Bound, KernelVariable, Program, Step, TemplateCache
@@ -302,7 +303,11 @@ def compile_kernels(program: Program, diagonal_program: Program, doc: str) -> Co
     pair = function_code(program, "pair", doc)
     diagonal = function_code(diagonal_program, "diagonal", doc)
     source, needs = module_code([pair, diagonal])
-    namespace = compile_source(source, needs.imports)
+    # The source shown is a standalone module's text; what runs binds the runtime modules
+    # among the helpers (one numerical engine and cache per process) instead of their text.
+    generated = {n: t for n, t in needs.helpers.items() if n not in runtime.HELPER_MODULES}
+    running = "\n\n".join(filter(None, [helpers_text(generated), pair.source, diagonal.source]))
+    namespace = compile_source(running, needs.imports, runtime=runtime.bindings(needs.helpers))
     return CompiledKernels(namespace["pair"], namespace["diagonal"], source,
                            live_arrays(pair) + EXTRA_TEMPORARIES, needs.numerical,
                            diagonal.labels)

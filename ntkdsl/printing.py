@@ -9,7 +9,7 @@ through it, so every sympy -> NumPy path handles Max, log1p-type forms and const
 
 A new target (JAX, CuPy) is a new printer with its runtime; nothing upstream changes.
 
-This module imports sympy and ntkdsl.symbolic only: the numerical route, which sits
+This module imports sympy, ntkdsl.symbolic and ntkdsl.runtime only: the numerical route, which sits
 beside the derivation, prints through it too.
 """
 from __future__ import annotations
@@ -19,30 +19,12 @@ import importlib
 import sympy as sp
 from sympy.printing.numpy import SciPyPrinter
 
+from .runtime import embedded_source
 from .symbolic import AtZeroVariance, ExpCosh, ExpSinh, PrintedAs
 
 # Modules generated code may name (sympy's SciPy printer writes e.g. scipy.special.erf,
 # scipy.constants.pi); a module is imported only when the printer used it.
 IMPORTABLE = ("functools", "math", "numpy", "scipy.constants", "scipy.special")
-
-CORR_SOURCE = '''
-def _corr(k, q1, q2):
-    """Correlation k / sqrt(q1 q2), clipped to [-1, 1]; 0 where a variance is 0."""
-    norm = numpy.sqrt(q1 * q2)
-    with numpy.errstate(divide="ignore", invalid="ignore"):
-        c = numpy.where(norm > 0, k / numpy.where(norm > 0, norm, 1.0), 0.0)
-    return numpy.clip(c, -1.0, 1.0)
-'''.lstrip("\n")
-
-# Used by the in-place emitter (ntkdsl.inplace), which scales a matrix by the inverse
-# square roots of the variance vectors instead of dividing by an outer-product norm.
-INV_SQRT_SOURCE = '''
-def _inv_sqrt(q):
-    """1 / sqrt(q) for a vector of variances. A zero variance gets a huge finite factor
-    instead of inf: its covariances are exactly 0 (Cauchy-Schwarz), so its correlations
-    come out 0, as _corr gives them."""
-    return numpy.reciprocal(numpy.sqrt(numpy.maximum(q, 1e-300)))
-'''.lstrip("\n")
 
 _EXP_SINH_SOURCE = '''
 def _exp_sinh(m, d):
@@ -86,7 +68,10 @@ def _at_zero_variance(q, zero, value):
 '''.lstrip("\n")
 
 
-_HELPER_SOURCES = {"_corr": CORR_SOURCE, "_inv_sqrt": INV_SQRT_SOURCE,
+# Helper name -> source. _corr and the in-place emitter's _inv_sqrt are one runtime module's
+# text (ntkdsl.runtime.correlation), kept under the name _corr.
+_HELPER_KEYS = {"_inv_sqrt": "_corr"}
+_HELPER_SOURCES = {"_corr": embedded_source("correlation"),
                    "_exp_sinh": _EXP_SINH_SOURCE, "_exp_cosh": _EXP_COSH_SOURCE,
                    "_exp_sinh_cosh": _EXP_SINH_COSH_SOURCE,
                    "_at_zero_variance": _AT_ZERO_VARIANCE_SOURCE}
@@ -129,7 +114,8 @@ class NumPyPrinter(SciPyPrinter):
     def helper(self, name: str) -> str:
         """The name of one of this printer's own helpers (``_corr``, ``_inv_sqrt``), which
         is then part of the output."""
-        self.helpers[name] = _HELPER_SOURCES[name]
+        key = _HELPER_KEYS.get(name, name)
+        self.helpers[key] = _HELPER_SOURCES[key]
         self._module_format("numpy.sqrt")  # the helpers are numpy code
         return name
 
@@ -250,10 +236,12 @@ def helpers_text(helpers: dict[str, str]) -> str:
     return "\n\n".join(helpers[name] for name in sorted(helpers))
 
 
-def compile_source(source: str, modules, name: str = "<ntkdsl generated>") -> dict:
+def compile_source(source: str, modules, name: str = "<ntkdsl generated>",
+                   runtime: dict | None = None) -> dict:
     """Execute generated source (never user text: only printed sympy expressions, literals
-    and escaped comments) with the modules it uses imported, and return its namespace."""
-    namespace: dict = {}
+    and escaped comments) with the modules it uses imported, and return its namespace, which
+    starts as ``runtime`` (the runtime functions it calls, ``ntkdsl.runtime.bindings``)."""
+    namespace: dict = dict(runtime or {})
     for module in ["numpy", *modules]:
         importlib.import_module(module)
         top = module.split(".")[0]

@@ -152,8 +152,8 @@ def test_max_prints_elementwise_and_needs_no_functools():
     np.testing.assert_array_equal(f(grid), np.maximum(np.maximum(grid, 0), grid ** 2 - 1))
 
 
-_TEXT_PATH = ("generate", "inplace", "printing", "program", "evaluation", "network",
-              "derivation", "numerical")
+_TEXT_PATH = ("generate", "inplace", "printing", "program", "network", "derivation",
+              "numerical", *(f"evaluation/{p.stem}" for p in (PACKAGE / "evaluation").glob("*.py")))
 
 
 @pytest.mark.parametrize("module", _TEXT_PATH)
