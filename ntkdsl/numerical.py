@@ -189,6 +189,8 @@ class _NumericalFunction(KernelFunction, metaclass=_NumericalClass):
 
     tag = ""
     label = ""
+    activation = ""          # the layer as written (its dual's subscript in formulas)
+    of_derivative = False    # the dual of φ' (for the NTK) rather than of φ
     sources: ClassVar[dict[str, str]] = {}
     modules: ClassVar[tuple[str, ...]] = ()
 
@@ -268,12 +270,13 @@ def _infinite_sources(tag: str, layer: str, point: float) -> dict[str, str]:
 
 
 def _classes(f: sp.Expr, x: sp.Symbol, label: str, points,
-             extra: dict[str, str] | None = None, layer: str = "") -> tuple[type, type]:
+             extra: dict[str, str] | None = None, layer: str = "", *, activation: str = "",
+             of_derivative: bool = False) -> tuple[type, type]:
     tag = _tag(f)
     sources, modules = _sources(tag, f, x, points, layer)
     sources.update(extra or {})
     data = {"tag": tag, "label": label, "points": points, "sources": sources,
-            "modules": tuple(modules)}
+            "modules": tuple(modules), "activation": activation, "of_derivative": of_derivative}
     moment = _new_class(f"Moment_{tag}", NumericalMoment, dict(data))
     dual = _new_class(f"Dual_{tag}", NumericalDual, dict(data, moment=moment))
     return dual, moment
@@ -305,10 +308,11 @@ def numerical_duals(phi: sp.Expr, x: sp.Symbol, name: str) -> tuple[type, type]:
     infinite = square_diverges(phi_dot, x, points)
     dot, _ = _classes(phi_dot, x, f"Gammadot[{name}]", points,
                       None if infinite is None else _infinite_sources(_tag(phi_dot), name, infinite),
-                      f"{name} (its derivative, for the NTK)")
+                      f"{name} (its derivative, for the NTK)", activation=name,
+                      of_derivative=True)
     pair = None if phi.has(*_DISCONTINUOUS) or infinite is not None else _pair_sources(
         _tag(phi), dot.sources, dot.tag, points)
-    gamma, _ = _classes(phi, x, f"Gamma[{name}]", points, pair, name)
+    gamma, _ = _classes(phi, x, f"Gamma[{name}]", points, pair, name, activation=name)
     gamma.dot = dot
     gamma.modules = tuple(sorted({*gamma.modules, *dot.modules}))  # _pair_ calls Γ̇'s f
     for path in _ROLES:  # how pickle rebuilds each class (_reduce_class)

@@ -15,7 +15,6 @@ are ours (registry names, never user spellings).
 from __future__ import annotations
 
 import keyword
-import re
 from dataclasses import dataclass
 
 import sympy as sp
@@ -87,17 +86,16 @@ _ASCII_NAMES = {
     "∞": "inf", "≤": "<=", "≥": ">=", "≈": "~=", "·": "*", "×": "x", "−": "-", "–": "-",
     "—": "--", "±": "+-", "²": "^2", "³": "^3", "ᵀ": "^T", "⁻¹": "^-1", "∂": "d", "∘": " o ",
     "…": "...", "‖": "||", "→": "->", "₀": "_0", "₁": "_1", "₂": "_2", "ₙ": "_n", "ᵢ": "_i",
-    "½": "1/2",
+    "½": "1/2", "√": "sqrt",
 }
-_SQUARE_ROOT = re.compile(r"√(\w+)")
 
 
 def ascii_source(source: str) -> str:
     """``source`` with every non-ASCII character (found in comments and docstrings only)
-    written in ASCII: Greek letters by name (Gamma, phi), math symbols as in code (sqrt(q)
-    for the root sign before q, <=, ^2), an escape such as \\u2202 for anything else. A
-    generated module is then the same bytes in any encoding and shows on any terminal."""
-    source = _SQUARE_ROOT.sub(r"sqrt(\1)", source).replace("√", "sqrt")
+    written in ASCII: Greek letters by name (Gamma, phi), math symbols as in code (<=, ^2,
+    sqrt for a root sign, which our texts put before a parenthesis), an escape such as
+    \\u2202 for anything else. A generated module is then the same bytes in any encoding
+    and shows on any terminal."""
     for char, name in _ASCII_NAMES.items():
         source = source.replace(char, name)
     return "".join(ch if ch.isascii() else ascii(ch)[1:-1] for ch in source)

@@ -153,7 +153,9 @@ def test_max_prints_elementwise_and_needs_no_functools():
 
 
 _TEXT_PATH = ("generate", "inplace", "printing", "program", "network", "derivation",
-              "numerical", *(f"evaluation/{p.stem}" for p in (PACKAGE / "evaluation").glob("*.py")))
+              "numerical", "standalone",
+              *(f"{package}/{p.stem}" for package in ("evaluation", "runtime")
+                for p in sorted((PACKAGE / package).glob("*.py"))))
 
 
 @pytest.mark.parametrize("module", _TEXT_PATH)

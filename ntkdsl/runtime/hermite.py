@@ -18,8 +18,8 @@ _HD_GL_X, _HD_GL_W = numpy.polynomial.legendre.leggauss(16)
 # Fixed panels of width 1/4 on [-14, 14] (edge at 0): exp(-z**2/4) bounds every h_n term
 # beyond, below 1e-21.
 _HD_EDGES = numpy.linspace(-14.0, 14.0, 113)
-# The fixed grid resolves φ(√q z) while √q is at most this (features of φ at scale 1 in
-# x are 1/√q wide in z); beyond it, and for kinks away from 0, panels follow φ's scale.
+# The fixed grid resolves φ(sqrt(q) z) while sqrt(q) is at most this (features of φ at scale 1 in
+# x are 1/sqrt(q) wide in z); beyond it, and for kinks away from 0, panels follow φ's scale.
 _HD_FIXED_SCALE = 10.0
 
 
