@@ -3,7 +3,7 @@
 ``Corr(k, q1, q2)`` is the correlation k / sqrt(q1 q2) as one sympy function, so that
 (1) it evaluates to exactly 1 on the diagonal (k = q1 = q2), which gives the diagonal
 recursion its exact correlation; (2) its derivative in k is known, so Price's theorem
-(Γ̇ = ∂Γ/∂k) is plain symbolic differentiation; (3) the numerical printer can clip it
+(Γ̇ = ∂Γ/∂k) is plain symbolic differentiation; (3) the NumPy printer can clip it
 to [-1, 1], where rounding would otherwise push arccos/arcsin out of their domain.
 """
 from __future__ import annotations
@@ -17,23 +17,14 @@ from sympy.printing.precedence import precedence
 
 
 class KernelFunction(sp.Function):
-    """A sympy function that generated code calls by name. ``helpers()`` gives the source
-    of the Python functions (numpy only) that the call needs, keyed by function name;
-    codegen puts each needed helper once at the top of the generated code."""
-
-    def helpers(self) -> dict[str, str]:
-        return {}
-
-    def joint(self) -> tuple[sp.Expr, str] | None:
-        """(partner call, helper): another call that one helper, called as ``helper(*args)``,
-        computes together with this one and returns second, or None. Codegen makes one
-        call of the helper where a step needs both."""
-        return None
+    """A sympy function that generated code calls by name. It holds only mathematics
+    (evaluation, derivatives, display); how a target calls it, and the helper code that
+    call needs, belong to the target's printer (ntkdsl.printing)."""
 
 
 class PrintedAs(KernelFunction):
     """A KernelFunction that formulas show as the expression it stands for (``shown``) and
-    generated code computes by calling its helper ``call``."""
+    generated code computes by calling the helper the printer knows by ``call``."""
 
     call = ""
 
@@ -50,31 +41,7 @@ class PrintedAs(KernelFunction):
     def _pretty(self, printer):
         return printer._print(self.shown())
 
-    def _numpycode(self, printer):
-        return "{}({})".format(self.call, ", ".join(printer._print(a) for a in self.args))
 
-    _pythoncode = _numpycode
-
-
-_CORR_SOURCE = '''
-def _corr(k, q1, q2):
-    """Correlation k / sqrt(q1 q2), clipped to [-1, 1]; 0 where a variance is 0."""
-    norm = numpy.sqrt(q1 * q2)
-    with numpy.errstate(divide="ignore", invalid="ignore"):
-        c = numpy.where(norm > 0, k / numpy.where(norm > 0, norm, 1.0), 0.0)
-    return numpy.clip(c, -1.0, 1.0)
-'''.lstrip("\n")
-
-
-# Used by the in-place emitter (ntkdsl.inplace), which scales a matrix by the inverse
-# square roots of the variance vectors instead of dividing by an outer-product norm.
-_INV_SQRT_SOURCE = '''
-def _inv_sqrt(q):
-    """1 / sqrt(q) for a vector of variances. A zero variance gets a huge finite factor
-    instead of inf: its covariances are exactly 0 (Cauchy-Schwarz), so its correlations
-    come out 0, as _corr gives them."""
-    return numpy.reciprocal(numpy.sqrt(numpy.maximum(q, 1e-300)))
-'''.lstrip("\n")
 
 
 class Corr(PrintedAs):
@@ -82,9 +49,6 @@ class Corr(PrintedAs):
 
     nargs = 3
     call = "_corr"
-
-    def helpers(self) -> dict[str, str]:
-        return {"_corr": _CORR_SOURCE, "_inv_sqrt": _INV_SQRT_SOURCE}
 
     @classmethod
     def eval(cls, k, q1, q2):
@@ -109,43 +73,9 @@ class Corr(PrintedAs):
     shown = as_ratio
 
 
-_EXP_SINH_SOURCE = '''
-def _exp_sinh(m, d):
-    """exp(m) sinh(d) as sign(d) exp(m + |d|) (1 - exp(-2|d|)) / 2: no cancellation of two
-    exponentials at small d, no inf * 0 where exp(m) underflows and sinh(d) overflows."""
-    size = numpy.abs(d)
-    return numpy.copysign(numpy.expm1(-2 * size), d) * numpy.exp(m + size) / 2
-'''.lstrip("\n")
-
-# Where a step needs both (Γ and Γ̇ of Sin, Cos, sinh/cosh terms): one pass, two
-# transcendental calls for the pair.
-_EXP_SINH_COSH_SOURCE = '''
-def _exp_sinh_cosh(m, d):
-    """(exp(m) sinh(d), exp(m) cosh(d)) from one exp and one expm1, in place."""
-    size = numpy.abs(d)
-    scale = numpy.add(m, size)
-    numpy.exp(scale, out=scale)
-    half = numpy.multiply(size, -2, out=size)
-    numpy.expm1(half, out=half)
-    half *= 0.5                       # (exp(-2|d|) - 1) / 2
-    sinh = numpy.copysign(half, d)
-    half += 1
-    same = sinh.shape == scale.shape  # m and d broadcast to d's shape
-    return (numpy.multiply(sinh, scale, out=sinh if same else None),
-            numpy.multiply(half, scale, out=half if same else None))
-'''.lstrip("\n")
-
-_EXP_COSH_SOURCE = '''
-def _exp_cosh(m, d):
-    """exp(m) cosh(d) as exp(m + |d|) (1 + exp(-2|d|)) / 2 (no inf * 0)."""
-    size = numpy.abs(d)
-    return numpy.exp(m + size) * (1 + numpy.exp(-2 * size)) / 2
-'''.lstrip("\n")
-
-
 class _ExpHyperbolic(PrintedAs):
     """exp(m)·sinh(d) or exp(m)·cosh(d) as one function, evaluated without cancellation or
-    overflow (helpers above); printed as the product it stands for. Its derivatives are
+    overflow (the NumPy printer's helpers); shown as the product it stands for. Its derivatives are
     again such functions, so Price's theorem (Γ̇ = ∂Γ/∂k) keeps the form stable."""
 
     nargs = 2
@@ -166,13 +96,6 @@ class _ExpHyperbolic(PrintedAs):
     def shown(self) -> sp.Expr:
         m, d = self.args
         return sp.exp(m) * self.hyperbolic(d)
-
-    def helpers(self) -> dict[str, str]:
-        return {self.call: _EXP_SINH_SOURCE if self.hyperbolic is sp.sinh else _EXP_COSH_SOURCE,
-                "_exp_sinh_cosh": _EXP_SINH_COSH_SOURCE}
-
-    def joint(self) -> tuple[sp.Expr, str] | None:
-        return (ExpCosh(*self.args), "_exp_sinh_cosh") if self.hyperbolic is sp.sinh else None
 
 
 class ExpSinh(_ExpHyperbolic):
@@ -253,114 +176,20 @@ def arccosine_closed(n: int, c: sp.Expr) -> sp.Expr:
                      + b.as_expr().xreplace({_C: c}) * sp.sqrt(1 - c ** 2)) / (2 * sp.pi)
 
 
-_ARCCOSINE_SOURCE = '''
-def _arccosine_parts(c):
-    """What J_n / (2 pi) is made of at correlations c = cos(theta) (Cho & Saul's J_n =
-    A_n(c) phi + B_n(c) sin(phi), phi = pi - theta): (phi / (2 pi), sin(phi) / (2 pi), a
-    free array of c's shape, phi where phi < SERIES_BELOW and that mask, or None, None
-    where no entry is that close to c = -1: one pass over phi, its minimum, finds out).
-    phi is arccos(-c), accurate to the last digit as phi -> 0, sin(phi) is
-    sqrt((1 - c)(1 + c)), accurate as c -> 1; both are scaled before they are combined, so
-    that rounding is relative to the result (J_1 / (2 pi) = 1/2 at c = 1, exactly). In c's
-    precision (float32 where the caller evaluates in float32)."""
-    turns = numpy.negative(c, out=numpy.empty_like(c))
-    numpy.arccos(turns, out=turns)
-    near = turns < SERIES_BELOW if turns.size and turns.min() < SERIES_BELOW else None
-    phi = None if near is None else turns[near]
-    turns *= 1 / (2 * numpy.pi)  # exactly 1/2 where turns is pi (c = 1)
-    sine = numpy.subtract(1.0, c, out=numpy.empty_like(c))
-    free = numpy.add(1.0, c, out=numpy.empty_like(c))
-    sine *= free
-    numpy.sqrt(sine, out=sine)
-    sine *= 1 / (2 * numpy.pi)
-    return turns, sine, free, phi, near
-
-
-def _arccosine_series(coefficients, phi, power):
-    """phi**power * (coefficients[0] + coefficients[1] phi**2 + ...): J_n / (2 pi) where
-    its closed form cancels (phi -> 0), by Horner in phi**2."""
-    square = phi * phi
-    total = numpy.full_like(phi, coefficients[-1])
-    for coefficient in coefficients[-2::-1]:
-        total *= square
-        total += coefficient
-    total *= phi ** power
-    return total
-'''.lstrip("\n").replace("SERIES_BELOW", repr(SERIES_BELOW))
-
-_ARCCOSINE0_SOURCE = '''
-def _arccosine0(c):
-    """J_0 / (2 pi) = arccos(-c) / (2 pi) at correlations c."""
-    turns = numpy.negative(c, out=numpy.empty_like(c))
-    numpy.arccos(turns, out=turns)
-    turns *= 1 / (2 * numpy.pi)
-    return turns
-'''.lstrip("\n")
-
-
-def _horner_lines(coefficients: list[int], factor: str, out: str) -> list[str]:
-    """Statements setting the array ``out`` to ``factor`` · p(c), p of degree ≥ 1 with these
-    integer coefficients (highest first), by Horner in place."""
-    lines = [f"numpy.multiply({factor}, c, out={out})"]
-    if coefficients[0] != 1:
-        lines.append(f"{out} *= {coefficients[0]}")
-    for position, coefficient in enumerate(coefficients[1:], 2):
-        if coefficient:
-            lines.append(f"{out} += {factor}" if coefficient == 1 else
-                         f"{out} += {coefficient} * {factor}")
-        if position < len(coefficients):
-            lines.append(f"{out} *= c")
-    return lines
-
-
-def _arccosine_lines(n: int, out: str) -> list[str]:
-    """Statements computing J_n/(2π) (n ≥ 1) into the array ``out`` from _arccosine_parts."""
-    a, b = (tuple(int(v) for v in p.all_coeffs()) for p in arccos_polynomials(n))
-    lines = _horner_lines(list(a), "turns", out)
-    if len(b) == 1:
-        lines.append(f"{out} += sine" if b[0] == 1 else f"{out} += {b[0]} * sine")
-    else:
-        lines += _horner_lines(list(b), "sine", "free") + [f"{out} += free"]
-    series = ", ".join(repr(float(sp.N(s / (2 * sp.pi), 30))) for s in arccos_series(n))
-    lines += ["if near is not None:",
-              f"    {out}[near] = _arccosine_series(({series},), phi, {2 * n + 1})"]
-    return lines
-
-
-def _arccosine_source(n: int) -> str:
-    """Source of _arccosine<n>(c) = J_n/(2π) and _arccosine<n>_<n−1>(c) = (J_n/(2π),
-    J_(n−1)/(2π)), straight-line code over _arccosine_parts (no loops: generated code calls
-    it for every block of a kernel matrix)."""
-    body = ["turns, sine, free, phi, near = _arccosine_parts(c)", "value = free",
-            "free = numpy.empty_like(c)" if len(arccos_polynomials(n)[1].all_coeffs()) > 1 else ""]
-    single = [*body, *_arccosine_lines(n, "value"), "return value"]
-    if n == 1:
-        pair = [*body, *_arccosine_lines(1, "value"), "return value, turns"]
-    else:
-        pair = [*body, *_arccosine_lines(n, "value"), "lower = numpy.empty_like(c)",
-                *_arccosine_lines(n - 1, "lower"), "return value, lower"]
-    return "\n\n\n".join(
-        f'def {name}(c):\n    """{doc} at correlations c (see _arccosine_parts)."""\n'
-        + "".join(f"    {line}\n" for line in lines if line)
-        for name, doc, lines in [(f"_arccosine{n}", f"J_{n} / (2 pi)", single),
-                                 (f"_arccosine{n}_{n - 1}",
-                                  f"(J_{n} / (2 pi), J_{n - 1} / (2 pi))", pair)])
-
-
 class ArcCosine(PrintedAs):
     """The arc-cosine kernel of order n at correlation c = cos θ: J_n(θ)/(2π), with J_n of
     Cho & Saul (2009) — E[relu(u)^n relu(v)^n] for unit variances, so the dual of relu^n is
     (q1 q2)^(n/2) ArcCosine(n, c); J_0 = π − θ.
 
-    Formulas show it as the usual (A_n(c)(π − θ) + B_n(c) sin θ)/(2π); generated code calls a
-    helper that is accurate where that form cancels (θ → π, c → −1, where J_n vanishes like
+    Formulas show it as the usual (A_n(c)(π − θ) + B_n(c) sin θ)/(2π); the NumPy printer calls
+    a helper that is accurate where that form cancels (θ → π, c → −1, where J_n vanishes like
     (π − θ)^(2n+1)). It is exactly 1/2 at c = 1 for n ≤ 1, so a kernel of collinear inputs
     stays exactly collinear into the next layer, as the arccos form kept it. Its derivative
     is n² ArcCosine(n − 1, c) (Price's theorem for relu^n), so the NTK factor of every
     arc-cosine dual is again such a function, and one helper call gives both."""
 
     nargs = 2
-    fresh_result = True  # new arrays: generated code may write into them
+    call = "_arccosine"  # the printer appends the order: one straight-line helper per order
 
     @classmethod
     def eval(cls, n, c):
@@ -384,33 +213,6 @@ class ArcCosine(PrintedAs):
         """That of the expression it is shown as (sympy's printers parenthesise by it)."""
         return precedence(self.shown())
 
-    @property
-    def call(self) -> str:
-        return f"_arccosine{int(self.args[0])}"
-
-    def _numpycode(self, printer):
-        return f"{self.call}({printer._print(self.args[1])})"
-
-    _pythoncode = _numpycode
-
-    def helpers(self) -> dict[str, str]:
-        n = int(self.args[0])
-        if n == 0:
-            return {self.call: _ARCCOSINE0_SOURCE}
-        return {"_arccosine_parts": _ARCCOSINE_SOURCE, self.call: _arccosine_source(n)}
-
-    def joint(self) -> tuple[sp.Expr, str] | None:
-        n, c = self.args
-        return (ArcCosine(n - 1, c), f"{self.call}_{int(n) - 1}") if n > 0 else None
-
-
-_AT_ZERO_VARIANCE_SOURCE = '''
-def _at_zero_variance(q, zero, value):
-    """``zero`` where the variance q is exactly 0 (the pre-activation is surely 0), else
-    ``value``; float64 even where both are printed as integers."""
-    return numpy.asarray(numpy.where(numpy.equal(q, 0.0), zero, value), dtype=numpy.float64)
-'''.lstrip("\n")
-
 
 class AtZeroVariance(KernelFunction):
     """``zero`` where the variance ``q`` is exactly 0, else ``value``.
@@ -422,7 +224,6 @@ class AtZeroVariance(KernelFunction):
     Nested tests of the same q are decided by the outer one."""
 
     nargs = 3
-    fresh_result = True  # numpy.where makes a new array: generated code may write into it
 
     @classmethod
     def eval(cls, q, zero, value):
@@ -434,14 +235,6 @@ class AtZeroVariance(KernelFunction):
         if (zero_case, other_case) != (zero, value):
             return cls(q, zero_case, other_case)
         return None
-
-    def helpers(self) -> dict[str, str]:
-        return {"_at_zero_variance": _AT_ZERO_VARIANCE_SOURCE}
-
-    def _numpycode(self, printer):
-        return "_at_zero_variance({})".format(", ".join(printer._print(a) for a in self.args))
-
-    _pythoncode = _numpycode
 
     def _sympystr(self, printer):
         q, zero, value = (printer.doprint(a) for a in self.args)

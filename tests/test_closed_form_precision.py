@@ -33,8 +33,8 @@ import sympy as sp
 
 import ntkdsl
 from ntkdsl import parse
-from ntkdsl.codegen import compile_functions, function_source, helpers_source
 from ntkdsl.derivation import _PLACEHOLDER, DIAG_INPUT, PAIR_INPUTS, Assignment, D, Program, Step, dual_maps
+from ntkdsl.generate import compile_program
 
 DIGITS = 50
 U = 2.0 ** -53
@@ -279,8 +279,7 @@ def _program(expressions, diagonal: bool) -> dict:
     targets = [sp.Symbol(n, real=True) for n in names]
     program = Program(inputs, (Step("dual", tuple(map(Assignment, targets, expressions))),),
                       tuple(targets))
-    return compile_functions(helpers_source(program) + "\n\n"
-                             + function_source(program, "f", ""))["f"]
+    return compile_program(program, "f")
 
 
 def library_duals(text: str, points: np.ndarray, diagonal: bool):
@@ -384,7 +383,7 @@ def _helper(n):
     c = sp.Symbol("c")
     program = Program((c,), (Step("j", (Assignment(sp.Symbol("J"), ArcCosine(n, c)),)),),
                       (sp.Symbol("J"), sp.S.Zero))
-    return compile_functions(helpers_source(program) + "\n\n" + function_source(program, "f", ""))["f"]
+    return compile_program(program, "f")
 
 
 @pytest.mark.parametrize("n", range(6))
