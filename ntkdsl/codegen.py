@@ -20,6 +20,8 @@ from .derivation import Bound, Program, Step, TemplateCache
 from .inplace import COLUMN, MATRIX, ROW, Emitter, drop_dead_names
 from .symbolic import KernelFunction
 
+_INT64_LIMIT = 2 ** 63
+
 
 class KernelPrinter(SciPyPrinter):
     """SciPy printer with full-precision floats and modules imported as ``numpy``/``scipy``."""
@@ -29,6 +31,19 @@ class KernelPrinter(SciPyPrinter):
 
     def _print_Float(self, expr):
         return repr(float(expr))
+
+    def _print_Integer(self, expr):
+        # NumPy takes a Python int beyond int64 as an object, which its ufuncs refuse
+        # (numpy.sqrt(2**70) is a TypeError): such an integer is printed as the float it
+        # rounds to (inf past float64's range, which the evaluation's finiteness check turns
+        # into a NumericalError). Rationals keep exact numerators and denominators.
+        value = int(expr)
+        if abs(value) < _INT64_LIMIT:
+            return str(value)
+        try:
+            return repr(float(value))
+        except OverflowError:
+            return "numpy.inf" if value > 0 else "(-numpy.inf)"
 
     def _print_Pi(self, expr):
         return "numpy.pi"

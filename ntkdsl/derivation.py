@@ -365,10 +365,11 @@ def dual_maps(node: Activation | Composite) -> tuple[sp.Expr, sp.Expr, str]:
     (ntkdsl.gaussian); the numerical Hermite-series dual (ntkdsl.numerical)."""
     spec = None if isinstance(node, Composite) else activations.lookup(node.name)
     gamma = spec.dual(_PLACEHOLDER, **node.kwargs) if spec and spec.dual else None
-    route = "closed form"
+    route, known_dot = "closed form", None
     if gamma is None:
         phi = phi_of(node)
-        gamma = gaussian.closed_form_dual(phi, activations.x, _PLACEHOLDER, activations.REGISTRY)
+        gamma, known_dot = gaussian.closed_form_dual(phi, activations.x, _PLACEHOLDER,
+                                                     activations.REGISTRY) or (None, None)
         route = "closed form (Gaussian integration rules)"
     if gamma is None:
         dual, dot = numerical.numerical_duals(phi, activations.x, str(node))
@@ -379,6 +380,8 @@ def dual_maps(node: Activation | Composite) -> tuple[sp.Expr, sp.Expr, str]:
         gamma_dot = sp.S.Zero  # φ' = 0 a.e. (Sign, steps, compositions of them)
     elif spec and spec.dual_dot is not None:
         gamma_dot = spec.dual_dot(_PLACEHOLDER, **node.kwargs)
+    elif known_dot is not None:
+        gamma_dot = known_dot
     else:
         gamma_dot = sp.diff(gamma, _PLACEHOLDER.k)  # Price's theorem
     return gamma, gamma_dot, route
