@@ -14,12 +14,13 @@ Rules, tried in order:
 """
 from __future__ import annotations
 
+import warnings
 from functools import cache
 from math import comb
 
+import numpy as np
 import sympy as sp
 
-from .expressions import value_at
 from .symbolic import Pair, gaussian_moment, polynomial_dual
 
 
@@ -64,31 +65,40 @@ def _registry_multiple(phi: sp.Expr, x: sp.Symbol, registry):
     return None
 
 
-def _values(expr: sp.Expr, x: sp.Symbol) -> tuple[complex, ...] | None:
-    """expr at the screening points (30 digits), or None if it cannot be evaluated there."""
-    values = [value_at(expr, point, x) for point in _SCREEN]
-    return None if any(v is None for v in values) else tuple(values)
+def _values(expr: sp.Expr, x: sp.Symbol) -> tuple[float, ...] | None:
+    """expr at the screening points in float64 (bounded work, where 30-digit evaluation of
+    exp(1e8·exp(1e8·x)) takes seconds), or None if it is not finite and real there."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            values = np.asarray(sp.lambdify(x, expr, modules="numpy")(np.array(_SCREEN)), dtype=float)
+        except (ArithmeticError, ValueError, TypeError):
+            return None
+    values = np.broadcast_to(values, (len(_SCREEN),))
+    return tuple(values.tolist()) if np.isfinite(values).all() else None
 
 
 @cache
-def _entry_values(spec, x: sp.Symbol) -> tuple[complex, ...] | None:
+def _entry_values(spec, x: sp.Symbol) -> tuple[float, ...] | None:
     return _values(spec.phi(), x)
 
 
-def _proportional(a: tuple[complex, ...], b: tuple[complex, ...] | None) -> bool:
-    """a = α·b for one α ≠ 0 (to 1e-12 of the values' size): every 2×2 minor vanishes
-    against the point where b is largest."""
+def _proportional(a: tuple[float, ...], b: tuple[float, ...] | None) -> bool:
+    """a = α·b for one α ≠ 0 (to 1e-9 of the values' size, float64 evaluations): every 2×2
+    minor vanishes against the point where b is largest."""
     if b is None:
         return False
     ref = max(range(len(b)), key=lambda i: abs(b[i]))
     if abs(b[ref]) == 0 or abs(a[ref]) == 0:
         return False
-    return all(abs(ai * b[ref] - a[ref] * bi) <= 1e-12 * abs(a[ref] * b[ref]) for ai, bi in zip(a, b))
+    return all(abs(ai * b[ref] - a[ref] * bi) <= 1e-9 * abs(a[ref] * b[ref]) for ai, bi in zip(a, b))
 
 
 def elementary_terms(phi: sp.Expr, x: sp.Symbol):
     """φ as [(c, m, λ, β)] meaning Σ c·x^m·exp(λx + βx²), or None if it is not of that
     form (λ may be complex: trigonometric factors)."""
+    if not _elementary_shape(phi, x):
+        return None  # before expanding: sin(sin(x)) rewritten as exponentials never ends
     rewritten = phi.rewrite(sp.sin, sp.exp).rewrite(sp.cos, sp.exp)
     rewritten = rewritten.rewrite(sp.sinh, sp.exp).rewrite(sp.cosh, sp.exp)
     expanded = sp.expand(sp.powsimp(sp.expand(rewritten), combine="exp"))
@@ -99,6 +109,25 @@ def elementary_terms(phi: sp.Expr, x: sp.Symbol):
             return None
         terms.append(parsed)
     return terms
+
+
+_EXPONENTIALS = (sp.exp, sp.sin, sp.cos, sp.sinh, sp.cosh)
+
+
+def _elementary_shape(phi: sp.Expr, x: sp.Symbol) -> bool:
+    """Whether φ can be Σ c·x^m·exp(λx + βx²) at all, by its tree alone: sums, products and
+    whole non-negative powers of x-terms, over exp/sin/cos/sinh/cosh of polynomials of
+    degree at most 2 in x."""
+    if not phi.has(x) or phi == x:
+        return True
+    if isinstance(phi, (sp.Add, sp.Mul)):
+        return all(_elementary_shape(arg, x) for arg in phi.args)
+    if phi.is_Pow:
+        return bool(phi.exp.is_Integer and phi.exp >= 0 and _elementary_shape(phi.base, x))
+    if isinstance(phi, _EXPONENTIALS):
+        (arg,) = phi.args
+        return bool(arg.is_polynomial(x) and sp.degree(arg, x) <= 2)
+    return False
 
 
 def _term(term: sp.Expr, x: sp.Symbol):

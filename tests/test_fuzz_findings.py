@@ -136,3 +136,38 @@ def test_numerical_series_whose_entries_are_all_complete_early():
         assert np.isfinite(matrix).all()
         np.testing.assert_allclose(matrix, matrix.T, rtol=1e-12)
         np.testing.assert_allclose(np.diag(matrix), diagonal, rtol=1e-9)
+
+
+def test_composed_trigonometric_activation_is_not_expanded_as_exponentials():
+    """Sin * 16 timed out in the Gaussian-integration rules (sin(sin(...)) rewritten as
+    complex exponentials and expanded); now its shape rules it out before expanding, and
+    the numerical route's kernel matches quadrature of the 16-fold composition."""
+    net, cpu = _compile_cpu("Dense(4) > Sin * 16 > Dense(1)")
+    assert cpu < CPU_LIMIT
+
+    def composed(x):
+        for _ in range(16):
+            x = np.sin(x)
+        return x
+
+    def composed_prime(x):
+        slope = np.ones_like(x)
+        for _ in range(16):
+            slope, x = slope * np.cos(x), np.sin(x)
+        return slope
+
+    nngp, ntk = _one_layer_reference(net, composed, composed_prime)
+    got_nngp, got_ntk = net.kernels(X)
+    np.testing.assert_allclose(got_nngp, nngp, rtol=1e-9, atol=1e-15)
+    # The NTK is Γ + q·Γ̇, each within the route's 1e-9 bound of its own scale: 2e-9 in all.
+    np.testing.assert_allclose(got_ntk, ntk, rtol=2e-9, atol=1e-15)
+
+
+def test_registry_screen_of_a_huge_composition_is_bounded():
+    """Exp(b=1e8) * 2 spent seconds in 30-digit evaluation of exp(1e8·exp(1e8·x)) while the
+    α·ψ rule was screened; the screen is in float64 now, and the moments are refused."""
+    start = time.process_time()
+    with pytest.raises(ntkdsl.NumericalError, match="not finite"):
+        ntkdsl.compile("Dense(1, W_std=0.372, b_std=2) > (Exp(b=100000000)) * 2 > "
+                       "Dense(1, b_std=0.356)").kernels(X)
+    assert time.process_time() - start < CPU_LIMIT
