@@ -7,9 +7,8 @@
 """
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
-
 from . import codegen  # callable: ntkdsl.codegen(arch) -> source of a standalone module
+from ._version import __version__
 from .errors import (
     ArchitectureError,
     ArchitectureSyntaxError,

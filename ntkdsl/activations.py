@@ -19,10 +19,9 @@ from typing import Any
 import sympy as sp
 
 from . import limits
+from .expressions import parse_expression, phi_of_text, x  # x: the one variable of every φ
 from .params import Param
-from .symbolic import Pair, exact, polynomial_dual
-
-x = sp.Symbol("x", real=True)
+from .symbolic import ExpCosh, ExpSinh, Pair, exact, polynomial_dual
 
 
 @dataclass(frozen=True)
@@ -34,11 +33,11 @@ class ActivationSpec:
     params: tuple[Param, ...]
     phi: Callable[..., sp.Expr]
     dual: Callable[..., sp.Expr] | None = None
-    # ∂Γ/∂k written out, only where plain differentiation leaves a removable 0/0.
+    # ∂Γ/∂k written out, only where plain differentiation leaves a removable 0/0 or terms
+    # that cancel in floating point.
     dual_dot: Callable[..., sp.Expr] | None = None
     zero_derivative: Callable[..., bool] = field(default=lambda **_: False)
     aliases: tuple[str, ...] = ()
-    doc: str = ""
     # check(values, spans, source) for arguments that need more than a type check (the
     # expression of Fn), raising an error that points into the architecture string.
     check: Callable[..., None] | None = None
@@ -112,29 +111,45 @@ def rectified_monomial_dual_dot(p: Pair, degree: int) -> sp.Expr:
 
 
 def erf_dual(p: Pair, a: Any, b: Any, c: Any) -> sp.Expr:
+    """2a²/π · arcsin(s k / sqrt((1 + s q1)(1 + s q2))) + c², s = 2b², written as the angle
+    atan2(s k, sqrt(det(I + s Σ))): the arcsine of a ratio within rounding of 1 (large
+    variance, nearly collinear inputs) amplifies that rounding by its square-root
+    singularity; the angle of two accurate legs does not."""
     a, b, c = exact(a), exact(b), exact(c)
     scale = 2 * b ** 2
-    return (2 * a ** 2 / sp.pi * sp.asin(scale * p.k / sp.sqrt((1 + scale * p.q1) * (1 + scale * p.q2)))
-            + c ** 2)
+    return 2 * a ** 2 / sp.pi * sp.atan2(scale * p.k, sp.sqrt(p.det_shifted(scale))) + c ** 2
 
 
-def _cos_moments(p: Pair, b: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
-    """(E[cos(b(u - v))], E[cos(b(u + v))]) — the Gaussian characteristic function."""
-    minus = sp.exp(-b ** 2 * (p.q1 + p.q2 - 2 * p.k) / 2)
-    plus = sp.exp(-b ** 2 * (p.q1 + p.q2 + 2 * p.k) / 2)
-    return minus, plus
+def erf_dual_dot(p: Pair, a: Any, b: Any, c: Any) -> sp.Expr:
+    """∂Γ/∂k, differentiated and cancelled: 4a²b² / (π sqrt(det(I + 2b²Σ))). Plain
+    differentiation of the angle leaves (1 + s q1)(1 + s q2) over itself in a sum."""
+    return sp.cancel(sp.diff(erf_dual(p, a, b, c), p.k))
+
+
+def _hyperbolic_moments(p: Pair, b: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
+    """(exp(m) sinh(d), exp(m) cosh(d)), m = −b²(q1 + q2)/2, d = b² k: half the difference
+    and half the sum of E[cos(b(u − v))] = exp(m + d) and E[cos(b(u + v))] = exp(m − d), the
+    Gaussian characteristic function. As ``ExpSinh``/``ExpCosh``: subtracting the two
+    exponentials loses every digit of a small variance (both are ≈ 1), and the product
+    exp(m)·sinh(d) overflows to inf·0 at a large one."""
+    m, d = -b ** 2 * (p.q1 + p.q2) / 2, b ** 2 * p.k
+    return ExpSinh(m, d), ExpCosh(m, d)
 
 
 def sin_dual(p: Pair, a: Any, b: Any, c: Any) -> sp.Expr:
+    """a²/2 (E[cos(b(u − v))] − cos(2c) E[cos(b(u + v))]) = a² (cos²c e^m sinh d + sin²c e^m
+    cosh d): a sum of two accurate terms for c = 0 (the odd sine) or k ≥ 0."""
     a, b, c = exact(a), exact(b), exact(c)
-    minus, plus = _cos_moments(p, b)
-    return a ** 2 / 2 * (minus - plus * sp.cos(2 * c))
+    sinh, cosh = _hyperbolic_moments(p, b)
+    return a ** 2 * (sp.cos(c) ** 2 * sinh + sp.sin(c) ** 2 * cosh)
 
 
 def cos_dual(p: Pair, a: Any, b: Any, c: Any) -> sp.Expr:
+    """a²/2 (E[cos(b(u − v))] + cos(2c) E[cos(b(u + v))]) = a² (sin²c e^m sinh d + cos²c e^m
+    cosh d)."""
     a, b, c = exact(a), exact(b), exact(c)
-    minus, plus = _cos_moments(p, b)
-    return a ** 2 / 2 * (minus + plus * sp.cos(2 * c))
+    sinh, cosh = _hyperbolic_moments(p, b)
+    return a ** 2 * (sp.sin(c) ** 2 * sinh + sp.cos(c) ** 2 * cosh)
 
 
 def exp_dual(p: Pair, a: Any, b: Any) -> sp.Expr:
@@ -145,16 +160,32 @@ def exp_dual(p: Pair, a: Any, b: Any) -> sp.Expr:
 def gaussian_dual(p: Pair, a: Any, b: Any) -> sp.Expr:
     """φ = a·exp(b x²): E = a² / sqrt(det(I − 2b Σ))."""
     a, b = exact(a), exact(b)
-    return a ** 2 / sp.sqrt((1 - 2 * b * p.q1) * (1 - 2 * b * p.q2) - 4 * b ** 2 * p.k ** 2)
+    return a ** 2 / sp.sqrt(p.det_shifted(-2 * b))
 
 
 def gelu_dual(p: Pair) -> sp.Expr:
     """φ = x Φ(x), the exact (erf) Gelu; neural-tangents uses this dual for both values of
-    ``approximate``."""
+    ``approximate``: k/4 + (k arcsin(k / sqrt((1 + q1)(1 + q2))) + (k² + q1 q2 δ²) / ((1 +
+    q1)(1 + q2) δ)) / (2π) with δ = sqrt((1 + q1)(1 + q2) − k²). Rewritten so that no step
+    loses digits at large variance (that form lost 4e-10 of the diagonal NTK at q = 5e5):
+    δ² from ``Pair.det_shifted`` (exact on the diagonal), and k/4 + k arcsin(..)/(2π) as
+    k·atan2(δ, −k)/(2π) — π/2 + arcsin as the angle of two accurate legs, which does not
+    cancel k/4 at k ≈ −q."""
     outer = (1 + p.q1) * (1 + p.q2)
-    delta = sp.sqrt(outer - p.k ** 2)
-    return (p.k / 4 + ((p.k ** 2 + p.q1 * p.q2 * delta ** 2) / (outer * delta)
-                       + p.k * sp.asin(p.k / sp.sqrt(outer))) / (2 * sp.pi))
+    delta = sp.sqrt(p.det_shifted(1))
+    return (p.k * sp.atan2(delta, -p.k)
+            + (p.k ** 2 + p.q1 * p.q2 * delta ** 2) / (outer * delta)) / (2 * sp.pi)
+
+
+def gelu_dual_dot(p: Pair) -> sp.Expr:
+    """∂Γ/∂k collected by hand: (atan2(δ, −k) + k (k² + (3 + q1 + q2) δ²) / ((1 + q1)(1 + q2)
+    δ³)) / (2π). Plain differentiation gives terms of size k/δ that cancel to one of size
+    1/δ² (ten digits at q = 1e10); the test checks this against ∂Γ/∂k of the textbook form."""
+    outer = (1 + p.q1) * (1 + p.q2)
+    delta2 = p.det_shifted(1)
+    return (sp.atan2(sp.sqrt(delta2), -p.k)
+            + p.k * (p.k ** 2 + (3 + p.q1 + p.q2) * delta2) / (outer * delta2 ** sp.Rational(3, 2))
+            ) / (2 * sp.pi)
 
 
 def sign_dual(p: Pair) -> sp.Expr:
@@ -182,34 +213,32 @@ def _coefficients_check(coef: tuple) -> str | None:
 _ABC = (Param("a", "float", 1.0), Param("b", "float", 1.0), Param("c", "float", 0.0))
 
 register(ActivationSpec(
-    "Relu", (), phi=lambda: sp.Max(x, 0), dual=lambda p: abrelu_dual(p, 0, 1),
-    doc="max(x, 0)"))
+    "Relu", (), phi=lambda: sp.Max(x, 0), dual=lambda p: abrelu_dual(p, 0, 1)))
 register(ActivationSpec(
     "LeakyRelu", (Param("alpha", "float"),),
     phi=lambda alpha: sp.Max(x, 0) + exact(alpha) * sp.Min(x, 0),
-    dual=lambda p, alpha: abrelu_dual(p, alpha, 1), doc="max(x, 0) + alpha·min(x, 0)"))
+    dual=lambda p, alpha: abrelu_dual(p, alpha, 1)))
 register(ActivationSpec(
     "ABRelu", (Param("a", "float"), Param("b", "float")),
     phi=lambda a, b: exact(a) * sp.Min(x, 0) + exact(b) * sp.Max(x, 0),
-    dual=abrelu_dual, doc="a·min(x, 0) + b·max(x, 0)"))
+    dual=abrelu_dual))
 register(ActivationSpec(
-    "Abs", (), phi=lambda: sp.Abs(x), dual=lambda p: abrelu_dual(p, -1, 1), doc="|x|"))
+    "Abs", (), phi=lambda: sp.Abs(x), dual=lambda p: abrelu_dual(p, -1, 1)))
 register(ActivationSpec(
     "Erf", _ABC, phi=lambda a, b, c: exact(a) * sp.erf(exact(b) * x) + exact(c),
-    dual=erf_dual, doc="a·erf(b·x) + c"))
+    dual=erf_dual, dual_dot=erf_dual_dot))
 register(ActivationSpec(
     "Sin", _ABC, phi=lambda a, b, c: exact(a) * sp.sin(exact(b) * x + exact(c)),
-    dual=sin_dual, doc="a·sin(b·x + c)"))
+    dual=sin_dual))
 register(ActivationSpec(
     "Cos", _ABC, phi=lambda a, b, c: exact(a) * sp.cos(exact(b) * x + exact(c)),
-    dual=cos_dual, doc="a·cos(b·x + c)"))
+    dual=cos_dual))
 register(ActivationSpec(
     "Exp", (Param("a", "float", 1.0), Param("b", "float", 1.0)),
-    phi=lambda a, b: exact(a) * sp.exp(exact(b) * x), dual=exp_dual, doc="a·exp(b·x)"))
+    phi=lambda a, b: exact(a) * sp.exp(exact(b) * x), dual=exp_dual))
 register(ActivationSpec(
     "Gaussian", (Param("a", "float", 1.0), Param("b", "float", -1.0, check=_gaussian_b_check)),
-    phi=lambda a, b: exact(a) * sp.exp(exact(b) * x ** 2), dual=gaussian_dual,
-    doc="a·exp(b·x²)"))
+    phi=lambda a, b: exact(a) * sp.exp(exact(b) * x ** 2), dual=gaussian_dual))
 register(ActivationSpec(
     "Gelu", (Param("approximate", "bool", False),),
     phi=lambda approximate: (x / 2 * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + exact(0.044715) * x ** 3)))
@@ -217,29 +246,28 @@ register(ActivationSpec(
     # The tanh approximation has no closed-form dual (neural-tangents reuses the exact
     # one for it; ntkdsl gives the kernel of the function actually written).
     dual=lambda p, approximate: None if approximate else gelu_dual(p),
-    doc="x·Φ(x); approximate=True: the tanh approximation"))
+    dual_dot=lambda p, approximate: None if approximate else gelu_dual_dot(p)))
+# Sign's derivative is 0 almost everywhere, so it adds nothing to the NTK.
 register(ActivationSpec(
-    "Sign", (), phi=lambda: sp.sign(x), dual=sign_dual, zero_derivative=lambda: True,
-    doc="sign(x); its derivative is 0 almost everywhere, so it adds nothing to the NTK"))
+    "Sign", (), phi=lambda: sp.sign(x), dual=sign_dual, zero_derivative=lambda: True))
 register(ActivationSpec(
     "Monomial",
     (Param("degree", "int", check=limits.at_most(limits.MAX_DEGREE, "ntkdsl.limits.MAX_DEGREE")),),
     phi=lambda degree: x ** degree,
     dual=lambda p, degree: polynomial_dual([0] * degree + [1], p),
-    dual_dot=lambda p, degree: polynomial_dual([0] * degree + [1], p, derivative=True),
-    doc="x^degree"))
+    dual_dot=lambda p, degree: polynomial_dual([0] * degree + [1], p, derivative=True)))
+# max(x, 0)^degree; degree 0 is the step, whose derivative is 0 almost everywhere.
 register(ActivationSpec(
     "RectifiedMonomial", (Param("degree", "int", check=limits.at_most(
         limits.MAX_RECTIFIED_DEGREE, "ntkdsl.limits.MAX_RECTIFIED_DEGREE")),),
     phi=lambda degree: sp.Heaviside(x, 1) if degree == 0 else sp.Max(x, 0) ** degree,
     dual=rectified_monomial_dual, dual_dot=rectified_monomial_dual_dot,
-    zero_derivative=lambda degree: degree == 0,
-    doc="max(x, 0)^degree (a step for degree 0)"))
+    zero_derivative=lambda degree: degree == 0))
 register(ActivationSpec(
     "Polynomial", (Param("coef", "floats", check=_coefficients_check),),
     phi=lambda coef: sum(exact(a) * x ** i for i, a in enumerate(coef)),
     dual=lambda p, coef: polynomial_dual(coef, p),
-    dual_dot=lambda p, coef: polynomial_dual(coef, p, derivative=True), doc="Σ coef[i]·x^i"))
+    dual_dot=lambda p, coef: polynomial_dual(coef, p, derivative=True)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -251,27 +279,22 @@ def _softplus(a: sp.Expr) -> sp.Expr:
     return sp.log(1 + sp.exp(a))
 
 
-register(ActivationSpec("Tanh", (), phi=lambda: sp.tanh(x), doc="tanh(x)"))
-register(ActivationSpec("Sigmoid", (), phi=lambda: 1 / (1 + sp.exp(-x)), doc="1 / (1 + exp(-x))"))
-register(ActivationSpec("Softplus", (), phi=lambda: _softplus(x), doc="log(1 + exp(x))"))
-register(ActivationSpec("Silu", (), phi=lambda: x / (1 + sp.exp(-x)), aliases=("Swish",),
-                        doc="x·sigmoid(x)"))
+register(ActivationSpec("Tanh", (), phi=lambda: sp.tanh(x)))
+register(ActivationSpec("Sigmoid", (), phi=lambda: 1 / (1 + sp.exp(-x))))
+register(ActivationSpec("Softplus", (), phi=lambda: _softplus(x)))
+register(ActivationSpec("Silu", (), phi=lambda: x / (1 + sp.exp(-x)), aliases=("Swish",)))
 register(ActivationSpec(
     "Elu", (Param("alpha", "float", 1.0),),
-    phi=lambda alpha: sp.Max(x, 0) + exact(alpha) * (sp.exp(sp.Min(x, 0)) - 1),
-    doc="x for x > 0, alpha·(exp(x) − 1) otherwise"))
-register(ActivationSpec("Mish", (), phi=lambda: x * sp.tanh(_softplus(x)),
-                        doc="x·tanh(softplus(x))"))
+    phi=lambda alpha: sp.Max(x, 0) + exact(alpha) * (sp.exp(sp.Min(x, 0)) - 1)))
+register(ActivationSpec("Mish", (), phi=lambda: x * sp.tanh(_softplus(x))))
 
 
 def _fn_phi(expr: str) -> sp.Expr:
-    from .expressions import phi_of_text
     return phi_of_text(expr)
 
 
 def _fn_check(values: dict, spans: dict, source: str) -> None:
     """Parse the expression where it is written, so errors point into the architecture."""
-    from .expressions import parse_expression
     span = spans.get("expr")
     # The literal is the first quoted text of the argument (after "expr=" if named).
     quotes = [i for i in (source.find('"', span.start), source.find("'", span.start))
@@ -280,10 +303,17 @@ def _fn_check(values: dict, spans: dict, source: str) -> None:
     parse_expression(values["expr"], source if span is not None else None, offset)
 
 
+def derivative(phi: sp.Expr, variable: sp.Symbol = x) -> sp.Expr:
+    """φ' almost everywhere — the one φ' of ntkdsl (the NTK's Γ̇, the numerical route's φ' and
+    φ'', the finite networks' backward pass): the Dirac deltas that steps and sign differentiate
+    into are dropped, as automatic differentiation of a finite network drops them (DESIGN §2)."""
+    return sp.diff(phi, variable).replace(sp.DiracDelta, lambda *args: sp.S.Zero)
+
+
 def derivative_vanishes(phi: sp.Expr) -> bool:
     """φ' = 0 almost everywhere (sign, step and their combinations): then Γ̇ = 0, as for
     Sign — ∂Γ/∂k would be the derivative of an arcsine, infinite at correlation 1."""
-    return sp.diff(phi, x).replace(sp.DiracDelta, lambda *args: sp.S.Zero) == 0
+    return derivative(phi) == 0
 
 
 def _fn_zero_derivative(expr: str) -> bool:
@@ -291,5 +321,4 @@ def _fn_zero_derivative(expr: str) -> bool:
 
 
 register(ActivationSpec(
-    "Fn", (Param("expr", "str"),), phi=_fn_phi, check=_fn_check, zero_derivative=_fn_zero_derivative,
-    doc="any activation written as an expression in x, e.g. Fn(\"x*tanh(x)\")"))
+    "Fn", (Param("expr", "str"),), phi=_fn_phi, check=_fn_check, zero_derivative=_fn_zero_derivative))

@@ -2,11 +2,17 @@
 
 Nodes compare by value; their source position (``span``) rides along for error messages
 but takes no part in equality or hashing, so ``"Relu"`` and ``"relu"`` give equal trees.
+
+Code that walks a tree goes through the one walker every node has: ``children()`` (the
+sub-architectures, in order: a Serial's layers, a Sum's branches, a Repeat's body; none for
+a layer) and ``map_children(f)`` (the same node with ``f`` applied to each child), so adding a
+construct means adding its two methods, not another case to every traversal.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Union
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar, Union
 
 from .errors import Span
 
@@ -19,8 +25,21 @@ def _fmt(value: Any) -> str:
     return repr(value)
 
 
+_LayerT = TypeVar("_LayerT", bound="_Layer")
+
+
+class _Layer:
+    """A single layer: a leaf of the tree."""
+
+    def children(self) -> tuple[Node, ...]:
+        return ()
+
+    def map_children(self: _LayerT, f: Callable[[Node], Node]) -> _LayerT:
+        return self
+
+
 @dataclass(frozen=True)
-class Dense:
+class Dense(_Layer):
     """Fully-connected layer. ``b_std=None`` means no bias (neural-tangents' default)."""
 
     width: int
@@ -41,7 +60,7 @@ class Dense:
 
 
 @dataclass(frozen=True)
-class Identity:
+class Identity(_Layer):
     span: Span | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
@@ -49,7 +68,7 @@ class Identity:
 
 
 @dataclass(frozen=True)
-class LayerNorm:
+class LayerNorm(_Layer):
     """Normalisation over features; ``eps`` as in neural-tangents."""
 
     eps: float = 1e-12
@@ -60,7 +79,7 @@ class LayerNorm:
 
 
 @dataclass(frozen=True)
-class Activation:
+class Activation(_Layer):
     """An elementwise nonlinearity: a registry name (canonical spelling) and its bound
     parameters as ``(name, value)`` pairs in signature order; lists become tuples."""
 
@@ -83,6 +102,12 @@ class Serial:
     layers: tuple[Node, ...]
     span: Span | None = field(default=None, compare=False, repr=False)
 
+    def children(self) -> tuple[Node, ...]:
+        return self.layers
+
+    def map_children(self, f: Callable[[Node], Node]) -> Serial:
+        return replace(self, layers=tuple(f(layer) for layer in self.layers))
+
     def __str__(self) -> str:
         return " > ".join(_wrap(layer, Sum) for layer in self.layers)
 
@@ -94,6 +119,12 @@ class Sum:
     branches: tuple[Node, ...]
     span: Span | None = field(default=None, compare=False, repr=False)
 
+    def children(self) -> tuple[Node, ...]:
+        return self.branches
+
+    def map_children(self, f: Callable[[Node], Node]) -> Sum:
+        return replace(self, branches=tuple(f(branch) for branch in self.branches))
+
     def __str__(self) -> str:
         return " + ".join(str(b) for b in self.branches)
 
@@ -104,11 +135,18 @@ class Repeat:
     times: int
     span: Span | None = field(default=None, compare=False, repr=False)
 
+    def children(self) -> tuple[Node, ...]:
+        return (self.body,)
+
+    def map_children(self, f: Callable[[Node], Node]) -> Repeat:
+        return replace(self, body=f(self.body))
+
     def __str__(self) -> str:
         return f"{_wrap(self.body, (Sum, Serial))} * {self.times}"
 
 
 Node = Union[Dense, Identity, LayerNorm, Activation, Serial, Sum, Repeat]  # noqa: UP007 - runtime alias
+NODE_TYPES = (Dense, Identity, LayerNorm, Activation, Serial, Sum, Repeat)  # isinstance(x, NODE_TYPES)
 
 
 def _wrap(node: Node, loose: type | tuple[type, ...]) -> str:

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from ._version import __version__
 from .commands.options import escaped_unencodable_output
 from .errors import NTKDSLError
 
@@ -29,8 +30,6 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = Parser(
         prog="ntkdsl",
         description="Exact infinite-width NNGP and NTK kernels of networks written as strings, "

@@ -13,7 +13,7 @@ Two programs come out of one AST:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cache, cached_property, singledispatch
 
@@ -22,7 +22,7 @@ import sympy as sp
 from . import activations, gaussian, limits, numerical
 from .ast import Activation, Dense, Identity, LayerNorm, Node, Repeat, Serial, Sum
 from .errors import ArchitectureError, LayerValueError, Span
-from .symbolic import Pair, exact
+from .symbolic import AtZeroVariance, Corr, Pair, exact
 
 # Input statistics: q1_0 = x·x/d, q2_0 = x'·x'/d, K_0 = x·x'/d; d = number of features.
 D = sp.Symbol("d", positive=True, integer=True)
@@ -85,11 +85,20 @@ class State:
 # layers (after a Sign, whose variances are exactly 1) do not grow with depth.
 _MAX_CONSTANT_OPS = 8
 _CONSTANT_DIGITS = 30
+# Printed code computes with the integers of a kept constant: past int64, numpy refuses them
+# (numpy.sqrt of a Python int of 26 digits is a TypeError), so such a constant is folded too.
+_MAX_KEPT_INTEGER = 2**53
+
+
+def _small_integers(value: sp.Expr) -> bool:
+    return all(abs(r.p) < _MAX_KEPT_INTEGER and r.q < _MAX_KEPT_INTEGER
+               for r in value.atoms(sp.Rational))
 
 
 def fold_constant(value: sp.Expr) -> sp.Expr:
     """A numeric value kept as it is when small or rational, else evaluated to a Float."""
-    if value.is_Rational or value.is_Float or sp.count_ops(value) <= _MAX_CONSTANT_OPS:
+    if value.is_Rational or value.is_Float or (
+            sp.count_ops(value) <= _MAX_CONSTANT_OPS and _small_integers(value)):
         return value
     folded = value.evalf(_CONSTANT_DIGITS)
     # A numerical-route dual of constant arguments has no evalf: it stays as it is and is
@@ -362,7 +371,10 @@ def dual_maps(node: Activation | Composite) -> tuple[sp.Expr, sp.Expr, str]:
     """(Γ, Γ̇, route) for an activation, in the placeholder pair (Q1, Q2, K).
 
     Routes in order: the registry's closed form; Gaussian-integration rules on φ
-    (ntkdsl.gaussian); the numerical Hermite-series dual (ntkdsl.numerical)."""
+    (ntkdsl.gaussian); the numerical Hermite-series dual (ntkdsl.numerical). A closed form
+    of φ with a jump at 0 gets its exact values at a zero variance (``_exact_at_zero``); one
+    whose Gaussian mean has no closed form goes to the numerical route, which is exact
+    there by construction (its engine evaluates φ(√q z) at q = 0: φ(0) itself)."""
     spec = None if isinstance(node, Composite) else activations.lookup(node.name)
     gamma = spec.dual(_PLACEHOLDER, **node.kwargs) if spec and spec.dual else None
     route, known_dot = "closed form", None
@@ -371,8 +383,11 @@ def dual_maps(node: Activation | Composite) -> tuple[sp.Expr, sp.Expr, str]:
         gamma, known_dot = gaussian.closed_form_dual(phi, activations.x, _PLACEHOLDER,
                                                      activations.REGISTRY) or (None, None)
         route = "closed form (Gaussian integration rules)"
+    jump = zero_variance_case(node) if gamma is not None else None
+    if jump is not None and jump.mean is None:
+        gamma = None
     if gamma is None:
-        dual, dot = numerical.numerical_duals(phi, activations.x, str(node))
+        dual, dot = numerical.numerical_duals(phi_of(node), activations.x, str(node))
         args = (_PLACEHOLDER.k, _PLACEHOLDER.q1, _PLACEHOLDER.q2)
         return dual(*args), dot(*args), numerical.bound_note(str(node))
     if (spec.zero_derivative(**node.kwargs) if spec
@@ -384,11 +399,106 @@ def dual_maps(node: Activation | Composite) -> tuple[sp.Expr, sp.Expr, str]:
         gamma_dot = known_dot
     else:
         gamma_dot = sp.diff(gamma, _PLACEHOLDER.k)  # Price's theorem
-    return gamma, gamma_dot, route
+    # Γ̇ keeps its limit at a zero variance: the NTK of a pre-activation that is surely 0
+    # is 0 (its gradients vanish with it), so Γ̇ there multiplies an exact 0.
+    return (gamma if jump is None else _exact_at_zero(gamma, jump)), gamma_dot, route
 
 
 _PLACEHOLDER = Pair(sp.Symbol("Q1", positive=True), sp.Symbol("Q2", positive=True),
                     sp.Symbol("K", real=True))
+
+
+# ---------------------------------------------------------------------------------------
+# Zero variance: a pre-activation of variance exactly 0 is exactly 0
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ZeroVarianceCase:
+    """What an activation φ with a jump at 0 computes on a pre-activation that is surely 0:
+    ``value`` = φ(0), and ``mean`` = E[φ(√Q z)] in the placeholder ``MEAN_VARIANCE`` (None
+    when sympy finds no closed form). Then E[φ(u)²] = φ(0)² and Γ = φ(0)·E[φ(v)] where
+    q1 = 0, where the limit q → 0 averages φ's two sides of the jump instead."""
+
+    value: sp.Expr
+    mean: sp.Expr | None
+
+    def mean_at(self, q: sp.Expr, exact_at_zero: bool = True) -> sp.Expr:
+        """E[φ(√q z)], exactly φ(0) at q = 0 unless ``exact_at_zero`` is false (the limit)."""
+        assert self.mean is not None, "a jump without a closed-form mean is numerical"
+        mean = self.mean.xreplace({MEAN_VARIANCE: q})
+        return AtZeroVariance(q, self.value, mean) if exact_at_zero else mean
+
+
+MEAN_VARIANCE = sp.Symbol("Q", positive=True)
+_T = sp.Symbol("t", positive=True)
+# Functions whose jumps make φ discontinuous (everything else the grammar writes is
+# continuous wherever it is finite).
+_JUMPS = (sp.Heaviside, sp.sign, sp.Piecewise, sp.floor, sp.ceiling, sp.frac)
+
+
+def jumps_at_zero(phi: sp.Expr) -> bool:
+    """φ is discontinuous at 0: φ(0) differs from a one-sided limit there (sign, steps;
+    not relu or x*sign(x)). Undecidable limits count as a jump: the exact zero-variance
+    value is right for any φ, only dearer."""
+    if not phi.has(*_JUMPS):
+        return False
+    at_zero = phi.subs(activations.x, 0)
+    try:
+        sides = [_one_sided_limit(phi, side) for side in (1, -1)]
+    except (NotImplementedError, ValueError, TypeError):
+        return True
+    return any((limit - at_zero) != 0 for limit in sides)
+
+
+def _one_sided_limit(phi: sp.Expr, side: int) -> sp.Expr:
+    """lim φ(side·t) as t → 0+; φ(side·t) for t > 0 is often free of t already (sign,
+    steps), which saves sympy's limit."""
+    near = phi.xreplace({activations.x: side * _T})
+    return near if not near.has(_T) else sp.limit(near, _T, 0, "+")
+
+
+@cache
+def zero_variance_case(node: Activation | Composite) -> ZeroVarianceCase | None:
+    """The zero-variance values of an activation with a jump at 0, else None."""
+    phi = phi_of(node)
+    if not jumps_at_zero(phi):
+        return None
+    return ZeroVarianceCase(phi.subs(activations.x, 0), gaussian_mean(phi))
+
+
+def gaussian_mean(phi: sp.Expr) -> sp.Expr | None:
+    """E[φ(√Q z)], z ~ N(0, 1), in ``MEAN_VARIANCE``, or None without a closed form. By
+    symmetry it is E[φ(√Q t) + φ(-√Q t)] / 2 over the half-normal t: for a piecewise-constant
+    φ (Sign, steps) that sum is a constant, and sympy's integration (0.4 s on first use) is
+    needed only otherwise."""
+    scaled = sp.sqrt(MEAN_VARIANCE) * _T
+    both_sides = sp.simplify(phi.xreplace({activations.x: scaled})
+                             + phi.xreplace({activations.x: -scaled}))
+    if not both_sides.has(_T):
+        return both_sides / 2
+    density = sp.exp(-_T ** 2 / 2) * sp.sqrt(2 / sp.pi)  # the half-normal's
+    mean = sp.integrate(both_sides * density, (_T, 0, sp.oo)) / 2
+    return None if mean.has(sp.Integral, sp.nan, sp.zoo, sp.oo) else sp.simplify(mean)
+
+
+def _exact_at_zero(gamma: sp.Expr, jump: ZeroVarianceCase) -> sp.Expr:
+    """Γ with φ(0)·E[φ(v)] where q1 = 0 (and symmetrically where q2 = 0), unless Γ gives
+    that already: generated code computes a correlation of 0 where a variance is 0, so
+    Sign's arcsine is 0 = sign(0)·E[sign(v)] there and needs no test on the matrix."""
+    p = _PLACEHOLDER
+    at_zero = gamma.replace(Corr, lambda *args: sp.S.Zero).xreplace({p.q1: 0, p.k: 0})
+    wanted = jump.value * jump.mean_at(p.q2, exact_at_zero=False)
+    if not at_zero.has(sp.nan, sp.zoo) and sp.simplify(at_zero - wanted) == 0:
+        return gamma
+    return AtZeroVariance(p.q1, jump.value * jump.mean_at(p.q2),
+                          AtZeroVariance(p.q2, jump.value * jump.mean_at(p.q1), gamma))
+
+
+def _variance(gamma: sp.Expr, q: sp.Expr, jump: ZeroVarianceCase | None) -> sp.Expr:
+    """E[φ(u)²] for u ~ N(0, q): Γ at q1 = q2 = k = q, where the correlation is exactly 1
+    symbolically, so φ with a jump gets φ(0)² at q = 0 explicitly."""
+    value = _at(gamma, q, q, q)
+    return value if jump is None else AtZeroVariance(q, jump.value ** 2, value)
 
 
 def _at(expr: sp.Expr, q1: sp.Expr, q2: sp.Expr, k: sp.Expr) -> sp.Expr:
@@ -406,7 +516,8 @@ def _activation(node: Activation | Composite, s: State, b: _Builder) -> State:
                       hint=f"put a Dense between them, e.g. {s.last} > Dense(512) > {node}; "
                            "activations written one after another in a chain compose")
     gamma, gamma_dot, route = dual_maps(node)
-    new = State(_at(gamma, s.q1, s.q1, s.q1), _at(gamma, s.q2, s.q2, s.q2),
+    jump = zero_variance_case(node) if route.startswith("closed form") else None
+    new = State(_variance(gamma, s.q1, jump), _variance(gamma, s.q2, jump),
                 _at(gamma, s.q1, s.q2, s.k), s.t * _at(gamma_dot, s.q1, s.q2, s.k),
                 s.width, False, False, node.name)
     return b.commit(str(node), s, new, note=route)
@@ -461,11 +572,23 @@ def _written_out(node: Node) -> list[Node]:
     parentheses dropped and every repetition copied, so that ``Relu * 2`` means
     ``Relu > Relu`` and ``Relu > (Sin > Cos)`` means ``Relu > Sin > Cos`` (a Sum stays one
     layer of the chain; its branches are chains of their own)."""
-    if isinstance(node, Serial):
-        return [layer for part in node.layers for layer in _written_out(part)]
     if isinstance(node, Repeat):
         return _written_out(node.body) * node.times
+    if isinstance(node, Serial):
+        return [layer for part in node.children() for layer in _written_out(part)]
     return [node]
+
+
+def activation_layers(node: Node) -> Iterator[Activation | Composite]:
+    """The activation layers as the derivation applies them, in order: each run of
+    activations written one after another is one Composite (``Relu > Sin`` is sin∘relu),
+    repeats are written out, and the branches of sums are searched too."""
+    for layer in _compose_runs(_written_out(node)):
+        if isinstance(layer, (Activation, Composite)):
+            yield layer
+        else:
+            for child in layer.children():
+                yield from activation_layers(child)
 
 
 def _compose_runs(layers) -> list[Node]:

@@ -21,7 +21,6 @@ your own).
 from __future__ import annotations
 
 import string
-import sys
 from contextlib import contextmanager
 
 import numpy as np
@@ -31,10 +30,11 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from . import errors
+from . import errors, network
 from .errors import InputError, NTKDSLError
 from .evaluation import as_real_array, densified, kernel_name, refuse_complex, require_memory
 from .predict import GradientFlowEnsemble, solver_memory
+from .progress import progress_bar
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data
@@ -204,9 +204,7 @@ class _NTKEstimator(BaseEstimator):
         arch = self.architecture()
         if not isinstance(arch, str):
             return arch
-        import ntkdsl  # the package imports this module, so import it at call time
-
-        return ntkdsl.compile(arch)
+        return network.compile(arch)
 
     @property
     def _train_kernel_name(self) -> str:
@@ -216,11 +214,9 @@ class _NTKEstimator(BaseEstimator):
         """``network.<which>(X, X2)`` evaluated in row blocks (with a progress bar if verbose)."""
         fn = getattr(self.network_, which)
         starts = range(0, X.shape[0], _BATCH)
-        if self.verbose and len(starts) > 1:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc=desc or f"{which} kernel", unit="block",
-                          disable=not sys.stderr.isatty(), leave=False)
+        bar = progress_bar(None if self.verbose and len(starts) > 1 else False, len(starts),
+                           iterable=starts, desc=desc or f"{which} kernel", unit="block")
+        starts = starts if bar is None else bar
         if X2 is not None:
             return np.concatenate([fn(X[s:s + _BATCH], X2) for s in starts], axis=0)
         rows = []

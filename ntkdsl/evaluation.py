@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, NumericalError, ShapeError
+from .kinds import KINDS
+from .progress import progress_bar
 
-KINDS = ("nngp", "ntk")
 DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 
 # Working memory (Gram blocks, program temporaries) is held to this share of the output's
@@ -694,18 +695,6 @@ def _lower_mask(n: int) -> np.ndarray:
     return np.tri(n, k=-1, dtype=bool)
 
 
-def _progress_bar(progress: bool | None, total: int):
-    """tqdm bar: None shows it on a terminal once the evaluation passes two seconds,
-    True always, False never."""
-    if progress is False:
-        return None
-    from tqdm.auto import tqdm
-    if progress is None and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
-        return None
-    return tqdm(total=total, unit=" entries", unit_scale=True, leave=False,
-                delay=PROGRESS_DELAY_S if progress is None else 0, desc="kernel")
-
-
 # ----------------------------------------------------------------------- BLAS threads --
 # Every loaded BLAS is held to one thread while an evaluation runs: the Gram slices run
 # beside the elementwise program (or one after the other on one thread), and BLAS threads
@@ -925,7 +914,9 @@ def _run(panels: _Panels, plan: Plan, outs: Sequence[np.ndarray], progress: bool
     """Run every panel, releasing memory-mapped pages as they are written; returns the
     result of ``meanwhile``, run while the first Gram slices are computed. ``blas`` is
     refreshed after every panel, on the calling thread."""
-    bar = _progress_bar(progress, plan.entries())
+    # progress=None: on a terminal, once the evaluation passes PROGRESS_DELAY_S.
+    bar = progress_bar(progress, plan.entries(), unit=" entries", unit_scale=True, desc="kernel",
+                       delay=PROGRESS_DELAY_S if progress is None else 0)
     mapped = [o for o in outs if is_shared_file_map(o)]
 
     def done(entries: int) -> None:

@@ -20,8 +20,10 @@ from lark import Transformer, v_args
 
 from . import limits
 from .errors import ExpressionError, Span
-from .parser import deeper_than, grammar
+from .grammars import deeper_than, grammar
 
+# The variable of every activation: Fn's expressions and the registry's φ (ntkdsl.activations
+# imports it from here) are sympy expressions in this one symbol.
 x = sp.Symbol("x", real=True)
 
 

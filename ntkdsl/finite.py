@@ -38,7 +38,7 @@ import sympy as sp
 from numpy.typing import ArrayLike
 
 from . import activations
-from .ast import Activation, Dense, Identity, LayerNorm, Node, Repeat, Serial, Sum
+from .ast import NODE_TYPES, Activation, Dense, Identity, LayerNorm, Node, Repeat, Serial, Sum
 from .errors import ArchitectureError, InputError, NumericalError, ShapeError
 from .evaluation import as_real_array
 from .network import check_inputs
@@ -62,20 +62,15 @@ _CHUNK_FLOATS = 1 << 23
 def activation_functions(node: Activation) -> tuple[Callable, Callable]:
     """(φ, φ') of an activation node as vectorised NumPy functions.
 
-    φ comes from the registry as a sympy expression; φ' is its symbolic derivative, with
-    the Dirac deltas that steps and Sign differentiate into replaced by 0 — the almost-
-    everywhere derivative, which is what automatic differentiation gives and what the
-    analytic NTK uses (DESIGN §2).
+    φ comes from the registry as a sympy expression; φ' is ``activations.derivative`` of it,
+    the almost-everywhere derivative that automatic differentiation gives and the analytic
+    NTK uses (DESIGN §2).
     """
     spec = activations.lookup(node.name)
     if spec is None:  # the parser only makes registered names; guard direct AST users
         raise ArchitectureError(f"unknown activation '{node.name}'")
     phi = spec.phi(**node.kwargs)
-    x = activations.x
-    if spec.zero_derivative(**node.kwargs):
-        dphi = sp.S.Zero
-    else:
-        dphi = sp.diff(phi, x).replace(sp.DiracDelta, lambda *args: sp.S.Zero)
+    dphi = sp.S.Zero if spec.zero_derivative(**node.kwargs) else activations.derivative(phi)
     return _numpy_function(phi), _numpy_function(dphi)
 
 
@@ -94,15 +89,9 @@ def _numpy_function(expr: sp.Expr) -> Callable[[np.ndarray], np.ndarray]:
 # ----------------------------------------------------------------------------- width rewrite
 
 def _has_dense(node: Node) -> bool:
-    if isinstance(node, Dense):
-        return True
-    if isinstance(node, Serial):
-        return any(_has_dense(layer) for layer in node.layers)
-    if isinstance(node, Sum):
-        return any(_has_dense(branch) for branch in node.branches)
-    if isinstance(node, Repeat):
-        return node.times > 0 and _has_dense(node.body)
-    return False
+    if isinstance(node, Repeat) and node.times < 1:
+        return False  # written out, it is no layer at all
+    return isinstance(node, Dense) or any(_has_dense(child) for child in node.children())
 
 
 def with_width(node: Node, width: int | None) -> Node:
@@ -126,8 +115,7 @@ def _rewrite(node: Node, width: int, dense_follows: bool) -> Node:
             follows = follows or _has_dense(layer)
         return replace(node, layers=tuple(reversed(layers)))
     if isinstance(node, Sum):
-        return replace(node, branches=tuple(_rewrite(b, width, dense_follows)
-                                            for b in node.branches))
+        return node.map_children(lambda branch: _rewrite(branch, width, dense_follows))
     if isinstance(node, Repeat):
         hidden = _rewrite(node.body, width, dense_follows=True)
         if dense_follows or not _has_dense(node.body):
@@ -321,7 +309,7 @@ def _check_width(width) -> int | None:
 def _as_ast(arch) -> tuple[Node, str]:
     if isinstance(arch, str):
         return parse(arch), arch
-    if isinstance(arch, (Dense, Identity, LayerNorm, Activation, Serial, Sum, Repeat)):
+    if isinstance(arch, NODE_TYPES):
         return arch, str(arch)
     return parse(arch), ""  # parse raises ntkdsl's error for anything else
 

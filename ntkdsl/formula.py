@@ -19,10 +19,12 @@ from sympy.printing.latex import LatexPrinter
 
 from .codegen import live_steps
 from .derivation import TEMPLATE_SUFFIX, Bound, Program, Step, TemplateCache
+from .kinds import KINDS
 from .numerical import NumericalDual, NumericalMoment
 from .symbolic import Corr
 
-KINDS = ("nngp", "ntk", "both")
+# What a formula shows: one kernel, or both.
+FORMULA_KINDS = (*KINDS, "both")
 NO_STEP = ("a layer that leaves the kernels unchanged (Identity, Dense(n) without bias) "
            "takes no step")
 PAIR_LEGEND = (
@@ -37,7 +39,6 @@ DIAGONAL_LEGEND = (
     "after step l: q_l = NNGP = variance, t_l = NTK",
     NO_STEP,
 )
-LEGEND = "; ".join(PAIR_LEGEND)
 # Subexpressions with fewer operations than this are left inline: naming 2*q1 helps nobody.
 _MIN_NAMED_OPS = 4
 # sympy.factor tidies a layer's map (collecting pi, theta...); skipped for big expressions,
@@ -71,10 +72,10 @@ class Formula:
     """
 
     def __init__(self, arch: str, program: Program, kind: str = "ntk"):
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if kind not in FORMULA_KINDS:
+            raise ValueError(f"kind must be one of {FORMULA_KINDS}, got {kind!r}")
         self.arch, self.kind, self.program = arch, kind, program
-        names = ("nngp", "ntk") if kind == "both" else (kind,)
+        names = KINDS if kind == "both" else (kind,)
         self.results = [(n, program.outputs[KINDS.index(n)]) for n in names]
         self.result = self.results[-1][1] if kind != "both" else None
 

@@ -21,7 +21,7 @@ from math import comb
 import numpy as np
 import sympy as sp
 
-from .symbolic import Pair, gaussian_moment, polynomial_dual
+from .symbolic import ExpCosh, ExpSinh, Pair, gaussian_moment, polynomial_dual
 
 
 def closed_form_dual(phi: sp.Expr, x: sp.Symbol, pair: Pair,
@@ -165,7 +165,34 @@ def _elementary_dual(terms, pair: Pair) -> sp.Expr | None:
         if sp.simplify(imaginary) != 0:
             return None
         total = sp.expand(real)
-    return total
+    return _paired_exponentials(total)
+
+
+def _paired_exponentials(total: sp.Expr) -> sp.Expr:
+    """Σ cᵢ exp(Eᵢ) with each term's exponentials merged into one (expanding splits
+    exp(k − q) into exp(k)·exp(−q), inf·0 once k > 709), and each pair c(exp(E₁) ∓ exp(E₂))
+    written as 2c exp(m) sinh(d) or cosh(d), m = (E₁ + E₂)/2, d = (E₁ − E₂)/2, by
+    ExpSinh/ExpCosh: the difference of two exponentials ≈ 1 at a small variance keeps its
+    digits, and so does its derivative in k."""
+    groups: dict[sp.Expr, sp.Expr] = {}
+    for term in sp.Add.make_args(total):
+        factors = sp.Mul.make_args(sp.powsimp(term, combine="exp"))
+        exponent = sp.expand(sum((f.args[0] for f in factors if isinstance(f, sp.exp)), sp.S.Zero))
+        rest = sp.Mul(*(f for f in factors if not isinstance(f, sp.exp)))
+        groups[exponent] = groups.get(exponent, sp.S.Zero) + rest
+    out, left = sp.S.Zero, sorted(groups, key=sp.default_sort_key)
+    while left:
+        first = left.pop(0)
+        c = groups[first]
+        partner = next((e for e in left if groups[e] in (c, -c)), None)
+        if partner is None:
+            out += c * sp.exp(first)
+            continue
+        left.remove(partner)
+        mean, half = sp.expand((first + partner) / 2), sp.expand((first - partner) / 2)
+        pair = ExpCosh if groups[partner] == c else ExpSinh
+        out += 2 * c * pair(mean, half)
+    return out
 
 
 def _polynomial(terms, pair: Pair) -> tuple[sp.Expr, sp.Expr] | None:

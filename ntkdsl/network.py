@@ -17,9 +17,8 @@ from .derivation import Program, derive
 from .errors import InputError
 from .evaluation import check_inputs, identical_pairs  # noqa: F401 - public here too
 from .formula import Formula
+from .kinds import KINDS
 from .parser import parse
-
-KINDS = ("nngp", "ntk")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from functools import cache
 import numpy
 import sympy as sp
 
+from .activations import derivative
 from .symbolic import KernelFunction
 
 TOLERANCE = 1e-11   # relative truncation bound per entry (the route's stated error)
@@ -816,12 +817,6 @@ def _roots(arg: sp.Expr, x: sp.Symbol) -> set[float]:
     except (NotImplementedError, TypeError, ValueError):
         return set()
     return {float(r) for r in roots if r.is_real and r.is_finite}
-
-
-def derivative(phi: sp.Expr, x: sp.Symbol) -> sp.Expr:
-    """φ' almost everywhere: the point masses of step/sign derivatives are dropped, as
-    automatic differentiation of a finite network drops them."""
-    return sp.diff(phi, x).replace(sp.DiracDelta, lambda *args: sp.S.Zero)
 
 
 def function_source(name: str, expr: sp.Expr, x: sp.Symbol, label: str = "",

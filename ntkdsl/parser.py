@@ -2,16 +2,13 @@
 syntax, the one Transformer below gives the meaning."""
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import cache
-from importlib import resources
-
 import lark
 from lark import Transformer, v_args
 
 from . import limits
 from .ast import Node, Repeat, Serial, Sum
 from .errors import ArchitectureSyntaxError, LayerArgumentError, LayerValueError, Span
+from .grammars import deeper_than, grammar
 from .layers import build_layer
 from .params import Arg
 
@@ -21,13 +18,6 @@ _TOKEN_NAMES = {
     "COMMA": "','", "EQUAL": "'='", "MORETHAN": "'>'", "PLUS": "'+'", "STAR": "'*'",
     "$END": "the end of the text",
 }
-
-
-@cache
-def grammar(name: str = "architecture") -> lark.Lark:
-    """The compiled Lark parser for one of the grammars in grammars/."""
-    text = resources.files("ntkdsl.grammars").joinpath(f"{name}.lark").read_text()
-    return lark.Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True)
 
 
 def _span(meta) -> Span:
@@ -203,30 +193,13 @@ def parse(source: str) -> Node:
     return ast
 
 
-def deeper_than(tree: lark.Tree, limit: int,
-                level: Callable[[str, str], int] = lambda parent, child: 1) -> lark.Tree | None:
-    """The first subtree more than ``limit`` levels deep, or None; iterative, so a deep tree
-    cannot exhaust Python's recursion limit before it is refused. ``level(parent, child)``
-    (rule names; the root's parent is "") is how many levels a child adds: 1 by default."""
-    stack = [(tree, level("", tree.data))]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return node
-        stack.extend((child, depth + level(node.data, child.data))
-                     for child in node.children if isinstance(child, lark.Tree))
-    return None
-
-
 def layer_count(node: Node) -> int:
     """Layers of ``node`` with every repeat written out (counted, never expanded)."""
-    if isinstance(node, Serial):
-        return sum(layer_count(part) for part in node.layers)
-    if isinstance(node, Sum):
-        return sum(layer_count(branch) for branch in node.branches)
-    if isinstance(node, Repeat):
-        return node.times * layer_count(node.body)
-    return 1
+    parts = node.children()
+    if not parts:
+        return 1
+    count = sum(layer_count(part) for part in parts)
+    return node.times * count if isinstance(node, Repeat) else count
 
 
 def _check_layer_count(ast: Node, source: str) -> None:
@@ -236,9 +209,7 @@ def _check_layer_count(ast: Node, source: str) -> None:
     # Point at the innermost construct that is over the limit on its own.
     node = ast
     while True:
-        parts = (node.layers if isinstance(node, Serial) else node.branches if isinstance(node, Sum)
-                 else (node.body,) if isinstance(node, Repeat) else ())
-        inner = [p for p in parts if layer_count(p) > limits.MAX_LAYERS]
+        inner = [p for p in node.children() if layer_count(p) > limits.MAX_LAYERS]
         if not inner:
             break
         node = inner[0]

@@ -45,7 +45,6 @@ import scipy.linalg
 from numpy.typing import ArrayLike
 
 from .errors import InputError, NumericalError, ShapeError
-from .evaluation import KINDS as KERNELS  # noqa: F401 - the estimators import it from here
 from .evaluation import as_real_array, kernel_name, require_memory
 
 __all__ = [

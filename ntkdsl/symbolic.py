@@ -29,6 +29,31 @@ class KernelFunction(sp.Function):
         return None
 
 
+class PrintedAs(KernelFunction):
+    """A KernelFunction that formulas show as the expression it stands for (``shown``) and
+    generated code computes by calling its helper ``call``."""
+
+    call = ""
+
+    def shown(self) -> sp.Expr:
+        raise NotImplementedError
+
+    def _sympystr(self, printer):
+        return printer.doprint(self.shown())
+
+    def _latex(self, printer, exp=None):
+        text = printer._print(self.shown())
+        return rf"\left({text}\right)^{{{exp}}}" if exp is not None else text
+
+    def _pretty(self, printer):
+        return printer._print(self.shown())
+
+    def _numpycode(self, printer):
+        return "{}({})".format(self.call, ", ".join(printer._print(a) for a in self.args))
+
+    _pythoncode = _numpycode
+
+
 _CORR_SOURCE = '''
 def _corr(k, q1, q2):
     """Correlation k / sqrt(q1 q2), clipped to [-1, 1]; 0 where a variance is 0."""
@@ -50,10 +75,11 @@ def _inv_sqrt(q):
 '''.lstrip("\n")
 
 
-class Corr(KernelFunction):
+class Corr(PrintedAs):
     """Correlation k / sqrt(q1 q2), clipped to [-1, 1] when evaluated numerically."""
 
     nargs = 3
+    call = "_corr"
 
     def helpers(self) -> dict[str, str]:
         return {"_corr": _CORR_SOURCE, "_inv_sqrt": _INV_SQRT_SOURCE}
@@ -78,20 +104,146 @@ class Corr(KernelFunction):
         k, q1, q2 = self.args
         return k / sp.sqrt(q1 * q2)
 
-    def _sympystr(self, printer):
-        return printer.doprint(self.as_ratio())
+    shown = as_ratio
 
-    def _latex(self, printer, exp=None):
-        text = printer._print(self.as_ratio())
-        return rf"\left({text}\right)^{{{exp}}}" if exp is not None else text
 
-    def _pretty(self, printer):
-        return printer._print(self.as_ratio())
+_EXP_SINH_SOURCE = '''
+def _exp_sinh(m, d):
+    """exp(m) sinh(d) as sign(d) exp(m + |d|) (1 - exp(-2|d|)) / 2: no cancellation of two
+    exponentials at small d, no inf * 0 where exp(m) underflows and sinh(d) overflows."""
+    size = numpy.abs(d)
+    return numpy.copysign(numpy.expm1(-2 * size), d) * numpy.exp(m + size) / 2
+'''.lstrip("\n")
+
+# Where a step needs both (Γ and Γ̇ of Sin, Cos, sinh/cosh terms): one pass, two
+# transcendental calls for the pair.
+_EXP_SINH_COSH_SOURCE = '''
+def _exp_sinh_cosh(m, d):
+    """(exp(m) sinh(d), exp(m) cosh(d)) from one exp and one expm1, in place."""
+    size = numpy.abs(d)
+    scale = numpy.add(m, size)
+    numpy.exp(scale, out=scale)
+    half = numpy.multiply(size, -2, out=size)
+    numpy.expm1(half, out=half)
+    half *= 0.5                       # (exp(-2|d|) - 1) / 2
+    sinh = numpy.copysign(half, d)
+    half += 1
+    same = sinh.shape == scale.shape  # m and d broadcast to d's shape
+    return (numpy.multiply(sinh, scale, out=sinh if same else None),
+            numpy.multiply(half, scale, out=half if same else None))
+'''.lstrip("\n")
+
+_EXP_COSH_SOURCE = '''
+def _exp_cosh(m, d):
+    """exp(m) cosh(d) as exp(m + |d|) (1 + exp(-2|d|)) / 2 (no inf * 0)."""
+    size = numpy.abs(d)
+    return numpy.exp(m + size) * (1 + numpy.exp(-2 * size)) / 2
+'''.lstrip("\n")
+
+
+class _ExpHyperbolic(PrintedAs):
+    """exp(m)·sinh(d) or exp(m)·cosh(d) as one function, evaluated without cancellation or
+    overflow (helpers above); printed as the product it stands for. Its derivatives are
+    again such functions, so Price's theorem (Γ̇ = ∂Γ/∂k) keeps the form stable."""
+
+    nargs = 2
+    hyperbolic = sp.sinh
+
+    @classmethod
+    def eval(cls, m, d):
+        if d == 0 or (m.is_number and d.is_number):
+            return sp.exp(m) * cls.hyperbolic(d)
+        if d.could_extract_minus_sign():  # one spelling each: sinh(-d) = -sinh(d)
+            return (-1 if cls.hyperbolic is sp.sinh else 1) * cls(m, -d)
+        return None
+
+    def fdiff(self, argindex=1):
+        m, d = self.args
+        return self.func(m, d) if argindex == 1 else _PARTNER[self.func](m, d)
+
+    def shown(self) -> sp.Expr:
+        m, d = self.args
+        return sp.exp(m) * self.hyperbolic(d)
+
+    def helpers(self) -> dict[str, str]:
+        return {self.call: _EXP_SINH_SOURCE if self.hyperbolic is sp.sinh else _EXP_COSH_SOURCE,
+                "_exp_sinh_cosh": _EXP_SINH_COSH_SOURCE}
+
+    def joint(self) -> tuple[sp.Expr, str] | None:
+        return (ExpCosh(*self.args), "_exp_sinh_cosh") if self.hyperbolic is sp.sinh else None
+
+
+class ExpSinh(_ExpHyperbolic):
+    """exp(m)·sinh(d)."""
+    hyperbolic = sp.sinh
+    call = "_exp_sinh"
+
+
+class ExpCosh(_ExpHyperbolic):
+    """exp(m)·cosh(d)."""
+    hyperbolic = sp.cosh
+    call = "_exp_cosh"
+
+
+_PARTNER = {ExpSinh: ExpCosh, ExpCosh: ExpSinh}
+
+
+_AT_ZERO_VARIANCE_SOURCE = '''
+def _at_zero_variance(q, zero, value):
+    """``zero`` where the variance q is exactly 0 (the pre-activation is surely 0), else
+    ``value``; float64 even where both are printed as integers."""
+    return numpy.asarray(numpy.where(numpy.equal(q, 0.0), zero, value), dtype=numpy.float64)
+'''.lstrip("\n")
+
+
+class AtZeroVariance(KernelFunction):
+    """``zero`` where the variance ``q`` is exactly 0, else ``value``.
+
+    A pre-activation of variance 0 is surely 0, so an activation's dual there is its value
+    at 0 (φ(0)·E[φ(v)]), which for φ with a jump at 0 (sign, steps) is not the limit of the
+    dual as q → 0. The variance symbols are declared positive (for simplification), so a
+    Piecewise on Eq(q, 0) would be decided False by sympy; this function keeps the test.
+    Nested tests of the same q are decided by the outer one."""
+
+    nargs = 3
+    fresh_result = True  # numpy.where makes a new array: generated code may write into it
+
+    @classmethod
+    def eval(cls, q, zero, value):
+        if q.is_number:
+            return zero if q.is_zero else value
+        zero_case, other_case = _decided(zero, q, True), _decided(value, q, False)
+        if zero_case == other_case:
+            return other_case
+        if (zero_case, other_case) != (zero, value):
+            return cls(q, zero_case, other_case)
+        return None
+
+    def helpers(self) -> dict[str, str]:
+        return {"_at_zero_variance": _AT_ZERO_VARIANCE_SOURCE}
 
     def _numpycode(self, printer):
-        return "_corr({})".format(", ".join(printer._print(a) for a in self.args))
+        return "_at_zero_variance({})".format(", ".join(printer._print(a) for a in self.args))
 
     _pythoncode = _numpycode
+
+    def _sympystr(self, printer):
+        q, zero, value = (printer.doprint(a) for a in self.args)
+        return f"Piecewise(({zero}, Eq({q}, 0)), ({value}, True))"
+
+    def _latex(self, printer, exp=None):
+        q, zero, value = (printer._print(a) for a in self.args)
+        text = (rf"\begin{{cases}} {zero} & \text{{for}}\: {q} = 0 \\ {value} & "
+                r"\text{otherwise} \end{cases}")
+        return rf"\left({text}\right)^{{{exp}}}" if exp is not None else text
+
+
+def _decided(expr: sp.Expr, q: sp.Expr, is_zero: bool) -> sp.Expr:
+    """``expr`` with every AtZeroVariance test of ``q`` replaced by its branch."""
+    if not expr.has(AtZeroVariance):
+        return expr
+    return expr.replace(lambda e: isinstance(e, AtZeroVariance) and e.args[0] == q,
+                        lambda e: e.args[1] if is_zero else e.args[2])
 
 
 @dataclass(frozen=True)
@@ -121,6 +273,21 @@ class Pair:
     @property
     def sin_theta(self) -> sp.Expr:
         return sp.sqrt(1 - self.c ** 2)
+
+    @property
+    def gram(self) -> sp.Expr:
+        """q1 q2 − k², the determinant of the covariance: written as this difference it is
+        exactly 0 on the diagonal (k = q1 = q2), symbolically, before any rounding."""
+        return self.q1 * self.q2 - self.k ** 2
+
+    def det_shifted(self, s: sp.Expr) -> sp.Expr:
+        """det(I + s Σ) = (1 + s q1)(1 + s q2) − s² k², as 1 + s (q1 + q2) + s² (q1 q2 − k²).
+
+        The product form subtracts two numbers of size s² q1 q2 to leave one of size s q:
+        at q = 1e10 that loses ten digits, on the diagonal too (neural-tangents' form). This
+        form has no such difference for s > 0 (only q1 q2 − k², whose rounding near |c| = 1
+        is the inputs' own), and is exactly 1 + 2 s q on the diagonal."""
+        return 1 + s * (self.q1 + self.q2) + s ** 2 * self.gram
 
 
 # Floats outside this range stay floats: a rational of hundreds of digits (1e-320 ->

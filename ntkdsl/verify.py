@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import textwrap
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +31,7 @@ from .errors import ArchitectureError, InputError, Span
 from .finite import FiniteNetwork, _as_ast, monte_carlo_nngp, with_width
 from .network import compile as compile_network
 from .predict import gradient_descent_mse_ensemble
+from .progress import stages
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -326,7 +326,7 @@ def verify(arch: str, widths: Sequence[int] = DEFAULT_WIDTHS, *, samples: int = 
     _check_hidden_dense(ast, source)
     data = make_data(n_train, n_test, input_dim, outputs, seed)
     rows, floors = [], []
-    with _progress(progress, 3 * len(widths)) as bar:
+    with stages(progress, 3 * len(widths)) as bar:
         for width in widths:
             row, floor = _measure_width(ast, width, data, samples, steps, rate, seed, bar)
             rows.append(row)
@@ -335,35 +335,3 @@ def verify(arch: str, widths: Sequence[int] = DEFAULT_WIDTHS, *, samples: int = 
                         float(max(floors)))
 
 
-class _Bar:
-    def __init__(self, bar):
-        self._bar = bar
-
-    def __call__(self, description: str) -> None:
-        if self._bar is not None:
-            self._bar.set_description_str(description)
-            self._bar.update(1)
-
-    def note(self, text: str) -> None:
-        """Within-stage progress (gradient steps), shown after the bar."""
-        if self._bar is not None:
-            self._bar.set_postfix_str(text, refresh=False)
-
-
-def _progress(enabled: bool, total: int):
-    """A context manager yielding a stage callback; a tqdm bar on stderr when enabled."""
-    if not enabled:
-        return nullcontext(_Bar(None))
-    import sys
-
-    from tqdm.auto import tqdm
-
-    class _Managed:
-        def __enter__(self):
-            self.bar = tqdm(total=total, file=sys.stderr, leave=False)
-            return _Bar(self.bar)
-
-        def __exit__(self, *exc):
-            self.bar.close()
-
-    return _Managed()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import assert_matches_reference, case_id, load_reference
+from test_numerical_duals import quad2
 
 import ntkdsl
 from ntkdsl import ast as ntk_ast
@@ -193,6 +194,37 @@ def test_dual_functions_match_the_arc_cosine_and_erf_formulas(tmp_path):
     norm = np.sqrt((1 + 2 * q1) * (1 + 2 * q2))
     np.testing.assert_allclose(erf(q1, q2, k)[0], 2 / np.pi * np.arcsin(2 * k / norm),
                                rtol=1e-13)
+
+
+@pytest.mark.filterwarnings("ignore:The occurrence of roundoff error")  # φ' jumps at 0
+def test_a_run_of_activations_exports_the_composed_dual_that_pair_calls(tmp_path):
+    """``Relu > Sin`` is one activation, sin∘relu (DESIGN §2): the module exports its dual —
+    not relu_dual and sin_dual — checked against nested quadrature of E[φ(u)φ(v)] and
+    E[φ'(u)φ'(v)]; ``pair`` and the library's kernels are that dual at the input statistics."""
+    arch = "Dense(8) > Relu > Sin > Dense(1)"
+    module = _load(ntkdsl.codegen(arch), tmp_path, "composed")
+    assert set(module.__all__) == {"nngp", "ntk", "kernels", "pair", "diagonal", "relu_sin_dual"}
+    phi = lambda t: np.sin(np.maximum(t, 0.0))
+    phi_dot = lambda t: np.cos(np.maximum(t, 0.0)) * (t > 0)
+    cases = [(0.7, 1.3, 0.3), (2.0, 0.5, -0.6), (1.0, 1.0, 0.9)]
+    q1, q2, c = (np.array(v) for v in zip(*cases))
+    k = c * np.sqrt(q1 * q2)
+    gamma, gamma_dot = module.relu_sin_dual(q1, q2, k)
+    np.testing.assert_allclose(gamma, [quad2(phi, *case) for case in cases], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gamma_dot, [quad2(phi_dot, *case) for case in cases], rtol=1e-9,
+                               atol=1e-12)
+    # Dense(8) (W_std=1, no bias) keeps the statistics, so the NNGP is Γ(q1, q2, K) and the
+    # NTK Γ + K·Γ̇ (Dense(1) adds the NNGP to σw² times the incoming NTK).
+    np.testing.assert_allclose(module.pair(q1, q2, k, 4), [gamma, gamma + k * gamma_dot],
+                               rtol=1e-12)
+    x = np.random.default_rng(3).standard_normal((5, 4))
+    gram = x @ x.T / 4
+    diag = np.diag(gram)
+    g, g_dot = module.relu_sin_dual(diag[:, None] + 0 * gram, diag[None, :] + 0 * gram, gram)
+    off = ~np.eye(5, dtype=bool)
+    net = ntkdsl.compile(arch)
+    np.testing.assert_allclose(net.nngp(x)[off], g[off], rtol=1e-9)
+    np.testing.assert_allclose(net.ntk(x)[off], (g + gram * g_dot)[off], rtol=1e-9)
 
 
 def test_every_dual_derivative_is_the_k_derivative_of_its_dual(tmp_path, generated):

@@ -117,8 +117,9 @@ def test_deep_network_prints_short_lines(capsys):
 def test_shared_subexpressions_are_named_once(capsys):
     code, out, _ = run_cli(["derive", ERF, "--kernel", "ntk"], capsys)
     assert code == 0
-    assert "z1 = 1/(sqrt(2*q1_1 + 1)*sqrt(2*q2_1 + 1))" in out
-    assert out.count("sqrt(2*q1_1 + 1)*sqrt(2*q2_1 + 1)") == 1
+    # sqrt(det(I + 2Σ)), the leg of Erf's angle and the denominator of its Γ̇ (issue 12).
+    assert "z1 = sqrt(-4*K_1**2 + 4*q1_1*q2_1 + 2*q1_1 + 2*q2_1 + 1)" in out
+    assert out.count("4*q1_1*q2_1 + 2*q1_1 + 2*q2_1 + 1") == 1
 
 
 def test_kernel_option_selects_results(capsys):

@@ -31,6 +31,7 @@ ARCHS = {
                  " > Dense(1, parameterization='standard')"),
     "composed": "Dense(512) > Tanh > Relu > Dense(1)",
     "deep": "(Dense(512, W_std=1.4, b_std=0.1) > Relu) * 3 > Dense(1)",
+    "zero variance": "Dense(512) > RectifiedMonomial(0) > Dense(1)",  # cases on q = 0
 }
 DEEP = "(Dense(512, W_std=1.4, b_std=0.1) > Relu) * 10 > Dense(1)"
 KINDS = ("nngp", "ntk", "both")

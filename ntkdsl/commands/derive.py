@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..kinds import KINDS
 from .options import add_arch, add_command
 
 EXAMPLES = """
@@ -26,7 +27,7 @@ def register(subparsers) -> None:
         subparsers, "derive", help="print the NNGP and NTK of an architecture as formulas, "
         "layer by layer", description=__doc__, examples=EXAMPLES)
     add_arch(parser, "(Dense(512, W_std=1.4) > Relu) * 3 > Dense(1)")
-    parser.add_argument("--kernel", choices=["both", "nngp", "ntk"], default="both",
+    parser.add_argument("--kernel", choices=["both", *KINDS], default="both",
                         help="which kernel to derive (default: both; the NTK needs the "
                              "NNGP's maps, so 'ntk' shows those too)")
     parser.add_argument("--latex", action="store_true",

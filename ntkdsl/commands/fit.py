@@ -12,7 +12,6 @@ import csv
 import io
 import sys
 import textwrap
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..evaluation import kernel_name
+from ..progress import stages
 from .options import add_arch, add_command, check_output_directory, comma_list, image_path, real, seed
 
 DATASETS = {  # name: (scikit-learn loader, task)
@@ -254,26 +254,6 @@ def _target_and_task(path, target, body, index, task) -> tuple[np.ndarray, str]:
 
 # ----------------------------------------------------------------------------- evaluation
 
-@contextmanager
-def _progress(total: int):
-    """A stage-by-stage progress bar on a terminal; silent when output is redirected."""
-    if not sys.stderr.isatty():
-        yield lambda description: None
-        return
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, file=sys.stderr, leave=False, bar_format="{desc} [{elapsed}]")
-
-    def step(description: str) -> None:
-        bar.set_description_str(description)
-        bar.update(1)
-
-    try:
-        yield step
-    finally:
-        bar.close()
-
-
 def _time(text: str) -> float:
     """One training time: a number >= 0; 'inf' is allowed (it is always reported)."""
     try:
@@ -456,7 +436,8 @@ def run(args) -> int:
     times = args.times
     plot_times = np.unique(np.concatenate([times, np.geomspace(0.1, 1e5, 61)])) \
         if args.plot else times
-    with _progress(total=3) as step:
+    # Stage names on a terminal only: silent when output is redirected.
+    with stages(None, 3, bar_format="{desc} [{elapsed}]") as step:
         X_train, X_test, y_train, y_test = _split(data, args)
         trace = _fit_and_trace(args, data, (X_train, X_test, y_train, y_test), plot_times, step)
     report = [*_kernel_summary(trace.estimator, data, len(X_train), len(X_test)), ""]
