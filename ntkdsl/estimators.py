@@ -33,8 +33,8 @@ from sklearn.utils.validation import check_is_fitted
 from . import errors, network
 from .errors import InputError, NTKDSLError
 from .evaluation import as_real_array, densified, kernel_name, refuse_complex, require_memory
+from .kinds import KINDS
 from .predict import GradientFlowEnsemble, solver_memory
-from .progress import progress_bar
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data
@@ -46,7 +46,8 @@ __all__ = ["DEFAULT_ARCH", "ArchTemplate", "NTKClassifier", "NTKRegressor"]
 
 DEFAULT_ARCH = "(Dense(512, W_std=1.5, b_std=0.05) > Relu) * 2 > Dense(1, W_std=1.5, b_std=0.05)"
 
-# Rows of test inputs per kernel evaluation: bounds memory at BATCH × N floats.
+# Rows of test inputs per prediction: bounds the test kernels and the solver's products at
+# BATCH × N floats each.
 _BATCH = 512
 
 
@@ -210,23 +211,21 @@ class _NTKEstimator(BaseEstimator):
     def _train_kernel_name(self) -> str:
         return kernel_name(self.kernel)
 
-    def _kernel_rows(self, which: str, X, X2=None, desc: str = "") -> np.ndarray:
-        """``network.<which>(X, X2)`` evaluated in row blocks (with a progress bar if verbose)."""
-        fn = getattr(self.network_, which)
-        starts = range(0, X.shape[0], _BATCH)
-        bar = progress_bar(None if self.verbose and len(starts) > 1 else False, len(starts),
-                           iterable=starts, desc=desc or f"{which} kernel", unit="block")
-        starts = starts if bar is None else bar
-        if X2 is not None:
-            return np.concatenate([fn(X[s:s + _BATCH], X2) for s in starts], axis=0)
-        rows = []
-        for s in starts:
-            block, before, after = X[s:s + _BATCH], X[:s], X[s + _BATCH:]
-            # x2=None on the diagonal block lets the network pair each point with itself exactly
-            parts = [fn(block, before) if len(before) else None, fn(block),
-                     fn(block, after) if len(after) else None]
-            rows.append(np.concatenate([p for p in parts if p is not None], axis=1))
-        return np.concatenate(rows, axis=0)
+    def _kernels(self, X, X2=None, kinds: tuple[str, ...] = ("ntk",)) -> dict[str, np.ndarray]:
+        """{kind: kernel of X against X2 (None: X itself)} for each of ``kinds``.
+
+        A compiled network evaluates them with its own tiled pipeline — both kernels from one
+        pass, a self-kernel computing each off-diagonal block once and mirroring it — and, if
+        ``verbose``, its progress bar (on a terminal, for evaluations over two seconds); any
+        other kernel object is called as given."""
+        net = self.network_
+        if not isinstance(net, network.Network):
+            args = (X,) if X2 is None else (X, X2)
+            return {kind: getattr(net, kind)(*args) for kind in kinds}
+        progress = None if self.verbose else False  # the network's rule for None: a terminal
+        if set(kinds) == set(KINDS):
+            return dict(zip(KINDS, net.kernels(X, X2, progress=progress)))
+        return {kinds[0]: getattr(net, kinds[0])(X, X2, progress=progress)}
 
     def _fit_targets(self, X, targets) -> None:
         """Compile, evaluate the training kernel once and factorise it (lazily) for predict."""
@@ -234,7 +233,7 @@ class _NTKEstimator(BaseEstimator):
         self._check_memory(X.shape[0])
         self.network_ = self._compile()
         self.X_fit_ = X
-        k_train = self._kernel_rows(self._train_kernel_name, X, desc="training kernel")
+        k_train = self._kernels(X, kinds=(self._train_kernel_name,))[self._train_kernel_name]
         self.ensemble_ = GradientFlowEnsemble(k_train, targets, kernel=self._train_kernel_name,
                                               learning_rate=self.learning_rate,
                                               diag_reg=self.diag_reg)
@@ -255,8 +254,9 @@ class _NTKEstimator(BaseEstimator):
         _check_fitted(self)
         X = _validate(self, X, reset=False)
         t = self.time if times is None else times
-        means = [self.ensemble_.predict(self._kernel_rows(self._train_kernel_name, X[s:s + _BATCH],
-                                                          self.X_fit_), t).mean
+        name = self._train_kernel_name
+        means = [self.ensemble_.predict(self._kernels(X[s:s + _BATCH], self.X_fit_, (name,))[name],
+                                        t).mean
                  for s in range(0, X.shape[0], _BATCH)]
         lead = np.ndim(np.inf if t is None else t)
         return np.concatenate(means, axis=lead)
@@ -285,7 +285,8 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
             means t = ∞.
         learning_rate: gradient-descent step size (≥ 0).
         diag_reg: ridge added to the kernel diagonal, relative to its mean diagonal.
-        verbose: show progress bars for kernel evaluation on a terminal.
+        verbose: show the kernel evaluation's progress bar on a terminal (for evaluations
+            longer than two seconds).
         normalize_y: as in scikit-learn's GaussianProcessRegressor: centre each target
             column and divide it by its standard deviation before fitting (the ensemble
             starts at the prior mean 0 and the kernel's scale is 1, so targets far from 0
@@ -357,12 +358,15 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
         """Mean and covariance of the ensemble on X (needs the NNGP beside the NTK)."""
         ensemble = self.ensemble_
         extra = {}
+        if ensemble.kernel == "ntk" and ensemble.nngp_train_train is None:
+            # computed once, on the first request
+            ensemble.attach_nngp(self._kernels(self.X_fit_, kinds=("nngp",))["nngp"])
+        # The NTK ensemble's covariance needs the NNGP beside the NTK: both from one pass.
+        cross = self._kernels(X, self.X_fit_, KINDS if ensemble.kernel == "ntk" else ("nngp",))
         if ensemble.kernel == "ntk":
-            if ensemble.nngp_train_train is None:  # computed once, on the first request
-                ensemble.attach_nngp(self._kernel_rows("nngp", self.X_fit_))
-            extra["nngp_test_train"] = self.network_.nngp(X, self.X_fit_)
-        cross = getattr(self.network_, ensemble.kernel)(X, self.X_fit_)
-        return ensemble.predict(cross, self.time, nngp_test_test=self.network_.nngp(X), **extra)
+            extra["nngp_test_train"] = cross["nngp"]
+        return ensemble.predict(cross[ensemble.kernel], self.time,
+                                nngp_test_test=self._kernels(X, kinds=("nngp",))["nngp"], **extra)
 
     def _std(self, X) -> np.ndarray:
         variances = [np.diagonal(self._gaussian(X[s:s + _BATCH]).covariance)

@@ -25,18 +25,18 @@ import json, os, sys
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 import ntkdsl
-from ntkdsl import evaluation
+from ntkdsl.evaluation import blas, panels
 
 def blas_threads():
     """{library file: thread count} of every BLAS loaded now."""
     return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
 
 seen = []  # blas_threads() at the start of each panel's elementwise step
-elementwise = evaluation._Panels.elementwise
+elementwise = panels._Panels.elementwise
 def spy(self, *args):
     seen.append(blas_threads())
     return elementwise(self, *args)
-evaluation._Panels.elementwise = spy
+panels._Panels.elementwise = spy
 
 def observe(fn):
     """(result, counts seen during it, counts after it)."""
@@ -52,17 +52,17 @@ report = {}
 if sys.argv[1] == "import-between":
     relu = ntkdsl.compile("(Dense(512, W_std=1.5, b_std=0.1) > Relu) * 2 > Dense(1)")
     first, report["first_during"], report["first_after"] = observe(lambda: relu.ntk(x, threads=1))
-    stamp = getattr(evaluation, "_loaded_libraries_stamp", lambda: None)
+    stamp = blas._loaded_libraries_stamp
     stamps = [stamp()]
     import scipy.linalg  # loads SciPy's own OpenBLAS
     threadpool_limits(START, user_api="blas")
     stamps.append(stamp())
     second, report["during"], report["after"] = observe(lambda: relu.ntk(x, threads=1))
-    scan = getattr(evaluation, "_BLAS_SCAN", [None, None])[1]
+    scans = blas._blas_controller.cache_info().misses
     third, _, _ = observe(lambda: relu.ntk(x, threads=1))
     stamps.append(stamp())
     report["stamps"] = stamps
-    report["rescanned_again"] = getattr(evaluation, "_BLAS_SCAN", [None, None])[1] is not scan
+    report["rescanned_again"] = blas._blas_controller.cache_info().misses != scans
     report["same_numbers"] = bool(np.array_equal(first, second) and np.array_equal(first, third))
 elif sys.argv[1] == "import-during":
     tanh = ntkdsl.compile("(Dense(512, W_std=1.5, b_std=0.1) > Tanh) * 2 > Dense(1)")
@@ -79,7 +79,7 @@ elif sys.argv[1] == "import-during":
             def __enter__(self): return self
             def refresh(self): pass
             def __exit__(self, *exc): pass
-        evaluation._BlasLimit = NoLimit
+        panels._BlasLimit = NoLimit
         ntk = tanh.ntk(x, threads=1)
     np.save(sys.argv[2], ntk)
 print(json.dumps(report))

@@ -14,7 +14,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from test_predict import relu_network_kernels
 
 from ntkdsl.errors import InputError
-from ntkdsl.estimators import ArchTemplate, NTKClassifier, NTKRegressor
+from ntkdsl.estimators import DEFAULT_ARCH, ArchTemplate, NTKClassifier, NTKRegressor
 
 
 class ReluKernel:
@@ -272,15 +272,70 @@ def test_bad_template_and_predict_inputs(regression_data):
         NTKClassifier(ReluKernel()).fit(X, np.zeros(30))
 
 
-def test_training_kernel_in_blocks_equals_one_evaluation(monkeypatch):
+def _rows_with_norms_1_to_n(n: int, d: int) -> np.ndarray:
+    """Row i has squared norm / d = (i + 1)², so a program's q argument names its row."""
+    x = np.random.default_rng(7).normal(size=(n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True) * np.sqrt(d) * np.arange(1, n + 1)[:, None]
+
+
+def test_training_kernel_computes_each_off_diagonal_entry_once(monkeypatch):
+    """The estimator's training kernel is the network's own symmetric tiled evaluation: the
+    compiled pair program sees each pair of distinct rows once (the old row-block loop
+    computed every off-diagonal block twice), but for pairs inside one chunk of rows (the
+    program runs on rectangles: a chunk of rows s:e starts at column s, and the mirror
+    overwrites its small triangle left of the diagonal). The kernel equals net.ntk(X) and the
+    test-local ReLU recursion."""
+    import ntkdsl
     import ntkdsl.estimators as estimators
 
+    n = 300  # three panels of the tiled evaluation
+    X = _rows_with_norms_1_to_n(n, 5)
+    monkeypatch.setattr(estimators, "_BATCH", 64)  # row blocks, had the estimator its own
+    net = ntkdsl.compile(DEFAULT_ARCH)
+    seen = np.zeros((n, n), dtype=np.int64)  # calls of the program on entry (i, j)
+    in_one_chunk = np.zeros((n, n), dtype=bool)  # both rows in the rows of one call
+    pair = net._functions["pair"]
+
+    def counting(q1, q2, k, d):
+        rows, cols = (np.rint(np.sqrt(np.broadcast_to(q, np.shape(k)))).astype(int) - 1
+                      for q in (q1, q2))
+        np.add.at(seen, (rows.ravel(), cols.ravel()), 1)
+        in_one_chunk[rows.min():rows.max() + 1, rows.min():rows.max() + 1] = True
+        return pair(q1, q2, k, d)
+
+    monkeypatch.setitem(net._functions, "pair", counting)
+    reg = NTKRegressor(DEFAULT_ARCH).fit(X, X[:, 0])
+    off = ~np.eye(n, dtype=bool)
+    pairs = seen + seen.T  # computations of each unordered pair
+    assert (pairs[off] >= 1).all() and (pairs[off] <= 2).all() and (np.diagonal(seen) == 1).all()
+    assert in_one_chunk[off & (pairs == 2)].all()
+    assert pairs[off & ~in_one_chunk].size > 0.8 * n * n  # most pairs: outside chunks, once
+    k_train = reg.ensemble_.k_train_train
+    monkeypatch.setitem(net._functions, "pair", pair)
+    np.testing.assert_array_equal(k_train, net.ntk(X))
+    np.testing.assert_allclose(k_train, relu_network_kernels(X, X, 2, 1.5, 0.05)[1], rtol=1e-11)
+
+
+def test_custom_kernel_objects_are_called_on_the_whole_training_set():
     X = np.random.default_rng(7).normal(size=(11, 3))
-    y = X[:, 0]
     kern = ReluKernel()
-    monkeypatch.setattr(estimators, "_BATCH", 4)  # 11 rows: blocks of 4, 4, 3
-    reg = NTKRegressor(kern).fit(X, y)
+    reg = NTKRegressor(kern).fit(X, X[:, 0])
     np.testing.assert_allclose(reg.ensemble_.k_train_train, kern.ntk(X), rtol=1e-14)
+
+
+def test_verbose_shows_the_network_progress_bar(monkeypatch):
+    """verbose asks the network's evaluation for its bar by the helper's rule (None: on a
+    terminal; tests/test_one_of_each.py checks the rule), quiet asks for none."""
+    from ntkdsl.evaluation import panels
+
+    asked = []
+    monkeypatch.setattr(panels, "progress_bar", lambda show, *a, **k: asked.append(show))
+    X = np.random.default_rng(7).normal(size=(40, 3))
+    for verbose in (False, True):
+        reg = NTKRegressor(DEFAULT_ARCH, verbose=verbose).fit(X, X[:, 0])
+        # training NTK; mean: cross NTK; std: training NNGP, both cross kernels, test NNGP
+        reg.predict(X[:5], return_std=True)
+    assert asked == [False] * 5 + [None] * 5
 
 
 def test_pickling_a_compiled_estimator_keeps_it_usable(regression_data):

@@ -7,6 +7,8 @@ import pytest
 import ntkdsl
 from ntkdsl import evaluation
 from ntkdsl.errors import InputError, ShapeError
+from ntkdsl.evaluation import memory, panels
+from ntkdsl.evaluation import plan as planning
 
 RELU = "(Dense(512, W_std=1.4, b_std=0.1) > Relu) * 3 > Dense(1, W_std=1.4, b_std=0.1)"
 ARCHS = [
@@ -22,12 +24,12 @@ def small_tiles(monkeypatch):
     """Panels of 32 rows, chunks of 64 entries (one row of a wide panel, several of a
     narrow one), float32 Gram slices in blocks of 64 columns, and the helper thread even
     for small kernels: a few hundred inputs cross every edge."""
-    monkeypatch.setattr(evaluation, "MIN_WORKING_BYTES", 1)
-    monkeypatch.setattr(evaluation, "MAX_WORKING_BYTES", 1)
-    monkeypatch.setattr(evaluation, "MIN_CHUNK", 64)
-    monkeypatch.setattr(evaluation, "PANEL_ROWS", 32)
-    monkeypatch.setattr(evaluation, "MIN_PIPELINED_ENTRIES", 0)
-    monkeypatch.setattr(evaluation, "MIN_THREADED_CHUNK", 0)  # several workers if asked
+    monkeypatch.setattr(planning, "MIN_WORKING_BYTES", 1)
+    monkeypatch.setattr(planning, "MAX_WORKING_BYTES", 1)
+    monkeypatch.setattr(planning, "MIN_CHUNK", 64)
+    monkeypatch.setattr(planning, "PANEL_ROWS", 32)
+    monkeypatch.setattr(planning, "MIN_PIPELINED_ENTRIES", 0)
+    monkeypatch.setattr(planning, "MIN_THREADED_CHUNK", 0)  # several workers if asked
     plan = evaluation.make_plan(300, 300, True, np.dtype(np.float32), 1, 40, 2)
     assert (plan.panel_rows, plan.chunk, plan.gram_columns, plan.helper) == (32, 64, 64, True)
     assert list(plan.chunks(0, 32))[:2] == [(0, 1), (1, 2)]
@@ -217,16 +219,16 @@ def test_out_may_be_a_strided_view(small_tiles):
     assert not big[:, 1::2].any()
 
 
-@pytest.mark.skipif(evaluation._MADVISE is None, reason="madvise: Linux only")
+@pytest.mark.skipif(memory._madvise() is None, reason="madvise: Linux only")
 @pytest.mark.parametrize("mode", ["r+", "c"])
 def test_memmap_out_written_to_disk(tmp_path, monkeypatch, small_tiles, mode):
     """Pages are released from memory as they are written (after every panel, during the
     mirrors, every 16 identical-input entries here), and the file holds the kernel
     afterwards; a copy-on-write map keeps its pages in memory."""
-    monkeypatch.setattr(evaluation, "IDENTICAL_BATCH", 16)
+    monkeypatch.setattr(panels, "IDENTICAL_BATCH", 16)
     calls = []
-    real = evaluation._MADVISE
-    monkeypatch.setattr(evaluation, "_MADVISE", lambda *a: calls.append(real(*a)))
+    real = memory._madvise()
+    monkeypatch.setattr(memory, "_madvise", lambda: lambda *a: calls.append(real(*a)))
     net = ntkdsl.compile(RELU)
     x = data(200)
     ref = untiled(net, x)[1]
@@ -335,7 +337,7 @@ def test_kernel_too_large_for_memory_says_how_much_and_suggests_memmap():
 
 
 def test_too_large_checks_the_memory_it_is_told(monkeypatch):
-    monkeypatch.setattr(evaluation, "available_memory", lambda: 10_000)
+    monkeypatch.setattr(memory, "available_memory", lambda: 10_000)
     net, x = _net_and_x()  # two 30 x 30 float64 kernels: 14.4 kB
     with pytest.raises(InputError, match=r"needs 0\.0 MB"):
         net.kernels(x)
@@ -368,7 +370,7 @@ def test_plan_threads():
     assert not plan(100, 100, True, f64, 1e5, 30, 4).helper
     big = plan(8000, 8000, True, f64, 40e6, 30, None)
     assert big.threads == evaluation.default_threads()
-    assert big.chunk == evaluation.MAX_CHUNK
+    assert big.chunk == planning.MAX_CHUNK
 
 
 def test_overlapping_nngp_and_ntk_outputs_rejected():

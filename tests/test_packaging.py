@@ -43,6 +43,16 @@ def test_the_package_is_typed_and_ships_its_marker():
     assert '"Typing :: Typed"' in PYPROJECT
 
 
+def test_every_subpackage_is_packaged():
+    """A wheel holds the packages pyproject.toml lists: every directory of ntkdsl with an
+    __init__.py (ntkdsl.evaluation, ntkdsl.commands, ...) must be among them."""
+    listed = set(re.search(r"^packages = \[(.*)\]$", PYPROJECT, re.M).group(1).replace('"', "").split(", "))
+    found = {".".join(init.parent.relative_to(ROOT).parts)
+             for init in (ROOT / "ntkdsl").rglob("__init__.py")
+             if "grammars" not in init.parts and "__pycache__" not in init.parts}
+    assert "ntkdsl.evaluation" in found and found <= listed, sorted(found - listed)
+
+
 def test_mypy_sees_the_public_types(tmp_path):
     # The package as an installed wheel lays it out: mypy accepts a package found on the path
     # only with its py.typed marker, and follows no editable-install import hook.

@@ -1,0 +1,57 @@
+"""No silent inf/NaN: a kernel entry that is not finite, or an overflow that stopped the
+generated program, is a NumericalError naming the layer where it starts."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import NumericalError
+from .memory import is_shared_file_map, release_pages
+from .program_text import nonfinite_layer
+
+_OVERFLOW_HINT = ("an overflow past float64's range (about 1.8e308): use smaller weight or "
+                  "activation scales (W_std, b_std, b of Exp, ...) or inputs of smaller norm")
+
+
+def check_finite(functions: dict, kinds: Sequence[str], outs: Sequence[np.ndarray],
+                 q1: np.ndarray, q2: np.ndarray, d: int) -> None:
+    """NumericalError, naming the first layer whose variance is not finite, if any kernel
+    entry is inf or NaN (an overflow such as exp(b² q) for large b² q): never a silent
+    inf/NaN. One pass over the outputs, block by block."""
+    for kind, out in zip(kinds, outs):
+        entry = _first_nonfinite(out)
+        if entry is None:
+            continue
+        i, j = entry
+        layer = nonfinite_layer(functions, np.array([q1[i], q2[j]], dtype=np.float64), d)
+        where = (f"the variance after {layer} is not finite for these inputs" if layer else
+                 "every layer's variance is finite for these inputs, so the kernel formula "
+                 "itself failed at this pair")
+        raise NumericalError(
+            f"the {kind.upper()} is not finite ({out[i, j]}) at entry ({i}, {j}): {where}",
+            hint=_OVERFLOW_HINT)
+
+
+def _overflow(functions: dict, q1: np.ndarray, q2: np.ndarray, d: int, detail: str
+              ) -> NumericalError:
+    """NumericalError for an overflow that stopped the program, naming the first layer whose
+    variance is not finite at the largest input norms (where an overflow starts)."""
+    layer = nonfinite_layer(functions, np.array([q1.max(), q2.max()], dtype=np.float64), d)
+    where = f"the variance after {layer} is not finite" if layer else "a value overflowed"
+    return NumericalError(
+        f"the kernel overflowed float64 ({detail}): {where} for the largest inputs",
+        hint=_OVERFLOW_HINT)
+
+
+def _first_nonfinite(out: np.ndarray) -> tuple[int, int] | None:
+    step = max(1, (1 << 20) // max(1, out.shape[1]))
+    mapped = is_shared_file_map(out)
+    for r in range(0, out.shape[0], step):
+        bad = ~np.isfinite(out[r:r + step])
+        if mapped:
+            release_pages(out)
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            return r + int(i), int(j)
+    return None
