@@ -272,10 +272,11 @@ def dual_maps(node: Activation | Composite) -> tuple[sp.Expr, sp.Expr, str]:
     there by construction (its engine evaluates φ(√q z) at q = 0: φ(0) itself)."""
     spec = None if isinstance(node, Composite) else activations.lookup(node.name)
     gamma = spec.dual(_PLACEHOLDER, **node.kwargs) if spec and spec.dual else None
-    route = "closed form"
+    route, known_dot = "closed form", None
     if gamma is None:
         phi = phi_of(node)
-        gamma = gaussian.closed_form_dual(phi, activations.x, _PLACEHOLDER, activations.REGISTRY)
+        gamma, known_dot = gaussian.closed_form_dual(phi, activations.x, _PLACEHOLDER,
+                                                     activations.REGISTRY) or (None, None)
         route = "closed form (Gaussian integration rules)"
     jump = zero_variance_case(node) if gamma is not None else None
     if jump is not None and jump.mean is None:
@@ -289,6 +290,8 @@ def dual_maps(node: Activation | Composite) -> tuple[sp.Expr, sp.Expr, str]:
         gamma_dot = sp.S.Zero  # φ' = 0 a.e. (Sign, steps, compositions of them)
     elif spec and spec.dual_dot is not None:
         gamma_dot = spec.dual_dot(_PLACEHOLDER, **node.kwargs)
+    elif known_dot is not None:
+        gamma_dot = known_dot
     else:
         gamma_dot = sp.diff(gamma, _PLACEHOLDER.k)  # Price's theorem
     # Γ̇ keeps its limit at a zero variance: the NTK of a pre-activation that is surely 0

@@ -263,7 +263,7 @@ def check_activation(expr: sp.Expr, fail: Callable[[str, str], Exception]) -> No
                    + ", ".join(sorted(map(str, extra))), "write an expression in x only")
     _check_growth(expr, fail)
     for value in _PROBE:
-        y = _value_at(expr, value)
+        y = value_at(expr, value)
         if y is None or not cmath.isfinite(y):
             raise fail(f"the expression is not finite at x = {value:g}",
                        "an activation must be a finite real function of every real x")
@@ -273,10 +273,10 @@ def check_activation(expr: sp.Expr, fail: Callable[[str, str], Exception]) -> No
                        "sqrt(abs(x)) or log(1 + exp(x))")
 
 
-def _value_at(expr: sp.Expr, value: float) -> complex | None:
+def value_at(expr: sp.Expr, value: float, symbol: sp.Symbol = x) -> complex | None:
     """φ(value) to 30 digits, or None where it is undefined or infinite."""
     try:
-        y = sp.N(expr.subs(x, sp.Float(value, 30)), 30)
+        y = sp.N(expr.subs(symbol, sp.Float(value, 30)), 30)
     except (ValueError, TypeError, ArithmeticError):
         return None  # e.g. Min(zoo, 0) at x = 0: "the argument 'zoo' is not comparable"
     if not y.is_number or y.has(sp.zoo, sp.oo, -sp.oo, sp.nan):

@@ -14,30 +14,50 @@ Rules, tried in order:
 """
 from __future__ import annotations
 
+import warnings
 from functools import cache
 from math import comb
 
+import numpy as np
 import sympy as sp
 
 from .symbolic import ExpCosh, ExpSinh, Pair, gaussian_moment, polynomial_dual
 
 
-def closed_form_dual(phi: sp.Expr, x: sp.Symbol, pair: Pair, registry) -> sp.Expr | None:
-    """Γ for φ by the rules above, or None if they do not apply."""
-    scaled = _registry_multiple(phi, registry)
+def closed_form_dual(phi: sp.Expr, x: sp.Symbol, pair: Pair,
+                     registry) -> tuple[sp.Expr, sp.Expr | None] | None:
+    """(Γ, Γ̇) for φ by the rules above, or None if they do not apply. Γ̇ is None where
+    the caller should differentiate Γ (Price's theorem); a polynomial φ gets its Γ̇ from
+    the Hermite sum directly, since sympy's diff of a degree-40 Γ takes minutes."""
+    scaled = _registry_multiple(phi, x, registry)
     if scaled is not None:
         factor, spec = scaled
-        return factor ** 2 * spec.dual(pair)
+        return factor ** 2 * spec.dual(pair), None
     terms = elementary_terms(phi, x)
     if terms is None:
         return None
-    return _elementary_dual(terms, pair)
+    if all(lam == 0 and beta == 0 for _, _, lam, beta in terms):
+        return _polynomial(terms, pair)
+    gamma = _elementary_dual(terms, pair)
+    return None if gamma is None else (gamma, None)
 
 
-def _registry_multiple(phi: sp.Expr, registry):
-    """(α, spec) if φ = α·ψ for a parameterless registry entry ψ with a closed form."""
+# Points where φ and a registry entry ψ are compared before any symbolic work: φ = α·ψ
+# needs φ(p)·ψ(p₀) = φ(p₀)·ψ(p) at each of them (both signs, away from 0 and kinks).
+_SCREEN = (-1.7, -0.6, 0.45, 1.3, 2.2)
+
+
+def _registry_multiple(phi: sp.Expr, x: sp.Symbol, registry):
+    """(α, spec) if φ = α·ψ for a parameterless registry entry ψ with a closed form.
+
+    sympy's simplify of φ/ψ is unbounded (35 s for a composed Gelu), so it runs only for
+    an entry whose ratio to φ is constant at the screening points; a false "no" costs
+    nothing but speed, since the later routes are exact too."""
+    phi_values = _values(phi, x)
+    if phi_values is None:
+        return None
     for spec in {id(s): s for s in registry.values()}.values():
-        if spec.dual is None or spec.params:
+        if spec.dual is None or spec.params or not _proportional(phi_values, _entry_values(spec, x)):
             continue
         ratio = sp.simplify(phi / spec.phi())
         if ratio.is_number and ratio.is_real and ratio != 0:
@@ -45,9 +65,40 @@ def _registry_multiple(phi: sp.Expr, registry):
     return None
 
 
+def _values(expr: sp.Expr, x: sp.Symbol) -> tuple[float, ...] | None:
+    """expr at the screening points in float64 (bounded work, where 30-digit evaluation of
+    exp(1e8·exp(1e8·x)) takes seconds), or None if it is not finite and real there."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            values = np.asarray(sp.lambdify(x, expr, modules="numpy")(np.array(_SCREEN)), dtype=float)
+        except (ArithmeticError, ValueError, TypeError):
+            return None
+    values = np.broadcast_to(values, (len(_SCREEN),))
+    return tuple(values.tolist()) if np.isfinite(values).all() else None
+
+
+@cache
+def _entry_values(spec, x: sp.Symbol) -> tuple[float, ...] | None:
+    return _values(spec.phi(), x)
+
+
+def _proportional(a: tuple[float, ...], b: tuple[float, ...] | None) -> bool:
+    """a = α·b for one α ≠ 0 (to 1e-9 of the values' size, float64 evaluations): every 2×2
+    minor vanishes against the point where b is largest."""
+    if b is None:
+        return False
+    ref = max(range(len(b)), key=lambda i: abs(b[i]))
+    if abs(b[ref]) == 0 or abs(a[ref]) == 0:
+        return False
+    return all(abs(ai * b[ref] - a[ref] * bi) <= 1e-9 * abs(a[ref] * b[ref]) for ai, bi in zip(a, b))
+
+
 def elementary_terms(phi: sp.Expr, x: sp.Symbol):
     """φ as [(c, m, λ, β)] meaning Σ c·x^m·exp(λx + βx²), or None if it is not of that
     form (λ may be complex: trigonometric factors)."""
+    if not _elementary_shape(phi, x):
+        return None  # before expanding: sin(sin(x)) rewritten as exponentials never ends
     rewritten = phi.rewrite(sp.sin, sp.exp).rewrite(sp.cos, sp.exp)
     rewritten = rewritten.rewrite(sp.sinh, sp.exp).rewrite(sp.cosh, sp.exp)
     expanded = sp.expand(sp.powsimp(sp.expand(rewritten), combine="exp"))
@@ -58,6 +109,25 @@ def elementary_terms(phi: sp.Expr, x: sp.Symbol):
             return None
         terms.append(parsed)
     return terms
+
+
+_EXPONENTIALS = (sp.exp, sp.sin, sp.cos, sp.sinh, sp.cosh)
+
+
+def _elementary_shape(phi: sp.Expr, x: sp.Symbol) -> bool:
+    """Whether φ can be Σ c·x^m·exp(λx + βx²) at all, by its tree alone: sums, products and
+    whole non-negative powers of x-terms, over exp/sin/cos/sinh/cosh of polynomials of
+    degree at most 2 in x."""
+    if not phi.has(x) or phi == x:
+        return True
+    if isinstance(phi, (sp.Add, sp.Mul)):
+        return all(_elementary_shape(arg, x) for arg in phi.args)
+    if phi.is_Pow:
+        return bool(phi.exp.is_Integer and phi.exp >= 0 and _elementary_shape(phi.base, x))
+    if isinstance(phi, _EXPONENTIALS):
+        (arg,) = phi.args
+        return bool(arg.is_polynomial(x) and sp.degree(arg, x) <= 2)
+    return False
 
 
 def _term(term: sp.Expr, x: sp.Symbol):
@@ -84,8 +154,6 @@ def _term(term: sp.Expr, x: sp.Symbol):
 
 
 def _elementary_dual(terms, pair: Pair) -> sp.Expr | None:
-    if all(lam == 0 and beta == 0 for _, _, lam, beta in terms):
-        return _polynomial(terms, pair)
     total = sp.S.Zero
     for c1, m1, l1, b1 in terms:
         for c2, m2, l2, b2 in terms:
@@ -127,14 +195,15 @@ def _paired_exponentials(total: sp.Expr) -> sp.Expr:
     return out
 
 
-def _polynomial(terms, pair: Pair) -> sp.Expr | None:
-    """A polynomial φ (real coefficients): the Hermite sum of symbolic.polynomial_dual."""
+def _polynomial(terms, pair: Pair) -> tuple[sp.Expr, sp.Expr] | None:
+    """A polynomial φ (real coefficients): (Γ, Γ̇) as the Hermite sums of
+    symbolic.polynomial_dual."""
     coefficients = [sp.S.Zero] * (max(m for _, m, _, _ in terms) + 1)
     for c, m, _, _ in terms:
         coefficients[m] += c
     if not all(c.is_real for c in coefficients):
         return None
-    return polynomial_dual(coefficients, pair)
+    return polynomial_dual(coefficients, pair), polynomial_dual(coefficients, pair, derivative=True)
 
 
 @cache

@@ -150,7 +150,11 @@ class Emitter:
         self.once = {s for s in joint if sum(e.count(s) for e in exprs) == 1}
 
     def _rename_all(self, old: int, new: int) -> None:
-        self.statements = [_renamed(s, old, new, self.top) for s in self.statements]
+        # Only statements that name the slot change (a statement's text names exactly its
+        # targets, reads and deletes): renaming all of them was quadratic in a long step.
+        self.statements = [_renamed(s, old, new, self.top)
+                           if old in s.targets or old in s.reads or old in s.deletes else s
+                           for s in self.statements]
         if old in self.buffers:
             self.buffers.remove(old)
 

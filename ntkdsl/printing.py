@@ -192,6 +192,9 @@ _HELPER_SOURCES = {"_corr": embedded_source("correlation"),
                    "_at_zero_variance": _AT_ZERO_VARIANCE_SOURCE}
 
 
+_INT64_LIMIT = 2 ** 63
+
+
 class NumPyPrinter(SciPyPrinter):
     """SciPy printer with full-precision floats, modules named ``numpy``/``scipy``, and
     elementwise max/min. While printing it records ``helpers`` (name -> source of each
@@ -280,6 +283,19 @@ class NumPyPrinter(SciPyPrinter):
 
     def _print_Float(self, expr):
         return repr(float(expr))
+
+    def _print_Integer(self, expr):
+        # NumPy takes a Python int beyond int64 as an object, which its ufuncs refuse
+        # (numpy.sqrt(2**70) is a TypeError): such an integer is printed as the float it
+        # rounds to (inf past float64's range, which the evaluation's finiteness check turns
+        # into a NumericalError). Rationals keep exact numerators and denominators.
+        value = int(expr)
+        if abs(value) < _INT64_LIMIT:
+            return str(value)
+        try:
+            return repr(float(value))
+        except OverflowError:
+            return self._module_format("numpy.inf") if value > 0 else f"(-{self._module_format('numpy.inf')})"
 
     def _print_Pi(self, expr):
         return self._module_format("numpy.pi")

@@ -76,10 +76,14 @@ class KernelVariable(sp.Symbol):
                 layout: object = None, **assumptions):
         obj = sp.Symbol.__xnew__(cls, name, **assumptions)
         obj.role, obj.layer, obj.layout = role, layer, layout
+        # sympy orders symbols of one name and assumptions by the rest of their content,
+        # item by item with < and >: every item must be orderable (a role, a layer that is an
+        # int or a template's str, a layout that is None are not, among themselves).
+        obj._content = (role.name, (type(layer).__name__, str(layer)), repr(layout))
         return obj
 
     def _hashable_content(self):
-        return super()._hashable_content() + (self.role, self.layer, self.layout)
+        return super()._hashable_content() + self._content
 
 
     def __getnewargs_ex__(self):

@@ -559,9 +559,12 @@ def _hd_grouped(table, r1, r2, c, need, start):
     certified = need < _HD_TERMS
     if not certified.any():
         return out
-    if need[certified].max() - start <= 32 and len(c) * 32 <= 2 ** 18:  # the usual case
+    stop = int(need[certified].max())
+    if stop <= start:  # every certified entry is complete before ``start``: nothing to add
+        return out
+    if stop - start <= 32 and len(c) * 32 <= 2 ** 18:  # the usual case
         e = numpy.flatnonzero(certified) if not certified.all() else slice(None)
-        out[e] = _hd_series(table, r1[e], r2[e], c[e], start, int(need[certified].max()))
+        out[e] = _hd_series(table, r1[e], r2[e], c[e], start, stop)
         return out
     order = numpy.flatnonzero(certified)
     order = order[numpy.argsort(need[order], kind="stable")]

@@ -1,0 +1,173 @@
+"""Regression tests for the classes of finding of the fuzzer (tests/fuzzing.py, issue 12),
+each checked against an independent computation (Gauss–Hermite quadrature or a closed form
+by hand) where a kernel comes out, and against the fuzzer's CPU-time limit where the finding
+was a timeout."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+import ntkdsl
+
+CPU_LIMIT = 3.0   # the fuzzer's limit per input (tests/fuzzing.py CPU_SECONDS)
+X = np.array([[0.3, -0.4, 0.2, 0.5], [0.1, 0.6, -0.3, 0.2], [-0.5, 0.1, 0.4, -0.2]])
+
+
+def _gauss_hermite_dual(f, fprime, q1, q2, k, nodes=120):
+    """(E[f(u) f(v)], E[f'(u) f'(v)]) for (u, v) ~ N(0, [[q1, k], [k, q2]]) by a tensor
+    Gauss–Hermite rule (exact for polynomials of degree < 2·nodes in each variable)."""
+    z, w = np.polynomial.hermite_e.hermegauss(nodes)
+    w = w / w.sum()
+    c = k / math.sqrt(q1 * q2)
+    u = math.sqrt(q1) * z[:, None]
+    v = math.sqrt(q2) * (c * z[:, None] + math.sqrt(max(0.0, 1 - c * c)) * z[None, :])
+    weights = w[:, None] * w[None, :]
+    return (float((weights * f(u) * f(v)).sum()), float((weights * fprime(u) * fprime(v)).sum()))
+
+
+def _compile_cpu(arch: str):
+    start = time.process_time()
+    net = ntkdsl.compile(arch)
+    net.kernels(X)
+    return net, time.process_time() - start
+
+
+def _one_layer_reference(net, f, fprime):
+    """NNGP and NTK of Dense(d) > φ > Dense(1) (unit weights, no biases) for X's rows."""
+    gram = X @ X.T / X.shape[1]
+    nngp, ntk = np.empty_like(gram), np.empty_like(gram)
+    for i in range(len(X)):
+        for j in range(len(X)):
+            gamma, gamma_dot = _gauss_hermite_dual(f, fprime, gram[i, i], gram[j, j], gram[i, j])
+            nngp[i, j], ntk[i, j] = gamma, gamma + gram[i, j] * gamma_dot
+    return nngp, ntk
+
+
+def _gelu_tanh(x):
+    return x / 2 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _gelu_tanh_prime(x, h=1e-6):
+    return (_gelu_tanh(x + h) - _gelu_tanh(x - h)) / (2 * h)
+
+
+def test_composed_activation_is_not_simplified_against_every_registry_entry():
+    """Gelu(approximate=True) * 2 took 12 s to compile (sympy's simplify of φ/ψ for each
+    registry entry ψ); now only an entry proportional to φ at the screening points is
+    simplified. Its kernel is the numerical route's, checked against quadrature of φ∘φ."""
+    net, cpu = _compile_cpu("Dense(4) > (Gelu(approximate=True)) * 2 > Dense(1)")
+    assert cpu < CPU_LIMIT
+    twice = lambda x: _gelu_tanh(_gelu_tanh(x))
+    twice_prime = lambda x: _gelu_tanh_prime(_gelu_tanh(x)) * _gelu_tanh_prime(x)
+    nngp, ntk = _one_layer_reference(net, twice, twice_prime)
+    got_nngp, got_ntk = net.kernels(X)
+    np.testing.assert_allclose(got_nngp, nngp, rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(got_ntk, ntk, rtol=1e-7, atol=1e-12)  # φ' by central differences
+
+
+@pytest.mark.parametrize("expr, factor, entry", [("2*relu(x)", 2, "Relu"), ("-3*abs(x)", -3, "Abs"),
+                                                 ("relu(x)/7", 1 / 7, "Relu")])
+def test_a_multiple_of_a_registry_entry_still_takes_its_closed_form(expr, factor, entry):
+    """The screening must not lose the α·ψ rule: Γ = α²·Γ_ψ, Γ̇ = α²·Γ̇_ψ."""
+    net = ntkdsl.compile(f'Dense(4) > Fn("{expr}") > Dense(1)')
+    plain = ntkdsl.compile(f"Dense(4) > {entry} > Dense(1)")
+    assert "closed form" in str(net.formula("ntk"))
+    for got, ref in zip(net.kernels(X), plain.kernels(X)):
+        np.testing.assert_allclose(got, factor ** 2 * ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("factors", [20, 40, 60])
+def test_long_polynomial_product_compiles_in_time_and_is_exact(factors):
+    """Fn("(x+1)*(x+1)*...") with 20–60 factors timed out: sympy's diff of the degree-n
+    Hermite sum (Price's theorem) took minutes; the polynomial rule now gives Γ̇ as its own
+    Hermite sum. Checked against Gauss–Hermite quadrature, exact for polynomials."""
+    net, cpu = _compile_cpu('Dense(4) > Fn("' + "*".join(["(x+1)"] * factors) + '") > Dense(1)')
+    assert cpu < CPU_LIMIT
+    nngp, ntk = _one_layer_reference(net, lambda x: (x + 1) ** factors,
+                                     lambda x: factors * (x + 1) ** (factors - 1))
+    for got, ref in zip(net.kernels(X), (nngp, ntk)):
+        # Entries 1e15 times smaller than the diagonal (an input's own (x+1)^60 moments)
+        # come out of cancelling terms: compared on the Cauchy–Schwarz scale
+        # sqrt(K(x, x) K(x', x')), as the README's rule for the numerical route.
+        scale = np.sqrt(np.outer(np.diag(ref), np.diag(ref)))
+        assert np.all(np.abs(got - ref) <= 1e-9 * scale)
+        np.testing.assert_allclose(np.diag(got), np.diag(ref), rtol=1e-10)
+
+
+def test_integer_beyond_int64_in_generated_code():
+    """A kernel that does not depend on the input (after a constant Polynomial) was printed
+    as numpy.sqrt(<a 35-digit integer>): a TypeError from NumPy. By hand: the constant c
+    gives q = k = c², the Dense q' = w²c² + b², the Gaussian exp(βx²) at correlation 1
+    Γ = 1/sqrt(1 − 4βq'), Γ̇ = 4β²q'(1 − 4βq')^(-3/2), and the NTK is Γ + q'·Γ̇ (the constant
+    layer's Γ̇ is 0)."""
+    c, w, b, beta = -0.70312345, 1.7912345, 2.0112345, -1.2912345
+    net = ntkdsl.compile(f"Dense(8) > Polynomial([{c}]) > Dense(1, W_std={w}, b_std={b}) > "
+                         f"Gaussian(b={beta}) > Dense(1)")
+    q = w * w * c * c + b * b
+    gamma = 1 / math.sqrt(1 - 4 * beta * q)
+    gamma_dot = 4 * beta ** 2 * q * (1 - 4 * beta * q) ** -1.5
+    nngp, ntk = net.kernels(X)
+    np.testing.assert_allclose(nngp, np.full((3, 3), gamma), rtol=1e-13)
+    np.testing.assert_allclose(ntk, np.full((3, 3), gamma + q * gamma_dot), rtol=1e-13)
+    assert "numpy.sqrt(48136513994373953743795569265886698)" not in ntkdsl.codegen(
+        f"Dense(8) > Polynomial([{c}]) > Dense(1, W_std={w}, b_std={b}) > Gaussian(b={beta}) > Dense(1)")
+
+
+def test_numerical_series_whose_entries_are_all_complete_early():
+    """A numerical dual whose certified entries all finish before the remainder's first term
+    indexed an empty term matrix (IndexError in the generated _hd_series). The fuzz input
+    (seed 101) now evaluates; its diagonal, taken by the collinear 1-D route, agrees with the
+    pairs' matrix, and the matrix is symmetric."""
+    arch = ("Dense(8, W_std=0.552, b_std=1.18) > (Dense(512) > Abs > Dense(1, W_std=0.909, "
+            "b_std=0.02482) > Silu > Dense(64, b_std=1.27)) > Dense(512, W_std=1.41, b_std=1.63, "
+            "parameterization='standard') > Softplus > Dense(1, b_std=3) > Fn(expr=\"(abs(x)) ** (2)\") "
+            "> Dense(512, W_std=3, b_std=1.36)")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3))
+    x[2], x[3] = 0.0, x[0]
+    x[1] *= 30.0
+    net = ntkdsl.compile(arch)
+    nngp, ntk = net.kernels(x)
+    diag_nngp, diag_ntk = net.diagonal(x)
+    for matrix, diagonal in ((nngp, diag_nngp), (ntk, diag_ntk)):
+        assert np.isfinite(matrix).all()
+        np.testing.assert_allclose(matrix, matrix.T, rtol=1e-12)
+        np.testing.assert_allclose(np.diag(matrix), diagonal, rtol=1e-9)
+
+
+def test_composed_trigonometric_activation_is_not_expanded_as_exponentials():
+    """Sin * 16 timed out in the Gaussian-integration rules (sin(sin(...)) rewritten as
+    complex exponentials and expanded); now its shape rules it out before expanding, and
+    the numerical route's kernel matches quadrature of the 16-fold composition."""
+    net, cpu = _compile_cpu("Dense(4) > Sin * 16 > Dense(1)")
+    assert cpu < CPU_LIMIT
+
+    def composed(x):
+        for _ in range(16):
+            x = np.sin(x)
+        return x
+
+    def composed_prime(x):
+        slope = np.ones_like(x)
+        for _ in range(16):
+            slope, x = slope * np.cos(x), np.sin(x)
+        return slope
+
+    nngp, ntk = _one_layer_reference(net, composed, composed_prime)
+    got_nngp, got_ntk = net.kernels(X)
+    np.testing.assert_allclose(got_nngp, nngp, rtol=1e-9, atol=1e-15)
+    # The NTK is Γ + q·Γ̇, each within the route's 1e-9 bound of its own scale: 2e-9 in all.
+    np.testing.assert_allclose(got_ntk, ntk, rtol=2e-9, atol=1e-15)
+
+
+def test_registry_screen_of_a_huge_composition_is_bounded():
+    """Exp(b=1e8) * 2 spent seconds in 30-digit evaluation of exp(1e8·exp(1e8·x)) while the
+    α·ψ rule was screened; the screen is in float64 now, and the moments are refused."""
+    start = time.process_time()
+    with pytest.raises(ntkdsl.NumericalError, match="not finite"):
+        ntkdsl.compile("Dense(1, W_std=0.372, b_std=2) > (Exp(b=100000000)) * 2 > "
+                       "Dense(1, b_std=0.356)").kernels(X)
+    assert time.process_time() - start < CPU_LIMIT
