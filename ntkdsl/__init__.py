@@ -7,7 +7,6 @@
 """
 from typing import TYPE_CHECKING
 
-from . import codegen  # callable: ntkdsl.codegen(arch) -> source of a standalone module
 from ._version import __version__
 from .errors import (
     ArchitectureError,
@@ -23,6 +22,15 @@ from .errors import (
 )
 from .network import Network, compile
 from .parser import parse
+
+
+def codegen(arch: str) -> str:
+    """The source of a standalone Python module (numpy only, plus scipy.special where a
+    formula needs it) computing the NNGP and NTK of ``arch``; see
+    ``ntkdsl.standalone.module_source``. The same string always gives the same bytes."""
+    from .standalone import module_source  # on first use: `import ntkdsl` stays fast
+    return module_source(arch)
+
 
 # Names whose modules pull in scikit-learn or are otherwise heavy: imported on first use,
 # so `import ntkdsl` and the command line start fast.

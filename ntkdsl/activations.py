@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 import sympy as sp
@@ -21,7 +20,7 @@ import sympy as sp
 from . import limits
 from .expressions import parse_expression, phi_of_text, x  # x: the one variable of every φ
 from .params import Param
-from .symbolic import ExpCosh, ExpSinh, Pair, exact, polynomial_dual
+from .symbolic import ArcCosine, ExpCosh, ExpSinh, Pair, exact, polynomial_dual
 
 
 @dataclass(frozen=True)
@@ -62,49 +61,39 @@ def lookup(name: str) -> ActivationSpec | None:
 # ---------------------------------------------------------------------------------------
 
 def abrelu_dual(p: Pair, a: Any, b: Any) -> sp.Expr:
-    """φ = a·min(x, 0) + b·max(x, 0): the arc-cosine kernel of order 1, generalised."""
+    """φ = a·min(x, 0) + b·max(x, 0) = b·relu(x) − a·relu(−x): with E[relu(u) relu(v)] =
+    √(q1 q2) J_1(c)/(2π) and J_1(−c) = J_1(c) − πc, Γ = (a − b)² √(q1 q2) J_1(c)/(2π) + ab·k.
+    Relu's J_1 vanishes like (π − θ)³ at c → −1; as ``ArcCosine`` (J_1/(2π)) it stays accurate.
+    The two terms never cancel badly: for ab < 0 they have the same sign where Γ is small
+    (c < 0), for ab > 0 Γ changes sign (LeakyRelu) where k is large enough for its rounding
+    to dominate. Γ̇ = ∂Γ/∂k = (a − b)² J_0(c)/(2π) + ab: a sum of positive terms for
+    ab ≥ 0; for ab < 0 see ``abrelu_dual_dot``."""
     a, b = exact(a), exact(b)
-    c = p.c
-    return p.norm * ((a - b) ** 2 / (2 * sp.pi) * p.sin_theta
-                     + ((a ** 2 + b ** 2) / 2 - (a - b) ** 2 * p.theta / (2 * sp.pi)) * c)
+    return (a - b) ** 2 * p.norm * ArcCosine(1, p.c) + a * b * p.k
 
 
-_C = sp.Symbol("c")
-
-
-@cache
-def _arccos_polynomials(n: int) -> tuple[sp.Poly, sp.Poly]:
-    """(A_n, B_n) with Cho & Saul's J_n(θ) = A_n(c)·(π − θ) + B_n(c)·sin θ, c = cos θ.
-
-    J_n = sin^(2n+1) θ · (d/dc)^n [(π − θ) / sin θ]; writing the n-th derivative as
-    (A_n (π − θ) + B_n sin θ) / sin^(2n+1) θ and differentiating once more gives
-    A_(n+1) = (1 − c²) A_n' + (2n + 1) c A_n and B_(n+1) = A_n + (1 − c²) B_n' + 2n c B_n:
-    exact integer polynomials in n steps, where differentiating and simplifying in θ took
-    seconds for n = 5 and left 0/0 terms at c = ±1."""
-    a, b = sp.Poly(1, _C), sp.Poly(0, _C)
-    one_minus_c2, c = sp.Poly(1 - _C ** 2, _C), sp.Poly(_C, _C)
-    for m in range(n):
-        a, b = (one_minus_c2 * a.diff(_C) + (2 * m + 1) * c * a,
-                a + one_minus_c2 * b.diff(_C) + 2 * m * c * b)
-    return a, b
-
-
-def _arccos_j(n: int, p: Pair) -> sp.Expr:
-    """J_n at the pair's correlation, expanded over c, θ and sin θ."""
-    a, b = _arccos_polynomials(n)
-    return sp.expand(a.as_expr().xreplace({_C: p.c}) * (sp.pi - p.theta)
-                     + b.as_expr().xreplace({_C: p.c}) * p.sin_theta)
+def abrelu_dual_dot(p: Pair, a: Any, b: Any) -> sp.Expr:
+    """∂Γ/∂k: plain differentiation for ab ≥ 0; for ab < 0 (Abs, ABRelu(−0.5, 2)) as
+    (a + b)²/4 + (a − b)² arcsin(c)/(2π) — the same as (a − b)² J_0(c)/(2π) + ab, since
+    J_0 = π/2 + arcsin c, but Abs's (2/π) arcsin(c) keeps its digits as c → 0, where that
+    form subtracts 1 from 1."""
+    if not (exact(a) * exact(b)).is_negative:
+        return sp.diff(abrelu_dual(p, a, b), p.k)
+    a, b = exact(a), exact(b)
+    return (a + b) ** 2 / 4 + (a - b) ** 2 * sp.asin(p.c) / (2 * sp.pi)
 
 
 def rectified_monomial_dual(p: Pair, degree: int) -> sp.Expr:
-    """E[relu(u)^n relu(v)^n] = (q1 q2)^(n/2) J_n(θ) / (2π)."""
-    return p.norm ** degree * _arccos_j(degree, p) / (2 * sp.pi)
+    """E[relu(u)^n relu(v)^n] = (q1 q2)^(n/2) J_n(θ) / (2π), J_n of Cho & Saul (2009) as
+    ``ArcCosine`` (J_n/(2π) from exact integer polynomials; accurate at c → −1, where J_n
+    vanishes like (π − θ)^(2n+1))."""
+    return p.norm ** degree * ArcCosine(degree, p.c)
 
 
 def rectified_monomial_dual_dot(p: Pair, degree: int) -> sp.Expr:
     """∂Γ/∂k for RectifiedMonomial: by Price's theorem n² E[relu(u)^(n-1) relu(v)^(n-1)]
-    (the derivative of relu^n is n relu^(n-1)), i.e. n² (q1 q2)^((n-1)/2) J_(n-1)(θ) / (2π):
-    no 1/sin θ left to cancel at c = ±1, where differentiating J_n in k gave 0/0."""
+    (the derivative of relu^n is n relu^(n-1)), i.e. n² (q1 q2)^((n-1)/2) J_(n-1)(θ) / (2π)
+    — what differentiating ArcCosine gives, written out so that degree 0 (the step) is 0."""
     if degree == 0:
         return sp.S.Zero
     return degree ** 2 * rectified_monomial_dual(p, degree - 1)
@@ -217,13 +206,15 @@ register(ActivationSpec(
 register(ActivationSpec(
     "LeakyRelu", (Param("alpha", "float"),),
     phi=lambda alpha: sp.Max(x, 0) + exact(alpha) * sp.Min(x, 0),
-    dual=lambda p, alpha: abrelu_dual(p, alpha, 1)))
+    dual=lambda p, alpha: abrelu_dual(p, alpha, 1),
+    dual_dot=lambda p, alpha: abrelu_dual_dot(p, alpha, 1)))
 register(ActivationSpec(
     "ABRelu", (Param("a", "float"), Param("b", "float")),
     phi=lambda a, b: exact(a) * sp.Min(x, 0) + exact(b) * sp.Max(x, 0),
-    dual=abrelu_dual))
+    dual=abrelu_dual, dual_dot=abrelu_dual_dot))
 register(ActivationSpec(
-    "Abs", (), phi=lambda: sp.Abs(x), dual=lambda p: abrelu_dual(p, -1, 1)))
+    "Abs", (), phi=lambda: sp.Abs(x), dual=lambda p: abrelu_dual(p, -1, 1),
+    dual_dot=lambda p: abrelu_dual_dot(p, -1, 1)))
 register(ActivationSpec(
     "Erf", _ABC, phi=lambda a, b, c: exact(a) * sp.erf(exact(b) * x) + exact(c),
     dual=erf_dual, dual_dot=erf_dual_dot))

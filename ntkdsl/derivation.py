@@ -13,57 +13,38 @@ Two programs come out of one AST:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from functools import cache, cached_property, singledispatch
+from functools import cache, singledispatch
 
 import sympy as sp
 
 from . import activations, gaussian, limits, numerical
 from .ast import Activation, Dense, Identity, LayerNorm, Node, Repeat, Serial, Sum
 from .errors import ArchitectureError, LayerValueError, Span
+from .program import (
+    DIAGONAL_ROLES,
+    INPUT_STATISTICS,
+    NNGP,
+    PAIR_ROLES,
+    SCALAR,
+    VARIANCE,
+    VARIANCE1,
+    VARIANCE2,
+    Assignment,
+    Bound,
+    KernelVariable,
+    Program,
+    Step,
+    StructuredOp,
+    Template,
+    TemplateCache,
+    state_variable,
+)
 from .symbolic import AtZeroVariance, Corr, Pair, exact
 
 # Input statistics: q1_0 = x·x/d, q2_0 = x'·x'/d, K_0 = x·x'/d; d = number of features.
-D = sp.Symbol("d", positive=True, integer=True)
-
-
-@dataclass(frozen=True)
-class Assignment:
-    target: sp.Symbol
-    expr: sp.Expr
-
-
-@dataclass(frozen=True)
-class Step:
-    """The assignments one layer makes; ``label`` is the layer as written, ``note`` says
-    how its dual was obtained (e.g. "closed form") where that is worth stating.
-
-    A derived step's ``assignments`` are a ``Bound`` template: the layer's map is built
-    once per kind of layer over placeholder symbols and only renamed for each layer, so
-    its expressions are materialised only when asked for (formulas), and code generation
-    reuses the template's code."""
-
-    label: str
-    assignments: tuple[Assignment, ...]
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Program:
-    """Straight-line symbolic code: inputs, steps in order, outputs (nngp, ntk)."""
-
-    inputs: tuple[sp.Symbol, ...]
-    steps: tuple[Step, ...]
-    outputs: tuple[sp.Expr, sp.Expr]
-
-    def composed(self) -> tuple[sp.Expr, sp.Expr]:
-        """The outputs as expressions in the inputs alone (substituting every step)."""
-        env: dict[sp.Symbol, sp.Expr] = {}
-        for step in self.steps:
-            for a in step.assignments:
-                env[a.target] = a.expr.xreplace(env)
-        return tuple(o.xreplace(env) for o in self.outputs)
+D = KernelVariable("d", SCALAR, positive=True, integer=True)
 
 
 @dataclass(frozen=True)
@@ -106,10 +87,6 @@ def fold_constant(value: sp.Expr) -> sp.Expr:
     return sp.Float(folded, _CONSTANT_DIGITS) if folded.is_Float else value
 
 
-def _step_symbol(name: str, suffix) -> sp.Symbol:
-    return sp.Symbol(f"{name}_{suffix}", positive=name.startswith("q"), real=True)
-
-
 class _Builder:
     """Records each layer's new state as fresh symbols (SSA) and collects the steps."""
 
@@ -120,17 +97,17 @@ class _Builder:
 
     def commit(self, label: str, old: State, new: State, note: str = "") -> State:
         index = self.suffix if self.suffix is not None else len(self.steps) + 1
-        names = (("q", "t") if self.diagonal else ("q1", "q2", "K", "T"))
+        roles = DIAGONAL_ROLES if self.diagonal else PAIR_ROLES
         fields = ("q1", "t") if self.diagonal else ("q1", "q2", "k", "t")
         assignments, values = [], {}
-        for name, field in zip(names, fields):
+        for role, field in zip(roles, fields):
             expr = getattr(new, field)
             if expr.is_number:
                 expr = fold_constant(expr)
             if expr == getattr(old, field) or expr.is_number or isinstance(expr, sp.Symbol):
                 values[field] = expr
                 continue
-            symbol = _step_symbol(name, index)
+            symbol = state_variable(role, index)
             assignments.append(Assignment(symbol, expr))
             values[field] = symbol
         if self.diagonal:
@@ -154,8 +131,7 @@ class _Builder:
         else:
             index = len(self.steps) + 1
             binding = dict(zip(template.inputs, inputs))
-            binding.update({t: _step_symbol(t.name.rsplit("_", 1)[0], index)
-                            for t in template.targets})
+            binding.update({t: t.at(index) for t in template.targets})
             self.steps.append(Step(str(node), Bound(template, binding), template.step.note))
         out = template.output
         return replace(out, **{f: binding.get(getattr(out, f), getattr(out, f))
@@ -169,97 +145,14 @@ class _Builder:
 # Step templates
 # ---------------------------------------------------------------------------------------
 
-TEMPLATE_SUFFIX = "r"        # targets of a template: q1_r, K_r, ...
-
-
-class TemplateCache(dict):
-    """A dict that starts afresh once it holds ``LIMIT`` entries, so a session compiling
-    many different architectures stays bounded (steps refer to their templates directly,
-    and a template forgotten is rebuilt when next needed)."""
-
-    LIMIT = 4096
-
-    def __setitem__(self, key, value) -> None:
-        if len(self) >= self.LIMIT:
-            self.clear()
-        super().__setitem__(key, value)
-
-
+TEMPLATE_SUFFIX = "r"        # the layer of a template's targets: q1_r, K_r, ...
 _TEMPLATES = TemplateCache()
 
 
-@dataclass(frozen=True, eq=False)
-class Template:
-    """One layer's map over placeholders: ``inputs`` (the distinct symbols of the input
-    states, renamed <prefix>_p<i>), ``step`` (its assignments to <name>_r targets, or None
-    when the layer changes nothing) and ``output`` (the state after the layer)."""
-
-    inputs: tuple[sp.Symbol, ...]
-    step: Step | None
-    output: State
-
-    @cached_property
-    def targets(self) -> tuple[sp.Symbol, ...]:
-        return tuple(a.target for a in self.step.assignments) if self.step else ()
-
-    @cached_property
-    def reads(self) -> tuple[frozenset[sp.Symbol], ...]:
-        """The symbols each assignment reads."""
-        return tuple(frozenset(a.expr.free_symbols) for a in self.step.assignments)
-
-
-class Bound(Sequence):
-    """A template's assignments with its placeholders bound to one layer's symbols. As a
-    sequence of Assignments it materialises (renames the expressions) on first use; code
-    generation works on ``template`` and ``binding`` and never needs to."""
-
-    def __init__(self, template: Template, binding: dict, live: tuple[int, ...] | None = None):
-        self.template, self.binding = template, binding
-        self.live = tuple(range(len(template.targets))) if live is None else live
-        self._materialised = None
-
-    @property
-    def targets(self) -> list[sp.Symbol]:
-        return [self.binding[self.template.targets[i]] for i in self.live]
-
-    def free_symbols(self, i: int) -> set[sp.Symbol]:
-        """The symbols the i-th (live) assignment reads, without materialising it."""
-        return {self.binding.get(s, s) for s in self.template.reads[self.live[i]]}
-
-    def restricted(self, live: tuple[int, ...]) -> Bound:
-        return Bound(self.template, self.binding, tuple(self.live[i] for i in live))
-
-    def _assignments(self) -> tuple[Assignment, ...]:
-        if self._materialised is None:
-            step = self.template.step
-            self._materialised = tuple(
-                Assignment(self.binding[step.assignments[i].target],
-                           step.assignments[i].expr.xreplace(self.binding)) for i in self.live)
-        return self._materialised
-
-    def __iter__(self):
-        return iter(self._assignments())
-
-    def __len__(self) -> int:
-        return len(self.live)
-
-    def __getitem__(self, i):
-        return self._assignments()[i]
-
-    def __eq__(self, other) -> bool:
-        return tuple(self) == tuple(other)
-
-    def __hash__(self) -> int:
-        return hash(tuple(self))
-
-    def __repr__(self) -> str:
-        return repr(tuple(self))
-
-
-def _symbol_key(symbol: sp.Symbol) -> tuple:
-    """What a placeholder must share with the symbol it stands for: the name's prefix
-    (which fixes the shape kind in generated code) and the assumptions."""
-    return symbol.name.rsplit("_", 1)[0], frozenset(symbol.assumptions0.items())
+def _symbol_key(symbol: KernelVariable) -> tuple:
+    """What a placeholder must share with the variable it stands for: its role (which
+    fixes its shape in generated code), layout and assumptions."""
+    return symbol.role, symbol.layout, frozenset(symbol.assumptions0.items())
 
 
 def _pattern(states: tuple[State, ...]) -> tuple[tuple, tuple[sp.Symbol, ...]]:
@@ -279,11 +172,13 @@ def _pattern(states: tuple[State, ...]) -> tuple[tuple, tuple[sp.Symbol, ...]]:
 
 
 def _over_placeholders(states: tuple[State, ...], symbols: tuple[sp.Symbol, ...]):
-    """(placeholders, states): each symbol replaced by <prefix>_p<i> with its assumptions."""
+    """(placeholders, states): each variable replaced by one of the same role, layout and
+    assumptions, named <prefix>_p<i>."""
     placeholders = []
     for i, symbol in enumerate(symbols):
-        prefix, assumptions = _symbol_key(symbol)
-        placeholders.append(sp.Symbol(f"{prefix}_p{i}", **dict(assumptions)))
+        role, layout, assumptions = _symbol_key(symbol)
+        placeholders.append(KernelVariable(f"{role.prefix}_p{i}", role, None, layout,
+                                     **dict(assumptions)))
     rename = dict(zip(symbols, placeholders))
     return tuple(placeholders), tuple(
         replace(s, **{f: rename.get(getattr(s, f), getattr(s, f))
@@ -638,9 +533,10 @@ def _sum_of(node: Sum, s: State, *outs: State, b: _Builder) -> State:
 # Entry points
 # ---------------------------------------------------------------------------------------
 
-PAIR_INPUTS = (sp.Symbol("q1_0", positive=True), sp.Symbol("q2_0", positive=True),
-               sp.Symbol("K_0", real=True))
-DIAG_INPUT = sp.Symbol("q_0", positive=True)
+# The inputs' assumptions are as they always were (they fix the templates' placeholders).
+PAIR_INPUTS = (KernelVariable("q1_0", VARIANCE1, 0, positive=True),
+               KernelVariable("q2_0", VARIANCE2, 0, positive=True), KernelVariable("K_0", NNGP, 0, real=True))
+DIAG_INPUT = KernelVariable("q_0", VARIANCE, 0, positive=True)
 
 
 def derive(ast: Node, source: str = "", diagonal: bool = False) -> Program:
@@ -654,4 +550,4 @@ def derive(ast: Node, source: str = "", diagonal: bool = False) -> Program:
         inputs = (*PAIR_INPUTS, D)
     end = apply(ast, start, builder)
     outputs = (end.q1 if diagonal else end.k, end.t)
-    return Program(inputs, tuple(builder.steps), outputs)
+    return Program(inputs, tuple(builder.steps), outputs, StructuredOp(INPUT_STATISTICS, inputs))

@@ -43,6 +43,7 @@ from .errors import ArchitectureError, InputError, NumericalError, ShapeError
 from .evaluation import as_real_array
 from .network import check_inputs
 from .parser import parse
+from .printing import numpy_function
 
 __all__ = [
     "FiniteNetwork",
@@ -75,8 +76,7 @@ def activation_functions(node: Activation) -> tuple[Callable, Callable]:
 
 
 def _numpy_function(expr: sp.Expr) -> Callable[[np.ndarray], np.ndarray]:
-    # scipy first: erf and friends live in scipy.special, not numpy.
-    raw = sp.lambdify(activations.x, expr, modules=["scipy", "numpy"])
+    raw = numpy_function(expr, activations.x)  # the printer every sympy -> NumPy path uses
 
     def evaluate(values: np.ndarray) -> np.ndarray:
         # A constant expression lambdifies to a scalar; give it the input's shape.

@@ -17,11 +17,22 @@ from itertools import count
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
-from .codegen import live_steps
-from .derivation import TEMPLATE_SUFFIX, Bound, Program, Step, TemplateCache
+from .derivation import TEMPLATE_SUFFIX
 from .kinds import KINDS
 from .numerical import NumericalDual, NumericalMoment
-from .symbolic import Corr
+from .program import (
+    DIAGONAL_NTK,
+    NNGP,
+    NTK,
+    VARIANCE,
+    VARIANCE1,
+    VARIANCE2,
+    Bound,
+    Program,
+    Step,
+    TemplateCache,
+)
+from .symbolic import ArcCosine, Corr
 
 # What a formula shows: one kernel, or both.
 FORMULA_KINDS = (*KINDS, "both")
@@ -81,7 +92,7 @@ class Formula:
 
     @property
     def diagonal(self) -> bool:
-        return len(self.program.inputs) == 2  # (q_0, d) rather than (q1_0, q2_0, K_0, d)
+        return self.program.diagonal
 
     def __getstate__(self) -> dict:
         """Pickle (and deepcopy) the derivation without its cached views (layers, steps,
@@ -95,10 +106,9 @@ class Formula:
 
     @cached_property
     def layers(self) -> list[Layer]:
-        wanted = Program(self.program.inputs, self.program.steps,
-                         tuple(r for _, r in self.results))
+        wanted = self.program.restricted_to(tuple(r for _, r in self.results))
         names = count(1)
-        return [_readable(step, names) for step in live_steps(wanted)]
+        return [_readable(step, names) for step in wanted.live()]
 
     @cached_property
     def steps(self) -> list[tuple[str, list[sp.Eq]]]:
@@ -143,7 +153,7 @@ class Formula:
         """The composed expression(s): ``name = ...`` text lines, or with ``latex`` an
         ``align`` block under the same heading as ``latex()``."""
         values = self.expression if self.kind == "both" else (self.expression,)
-        pairs = [(name, v) for (name, _), v in zip(self.results, values)]
+        pairs = [(name, _arccosine_shown(v)) for (name, _), v in zip(self.results, values)]
         if not latex:
             return "\n".join(f"{name} = {sp.sstr(v)}" for name, v in pairs)
         rows = _heading_rows(self.kind, self.arch, self.diagonal, steps=False)
@@ -165,13 +175,48 @@ def _readable(step: Step, names: count, number: int | str | None = None) -> Laye
     if isinstance(step.assignments, Bound):
         return _readable_bound(step, names)
     if number is None:
-        number = int(str(step.assignments[0].target).rsplit("_", 1)[1])
+        number = step.layer
     exprs = [a.expr for a in step.assignments]
     definitions, exprs = _name_angles(exprs, number)
     shared, exprs = _name_shared(exprs, names)
     outputs = [sp.Eq(a.target, _tidy(e), evaluate=False)
                for a, e in zip(step.assignments, exprs)]
     return Layer(number, step.label, step.note, tuple(definitions + shared + outputs))
+
+
+class DisplayName(sp.Symbol):
+    """A name the readable derivation gives an intermediate: the correlation ``c_l`` and
+    angle ``theta_l`` of layer l (``tag`` a, b, ... when a layer has several), or a shared
+    subexpression ``z<n>`` (numbered through the whole derivation; ``layer`` holds n). The
+    family and numbers are attributes, so printers and renamings never parse the name."""
+
+    family: str
+    layer: int | str
+    tag: str
+
+    def __new__(cls, name: str, family: str, layer: int | str, tag: str = ""):
+        obj = sp.Symbol.__xnew__(cls, name, real=True)
+        obj.family, obj.layer, obj.tag = family, layer, tag
+        return obj
+
+    def _hashable_content(self):
+        return super()._hashable_content() + (self.family, self.layer, self.tag)
+
+    def __getnewargs_ex__(self):
+        return (self.name, self.family, self.layer, self.tag), {}
+
+    @classmethod
+    def of_layer(cls, family: str, layer: int | str, tag: str = "") -> DisplayName:
+        return cls(f"{family}_{layer}{tag}", family, layer, tag)
+
+    @classmethod
+    def shared(cls, number: int) -> DisplayName:
+        return cls(f"z{number}", "z", number)
+
+
+# As for program variables: sympy orders terms by class name, and display names should sort
+# as the plain symbols they read as.
+DisplayName.__name__ = "Symbol"
 
 
 _TEMPLATE_LAYERS = TemplateCache()
@@ -187,14 +232,15 @@ def _readable_bound(step: Step, names: count) -> Layer:
         _TEMPLATE_LAYERS[key] = _readable(Step(step.label, live, step.note), count(1),
                                           number=TEMPLATE_SUFFIX)
     layer = _TEMPLATE_LAYERS[key]
-    number = int(bound.targets[0].name.rsplit("_", 1)[1])
+    number = step.layer
     rename = dict(bound.binding)
     for eq in layer.equations:  # z1, z2, ... of the template take the next global numbers
-        if eq.lhs not in rename and str(eq.lhs).startswith("z"):
-            rename[eq.lhs] = sp.Symbol(f"z{next(names)}", real=True)
-        elif eq.lhs not in rename:  # c_r, theta_r (or c_ra, ...): this layer's number
-            prefix, suffix = str(eq.lhs).rsplit("_", 1)
-            rename[eq.lhs] = sp.Symbol(f"{prefix}_{number}{suffix[1:]}", real=True)
+        if eq.lhs in rename or not isinstance(eq.lhs, DisplayName):
+            continue
+        if eq.lhs.family == "z":
+            rename[eq.lhs] = DisplayName.shared(next(names))
+        else:  # c_r, theta_r (or c_ra, ...): this layer's number
+            rename[eq.lhs] = DisplayName.of_layer(eq.lhs.family, number, eq.lhs.tag)
     with sp.evaluate(False):  # a renaming: keep the template's factored forms as they are
         equations = tuple(sp.Eq(eq.lhs.xreplace(rename), eq.rhs.xreplace(rename))
                           for eq in layer.equations)
@@ -203,20 +249,30 @@ def _readable_bound(step: Step, names: count) -> Layer:
 
 def _name_angles(exprs: list[sp.Expr], number: int) -> tuple[list[sp.Eq], list[sp.Expr]]:
     """Replace each correlation Corr(k, q1, q2) by c_l and, where the layer uses it,
-    arccos(c_l) by theta_l and sqrt(1 - c_l^2) by sin(theta_l) (theta_l is in [0, pi])."""
+    arccos(c_l) by theta_l and sqrt(1 - c_l^2) by sin(theta_l) (theta_l is in [0, pi]); the
+    arc-cosine integrals J_n are shown in their usual form in theta_l."""
+    exprs = [_arccosine_shown(e) for e in exprs]
     corrs = sorted(set().union(*(e.atoms(Corr) for e in exprs)), key=sp.default_sort_key)
     definitions: list[sp.Eq] = []
     for i, corr in enumerate(corrs):
-        suffix = str(number) if len(corrs) == 1 else f"{number}{chr(ord('a') + i)}"
-        c = sp.Symbol(f"c_{suffix}", real=True)
+        tag = "" if len(corrs) == 1 else chr(ord('a') + i)
+        c = DisplayName.of_layer("c", number, tag)
         exprs = [e.xreplace({corr: c}) for e in exprs]
         definitions.append(sp.Eq(c, corr.as_ratio(), evaluate=False))
         if any(e.has(sp.acos(c)) for e in exprs):
-            theta = sp.Symbol(f"theta_{suffix}", real=True)
+            theta = DisplayName.of_layer("theta", number, tag)
             swap = {sp.acos(c): theta, sp.sqrt(1 - c ** 2): sp.sin(theta)}
             exprs = [e.xreplace(swap) for e in exprs]
             definitions.append(sp.Eq(theta, sp.acos(c), evaluate=False))
     return definitions, exprs
+
+
+def _arccosine_shown(expr: sp.Expr) -> sp.Expr:
+    """``expr`` with each ArcCosine written out as the arc-cosine form it stands for, so that
+    sympy collects it with the rest (and theta_l can name its arccos)."""
+    if not isinstance(expr, sp.Basic) or not expr.has(ArcCosine):
+        return expr
+    return expr.replace(lambda f: isinstance(f, ArcCosine), lambda f: f.shown())
 
 
 def _name_shared(exprs: list[sp.Expr], names: count) -> tuple[list[sp.Eq], list[sp.Expr]]:
@@ -231,7 +287,7 @@ def _name_shared(exprs: list[sp.Expr], names: count) -> tuple[list[sp.Eq], list[
         if sp.count_ops(expr) < _MIN_NAMED_OPS:
             inline[tmp] = expr
         else:
-            name = sp.Symbol(f"z{next(names)}", real=True)
+            name = DisplayName.shared(next(names))
             inline[tmp] = name
             definitions.append(sp.Eq(name, _tidy(expr), evaluate=False))
     return definitions, [r.xreplace(inline) for r in reduced]
@@ -389,41 +445,39 @@ class _FormulaPrinter(LatexPrinter):
     def _print_numerical(self, expr, exp: str | None = None) -> str:
         args = expr.args * 3 if isinstance(expr, NumericalMoment) else expr.args
         # Braces make the parenthesised arguments an ordinary atom: no gap after the name.
-        call = (_dual_name(expr.label) + r"{\left("
+        call = (_dual_name(expr.func) + r"{\left("
                 + ", ".join(self._print(a) for a in args) + r"\right)}")
         return rf"\left({call}\right)^{{{exp}}}" if exp is not None else call
 
 
-def _dual_name(label: str) -> str:
-    """'Gamma[Tanh]' -> \\Gamma_{\\mathrm{Tanh}}, 'Gammadot[Tanh > Relu]' -> \\dot{\\Gamma}
-    with the activation in typewriter type."""
-    match = re.fullmatch(r"(Gamma|Gammadot)\[(.*)\]", label, re.DOTALL)
-    if match is None:
-        return latex_tt(label)
-    symbol = r"\Gamma" if match[1] == "Gamma" else r"\dot{\Gamma}"
-    name = match[2]
-    sub = rf"\mathrm{{{name}}}" if re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", name) else latex_tt(name)
-    return symbol + "_{" + sub + "}"
+def _dual_name(dual: type) -> str:
+    """\\Gamma_{\\mathrm{Tanh}} for Tanh's numerical dual, \\dot{\\Gamma} for its derivative's;
+    an activation name that is not a plain word (``Tanh > Relu``) in typewriter type."""
+    name = dual.activation
+    if not name:
+        return latex_tt(dual.label)
+    symbol = r"\dot{\Gamma}" if dual.of_derivative else r"\Gamma"
+    plain = name.isascii() and name[:1].isalpha() and name.isalnum()
+    return symbol + "_{" + (rf"\mathrm{{{name}}}" if plain else latex_tt(name)) + "}"
 
 
-_LATEX_PATTERNS = (  # symbol name -> LaTeX, by the naming scheme of derivation.py and above
-    (re.compile(r"q([12])_(\d+)"), r"q_{\1}^{(\2)}"),
-    (re.compile(r"q_(\d+)"), r"q^{(\1)}"),
-    (re.compile(r"K_(\d+)"), r"K^{(\1)}"),
-    (re.compile(r"[Tt]_(\d+)"), r"\\Theta^{(\1)}"),
-    (re.compile(r"c_(\d+[a-z]?)"), r"c^{(\1)}"),
-    (re.compile(r"theta_(\d+[a-z]?)"), r"\\theta^{(\1)}"),
-    (re.compile(r"z(\d+)"), r"z_{\1}"),
-)
+# LaTeX of the program's variables by role (the layer is the superscript), and of the
+# names this module gives intermediates.
+_ROLE_LATEX = {VARIANCE1: "q_{1}", VARIANCE2: "q_{2}", NNGP: "K", NTK: r"\Theta",
+               VARIANCE: "q", DIAGONAL_NTK: r"\Theta"}
+_FAMILY_LATEX = {"c": "c", "theta": r"\theta"}
 
 
 def _latex_names(expr: sp.Basic) -> dict[sp.Symbol, str]:
     names = {}
     for symbol in expr.free_symbols:
-        for pattern, template in _LATEX_PATTERNS:
-            if pattern.fullmatch(symbol.name):
-                names[symbol] = pattern.sub(template, symbol.name)
-                break
+        role = getattr(symbol, "role", None)
+        if role in _ROLE_LATEX and isinstance(symbol.layer, int):
+            names[symbol] = f"{_ROLE_LATEX[role]}^{{({symbol.layer})}}"
+        elif isinstance(symbol, DisplayName) and symbol.family == "z":
+            names[symbol] = f"z_{{{symbol.layer}}}"
+        elif isinstance(symbol, DisplayName):
+            names[symbol] = f"{_FAMILY_LATEX[symbol.family]}^{{({symbol.layer}{symbol.tag})}}"
     return names
 
 

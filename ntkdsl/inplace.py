@@ -9,11 +9,17 @@ touch a matrix, and lets the caller drop every matrix name after its last use �
 passes over memory and few live buffers per block.
 
 Scalar, column and row subexpressions are still printed by the ordinary printer.
+
+Statements come out as ``Statement`` objects — text plus the names each binds and reads —
+so liveness (where ``del`` goes, how many arrays are alive at once) is computed from them,
+never by reading the text back. Names are numbered slots (``{i}`` in the text, the i-th
+name of the step's code), so one template step's statements serve every layer of its
+kind by binding the slots to that layer's names.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import sympy as sp
 
@@ -30,6 +36,7 @@ UFUNCS = {
 }
 COMMUTATIVE = {"numpy.add", "numpy.multiply"}
 
+
 def shape_kind(kinds) -> str:
     """The kind of a value built from values of the given kinds (broadcasting)."""
     found = set(kinds) - {SCALAR}
@@ -40,48 +47,147 @@ def shape_kind(kinds) -> str:
     return found.pop()
 
 
+class Statement(NamedTuple):  # a tuple: a deep network's function has tens of thousands
+    """One statement of generated code: ``text``, the names it binds (``targets``: a new
+    array each, or with ``alias`` a second name for the array it reads), the names it
+    reads, and the names a ``del`` statement drops. In a step's code (``StepCode``) names
+    are slot numbers and the text has ``{i}`` for slot i; ``bound`` gives the statement
+    over actual names."""
+
+    text: str
+    targets: tuple = ()
+    reads: tuple = ()
+    alias: bool = False
+    deletes: tuple = ()
+
+    def bound(self, names: list[str]) -> Statement:
+        name = names.__getitem__
+        return Statement(self.text.format(*names), tuple(map(name, self.targets)),
+                         tuple(map(name, self.reads)), self.alias,
+                         tuple(map(name, self.deletes)) if self.deletes else ())
+
+
+def comment(text: str) -> Statement:
+    return Statement(text)
+
+
+def slot(i: int) -> str:
+    return "{" + str(i) + "}"
+
+
 @dataclass(frozen=True)
 class Operand:
-    """A matrix value in generated code: ``code`` names it; ``owned`` means it is a fresh
-    buffer nothing else refers to, so the next operation may overwrite it."""
+    """A matrix value in generated code: slot ``index`` names it; ``owned`` means it is a
+    fresh buffer nothing else refers to, so the next operation may overwrite it."""
 
-    code: str
+    index: int
     owned: bool
+
+    @property
+    def code(self) -> str:
+        return slot(self.index)
 
 
 class Emitter:
-    """Emits statements for assignments in order; ``kinds`` maps symbols to their shape
-    kind (symbols not in it are scalars) and is extended with every target."""
+    """Emits statements for assignments in order. ``slots`` maps each symbol the
+    statements name to its slot (the printer prints it as ``{i}``); ``kinds`` maps symbols
+    to their shape kind (symbols not in it are scalars) and is extended with every target.
+    New buffers get new slots (``buffers`` lists them); a buffer made for one target alone
+    takes the target's slot instead."""
 
-    def __init__(self, printer, kinds: dict[sp.Symbol, str]):
-        self.printer, self.kinds = printer, dict(kinds)
-        self.lines: list[str] = []
-        self.count = 0
+    def __init__(self, printer, kinds: dict[sp.Symbol, str], slots: dict[sp.Symbol, int]):
+        self.printer, self.kinds, self.slots = printer, dict(kinds), dict(slots)
+        printer.names = {s: slot(i) for s, i in self.slots.items()}
+        self.statements: list[Statement] = []
+        self.buffers: list[int] = []
+        self.top = max(self.slots.values(), default=-1) + 1  # the next free slot
+        self.once: set[sp.Symbol] = set()  # joint values read exactly once: overwritable
+        self.claimed: set[int] = set()  # their slots, once read by the value being assigned
 
     def kind(self, expr: sp.Expr) -> str:
         return shape_kind(self.kinds.get(s, SCALAR) for s in expr.free_symbols)
 
+    def name(self, symbol: sp.Symbol) -> int:
+        """The slot of ``symbol``; a new one if it has none yet (targets, temporaries)."""
+        if symbol not in self.slots:
+            self.slots[symbol] = self._new_slot()
+            self.printer.names[symbol] = slot(self.slots[symbol])
+        return self.slots[symbol]
+
+    def _new_slot(self) -> int:
+        self.top += 1
+        return self.top - 1
+
+    def _emit(self, text: str, targets=(), reads=(), alias: bool = False) -> None:
+        self.statements.append(Statement(text, tuple(targets), tuple(dict.fromkeys(reads)),
+                                         alias))
+
+    def _reads(self, expr: sp.Expr) -> list[int]:
+        return [self.slots[s] for s in sorted(expr.free_symbols, key=str) if s in self.slots]
+
+    def joint(self, call: sp.Expr) -> tuple[sp.Symbol, sp.Symbol]:
+        """``a, b = helper(*args)``: ``call`` and its partner, which one helper computes
+        together (the printer's ``joint``), as two new symbols standing for its results (new
+        arrays of the arguments' shape)."""
+        helper, args = self.printer.joint_helper(call), call.args
+        operands = [self.emit(a) if self.kind(a) == MATRIX else self._small(a) for a in args]
+        first, second = self._fresh(), self._fresh()
+        self._emit(f"{slot(first)}, {slot(second)} = {helper}({', '.join(o.code for o in operands)})",
+                   [first, second], [i for o in operands for i in _reads_of(o)])
+        kind = shape_kind(self.kind(a) for a in args)
+        symbols = (sp.Dummy("joint"), sp.Dummy("joint"))
+        for symbol, index in zip(symbols, (first, second)):
+            self.slots[symbol] = index
+            self.printer.names[symbol] = slot(index)
+            self.kinds[symbol] = kind
+        return symbols
+
+    def owned_once(self, shared, reduced) -> None:
+        """Mark the joint values read exactly once in the step's (cse'd) expressions: that
+        one reader may overwrite them."""
+        joint = [s for s in self.slots if isinstance(s, sp.Dummy) and s.name == "joint"]
+        exprs = [e for _, e in shared] + list(reduced)
+        self.once = {s for s in joint if sum(e.count(s) for e in exprs) == 1}
+
+    def _rename_all(self, old: int, new: int) -> None:
+        # Only statements that name the slot change (a statement's text names exactly its
+        # targets, reads and deletes): renaming all of them was quadratic in a long step.
+        self.statements = [_renamed(s, old, new, self.top)
+                           if old in s.targets or old in s.reads or old in s.deletes else s
+                           for s in self.statements]
+        if old in self.buffers:
+            self.buffers.remove(old)
+
     def assign(self, target: sp.Symbol, expr: sp.Expr) -> None:
+        to = self.name(target)
+        if expr in self.once:
+            # The helper's result is this value: it is named the target from the start.
+            self.kinds[target] = self.kinds[expr]
+            self._rename_all(self.slots[expr], to)
+            return
         kind = self.kind(expr)
         self.kinds[target] = kind
         if kind != MATRIX:
-            self.lines.append(f"{target} = {self.printer.doprint(expr)}")
+            self._emit(f"{slot(to)} = {self.printer.doprint(expr)}", [to], self._reads(expr))
             return
-        start, first_buffer = len(self.lines), self.count + 1
-        code = self.emit(expr).code
-        if _BUFFER.fullmatch(code) and int(code[2:]) >= first_buffer:
+        first, self.claimed = len(self.buffers), set()
+        result = self.emit(expr)
+        if result.owned and (result.index in self.buffers[first:] or result.index in self.claimed):
             # A buffer made for this value alone: name it the target from the start
             # instead of writing `target = _mN` and `del _mN` (fewer statements to compile).
-            word = re.compile(rf"\b{code}\b")
-            self.lines[start:] = [word.sub(str(target), line) for line in self.lines[start:]]
+            self._rename_all(result.index, to)
         else:
-            self.lines.append(f"{target} = {code}")
+            self._emit(f"{slot(to)} = {result.code}", [to], [result.index], alias=True)
 
     # -- expressions -------------------------------------------------------------------
     def emit(self, expr: sp.Expr) -> Operand:
         """Statements computing the matrix ``expr``; returns where the value is."""
+        if expr in self.once:  # a helper's new array, read here only: free to overwrite
+            self.once.discard(expr)
+            self.claimed.add(self.slots[expr])  # now made for the value being assigned
+            return Operand(self.slots[expr], True)
         if expr.is_Symbol:
-            return Operand(str(expr), False)
+            return Operand(self.name(expr), False)
         if isinstance(expr, Corr):
             return self._corr(*expr.args)
         if isinstance(expr, sp.Add):
@@ -94,29 +200,34 @@ class Emitter:
             return self._apply(UFUNCS[type(expr)], self.emit(expr.args[0]))
         return self._opaque(expr)
 
-    def _small(self, expr: sp.Expr) -> str:
-        return self.printer.doprint(expr)
+    def _small(self, expr: sp.Expr) -> Small:
+        return Small(self.printer.doprint(expr), tuple(self._reads(expr)))
 
-    def _fresh(self) -> str:
-        self.count += 1
-        return f"_m{self.count}"
+    def _fresh(self) -> int:
+        index = self._new_slot()
+        self.buffers.append(index)
+        return index
 
-    def _apply(self, ufunc: str, a: Operand, b: str | None = None) -> Operand:
+    def _call(self, ufunc: str, *args: str) -> str:
+        return f"{self.printer.ufunc(ufunc)}({', '.join(args)})"
+
+    def _apply(self, ufunc: str, a: Operand, b: Small | Operand | None = None) -> Operand:
         """``ufunc(a[, b])``, in a's buffer when it is free to overwrite."""
-        args = a.code if b is None else f"{a.code}, {b}"
+        args = [a.code] if b is None else [a.code, b.code]
+        reads = [a.index, *([] if b is None else _reads_of(b))]
         if a.owned:
-            self.lines.append(f"{ufunc}({args}, out={a.code})")
+            self._emit(self._call(ufunc, *args, f"out={a.code}"), [], reads)
             return a
         name = self._fresh()
-        self.lines.append(f"{name} = {ufunc}({args})")
+        self._emit(f"{slot(name)} = {self._call(ufunc, *args)}", [name], reads)
         return Operand(name, True)
 
     def _combine(self, ufunc: str, a: Operand, b: Operand) -> Operand:
         if not a.owned and b.owned and ufunc in COMMUTATIVE:
             a, b = b, a
-        return self._apply(ufunc, a, b.code)
+        return self._apply(ufunc, a, b)
 
-    def _grouped(self, terms: list[sp.Expr], op) -> list[str]:
+    def _grouped(self, terms: list[sp.Expr], op) -> list[Small]:
         """Small terms folded into at most two vector expressions (scalars join the column
         or row group), so each touches the matrix once."""
         groups: dict[str, list[sp.Expr]] = {SCALAR: [], COLUMN: [], ROW: []}
@@ -125,6 +236,13 @@ class Emitter:
         target = COLUMN if groups[COLUMN] else ROW
         groups[target] += groups.pop(SCALAR)
         return [self._small(op(*g)) for g in groups.values() if g]
+
+    def _new(self, ufunc: str, a: Small | Operand, b: Small | Operand) -> Operand:
+        """``ufunc(a, b)`` into a new buffer."""
+        name = self._fresh()
+        self._emit(f"{slot(name)} = {self._call(ufunc, a.code, b.code)}", [name],
+                   [*_reads_of(a), *_reads_of(b)])
+        return Operand(name, True)
 
     def _add(self, expr: sp.Add) -> Operand:
         big = [t for t in expr.args if self.kind(t) == MATRIX]
@@ -137,22 +255,21 @@ class Emitter:
             op = self.emit(term)
             acc = op if acc is None else self._combine("numpy.add", acc, op)
         if acc is None and small and negative:      # small - m
-            op = self.emit(negative.pop(0))
-            target = op.code if op.owned else self._fresh()
-            out = f", out={target}" if op.owned else ""
-            prefix = "" if op.owned else f"{target} = "
-            self.lines.append(f"{prefix}numpy.subtract({small.pop(0)}, {op.code}{out})")
-            acc = Operand(target, True)
+            op, first = self.emit(negative.pop(0)), small.pop(0)
+            if op.owned:
+                self._emit(self._call("numpy.subtract", first.code, op.code, f"out={op.code}"),
+                           [], [*first.reads, op.index])
+                acc = op
+            else:
+                acc = self._new("numpy.subtract", first, op)
         elif acc is None and len(small) == 2:     # column + row
-            name = self._fresh()
-            self.lines.append(f"{name} = numpy.add({small.pop(0)}, {small.pop(0)})")
-            acc = Operand(name, True)
+            acc = self._new("numpy.add", small.pop(0), small.pop(0))
         elif acc is None:                         # only negative matrix terms
             acc = self._apply("numpy.negative", self.emit(negative.pop(0)))
         for code in small:
             acc = self._apply("numpy.add", acc, code)
         for term in negative:
-            acc = self._apply("numpy.subtract", acc, self.emit(term).code)
+            acc = self._apply("numpy.subtract", acc, self.emit(term))
         return acc
 
     def _mul(self, expr: sp.Mul) -> Operand:
@@ -165,16 +282,12 @@ class Emitter:
             op = self.emit(factor)
             acc = op if acc is None else self._combine("numpy.multiply", acc, op)
         if acc is None and len(small) == 2 and not divisors:
-            name = self._fresh()
-            self.lines.append(f"{name} = numpy.multiply({small[0]}, {small[1]})")
-            return Operand(name, True)
+            return self._new("numpy.multiply", small[0], small[1])
         if acc is None:  # only divisors: numerator is small
-            name = self._fresh()
-            numerator = small.pop(0) if small else "1.0"
-            self.lines.append(f"{name} = numpy.divide({numerator}, {self.emit(divisors[0]).code})")
-            acc, divisors = Operand(name, True), divisors[1:]
+            numerator = small.pop(0) if small else Small("1.0", ())
+            acc, divisors = self._new("numpy.divide", numerator, self.emit(divisors[0])), divisors[1:]
         for divisor in divisors:
-            acc = self._apply("numpy.divide", acc, self.emit(divisor).code)
+            acc = self._apply("numpy.divide", acc, self.emit(divisor))
         for code in small:
             acc = self._apply("numpy.multiply", acc, code)
         return acc
@@ -185,7 +298,7 @@ class Emitter:
             return self._opaque(expr)
         if exponent == 2:
             op = self.emit(base)
-            return self._apply("numpy.multiply", op, op.code)
+            return self._apply("numpy.multiply", op, op)
         if exponent == sp.S.Half:
             return self._apply("numpy.sqrt", self.emit(base))
         if exponent == -1:
@@ -197,42 +310,55 @@ class Emitter:
     def _corr(self, k: sp.Expr, q1: sp.Expr, q2: sp.Expr) -> Operand:
         """k / sqrt(q1 q2) clipped to [-1, 1], in three passes: the inverse square roots
         are taken on the variance vectors (0 where a variance is 0, as for _corr)."""
-        scaled = self._apply("numpy.multiply", self.emit(k), f"_inv_sqrt({self._small(q1)})")
-        scaled = self._apply("numpy.multiply", scaled, f"_inv_sqrt({self._small(q2)})")
-        self.lines.append(f"numpy.clip({scaled.code}, -1.0, 1.0, out={scaled.code})")
+        inverse = self.printer.helper("_inv_sqrt")
+        scaled = self.emit(k)
+        for q in (q1, q2):
+            small = self._small(q)
+            scaled = self._apply("numpy.multiply", scaled,
+                                 Small(f"{inverse}({small.code})", small.reads))
+        self._emit(self._call("numpy.clip", scaled.code, "-1.0", "1.0", f"out={scaled.code}"),
+                   [], [scaled.index])
         return scaled
 
     def _opaque(self, expr: sp.Expr) -> Operand:
         """Any other call (numerical duals, Piecewise, ...): its matrix arguments are emitted
         first, then it is printed as a call. Its result may alias an input, so it is a free
-        buffer only when the function says it returns a new array (``fresh_result``)."""
-        args = [sp.Symbol(self.emit(a).code) if self.kind(a) == MATRIX else a
-                for a in expr.args]
+        buffer only when the printer says it returns a new array (``fresh_result``)."""
+        operands = {i: self.emit(a) for i, a in enumerate(expr.args) if self.kind(a) == MATRIX}
+        args = [self._operand_symbol(operands[i]) if i in operands else a
+                for i, a in enumerate(expr.args)]
+        call = expr.func(*args, evaluate=False)
         name = self._fresh()
-        self.lines.append(f"{name} = {self.printer.doprint(expr.func(*args, evaluate=False))}")
-        return Operand(name, getattr(expr.func, "fresh_result", False))
+        self._emit(f"{slot(name)} = {self.printer.doprint(call)}", [name],
+                   [*(o.index for o in operands.values()), *self._reads(call)])
+        return Operand(name, self.printer.fresh_result(expr.func))
+
+    def _operand_symbol(self, operand: Operand) -> sp.Symbol:
+        """A symbol standing for an operand's slot inside a printed call."""
+        symbol = sp.Dummy(f"m{operand.index}")
+        self.slots[symbol] = operand.index
+        self.printer.names[symbol] = operand.code
+        return symbol
 
 
-_NAME = re.compile(r"[A-Za-z_]\w*")
-_BUFFER = re.compile(r"_m\d+")
+@dataclass(frozen=True)
+class Small:
+    """Printed code of a scalar, column or row value and the slots it reads."""
+
+    code: str
+    reads: tuple[int, ...]
 
 
-def drop_dead_names(lines: list[str], names: set[str], keep: set[str]) -> list[str]:
-    """Insert ``del`` for each of ``names`` after the last line that uses it (except the
-    ``keep`` names, e.g. outputs), so a block's matrices are freed as soon as possible."""
-    last: dict[str, int] = {}
-    for i, line in enumerate(lines):
-        if line.lstrip().startswith("#"):
-            continue
-        for token in _NAME.findall(line):
-            if token in names and token not in keep:
-                last[token] = i
-    after: dict[int, list[str]] = {}
-    for name, i in last.items():
-        after.setdefault(i, []).append(name)
-    out: list[str] = []
-    for i, line in enumerate(lines):
-        out.append(line)
-        if i in after:
-            out.append("del " + ", ".join(sorted(after[i])))
-    return out
+def _reads_of(value: Small | Operand) -> tuple[int, ...]:
+    return value.reads if isinstance(value, Small) else (value.index,)
+
+
+def _renamed(statement: Statement, old: int, new: int, top: int) -> Statement:
+    """The statement with slot ``old`` replaced by ``new`` (in its text too)."""
+    names = [slot(new if i == old else i) for i in range(top)]
+
+    def swap(indices: tuple) -> tuple:
+        return tuple(new if i == old else i for i in indices)
+
+    return Statement(statement.text.format(*names), swap(statement.targets),
+                     swap(statement.reads), statement.alias, swap(statement.deletes))

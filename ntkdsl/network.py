@@ -1,22 +1,23 @@
 """Compiled networks: an architecture string turned into fast kernel functions.
 
-``compile(arch)`` runs the pipeline (parse -> derive -> codegen) once per distinct string
+``compile(arch)`` runs the pipeline (parse -> derive -> generate) once per distinct string
 and returns a ``Network`` whose ``nngp``/``ntk`` evaluate the kernels on data.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from . import codegen, evaluation
+from . import evaluation
 from .ast import Node
 from .derivation import Program, derive
 from .errors import InputError
 from .evaluation import check_inputs, identical_pairs  # noqa: F401 - public here too
 from .formula import Formula
+from .generate import CompiledKernels, compile_kernels
 from .kinds import KINDS
 from .parser import parse
 
@@ -26,18 +27,19 @@ class Network:
     """The infinite-width kernels of one architecture.
 
     Attributes: ``arch`` (the string), ``ast`` (typed tree), ``program`` and
-    ``diagonal_program`` (the symbolic derivations), ``source`` (generated NumPy code).
+    ``diagonal_program`` (the symbolic derivations), ``compiled`` (the generated
+    functions and what evaluation needs of them), ``source`` (generated NumPy code).
     """
 
     arch: str
     ast: Node
     program: Program
     diagonal_program: Program
-    _functions: dict = field(repr=False, compare=False)
+    compiled: CompiledKernels = field(repr=False, compare=False)
 
-    @cached_property
+    @property
     def source(self) -> str:
-        return self._functions["__source__"]
+        return self.compiled.source
 
     # ------------------------------------------------------------------ evaluation --
     def nngp(self, x1: Any, x2: Any = None, out: np.ndarray | None = None, *,
@@ -97,13 +99,13 @@ class Network:
         return result[0], result[1]
 
     def _evaluate(self, kinds, x1, x2, out, dtype, progress, threads) -> list[np.ndarray]:
-        return evaluation.evaluate(self._functions, x1, x2, kinds=kinds, out=out,
+        return evaluation.evaluate(self.compiled, x1, x2, kinds=kinds, out=out,
                                    dtype=dtype, progress=progress, threads=threads)
 
     def diagonal(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """Exact (NNGP, NTK) of each input with itself: correlation exactly 1."""
         a, _ = check_inputs(x, None)
-        return evaluation.diagonal_values(self._functions["diagonal"],
+        return evaluation.diagonal_values(self.compiled.diagonal,
                                           evaluation.squared_norms(a), a.shape[1])
 
     # ------------------------------------------------------------------ formulas --
@@ -142,9 +144,5 @@ def _compile(arch: str) -> Network:
     ast = parse(arch)
     program = derive(ast, arch)
     diagonal_program = derive(ast, arch, diagonal=True)
-    source = "\n\n".join([codegen.helpers_source(program, diagonal_program),
-                           codegen.function_source(program, "pair", arch),
-                           codegen.function_source(diagonal_program, "diagonal", arch)])
-    functions = codegen.compile_functions(source)
-    functions["__source__"] = source
-    return Network(arch, ast, program, diagonal_program, functions)
+    return Network(arch, ast, program, diagonal_program,
+                   compile_kernels(program, diagonal_program, arch))

@@ -1,21 +1,20 @@
 """Standalone kernel modules: the source of a Python file computing an architecture's NNGP
 and NTK with numpy alone (plus scipy.special where a formula needs it).
 
-The module is assembled from the same pieces the library evaluates — ``helpers_source``
-and ``function_source`` of the same programs — so it computes the same numbers, and
+The module is assembled from the same pieces the library evaluates — ``function_code``
+of the same programs, with the helpers their printer recorded — so it computes the same numbers, and
 activation duals that carry data (coefficient arrays in their helpers) come along by
-themselves. Around them sits a fixed runtime (``_RUNTIME``): input validation with
-ValueError messages and the exact diagonal for identical input rows, mirroring
-ntkdsl.network.
+themselves. Around them sits the runtime's driver (ntkdsl.runtime.driver, its text
+verbatim): the library's input validation, raising ValueError (InputProblem) with the
+library's messages, and its search for identical input rows, which get the exact diagonal.
 
 Safety: the architecture text reaches the file only through ``docstring_literal``,
-``ascii()`` string literals and ``comment_lines`` (see ntkdsl.codegen); names in the file
+``ascii()`` string literals and ``comment_lines`` (see ntkdsl.generate); names in the file
 are ours (registry names, never user spellings).
 """
 from __future__ import annotations
 
 import keyword
-import re
 from dataclasses import dataclass
 
 import sympy as sp
@@ -23,15 +22,11 @@ import sympy as sp
 from . import activations
 from ._version import __version__
 from .ast import Node
-from .codegen import (
-    docstring_literal,
-    function_source,
-    helpers_source,
-    required_imports,
-)
 from .derivation import Assignment, Composite, Program, Step, activation_layers, derive, dual_maps
 from .formula import Formula
+from .generate import docstring_literal, function_code, module_code
 from .parser import parse
+from .runtime import embedded_source
 
 # The dual functions' arguments: the covariance [[q1, k], [k, q2]] of the pre-activations.
 _DUAL_INPUTS = (sp.Symbol("q1", positive=True), sp.Symbol("q2", positive=True),
@@ -62,13 +57,12 @@ def module_source(arch: str) -> str:
     program = derive(ast, arch)
     diagonal_program = derive(ast, arch, diagonal=True)
     duals = dual_functions(ast)
-    code = "\n\n".join(filter(None, [
-        helpers_source(program, diagonal_program, *(f.program for f in duals)),
-        *(function_source(f.program, f.name, _dual_doc(f)) for f in duals),
-        function_source(program, "pair", _PAIR_DOC),
-        function_source(diagonal_program, "diagonal", _DIAGONAL_DOC),
-    ]))
-    modules = sorted({"numpy", *required_imports(code)})
+    code, needs = module_code([
+        *(function_code(f.program, f.name, _dual_doc(f)) for f in duals),
+        function_code(program, "pair", _PAIR_DOC),
+        function_code(diagonal_program, "diagonal", _DIAGONAL_DOC),
+    ])
+    modules = sorted({"numpy", *needs.imports})
     scipy = any(m.startswith("scipy") for m in modules)
     imports = "".join(f"import {m}\n" for m in modules)
     names = sorted(["nngp", "ntk", "kernels", "pair", "diagonal", *(f.name for f in duals)])
@@ -81,7 +75,7 @@ def module_source(arch: str) -> str:
         f"ARCHITECTURE = {arch!a}",
         f'NTKDSL_VERSION = "{__version__}"',
     ])
-    return ascii_source(header + "\n\n\n" + code + "\n\n" + _RUNTIME)
+    return ascii_source(header + "\n\n\n" + code + "\n\n" + _runtime())
 
 
 # Readable ASCII for the mathematical characters of comments and docstrings carried into a
@@ -92,17 +86,16 @@ _ASCII_NAMES = {
     "∞": "inf", "≤": "<=", "≥": ">=", "≈": "~=", "·": "*", "×": "x", "−": "-", "–": "-",
     "—": "--", "±": "+-", "²": "^2", "³": "^3", "ᵀ": "^T", "⁻¹": "^-1", "∂": "d", "∘": " o ",
     "…": "...", "‖": "||", "→": "->", "₀": "_0", "₁": "_1", "₂": "_2", "ₙ": "_n", "ᵢ": "_i",
-    "½": "1/2",
+    "½": "1/2", "√": "sqrt",
 }
-_SQUARE_ROOT = re.compile(r"√(\w+)")
 
 
 def ascii_source(source: str) -> str:
     """``source`` with every non-ASCII character (found in comments and docstrings only)
-    written in ASCII: Greek letters by name (Gamma, phi), math symbols as in code (sqrt(q)
-    for the root sign before q, <=, ^2), an escape such as \\u2202 for anything else. A
-    generated module is then the same bytes in any encoding and shows on any terminal."""
-    source = _SQUARE_ROOT.sub(r"sqrt(\1)", source).replace("√", "sqrt")
+    written in ASCII: Greek letters by name (Gamma, phi), math symbols as in code (<=, ^2,
+    sqrt for a root sign, which our texts put before a parenthesis), an escape such as
+    \\u2202 for anything else. A generated module is then the same bytes in any encoding
+    and shows on any terminal."""
     for char, name in _ASCII_NAMES.items():
         source = source.replace(char, name)
     return "".join(ch if ch.isascii() else ascii(ch)[1:-1] for ch in source)
@@ -197,73 +190,18 @@ def _module_doc(arch: str, program: Program, diagonal_program: Program,
 
 
 # ---------------------------------------------------------------------------------------
-# The fixed part of every module: validation and the exact diagonal (as ntkdsl.network)
+# The fixed part of every module: the runtime's driver (validation with the library's
+# messages, identical rows found in O(n) memory, the exact diagonal) and the entry points
 # ---------------------------------------------------------------------------------------
 
-_RUNTIME = '''
-def _as_matrix(x, name):
-    """x as a float64 (n, d) array, or a ValueError saying what is wrong."""
-    try:
-        raw = numpy.asarray(x)
-        # Checked before the float64 conversion, which would drop the imaginary part.
-        complex_input = raw.dtype.kind == "c"
-        arr = None if complex_input else raw.astype(numpy.float64, copy=False)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a numeric array of shape (n, d): {err}") from None
-    if complex_input:
-        raise ValueError(f"Complex data not supported: {name} has a complex dtype; the "
-                         f"kernels take real numbers only (pass {name}.real if you mean it)")
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n samples, d features), got shape "
-                         f"{arr.shape}; reshape a single sample with x.reshape(1, -1)")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape}); it needs at least one "
-                         "sample and one feature")
-    if not numpy.isfinite(arr).all():
-        i, j = numpy.argwhere(~numpy.isfinite(arr))[0]
-        raise ValueError(f"{name} has a non-finite value {arr[i, j]} at row {i}, "
-                         f"column {j}; kernels are defined for finite inputs only")
-    return arr
-
-
-def _identical_pairs(a, b):
-    """Index arrays (rows, cols) of entries whose two input rows are bit-identical,
-    including the whole diagonal of a self-kernel."""
-    both = a if b is None else numpy.concatenate([a, b])
-    ids = numpy.unique(both, axis=0, return_inverse=True)[1].ravel()
-    id1 = ids[: len(a)]
-    id2 = id1 if b is None else ids[len(a):]
-    if b is not None and numpy.intersect1d(id1, id2).size == 0:
-        return numpy.empty(0, int), numpy.empty(0, int)
-    if b is None and numpy.unique(id1).size == id1.size:
-        n = numpy.arange(len(a))
-        return n, n
-    return numpy.nonzero(id1[:, None] == id2[None, :])
-
-
+_ENTRY_POINTS = '''
 def kernels(x1, x2=None):
     """(NNGP, NTK) kernel matrices of shape (n1, n2), float64, from one pass.
 
-    x1: (n1, d) array; x2: (n2, d) array, or None for x1 against itself.
+    x1: (n1, d) array; x2: (n2, d) array, or None for x1 against itself. Bad inputs raise
+    InputProblem, a ValueError.
     """
-    a = _as_matrix(x1, "x1")
-    b = None if x2 is None else _as_matrix(x2, "x2")
-    if b is not None and a.shape[1] != b.shape[1]:
-        raise ValueError(f"x1 has {a.shape[1]} features but x2 has {b.shape[1]}; "
-                         "both must have the same number of columns")
-    d = a.shape[1]
-    q1 = numpy.einsum("ij,ij->i", a, a) / d
-    q2 = q1 if b is None else numpy.einsum("ij,ij->i", b, b) / d
-    k = (a @ (a if b is None else b).T) / d
-    values = pair(q1[:, None], q2[None, :], k, d)
-    out = [numpy.array(numpy.broadcast_to(m, k.shape), dtype=numpy.float64) for m in values]
-    rows, cols = _identical_pairs(a, b)
-    if rows.size:
-        # Identical rows: the diagonal recursion, exact where arccos(1 - rounding) is not.
-        exact = diagonal(q1, d)
-        for i in range(2):
-            out[i][rows, cols] = numpy.broadcast_to(exact[i], q1.shape)[rows]
-    return out[0], out[1]
+    return evaluate_kernels(pair, diagonal, x1, x2)
 
 
 def nngp(x1, x2=None):
@@ -275,3 +213,7 @@ def ntk(x1, x2=None):
     """Neural tangent kernel matrix (n1, n2); x2=None: x1 against itself."""
     return kernels(x1, x2)[1]
 '''.lstrip("\n")
+
+
+def _runtime() -> str:
+    return embedded_source("driver") + "\n\n" + _ENTRY_POINTS

@@ -3,35 +3,28 @@
 ``Corr(k, q1, q2)`` is the correlation k / sqrt(q1 q2) as one sympy function, so that
 (1) it evaluates to exactly 1 on the diagonal (k = q1 = q2), which gives the diagonal
 recursion its exact correlation; (2) its derivative in k is known, so Price's theorem
-(Γ̇ = ∂Γ/∂k) is plain symbolic differentiation; (3) the numerical printer can clip it
+(Γ̇ = ∂Γ/∂k) is plain symbolic differentiation; (3) the NumPy printer can clip it
 to [-1, 1], where rounding would otherwise push arccos/arcsin out of their domain.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from math import comb, factorial
 
 import sympy as sp
+from sympy.printing.precedence import precedence
 
 
 class KernelFunction(sp.Function):
-    """A sympy function that generated code calls by name. ``helpers()`` gives the source
-    of the Python functions (numpy only) that the call needs, keyed by function name;
-    codegen puts each needed helper once at the top of the generated code."""
-
-    def helpers(self) -> dict[str, str]:
-        return {}
-
-    def joint(self) -> tuple[sp.Expr, str] | None:
-        """(partner call, helper): another call that one helper, called as ``helper(*args)``,
-        computes together with this one and returns second, or None. Codegen makes one
-        call of the helper where a step needs both."""
-        return None
+    """A sympy function that generated code calls by name. It holds only mathematics
+    (evaluation, derivatives, display); how a target calls it, and the helper code that
+    call needs, belong to the target's printer (ntkdsl.printing)."""
 
 
 class PrintedAs(KernelFunction):
     """A KernelFunction that formulas show as the expression it stands for (``shown``) and
-    generated code computes by calling its helper ``call``."""
+    generated code computes by calling the helper the printer knows by ``call``."""
 
     call = ""
 
@@ -48,31 +41,7 @@ class PrintedAs(KernelFunction):
     def _pretty(self, printer):
         return printer._print(self.shown())
 
-    def _numpycode(self, printer):
-        return "{}({})".format(self.call, ", ".join(printer._print(a) for a in self.args))
 
-    _pythoncode = _numpycode
-
-
-_CORR_SOURCE = '''
-def _corr(k, q1, q2):
-    """Correlation k / sqrt(q1 q2), clipped to [-1, 1]; 0 where a variance is 0."""
-    norm = numpy.sqrt(q1 * q2)
-    with numpy.errstate(divide="ignore", invalid="ignore"):
-        c = numpy.where(norm > 0, k / numpy.where(norm > 0, norm, 1.0), 0.0)
-    return numpy.clip(c, -1.0, 1.0)
-'''.lstrip("\n")
-
-
-# Used by the in-place emitter (ntkdsl.inplace), which scales a matrix by the inverse
-# square roots of the variance vectors instead of dividing by an outer-product norm.
-_INV_SQRT_SOURCE = '''
-def _inv_sqrt(q):
-    """1 / sqrt(q) for a vector of variances. A zero variance gets a huge finite factor
-    instead of inf: its covariances are exactly 0 (Cauchy-Schwarz), so its correlations
-    come out 0, as _corr gives them."""
-    return numpy.reciprocal(numpy.sqrt(numpy.maximum(q, 1e-300)))
-'''.lstrip("\n")
 
 
 class Corr(PrintedAs):
@@ -80,9 +49,6 @@ class Corr(PrintedAs):
 
     nargs = 3
     call = "_corr"
-
-    def helpers(self) -> dict[str, str]:
-        return {"_corr": _CORR_SOURCE, "_inv_sqrt": _INV_SQRT_SOURCE}
 
     @classmethod
     def eval(cls, k, q1, q2):
@@ -107,43 +73,9 @@ class Corr(PrintedAs):
     shown = as_ratio
 
 
-_EXP_SINH_SOURCE = '''
-def _exp_sinh(m, d):
-    """exp(m) sinh(d) as sign(d) exp(m + |d|) (1 - exp(-2|d|)) / 2: no cancellation of two
-    exponentials at small d, no inf * 0 where exp(m) underflows and sinh(d) overflows."""
-    size = numpy.abs(d)
-    return numpy.copysign(numpy.expm1(-2 * size), d) * numpy.exp(m + size) / 2
-'''.lstrip("\n")
-
-# Where a step needs both (Γ and Γ̇ of Sin, Cos, sinh/cosh terms): one pass, two
-# transcendental calls for the pair.
-_EXP_SINH_COSH_SOURCE = '''
-def _exp_sinh_cosh(m, d):
-    """(exp(m) sinh(d), exp(m) cosh(d)) from one exp and one expm1, in place."""
-    size = numpy.abs(d)
-    scale = numpy.add(m, size)
-    numpy.exp(scale, out=scale)
-    half = numpy.multiply(size, -2, out=size)
-    numpy.expm1(half, out=half)
-    half *= 0.5                       # (exp(-2|d|) - 1) / 2
-    sinh = numpy.copysign(half, d)
-    half += 1
-    same = sinh.shape == scale.shape  # m and d broadcast to d's shape
-    return (numpy.multiply(sinh, scale, out=sinh if same else None),
-            numpy.multiply(half, scale, out=half if same else None))
-'''.lstrip("\n")
-
-_EXP_COSH_SOURCE = '''
-def _exp_cosh(m, d):
-    """exp(m) cosh(d) as exp(m + |d|) (1 + exp(-2|d|)) / 2 (no inf * 0)."""
-    size = numpy.abs(d)
-    return numpy.exp(m + size) * (1 + numpy.exp(-2 * size)) / 2
-'''.lstrip("\n")
-
-
 class _ExpHyperbolic(PrintedAs):
     """exp(m)·sinh(d) or exp(m)·cosh(d) as one function, evaluated without cancellation or
-    overflow (helpers above); printed as the product it stands for. Its derivatives are
+    overflow (the NumPy printer's helpers); shown as the product it stands for. Its derivatives are
     again such functions, so Price's theorem (Γ̇ = ∂Γ/∂k) keeps the form stable."""
 
     nargs = 2
@@ -165,13 +97,6 @@ class _ExpHyperbolic(PrintedAs):
         m, d = self.args
         return sp.exp(m) * self.hyperbolic(d)
 
-    def helpers(self) -> dict[str, str]:
-        return {self.call: _EXP_SINH_SOURCE if self.hyperbolic is sp.sinh else _EXP_COSH_SOURCE,
-                "_exp_sinh_cosh": _EXP_SINH_COSH_SOURCE}
-
-    def joint(self) -> tuple[sp.Expr, str] | None:
-        return (ExpCosh(*self.args), "_exp_sinh_cosh") if self.hyperbolic is sp.sinh else None
-
 
 class ExpSinh(_ExpHyperbolic):
     """exp(m)·sinh(d)."""
@@ -188,12 +113,105 @@ class ExpCosh(_ExpHyperbolic):
 _PARTNER = {ExpSinh: ExpCosh, ExpCosh: ExpSinh}
 
 
-_AT_ZERO_VARIANCE_SOURCE = '''
-def _at_zero_variance(q, zero, value):
-    """``zero`` where the variance q is exactly 0 (the pre-activation is surely 0), else
-    ``value``; float64 even where both are printed as integers."""
-    return numpy.asarray(numpy.where(numpy.equal(q, 0.0), zero, value), dtype=numpy.float64)
-'''.lstrip("\n")
+_C = sp.Symbol("c")
+
+
+@cache
+def arccos_polynomials(n: int) -> tuple[sp.Poly, sp.Poly]:
+    """(A_n, B_n) with Cho & Saul's J_n(θ) = A_n(c)·(π − θ) + B_n(c)·sin θ, c = cos θ.
+
+    J_n = sin^(2n+1) θ · (d/dc)^n [(π − θ) / sin θ]; writing the n-th derivative as
+    (A_n (π − θ) + B_n sin θ) / sin^(2n+1) θ and differentiating once more gives
+    A_(n+1) = (1 − c²) A_n' + (2n + 1) c A_n and B_(n+1) = A_n + (1 − c²) B_n' + 2n c B_n:
+    exact integer polynomials in n steps, where differentiating and simplifying in θ took
+    seconds for n = 5 and left 0/0 terms at c = ±1."""
+    a, b = sp.Poly(1, _C), sp.Poly(0, _C)
+    one_minus_c2, c = sp.Poly(1 - _C ** 2, _C), sp.Poly(_C, _C)
+    for m in range(n):
+        a, b = (one_minus_c2 * a.diff(_C) + (2 * m + 1) * c * a,
+                a + one_minus_c2 * b.diff(_C) + 2 * m * c * b)
+    return a, b
+
+
+# Below this φ = π − θ the helper sums J_n's series in φ instead of the closed form, whose
+# two terms of size φ cancel there to one of size φ^(2n+1): at φ = 1 (c = −0.54) the closed
+# form loses at most a factor 505 (RectifiedMonomial(5); Relu 4.6) to that cancellation,
+# and 9 (Relu) to 14 (degree 5) terms of the series are exact to SERIES_ERROR.
+SERIES_BELOW = 1.0
+SERIES_ERROR = 1e-17
+
+
+@cache
+def arccos_series(n: int) -> tuple[sp.Rational, ...]:
+    """Coefficients s_m with J_n = φ^(2n+1) Σ_m s_m φ^(2m), truncated where the rest is at
+    most SERIES_ERROR of J_n for every φ ≤ SERIES_BELOW.
+
+    J_n is entire in φ, and dJ_n/dφ = (dJ_n/dc)(dc/dφ) = n² J_(n−1) sin φ with J_0 = φ and
+    J_n(0) = 0 (n ≥ 1): each order is n² ∫₀^φ J_(n−1)(t) sin t dt — exact rational arithmetic
+    on power series. Relative to φ^(2n+1) the omitted terms grow with φ and J_n falls, so the
+    bound at φ = SERIES_BELOW holds below it."""
+    size = 2 * n + 30  # more terms than any order needs; the tail bound below decides
+    coefficients = [sp.Integer(1)] + [sp.Integer(0)] * (size - 1)   # of φ^(2p+1); J_0 = φ
+    sine = [sp.Integer(-1) ** j / sp.factorial(2 * j + 1) for j in range(size)]
+    for order in range(1, n + 1):
+        coefficients = [sp.Integer(0)] + [
+            sp.Integer(order) ** 2 / (2 * p + 1)
+            * sum((sine[j] * coefficients[p - 1 - j] for j in range(p)), sp.Integer(0))
+            for p in range(1, size)]
+    coefficients = coefficients[n:]
+    x2 = sp.Rational(SERIES_BELOW) ** 2
+    value = sum(a * x2 ** m for m, a in enumerate(coefficients))  # J_n(SERIES_BELOW), to 1e-40
+    for terms in range(1, size):
+        tail = sum(abs(a) * x2 ** m for m, a in enumerate(coefficients[terms:], terms))
+        if tail <= SERIES_ERROR * value:
+            return tuple(coefficients[:terms])
+    raise AssertionError(f"J_{n}'s series needs more than {size} terms")  # pragma: no cover
+
+
+def arccosine_closed(n: int, c: sp.Expr) -> sp.Expr:
+    """J_n/(2π) at correlation c in the usual arc-cosine form, (A_n(c)(π − arccos c) +
+    B_n(c)·√(1 − c²))/(2π), expanded over c, θ and sin θ."""
+    a, b = arccos_polynomials(n)
+    return sp.expand(a.as_expr().xreplace({_C: c}) * (sp.pi - sp.acos(c))
+                     + b.as_expr().xreplace({_C: c}) * sp.sqrt(1 - c ** 2)) / (2 * sp.pi)
+
+
+class ArcCosine(PrintedAs):
+    """The arc-cosine kernel of order n at correlation c = cos θ: J_n(θ)/(2π), with J_n of
+    Cho & Saul (2009) — E[relu(u)^n relu(v)^n] for unit variances, so the dual of relu^n is
+    (q1 q2)^(n/2) ArcCosine(n, c); J_0 = π − θ.
+
+    Formulas show it as the usual (A_n(c)(π − θ) + B_n(c) sin θ)/(2π); the NumPy printer calls
+    a helper that is accurate where that form cancels (θ → π, c → −1, where J_n vanishes like
+    (π − θ)^(2n+1)). It is exactly 1/2 at c = 1 for n ≤ 1, so a kernel of collinear inputs
+    stays exactly collinear into the next layer, as the arccos form kept it. Its derivative
+    is n² ArcCosine(n − 1, c) (Price's theorem for relu^n), so the NTK factor of every
+    arc-cosine dual is again such a function, and one helper call gives both."""
+
+    nargs = 2
+    call = "_arccosine"  # the printer appends the order: one straight-line helper per order
+
+    @classmethod
+    def eval(cls, n, c):
+        if not (n.is_Integer and n >= 0):
+            raise TypeError(f"ArcCosine's order must be a non-negative integer, got {n}")
+        if c.is_number:  # the diagonal (c = 1) and c = -1 are exact: A_n(1)/2, and 0
+            return arccosine_closed(int(n), c)
+        return None
+
+    def fdiff(self, argindex=2):
+        n, c = self.args
+        if argindex != 2:
+            raise sp.ArgumentIndexError(self, argindex)
+        return n ** 2 * ArcCosine(n - 1, c) if n > 0 else 1 / (2 * sp.pi * sp.sqrt(1 - c ** 2))
+
+    def shown(self) -> sp.Expr:
+        return arccosine_closed(int(self.args[0]), self.args[1])
+
+    @property
+    def precedence(self) -> int:
+        """That of the expression it is shown as (sympy's printers parenthesise by it)."""
+        return precedence(self.shown())
 
 
 class AtZeroVariance(KernelFunction):
@@ -206,7 +224,6 @@ class AtZeroVariance(KernelFunction):
     Nested tests of the same q are decided by the outer one."""
 
     nargs = 3
-    fresh_result = True  # numpy.where makes a new array: generated code may write into it
 
     @classmethod
     def eval(cls, q, zero, value):
@@ -218,14 +235,6 @@ class AtZeroVariance(KernelFunction):
         if (zero_case, other_case) != (zero, value):
             return cls(q, zero_case, other_case)
         return None
-
-    def helpers(self) -> dict[str, str]:
-        return {"_at_zero_variance": _AT_ZERO_VARIANCE_SOURCE}
-
-    def _numpycode(self, printer):
-        return "_at_zero_variance({})".format(", ".join(printer._print(a) for a in self.args))
-
-    _pythoncode = _numpycode
 
     def _sympystr(self, printer):
         q, zero, value = (printer.doprint(a) for a in self.args)

@@ -1,5 +1,5 @@
 """A grammar-aware fuzzer for architecture strings, and a harness that runs each input in a
-child process under a CPU-time and memory limit (tests/test_fuzz.py runs it in CI).
+child process under a CPU-time and memory limit (see the README, "The fuzzer").
 
 Inputs come from six generators (GENERATORS, with their weights): random valid architectures
 (every layer of the registry with the arguments it takes, sums, repeats, parentheses,

@@ -13,12 +13,17 @@ be expected to do better than the spread of the exact Γ over inputs one roundin
 ``floor = Σᵢ max |Γ(.., xᵢ(1 ± u), ..) − Γ(..)|``, u = 2⁻⁵³ (perturbations that leave the
 covariance valid, |k| ≤ sqrt(q1 q2); at a square-root singularity, |c| = 1, this is the
 sqrt(u) the singularity amplifies a rounding to, where a condition number would be
-infinite). An entry must be within ``1e-10 |Γ| + 16 floor`` of the exact value: 1e-10
-relative wherever the floor is below that (float64 can resolve it), a small multiple of
-the floor where it is not — and nothing below float64's normal range (1e-300) counts.
+infinite). k is moved by 2u rather than u: the correlation k / sqrt(q1 q2) every closed form
+is written in is itself rounded (a square root and a division at least), which matters
+where Γ vanishes like a high power of 1 + c (RectifiedMonomial(5) at c = −1: (1 + c)^5.5,
+so two roundings of c instead of one are a factor 45). An entry must be within
+``1e-10 |Γ| + 16 floor`` of the exact value: 1e-10 relative wherever the floor is below
+that (float64 can resolve it), a small multiple of the floor where it is not — and nothing
+below float64's normal range (1e-300) counts.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import mpmath as mp
@@ -28,8 +33,8 @@ import sympy as sp
 
 import ntkdsl
 from ntkdsl import parse
-from ntkdsl.codegen import compile_functions, function_source, helpers_source
 from ntkdsl.derivation import _PLACEHOLDER, DIAG_INPUT, PAIR_INPUTS, Assignment, D, Program, Step, dual_maps
+from ntkdsl.generate import compile_program
 
 DIGITS = 50
 U = 2.0 ** -53
@@ -48,15 +53,39 @@ def _angle(q1, q2, k):
     return mp.acos(k / norm), mp.sqrt(q1 * q2 - k * k) / norm
 
 
-def _relu_moment(n, q1, q2, k):
-    """E[relu(u)^n relu(v)^n] = (q1 q2)^(n/2) J_n(θ) / (2π), J_n of Cho & Saul (2009)."""
-    theta, s = _angle(q1, q2, k)
+@functools.cache
+def _cho_saul_j(n):
+    """J_n = (−1)^n sin^(2n+1) θ ((1/sin θ) ∂/∂θ)^n ((π − θ)/sin θ), Cho & Saul's (2009)
+    definition, with (1/sin θ) ∂/∂θ = −∂/∂c: sin^(2n+1) θ (∂/∂c)^n (arccos(−c)/sqrt(1 − c²)),
+    differentiated by sympy (not ntkdsl's polynomials), as an mpmath function of (c, sin θ)."""
+    c, s = sp.symbols("c s")
+    f = sp.acos(-c) / sp.sqrt(1 - c ** 2)
+    for _ in range(n):
+        f = sp.diff(f, c)
+    return sp.lambdify((c, s), sp.expand(s ** (2 * n + 1) * f.subs(sp.sqrt(1 - c ** 2), s)), "mpmath")
+
+
+def _arccos_j(n, theta, s):
+    """J_n(θ) (s = sin θ): the textbook forms for n ≤ 3, Cho & Saul's definition above."""
     c, rest = mp.cos(theta), mp.pi - theta
-    j = {0: rest,
-         1: s + rest * c,
-         2: 3 * s * c + rest * (1 + 2 * c ** 2),
-         3: 4 * s ** 3 + 15 * s * c ** 2 + rest * (9 * s ** 2 * c + 15 * c ** 3)}[n]
-    return mp.sqrt(q1 * q2) ** n * j / (2 * mp.pi)
+    if n <= 3:
+        return {0: rest,
+                1: s + rest * c,
+                2: 3 * s * c + rest * (1 + 2 * c ** 2),
+                3: 4 * s ** 3 + 15 * s * c ** 2 + rest * (9 * s ** 2 * c + 15 * c ** 3)}[n]
+    if s == 0:  # the limits: J_n(0) = π (2n − 1)!! (E[relu(u)^2n] = (2n − 1)!! q^n / 2), J_n(π) = 0
+        return mp.pi * mp.fac2(2 * n - 1) if c > 0 else mp.mpf(0)
+    return _cho_saul_j(n)(c, s)
+
+
+def _relu_moment(n, q1, q2, k):
+    """E[relu(u)^n relu(v)^n] = (q1 q2)^(n/2) J_n(θ) / (2π), J_n of Cho & Saul (2009).
+    Near c = −1 its terms of size π − θ cancel to one of size (π − θ)^(2n+1): evaluated with
+    about 16n more digits (π − θ ≥ 1e-8 at the floats next to −1; the inputs are exact)."""
+    with mp.workdps(mp.mp.dps + 16 * n + 10):
+        theta, s = _angle(q1, q2, k)
+        value = mp.sqrt(q1 * q2) ** n * _arccos_j(n, theta, s) / (2 * mp.pi)
+    return +value
 
 
 def _abrelu(a, b):
@@ -179,6 +208,10 @@ REFERENCES = {
     "Relu": _abrelu(F(0), F(1)),
     "LeakyRelu(0.1)": _abrelu(F("0.1"), F(1)),
     "ABRelu(-0.5, 2.0)": _abrelu(F("-0.5"), F(2)),
+    # relu(−x) scaled: J_1 cancels at c = −1 as for Relu; and nearly Relu with ab < 0, > 0
+    "ABRelu(1.5, 0.0)": _abrelu(F("1.5"), F(0)),
+    "ABRelu(-0.001, 1.0)": _abrelu(F("-0.001"), F(1)),
+    "LeakyRelu(0.001)": _abrelu(F("0.001"), F(1)),
     "Abs": _abrelu(F(-1), F(1)),
     "Erf": _erf(F(1), F(1), F(0)),
     "Erf(b=2)": _erf(F(1), F(2), F(0)),
@@ -196,6 +229,8 @@ REFERENCES = {
     "RectifiedMonomial(1)": _rectified(1),
     "RectifiedMonomial(2)": _rectified(2),
     "RectifiedMonomial(3)": _rectified(3),
+    "RectifiedMonomial(4)": _rectified(4),
+    "RectifiedMonomial(5)": _rectified(5),
     "Polynomial([0.1, 1.0, 0.5, -0.2])": _polynomial(["0.1", "1.0", "0.5", "-0.2"]),
     # The Gaussian-integration rules (ntkdsl.gaussian) on expressions
     'Fn("2*relu(x)")': _scaled(F(2), _abrelu(F(0), F(1))),
@@ -216,14 +251,22 @@ REFERENCES = {
 VARIANCES = [1.3e-8, 2.7e-4, 0.7, 1.7e3, 3.1e6, 9.1e9, 4.0 ** 17]
 MIXED = [(4.0 ** -13, 4.0 ** 17), (4.0 ** -5, 4.0 ** 10), (1.0, 4.0 ** 17)]
 CORRELATIONS = [0.0, 0.5, -0.5, 1 - 1e-6, -(1 - 1e-6), 1.0, -1.0]
+# Where the arc-cosine family's closed forms cancel (issue 12): J_n(θ) vanishes like
+# (π − θ)^(2n+1) as c → −1 (π − θ from 1 down to 1.5e-7); its sin θ term carries rounding of
+# 1 − c² as c → 1; Abs's Γ̇ = (2/π) arcsin c at c → 0.
+ARCCOS_CORRELATIONS = [-0.54, -0.56, -0.9, -(1 - 2.0 ** -20), -(1 - 1e-9), -(1 - 2.0 ** -40),
+                       -(1 - 1e-14), 1 - 1e-12, 1 - 2.0 ** -50, 1e-10, -3e-12]
+ARCCOS_FAMILY = {name for name in REFERENCES
+                 if name.startswith(("Relu", "LeakyRelu", "ABRelu", "Abs", "RectifiedMonomial"))
+                 or "relu" in name}
 
 
-def pair_points():
+def pair_points(correlations=CORRELATIONS):
     """(q1, q2, k) float64 triples of every regime."""
     out = []
     for q1, q2 in [(q, q) for q in VARIANCES] + MIXED + [(b, a) for a, b in MIXED]:
         norm = q1 if q1 == q2 else math.sqrt(q1 * q2)  # exact: q, or a power of 2
-        out += [(q1, q2, c * norm) for c in CORRELATIONS]
+        out += [(q1, q2, c * norm) for c in correlations]
     return np.array(out)
 
 
@@ -236,8 +279,7 @@ def _program(expressions, diagonal: bool) -> dict:
     targets = [sp.Symbol(n, real=True) for n in names]
     program = Program(inputs, (Step("dual", tuple(map(Assignment, targets, expressions))),),
                       tuple(targets))
-    return compile_functions(helpers_source(program) + "\n\n"
-                             + function_source(program, "f", ""))["f"]
+    return compile_program(program, "f")
 
 
 def library_duals(text: str, points: np.ndarray, diagonal: bool):
@@ -263,13 +305,14 @@ def library_duals(text: str, points: np.ndarray, diagonal: bool):
 
 
 def _floor(f, args) -> mp.mpf:
-    """Σᵢ max over xᵢ(1 ± u) of |f(perturbed) − f(args)|, valid covariances only."""
+    """Σᵢ max over xᵢ(1 ± u) (k: 2u) of |f(perturbed) − f(args)|, valid covariances only."""
     base, total = f(*args), mp.mpf(0)
     for i in range(len(args)):
         spread = mp.mpf(0)
+        step = mp.mpf(2 * U if i == 2 else U)
         for s in (1, -1):
             moved = list(args)
-            moved[i] = args[i] * (1 + s * mp.mpf(U))
+            moved[i] = args[i] * (1 + s * step)
             if len(moved) == 3 and moved[2] ** 2 > moved[0] * moved[1]:
                 continue
             spread = max(spread, abs(f(*moved) - base))
@@ -299,20 +342,13 @@ def check(got: float, f, args) -> str | None:
                 f"bound {mp.nstr(bound, 3)}")
 
 
-# Open (issue 12): the arc-cosine family at correlations near −1, where J_n(θ) is a
-# difference of terms of size (π − θ) that cancel to one of size (π − θ)^(2n+1) (ReLU at
-# c = −1 + 1e-6: 8e-6 relative; RectifiedMonomial(3) at c = −1 and q = 1e6: 652 for 0).
-# Stable there needs a series in π − θ; until then these points are left out here.
-ARCCOS_FAMILY = {"Relu", "RectifiedMonomial(1)", "RectifiedMonomial(2)", "RectifiedMonomial(3)",
-                 'Fn("2*relu(x)")'}
-
-
 def _failures(text, diagonal):
     gamma_ref, dot_ref = REFERENCES[text]
     diag = lambda f: (lambda q: f(q, q, q))
-    points = np.array(VARIANCES) if diagonal else pair_points()
-    if text in ARCCOS_FAMILY and not diagonal:
-        points = points[points[:, 2] >= -0.5 * np.sqrt(points[:, 0] * points[:, 1])]
+    if diagonal:
+        points = np.array(VARIANCES)
+    else:
+        points = pair_points(CORRELATIONS + ARCCOS_CORRELATIONS * (text in ARCCOS_FAMILY))
     refs = (diag(gamma_ref), diag(dot_ref)) if diagonal else (gamma_ref, dot_ref)
     failures = []
     for name, got, ref in zip(("Γ", "Γ̇"), library_duals(text, points, diagonal), refs):
@@ -331,6 +367,52 @@ def _failures(text, diagonal):
 def test_dual_within_float64_resolution(text, diagonal):
     failures = _failures(text, diagonal)
     assert not failures, f"{len(failures)} entries:\n" + "\n".join(failures[:8])
+
+
+# ---------------------------------------------------------------------------------------
+# The arc-cosine helper alone: J_n(c)/(2π) at float64 correlations, against 50 digits
+# ---------------------------------------------------------------------------------------
+
+# φ = π − θ from 1e-8 (c within 5e-17 of −1) to π (c = 1), across the switch between the
+# series (φ < 1) and the closed form, and c = ±1 exactly.
+HELPER_ANGLES = np.concatenate([np.geomspace(1e-8, np.pi, 400), [0.999999, 1.0, 1.000001]])
+
+
+def _helper(n):
+    from ntkdsl.symbolic import ArcCosine
+    c = sp.Symbol("c")
+    program = Program((c,), (Step("j", (Assignment(sp.Symbol("J"), ArcCosine(n, c)),)),),
+                      (sp.Symbol("J"), sp.S.Zero))
+    return compile_program(program, "f")
+
+
+@pytest.mark.parametrize("n", range(6))
+def test_arccosine_helper_to_the_last_digits(n):
+    """Given the float c, the helper is within 2e-13 relative of J_n(c)/(2π) wherever it
+    is not 0: no cancellation at c → −1 (J_n ~ (π − θ)^(2n+1); RectifiedMonomial(3) at
+    c = −1 and q = 1e6 was 652 for 0), none at c → 1 (sin θ from (1 − c)(1 + c)), exactly 0
+    at c = −1 and exactly J_1(0)/(2π) = 1/2 at c = 1 (collinear inputs stay collinear)."""
+    c = np.concatenate([-np.cos(HELPER_ANGLES), [-1.0, 1.0, -1 + 2.0 ** -52, 1 - 2.0 ** -53]])
+    got = np.asarray(_helper(n)(c)[0], float)
+    bad = []
+    for value, point in zip(got, c):
+        with mp.workdps(DIGITS + 16 * n + 10):
+            point = mp.mpf(float(point))
+            exact = _arccos_j(n, mp.acos(point), mp.sqrt((1 - point) * (1 + point))) / (2 * mp.pi)
+            if abs(value - exact) > 2e-13 * abs(exact):
+                bad.append(f"c = {float(point)!r}: got {value!r}, exact {mp.nstr(exact, 17)}")
+    assert not bad, "\n".join(bad[:8])
+    assert got[-4] == 0.0 and (n != 1 or got[-3] == 0.5)
+
+
+def test_cho_saul_definition_matches_textbook_forms():
+    """The references' J_4, J_5 (Cho & Saul's definition, differentiated by sympy) are the
+    same function as the textbook J_0..J_3 where both are written out."""
+    with mp.workdps(60):
+        for n in range(4):
+            for theta in (mp.mpf("0.3"), mp.mpf("1.7"), mp.mpf("2.9")):
+                s = mp.sin(theta)
+                assert abs(_cho_saul_j(n)(mp.cos(theta), s) - _arccos_j(n, theta, s)) < mp.mpf(10) ** -50
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ import sympy as sp
 from scipy import integrate
 
 from ntkdsl import activations, parse
-from ntkdsl.codegen import compile_functions, function_source, helpers_source
 from ntkdsl.derivation import _PLACEHOLDER, Assignment, Program, Step, dual_maps
+from ntkdsl.generate import compile_program
 
 CASES = [
     "Relu", "LeakyRelu(0.1)", "ABRelu(-0.5, 2.0)", "Abs", "Erf", "Erf(a=1.5, b=0.7, c=0.2)",
@@ -64,8 +64,8 @@ def _numpy_dual(expr, q1, q2, k):
     p = _PLACEHOLDER
     program = Program((p.q1, p.q2, p.k), (Step("dual", (Assignment(sp.Symbol("G"), expr),)),),
                       (sp.Symbol("G"), sp.S.Zero))
-    fns = compile_functions(helpers_source(program) + "\n\n" + function_source(program, "f", ""))
-    return float(np.asarray(fns["f"](np.float64(q1), np.float64(q2), np.float64(k))[0]))
+    f = compile_program(program, "f")
+    return float(np.asarray(f(np.float64(q1), np.float64(q2), np.float64(k))[0]))
 
 
 @pytest.mark.parametrize("text", CASES)

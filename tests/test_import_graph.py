@@ -28,8 +28,10 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("runtime", ("ntkdsl.runtime",)),
     # Vocabulary every stage shares: exceptions, size limits, argument specs, the kernel names, the
     # progress bar, and the symbolic building blocks (Pair, exact, ...) that registry entries use.
+    # The NumPy printer (sympy -> NumPy text, imports sympy and symbolic only) is here too: the
+    # numerical route beside the derivation, code generation and finite networks all print with it.
     ("foundation", ("ntkdsl._version", "ntkdsl.errors", "ntkdsl.limits", "ntkdsl.params",
-                    "ntkdsl.kinds", "ntkdsl.progress", "ntkdsl.symbolic")),
+                    "ntkdsl.kinds", "ntkdsl.progress", "ntkdsl.symbolic", "ntkdsl.printing")),
     # The language: text -> typed AST. The activation registry sits here, so the parser checks
     # layer names and arguments without importing the derivation.
     ("language", ("ntkdsl.grammars", "ntkdsl.ast", "ntkdsl.expressions", "ntkdsl.activations",
@@ -38,8 +40,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     # program's own types (the derivation builds program objects, so they share a stage).
     ("derivation", ("ntkdsl.gaussian", "ntkdsl.numerical", "ntkdsl.program", "ntkdsl.derivation")),
     # Program -> text: NumPy source, the in-place emitter, readable formulas, standalone modules.
-    ("printing", ("ntkdsl.printing", "ntkdsl.codegen", "ntkdsl.inplace", "ntkdsl.formula",
-                  "ntkdsl.standalone")),
+    ("printing", ("ntkdsl.inplace", "ntkdsl.generate", "ntkdsl.formula", "ntkdsl.standalone")),
     ("evaluation", ("ntkdsl.evaluation",)),
     ("network", ("ntkdsl.network",)),
     # What users build on a compiled network.

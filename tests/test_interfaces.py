@@ -84,10 +84,22 @@ def test_text_output_under_ascii_does_not_crash(args):
 def test_ascii_source_names_the_mathematical_characters():
     from ntkdsl.standalone import ascii_source
 
-    text = "# φ(√q z) while √(q1 q2) ≤ 1; dΓ/dk, Γ̇ and ½ ∂"
+    text = "# φ(sqrt(q) z) while √(q1 q2) ≤ 1; dΓ/dk, Γ̇ and ½ ∂"
     assert ascii_source(text) == ("# phi(sqrt(q) z) while sqrt(q1 q2) <= 1; dGamma/dk, "
                                   "Gammadot and 1/2 d")
     assert ascii_source("ω").isascii() and ascii_source("ω") == "\\u03c9"
+
+
+def test_embedded_texts_put_a_root_sign_before_a_parenthesis():
+    """ascii_source spells a root sign "sqrt" (no pattern matching over module text), which
+    reads right only before a parenthesis: the runtime's text, embedded in every standalone
+    module, keeps to that."""
+    from pathlib import Path
+
+    import ntkdsl.runtime
+    for path in Path(ntkdsl.runtime.__file__).parent.glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert all(text[i + 1] == "(" for i, ch in enumerate(text) if ch == "√"), path.name
 
 
 # ------------------------------------------------------------------ 2. CSV files (fit) --

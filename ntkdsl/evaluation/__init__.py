@@ -39,6 +39,7 @@ libraries) is made on first use by ``functools.cache``d functions.
 from __future__ import annotations
 
 from .checks import check_finite
+from .diagnosis import nonfinite_layer
 from .identical import identical_pairs
 from .inputs import (
     DTYPES,
@@ -61,14 +62,13 @@ from .memory import (
 from .outputs import allocate_outputs, check_out, resolve_dtype
 from .panels import diagonal_values, evaluate
 from .plan import Plan, default_threads, make_plan
-from .program_text import chunk_cap, nonfinite_layer, temporaries_per_entry
 
 # The tuning constants (PANEL_ROWS, MIN_CHUNK, ...) are not re-exported: they are read in
 # their own module (``plan``, ``panels``), so that is where a test must change them.
 __all__ = [
     "DTYPES", "KINDS", "Plan", "allocate_outputs", "as_real_array", "available_memory",
-    "cgroup_headroom", "check_finite", "check_inputs", "check_out", "chunk_cap", "default_threads",
+    "cgroup_headroom", "check_finite", "check_inputs", "check_out", "default_threads",
     "densified", "diagonal_values", "evaluate", "identical_pairs", "is_shared_file_map",
     "kernel_name", "make_plan", "memory_limits", "nonfinite_layer", "refuse_complex",
-    "release_pages", "require_memory", "resolve_dtype", "squared_norms", "temporaries_per_entry",
+    "release_pages", "require_memory", "resolve_dtype", "squared_norms",
 ]

@@ -3,18 +3,22 @@ generated program, is a NumericalError naming the layer where it starts."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import NumericalError
 from .memory import is_shared_file_map, release_pages
-from .program_text import nonfinite_layer
+
+if TYPE_CHECKING:
+    from ..generate import CompiledKernels
+from .diagnosis import nonfinite_layer
 
 _OVERFLOW_HINT = ("an overflow past float64's range (about 1.8e308): use smaller weight or "
                   "activation scales (W_std, b_std, b of Exp, ...) or inputs of smaller norm")
 
 
-def check_finite(functions: dict, kinds: Sequence[str], outs: Sequence[np.ndarray],
+def check_finite(compiled: CompiledKernels, kinds: Sequence[str], outs: Sequence[np.ndarray],
                  q1: np.ndarray, q2: np.ndarray, d: int) -> None:
     """NumericalError, naming the first layer whose variance is not finite, if any kernel
     entry is inf or NaN (an overflow such as exp(b² q) for large b² q): never a silent
@@ -24,7 +28,7 @@ def check_finite(functions: dict, kinds: Sequence[str], outs: Sequence[np.ndarra
         if entry is None:
             continue
         i, j = entry
-        layer = nonfinite_layer(functions, np.array([q1[i], q2[j]], dtype=np.float64), d)
+        layer = nonfinite_layer(compiled, np.array([q1[i], q2[j]], dtype=np.float64), d)
         where = (f"the variance after {layer} is not finite for these inputs" if layer else
                  "every layer's variance is finite for these inputs, so the kernel formula "
                  "itself failed at this pair")
@@ -33,11 +37,11 @@ def check_finite(functions: dict, kinds: Sequence[str], outs: Sequence[np.ndarra
             hint=_OVERFLOW_HINT)
 
 
-def _overflow(functions: dict, q1: np.ndarray, q2: np.ndarray, d: int, detail: str
+def _overflow(compiled: CompiledKernels, q1: np.ndarray, q2: np.ndarray, d: int, detail: str
               ) -> NumericalError:
     """NumericalError for an overflow that stopped the program, naming the first layer whose
     variance is not finite at the largest input norms (where an overflow starts)."""
-    layer = nonfinite_layer(functions, np.array([q1.max(), q2.max()], dtype=np.float64), d)
+    layer = nonfinite_layer(compiled, np.array([q1.max(), q2.max()], dtype=np.float64), d)
     where = f"the variance after {layer} is not finite" if layer else "a value overflowed"
     return NumericalError(
         f"the kernel overflowed float64 ({detail}): {where} for the largest inputs",

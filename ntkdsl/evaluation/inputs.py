@@ -3,12 +3,14 @@ data, the (n, d) input matrices and their squared norms."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError, ShapeError
 from ..kinds import KINDS
+from ..runtime import driver
 from .memory import require_memory
 
 DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
@@ -27,33 +29,30 @@ def kernel_name(kernel: Any) -> str:
                           "the Bayesian posterior)")
 
 
+def _checked(check: Callable, *args: Any) -> Any:
+    """``check(*args)``, one of the runtime's validators (ntkdsl.runtime.driver, the ones
+    standalone modules run), with its InputProblem raised as ntkdsl's error: ShapeError
+    for shapes, else InputError, with the same message and hint."""
+    try:
+        return check(*args)
+    except driver.InputProblem as problem:
+        raise (ShapeError if problem.shape else InputError)(problem.message,
+                                                            hint=problem.hint) from None
+
+
 def refuse_complex(value: Any, name: str) -> None:
     """InputError if ``value`` (an array or anything array-like) holds complex numbers."""
-    dtype = getattr(value, "dtype", None)
-    if not isinstance(dtype, np.dtype):  # lists, DataFrames, objects with __array__ only
-        try:
-            dtype = np.asarray(value).dtype
-        except (TypeError, ValueError):
-            return  # not an array at all: the float conversion that follows says so
-    if dtype.kind == "c":
-        # The wording starts as scikit-learn's, which its estimator checks look for.
-        raise InputError(f"Complex data not supported: {name} has a complex dtype; kernels and "
-                         "solvers take real numbers only",
-                         hint=f"pass {name}.real or np.abs({name}) if that is what you mean")
+    _checked(driver.refuse_complex, value, name)
 
 
 def as_real_array(value: Any, name: str, what: str = "a numeric array") -> np.ndarray:
     """``value`` as a float64 array (a view when it already is one).
 
-    The dtype check every entry point shares: complex data is refused rather than cut to its
-    real part (NumPy's float conversion would drop the imaginary part with only a warning),
-    and anything that is not numeric raises InputError naming ``name``."""
-    refuse_complex(value, name)
-    value = densified(value, name)
-    try:
-        return np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"{name} must be {what}: {err}") from None
+    The dtype check every entry point shares: complex data is refused rather than cut to
+    its real part, sparse input is densified, and anything that is not numeric raises
+    InputError naming ``name``."""
+    refuse_complex(value, name)  # before densifying, which would cost memory first
+    return _checked(driver.as_real, densified(value, name), name, what)
 
 
 def densified(value: Any, name: str) -> Any:
@@ -73,34 +72,20 @@ def densified(value: Any, name: str) -> Any:
     return value.toarray()
 
 
-def _as_matrix(x: Any, name: str) -> np.ndarray:
-    arr = as_real_array(x, name, "a numeric array of shape (n, d)")
-    if arr.ndim != 2:
-        raise ShapeError(f"{name} must be 2-D (n samples, d features), got shape {arr.shape}",
-                         hint="reshape a single sample with x.reshape(1, -1), "
-                              "a single feature with x.reshape(-1, 1)")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ShapeError(f"{name} is empty (shape {arr.shape}); it needs at least one "
-                         "sample and one feature")
-    if not np.isfinite(arr).all():
-        i, j = np.argwhere(~np.isfinite(arr))[0]
-        raise InputError(f"{name} has a non-finite value {arr[i, j]} at row {i}, column {j}",
-                         hint="kernels are defined for finite inputs only; drop or impute it")
-    return arr
-
-
 def check_inputs(x1: Any, x2: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """Validated float64 copies (or views) of the inputs."""
+    """Validated float64 copies (or views) of the inputs: the checks of the runtime's
+    ``check_inputs`` (which standalone modules run), sparse inputs densified."""
     a = _as_matrix(x1, "x1")
     if x2 is None:
         return a, None
     b = _as_matrix(x2, "x2")
-    if a.shape[1] != b.shape[1]:
-        raise ShapeError(f"x1 has {a.shape[1]} features but x2 has {b.shape[1]}; "
-                         "both must have the same number of columns")
+    _checked(driver.check_features, a, b)
     return a, b
 
 
-def squared_norms(x: np.ndarray) -> np.ndarray:
-    """Row-wise x·x / d, the input layer's variances."""
-    return np.einsum("ij,ij->i", x, x) / x.shape[1]
+def _as_matrix(x: Any, name: str) -> np.ndarray:
+    refuse_complex(x, name)  # before densifying, which would cost memory first
+    return _checked(driver.as_matrix, densified(x, name), name)
+
+
+squared_norms = driver.squared_norms  # row-wise x·x / d, the input layer's variances

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from functools import cache, lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,8 +18,10 @@ from .identical import identical_pairs
 from .inputs import KINDS, check_inputs, squared_norms
 from .memory import _keep_freed_heap, is_shared_file_map, release_pages
 from .outputs import allocate_outputs, check_out, resolve_dtype
-from .plan import WORKING_SHARE, Plan, make_plan
-from .program_text import chunk_cap, temporaries_per_entry
+from .plan import MAX_CHUNK, MAX_CHUNK_NUMERICAL, WORKING_SHARE, Plan, make_plan
+
+if TYPE_CHECKING:
+    from ..generate import CompiledKernels
 
 PROGRESS_DELAY_S = 2.0
 # Identical-input entries written into a file map between releases of its pages.
@@ -244,7 +246,7 @@ def _run(panels: _Panels, plan: Plan, outs: Sequence[np.ndarray], progress: bool
     return found
 
 
-def evaluate(functions: dict, x1: Any, x2: Any = None, *, kinds: Sequence[str] = KINDS,
+def evaluate(compiled: CompiledKernels, x1: Any, x2: Any = None, *, kinds: Sequence[str] = KINDS,
              out: Sequence[np.ndarray | None] | None = None, dtype: Any = None,
              progress: bool | None = None, threads: int | None = None) -> list[np.ndarray]:
     """The kernels named in ``kinds`` of x1 against x2 (x2=None: x1 against itself), written
@@ -267,24 +269,25 @@ def evaluate(functions: dict, x1: Any, x2: Any = None, *, kinds: Sequence[str] =
     outs = allocate_outputs(kinds, outs, shape, dt)
     q1 = squared_norms(a)
     q2 = q1 if b is None else squared_norms(b)
+    # The numerical engine's calls have a fixed cost: larger chunks pay it less often.
     plan = make_plan(*shape, b is None, dt, WORKING_SHARE * sum(o.nbytes for o in outs),
-                     temporaries_per_entry(functions["__source__"]), threads,
-                     chunk_cap(functions["__source__"]))
+                     compiled.temporaries, threads,
+                     MAX_CHUNK_NUMERICAL if compiled.numerical else MAX_CHUNK)
     keep = [KINDS.index(k) for k in kinds]
     _keep_freed_heap()
-    panels = _Panels(functions["pair"], a, a if b is None else b, q1, q2, keep, outs, plan,
+    panels = _Panels(compiled.pair, a, a if b is None else b, q1, q2, keep, outs, plan,
                      dt)
     try:
         with _BlasLimit() as blas:
             # Identical inputs are found while the first Gram slices are computed.
             rows, cols = _run(panels, plan, outs, progress, lambda: identical_pairs(a, b), blas)
-            _exact_identical_pairs(functions["diagonal"], outs, keep, rows, cols, q1,
+            _exact_identical_pairs(compiled.diagonal, outs, keep, rows, cols, q1,
                                    a.shape[1])
     # Inputs are checked before the program runs: a Python-level conversion of an inf or NaN
     # inside it (int(inf), int(nan)) means the kernel overflowed.
     except (OverflowError, ValueError) as err:
-        raise _overflow(functions, q1, q2, a.shape[1], str(err)) from None
-    check_finite(functions, kinds, outs, q1, q2, a.shape[1])
+        raise _overflow(compiled, q1, q2, a.shape[1], str(err)) from None
+    check_finite(compiled, kinds, outs, q1, q2, a.shape[1])
     return outs
 
 

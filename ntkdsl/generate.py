@@ -1,0 +1,324 @@
+"""Kernel programs -> NumPy source, and that source -> a compiled, typed object.
+
+Printing is the printer's job (ntkdsl.printing); matrix expressions become in-place
+statements (ntkdsl.inplace). This module lays those statements out as functions: one
+step at a time, common subexpressions of each layer named once, Γ/Γ̇ calls that one
+helper computes together fused on the expressions, matrices dropped (``del``) after their
+last use. The statements are typed (``Statement``: targets, reads), so liveness and the
+number of arrays alive at once come from them, and shapes (column, row, matrix) from the
+variables' roles. The same source serves the in-library evaluation and standalone modules,
+so both compute the same numbers.
+
+``compile_kernels`` returns ``CompiledKernels``: the pair and diagonal callables, the
+source, and what evaluation needs to know about them.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sympy as sp
+
+from . import runtime
+from .inplace import COLUMN, MATRIX, ROW, Emitter, Statement, comment, slot
+from .printing import Needs, NumPyPrinter, compile_source, helpers_text
+from .program import TEMPORARY, Bound, KernelVariable, Program, Step, TemplateCache
+
+
+def comment_lines(text: str) -> list[str]:
+    """``text`` as Python comment lines: one ``# ...`` per line of text, with every
+    character that could end a comment (\\r, form feed, NUL, U+2028, ...), and any
+    non-ASCII one, written as an escape, so no text can leave the comment."""
+    return ["# " + _escape_unprintable(line) for line in text.split("\n")]
+
+
+def _escape_unprintable(text: str) -> str:
+    # Non-ASCII is escaped too: generated files are pure ASCII, identical in any encoding.
+    return "".join(ch if ch.isascii() and ch.isprintable() else ascii(ch)[1:-1]
+                   for ch in text)
+
+
+def docstring_literal(text: str) -> str:
+    """A triple-quoted string literal whose value is exactly ``text``, laid out over the
+    same lines. Backslashes and double quotes are escaped, so nothing in the text can close
+    the literal; newlines stay, other unprintable or non-ASCII characters become escapes."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    lines = [_escape_unprintable(line) for line in escaped.split("\n")]
+    return '"""' + "\n".join(lines) + '"""'
+
+
+_SHAPES = {frozenset({"x"}): COLUMN, frozenset({"x'"}): ROW, frozenset({"x", "x'"}): MATRIX}
+
+
+def shape_of(symbol: sp.Symbol) -> str | None:
+    """The shape of a program variable's values in a kernel function, from its role: one
+    per row of x (a column), per row of x' (a row), per pair (a matrix); None for a
+    scalar (and for plain symbols, which have no role)."""
+    role = getattr(symbol, "role", None)
+    return None if role is None else _SHAPES.get(role.depends_on)
+
+
+# ---------------------------------------------------------------------------------------
+# One step's statements, over slots
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StepCode:
+    """A step's statements over numbered slots: ``inputs`` slots first (the symbols the
+    step reads), then ``targets`` (one per assignment), then the ``temporaries`` (common
+    subexpressions) and ``buffers`` it made. ``kinds``: the shape of each target slot;
+    ``needs``: helpers and modules the statements use."""
+
+    statements: tuple[Statement, ...]
+    inputs: int
+    targets: tuple[int, ...]
+    temporaries: tuple[int, ...]
+    buffers: tuple[int, ...]
+    kinds: dict[int, str]  # of the targets and temporaries
+    needs: Needs
+
+
+def step_code(assignments, inputs: tuple[sp.Symbol, ...],
+              kinds: tuple[str | None, ...]) -> StepCode:
+    """Statements for ``assignments`` reading ``inputs`` of the given shapes."""
+    targets = [a.target for a in assignments]
+    slots = {s: i for i, s in enumerate([*inputs, *targets])}
+    printer = NumPyPrinter()
+    emitter = Emitter(printer, {s: k for s, k in zip(inputs, kinds) if k is not None}, slots)
+    exprs = _fused([a.expr for a in assignments], emitter)
+    # Variables like the program's own, so sympy orders terms over both as it always did.
+    temporaries = sp.numbered_symbols("_x", cls=KernelVariable, role=TEMPORARY)
+    shared, reduced = sp.cse(exprs, symbols=temporaries)
+    emitter.owned_once(shared, reduced)
+    for symbol, expr in [*shared, *zip(targets, reduced)]:
+        emitter.assign(symbol, expr)
+    return StepCode(tuple(emitter.statements), len(inputs),
+                    tuple(slots[t] for t in targets),
+                    tuple(emitter.slots[s] for s, _ in shared), tuple(emitter.buffers),
+                    {emitter.slots[s]: emitter.kinds[s] for s in [*targets, *(x for x, _ in shared)]
+                     if s in emitter.kinds},
+                    printer.needs())
+
+
+def _fused(exprs: list[sp.Expr], emitter: Emitter) -> list[sp.Expr]:
+    """Where the expressions call both of two functions one helper computes together (the
+    printer's ``joint``) on the same arguments, one statement computes both, and the calls
+    become the two values it returns."""
+    calls = set().union(*(e.atoms(sp.Function) for e in exprs))
+    for call in sorted(calls, key=sp.default_sort_key):
+        joint = emitter.printer.joint(call, arrays=emitter.kind(call) == MATRIX)
+        if joint is None or joint[0] not in calls:
+            continue
+        partner, _ = joint
+        first, second = emitter.joint(call)
+        exprs = [e.xreplace({call: first, partner: second}) for e in exprs]
+    return exprs
+
+
+_STEP_CODE = TemplateCache()
+
+
+def _template_code(bound: Bound, kinds: tuple[str | None, ...]) -> StepCode:
+    """The statements of a template's live assignments, made once per template (and
+    shapes of its inputs): every layer of that kind binds its slots to its own names."""
+    key = (bound.template, bound.live, kinds)
+    code = _STEP_CODE.get(key)
+    if code is None:
+        template = bound.template
+        live = tuple(template.step.assignments[i] for i in bound.live)
+        code = _STEP_CODE[key] = step_code(live, template.inputs, kinds)
+    return code
+
+
+# ---------------------------------------------------------------------------------------
+# Functions
+# ---------------------------------------------------------------------------------------
+
+class _Layout:
+    """Lays out a function's steps: binds each step's slots to names (program variables
+    by their names, temporaries _x<n> and buffers _m<n> numbered through the function) and
+    tracks shapes and what the code needs."""
+
+    def __init__(self, program: Program):
+        self.kinds = {s: k for s in program.variables() if (k := shape_of(s)) is not None}
+        self.statements: list[Statement] = []
+        self.matrices: set[str] = set()
+        self.printer = NumPyPrinter()
+        self.temporaries = self.buffers = 0
+        self.labels: dict[str, str] = {}  # variable -> "step l: label", for error messages
+
+    def add(self, step: Step) -> None:
+        self.statements += [comment(c) for c in _step_comment(step)]
+        if isinstance(step.assignments, Bound):
+            bound = step.assignments
+            inputs = [bound.binding[p] for p in bound.template.inputs]
+            code = _template_code(bound, tuple(self.kinds.get(s) for s in inputs))
+        else:
+            targets = {a.target for a in step.assignments}
+            reads = set().union(*(a.expr.free_symbols for a in step.assignments)) - targets
+            inputs = sorted(reads, key=sp.default_sort_key)
+            code = step_code(step.assignments, tuple(inputs),
+                             tuple(self.kinds.get(s) for s in inputs))
+        self._bind(code, inputs, step.targets)
+        label = f"step {step.layer}: {step.label}"
+        for target in step.targets:
+            self.labels[target.name] = label
+
+    def _bind(self, code: StepCode, inputs, targets) -> None:
+        names = [s.name for s in inputs] + [""] * (max(_slots(code)) + 1 - len(inputs))
+        for index, target in zip(code.targets, targets):
+            names[index] = target.name
+        for index in code.temporaries:
+            names[index] = f"_x{self.temporaries}"
+            self.temporaries += 1
+        for index in code.buffers:
+            self.buffers += 1
+            names[index] = f"_m{self.buffers}"
+            self.matrices.add(names[index])
+        for index, target in zip(code.targets, targets):
+            if code.kinds.get(index) is not None:
+                self.kinds[target] = code.kinds[index]
+        self.matrices |= {names[i] for i, k in code.kinds.items() if k == MATRIX}
+        self.statements += [s.bound(names) for s in code.statements]
+        self.printer.record(code.needs)
+
+
+def _slots(code: StepCode) -> list[int]:
+    return [code.inputs - 1, *code.targets, *code.temporaries, *code.buffers]
+
+
+def _step_comment(step: Step) -> list[str]:
+    return comment_lines(f"{step.label}  [{step.note}]" if step.note else step.label)
+
+
+@dataclass(frozen=True)
+class FunctionCode:
+    """A generated function: ``source``, its ``statements`` (with ``del``s), what it
+    needs around it, and the step label of each variable it assigns."""
+
+    source: str
+    statements: tuple[Statement, ...]
+    needs: Needs
+    labels: dict[str, str]
+    arrays: tuple[str, ...]  # its matrix-shaped inputs
+
+
+def function_code(program: Program, name: str, doc: str) -> FunctionCode:
+    """``def name(*inputs)`` returning the program's (nngp, ntk) outputs; only assignments
+    the outputs need are computed, matrices in place (ntkdsl.inplace) and dropped after
+    their last use."""
+    layout = _Layout(program)
+    for step in program.live():
+        layout.add(step)
+    outputs = [layout.printer.doprint(o) for o in program.outputs]
+    keep = {str(s) for s in program.inputs} | set(outputs)
+    arrays = tuple(str(s) for s in program.inputs if layout.kinds.get(s) == MATRIX)
+    matrices = layout.matrices | {str(s) for s, k in layout.kinds.items() if k == MATRIX}
+    statements = with_deletes(layout.statements, matrices - keep)
+    body = [s.text for s in statements] + [f"return ({outputs[0]}, {outputs[1]})"]
+    args = ", ".join(str(s) for s in program.inputs)
+    # Split again so the docstring's continuation lines are indented with the body.
+    lines = "\n".join([docstring_literal(doc), *body]).split("\n")
+    source = f"def {name}({args}):\n" + "\n".join(_indent(line) for line in lines) + "\n"
+    return FunctionCode(source, tuple(statements), layout.printer.needs(), layout.labels, arrays)
+
+
+def function_source(program: Program, name: str, doc: str) -> str:
+    """The source of ``function_code``."""
+    return function_code(program, name, doc).source
+
+
+def _indent(line: str) -> str:
+    return "    " + line if line else line
+
+
+def with_deletes(statements: list[Statement], names: set[str]) -> list[Statement]:
+    """The statements with a ``del`` for each of ``names`` after the last statement that
+    binds or reads it, so a block's matrices are freed as soon as possible."""
+    seen: set[str] = set()
+    out: list[Statement] = []
+    for statement in reversed(statements):  # the first mention from the end is the last use
+        dead = [n for n in (*statement.targets, *statement.reads) if n in names and n not in seen]
+        if dead:
+            seen.update(dead)
+            dead = sorted(set(dead))
+            out.append(Statement("del " + ", ".join(dead), deletes=tuple(dead)))
+        out.append(statement)
+    return out[::-1]
+
+
+def live_arrays(code: FunctionCode) -> int:
+    """How many arrays of the chunk's size the function holds at once, at most: a
+    statement makes one per target when it reads one (an input matrix or a name made so),
+    an alias (``A = B``) only names B's array again, and an array lives until its last
+    name is deleted."""
+    arrays: dict[str, object] = {name: name for name in code.arrays}
+    most = 1
+    for n, statement in enumerate(code.statements):
+        for name in statement.deletes:
+            arrays.pop(name, None)
+        if not statement.targets:
+            continue
+        if statement.alias and statement.reads[0] in arrays:
+            arrays[statement.targets[0]] = arrays[statement.reads[0]]
+        elif any(name in arrays for name in statement.reads):
+            arrays.update({name: (n, i) for i, name in enumerate(statement.targets)})
+        most = max(most, len(set(arrays.values())))
+    return most
+
+
+# A few expression temporaries beyond the named arrays (NumPy's own, the Gram slice).
+EXTRA_TEMPORARIES = 4
+
+
+@dataclass(frozen=True)
+class CompiledKernels:
+    """An architecture's kernel functions, compiled: ``pair(q1_0, q2_0, K_0, d)`` and
+    ``diagonal(q_0, d)``, their ``source``, and what evaluation needs to know of them —
+    ``temporaries``, the chunk-sized arrays ``pair`` holds at once (plus a few);
+    ``numerical``, whether they call the numerical engine; ``labels``, the step
+    (``step l: <layer>``) of each state variable of the diagonal function."""
+
+    pair: Callable
+    diagonal: Callable
+    source: str
+    temporaries: int
+    numerical: bool
+    labels: dict[str, str]
+
+
+def module_code(functions: list[FunctionCode]) -> tuple[str, Needs]:
+    """The helpers the functions need followed by the functions, and what they all need."""
+    printer = NumPyPrinter()
+    for f in functions:
+        printer.record(f.needs)
+    needs = printer.needs()
+    source = "\n\n".join(filter(None, [helpers_text(needs.helpers),
+                                       *(f.source for f in functions)]))
+    return source, needs
+
+
+def compile_kernels(program: Program, diagonal_program: Program, doc: str) -> CompiledKernels:
+    """Generate and compile the pair and diagonal functions of a derivation."""
+    pair = function_code(program, "pair", doc)
+    diagonal = function_code(diagonal_program, "diagonal", doc)
+    source, needs = module_code([pair, diagonal])
+    # The source shown is a standalone module's text; what runs binds the runtime modules
+    # among the helpers (one numerical engine and cache per process) instead of their text.
+    generated = {n: t for n, t in needs.helpers.items() if n not in runtime.HELPER_MODULES}
+    running = "\n\n".join(filter(None, [helpers_text(generated), pair.source, diagonal.source]))
+    namespace = compile_source(running, needs.imports, runtime=runtime.bindings(needs.helpers))
+    return CompiledKernels(namespace["pair"], namespace["diagonal"], source,
+                           live_arrays(pair) + EXTRA_TEMPORARIES, needs.numerical,
+                           diagonal.labels)
+
+
+def compile_program(program: Program, name: str = "f", doc: str = "") -> Callable:
+    """One program as a function ``name(*inputs)`` (tests, dual functions)."""
+    code = function_code(program, name, doc)
+    source, needs = module_code([code])
+    return compile_source(source, needs.imports)[name]
+
+
+__all__ = ["CompiledKernels", "comment_lines", "compile_kernels", "compile_program",
+           "docstring_literal", "function_code", "function_source", "slot"]

@@ -1,0 +1,421 @@
+"""The NumPy backend's printer: sympy expressions -> NumPy/SciPy source.
+
+One printer class owns every target-specific piece of generated code: how a correlation
+(``Corr``) and the numerical duals are called, the helper functions those calls need, and
+the modules the printed code uses — all recorded while printing, as sympy's own printers
+record ``module_imports``. Kernel programs (ntkdsl.generate), the numerical route's φ
+functions (ntkdsl.numerical) and finite networks' activations (ntkdsl.finite) all print
+through it, so every sympy -> NumPy path handles Max, log1p-type forms and constants alike.
+
+A new target (JAX, CuPy) is a new printer with its runtime; nothing upstream changes.
+
+This module imports sympy, ntkdsl.symbolic and ntkdsl.runtime only: the numerical route, which sits
+beside the derivation, prints through it too.
+"""
+from __future__ import annotations
+
+import importlib
+from functools import cache
+
+import sympy as sp
+from sympy.printing.numpy import SciPyPrinter
+
+from .runtime import embedded_source
+from .symbolic import (
+    SERIES_BELOW,
+    ArcCosine,
+    AtZeroVariance,
+    ExpCosh,
+    ExpSinh,
+    PrintedAs,
+    arccos_polynomials,
+    arccos_series,
+)
+
+# Modules generated code may name (sympy's SciPy printer writes e.g. scipy.special.erf,
+# scipy.constants.pi); a module is imported only when the printer used it.
+IMPORTABLE = ("functools", "math", "numpy", "scipy.constants", "scipy.special")
+
+_EXP_SINH_SOURCE = '''
+def _exp_sinh(m, d):
+    """exp(m) sinh(d) as sign(d) exp(m + |d|) (1 - exp(-2|d|)) / 2: no cancellation of two
+    exponentials at small d, no inf * 0 where exp(m) underflows and sinh(d) overflows."""
+    size = numpy.abs(d)
+    return numpy.copysign(numpy.expm1(-2 * size), d) * numpy.exp(m + size) / 2
+'''.lstrip("\n")
+
+# Where a step needs both (Γ and Γ̇ of Sin, Cos, sinh/cosh terms): one pass, two
+# transcendental calls for the pair.
+_EXP_SINH_COSH_SOURCE = '''
+def _exp_sinh_cosh(m, d):
+    """(exp(m) sinh(d), exp(m) cosh(d)) from one exp and one expm1, in place."""
+    size = numpy.abs(d)
+    scale = numpy.add(m, size)
+    numpy.exp(scale, out=scale)
+    half = numpy.multiply(size, -2, out=size)
+    numpy.expm1(half, out=half)
+    half *= 0.5                       # (exp(-2|d|) - 1) / 2
+    sinh = numpy.copysign(half, d)
+    half += 1
+    same = sinh.shape == scale.shape  # m and d broadcast to d's shape
+    return (numpy.multiply(sinh, scale, out=sinh if same else None),
+            numpy.multiply(half, scale, out=half if same else None))
+'''.lstrip("\n")
+
+_EXP_COSH_SOURCE = '''
+def _exp_cosh(m, d):
+    """exp(m) cosh(d) as exp(m + |d|) (1 + exp(-2|d|)) / 2 (no inf * 0)."""
+    size = numpy.abs(d)
+    return numpy.exp(m + size) * (1 + numpy.exp(-2 * size)) / 2
+'''.lstrip("\n")
+
+
+_AT_ZERO_VARIANCE_SOURCE = '''
+def _at_zero_variance(q, zero, value):
+    """``zero`` where the variance q is exactly 0 (the pre-activation is surely 0), else
+    ``value``; float64 even where both are printed as integers."""
+    return numpy.asarray(numpy.where(numpy.equal(q, 0.0), zero, value), dtype=numpy.float64)
+'''.lstrip("\n")
+
+
+# The arc-cosine kernels J_n/(2π) (symbolic.ArcCosine): shared parts, and per order
+# straight-line code generated from J_n's integer polynomials and series.
+_ARCCOSINE_SOURCE = '''
+def _arccosine_parts(c):
+    """What J_n / (2 pi) is made of at correlations c = cos(theta) (Cho & Saul's J_n =
+    A_n(c) phi + B_n(c) sin(phi), phi = pi - theta): (phi / (2 pi), sin(phi) / (2 pi), a
+    free array of c's shape, phi where phi < SERIES_BELOW and that mask, or None, None
+    where no entry is that close to c = -1: one pass over phi, its minimum, finds out).
+    phi is arccos(-c), accurate to the last digit as phi -> 0, sin(phi) is
+    sqrt((1 - c)(1 + c)), accurate as c -> 1; both are scaled before they are combined, so
+    that rounding is relative to the result (J_1 / (2 pi) = 1/2 at c = 1, exactly). In c's
+    precision (float32 where the caller evaluates in float32)."""
+    turns = numpy.negative(c, out=numpy.empty_like(c))
+    numpy.arccos(turns, out=turns)
+    near = turns < SERIES_BELOW if turns.size and turns.min() < SERIES_BELOW else None
+    phi = None if near is None else turns[near]
+    turns *= 1 / (2 * numpy.pi)  # exactly 1/2 where turns is pi (c = 1)
+    sine = numpy.subtract(1.0, c, out=numpy.empty_like(c))
+    free = numpy.add(1.0, c, out=numpy.empty_like(c))
+    sine *= free
+    numpy.sqrt(sine, out=sine)
+    sine *= 1 / (2 * numpy.pi)
+    return turns, sine, free, phi, near
+
+
+def _arccosine_series(coefficients, phi, power):
+    """phi**power * (coefficients[0] + coefficients[1] phi**2 + ...): J_n / (2 pi) where
+    its closed form cancels (phi -> 0), by Horner in phi**2."""
+    square = phi * phi
+    total = numpy.full_like(phi, coefficients[-1])
+    for coefficient in coefficients[-2::-1]:
+        total *= square
+        total += coefficient
+    total *= phi ** power
+    return total
+'''.lstrip("\n").replace("SERIES_BELOW", repr(SERIES_BELOW))
+
+_ARCCOSINE0_SOURCE = '''
+def _arccosine0(n, c):
+    """J_0 / (2 pi) = arccos(-c) / (2 pi) at correlations c (n = 0, the order)."""
+    turns = numpy.negative(c, out=numpy.empty_like(c))
+    numpy.arccos(turns, out=turns)
+    turns *= 1 / (2 * numpy.pi)
+    return turns
+'''.lstrip("\n")
+
+
+def _horner_lines(coefficients: list[int], factor: str, out: str) -> list[str]:
+    """Statements setting the array ``out`` to ``factor`` · p(c), p of degree ≥ 1 with these
+    integer coefficients (highest first), by Horner in place."""
+    lines = [f"numpy.multiply({factor}, c, out={out})"]
+    if coefficients[0] != 1:
+        lines.append(f"{out} *= {coefficients[0]}")
+    for position, coefficient in enumerate(coefficients[1:], 2):
+        if coefficient:
+            lines.append(f"{out} += {factor}" if coefficient == 1 else
+                         f"{out} += {coefficient} * {factor}")
+        if position < len(coefficients):
+            lines.append(f"{out} *= c")
+    return lines
+
+
+def _arccosine_lines(n: int, out: str) -> list[str]:
+    """Statements computing J_n/(2π) (n ≥ 1) into the array ``out`` from _arccosine_parts."""
+    a, b = (tuple(int(v) for v in p.all_coeffs()) for p in arccos_polynomials(n))
+    lines = _horner_lines(list(a), "turns", out)
+    if len(b) == 1:
+        lines.append(f"{out} += sine" if b[0] == 1 else f"{out} += {b[0]} * sine")
+    else:
+        lines += _horner_lines(list(b), "sine", "free") + [f"{out} += free"]
+    series = ", ".join(repr(float(sp.N(s / (2 * sp.pi), 30))) for s in arccos_series(n))
+    lines += ["if near is not None:",
+              f"    {out}[near] = _arccosine_series(({series},), phi, {2 * n + 1})"]
+    return lines
+
+
+def _arccosine_source(n: int) -> str:
+    """Source of _arccosine<n>(n, c) = J_n/(2π) and _arccosine<n>_<n−1>(n, c) = (J_n/(2π),
+    J_(n−1)/(2π)), straight-line code over _arccosine_parts (no loops: generated code calls
+    it for every block of a kernel matrix)."""
+    body = ["turns, sine, free, phi, near = _arccosine_parts(c)", "value = free",
+            "free = numpy.empty_like(c)" if len(arccos_polynomials(n)[1].all_coeffs()) > 1 else ""]
+    single = [*body, *_arccosine_lines(n, "value"), "return value"]
+    if n == 1:
+        pair = [*body, *_arccosine_lines(1, "value"), "return value, turns"]
+    else:
+        pair = [*body, *_arccosine_lines(n, "value"), "lower = numpy.empty_like(c)",
+                *_arccosine_lines(n - 1, "lower"), "return value, lower"]
+    return "\n\n\n".join(
+        f'def {name}(n, c):\n    """{doc} at correlations c (n = {n}, the order as the call '
+        f'is written;\n    see _arccosine_parts)."""\n'
+        + "".join(f"    {line}\n" for line in lines if line)
+        for name, doc, lines in [(f"_arccosine{n}", f"J_{n} / (2 pi)", single),
+                                 (f"_arccosine{n}_{n - 1}",
+                                  f"(J_{n} / (2 pi), J_{n - 1} / (2 pi))", pair)])
+
+
+@cache
+def _arccosine_helpers(n: int) -> dict[str, str]:
+    """Helper name -> source for ArcCosine(n, c) and its joint call with order n − 1."""
+    if n == 0:
+        return {"_arccosine0": _ARCCOSINE0_SOURCE}
+    return {"_arccosine_parts": _ARCCOSINE_SOURCE, f"_arccosine{n}": _arccosine_source(n)}
+
+
+# Helper name -> source. _corr and the in-place emitter's _inv_sqrt are one runtime module's
+# text (ntkdsl.runtime.correlation), kept under the name _corr.
+_HELPER_KEYS = {"_inv_sqrt": "_corr"}
+_HELPER_SOURCES = {"_corr": embedded_source("correlation"),
+                   "_exp_sinh": _EXP_SINH_SOURCE, "_exp_cosh": _EXP_COSH_SOURCE,
+                   "_exp_sinh_cosh": _EXP_SINH_COSH_SOURCE,
+                   "_at_zero_variance": _AT_ZERO_VARIANCE_SOURCE}
+
+
+_INT64_LIMIT = 2 ** 63
+
+
+class NumPyPrinter(SciPyPrinter):
+    """SciPy printer with full-precision floats, modules named ``numpy``/``scipy``, and
+    elementwise max/min. While printing it records ``helpers`` (name -> source of each
+    helper function the printed code calls), the modules it used (``imports()``) and
+    whether it called the numerical engine (``numerical``).
+
+    ``names`` maps symbols to the text they print as (code generation prints a template
+    step once with numbered slots in place of its variables)."""
+
+    def __init__(self, names: dict | None = None):
+        super().__init__({"fully_qualified_modules": True, "inline": True})
+        self.names: dict = {} if names is None else names
+        self.helpers: dict[str, str] = {}
+        self.numerical = False
+
+    # -- what the printed code needs -----------------------------------------------------
+    def imports(self) -> list[str]:
+        """The modules of ``IMPORTABLE`` the printed code refers to, in a fixed order."""
+        return [m for m in IMPORTABLE if m in self.module_imports]
+
+    def record(self, other: Needs) -> None:
+        """Take over what code printed elsewhere needs (a cached template step's code)."""
+        self.helpers.update(other.helpers)
+        for module in other.imports:
+            self.module_imports.setdefault(module, set())  # the module is used
+        self.numerical |= other.numerical
+
+    def needs(self) -> Needs:
+        return Needs(dict(self.helpers), tuple(self.imports()), self.numerical)
+
+    def ufunc(self, qualified: str) -> str:
+        """A module-qualified function name (``numpy.multiply``), its module recorded."""
+        return self._module_format(qualified)
+
+    def helper(self, name: str) -> str:
+        """The name of one of this printer's own helpers (``_corr``, ``_inv_sqrt``), which
+        is then part of the output."""
+        key = _HELPER_KEYS.get(name, name)
+        self.helpers[key] = _HELPER_SOURCES[key]
+        self._module_format("numpy.sqrt")  # the helpers are numpy code
+        return name
+
+    @staticmethod
+    def fresh_result(func) -> bool:
+        """Whether a call of ``func`` returns a new array that nothing else refers to, so
+        generated code may overwrite it (the numerical engine's results, numpy.where's)."""
+        return _numerical_kind(func) is not None or func in (AtZeroVariance, ArcCosine)
+
+    @staticmethod
+    def joint(call: sp.Expr, arrays: bool = True) -> tuple[sp.Expr, str] | None:
+        """(partner call, helper): where one helper, called as ``helper(*args)``, computes
+        ``call`` (first) and the partner (second) together, else None — Γ and Γ̇ of a
+        continuous φ on the numerical route (``_hd_dual_pair``), J_n and J_(n−1) of the
+        arc-cosine family (``_arccosine<n>_<n−1>``), exp(m)·sinh(d) with
+        exp(m)·cosh(d) (``_exp_sinh_cosh``, which works in place: only where the call's
+        values are ``arrays``, a matrix)."""
+        if isinstance(call, ExpSinh):
+            return (ExpCosh(*call.args), "_exp_sinh_cosh") if arrays else None
+        if isinstance(call, ArcCosine):  # J_n and J_(n-1): Γ and Γ̇ of the arc-cosine family
+            n, c = call.args
+            return (ArcCosine(n - 1, c), f"_arccosine{n}_{n - 1}") if n > 0 else None
+        cls = type(call)
+        if (_numerical_kind(cls) != "dual" or getattr(cls, "dot", None) is None
+                or f"_pair_{cls.tag}" not in cls.sources):
+            return None
+        return cls.dot(*call.args), f"_pair_{cls.tag}"
+
+    def joint_helper(self, call: sp.Expr) -> str:
+        """The helper of ``joint(call)``, recorded as used with what it needs."""
+        partner, helper = self.joint(call)
+        if isinstance(call, ExpSinh):
+            return self.helper(helper)
+        if isinstance(call, ArcCosine):
+            self._record_arccosine(int(call.args[0]))
+            return helper
+        self._record_numerical(type(call))
+        self._record_numerical(type(partner))
+        return helper
+
+    # -- printing --------------------------------------------------------------------------
+    def _print_Symbol(self, expr):
+        name = self.names.get(expr)
+        return name if name is not None else super()._print_Symbol(expr)
+
+    _print_Dummy = _print_Symbol
+
+    def _print_Float(self, expr):
+        return repr(float(expr))
+
+    def _print_Integer(self, expr):
+        # NumPy takes a Python int beyond int64 as an object, which its ufuncs refuse
+        # (numpy.sqrt(2**70) is a TypeError): such an integer is printed as the float it
+        # rounds to (inf past float64's range, which the evaluation's finiteness check turns
+        # into a NumericalError). Rationals keep exact numerators and denominators.
+        value = int(expr)
+        if abs(value) < _INT64_LIMIT:
+            return str(value)
+        try:
+            return repr(float(value))
+        except OverflowError:
+            return self._module_format("numpy.inf") if value > 0 else f"(-{self._module_format('numpy.inf')})"
+
+    def _print_Pi(self, expr):
+        return self._module_format("numpy.pi")
+
+    def _fold(self, name: str, args) -> str:
+        out = self._print(args[0])
+        for arg in args[1:]:
+            out = f"{self._module_format('numpy.' + name)}({out}, {self._print(arg)})"
+        return out
+
+    def _print_Max(self, expr):
+        return self._fold("maximum", expr.args)
+
+    def _print_Min(self, expr):
+        return self._fold("minimum", expr.args)
+
+    def _print_Heaviside(self, expr):
+        # numpy's own step: sympy would rewrite Heaviside(f(x)) into a Piecewise whose
+        # simplified conditions grow without bound for composed piecewise activations (Elu * 3).
+        at_zero = expr.args[1] if len(expr.args) > 1 else sp.Rational(1, 2)
+        return f"{self._module_format('numpy.heaviside')}({self._print(expr.args[0])}, {self._print(at_zero)})"
+
+    def _print_log(self, expr):
+        # log(1 + exp(a)) as logaddexp(0, a): no overflow for a > 709 (Softplus, Mish).
+        arg = expr.args[0]
+        if isinstance(arg, sp.Add) and len(arg.args) == 2 and sp.S.One in arg.args:
+            other = arg.args[0] if arg.args[1] == 1 else arg.args[1]
+            if isinstance(other, sp.exp):
+                return f"{self._module_format('numpy.logaddexp')}(0, {self._print(other.args[0])})"
+        return super()._print_log(expr)
+
+    def _print_AtZeroVariance(self, expr):
+        return self._call(self.helper("_at_zero_variance"), expr.args)
+
+    def _print_ArcCosine(self, expr):
+        self._record_arccosine(int(expr.args[0]))
+        return self._call(f"{expr.call}{int(expr.args[0])}", expr.args)
+
+    def _record_arccosine(self, n: int) -> None:
+        self.helpers.update(_arccosine_helpers(n))
+        self._module_format("numpy.arccos")  # the helpers are numpy code
+
+    def _call(self, name: str, args) -> str:
+        return f"{name}({', '.join(self._print(a) for a in args)})"
+
+    def _print_Function(self, expr):
+        # sympy dispatches a Function subclass on its own name only: Corr, exp(m)·sinh(d),
+        # ... and the run-time classes of each φ's numerical dual come here.
+        if isinstance(expr, PrintedAs):  # one helper each
+            return self._call(self.helper(expr.call), expr.args)
+        kind = _numerical_kind(type(expr))
+        if kind is None:
+            return super()._print_Function(expr)
+        self._record_numerical(type(expr))
+        return self._call(f"_{kind}_{expr.tag}", expr.args)
+
+    def _record_numerical(self, cls) -> None:
+        """A numerical dual or moment is called: its helpers' sources (the engine's among
+        them) and modules are then needed."""
+        self.helpers.update(cls.sources)
+        for module in ("numpy", *cls.modules):
+            self.module_imports.setdefault(module, set())  # the module is used
+        self.numerical = True
+
+
+def _numerical_kind(func) -> str | None:
+    """'dual' or 'moment' for a numerical-route function class, else None. Recognised by
+    the base classes' names: ntkdsl.numerical prints through this module, so importing it
+    here would make a cycle."""
+    names = {c.__name__ for c in getattr(func, "__mro__", ())}
+    if "NumericalDual" in names:
+        return "dual"
+    if "NumericalMoment" in names:
+        return "moment"
+    return None
+
+
+class Needs:
+    """What a piece of printed code needs around it: helper sources, modules, and whether
+    it calls the numerical engine."""
+
+    __slots__ = ("helpers", "imports", "numerical")
+
+    def __init__(self, helpers: dict[str, str], imports: tuple[str, ...], numerical: bool):
+        self.helpers, self.imports, self.numerical = helpers, imports, numerical
+
+
+def helpers_text(helpers: dict[str, str]) -> str:
+    """The helper sources, each once, in a deterministic order."""
+    return "\n\n".join(helpers[name] for name in sorted(helpers))
+
+
+def compile_source(source: str, modules, name: str = "<ntkdsl generated>",
+                   runtime: dict | None = None) -> dict:
+    """Execute generated source (never user text: only printed sympy expressions, literals
+    and escaped comments) with the modules it uses imported, and return its namespace, which
+    starts as ``runtime`` (the runtime functions it calls, ``ntkdsl.runtime.bindings``)."""
+    namespace: dict = dict(runtime or {})
+    for module in ["numpy", *modules]:
+        importlib.import_module(module)
+        top = module.split(".")[0]
+        namespace[top] = importlib.import_module(top)
+    exec(compile(source, name, "exec"), namespace)  # printed code, not user text
+    return namespace
+
+
+def function_of(expr: sp.Expr, x: sp.Symbol, name: str = "_f") -> tuple[str, list[str]]:
+    """(source of ``def name(x): return <expr> + 0.0 * x``, modules it uses): adding
+    ``0.0 * x`` broadcasts a constant expression to the input's shape."""
+    printer = NumPyPrinter()
+    # Common subexpressions once each: a composed activation (Gelu(approximate=True) * 3)
+    # repeats its inner layers' expressions in φ' hundreds of times over, and the numerical
+    # route evaluates φ' on millions of nodes.
+    shared, (body,) = sp.cse(expr, symbols=sp.numbered_symbols("_s"), optimizations=None)
+    lines = "".join(f"    {symbol} = {printer.doprint(value)}\n" for symbol, value in shared)
+    return (f"def {name}({x}):\n{lines}    return {printer.doprint(body)} + 0.0 * {x}\n",
+            printer.imports())
+
+
+def numpy_function(expr: sp.Expr, x: sp.Symbol):
+    """``expr`` as a NumPy function of ``x`` (same shape as x, constants broadcast)."""
+    source, modules = function_of(expr, x)
+    return compile_source(source, modules, "<ntkdsl printed function>")["_f"]

@@ -1,0 +1,305 @@
+"""The kernel program: straight-line steps of typed ops over role-tagged variables.
+
+The derivation (ntkdsl.derivation) emits a ``Program``; code generation, formulas,
+evaluation and standalone modules read roles, layers and liveness from it — never from
+variable names or generated text.
+
+* A ``KernelVariable`` is a sympy symbol that knows its ``role`` (variance of x, variance of x',
+  NNGP, NTK, a scalar; on the diagonal, the variance of x with itself and its NTK), the
+  ``layer`` (step number) that assigns it, and its ``layout`` (today always None: one
+  value per pair of inputs; next: spatial axes, diagonal or full). Its name is only for
+  printing.
+* Two kinds of op: an ``ElementwiseOp`` (a sympy expression assigned to a variable: every
+  rule of today) and a ``StructuredOp`` (a named linear map with parameters: today the
+  input statistics from x and x'; next, convolution, pooling, flattening).
+* A ``Step`` is the ops one layer makes; ``Program.live()`` keeps the ones the outputs need.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+
+import sympy as sp
+
+
+@dataclass(frozen=True, eq=False)
+class Role:
+    """What a variable holds: ``name`` for people, ``prefix`` for its printed name,
+    ``depends_on`` which inputs (x, x') it is a function of — that fixes its shape in a
+    kernel matrix program: x alone a column, x' alone a row, both a matrix, none a scalar."""
+
+    name: str
+    prefix: str
+    depends_on: frozenset[str]
+    positive: bool = False
+
+    def __repr__(self) -> str:
+        return f"Role({self.name!r})"
+
+    def __reduce__(self):
+        # Roles compare by identity (fast: every variable comparison compares them); a
+        # pickled role comes back as the very constant of this module.
+        return role_named, (self.name,)
+
+
+_X, _XP = frozenset({"x"}), frozenset({"x'"})
+VARIANCE1 = Role("variance of x", "q1", _X, positive=True)
+VARIANCE2 = Role("variance of x'", "q2", _XP, positive=True)
+NNGP = Role("NNGP", "K", _X | _XP)
+NTK = Role("NTK", "T", _X | _XP)
+SCALAR = Role("scalar", "", frozenset())
+# The diagonal program pairs x with itself: its variance is its NNGP.
+VARIANCE = Role("variance of x (= NNGP of x with itself)", "q", _X, positive=True)
+DIAGONAL_NTK = Role("NTK of x with itself", "t", _X)
+PAIR_ROLES = (VARIANCE1, VARIANCE2, NNGP, NTK)
+DIAGONAL_ROLES = (VARIANCE, DIAGONAL_NTK)
+# Common subexpressions code generation names (_x0, _x1, ...): program-internal values.
+TEMPORARY = Role("temporary", "_x", frozenset())
+ROLES = (*PAIR_ROLES, SCALAR, *DIAGONAL_ROLES, TEMPORARY)
+
+
+def role_named(name: str) -> Role:
+    """The role of that name."""
+    return next(r for r in ROLES if r.name == name)
+
+
+class KernelVariable(sp.Symbol):
+    """A symbol of a kernel program with its role, layer and layout. Two variables are the
+    same only if all of these agree (and the name and assumptions, as for any symbol)."""
+
+    role: Role
+    layer: int | str | None
+    layout: object
+
+    def __new__(cls, name: str, role: Role, layer: int | str | None = None,
+                layout: object = None, **assumptions):
+        obj = sp.Symbol.__xnew__(cls, name, **assumptions)
+        obj.role, obj.layer, obj.layout = role, layer, layout
+        # sympy orders symbols of one name and assumptions by the rest of their content,
+        # item by item with < and >: every item must be orderable (a role, a layer that is an
+        # int or a template's str, a layout that is None are not, among themselves).
+        obj._content = (role.name, (type(layer).__name__, str(layer)), repr(layout))
+        return obj
+
+    def _hashable_content(self):
+        return super()._hashable_content() + self._content
+
+
+    def __getnewargs_ex__(self):
+        return (self.name, self.role, self.layer, self.layout), self.assumptions0
+
+    def at(self, layer: int | str | None) -> KernelVariable:
+        """The variable of the same role assigned by ``layer``."""
+        return state_variable(self.role, layer, self.layout)
+
+
+# sympy orders the terms of a sum or product by class name, then by content; the order of
+# terms is the order of floating-point operations in generated code. Under the name
+# "Symbol" variables sort (and print) as the plain symbols they stand for did; pickle
+# finds the class by its __qualname__.
+KernelVariable.__name__ = "Symbol"
+
+
+@lru_cache(maxsize=1 << 16)
+def state_variable(role: Role, layer: int | str | None, layout: object = None) -> KernelVariable:
+    """The kernel-state variable of ``role`` after step ``layer``: real, and positive
+    exactly when the role is a variance (cached: a deep network asks for many)."""
+    return KernelVariable(f"{role.prefix}_{layer}", role, layer, layout, real=True,
+                          positive=role.positive)
+
+
+@dataclass(frozen=True)
+class ElementwiseOp:
+    """``target = expr``, elementwise over whatever layout the variables have."""
+
+    target: sp.Symbol
+    expr: sp.Expr
+
+
+Assignment = ElementwiseOp  # the name the rules and tests use
+
+
+@dataclass(frozen=True)
+class StructuredOp:
+    """A named linear map from data to variables (``targets``), with parameters: today the
+    input statistics (``INPUT_STATISTICS``) that the evaluation computes from x and x'."""
+
+    name: str
+    targets: tuple[sp.Symbol, ...]
+    params: tuple[tuple[str, object], ...] = ()
+
+
+INPUT_STATISTICS = "input statistics"  # q1 = x.x/d, q2 = x'.x'/d, K = x.x'/d, and d
+
+
+@dataclass(frozen=True)
+class Step:
+    """The ops one layer makes; ``label`` is the layer as written, ``note`` says how its
+    dual was obtained (e.g. "closed form") where that is worth stating.
+
+    A derived step's ``assignments`` are a ``Bound`` template: the layer's map is built
+    once per kind of layer over placeholder variables and only renamed for each layer, so
+    its expressions are materialised only when asked for (formulas), and code generation
+    reuses the template's code."""
+
+    label: str
+    assignments: tuple[ElementwiseOp, ...]
+    note: str = ""
+
+    @property
+    def targets(self) -> list[sp.Symbol]:
+        if isinstance(self.assignments, Bound):
+            return self.assignments.targets
+        return [a.target for a in self.assignments]
+
+    @property
+    def layer(self) -> int | str | None:
+        """The step number: the layer of the variables it assigns."""
+        return getattr(self.targets[0], "layer", None) if self.targets else None
+
+    def reads(self, i: int) -> set[sp.Symbol]:
+        """The symbols the i-th assignment reads (without materialising a template)."""
+        if isinstance(self.assignments, Bound):
+            return self.assignments.free_symbols(i)
+        return set(self.assignments[i].expr.free_symbols)
+
+    def restricted(self, live: tuple[int, ...]) -> Step:
+        """The step with only the assignments at positions ``live``."""
+        if isinstance(self.assignments, Bound):
+            return Step(self.label, self.assignments.restricted(live), self.note)
+        return Step(self.label, tuple(self.assignments[i] for i in live), self.note)
+
+
+@dataclass(frozen=True)
+class Program:
+    """Straight-line kernel code: inputs (made by ``statistics``, a StructuredOp), steps in
+    order, outputs (nngp, ntk)."""
+
+    inputs: tuple[sp.Symbol, ...]
+    steps: tuple[Step, ...]
+    outputs: tuple[sp.Expr, sp.Expr]
+    statistics: StructuredOp | None = field(default=None, compare=False)
+
+    @property
+    def diagonal(self) -> bool:
+        """Whether this is the program of inputs paired with themselves."""
+        return any(getattr(s, "role", None) in DIAGONAL_ROLES for s in self.inputs)
+
+    def variables(self) -> set[sp.Symbol]:
+        """Every symbol the program binds: its inputs and every step's targets."""
+        return set(self.inputs).union(*(s.targets for s in self.steps))
+
+    def live(self) -> list[Step]:
+        """The steps keeping only assignments the outputs depend on (so generated code
+        computes nothing it throws away), dropping steps left empty."""
+        needed = set().union(*(sp.sympify(o).free_symbols for o in self.outputs))
+        kept: list[Step] = []
+        for step in reversed(self.steps):
+            live = tuple(i for i, t in enumerate(step.targets) if t in needed)
+            for i in live:
+                needed |= step.reads(i)
+            if live:
+                kept.append(step.restricted(live))
+        return kept[::-1]
+
+    def restricted_to(self, outputs: tuple[sp.Expr, ...]) -> Program:
+        """The same program with other outputs (e.g. one kernel only)."""
+        return Program(self.inputs, self.steps, outputs, self.statistics)
+
+    def composed(self) -> tuple[sp.Expr, ...]:
+        """The outputs as expressions in the inputs alone (substituting every step)."""
+        env: dict[sp.Symbol, sp.Expr] = {}
+        for step in self.steps:
+            for a in step.assignments:
+                env[a.target] = a.expr.xreplace(env)
+        return tuple(sp.sympify(o).xreplace(env) for o in self.outputs)
+
+
+# ---------------------------------------------------------------------------------------
+# Step templates: one layer's map over placeholders, renamed per layer
+# ---------------------------------------------------------------------------------------
+
+class TemplateCache(dict):
+    """A dict that starts afresh once it holds ``LIMIT`` entries, so a session compiling
+    many different architectures stays bounded (steps refer to their templates directly,
+    and a template forgotten is rebuilt when next needed)."""
+
+    LIMIT = 4096
+
+    def __setitem__(self, key, value) -> None:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        super().__setitem__(key, value)
+
+
+@dataclass(frozen=True, eq=False)
+class Template:
+    """One layer's map over placeholders: ``inputs`` (placeholder variables standing for
+    the distinct variables of the input states), ``step`` (its assignments, or None when
+    the layer changes nothing) and ``output`` (the state after the layer)."""
+
+    inputs: tuple[sp.Symbol, ...]
+    step: Step | None
+    output: object
+
+    @cached_property
+    def targets(self) -> tuple[sp.Symbol, ...]:
+        return tuple(a.target for a in self.step.assignments) if self.step else ()
+
+    @cached_property
+    def reads(self) -> tuple[frozenset[sp.Symbol], ...]:
+        """The symbols each assignment reads."""
+        return tuple(frozenset(a.expr.free_symbols) for a in self.step.assignments)
+
+
+class Bound(Sequence):
+    """A template's assignments with its placeholders bound to one layer's variables. As a
+    sequence of assignments it materialises (renames the expressions) on first use; code
+    generation works on ``template`` and ``binding`` and never needs to."""
+
+    def __init__(self, template: Template, binding: dict, live: tuple[int, ...] | None = None):
+        self.template, self.binding = template, binding
+        self.live = tuple(range(len(template.targets))) if live is None else live
+        self._materialised = None
+        self._targets = None
+
+    @property
+    def targets(self) -> list[sp.Symbol]:
+        if self._targets is None:
+            self._targets = [self.binding[self.template.targets[i]] for i in self.live]
+        return self._targets
+
+    def free_symbols(self, i: int) -> set[sp.Symbol]:
+        """The symbols the i-th (live) assignment reads, without materialising it."""
+        return {self.binding.get(s, s) for s in self.template.reads[self.live[i]]}
+
+    def restricted(self, live: tuple[int, ...]) -> Bound:
+        return Bound(self.template, self.binding, tuple(self.live[i] for i in live))
+
+    def _assignments(self) -> tuple[ElementwiseOp, ...]:
+        if self._materialised is None:
+            step = self.template.step
+            self._materialised = tuple(
+                ElementwiseOp(self.binding[step.assignments[i].target],
+                              step.assignments[i].expr.xreplace(self.binding))
+                for i in self.live)
+        return self._materialised
+
+    def __iter__(self):
+        return iter(self._assignments())
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def __getitem__(self, i):
+        return self._assignments()[i]
+
+    def __eq__(self, other) -> bool:
+        return tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))

@@ -1,0 +1,173 @@
+"""Input validation, the search for identical input rows, and the kernel-matrix driver of
+standalone modules.
+
+Part of ntkdsl's runtime: NumPy only, nothing from ntkdsl. The library validates inputs
+and finds identical rows with these very functions (ntkdsl.evaluation turns InputProblem
+into ntkdsl's InputError or ShapeError, with the same message); standalone modules embed
+this text verbatim and raise InputProblem, a ValueError.
+"""
+import numpy
+
+
+class InputProblem(ValueError):
+    """A bad input array. Its text is the message and the hint on the next line, as
+    ntkdsl's InputError shows them; ``shape`` says it is about shapes (ShapeError)."""
+
+    def __init__(self, message, hint=None, shape=False):
+        super().__init__(message if hint is None else f"{message}\n{hint}")
+        self.message, self.hint, self.shape = message, hint, shape
+
+
+def refuse_complex(value, name):
+    """InputProblem if ``value`` (an array or anything array-like) holds complex numbers."""
+    dtype = getattr(value, "dtype", None)
+    if not isinstance(dtype, numpy.dtype):  # lists, DataFrames, objects with __array__ only
+        try:
+            dtype = numpy.asarray(value).dtype
+        except (TypeError, ValueError):
+            return  # not an array at all: the float conversion that follows says so
+    if dtype.kind == "c":
+        # The wording starts as scikit-learn's, which its estimator checks look for.
+        raise InputProblem(f"Complex data not supported: {name} has a complex dtype; kernels and "
+                           "solvers take real numbers only",
+                           f"pass {name}.real or np.abs({name}) if that is what you mean")
+
+
+def as_real(value, name, what="a numeric array"):
+    """``value`` as a float64 array (a view when it already is one). Complex data is
+    refused rather than cut to its real part (NumPy's float conversion would drop the
+    imaginary part with only a warning)."""
+    refuse_complex(value, name)
+    try:
+        return numpy.asarray(value, dtype=numpy.float64)
+    except (TypeError, ValueError) as err:
+        raise InputProblem(f"{name} must be {what}: {err}") from None
+
+
+def as_matrix(x, name):
+    """x as a finite float64 (n, d) array with n, d >= 1."""
+    arr = as_real(x, name, "a numeric array of shape (n, d)")
+    if arr.ndim != 2:
+        raise InputProblem(f"{name} must be 2-D (n samples, d features), got shape {arr.shape}",
+                           "reshape a single sample with x.reshape(1, -1), "
+                           "a single feature with x.reshape(-1, 1)", shape=True)
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputProblem(f"{name} is empty (shape {arr.shape}); it needs at least one "
+                           "sample and one feature", shape=True)
+    if not numpy.isfinite(arr).all():
+        i, j = numpy.argwhere(~numpy.isfinite(arr))[0]
+        raise InputProblem(f"{name} has a non-finite value {arr[i, j]} at row {i}, column {j}",
+                           "kernels are defined for finite inputs only; drop or impute it")
+    return arr
+
+
+def check_inputs(x1, x2):
+    """Validated float64 copies (or views) of the inputs: (a, b), b None when x2 is."""
+    a = as_matrix(x1, "x1")
+    if x2 is None:
+        return a, None
+    b = as_matrix(x2, "x2")
+    check_features(a, b)
+    return a, b
+
+
+def check_features(a, b):
+    """InputProblem unless the (n, d) arrays a and b have the same number of columns."""
+    if a.shape[1] != b.shape[1]:
+        raise InputProblem(f"x1 has {a.shape[1]} features but x2 has {b.shape[1]}; "
+                           "both must have the same number of columns", shape=True)
+
+
+def squared_norms(x):
+    """Row-wise x.x / d, the input layer's variances."""
+    return numpy.einsum("ij,ij->i", x, x) / x.shape[1]
+
+
+# ------------------------------------------------------------------- identical rows --
+
+_HASH_ENTRIES = 32768  # per chunk of rows hashed: temporaries of 256 KB
+
+
+def _row_hashes(x):
+    """A 64-bit hash per row, equal for rows with equal values (-0.0 counts as 0.0).
+    Computed in row chunks so the temporaries stay small."""
+    mult = numpy.random.default_rng(0x6E746B).integers(1, 2**63, size=x.shape[1],
+                                                        dtype=numpy.uint64) | numpy.uint64(1)
+    out = numpy.empty(len(x), dtype=numpy.uint64)
+    step = max(1, _HASH_ENTRIES // x.shape[1])
+    for s in range(0, len(x), step):
+        bits = (x[s:s + step] + 0.0).view(numpy.uint64)  # + 0.0 turns -0.0 into 0.0
+        bits *= mult  # wraps modulo 2**64
+        out[s:s + step] = bits.sum(axis=1)
+    return out
+
+
+def _exact_ids(rows, offset):
+    """Group ids (from ``offset`` up) of rows, equal exactly when the rows are equal."""
+    if len(rows) == 0:
+        return numpy.empty(0, dtype=numpy.int64)
+    _, inverse = numpy.unique(rows, axis=0, return_inverse=True)
+    return offset + inverse.ravel().astype(numpy.int64)
+
+
+def _pairs_from_ids(id1, id2):
+    """All (i, j) with id1[i] == id2[j], without forming the n1 x n2 comparison."""
+    o1, o2 = numpy.argsort(id1, kind="stable"), numpy.argsort(id2, kind="stable")
+    u1, start1, count1 = numpy.unique(id1[o1], return_index=True, return_counts=True)
+    u2, start2, count2 = numpy.unique(id2[o2], return_index=True, return_counts=True)
+    _, k1, k2 = numpy.intersect1d(u1, u2, assume_unique=True, return_indices=True)
+    c1, c2, s1, s2 = count1[k1], count2[k2], start1[k1], start2[k2]
+    sizes = c1 * c2
+    group = numpy.repeat(numpy.arange(len(sizes)), sizes)
+    within = numpy.arange(sizes.sum()) - numpy.repeat(numpy.cumsum(sizes) - sizes, sizes)
+    rows = o1[s1[group] + within // c2[group]]
+    cols = o2[s2[group] + within % c2[group]]
+    return rows, cols
+
+
+def identical_pairs(a, b):
+    """Index arrays (rows, cols) of entries whose two input rows are equal, including the
+    whole diagonal of a self-kernel (b None). Memory is O(n) beyond the pairs found: rows
+    are hashed, and only rows whose hash repeats are compared exactly."""
+    if b is None:
+        h = _row_hashes(a)
+        _, inverse, counts = numpy.unique(h, return_inverse=True, return_counts=True)
+        candidate = counts[inverse.ravel()] > 1
+        if not candidate.any():
+            n = numpy.arange(len(a))
+            return n, n
+        ids = numpy.arange(len(a), dtype=numpy.int64)
+        ids[candidate] = _exact_ids(a[candidate], len(a))
+        return _pairs_from_ids(ids, ids)
+    ha, hb = _row_hashes(a), _row_hashes(b)
+    ca, cb = numpy.isin(ha, hb), numpy.isin(hb, ha)
+    if not ca.any():
+        return numpy.empty(0, dtype=numpy.intp), numpy.empty(0, dtype=numpy.intp)
+    n1, n2 = len(a), len(b)
+    shared = _exact_ids(numpy.concatenate([a[ca], b[cb]]), n1 + n2)
+    id1 = numpy.arange(n1, dtype=numpy.int64)
+    id2 = numpy.arange(n1, n1 + n2, dtype=numpy.int64)
+    id1[ca], id2[cb] = shared[: ca.sum()], shared[ca.sum():]
+    return _pairs_from_ids(id1, id2)
+
+
+# -------------------------------------------------------------- the kernel matrices --
+
+def evaluate_kernels(pair, diagonal, x1, x2=None):
+    """(NNGP, NTK) matrices (n1, n2), float64, of the layer recursions ``pair(q1_0, q2_0,
+    K_0, d)`` and ``diagonal(q_0, d)`` (a standalone module's): all entries in one pass,
+    then the entries of identical input rows from the diagonal recursion, exact where
+    arccos(1 - rounding) is not."""
+    a, b = check_inputs(x1, x2)
+    d = a.shape[1]
+    q1 = squared_norms(a)
+    q2 = q1 if b is None else squared_norms(b)
+    k = (a @ (a if b is None else b).T) / d
+    values = pair(q1[:, None], q2[None, :], k, d)
+    out = [numpy.array(numpy.broadcast_to(m, k.shape), dtype=numpy.float64) for m in values]
+    rows, cols = identical_pairs(a, b)
+    if rows.size:
+        exact = diagonal(q1, d)
+        for i in range(2):
+            out[i][rows, cols] = numpy.broadcast_to(exact[i], q1.shape)[rows]
+    return out[0], out[1]

@@ -1,0 +1,725 @@
+"""The Hermite-series engine of the numerical route (see ntkdsl.numerical for the method
+and its error bound): coefficient tables per activation and variance, the bulk Horner
+summation of a kernel matrix, the per-entry completion and the nested quadrature of the
+entries the series cannot certify.
+
+Part of ntkdsl's runtime: NumPy only (SciPy's BLAS rank-1 update when it is installed),
+nothing from ntkdsl. The library imports this module, so every compiled network shares
+one coefficient cache (_HD_CACHE) per process; standalone modules embed its text
+verbatim (ntkdsl.runtime.embedded_source), so both compute the same numbers. Names keep
+their _hd_ prefix because generated code calls them in a standalone module's namespace.
+"""
+import numpy
+
+_HD_TOL = 1e-11  # relative truncation bound per entry (the route's stated error)
+_HD_TERMS = 320  # Hermite terms computed per variance
+_HD_COLLINEAR = 1e-12
+_HD_GL_X, _HD_GL_W = numpy.polynomial.legendre.leggauss(16)
+# Fixed panels of width 1/4 on [-14, 14] (edge at 0): exp(-z**2/4) bounds every h_n term
+# beyond, below 1e-21.
+_HD_EDGES = numpy.linspace(-14.0, 14.0, 113)
+# The fixed grid resolves φ(sqrt(q) z) while sqrt(q) is at most this (features of φ at scale 1 in
+# x are 1/sqrt(q) wide in z); beyond it, and for kinks away from 0, panels follow φ's scale.
+_HD_FIXED_SCALE = 10.0
+
+
+def _hd_rule(edges):
+    """Composite 16-point Gauss-Legendre nodes and N(0, 1)-weights over panels between
+    consecutive edges (last axis)."""
+    lo, hi = edges[..., :-1, None], edges[..., 1:, None]
+    half = (hi - lo) / 2
+    z = (lo + hi) / 2 + half * _HD_GL_X
+    w = half * _HD_GL_W * numpy.exp(-z * z / 2) / numpy.sqrt(2 * numpy.pi)
+    shape = edges.shape[:-1] + (-1,)
+    return z.reshape(shape), w.reshape(shape)
+
+
+def _hd_hermite(z, count):
+    """h_n(z) = He_n(z)/sqrt(n!) for n < count on a new last axis (stable recurrence)."""
+    out = numpy.empty(z.shape + (count,))
+    out[..., 0] = 1.0
+    out[..., 1] = z
+    for n in range(1, count - 1):
+        out[..., n + 1] = (z * out[..., n] - numpy.sqrt(n) * out[..., n - 1]) / numpy.sqrt(n + 1)
+    return out
+
+
+def _hd_values(f, x):
+    """f at x (any shape). Where the printed formula overflows in an intermediate (exp(-x)
+    over (1 + exp(-x))**2 at x = -800), f is linear to rounding (its exponentials are
+    below 1e-300 there): it is extended from +-700 (_hd_asymptote). Values that stay
+    non-finite are genuine, for _hd_check to report."""
+    with numpy.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        values = numpy.broadcast_to(numpy.asarray(f(x), dtype=float), x.shape)
+        bad = ~numpy.isfinite(values) & (numpy.abs(x) > _HD_LINEAR_FROM)
+        if bad.any():
+            values = values.copy()
+            values[bad] = _hd_asymptote(f, x[bad])
+    return values
+
+
+_HD_LINEAR_FROM = 700.0  # exp(-700) ~ 1e-304: beyond, exp terms of a sum are rounding
+
+
+def _hd_asymptote(f, x):
+    """f's straight-line extension beyond +-_HD_LINEAR_FROM, where f is linear on
+    [+-698, +-700] to 1e-12 (a sum of polynomials of degree <= 1 and exponentially small
+    terms, or below 1e-280); inf where it is not (a genuine overflow is not hidden)."""
+    out = numpy.full(x.shape, numpy.inf)
+    for side in (-1.0, 1.0):
+        here = numpy.sign(x) == side
+        if not here.any():
+            continue
+        y = numpy.asarray(f(side * (_HD_LINEAR_FROM - numpy.arange(3.0))), dtype=float)
+        y = numpy.broadcast_to(y, (3,))
+        slope, curve = y[0] - y[1], y[0] - 2 * y[1] + y[2]
+        # (an absolute 1e-280 accepts exponential tails that are rounding there already)
+        if numpy.all(numpy.isfinite(y)) and abs(curve) <= 1e-12 * (abs(y[0]) + abs(slope)) + 1e-280:
+            out[here] = y[0] + slope * (numpy.abs(x[here]) - _HD_LINEAR_FROM)
+    return out
+
+
+_HD_SMALLER = "Smaller weight or bias variances (W_std, b_std) keep the pre-activations moderate."
+
+
+# Makes the exception of _hd_error from (message, hint): None in a standalone module (an
+# ArithmeticError), ntkdsl's NumericalError (an ArithmeticError too) once the library has
+# imported this module (ntkdsl.numerical sets it; the runtime imports nothing of ntkdsl).
+_HD_ERROR_CLASS: type | None = None
+
+
+def _hd_error(message, hint=None):
+    """The exception for a computation the engine cannot carry out reliably."""
+    if _HD_ERROR_CLASS is None:
+        return ArithmeticError(message if hint is None else f"{message}\n{hint}")
+    return _HD_ERROR_CLASS(message, hint=hint)
+
+
+def _hd_check(f, q, values, what):
+    """Raise _hd_error naming f's layer where ``values`` (per variance q) are not finite."""
+    bad = ~numpy.isfinite(values)
+    if bad.any():
+        at = numpy.asarray(q, dtype=float).ravel()[numpy.argmax(bad.reshape(len(q), -1).any(axis=1))]
+        raise _hd_error(f"{getattr(f, 'label', 'activation')}: {what} is not finite in float64 at "
+                        f"pre-activation variance q = {at:.6g} (the numerical route needs "
+                        "E[phi(u)^2] finite)", _HD_SMALLER)
+
+
+def _hd_fixed(f, s):
+    """Coefficients and second moments for scales s = sqrt(q) on the shared grid."""
+    if "table" not in _HD_CACHE:  # the grid and its weighted h_n are the same every call
+        z, w = _hd_rule(_HD_EDGES)
+        _HD_CACHE["table"] = (z, w, w[:, None] * _hd_hermite(z, _HD_TERMS))
+    z, w, weighted = _HD_CACHE["table"]
+    values = _hd_values(f, s[:, None] * z)
+    return values @ weighted, (values * values) @ w
+
+
+def _hd_grid_resolves(f, kinks):
+    """Whether the shared grid can serve φ (at scales up to _HD_FIXED_SCALE): its kinks
+    must be at 0, an edge of the grid, and none singular."""
+    return not any(b != 0 for b in kinks) and not getattr(f, "singular", ())
+
+
+def _hd_graded(f, s, kinks):
+    """The same on grids graded towards each feature of φ (0 and its kinks) at φ's own
+    scale (_hd_feature_edges): the node count grows with log(q), not with q."""
+    coefficients = numpy.empty((len(s), _HD_TERMS))
+    moments = numpy.empty(len(s))
+    for i in range(len(s)):  # one variance at a time bounds memory; rows are few here
+        edges = _hd_feature_edges(_HD_EDGES, _hd_features(f, kinks, s[i], 0.0))
+        z, w = _hd_rule(edges)
+        values = _hd_values(f, s[i] * z)
+        coefficients[i] = _hd_project(values * w, z)
+        moments[i] = (values * values) @ w
+    return coefficients, moments
+
+
+def _hd_project(weighted, z):
+    """sum over nodes of weighted · h_n(z), n < _HD_TERMS, in blocks of nodes (the h_n
+    table of a block stays below 2**18 numbers)."""
+    block = max(1, 2 ** 18 // _HD_TERMS)
+    return sum(weighted[i:i + block] @ _hd_hermite(z[i:i + block], _HD_TERMS)
+               for i in range(0, len(z), block))
+
+
+def _hd_features(f, kinks, scale, shift):
+    """[(centre, width, singular)] of φ(scale·t + shift) in t: φ's features (0, where its
+    nonlinearity is, and its kinks) sit at t = (b - shift)/scale and are 1/scale wide;
+    f.singular lists the kinks where a derivative is unbounded (x**0.3 at 0)."""
+    singular = getattr(f, "singular", ())
+    width = 1.0 / numpy.maximum(numpy.abs(scale), 1e-300)
+    out = []
+    for b in sorted({0.0, *kinks}):
+        centre = (b - shift) * width * numpy.sign(scale)
+        if b == 0 or numpy.any(numpy.abs(centre) <= 15.0):  # beyond, the Gaussian weight is nil
+            out.append((centre, width, b in singular))
+    return out
+
+
+# Panel edges around a feature of width w at distances w·2**j, j >= -1, up to 1 (geometric
+# grading: a smooth φ varies on a scale that grows with the distance from its feature, so
+# a panel as wide as its distance keeps 16-point Gauss-Legendre exact to rounding; beyond
+# a distance of 1 the base grid resolves φ) and, towards a singular kink, down to w·2**-28
+# (|x|**0.3 then integrates to 1e-12).
+_HD_FIRST_STEP, _HD_SINGULAR_STEP = -1, -28
+
+
+def _hd_feature_edges(base, features):
+    """Sorted edges: ``base`` (last axis) plus graded edges around every feature (centre
+    and width arrays broadcasting against base's leading axes), clipped to base's range.
+    Per feature at most 2 · (41 + log2(1/width)) edges: the count grows with log(q)."""
+    lo, hi = base[..., :1], base[..., -1:]
+    parts = [base]
+    for centre, width, singular in features:
+        width = numpy.asarray(width, dtype=float)
+        top = max(_HD_FIRST_STEP, int(numpy.ceil(numpy.log2(1.0 / width.min()))))
+        steps = 2.0 ** numpy.arange(_HD_SINGULAR_STEP if singular else _HD_FIRST_STEP, top + 1)
+        distance = numpy.minimum(width[..., None] * steps, 1.0)
+        centre = numpy.asarray(centre, dtype=float)[..., None]
+        parts += [numpy.clip(centre + distance, lo, hi), numpy.clip(centre - distance, lo, hi),
+                  numpy.clip(centre, lo, hi)]
+    shape = numpy.broadcast_shapes(*(p.shape[:-1] for p in parts))
+    edges = numpy.concatenate([numpy.broadcast_to(p, shape + p.shape[-1:]) for p in parts], axis=-1)
+    edges = numpy.sort(edges, axis=-1)
+    return numpy.unique(edges) if edges.ndim == 1 else edges
+
+
+_HD_CACHE: dict = {}
+# Bulk truncations the cost model considers, and what one entry left to the per-entry path
+# costs in units of one Horner pass over one entry (gathers and its remaining terms; on
+# the N=4096 benchmark values from 400 to 1000 were equally fast, 150 and 3000 slower).
+_HD_BULK_MAX = _HD_TERMS
+_HD_OUTLIER_COST = 600.0
+
+
+def _hd_table(f, kinks, q):
+    """(table, rows): the per-φ table of coefficients and rows[i] its row for variance
+    q[i] (1-D). Rows are computed once per distinct variance and appended. A table is
+    never changed: an extension is linked as its successor, and the first one linked
+    wins (list.append is atomic), so tables form one chain in which rows stay valid and
+    threads need no lock (a losing thread computed some rows twice and retries)."""
+    key = _hd_key(f, kinks)
+    table = _HD_CACHE.get(key)
+    if table is None or len(table["m"]) > 200000:  # bound memory (5 kB per variance)
+        table = _HD_CACHE[key] = _hd_new_table(kinks)
+    table = _hd_latest(table)
+    rows, found = _hd_find(table, q)
+    while not found.all():
+        missing, inverse = numpy.unique(q[~found], return_inverse=True)
+        new = _hd_extend(table, f, missing)
+        table["next"].append(new)
+        if table["next"][0] is new:
+            _HD_CACHE[key] = new
+            rows[~found] = len(table["m"]) + inverse.ravel()  # where they were appended
+            return new, rows
+        table = _hd_latest(table)
+        rows, found = _hd_find(table, q)
+    return table, rows
+
+
+def _hd_latest(table):
+    """The last table of the chain ``table`` belongs to."""
+    while table["next"]:
+        table = table["next"][0]
+    return table
+
+
+def _hd_find(table, q):
+    """(rows, found): the table rows of the variances q, and which it holds."""
+    if not len(table["keys"]):
+        return numpy.zeros(q.shape, int), numpy.zeros(q.shape, bool)
+    pos = numpy.minimum(numpy.searchsorted(table["keys"], q), len(table["keys"]) - 1)
+    return table["order"][pos], table["keys"][pos] == q
+
+
+def _hd_key(f, kinks):
+    """The cache key of f's table. The library names the functions it generates after a
+    hash of their formula (_f_<hash>): every network defines its own function object of
+    one name, and all share one table (one cache per process); another callable is its
+    own key."""
+    name = getattr(f, "__name__", "")
+    return (name if name.startswith("_f_") else f, kinks)
+
+
+def _hd_new_table(kinks):
+    """An empty table; its generation marks every table extended from it (rows stay
+    valid within a generation)."""
+    return {"kinks": kinks, "q": numpy.empty(0), "keys": numpy.empty(0),
+            "order": numpy.empty(0, int),
+            "a": numpy.empty((0, _HD_TERMS)), "m": numpy.empty(0),
+            "logt": numpy.empty((0, _HD_TERMS + 1)), "generation": object(), "next": [],
+            "recent": [], "step": 1, "first": 0}
+
+
+def _hd_extend(table, f, q):
+    """A new table with rows for the (distinct, new) variances q of f appended (f names
+    the layer in errors: tables are shared by the layers of one formula)."""
+    a, m, tails = _hd_compute(f, table["kinks"], q)
+    new = dict(table, a=numpy.concatenate([table["a"], a]), m=numpy.concatenate([table["m"], m]),
+               logt=numpy.concatenate([table["logt"], numpy.log(numpy.maximum(tails, 1e-300))]))
+    new["q"] = numpy.concatenate([table["q"], q])  # variance of each row
+    order = numpy.argsort(new["q"], kind="stable")
+    new["keys"], new["order"], new["recent"] = new["q"][order], order, []
+    new["step"], new["first"] = _hd_parity(new["a"])
+    new["next"] = []  # its successor, once one is linked
+    return new
+
+
+def _hd_parity(a):
+    """(2, first live term) when every live coefficient has the parity of the first (φ
+    odd or even: the other half of the series vanishes), else (1, 0). A term is live
+    when it can reach 1e-17 of the largest: the vanishing half is quadrature rounding,
+    about 1e-16 of the largest coefficient, so its products are about 1e-32."""
+    sizes = numpy.abs(a).max(axis=0) ** 2 if len(a) else numpy.zeros(a.shape[1])
+    live = numpy.nonzero(sizes > 1e-17 * sizes.max())[0] if sizes.max() > 0 else [0]
+    if len(live) > 1 and numpy.all(live % 2 == live[0] % 2):
+        return 2, int(live[0])
+    return 1, 0
+
+
+def _hd_rows(f, kinks, q):
+    """(table, rows, log of the largest relative tail over those rows for the first
+    _HD_BULK_MAX + 1 truncations, 1/sqrt(q)), memoised: the chunks of a kernel matrix take
+    suffixes of one array of column variances, and the answer for an array serves every
+    suffix of it (its largest tail bounds the suffix's)."""
+    table = _HD_CACHE.get(_hd_key(f, kinks))
+    if table is not None and len(q):
+        for entry in reversed(list(table["recent"])):  # a copy: other threads may append
+            known, rows, bound, inverse = entry
+            skip = len(known) - len(q)
+            if skip >= 0 and known[-1] == q[-1] and numpy.array_equal(known[skip:], q):
+                _hd_remember(table, entry)
+                return table, rows[skip:], bound, inverse[skip:]
+    table, rows = _hd_table(f, kinks, q)
+    bound = table["logt"][rows, :_HD_BULK_MAX + 1].max(axis=0) if len(rows) else \
+        numpy.full(_HD_BULK_MAX + 1, -numpy.inf)
+    inverse = _hd_inverse_sqrt(q)
+    _hd_remember(table, (q.copy(), rows, bound, inverse))
+    return table, rows, bound, inverse
+
+
+def _hd_remember(table, entry):
+    """Keep the last few arrays used, most recent last (list operations are atomic, so
+    threads need no lock; an entry may appear twice)."""
+    recent = table["recent"]
+    if not recent or recent[-1] is not entry:
+        recent.append(entry)
+        del recent[:-8]
+
+
+def _hd_compute(f, kinks, q):
+    """(a, m, tails) for variances q: a[i, n] = E[f(sqrt(q_i) z) h_n(z)],
+    m[i] = E[f(sqrt(q_i) z)**2] and tails[i, T] = (m[i] - sum_{n<T} a[i, n]**2) / m[i],
+    the relative Parseval remainder."""
+    s = numpy.sqrt(numpy.maximum(q, 0.0))
+    a = numpy.empty((len(s), _HD_TERMS))
+    m = numpy.empty(len(s))
+    fixed = (s <= _HD_FIXED_SCALE) & _hd_grid_resolves(f, kinks)
+    if fixed.any():
+        a[fixed], m[fixed] = _hd_fixed(f, s[fixed])
+    if (~fixed).any():
+        a[~fixed], m[~fixed] = _hd_graded(f, s[~fixed], kinks)
+    _hd_check(f, q, m, "E[phi(u)^2]")
+    _hd_check(f, q, a, "a Hermite coefficient E[phi(u) h_n(z)]")
+    partial = numpy.concatenate([numpy.zeros((len(s), 1)), numpy.cumsum(a * a, axis=1)], axis=1)
+    scale = numpy.where(m > 0, m, 1.0)
+    tails = numpy.maximum((m[:, None] - partial) / scale[:, None], 0.0)
+    # The remainder can only shrink; rounding must not make a later bound look larger.
+    tails = numpy.minimum.accumulate(tails, axis=1)
+    return a, m, tails
+
+
+def _hd_moment(f, kinks, q):
+    """E[f(sqrt(q) z)**2] elementwise: the dual at correlation 1 (x = x')."""
+    q = numpy.asarray(q, dtype=float)
+    table, rows = _hd_rows(f, kinks, numpy.ascontiguousarray(q.ravel()))[:2]
+    return table["m"][rows].reshape(q.shape)
+
+
+def _hd_inverse_sqrt(q):
+    """1/sqrt(q), 0 where q = 0 (a zero input has correlation 0 with everything)."""
+    with numpy.errstate(divide="ignore"):
+        out = 1.0 / numpy.sqrt(q)
+    out[q <= 0] = 0.0
+    return out
+
+
+def _hd_bulk(table, c2, bound):
+    """Number of terms Horner sums for every entry of a block: the truncation that
+    minimises Horner's cost plus the per-entry cost of the entries it does not cover,
+    estimated on a sample of c**2. Returns (terms, reach) with reach[T - 1] the largest
+    c**2 that T terms cover (nondecreasing: more terms never cover less)."""
+    step, first = table["step"], table["first"]
+    terms = numpy.arange(1, _HD_BULK_MAX + 1)
+    with numpy.errstate(over="ignore", divide="ignore"):
+        # |c|**T * tail[T] <= tol  <=>  c**2 <= (tol / tail[T]) ** (2 / T)
+        limits = numpy.exp((numpy.log(_HD_TOL) - bound[1:]) * 2.0 / terms)
+    limits[bound[1:] <= numpy.log(_HD_TOL)] = numpy.inf
+    limits = numpy.maximum.accumulate(limits)
+    sample = numpy.sort(c2.ravel()[:: max(1, c2.size // 256) | 1])
+    uncovered = 1.0 - numpy.searchsorted(sample, limits, side="right") / len(sample)
+    horner = numpy.maximum(terms - first + step - 1, 0) // step
+    cost = 3.0 * horner + _HD_OUTLIER_COST * uncovered
+    return int(numpy.argmin(cost)) + 1, limits
+
+
+def _hd_horner(table, r1, r2, c, c2, stop):
+    """sum_{n<stop} a[r1, n] a[r2, n] c**n over the block (rows r1, columns r2); for an
+    odd or even φ the vanishing half of the terms is skipped (Horner in c**2)."""
+    step, first = table["step"], table["first"]
+    top = stop - 1 - (stop - 1 - first) % step  # the last live term below stop
+    if top < first:
+        return numpy.zeros(c.shape)
+    a1 = table["a"][r1, :stop]
+    a2 = numpy.ascontiguousarray(table["a"][r2, :stop].T)
+    power = c2 if step == 2 else c
+    acc = numpy.multiply(a1[:, top, None], a2[None, top])
+    add_outer = _hd_outer_adder(acc)
+    for n in range(top - step, first - 1, -step):
+        acc *= power
+        add_outer(a1[:, n], a2[n])
+    if first:
+        acc *= c if first == 1 else c ** first
+    return acc
+
+
+def _hd_horner_pair(table, r1, r2, c, c2, stop):
+    """(P, dP/dc) for P the sum of _hd_horner, by Horner's rule with its derivative:
+    P = c**first Q(y), y = c**step, so dP/dc = first c**(first-1) Q + step c**(first+step-1)
+    Q'(y), with Q' accumulated beside Q from the same terms."""
+    step, first = table["step"], table["first"]
+    top = stop - 1 - (stop - 1 - first) % step
+    if top < first:
+        return numpy.zeros(c.shape), numpy.zeros(c.shape)
+    a1 = table["a"][r1, :stop]
+    a2 = numpy.ascontiguousarray(table["a"][r2, :stop].T)
+    y = c2 if step == 2 else c
+    acc = numpy.multiply(a1[:, top, None], a2[None, top])
+    add_outer = _hd_outer_adder(acc)
+    slope = None
+    for n in range(top - step, first - 1, -step):
+        if slope is None:
+            slope = acc.copy()
+        else:
+            slope *= y
+            slope += acc
+        acc *= y
+        add_outer(a1[:, n], a2[n])
+    if slope is None:
+        slope = numpy.zeros(c.shape)
+    if step == 1:  # first is 0: P = Q
+        return acc, slope
+    if first == 0:
+        slope *= c
+        slope *= 2.0
+        return acc, slope
+    if first == 1:
+        slope *= c2
+        slope *= 2.0
+        slope += acc
+        acc *= c
+        return acc, slope
+    slope = first * c ** (first - 1) * acc + 2.0 * c ** (first + 1) * slope
+    acc *= c ** first
+    return acc, slope
+
+
+def _hd_outer_adder(acc):
+    """A function adding outer(u, v) to the C-ordered matrix acc in place: BLAS's rank-1
+    update (one pass over acc, on its transpose, which is Fortran-ordered) when SciPy is
+    there, else a NumPy outer product and an add (measured: 14 against 30 us for 64k
+    entries)."""
+    if "ger" not in _HD_CACHE:
+        try:
+            from scipy.linalg.blas import dger
+        except ImportError:
+            dger = None
+        _HD_CACHE["ger"] = dger
+    dger = _HD_CACHE["ger"]
+    if dger is not None and acc.flags.c_contiguous and acc.ndim == 2:
+        return lambda u, v: dger(1.0, v, u, a=acc.T, overwrite_a=True)
+    term = numpy.empty(acc.shape)
+
+    def add(u, v):
+        numpy.multiply(u[:, None], v[None, :], out=term)
+        numpy.add(acc, term, out=acc)
+    return add
+
+
+def _hd_terms_needed(table, r1, r2, log_c, start):
+    """Smallest T >= start with |c|**T sqrt(tail1[T] tail2[T]) <= tol per entry, by
+    bisection (_HD_TERMS + 1 where even all terms do not reach it)."""
+    logt = table["logt"]
+    goal = 2.0 * numpy.log(_HD_TOL)
+    lo = numpy.full(len(r1), start)
+    hi = numpy.full(len(r1), _HD_TERMS + 1)
+    while True:
+        open_ = lo < hi
+        if not open_.any():
+            return lo
+        mid = numpy.minimum((lo + hi) // 2, _HD_TERMS)
+        with numpy.errstate(invalid="ignore"):  # 0 * log(0): not met, as for c**0 = 1
+            ok = 2.0 * mid * log_c + logt[r1, mid] + logt[r2, mid] <= goal
+        hi = numpy.where(open_ & ok, mid, hi)
+        lo = numpy.where(open_ & ~ok, mid + 1, lo)
+
+
+def _hd_series(table, r1, r2, c, start, stop):
+    """sum_{start<=n<stop} a[r1[e], n] a[r2[e], n] c[e]**n for a list of entries e."""
+    terms = table["a"][r1, start:stop]
+    terms *= table["a"][r2, start:stop]
+    acc = terms[:, -1].copy()
+    for n in range(stop - start - 2, -1, -1):  # Horner, from the last term down
+        acc *= c
+        acc += terms[:, n]
+    return acc * c ** start
+
+
+def _hd_collinear(f, kinks, q1, q2, sign):
+    """E[f(sqrt(q1) z) f(sign sqrt(q2) z)] entrywise: the dual at correlation +-1.
+    Entries whose scales the shared grid resolves are integrated together on it."""
+    s1, s2 = numpy.sqrt(q1), numpy.sqrt(q2)
+    out = numpy.empty(q1.shape)
+    on_grid = (numpy.maximum(s1, s2) <= _HD_FIXED_SCALE) & _hd_grid_resolves(f, kinks)
+    if on_grid.any():
+        if "table" not in _HD_CACHE:
+            _hd_fixed(f, numpy.ones(1))  # builds the shared grid
+        z, w, _ = _HD_CACHE["table"]
+        left = _hd_values(f, s1[on_grid, None] * z)
+        right = _hd_values(f, (sign * s2)[on_grid, None] * z)
+        out[on_grid] = (left * right) @ w
+    for i in numpy.nonzero(~on_grid)[0]:  # large scales: panels follow φ's features
+        features = _hd_features(f, kinks, s1[i], 0.0) + _hd_features(f, kinks, sign[i] * s2[i], 0.0)
+        z, w = _hd_rule(_hd_feature_edges(_HD_EDGES, features))
+        out[i] = (_hd_values(f, s1[i] * z) * _hd_values(f, sign[i] * s2[i] * z)) @ w
+    return out
+
+
+def _hd_collinear_table(table, f, r1, r2, q1, q2, sign):
+    """_hd_collinear, from the tabulated moments where the variances are equal: at c = 1
+    the dual is E[f(u)**2], at c = -1 for odd (even) f it is -(+) that."""
+    out = numpy.empty(q1.shape)
+    same = q1 == q2
+    if table["step"] == 1:
+        same &= sign > 0
+    parity = 1 if table["first"] % 2 == 0 else -1
+    out[same] = table["m"][r1[same]] * numpy.where(sign[same] > 0, 1, parity)
+    rest = ~same
+    if rest.any():
+        out[rest] = _hd_collinear(f, table["kinks"], q1[rest], q2[rest], sign[rest])
+    return out
+
+
+def _hd_entries(table, f, r1, r2, q1, q2, c, start, reach=None):
+    """(values, complete) for a list of entries: the series from term ``start`` on, each
+    entry summed until its bound is met; collinear entries (|c| = 1) and those the
+    series cannot certify are computed whole (complete) by quadrature. ``reach`` (from
+    _hd_bulk) gives each entry's number of terms under its block's bound at once; only
+    entries it does not certify are bisected on their own."""
+    out = numpy.zeros(c.shape)
+    c2 = c * c
+    # Within rounding of collinear: the 1-D integral at c = +-1 (error ~ (1 - |c|) dΓ/dc).
+    collinear = c2 >= (1.0 - _HD_COLLINEAR) ** 2
+    complete = collinear
+    if collinear.any():
+        out[collinear] = _hd_collinear_table(table, f, r1[collinear], r2[collinear],
+                                             q1[collinear], q2[collinear],
+                                             numpy.sign(c[collinear]))
+        series = numpy.flatnonzero(~collinear)
+        r1, r2, c, c2 = r1[series], r2[series], c[series], c2[series]
+    else:
+        series = None  # all of them
+    need = numpy.full(len(c), _HD_TERMS + 1) if reach is None else \
+        numpy.maximum(numpy.searchsorted(reach, c2) + 1, start)
+    own = need >= _HD_TERMS
+    if own.any():
+        with numpy.errstate(divide="ignore"):
+            need[own] = _hd_terms_needed(table, r1[own], r2[own],
+                                         numpy.log(numpy.abs(c[own])), start)
+    values = _hd_grouped(table, r1, r2, c, need, start)
+    uncertified = numpy.flatnonzero(need >= _HD_TERMS)
+    if uncertified.size:
+        _hd_fix(f, table["kinks"], q1[uncertified] if series is None else
+                q1[series[uncertified]], q2[uncertified] if series is None else
+                q2[series[uncertified]], c[uncertified], uncertified, values)
+        complete = complete.copy()
+        complete[uncertified if series is None else series[uncertified]] = True
+    if series is None:
+        return values, complete
+    out[series] = values
+    return out, complete
+
+
+def _hd_grouped(table, r1, r2, c, need, start):
+    """The series terms start <= n < need[e] of each entry (certified ones), summed in
+    groups of similar length so a few long entries do not lengthen all; each group's
+    term matrix stays below 2**18 numbers."""
+    out = numpy.zeros(c.shape)
+    certified = need < _HD_TERMS
+    if not certified.any():
+        return out
+    stop = int(need[certified].max())
+    if stop <= start:  # every certified entry is complete before ``start``: nothing to add
+        return out
+    if stop - start <= 32 and len(c) * 32 <= 2 ** 18:  # the usual case
+        e = numpy.flatnonzero(certified) if not certified.all() else slice(None)
+        out[e] = _hd_series(table, r1[e], r2[e], c[e], start, stop)
+        return out
+    order = numpy.flatnonzero(certified)
+    order = order[numpy.argsort(need[order], kind="stable")]
+    lengths = need[order] - start
+    cuts = numpy.searchsorted(lengths, [16, 32, 64, 128, 256], side="right")
+    for lo, hi in zip([0, *cuts], [*cuts, len(order)]):
+        size = max(1, 2 ** 18 // max(1, int(lengths[hi - 1]) if hi > lo else 1))
+        for g in range(lo, hi, size):
+            e = order[g:min(g + size, hi)]
+            stop = int(need[e].max())
+            if stop > start:
+                out[e] = _hd_series(table, r1[e], r2[e], c[e], start, stop)
+    return out
+
+
+def _hd_flat(f, kinks, k, q1, q2):
+    """The dual for entries given as flat arrays."""
+    table, rows = _hd_table(f, kinks, numpy.concatenate([q1, q2]))
+    r1, r2 = rows[:len(q1)], rows[len(q1):]
+    c = k * _hd_inverse_sqrt(q1) * _hd_inverse_sqrt(q2)
+    return _hd_entries(table, f, r1, r2, q1, q2, c, 0)[0]
+
+
+def _hd_dual(f, kinks, k, q1, q2):
+    """E[f(u) f(v)] for (u, v) ~ N(0, [[q1, k], [k, q2]]), elementwise over broadcast
+    arrays. In the kernel-matrix layout (q1 a column, q2 a row) most entries are summed
+    together by Horner to a common number of terms (_hd_bulk); the entries that bound
+    does not cover get their remaining terms individually."""
+    k, q1, q2, shape = _hd_layout(k, q1, q2)
+    if shape is not None:
+        return _hd_flat(f, kinks, k, q1, q2).reshape(shape)
+    table, r1, r2, bound, inverse1, inverse2 = _hd_both_rows(f, kinks, q1, q2)
+    c, c2 = _hd_correlation(k, inverse1, inverse2)
+    bulk, reach = _hd_bulk(table, c2, bound)
+    out = _hd_horner(table, r1, r2, c, c2, bulk)
+    _hd_remainder(table, f, r1, r2, q1, q2, c, c2, bulk, reach, out)
+    return out
+
+
+def _hd_dual_pair(f, fdot, kinks, k, q1, q2):
+    """(E[f(u) f(v)], E[f'(u) f'(v)]) together, for a continuous f. By Price's theorem
+    the second is the derivative in k of the first, so one Horner pass over the first's
+    terms gives both; f' (fdot) has its own table, whose tails bound the derivative
+    series and whose terms complete the entries that bound does not cover."""
+    k, q1, q2, shape = _hd_layout(k, q1, q2)
+    if shape is not None:
+        return (_hd_flat(f, kinks, k, q1, q2).reshape(shape),
+                _hd_flat(fdot, kinks, k, q1, q2).reshape(shape))
+    table, r1, r2, bound, inverse1, inverse2 = _hd_both_rows(f, kinks, q1, q2)
+    dtable, d1, d2, dbound, _, _ = _hd_both_rows(fdot, kinks, q1, q2)
+    c, c2 = _hd_correlation(k, inverse1, inverse2)
+    bulk, reach = _hd_bulk(table, c2, bound)
+    dbulk, dreach = _hd_bulk(dtable, c2, dbound)
+    # Terms n < stop of Γ's series give terms n < stop - 1 of the derivative series.
+    stop = max(bulk, dbulk + 1)
+    gamma, dot = _hd_horner_pair(table, r1, r2, c, c2, stop)
+    dot *= inverse1[:, None]  # dΓ/dk = dΓ/dc / sqrt(q1 q2)
+    dot *= inverse2[None, :]
+    _hd_remainder(table, f, r1, r2, q1, q2, c, c2, stop, reach, gamma)
+    _hd_remainder(dtable, fdot, d1, d2, q1, q2, c, c2, stop - 1, dreach, dot)
+    # A zero variance makes c = 0 and the chain rule's 1/sqrt(q) moot: there
+    # E[f'(u) f'(v)] = E[f'(u)] E[f'(v)], the first terms of f''s coefficients.
+    zero1, zero2 = q1 <= 0, q2 <= 0
+    if zero1.any() or zero2.any():
+        first = dtable["a"][:, 0]
+        dot[zero1, :] = first[d1[zero1], None] * first[None, d2]
+        dot[:, zero2] = first[d1, None] * first[None, d2[zero2]]
+    return gamma, dot
+
+
+def _hd_layout(k, q1, q2):
+    """(k, q1, q2, None) as float arrays with q1, q2 flat, for the kernel-matrix layout
+    (q1 a column, q2 a row); otherwise (k, q1, q2 flattened, broadcast shape)."""
+    k, q1, q2 = (numpy.asarray(v, dtype=float) for v in (k, q1, q2))
+    shape = numpy.broadcast_shapes(k.shape, q1.shape, q2.shape)
+    matrix = (len(shape) == 2 and q1.shape in ((shape[0], 1), (1, 1))
+              and q2.shape in ((1, shape[1]), (1, 1)))
+    if not matrix or 0 in shape:
+        k, q1, q2 = (numpy.broadcast_to(v, shape).ravel() for v in (k, q1, q2))
+        return k, q1, q2, shape
+    q1 = numpy.ascontiguousarray(numpy.broadcast_to(q1, (shape[0], 1)).ravel())
+    q2 = numpy.ascontiguousarray(numpy.broadcast_to(q2, (1, shape[1])).ravel())
+    return numpy.broadcast_to(k, shape), q1, q2, None
+
+
+def _hd_both_rows(f, kinks, q1, q2):
+    """(table, rows of q1, rows of q2, the larger bound, 1/sqrt(q1), 1/sqrt(q2)), both
+    within one generation of the table (a new one starts rarely)."""
+    while True:
+        table1, r1, bound1, inverse1 = _hd_rows(f, kinks, q1)
+        table, r2, bound2, inverse2 = _hd_rows(f, kinks, q2)
+        if table["generation"] is table1["generation"]:
+            return table, r1, r2, numpy.maximum(bound1, bound2), inverse1, inverse2
+
+
+def _hd_correlation(k, inverse1, inverse2):
+    c = numpy.multiply(k, inverse1[:, None])
+    c *= inverse2[None, :]
+    return c, numpy.multiply(c, c)
+
+
+def _hd_remainder(table, f, r1, r2, q1, q2, c, c2, terms, reach, out):
+    """Complete ``out``, the first ``terms`` terms of the series of every entry: the
+    entries beyond reach[terms - 1] get their remaining terms (or their whole value, for
+    those computed directly) individually."""
+    flat = numpy.flatnonzero(c2 > reach[terms - 1])
+    if flat.size:
+        rows, cols = numpy.divmod(flat, c.shape[1])
+        rest, complete = _hd_entries(table, f, r1[rows], r2[cols], q1[rows], q2[cols],
+                                     c.ravel()[flat], terms, reach)
+        values = out.ravel()  # a view: out is a fresh contiguous array
+        values[flat] = numpy.where(complete, rest, values[flat] + rest)
+
+
+# The nested quadrature of _hd_direct: a standard Gaussian needs panels no wider than 1;
+# beyond |z| = 14 its weight is below 1e-42. Blocks of function values stay below 2**18.
+_HD_DIRECT_EDGES = numpy.linspace(-14.0, 14.0, 29)
+_HD_BLOCK = 2 ** 18
+_HD_DIRECT_BUDGET = 2 ** 27  # function values per entry (about 2 s): a bound on the time
+
+
+def _hd_direct(f, kinks, q1, q2, c):
+    """E[f(u) f(v)] for one entry by nested composite quadrature, u = s1 z1 and
+    v = s2 (c z1 + s xi): the route for the few entries (large variance, |c| near 1) where
+    the series cannot certify its bound. Both grids are graded towards φ's features at φ's
+    own scale (_hd_feature_edges), so their sizes grow with log(q); the inner integrals
+    are done in blocks of outer nodes, so memory stays bounded."""
+    s1, s2, s = numpy.sqrt(q1), numpy.sqrt(q2), numpy.sqrt(max(1.0 - c * c, 0.0))
+    # E[f(v) | z1] is f smoothed, centred at s2 c z1: its features are at b / (s2 c).
+    outer = _hd_features(f, kinks, s1, 0.0) + _hd_features(f, kinks, s2 * c, 0.0)
+    z1, w1 = _hd_rule(_hd_feature_edges(_HD_DIRECT_EDGES, outer))
+    outside = _hd_values(f, s1 * z1) * w1
+    total, start, used = 0.0, 0, 0
+    while start < len(z1):
+        # A block as long as its first row's grid allows (rows nearby reach the same kinks).
+        first = _hd_feature_edges(_HD_DIRECT_EDGES,
+                                  _hd_features(f, kinks, s2 * s, s2 * c * z1[start:start + 1]))
+        stop = start + max(1, _HD_BLOCK // (16 * first.shape[-1]))
+        shift = s2 * c * z1[start:stop]
+        edges = _hd_feature_edges(_HD_DIRECT_EDGES, _hd_features(f, kinks, s2 * s, shift))
+        used += 16 * edges.size
+        if used > _HD_DIRECT_BUDGET:  # only φ with dozens of kinks within reach get here
+            raise _hd_error(f"{getattr(f, 'label', 'activation')}: an entry with variances "
+                            f"{q1:.6g}, {q2:.6g} and correlation {c:.12g} needs more than "
+                            f"{_HD_DIRECT_BUDGET:.3g} quadrature nodes ({len(kinks)} kinks), "
+                            "the numerical route's budget", _HD_SMALLER)
+        xi, w2 = _hd_rule(edges)
+        smoothed = (_hd_values(f, shift[:, None] + (s2 * s) * xi) * w2).sum(axis=1)
+        total += float(outside[start:stop] @ smoothed)
+        start = stop
+    return total
+
+
+def _hd_fix(f, kinks, q1, q2, c, entries, out):
+    """out[entries] by direct quadrature: the entries whose series bound is not met (only
+    near-collinear ones with large variances)."""
+    for i, e in enumerate(entries.tolist()):
+        out[e] = _hd_direct(f, kinks, q1[i], q2[i], c[i])
