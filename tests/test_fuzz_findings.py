@@ -282,3 +282,23 @@ def test_composed_smooth_activation_is_evaluated_with_shared_subexpressions():
         nngp[i, j], ntk[i, j] = gamma, gamma + gram[i, j] * gamma_dot
     np.testing.assert_allclose(got_nngp, nngp, rtol=1e-9)
     np.testing.assert_allclose(got_ntk, ntk, rtol=1e-7)  # φ' by central differences
+
+
+def test_angle_of_constants_through_a_numerical_moment_stays_real():
+    """After Dense(W_std=0) every variance is a constant; through Sigmoid it is a numerical
+    moment whose sign sympy cannot decide, and sympy's atan2 rewrote Erf's angle as
+    -I·log(...): complex generated code (a ComplexWarning, the real part cast) and seconds
+    of printing. The NNGP is Erf's arcsine of the constant, with E[σ(z)²] by quadrature."""
+    import warnings
+    arch = "Dense(8, W_std=0, b_std=1) > Sigmoid > Dense(8, W_std=2.2) > Erf(b=-0.765, c=-2.69) > Dense(1)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net, cpu = _compile_cpu(arch)
+        nngp = net.nngp(X)
+    assert cpu < CPU_LIMIT
+    z, w = np.polynomial.hermite_e.hermegauss(80)
+    second_moment = float(w @ (1 / (1 + np.exp(-z))) ** 2 / w.sum())
+    q = 2.2 ** 2 * second_moment    # every entry: variance = covariance (correlation 1)
+    s = 2 * 0.765 ** 2
+    expected = 2 / math.pi * math.asin(s * q / (1 + s * q)) + 2.69 ** 2
+    np.testing.assert_allclose(nngp, np.full_like(nngp, expected), rtol=1e-12)
