@@ -23,6 +23,18 @@ from .params import Param
 from .symbolic import ArcCosine, ExpCosh, ExpSinh, Pair, exact, polynomial_dual
 
 
+class atan2(sp.atan2):
+    """sympy's atan2, except that an angle of two numbers whose signs sympy cannot decide
+    (constant variances fed through a numerical moment, after a Dense with W_std=0) stays an
+    angle: sympy would rewrite it as -I·log((x + I·y)/sqrt(x² + y²)), complex arithmetic in
+    the generated code (a ComplexWarning, the real part cast) and seconds of printing."""
+
+    @classmethod
+    def eval(cls, y, x):
+        value = super().eval(y, x)
+        return None if value is not None and value.has(sp.I) else value
+
+
 @dataclass(frozen=True)
 class ActivationSpec:
     """One registry entry. ``phi(**params)`` gives φ in ``x``; ``dual(pair, **params)`` gives
@@ -106,7 +118,7 @@ def erf_dual(p: Pair, a: Any, b: Any, c: Any) -> sp.Expr:
     singularity; the angle of two accurate legs does not."""
     a, b, c = exact(a), exact(b), exact(c)
     scale = 2 * b ** 2
-    return 2 * a ** 2 / sp.pi * sp.atan2(scale * p.k, sp.sqrt(p.det_shifted(scale))) + c ** 2
+    return 2 * a ** 2 / sp.pi * atan2(scale * p.k, sp.sqrt(p.det_shifted(scale))) + c ** 2
 
 
 def erf_dual_dot(p: Pair, a: Any, b: Any, c: Any) -> sp.Expr:
@@ -162,7 +174,7 @@ def gelu_dual(p: Pair) -> sp.Expr:
     cancel k/4 at k ≈ −q."""
     outer = (1 + p.q1) * (1 + p.q2)
     delta = sp.sqrt(p.det_shifted(1))
-    return (p.k * sp.atan2(delta, -p.k)
+    return (p.k * atan2(delta, -p.k)
             + (p.k ** 2 + p.q1 * p.q2 * delta ** 2) / (outer * delta)) / (2 * sp.pi)
 
 
@@ -172,7 +184,7 @@ def gelu_dual_dot(p: Pair) -> sp.Expr:
     1/δ² (ten digits at q = 1e10); the test checks this against ∂Γ/∂k of the textbook form."""
     outer = (1 + p.q1) * (1 + p.q2)
     delta2 = p.det_shifted(1)
-    return (sp.atan2(sp.sqrt(delta2), -p.k)
+    return (atan2(sp.sqrt(delta2), -p.k)
             + p.k * (p.k ** 2 + (3 + p.q1 + p.q2) * delta2) / (outer * delta2 ** sp.Rational(3, 2))
             ) / (2 * sp.pi)
 

@@ -61,8 +61,9 @@ _NONSMOOTH = (sp.Max, sp.Min, sp.Abs, sp.Heaviside, sp.sign, sp.Piecewise)
 
 
 def kinks(phi: sp.Expr, x: sp.Symbol) -> tuple[float, ...]:
-    """Real points where φ (or a derivative) is not smooth: zeros of the arguments of
-    max/min/abs/step/sign. Quadrature panels are refined there."""
+    """Real points where φ (or a derivative) is not smooth: the sign changes of the
+    arguments of max/min/abs/step/sign (and of Piecewise conditions) in [-64, 64].
+    Quadrature panels are refined there."""
     points: set[float] = set()
     for node in phi.atoms(*_NONSMOOTH):
         if isinstance(node, sp.Piecewise):
@@ -73,27 +74,63 @@ def kinks(phi: sp.Expr, x: sp.Symbol) -> tuple[float, ...]:
         else:
             args = [node.args[0]]
         for arg in args:
-            points |= _roots(arg, x)
+            if arg.has(x):
+                points |= _roots(arg, x)
     # The nearest ones matter most: φ(√q z) with q ~ 1 reaches |x| ~ 14 (a periodic
     # argument has infinitely many; the grids skip those a variance does not reach).
     return tuple(sorted(sorted(points, key=abs)[:MAX_KINKS]))
 
 
 MAX_KINKS = 128
-_KINK_RANGE = sp.Interval(-64, 64)
+KINK_RANGE = 64.0
+
+
+@cache
+def _kink_grid() -> numpy.ndarray:
+    """Where the arguments are sampled: uniform over [-64, 64] (spacing 1/512, so that
+    sin(16x)'s zeros, π/16 apart, are each bracketed) and, geometrically, down to 1e-12
+    around 0, where a pair of close zeros (x² - 1e-8) is likeliest."""
+    uniform = numpy.linspace(-KINK_RANGE, KINK_RANGE, 2 ** 16 + 1)
+    near = numpy.geomspace(1e-12, 1.0, 241)
+    return numpy.unique(numpy.concatenate([uniform, near, -near]))
 
 
 def _roots(arg: sp.Expr, x: sp.Symbol) -> set[float]:
-    """Real zeros of arg in [-64, 64] (all of a periodic one's there), else those
-    sympy's solve finds."""
-    try:
-        roots = sp.solveset(arg, x, _KINK_RANGE)
-        if isinstance(roots, sp.FiniteSet):
-            return {float(r) for r in roots if r.is_real}
-        roots = sp.solve(sp.Eq(arg, 0), x)
-    except (NotImplementedError, TypeError, ValueError):
-        return set()
-    return {float(r) for r in roots if r.is_real and r.is_finite}
+    """The points in [-64, 64] where arg changes sign (a zero it only touches is no kink
+    of max/min/abs, and a jump there has measure zero), found numerically: bracketed on a
+    fixed grid, then bisected to float64 resolution. The work is one evaluation of arg on
+    the grid, however complex arg is symbolically (sympy's solve took seconds on composed
+    piecewise activations)."""
+    function = numpy_function(arg, x)
+    grid = _kink_grid()
+    with numpy.errstate(all="ignore"):
+        values = numpy.broadcast_to(numpy.asarray(function(grid), dtype=float), grid.shape)
+    signs = numpy.where(numpy.isfinite(values), numpy.sign(values), 0.0)
+    # A zero on the grid between nonzero neighbours is a root as it stands (x at 0; x**2
+    # there too: sympy's solve found such touching zeros, and a panel edge costs nothing).
+    inner = numpy.arange(1, grid.size - 1)
+    isolated = inner[(signs[inner] == 0) & numpy.isfinite(values[inner])
+                     & (signs[inner - 1] != 0) & (signs[inner + 1] != 0)]
+    out = {float(grid[i]) for i in isolated}
+    nonzero = numpy.flatnonzero(signs)
+    left, right = nonzero[:-1], nonzero[1:]
+    change = (signs[left] != signs[right]) & (right - left == 1)
+    return out | {float(_bisect(function, grid[i], grid[i + 1], signs[i])) for i in left[change]}
+
+
+def _bisect(function, lo: float, hi: float, low_sign: float) -> float:
+    """A sign change of ``function`` in [lo, hi] (``low_sign`` at lo) to float64 resolution:
+    the bracket is at most 1/512 wide, so 64 halvings reach it."""
+    for _ in range(64):
+        mid = 0.5 * (lo + hi)
+        if not lo < mid < hi:
+            break
+        with numpy.errstate(all="ignore"):
+            value = float(numpy.asarray(function(numpy.array([mid])), dtype=float).reshape(-1)[0])
+        if value == 0 or not numpy.isfinite(value):
+            return mid
+        lo, hi = (mid, hi) if numpy.sign(value) == low_sign else (lo, mid)
+    return 0.5 * (lo + hi)
 
 
 def function_source(name: str, expr: sp.Expr, x: sp.Symbol, label: str = "",

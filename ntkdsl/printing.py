@@ -312,6 +312,13 @@ class NumPyPrinter(SciPyPrinter):
     def _print_Min(self, expr):
         return self._fold("minimum", expr.args)
 
+    def _print_Heaviside(self, expr):
+        # numpy's own step: sympy would rewrite Heaviside(f(x)) into a Piecewise whose
+        # simplified conditions grow without bound for composed piecewise activations (Elu * 3).
+        at_zero = expr.args[1] if len(expr.args) > 1 else sp.Rational(1, 2)
+        heaviside = self._module_format("numpy.heaviside")
+        return f"{heaviside}({self._print(expr.args[0])}, {self._print(at_zero)})"
+
     def _print_log(self, expr):
         # log(1 + exp(a)) as logaddexp(0, a): no overflow for a > 709 (Softplus, Mish).
         arg = expr.args[0]
@@ -400,8 +407,13 @@ def function_of(expr: sp.Expr, x: sp.Symbol, name: str = "_f") -> tuple[str, lis
     """(source of ``def name(x): return <expr> + 0.0 * x``, modules it uses): adding
     ``0.0 * x`` broadcasts a constant expression to the input's shape."""
     printer = NumPyPrinter()
-    body = printer.doprint(expr)
-    return f"def {name}({x}):\n    return {body} + 0.0 * {x}\n", printer.imports()
+    # Common subexpressions once each: a composed activation (Gelu(approximate=True) * 3)
+    # repeats its inner layers' expressions in φ' hundreds of times over, and the numerical
+    # route evaluates φ' on millions of nodes.
+    shared, (body,) = sp.cse(expr, symbols=sp.numbered_symbols("_s"), optimizations=None)
+    lines = "".join(f"    {symbol} = {printer.doprint(value)}\n" for symbol, value in shared)
+    return (f"def {name}({x}):\n{lines}    return {printer.doprint(body)} + 0.0 * {x}\n",
+            printer.imports())
 
 
 def numpy_function(expr: sp.Expr, x: sp.Symbol):

@@ -150,7 +150,7 @@ def structural(rng: random.Random) -> str:
         n = rng.choice([10, 50, 99, 100, 101, 1000])
         return "(" * n + "Dense(8) > Relu" + ")" * n + " > Dense(1)"
     if kind == 1:
-        n = rng.choice([100, 500, 1000, 2499, 2500, 5000, 5001, 10 ** 8])
+        n = rng.choice([100, 500, 1000, 1248, 1249, 1250, 2500, 2501, 10 ** 8])
         return f"(Dense(8, b_std=0.1) > {rng.choice(['Relu', 'Erf', 'Sin', 'LayerNorm'])}) * {n} > Dense(1)"
     if kind == 2:
         inner, outer = rng.choice([(10, 10), (50, 50), (70, 70), (100, 100)])

@@ -173,3 +173,134 @@ def test_registry_screen_of_a_huge_composition_is_bounded():
         ntkdsl.compile("Dense(1, W_std=0.372, b_std=2) > (Exp(b=100000000)) * 2 > "
                        "Dense(1, b_std=0.356)").kernels(X)
     assert time.process_time() - start < CPU_LIMIT
+
+
+def _split_gauss_dual(f, fprime, q1, q2, k, nodes=200):
+    """(E[f(u) f(v)], E[f'(u) f'(v)]) for an f whose only kink is at 0: u = s1·z1 and
+    v = s2·(c·z1 + s·z2), each integral split at the kink on [-12, 12] into two
+    Gauss–Legendre rules, so every piece has an analytic integrand."""
+    t, w = np.polynomial.legendre.leggauss(nodes)
+
+    def halves(split):  # nodes and weights (times the normal density) either side of split
+        split = np.clip(split, -12.0, 12.0)[..., None]
+        lo, hi = (split + 12) / 2, (12 - split) / 2
+        z = np.concatenate([-12 + lo * (t + 1), split + hi * (t + 1)], axis=-1)
+        weight = np.concatenate([lo * w + 0 * split, hi * w + 0 * split], axis=-1)
+        return z, weight * np.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+
+    s1, s2 = math.sqrt(q1), math.sqrt(q2)
+    c = k / (s1 * s2)
+    s = math.sqrt(max(0.0, 1 - c * c))
+    z1, w1 = halves(np.array(0.0))
+    with np.errstate(divide="ignore"):  # s = 0 on the diagonal: the kink at ±inf
+        z2, w2 = halves(-c * z1 / s)  # the inner kink, v = 0, for each outer node
+    u, v = s1 * z1, s2 * (c * z1[:, None] + s * z2)
+    return tuple(float(w1 @ (g(u) * (w2 * g(v)).sum(axis=1))) for g in (f, fprime))
+
+
+def _composite_gauss_dual(f, fprime, q1, q2, k, panels=56, nodes=12):
+    """(E[f(u) f(v)], E[f'(u) f'(v)]) by a tensor composite Gauss–Legendre rule on [-14, 14]²
+    in standard normal coordinates (u = s1·z1, v = s2·(c·z1 + s·z2))."""
+    t, w = np.polynomial.legendre.leggauss(nodes)
+    edges = np.linspace(-14.0, 14.0, panels + 1)
+    half = (edges[1:, None] - edges[:-1, None]) / 2
+    z = ((edges[:-1, None] + edges[1:, None]) / 2 + half * t).ravel()
+    weight = (half * w).ravel() * np.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    c = k / math.sqrt(q1 * q2)
+    u = math.sqrt(q1) * z[:, None]
+    v = math.sqrt(q2) * (c * z[:, None] + math.sqrt(max(0.0, 1 - c * c)) * z[None, :])
+    weights = weight[:, None] * weight[None, :]
+    return tuple(float((weights * g(u) * g(v)).sum()) for g in (f, fprime))
+
+
+def _elu(x):
+    return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
+
+
+def _elu_prime(x):
+    return np.where(x > 0, 1.0, np.exp(np.minimum(x, 0)))
+
+
+def _thrice(f, fprime):
+    def composed(x):
+        return f(f(f(x)))
+
+    def composed_prime(x):
+        return fprime(f(f(x))) * fprime(f(x)) * fprime(x)
+    return composed, composed_prime
+
+
+def test_composed_piecewise_activation_finds_its_kinks_numerically():
+    """Elu * 3 took seconds in sympy's solveset/solve for the kinks (and its φ' printed as a
+    Piecewise of ever larger conditions, which numpy.select refused: TypeError). The kinks
+    are sign changes of each argument on a grid, bisected; Heaviside prints as
+    numpy.heaviside. Kernel against quadrature split at the kink."""
+    net, cpu = _compile_cpu("Dense(4) > (Elu) * 3 > Dense(1)")
+    assert cpu < CPU_LIMIT
+    f, fprime = _thrice(_elu, _elu_prime)
+    gram = X @ X.T / X.shape[1]
+    nngp, ntk = np.empty_like(gram), np.empty_like(gram)
+    for i, j in np.ndindex(gram.shape):
+        gamma, gamma_dot = _split_gauss_dual(f, fprime, gram[i, i], gram[j, j], gram[i, j])
+        nngp[i, j], ntk[i, j] = gamma, gamma + gram[i, j] * gamma_dot
+    got_nngp, got_ntk = net.kernels(X)
+    np.testing.assert_allclose(got_nngp, nngp, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(got_ntk, ntk, rtol=2e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("arg, roots", [
+    ("sin(16*x)", [math.pi / 16 * n for n in range(-325, 326)]),   # every zero in [-64, 64]
+    ("x**2 - 1/100000000", [-1e-4, 1e-4]),                       # two zeros closer than the grid
+    ("exp(x) - 2", [math.log(2)]),
+    ("x**2", [0.0]),                                             # a touching zero on the grid
+])
+def test_kinks_are_the_sign_changes_of_the_arguments(arg, roots):
+    from ntkdsl import activations, numerical
+    found = numerical._roots(activations.lookup("Fn").phi(expr=arg), activations.x)
+    assert len(found) == len(roots)
+    np.testing.assert_allclose(sorted(found), sorted(roots), rtol=1e-14, atol=1e-15)
+
+
+def test_composed_smooth_activation_is_evaluated_with_shared_subexpressions():
+    """Gelu(approximate=True) * 3 after b_std=3 took 11 s to evaluate: φ' of the composition
+    printed without common subexpressions costs 20 µs a value, and the near-collinear
+    entries at large variance need millions of values. Printed with sympy's cse it is 30
+    times cheaper; the kernel matches quadrature of the composition (composite: Gauss–Hermite
+    converges slowly here, tanh's poles come near the real axis at this scale)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3))
+    x[2], x[3], x[1] = 0.0, x[0], 30 * x[1]   # the fuzzer's inputs: zero row, pair, large row
+    arch = "Dense(3, b_std=3) > (Gelu(approximate=True)) * 3 > Dense(1)"
+    net = ntkdsl.compile(arch)
+    start = time.process_time()
+    net.kernels(x)
+    assert time.process_time() - start < CPU_LIMIT
+    f, fprime = _thrice(_gelu_tanh, _gelu_tanh_prime)
+    got_nngp, got_ntk = net.kernels(X)
+    gram = X @ X.T / X.shape[1] + 9.0
+    nngp, ntk = np.empty_like(gram), np.empty_like(gram)
+    for i, j in np.ndindex(gram.shape):
+        gamma, gamma_dot = _composite_gauss_dual(f, fprime, gram[i, i], gram[j, j], gram[i, j])
+        nngp[i, j], ntk[i, j] = gamma, gamma + gram[i, j] * gamma_dot
+    np.testing.assert_allclose(got_nngp, nngp, rtol=1e-9)
+    np.testing.assert_allclose(got_ntk, ntk, rtol=1e-7)  # φ' by central differences
+
+
+def test_angle_of_constants_through_a_numerical_moment_stays_real():
+    """After Dense(W_std=0) every variance is a constant; through Sigmoid it is a numerical
+    moment whose sign sympy cannot decide, and sympy's atan2 rewrote Erf's angle as
+    -I·log(...): complex generated code (a ComplexWarning, the real part cast) and seconds
+    of printing. The NNGP is Erf's arcsine of the constant, with E[σ(z)²] by quadrature."""
+    import warnings
+    arch = "Dense(8, W_std=0, b_std=1) > Sigmoid > Dense(8, W_std=2.2) > Erf(b=-0.765, c=-2.69) > Dense(1)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net, cpu = _compile_cpu(arch)
+        nngp = net.nngp(X)
+    assert cpu < CPU_LIMIT
+    z, w = np.polynomial.hermite_e.hermegauss(80)
+    second_moment = float(w @ (1 / (1 + np.exp(-z))) ** 2 / w.sum())
+    q = 2.2 ** 2 * second_moment    # every entry: variance = covariance (correlation 1)
+    s = 2 * 0.765 ** 2
+    expected = 2 / math.pi * math.asin(s * q / (1 + s * q)) + 2.69 ** 2
+    np.testing.assert_allclose(nngp, np.full_like(nngp, expected), rtol=1e-12)

@@ -28,8 +28,8 @@ REFUSED = [
      f"the limit is {limits.MAX_COMPOSED}"),  # was a RecursionError in sympy
     ("(Dense(512) > Relu) * 100000000 > Dense(1)", "LayerValueError", "100000000",
      f"at most {limits.MAX_REPEAT}"),
-    ("(Dense(512) > Relu) * 2501 > Dense(1)", "LayerValueError",
-     "(Dense(512) > Relu) * 2501", f"the limit is {limits.MAX_LAYERS}"),  # the repeat alone is over
+    ("(Dense(512) > Relu) * 1251 > Dense(1)", "LayerValueError",
+     "(Dense(512) > Relu) * 1251", f"the limit is {limits.MAX_LAYERS}"),  # the repeat alone is over
     ("Dense(8) * 2500 > Relu > Dense(8) * 2500", "LayerValueError",
      "Dense(8) * 2500 > Relu > Dense(8) * 2500", "5001 layers"),  # only the whole is over
     ("((Relu * 2000) * 2000) * 2000", "LayerValueError", "(Relu * 2000) * 2000",
