@@ -59,6 +59,103 @@ class Dense(_Layer):
         return f"Dense({', '.join(args)})"
 
 
+def _axes(values: tuple[int, ...]) -> str:
+    """A shape as written in the language: ``(3, 3)``, ``(5,)``."""
+    return "(" + ", ".join(map(str, values)) + ("," if len(values) == 1 else "") + ")"
+
+
+def _unit_strides(node: Any, window: tuple[int, ...]) -> None:
+    """``strides=None`` means a stride of 1 on every axis (neural-tangents' default): store
+    that, so that the two spellings of one layer are equal nodes."""
+    if node.strides is None:
+        object.__setattr__(node, "strides", (1,) * len(window))
+
+
+@dataclass(frozen=True)
+class Conv(_Layer):
+    """Convolution over the spatial axes of channels-last inputs (neural-tangents' stax.Conv):
+    one ``filter_shape`` size per spatial axis, ``padding`` 'VALID', 'SAME' (zeros) or
+    'CIRCULAR'; ``b_std=None`` means no bias."""
+
+    out_chan: int
+    filter_shape: tuple[int, ...]
+    strides: tuple[int, ...] | None = None
+    padding: str = "VALID"
+    W_std: float = 1.0
+    b_std: float | None = None
+    parameterization: str = "ntk"
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _unit_strides(self, self.filter_shape)
+
+    def __str__(self) -> str:
+        args = [str(self.out_chan), _axes(self.filter_shape)]
+        if set(self.strides) != {1}:
+            args.append(f"strides={_axes(self.strides)}")
+        if self.padding != "VALID":
+            args.append(f"padding='{self.padding}'")
+        if self.W_std != 1.0:
+            args.append(f"W_std={self.W_std!r}")
+        if self.b_std is not None:
+            args.append(f"b_std={self.b_std!r}")
+        if self.parameterization != "ntk":
+            args.append(f"parameterization='{self.parameterization}'")
+        return f"Conv({', '.join(args)})"
+
+
+@dataclass(frozen=True)
+class Pool(_Layer):
+    """Window pooling over the spatial axes: ``reduce`` is 'avg' (AvgPool) or 'sum' (SumPool)."""
+
+    reduce: str
+    window_shape: tuple[int, ...]
+    strides: tuple[int, ...] | None = None
+    padding: str = "VALID"
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _unit_strides(self, self.window_shape)
+
+    @property
+    def name(self) -> str:
+        return "AvgPool" if self.reduce == "avg" else "SumPool"
+
+    def __str__(self) -> str:
+        args = [_axes(self.window_shape)]
+        if set(self.strides) != {1}:
+            args.append(f"strides={_axes(self.strides)}")
+        if self.padding != "VALID":
+            args.append(f"padding='{self.padding}'")
+        return f"{self.name}({', '.join(args)})"
+
+
+@dataclass(frozen=True)
+class GlobalPool(_Layer):
+    """Pooling over every spatial position: ``reduce`` is 'avg' (GlobalAvgPool) or 'sum'
+    (GlobalSumPool). Leaves one feature vector per input, as Flatten does."""
+
+    reduce: str
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return "GlobalAvgPool" if self.reduce == "avg" else "GlobalSumPool"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Flatten(_Layer):
+    """Spatial positions and channels into one feature axis (the readout of a conv stack)."""
+
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return "Flatten"
+
+
 @dataclass(frozen=True)
 class Identity(_Layer):
     span: Span | None = field(default=None, compare=False, repr=False)
@@ -145,8 +242,11 @@ class Repeat:
         return f"{_wrap(self.body, (Sum, Serial))} * {self.times}"
 
 
-Node = Union[Dense, Identity, LayerNorm, Activation, Serial, Sum, Repeat]  # noqa: UP007 - runtime alias
-NODE_TYPES = (Dense, Identity, LayerNorm, Activation, Serial, Sum, Repeat)  # isinstance(x, NODE_TYPES)
+Node = Union[Dense, Conv, Pool, GlobalPool, Flatten, Identity, LayerNorm, Activation,  # noqa: UP007
+             Serial, Sum, Repeat]                                                     # runtime alias
+NODE_TYPES = (Dense, Conv, Pool, GlobalPool, Flatten, Identity, LayerNorm, Activation, Serial, Sum,
+              Repeat)  # isinstance(x, NODE_TYPES)
+SPATIAL_TYPES = (Conv, Pool, GlobalPool, Flatten)  # layers that act on spatial axes
 
 
 def _wrap(node: Node, loose: type | tuple[type, ...]) -> str:

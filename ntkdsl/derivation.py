@@ -20,7 +20,17 @@ from functools import cache, singledispatch
 import sympy as sp
 
 from . import activations, gaussian, limits, numerical
-from .ast import Activation, Dense, Identity, LayerNorm, Node, Repeat, Serial, Sum
+from .ast import (
+    SPATIAL_TYPES,
+    Activation,
+    Dense,
+    Identity,
+    LayerNorm,
+    Node,
+    Repeat,
+    Serial,
+    Sum,
+)
 from .errors import ArchitectureError, LayerValueError, Span
 from .program import (
     DIAGONAL_ROLES,
@@ -201,6 +211,16 @@ def _record(node, placeholders, rule, b: _Builder) -> Template:
 @singledispatch
 def apply(node: Node, state: State, b: _Builder) -> State:
     raise TypeError(f"no kernel rule for {type(node).__name__}")  # pragma: no cover
+
+
+def _spatial(node: Node, s: State, b: _Builder) -> State:
+    raise b.error(f"{node} is parsed, but the kernels of convolutional layers are not "
+                  "derived yet", node, hint="fully-connected layers: Dense, the activations, "
+                  "LayerNorm, Identity, sums and repeats")
+
+
+for _kind in SPATIAL_TYPES:
+    apply.register(_kind, _spatial)
 
 
 def _templated(rule):

@@ -43,6 +43,11 @@ MAX_RECTIFIED_DEGREE = 5
 # Polynomial coefficients: the dual's size grows with n (measured: 5 s at 20, 25 s at 30)
 MAX_COEFFICIENTS = 20
 
+# Conv filters and pooling windows: spatial axes, and the size of a filter/window/stride
+# along one axis (the stencil costs one shifted add per filter position, per entry).
+MAX_SPATIAL_AXES = 8
+MAX_WINDOW = 1_000
+
 # --- Fn expressions -----------------------------------------------------------------------
 MAX_FN_LENGTH = 2_000         # characters of the expression text
 MAX_FN_DEPTH = 40             # nesting of calls, operators and signs (a chain a + b + c is one level)

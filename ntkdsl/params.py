@@ -22,7 +22,7 @@ class Arg:
 
 @dataclass(frozen=True)
 class Param:
-    """A layer parameter. ``kind`` is one of: float, int, str, floats, bool.
+    """A layer parameter. ``kind`` is one of: float, int, str, floats, ints, bool.
     ``check(value)`` returns an error message (what is valid) or None."""
 
     name: str
@@ -49,7 +49,8 @@ def one_of(*choices: str) -> Callable[[str], str | None]:
 
 
 _KIND_NAMES = {"float": "a number", "int": "a whole number", "str": "a quoted string",
-               "floats": "a list of numbers, e.g. [0.1, 1.0]", "bool": "True or False"}
+               "floats": "a list of numbers, e.g. [0.1, 1.0]",
+               "ints": "a tuple of whole numbers, e.g. (3, 3) or (3,)", "bool": "True or False"}
 
 
 def _convert(param: Param, value: Any) -> Any:
@@ -70,6 +71,9 @@ def _convert(param: Param, value: Any) -> Any:
     if kind == "floats" and isinstance(value, tuple) and value and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         return tuple(float(v) for v in value)
+    if kind == "ints" and isinstance(value, tuple) and value and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return value
     raise ValueError(_KIND_NAMES[kind] + (" or None" if param.optional else ""))
 
 

@@ -77,17 +77,22 @@ class ToAST(Transformer):
         if str(tok).lower() not in _CONSTANTS:
             raise LayerArgumentError(
                 f"'{tok}' is not a value", source=self.source, span=_token_span(tok),
-                hint="valid values: numbers, quoted strings, [lists], True, False, None")
+                hint="valid values: numbers, quoted strings, [lists], (tuples,), True, False, "
+                     "None")
         return _Value(_CONSTANTS[str(tok).lower()], _token_span(tok))
 
     @v_args(meta=True)
     def list(self, meta, children):
+        """A list ``[a, b]`` or a tuple ``(a, b)``, ``(a,)``: both are a Python tuple."""
         items = [c for c in children if c is not None]
         for item in items:
             if isinstance(item.value, tuple):
-                raise LayerArgumentError("lists cannot be nested", source=self.source,
-                                         span=item.span)
+                raise LayerArgumentError("lists and tuples cannot be nested", source=self.source,
+                                         span=item.span,
+                                         hint="valid: a flat list [0.1, 1.0] or tuple (3, 3)")
         return _Value(tuple(item.value for item in items), _span(meta))
+
+    tuple = list
 
     @v_args(meta=True)
     def keyword(self, meta, children):

@@ -7,7 +7,21 @@ from typing import get_args
 
 import pytest
 
-from ntkdsl.ast import NODE_TYPES, Activation, Dense, Identity, LayerNorm, Node, Repeat, Serial, Sum
+from ntkdsl.ast import (
+    NODE_TYPES,
+    Activation,
+    Conv,
+    Dense,
+    Flatten,
+    GlobalPool,
+    Identity,
+    LayerNorm,
+    Node,
+    Pool,
+    Repeat,
+    Serial,
+    Sum,
+)
 from ntkdsl.derivation import Composite, activation_layers
 from ntkdsl.errors import Span
 from ntkdsl.finite import with_width
@@ -16,7 +30,9 @@ from ntkdsl.parser import layer_count, parse
 SPAN = Span(1, 1, 0, 3)
 RELU, SIN = Activation("Relu"), Activation("Sin", (("a", 1.0), ("b", 2.0), ("c", 0.0)))
 LEAVES = [Dense(8, 1.5, 0.1, span=SPAN), Identity(span=SPAN), LayerNorm(1e-6, span=SPAN),
-          Activation("LeakyRelu", (("alpha", 0.1),), span=SPAN)]
+          Activation("LeakyRelu", (("alpha", 0.1),), span=SPAN),
+          Conv(8, (3, 3), padding="SAME", span=SPAN), Pool("avg", (2,), (2,), span=SPAN),
+          GlobalPool("sum", span=SPAN), Flatten(span=SPAN)]
 # node, its children as written in the constructor
 CONTAINERS = [
     (Serial((Dense(4), RELU, Dense(1)), span=SPAN), (Dense(4), RELU, Dense(1))),

@@ -3,7 +3,19 @@ raises ntkdsl's own exception pointing at the place."""
 import pytest
 
 import ntkdsl
-from ntkdsl.ast import Activation, Dense, Identity, LayerNorm, Repeat, Serial, Sum
+from ntkdsl.ast import (
+    Activation,
+    Conv,
+    Dense,
+    Flatten,
+    GlobalPool,
+    Identity,
+    LayerNorm,
+    Pool,
+    Repeat,
+    Serial,
+    Sum,
+)
 from ntkdsl.errors import (
     ArchitectureError,
     ArchitectureSyntaxError,
@@ -139,3 +151,50 @@ def test_repeats_nest_and_print_back_as_written():
     assert isinstance(ast.layers[2], Repeat) and ast.layers[2].body == Serial(
         (Activation("Relu"), parse("Sin")))
     assert parse(str(ast)) == ast  # the printed text parses back to the same tree
+
+
+# --- convolutional layers: the language (issue 14) -------------------------------------
+
+def test_conv_and_pool_layers_parse_with_tuples_and_neural_tangents_defaults():
+    ast = parse("Conv(8, (3, 3), padding='SAME', W_std=1.5, b_std=0.1) > Relu > "
+                "AvgPool((2, 2), strides=(2, 2)) > conv(4, [5], parameterization='standard') > "
+                "SumPool((2,)) > GlobalAvgPool > GlobalSumPool > Flatten")
+    conv, _, avg, conv1d, sum_pool, gap, gsp, flatten = ast.layers
+    assert conv == Conv(8, (3, 3), (1, 1), "SAME", 1.5, 0.1, "ntk")
+    assert avg == Pool("avg", (2, 2), (2, 2), "VALID")
+    assert conv1d == Conv(4, (5,), None, "VALID", 1.0, None, "standard")
+    assert conv1d.strides == (1,)            # None is a stride of 1 on every axis
+    assert sum_pool == Pool("sum", (2,))
+    assert (gap, gsp, flatten) == (GlobalPool("avg"), GlobalPool("sum"), Flatten())
+
+
+@pytest.mark.parametrize("text", [
+    "Conv(8, (3, 3), strides=(2, 1), padding='CIRCULAR', W_std=1.4) > Relu > GlobalAvgPool > Dense(1)",
+    "Conv(16, (3,), b_std=0.05, parameterization='standard') > Erf > SumPool((2,), padding='SAME')",
+    "Conv(8, (2, 2)) > (Relu > Conv(8, (1, 1)) + Identity) * 2 > AvgPool((2, 2)) > Flatten",
+])
+def test_conv_printing_round_trips(text):
+    ast = parse(text)
+    assert parse(str(ast)) == ast
+
+
+@pytest.mark.parametrize("text, cls, column, fragment", [
+    ("Conv(8, 3)", LayerArgumentError, 9, "tuple of whole numbers"),
+    ("Conv(8, (3.5,))", LayerArgumentError, 9, "tuple of whole numbers"),
+    ("Conv(8, (0, 3))", LayerValueError, 9, ">= 1"),
+    ("Conv(8, (3, 3), strides=(2,))", LayerValueError, 17, "'strides' has 1 axes"),
+    ("AvgPool((2, 2), strides=(0, 1))", LayerValueError, 17, ">= 1"),
+    ("AvgPool((2, 2), padding='FULL')", LayerValueError, 17, "'VALID', 'SAME', 'CIRCULAR'"),
+    ("Conv(8, (1, 2, 3, 4, 5, 6, 7, 8, 9))", LayerValueError, 9, "at most 8 spatial axes"),
+    ("Conv(8, (1001,))", LayerValueError, 9, "<= 1000"),
+    ("Conv(8, (3, (3,)))", LayerArgumentError, 13, "cannot be nested"),
+    ("Conv(8, (3))", ArchitectureSyntaxError, 11, "expected ','"),
+    ("SumPool()", LayerArgumentError, 1, "needs the argument 'window_shape'"),
+])
+def test_conv_argument_errors_point_at_the_place(text, cls, column, fragment):
+    with pytest.raises(NTKDSLError) as info:
+        parse(text)
+    err = info.value
+    assert type(err) is cls
+    assert (err.line, err.column) == (1, column), str(err)
+    assert fragment in str(err)
