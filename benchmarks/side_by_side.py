@@ -13,12 +13,14 @@ and the best time of each is compared. The child compiles and evaluates once bef
 (derivation, code generation and the numerical route's coefficients are not measured) and
 reports the best of three calls of ``net.kernels(x)``: wall time, and the process's CPU time
 (all its threads), which a shared machine's other processes disturb less — they take the
-cores away, not the work.
+cores away, not the work. Beside the ratio of the best times, the median over rounds of each
+round's ratio: one quiet moment for one checkout moves the first, not the second.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -76,17 +78,24 @@ def main() -> None:
 
 def compare(other: Path, n: int, rounds: int, busy: bool) -> None:
     print(f"this checkout: {HERE}\nother:         {other}\nN={n}, best of "
-          f"{rounds} rounds x 3 calls, net.kernels(x) (NNGP and NTK)\n{busy_note(busy)}")
-    print(f"{'network':34s} {'this (s)':>9s} {'other (s)':>9s} {'ratio':>7s}"
-          f" {'CPU this':>9s} {'CPU other':>9s} {'ratio':>7s}")
+          f"{rounds} rounds x 3 calls, net.kernels(x) (NNGP and NTK)\n{busy_note(busy)}\n"
+          "ratio: this / other of the best times; median: the median over rounds of that "
+          "round's ratio (the two ran back to back)")
+    print(f"{'network':32s} {'this (s)':>8s} {'other':>7s} {'ratio':>6s} {'median':>6s}"
+          f" {'CPU this':>8s} {'other':>7s} {'ratio':>6s} {'median':>6s}")
     for name, (arch, d) in NETWORKS.items():
-        best = {HERE: [float("inf")] * 2, other: [float("inf")] * 2}
+        times = {HERE: [], other: []}  # (wall, CPU) of each round
         for _ in range(rounds):
-            for checkout in best:
-                best[checkout] = list(map(min, best[checkout], seconds(checkout, arch, n, d)))
-        (wall, cpu), (wall_other, cpu_other) = best[HERE], best[other]
-        print(f"{name:34s} {wall:9.3f} {wall_other:9.3f} {wall / wall_other:7.3f}"
-              f" {cpu:9.3f} {cpu_other:9.3f} {cpu / cpu_other:7.3f}")
+            for checkout, measured in times.items():
+                measured.append(seconds(checkout, arch, n, d))
+        columns = []
+        for kind in (0, 1):  # wall, CPU
+            mine = [t[kind] for t in times[HERE]]
+            theirs = [t[kind] for t in times[other]]
+            median = statistics.median(a / b for a, b in zip(mine, theirs))
+            columns.append(f"{min(mine):8.3f} {min(theirs):7.3f} {min(mine) / min(theirs):6.3f} "
+                           f"{median:6.3f}")
+        print(f"{name:32s} {columns[0]} {columns[1]}")
 
 
 if __name__ == "__main__":
