@@ -152,12 +152,16 @@ def _describe(kind: str, params: tuple) -> dict:
     raise ValueError(f"unknown spatial op {kind!r}")  # pragma: no cover
 
 
-@cache
 def spatial_op(kind: str, params: tuple = ()) -> type:
     """The op class of ``kind`` with ``params`` (cached: one class per parameter set):
     'conv' (window, strides, padding, pairs), 'pool' (window, strides, padding, average),
     'flatten' (pairs,), 'global_pool' (average,), 'diagonal', 'at_first', 'at_second',
     'positions' (pairs,), 'ones'."""
+    return _op_class(kind, tuple(params))
+
+
+@cache
+def _op_class(kind: str, params: tuple) -> type:
     data = _describe(kind, params)
     base = PositionView if kind in ("at_first", "at_second") else SpatialOp
     name = "Spatial_" + "".join(ch if ch.isalnum() else "_" for ch in f"{kind}_{params}")
