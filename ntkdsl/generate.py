@@ -300,6 +300,8 @@ class SpatialKernels:
     layouts: tuple[object, ...]
     temporaries: int
     plan: SpatialPlan
+    nngp_pair: Callable      # ``pair`` computing the NNGP alone (its NTK output is 0)
+    nngp_temporaries: int
 
     @property
     def pairs(self) -> bool:
@@ -396,7 +398,10 @@ def compile_kernels(program: Program, diagonal_program: Program, doc: str) -> Co
     functions = [pair, diagonal]
     if split is not None:
         side = function_code(split.side, "side", doc)
-        functions.append(side)
+        # The NNGP alone needs no NTK maps: half the work of a convolutional network.
+        nngp = split.pairs.restricted_to((split.pairs.outputs[0], sp.S.Zero))
+        nngp_pair = function_code(nngp, "pair_nngp", doc)
+        functions += [side, nngp_pair]
     source, needs = module_code(functions)
     # The source shown is a standalone module's text; what runs binds the runtime modules
     # among the helpers (one numerical engine and cache per process) instead of their text.
@@ -408,7 +413,8 @@ def compile_kernels(program: Program, diagonal_program: Program, doc: str) -> Co
     if split is not None:
         spatial = SpatialKernels(namespace["side"], tuple(str(v) for v in split.side.outputs),
                                  tuple(v.layout for v in split.side.outputs),
-                                 live_arrays(side) + EXTRA_TEMPORARIES, program.spatial)
+                                 live_arrays(side) + EXTRA_TEMPORARIES, program.spatial,
+                                 namespace["pair_nngp"], live_arrays(nngp_pair) + EXTRA_TEMPORARIES)
     return CompiledKernels(namespace["pair"], namespace["diagonal"], source,
                            live_arrays(pair) + EXTRA_TEMPORARIES, needs.numerical,
                            diagonal.labels, spatial)

@@ -248,6 +248,13 @@ class NumPyPrinter(SciPyPrinter):
         return _numerical_kind(func) is not None or func in (AtZeroVariance, ArcCosine,
                                                              WithDiagonal)
 
+    def affine_call(self, op: SpatialOp, array: str, scale: str, shift: str) -> str:
+        """The call of a spatial op's helper that also scales and shifts its result (the
+        helper of a convolution or pooling layer takes ``scale`` and ``shift``)."""
+        self.helper("_stencil")
+        params = "".join(f", {value!r}" for value in op.params)
+        return f"{op.helper}({array}{params}, {scale}, {shift})"
+
     @staticmethod
     def joint(call: sp.Expr, arrays: bool = True) -> tuple[sp.Expr, str] | None:
         """(partner call, helper): where one helper, called as ``helper(*args)``, computes

@@ -60,6 +60,7 @@ class SpatialOp(KernelFunction, metaclass=_SpatialClass):
     latex_label = ""
     linear = True
     view = False  # the helper returns a view of its argument, not a new array
+    affine = False  # the helper takes scale and shift: scale * op(x) + shift in one call
 
     @classmethod
     def eval(cls, x):
@@ -132,7 +133,7 @@ def _describe(kind: str, params: tuple) -> dict:
         latex = (rf"\operatorname{{{name}}}_{{{sizes}"
                  + (r",\," + _tt(suffix[1:]) if suffix else "") + "}")
         return {"helper": f"_st_{kind}", "params": params, "label": f"{name}{_axes(window)}{suffix}",
-                "latex_label": latex}
+                "latex_label": latex, "affine": True}
     simple = {
         "flatten": ("_st_flatten", "flatten", True),
         "global_pool": ("_st_global_pool", None, True),

@@ -28,7 +28,7 @@ from ..runtime import driver
 from .blas import _BlasLimit
 from .checks import _overflow, check_finite
 from .inputs import KINDS, densified, refuse_complex
-from .memory import is_shared_file_map, release_pages, require_memory
+from .memory import _keep_freed_heap, is_shared_file_map, release_pages, require_memory
 from .outputs import allocate_outputs, check_out, resolve_dtype
 from .panels import PROGRESS_DELAY_S, _pool, _run_pool, write_identical
 from .plan import default_threads
@@ -138,7 +138,10 @@ class _Tiles:
     def __init__(self, compiled: CompiledKernels, a: np.ndarray, b: np.ndarray | None,
                  mine: list[np.ndarray], theirs: list[np.ndarray], keep: Sequence[int],
                  outs: Sequence[np.ndarray], dtype: np.dtype):
-        self.pair, self.pairs = compiled.pair, compiled.spatial.pairs
+        # The NNGP alone is half the work: its own function computes no NTK.
+        nngp_only = list(keep) == [0]
+        self.pair = compiled.spatial.nngp_pair if nngp_only else compiled.pair
+        self.pairs = compiled.spatial.pairs
         self.a, self.b, self.symmetric = a, a if b is None else b, b is None
         self.mine, self.theirs, self.dtype = mine, theirs, dtype
         self.stores = list(zip(keep, outs))
@@ -183,7 +186,10 @@ def evaluate_images(compiled: CompiledKernels, x1: Any, x2: Any = None, *,
         raise InputError("the NNGP and NTK outputs overlap",
                          hint="pass two separate arrays (or None for either)")
     workers = _workers(threads, shape)
-    pairs_per_tile, tile_bytes = _tile_size(compiled, per_pair, workers, dt, shape)
+    temporaries = (spec.nngp_temporaries if [KINDS.index(k) for k in kinds] == [0]
+                   else compiled.temporaries)
+    pairs_per_tile, tile_bytes = _tile_size(compiled, per_pair, workers, dt, shape,
+                                            temporaries)
     side_bytes = (1 if b is None else 2) * _side_bytes(compiled, a, dt)
     require_memory(side_bytes + workers * tile_bytes,
                    f"the values of each input and {workers} tile(s) of kernel arrays "
@@ -193,6 +199,7 @@ def evaluate_images(compiled: CompiledKernels, x1: Any, x2: Any = None, *,
     outs = allocate_outputs(kinds, outs, shape, dt)
     keep = [KINDS.index(k) for k in kinds]
     tiles = _tiles(*shape, b is None, pairs_per_tile)
+    _keep_freed_heap()  # a tile's arrays are freed and made again: no page faults each time
     try:
         with _BlasLimit() as blas:
             mine = side_values(compiled, a, dt)
@@ -226,13 +233,13 @@ def _workers(threads: int | None, shape: tuple[int, int]) -> int:
 
 
 def _tile_size(compiled: CompiledKernels, per_pair: int, workers: int, dtype: np.dtype,
-               shape: tuple[int, int]) -> tuple[int, int]:
+               shape: tuple[int, int], temporaries: int) -> tuple[int, int]:
     """(pairs per tile, bytes a tile's arrays take): about ``TILE_VALUES`` kernel values per
     tile (a few MB of arrays, near the CPU's caches; the numerical engine's calls amortise
     better on larger ones), at least one pair and at most all pairs."""
     target = TILE_VALUES_NUMERICAL if compiled.numerical else TILE_VALUES
     pairs = min(max(1, target // per_pair), shape[0] * shape[1])
-    per_value = compiled.temporaries * dtype.itemsize + 8  # and the Gram statistic
+    per_value = temporaries * dtype.itemsize + 8  # and the Gram statistic
     return pairs, pairs * per_pair * per_value
 
 

@@ -35,19 +35,27 @@ def _st_extent(n, window, stride, padding):
     return out, max((out - 1) * stride + window - n, 0) // 2
 
 
+_ST_TAPS = {}
+
+
 def _st_taps(n, window, stride, padding):
-    """(outputs, taps): for each offset o of the window whose input lies inside the array
-    for some output, (o, first output, end of outputs, input of the first output); output
-    j reads input j * stride + o - low. Zero padding contributes nothing."""
-    out, low = _st_extent(n, window, stride, padding)
-    taps = []
-    for offset in range(window):
-        shift = offset - low
-        first = max(0, -(shift // stride))  # the least j with j * stride + shift >= 0
-        last = min(out - 1, (n - 1 - shift) // stride)
-        if last >= first:
-            taps.append((offset, first, last + 1, first * stride + shift))
-    return out, taps
+    """(outputs, taps): for each offset o of the window, (first output, end of outputs, input
+    of the first output) of the outputs j whose input j * stride + o - low lies inside the
+    array, or None where there is none; output j reads input j * stride + o - low. Zero
+    padding contributes nothing. Remembered per size and window (a dict: every kernel array
+    of a network has a few of them)."""
+    key = (n, window, stride, padding)
+    found = _ST_TAPS.get(key)
+    if found is None:
+        out, low = _st_extent(n, window, stride, padding)
+        taps = []
+        for offset in range(window):
+            shift = offset - low
+            first = max(0, -(shift // stride))  # the least j with j * stride + shift >= 0
+            last = min(out - 1, (n - 1 - shift) // stride)
+            taps.append((first, last + 1, first * stride + shift) if last >= first else None)
+        found = _ST_TAPS[key] = (out, tuple(taps))
+    return found
 
 
 def _st_wrapped(x, axis, window, stride):
@@ -80,21 +88,26 @@ def _st_sum_windows(x, axes, window, stride, padding):
     for axis, (out, _) in zip(axes, plans):
         shape[axis] = out
     result = None
-    for offset in range(window):
-        taps = [next((t for t in taps if t[0] == offset), None) for _, taps in plans]
+    full = [slice(None)] * x.ndim
+    # The offset whose outputs span every output position goes first, as a copy.
+    order = sorted(range(window), key=lambda o: not all(
+        taps[o] is not None and taps[o][0] == 0 and taps[o][1] == out for out, taps in plans))
+    for offset in order:
+        taps = [p[1][offset] for p in plans]
         if None in taps:
             continue
-        target = {a: slice(t[1], t[2]) for a, t in zip(axes, taps)}
-        source = {a: slice(t[3], t[3] + (t[2] - t[1] - 1) * stride + 1, stride)
-                  for a, t in zip(axes, taps)}
-        whole = all(t[1] == 0 and t[2] == out for t, (out, _) in zip(taps, plans))
-        if result is None and whole:
-            result = numpy.array(x[_st_index(x.ndim, source)], dtype=x.dtype)
-            continue
+        target, source = list(full), list(full)
+        for axis, (first, end, start) in zip(axes, taps):
+            target[axis] = slice(first, end)
+            source[axis] = slice(start, start + (end - first - 1) * stride + 1, stride)
+        part = x[tuple(source)]
         if result is None:
+            if part.shape == tuple(shape):
+                result = numpy.array(part, dtype=x.dtype)
+                continue
             result = numpy.zeros(shape, dtype=x.dtype)
-        view = result[_st_index(x.ndim, target)]
-        numpy.add(view, x[_st_index(x.ndim, source)], out=view)
+        view = result[tuple(target)]
+        numpy.add(view, part, out=view)
     return numpy.zeros(shape, dtype=x.dtype) if result is None else result
 
 
@@ -103,10 +116,21 @@ def _st_axes(x, pairs):
     return (x.ndim - 2) // 2 if pairs else x.ndim - 2
 
 
-def _st_conv(x, window, strides, padding, pairs):
+def _st_affine(x, size, scale, shift):
+    """scale * x / size + shift, in x (a new array the caller made)."""
+    factor = scale / size
+    if factor != 1:
+        numpy.multiply(x, factor, out=x)
+    if shift != 0:
+        numpy.add(x, shift, out=x)
+    return x
+
+
+def _st_conv(x, window, strides, padding, pairs, scale=1.0, shift=0.0):
     """The covariance after a convolution with filter ``window`` (one size per spatial
-    axis), before its weights and bias: the mean over the filter's offsets, the same
-    offset at both positions (neural-tangents' stax.Conv). A new array."""
+    axis): the mean over the filter's offsets, the same offset at both positions
+    (neural-tangents' stax.Conv), times ``scale`` plus ``shift`` (the layer's weights and
+    bias, applied in the same pass). A new array."""
     x = numpy.asarray(x)
     count = _st_axes(x, pairs)
     for axis in range(count):
@@ -115,12 +139,13 @@ def _st_conv(x, window, strides, padding, pairs):
     size = 1
     for w in window:
         size *= w
-    return numpy.divide(x, size, out=x) if size > 1 else numpy.array(x)
+    return _st_affine(x if count else numpy.array(x), size, scale, shift)
 
 
-def _st_pool(x, window, strides, padding, average):
+def _st_pool(x, window, strides, padding, average, scale=1.0, shift=0.0):
     """The covariance after average (or sum) pooling with ``window``: position pairs only,
-    each position of a pair pooled over its own window. A new array."""
+    each position of a pair pooled over its own window; times ``scale`` plus ``shift``. A
+    new array."""
     x = numpy.asarray(x)
     count = _st_axes(x, True)
     for axis in range(2 * count):
@@ -129,9 +154,8 @@ def _st_pool(x, window, strides, padding, average):
     size = 1
     for w in window:
         size *= w
-    if average and size > 1:
-        numpy.divide(x, size * size, out=x)
-    return numpy.array(x) if size == 1 else x
+    return _st_affine(x if count else numpy.array(x), size * size if average else 1, scale,
+                      shift)
 
 
 def _st_positions(x, pairs=False):
