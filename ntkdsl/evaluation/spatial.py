@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 SIDE_VALUES = 1 << 21
 # Kernel values per tile: large enough to amortise a few hundred NumPy calls, small enough
 # for each array to stay near the caches (the numerical engine wants more, see plan.py).
-TILE_VALUES = 1 << 15
+TILE_VALUES = 1 << 16
 TILE_VALUES_NUMERICAL = 1 << 17
 
 
@@ -117,17 +117,18 @@ def diagonal_values(compiled: CompiledKernels, x: np.ndarray) -> tuple[np.ndarra
 
 
 def _tiles(n1: int, n2: int, symmetric: bool, pairs_per_tile: int) -> list[tuple[int, int, int, int]]:
-    """Tiles (r0, r1, c0, c1) of about ``pairs_per_tile`` pairs; a self-kernel's tiles on
-    and above the diagonal only (square blocks, so each has its mirror image)."""
-    if symmetric:
-        side = max(1, math.isqrt(pairs_per_tile))
-        starts = range(0, n1, side)
-        return [(r, min(r + side, n1), c, min(c + side, n2))
-                for r in starts for c in starts if c >= r]
-    cols = min(n2, max(1, math.isqrt(pairs_per_tile)))
+    """Tiles (r0, r1, c0, c1) of about ``pairs_per_tile`` pairs: strips of one row where a
+    row holds that many columns (every array then broadcasts one image x against a run of
+    images x', the fastest way for NumPy), else blocks of rows; a self-kernel's tiles on
+    and above the diagonal only (a row from its diagonal entry on)."""
+    cols = min(n2, pairs_per_tile)
     rows = max(1, pairs_per_tile // cols)
-    return [(r, min(r + rows, n1), c, min(c + cols, n2))
-            for r in range(0, n1, rows) for c in range(0, n2, cols)]
+    tiles = []
+    for r in range(0, n1, rows):
+        r1 = min(r + rows, n1)
+        start = r if symmetric else 0
+        tiles += [(r, r1, c, min(c + cols, n2)) for c in range(start, n2, cols)]
+    return tiles
 
 
 class _Tiles:
@@ -155,12 +156,17 @@ class _Tiles:
                            *(v[..., c0:c1] for v in self.theirs))
         for i, out in self.stores:
             block = np.broadcast_to(values[i], (r1 - r0, c1 - c0))
-            if self.symmetric and r0 == c0:  # a diagonal block: its upper triangle, mirrored
-                block = np.triu(block) + np.triu(block, 1).T
+            if self.symmetric and c0 < r1:  # on the diagonal: its upper triangle, mirrored
+                diagonal = np.arange(r0, r1)[:, None] <= np.arange(c0, c1)[None, :]
+                block = np.where(diagonal, block, 0.0)
+                out[r0:r1, c0:c1] = np.where(diagonal, block, out[r0:r1, c0:c1])
+                out[c0:c1, r0:r1] = np.where(diagonal.T, block.T, out[c0:c1, r0:r1])
+                continue
             out[r0:r1, c0:c1] = block
-            if self.symmetric and c0 != r0:
+            if self.symmetric:
                 out[c0:c1, r0:r1] = block.T
-        return (r1 - r0) * (c1 - c0)
+        return int(np.count_nonzero(np.arange(r0, r1)[:, None] <= np.arange(c0, c1)[None, :])
+                   if self.symmetric else (r1 - r0) * (c1 - c0))
 
 
 def evaluate_images(compiled: CompiledKernels, x1: Any, x2: Any = None, *,
