@@ -530,12 +530,15 @@ class _Build:
     specs: list[ParamSpec]
     images: bool
     floats: int = 0
+    positions: int = 1  # the most output positions of a layer with weights
 
 
 def _build(node: Node, shape: tuple[int, ...], build: _Build):
     """(layer, output shape) for an AST node fed examples of ``shape`` (spatial axes...,
     channels); every layer's input is checked against what the layer takes."""
     layer, out = _layer(node, shape, build)
+    if isinstance(node, _WEIGHTED):
+        build.positions = max(build.positions, prod(out[:-1]))
     if not isinstance(node, (Serial, Sum, Repeat)):
         # Its input (a Conv's patches: window size times it) is kept for backpropagation.
         build.floats += prod(shape) * (prod(node.filter_shape) if isinstance(node, Conv) else 1)
@@ -744,14 +747,16 @@ class FiniteNetwork:
         self.arch = str(self.ast)  # the architecture actually built (widths substituted)
         check_input_shape(ast, self.input_shape, self.source)
         self.param_specs: list[ParamSpec] = []
-        self.root, self.output_dim, self._floats = self._build(self.ast, self.param_specs)
+        self.root, self.output_dim, self._floats, self._positions = self._build(
+            self.ast, self.param_specs)
         if not self.param_specs:
             raise ArchitectureError(f"'{self.source}' has no Dense or Conv layer, so the "
                                     "network has no parameters and no tangent kernel",
                                     hint="add a readout, e.g. ... > Dense(1)")
 
     def _build(self, ast: Node, specs: list[ParamSpec]):
-        """(root layer, output width, floats the forward pass keeps per example)."""
+        """(root layer, output width, floats the forward pass keeps per example, the most
+        positions a layer with weights has)."""
         build = _Build(self.source, specs, images=len(self.input_shape) > 1)
         root, out = _build(ast, self.input_shape, build)
         if len(out) > 1:
@@ -762,7 +767,7 @@ class FiniteNetwork:
                 span=Span.at(text, 0, len(text)),
                 hint="end the convolutional part with Flatten or GlobalAvgPool before the "
                      "readout, e.g. ... > Relu > GlobalAvgPool > Dense(1)")
-        return root, out[0], build.floats + out[0]
+        return root, out[0], build.floats + out[0], build.positions
 
     @property
     def input_dim(self) -> int:
@@ -791,10 +796,13 @@ class FiniteNetwork:
                              f" (channels last), got {name} of shape {a.shape}")
         return a
 
-    def _require_memory(self, samples: int, n: int, columns: int, what: str) -> None:
+    def _require_memory(self, samples: int, n: int, columns: int, what: str,
+                        extra_floats: int = 0) -> None:
         """Refuse before any work a pass whose kept activations and cotangents (``columns``
-        per example) do not fit in the memory available."""
-        require_memory(8.0 * samples * (n * self._floats * (1 + columns) + self.num_params),
+        per example), plus ``extra_floats`` of temporaries, do not fit in the memory
+        available."""
+        require_memory(8.0 * (samples * (n * self._floats * (1 + columns) + self.num_params)
+                              + extra_floats),
                        f"{what} of '{self.arch}' on {n} inputs ({samples} networks)",
                        hint="use fewer inputs, samples or a smaller width")
 
@@ -858,7 +866,8 @@ class FiniteNetwork:
         a, b = _examples(x1, x2)
         both = self._inputs(a if b is None else np.concatenate([a, b]), "x1")
         samples, n1 = len(params[0]), len(a)
-        self._require_memory(samples, len(both), self.output_dim, "the empirical NTK")
+        self._require_memory(samples, len(both), self.output_dim, "the empirical NTK",
+                             _tangent_block_floats(samples, self._positions))
         rows, cols = (slice(0, n1), slice(0, n1) if b is None else slice(n1, len(both)))
         _, cache = self._forward(params, both)
         kernel = np.zeros((samples, n1, cols.stop - cols.start))
@@ -946,7 +955,7 @@ class FiniteNetwork:
         body.ast = Serial(layers[:-1]) if len(layers) > 1 else Identity()
         body.arch = str(body.ast)
         body.param_specs = []
-        body.root, n_in, body._floats = body._build(body.ast, body.param_specs)
+        body.root, n_in, body._floats, body._positions = body._build(body.ast, body.param_specs)
         return body, DenseLayer(layers[-1], n_in, layers[-1].width, (n_in, layers[-1].width),
                                 [])
 
@@ -972,7 +981,7 @@ def _tangent(layer: DenseLayer, h: np.ndarray, cot: np.ndarray, rows: slice,
     cot = np.moveaxis(_positions(cot, lead=3), 2, 3)
     cot = cot.reshape(*cot.shape[:3], -1)
     n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
-    block = max(1, isqrt(_CHUNK_FLOATS // (3 * samples * positions ** 2)))
+    block = _tangent_block(samples, positions)
     out = np.empty((samples, n_rows, n_cols))
     for r in range(0, n_rows, block):
         ri = slice(rows.start + r, rows.start + min(r + block, n_rows))
@@ -984,6 +993,17 @@ def _tangent(layer: DenseLayer, h: np.ndarray, cot: np.ndarray, rows: slice,
             out[:, r:r + a, c:c + b] = pairs.reshape(samples, a, positions, b,
                                                      positions).sum(axis=(2, 4))
     return out
+
+
+def _tangent_block(samples: int, positions: int) -> int:
+    """Examples per side of a block of :func:`_tangent`: its three (S, a·P, b·P) position-pair
+    temporaries within _CHUNK_FLOATS, or one pair of examples if even that is more."""
+    return max(1, isqrt(_CHUNK_FLOATS // (3 * samples * positions ** 2)))
+
+
+def _tangent_block_floats(samples: int, positions: int) -> int:
+    """Floats of one block's temporaries (at most _CHUNK_FLOATS unless one pair exceeds it)."""
+    return 3 * samples * (_tangent_block(samples, positions) * positions) ** 2
 
 
 def _gram(u: np.ndarray, v: np.ndarray) -> np.ndarray:

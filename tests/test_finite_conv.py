@@ -434,3 +434,9 @@ def test_conv_kernels_too_large_for_memory_are_refused_before_work(monkeypatch):
         empirical_ntk(ARCH, _images((16, 16, 3), n=20), width=64)
     with pytest.raises(InputError, match=r"the Monte-Carlo NNGP of .* needs .* of memory"):
         monte_carlo_nngp(ARCH, _images((16, 16, 3), n=20), width=64)
+    # Two 64x64 images: activations of a few hundred kB, but one pair's 4096² position
+    # pairs take 400 MB in the NTK's contraction.
+    monkeypatch.setattr(memory, "available_memory", lambda: 100_000_000)
+    with pytest.raises(InputError, match=r"the empirical NTK of .* needs 0\.4\d GB"):
+        empirical_ntk(ARCH, _images((64, 64, 1), n=2), width=4)
+    monte_carlo_nngp(ARCH, _images((64, 64, 1), n=2), width=4)  # no position pairs: fits
