@@ -105,7 +105,7 @@ class Network:
     def diagonal(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """Exact (NNGP, NTK) of each input with itself: correlation exactly 1."""
         a, _ = check_inputs(x, None)
-        return evaluation.diagonal_values(self.compiled.diagonal,
+        return evaluation.diagonal_values(self.compiled,
                                           evaluation.squared_norms(a), a.shape[1])
 
     # ------------------------------------------------------------------ formulas --

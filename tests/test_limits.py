@@ -9,6 +9,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -428,7 +429,7 @@ def test_an_overflow_that_stops_the_program_is_a_numerical_error():
     arch = ("Dense(512, parameterization='standard') > Sign > Dense(512, W_std=1.99, b_std=25.7) "
             "> Exp(0.05992) > Dense(8, W_std=2.397, b_std=0.003483) > Silu > Dense(512, W_std=3)")
     x = _inputs()
-    with np.errstate(all="ignore"), pytest.raises(NumericalError, match="overflowed float64"):
+    with pytest.raises(NumericalError, match="overflowed float64"):
         ntkdsl.compile(arch).kernels(x)
 
 
@@ -437,5 +438,52 @@ def test_a_nan_that_stops_the_program_is_a_numerical_error_naming_the_layer():
     route's int(nan) a bare ValueError."""
     arch = ("Dense(1, W_std=11.39) > Exp(1e-12, b=231.6) > Dense(2, W_std=2, "
             "parameterization='standard') > LayerNorm > Dense(1) > Sigmoid > Dense(8, W_std=12.18)")
-    with np.errstate(all="ignore"), pytest.raises(NumericalError, match=r"step 2: Exp"):
+    with pytest.raises(NumericalError, match=r"step 2: Exp"):
         ntkdsl.compile(arch).kernels(_inputs())
+
+
+# ------------------------------------------------- no numpy warnings on the user's stderr --
+
+@pytest.mark.parametrize("arch", [
+    # closed forms overflowing (exp(b² q)): the NumericalError is the report
+    "Dense(8, W_std=20) > Relu > Dense(8, b_std=0.1) > Exp > Dense(1)",
+    "Dense(64, b_std=11.48) > Exp(-1.12, -1.34) > Dense(512) > Dense(1, b_std=0.458)",
+    # the numerical engine's moments overflowing (inf·0 in its projections)
+    "Dense(8, b_std=1.33, parameterization='standard') > Tanh > Dense(8, W_std=3) > "
+    "(Exp(b=1.4)) * 3 > Dense(512, W_std=1.31, b_std=0.871)",
+    "Dense(512, W_std=2.62) > Exp(-2.58, 1.14) > Dense(512) > Dense(1, W_std=0.1718, b_std=2.72)"
+    " > Mish > Dense(1, W_std=0.001497, b_std=3)",
+])
+def test_an_overflowing_kernel_is_an_error_without_numpy_warnings(arch):
+    """Found by evaluating the fuzzer's valid architectures with RuntimeWarnings recorded:
+    numpy printed "overflow encountered in exp" (and "invalid value in matmul") to stderr
+    for every chunk before the NumericalError that reports the same thing."""
+    net = ntkdsl.compile(arch)
+    for evaluate in (net.kernels, net.diagonal):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(NumericalError):
+                evaluate(_inputs() * 30)
+        assert [str(w.message) for w in caught] == []
+
+
+def test_gelu_at_a_zero_variance_divides_by_nothing():
+    """Gelu's diagonal was printed as pi - atan(sqrt(1 + 2q)/q): a division by zero (and its
+    warning) on a zero row, right only because arctan(inf) is pi/2. The angle stays
+    atan2(sqrt(1 + 2q), -q) now; the values against Gauss-Hermite quadrature."""
+    from scipy.special import erf
+    gelu = lambda v: v * (1 + erf(v / np.sqrt(2))) / 2
+    net = ntkdsl.compile("Dense(4) > Gelu > Dense(1)")
+    assert "arctan2" in net.source.split("def diagonal", 1)[1]
+    x = _inputs()
+    x[2] = 0.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nngp = net.nngp(x)
+        diagonal, _ = net.diagonal(x)
+    assert [str(w.message) for w in caught] == []
+    assert (nngp[2] == 0).all() and diagonal[2] == 0  # gelu(0) = 0
+    rows = [0, 1, 3, 4]
+    expected = _gauss_pair(gelu, *_stats(x[rows]))
+    np.testing.assert_allclose(nngp[np.ix_(rows, rows)], expected, rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(diagonal[rows], np.diag(expected), rtol=1e-10)
