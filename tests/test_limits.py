@@ -9,6 +9,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -487,3 +488,53 @@ def test_gelu_at_a_zero_variance_divides_by_nothing():
     expected = _gauss_pair(gelu, *_stats(x[rows]))
     np.testing.assert_allclose(nngp[np.ix_(rows, rows)], expected, rtol=1e-10, atol=1e-15)
     np.testing.assert_allclose(diagonal[rows], np.diag(expected), rtol=1e-10)
+
+
+# ------------------------------------------------- issue 12's remaining named cases --
+
+def test_exp_b_50_is_exact_where_finite_and_an_error_where_not():
+    """Issue 12: Exp(b=50) gave inf/NaN without an error. Its kernel is
+    exp(b²(q1 + q2 + 2k)/2): exact (against that closed form, Γ̇ = b²Γ) at variances where
+    it is finite, a NumericalError naming the layer where it is not."""
+    net = ntkdsl.compile("Dense(4) > Exp(b=50) > Dense(1)")
+    x = _inputs() * 0.01                         # q ~ 1e-4: exp(2500 q) ~ 1.3
+    q1, q2, k = _stats(x)
+    gamma = np.exp(1250 * (q1 + q2 + 2 * k))
+    nngp, ntk = net.kernels(x)
+    np.testing.assert_allclose(nngp, gamma, rtol=1e-13)
+    np.testing.assert_allclose(ntk, gamma + k * 2500 * gamma, rtol=1e-12)
+    np.testing.assert_allclose(net.diagonal(x)[0], np.diag(gamma), rtol=1e-13)
+    with pytest.raises(NumericalError, match=r"step 1: Exp\(a=1.0, b=50.0\) is not finite"):
+        net.kernels(_inputs())                   # q ~ 1: exp(2500) is past float64
+
+
+def test_a_constant_past_float64_is_infinite_not_a_name_error():
+    """Issue 12: "NameError: inf inside generated code". After Dense(W_std=0, b_std=1e50) the
+    variance is the constant 1e100 and Exp's E[exp(2u)] = exp(2e100), folded to a Float that
+    was printed as `inf`: a NameError from the generated code. Now numpy.inf: the library
+    raises NumericalError, a standalone module computes the inf float64 gives."""
+    arch = "Dense(8, W_std=0, b_std=1e50) > Exp > Dense(1)"
+    net = ntkdsl.compile(arch)
+    x = _inputs()
+    for evaluate in (net.kernels, net.diagonal):
+        with pytest.raises(NumericalError, match="not finite"):
+            evaluate(x)
+    namespace: dict = {}
+    exec(compile(ntkdsl.codegen(arch), "<standalone>", "exec"), namespace)
+    with np.errstate(over="ignore", invalid="ignore"):
+        nngp = namespace["nngp"](x)
+    assert np.isposinf(nngp).all()
+    # The same network one step inside float64: b_std = 10 gives the constant exp(200).
+    small = ntkdsl.compile("Dense(8, W_std=0, b_std=10) > Exp > Dense(1)")
+    np.testing.assert_allclose(small.nngp(x), np.full((5, 5), np.exp(200.0)), rtol=1e-13)
+
+
+def test_codegen_of_a_subnormal_bias_is_refused_at_once():
+    """Issue 12: codegen("Dense(8) > Relu > Dense(8, b_std=1e-320)") ran past 30 s. A
+    subnormal is refused with its caret, before any derivation (CPU time as a hang guard)."""
+    arch = "Dense(8) > Relu > Dense(8, b_std=1e-320)"
+    start = time.process_time()
+    with pytest.raises(LayerValueError, match="write 0") as err:
+        ntkdsl.codegen(arch)
+    assert time.process_time() - start < 5
+    assert (err.value.span.start, err.value.span.end) == (arch.index("1e-320"), arch.index("1e-320") + 6)
