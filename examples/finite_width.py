@@ -40,7 +40,7 @@ for width in (64, 256, 1024, 4096):
 
 # 2. Training: one network of width 2048, 200 full-batch gradient-descent steps on
 #    ½·mean (f − y)², against the closed-form flow started from the same initial outputs.
-finite = FiniteNetwork(ARCH, input_dim=4, width=2048)
+finite = FiniteNetwork(ARCH, input_shape=4, width=2048)
 params = finite.init(seed=0)
 learning_rate, steps = 0.5 * y_train.size / np.linalg.eigvalsh(exact_ntk)[-1], 200
 trained = finite.train(params, x_train, y_train, learning_rate, steps)

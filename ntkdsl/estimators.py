@@ -17,6 +17,11 @@ nested parameters ``arch__<name>``, just like the parameters of a Pipeline step:
 Instead of a string, ``arch`` may also be any object with ``nngp(x1, x2=None)`` and
 ``ntk(x1, x2=None)`` methods (for example the result of :func:`ntkdsl.compile`, or a kernel of
 your own).
+
+Images: a convolutional architecture takes examples of a shape, channels last. With
+``input_shape=(8, 8, 1)`` each row of a 2-D ``X`` (n, 64) is reshaped to an 8×8×1 image for
+the kernels — scikit-learn's tools (pipelines, scalers, cross-validation) keep their 2-D
+contract — and ``X`` may also be given as images (n, 8, 8, 1) directly.
 """
 from __future__ import annotations
 
@@ -33,7 +38,9 @@ from sklearn.utils.validation import check_is_fitted
 from . import errors, network
 from .errors import InputError, NTKDSLError
 from .evaluation import as_real_array, densified, kernel_name, refuse_complex, require_memory
+from .finite import _check_input_shape, check_input_shape
 from .kinds import KINDS
+from .parser import parse
 from .predict import GradientFlowEnsemble, solver_memory
 
 try:  # scikit-learn >= 1.6
@@ -75,6 +82,25 @@ def _validate(estimator, *args, **kwargs):
     args = tuple(densified(value, name) for name, value in zip(("X", "y"), args))
     with _input_errors():
         return _sk_validate_data(estimator, *args, dtype=np.float64, **kwargs)
+
+
+def _as_rows(X) -> tuple[object, tuple[int, ...] | None]:
+    """(X with each example as one row, the shape of an example) for X of more than two
+    dimensions (images); anything else unchanged with shape None, for scikit-learn to judge."""
+    ndim = getattr(X, "ndim", None)  # arrays, sparse matrices, data frames
+    if ndim is None and isinstance(X, (list, tuple)):
+        try:
+            ndim = np.ndim(X)
+        except ValueError:  # ragged nested lists: scikit-learn says what is wrong
+            return X, None
+    if ndim is None or ndim <= 2:
+        return X, None
+    array = as_real_array(X, "X")
+    return array.reshape(array.shape[0], int(np.prod(array.shape[1:]))), array.shape[1:]
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return f"({', '.join(map(str, shape))}{',' if len(shape) == 1 else ''})"
 
 
 def _check_fitted(estimator) -> None:
@@ -164,13 +190,14 @@ class _NTKEstimator(BaseEstimator):
     """Shared machinery: architectures, kernels, the gradient-flow ensemble."""
 
     def __init__(self, arch=DEFAULT_ARCH, kernel="ntk", time=None, learning_rate=1.0,
-                 diag_reg=0.0, verbose=False):
+                 diag_reg=0.0, verbose=False, input_shape=None):
         self.arch = arch
         self.kernel = kernel
         self.time = time
         self.learning_rate = learning_rate
         self.diag_reg = diag_reg
         self.verbose = verbose
+        self.input_shape = input_shape
 
     def architecture(self) -> str | object:
         """The architecture string (template filled in), or the kernel object as given."""
@@ -198,6 +225,53 @@ class _NTKEstimator(BaseEstimator):
                                       or np.isnan(self.time) or self.time < 0):
             raise InputError(f"time must be a number >= 0, or None for t = infinity; "
                              f"got {self.time!r}")
+
+    # ------------------------------------------------------------------ inputs
+
+    def _examples(self, X, *y, reset: bool, **kwargs):
+        """X (and y, when passed) validated as scikit-learn validates them — rows of
+        features, setting or checking ``n_features_in_`` — then X shaped as the kernels take
+        it: every row reshaped to the example shape (``input_shape_``) when there is one."""
+        X, images = _as_rows(X)
+        validated = _validate(self, X, *y, reset=reset, **kwargs)
+        X = validated[0] if y else validated
+        shape = self._fit_shape(X.shape[1], images) if reset else self._predict_shape(images)
+        if shape is not None:
+            X = X.reshape(X.shape[0], *shape)
+        return (X, validated[1]) if y else X
+
+    def _fit_shape(self, n_features: int, images: tuple[int, ...] | None):
+        """The example shape at fit: ``input_shape``, else the images' own shape, else None
+        (rows); checked against the features and the architecture's spatial axes."""
+        shape = images
+        if self.input_shape is not None:
+            shape = _check_input_shape(self.input_shape)
+            if images is not None and images != shape:
+                raise InputError(f"X holds examples of shape {_shape_text(images)}, but "
+                                 f"input_shape is {_shape_text(shape)}",
+                                 hint="give X as rows of features or as images of "
+                                      "input_shape, or change input_shape")
+            if int(np.prod(shape)) != n_features:
+                raise InputError(
+                    f"input_shape {_shape_text(shape)} holds {int(np.prod(shape))} features, "
+                    f"but X has {n_features} columns",
+                    hint="input_shape is the shape of one example, channels last, and its "
+                         f"product must be the number of columns of X, e.g. ({n_features}, 1) "
+                         "or (H, W, C) with H * W * C = " + str(n_features))
+        arch = self.architecture()
+        if isinstance(arch, str):
+            check_input_shape(parse(arch), (n_features,) if shape is None else shape, arch)
+        self.input_shape_ = shape
+        return shape
+
+    def _predict_shape(self, images: tuple[int, ...] | None):
+        fitted = getattr(self, "input_shape_", None)
+        if images is not None and images != fitted:
+            seen = ("rows of features" if fitted is None
+                    else f"examples of shape {_shape_text(fitted)}")
+            raise InputError(f"X holds examples of shape {_shape_text(images)}, but the "
+                             f"estimator was fitted on {seen}")
+        return fitted
 
     # ------------------------------------------------------------------ kernels
 
@@ -252,7 +326,7 @@ class _NTKEstimator(BaseEstimator):
     def _outputs(self, X, times) -> np.ndarray:
         """Ensemble mean outputs (targets' scale) at ``times`` (None = the fitted time)."""
         _check_fitted(self)
-        X = _validate(self, X, reset=False)
+        X = self._examples(X, reset=False)
         t = self.time if times is None else times
         name = self._train_kernel_name
         means = [self.ensemble_.predict(self._kernels(X[s:s + _BATCH], self.X_fit_, (name,))[name],
@@ -292,10 +366,17 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
             starts at the prior mean 0 and the kernel's scale is 1, so targets far from 0
             or of another scale fit badly otherwise); predictions, std and cov are scaled
             back. Default False.
+        input_shape: the shape of one example for a convolutional architecture, channels
+            last, e.g. ``(8, 8, 1)``: each row of a 2-D X is reshaped to it for the kernels
+            (its product must be the number of columns), and X may also be given as images
+            ``(n, 8, 8, 1)``. None (default): X as given — rows for a fully-connected
+            architecture, images ``(n, H, W, C)`` for a convolutional one. A shape whose rank
+            does not fit the architecture's filters is refused with what would fit.
 
     Attributes after ``fit``: ``network_`` (the compiled kernels), ``ensemble_`` (a
     :class:`ntkdsl.predict.GradientFlowEnsemble`, fitted to the normalised targets when
-    ``normalize_y``), ``n_features_in_``.
+    ``normalize_y``), ``n_features_in_`` (features per example, all its entries),
+    ``input_shape_`` (the example shape the kernels got, None for rows).
 
     Example:
         >>> arch = ArchTemplate("(Dense(512, W_std={w}) > Relu) * {L} > Dense(1)", w=1.4, L=3)
@@ -304,13 +385,13 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
     """
 
     def __init__(self, arch=DEFAULT_ARCH, kernel="ntk", time=None, learning_rate=1.0,
-                 diag_reg=0.0, verbose=False, normalize_y=False):
-        super().__init__(arch, kernel, time, learning_rate, diag_reg, verbose)
+                 diag_reg=0.0, verbose=False, normalize_y=False, input_shape=None):
+        super().__init__(arch, kernel, time, learning_rate, diag_reg, verbose, input_shape)
         self.normalize_y = normalize_y
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> NTKRegressor:
         """Evaluate the kernel on the training data and factorise it."""
-        X, y = _validate(self, X, y, multi_output=True, y_numeric=True)
+        X, y = self._examples(X, y, reset=True, multi_output=True, y_numeric=True)
         y = as_real_array(y, "y", "numeric (class labels go to NTKClassifier)")
         if X.shape[0] < 2:
             raise InputError(f"need at least 2 training samples, got n_samples={X.shape[0]}")
@@ -343,7 +424,7 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
         mean = self._unscaled(self._outputs(X, None))
         if not (return_std or return_cov):
             return mean
-        X = _validate(self, X, reset=False)
+        X = self._examples(X, reset=False)
         spread = self._std(X) if return_std else self._cov(X)
         if mean.ndim == 2:  # one copy per output, as scikit-learn's GP regressor returns
             spread = np.repeat(spread[..., None], mean.shape[1], axis=-1)
@@ -393,7 +474,9 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
 
     Each class gets one output; targets are the one-hot codes centred by subtracting ``1/C``
     (C = number of classes), so the ensemble starts from the prior mean 0. The predicted
-    class is the largest output. Parameters are those of :class:`NTKRegressor`.
+    class is the largest output. Parameters are those of :class:`NTKRegressor` (without
+    ``normalize_y``), ``input_shape`` included: ``NTKClassifier(arch, input_shape=(8, 8, 1))``
+    classifies the rows of the digits data as 8×8 images.
 
     ``decision_function`` gives the per-class outputs on the one-hot scale (a perfect fit gives
     1 for the true class and 0 elsewhere; for two classes, the difference class 1 − class 0).
@@ -403,7 +486,7 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> NTKClassifier:
         """Encode the labels one-hot, evaluate the kernel on the training data."""
-        X, y = _validate(self, X, y)
+        X, y = self._examples(X, y, reset=True)
         with _input_errors():
             check_classification_targets(y)
         encoder = LabelEncoder().fit(y)

@@ -1,20 +1,36 @@
 """Finite-width networks from the same architecture strings, to check the infinite-width theory.
 
-``FiniteNetwork(arch, input_dim, width=...)`` builds a NumPy network of a chosen width from
-the typed AST: every construct of the language (Dense in both parameterisations, every
-registered activation including Fn, Identity, summed branches, repetition, LayerNorm). It
-initialises from a seed following the parameterisation exactly, runs the forward pass,
-backpropagates layer by layer (φ' is the symbolic derivative of the registry's φ), and gives
-the Jacobian of the outputs with respect to all parameters, the empirical NTK and full-batch
-gradient descent on the MSE loss with the DESIGN §2 conventions.
+``FiniteNetwork(arch, input_shape, width=...)`` builds a NumPy network of a chosen width from
+the typed AST: every construct of the language (Dense and Conv in both parameterisations,
+AvgPool, SumPool, the global pools, Flatten, every registered activation including Fn,
+Identity, summed branches, repetition, LayerNorm). It initialises from a seed following the
+parameterisation exactly, runs the forward pass, backpropagates layer by layer (φ' is the
+symbolic derivative of the registry's φ), and gives the Jacobian of the outputs with respect
+to all parameters, the empirical NTK and full-batch gradient descent on the MSE loss with the
+DESIGN §2 conventions.
 
 Conventions (those of neural-tangents, so numbers compare with ``ntkdsl.compile(arch)``):
 
-* The raw inputs enter the first Dense; its fan-in ``n_in`` is the number of features d.
+* Inputs are channels last: ``(N, d)`` for a fully-connected network, ``(N, L, C)`` or
+  ``(N, H, W, C)`` (any number of spatial axes) for a convolutional one. The raw inputs enter
+  the first Dense or Conv.
 * ``Dense(n, W_std=σw, b_std=σb)``, NTK parameterisation: ``z = σw/√n_in · h W + σb · b``
-  with W, b ~ N(0, 1). Standard parameterisation: ``z = h W + b`` with W ~ N(0, σw²/n_in),
-  b ~ N(0, σb²). ``b_std=None``: no bias parameter at all.
-* ``LayerNorm`` normalises each example over its features: ``(h − mean) / √(var + eps)``.
+  with W, b ~ N(0, 1); n_in is the number of channels (features). Standard
+  parameterisation: ``z = h W + b`` with W ~ N(0, σw²/n_in), b ~ N(0, σb²). ``b_std=None``:
+  no bias parameter at all. On inputs with spatial axes a Dense acts on the channels at
+  every position, with the same weights at every position.
+* ``Conv(n, filter_shape, strides, padding, ...)`` is a Dense on the patches: at each output
+  position the window of the input (filter_shape positions × channels, so n_in =
+  filter size × input channels) times weights of shape ``(*filter_shape, in, n)`` shared by
+  every position. 'SAME' pads with zeros, 'CIRCULAR' wraps around, both by the amounts of
+  XLA's 'SAME' (``ceil(L/stride)`` outputs, the odd one of the padding after); 'VALID' does
+  not pad.
+* ``AvgPool``/``SumPool`` average/sum windows per channel (the padding counted in the
+  average, as neural-tangents' ``normalize_edges=False``); ``GlobalAvgPool``/
+  ``GlobalSumPool`` average/sum over every position; ``Flatten`` joins positions and
+  channels into one feature axis. A network's output has no spatial axes left.
+* ``LayerNorm`` normalises each example over its channels, at each position:
+  ``(h − mean) / √(var + eps)``.
 * Every parameter array carries a leading *sample* axis S, so S independently initialised
   networks run as one batch (Monte-Carlo estimates); a single network has S = 1.
 * Kernels of a k-output network are averaged over the k output units (neural-tangents'
@@ -22,15 +38,20 @@ Conventions (those of neural-tangents, so numbers compare with ``ntkdsl.compile(
   unit, so the two are directly comparable.
 
 Width: ``width=None`` keeps every width written in the string; ``width=n`` replaces the
-width of every *hidden* Dense — each Dense that another Dense follows on the way to the
-output — by n, and keeps the output Dense layers (which set the output dimension) as
-written. :func:`with_width` does that rewrite on the AST.
+width of every *hidden* Dense and the channels of every hidden Conv — each one that another
+Dense or Conv follows on the way to the output — by n, and keeps the output layers (which
+set the output dimension) as written. :func:`with_width` does that rewrite on the AST.
+
+Memory: the forward pass keeps every layer's input for backpropagation, and the empirical NTK
+contracts position pairs in blocks; what a call needs is checked against the memory available
+before any work, and Monte-Carlo samples run in chunks of bounded size.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
+from math import isqrt, prod
 from typing import Any
 
 import numpy as np
@@ -38,10 +59,24 @@ import sympy as sp
 from numpy.typing import ArrayLike
 
 from . import activations
-from .ast import NODE_TYPES, Activation, Dense, Identity, LayerNorm, Node, Repeat, Serial, Sum
-from .errors import ArchitectureError, InputError, NumericalError, ShapeError
-from .evaluation import as_real_array
-from .network import check_inputs
+from .ast import (
+    NODE_TYPES,
+    SPATIAL_TYPES,
+    Activation,
+    Conv,
+    Dense,
+    Flatten,
+    GlobalPool,
+    Identity,
+    LayerNorm,
+    Node,
+    Pool,
+    Repeat,
+    Serial,
+    Sum,
+)
+from .errors import ArchitectureError, InputError, NumericalError, ShapeError, Span
+from .evaluation import as_real_array, densified, refuse_complex, require_memory
 from .parser import parse
 from .printing import numpy_function
 
@@ -49,11 +84,13 @@ __all__ = [
     "FiniteNetwork",
     "activation_functions",
     "empirical_ntk",
+    "input_rank",
     "monte_carlo_nngp",
     "with_width",
 ]
 
-# Floats per Monte-Carlo chunk of parameters: bounds memory (~64 MB) at any width.
+# Floats per chunk of work — Monte-Carlo samples, blocks of the empirical NTK's position
+# pairs: bounds the temporaries (~64 MB each) at any width and image size.
 _CHUNK_FLOATS = 1 << 23
 
 
@@ -88,53 +125,187 @@ def _numpy_function(expr: sp.Expr) -> Callable[[np.ndarray], np.ndarray]:
 
 # ----------------------------------------------------------------------------- width rewrite
 
-def _has_dense(node: Node) -> bool:
+_WEIGHTED = (Dense, Conv)  # the layers with weights, whose width (channels) is the width
+
+
+def _has_weights(node: Node) -> bool:
     if isinstance(node, Repeat) and node.times < 1:
         return False  # written out, it is no layer at all
-    return isinstance(node, Dense) or any(_has_dense(child) for child in node.children())
+    return isinstance(node, _WEIGHTED) or any(_has_weights(child) for child in node.children())
 
 
 def with_width(node: Node, width: int | None) -> Node:
-    """The AST with every hidden Dense (one that another Dense follows) ``width`` wide.
+    """The AST with every hidden Dense and Conv (one that another Dense or Conv follows)
+    ``width`` wide (a Conv's width is its number of output channels).
 
-    Output Dense layers keep their width (the output dimension). A repetition whose last
-    copy holds output Dense layers is split into ``body * (times−1) > body``.
+    Output layers keep their width (the output dimension). A repetition whose last copy
+    holds output layers is split into ``body * (times−1) > body``.
     """
     if width is None:
         return node
-    return _rewrite(node, width, dense_follows=False)
+    return _rewrite(node, width, weights_follow=False)
 
 
-def _rewrite(node: Node, width: int, dense_follows: bool) -> Node:
+def _rewrite(node: Node, width: int, weights_follow: bool) -> Node:
     if isinstance(node, Dense):
-        return replace(node, width=width) if dense_follows else node
+        return replace(node, width=width) if weights_follow else node
+    if isinstance(node, Conv):
+        return replace(node, out_chan=width) if weights_follow else node
     if isinstance(node, Serial):
-        layers, follows = [], dense_follows
+        layers, follows = [], weights_follow
         for layer in reversed(node.layers):
             layers.append(_rewrite(layer, width, follows))
-            follows = follows or _has_dense(layer)
+            follows = follows or _has_weights(layer)
         return replace(node, layers=tuple(reversed(layers)))
     if isinstance(node, Sum):
-        return node.map_children(lambda branch: _rewrite(branch, width, dense_follows))
+        return node.map_children(lambda branch: _rewrite(branch, width, weights_follow))
     if isinstance(node, Repeat):
-        hidden = _rewrite(node.body, width, dense_follows=True)
-        if dense_follows or not _has_dense(node.body):
+        hidden = _rewrite(node.body, width, weights_follow=True)
+        if weights_follow or not _has_weights(node.body):
             return replace(node, body=hidden)
-        # Only the last copy can hold output Dense layers: split it off.
-        last = _rewrite(node.body, width, dense_follows=False)
+        # Only the last copy can hold output layers: split it off.
+        last = _rewrite(node.body, width, weights_follow=False)
         if node.times == 1:
             return replace(node, body=last)
         return Serial((replace(node, body=hidden, times=node.times - 1), last), span=node.span)
     return node
 
 
+def input_rank(node: Node, source: str | None = None) -> int | None:
+    """The number of spatial axes of the inputs an architecture takes: 0 for a fully-connected
+    one (inputs (N, d)), r for one whose Conv and pooling windows have r axes, None when
+    its only spatial layers are Flatten or global pools (any number >= 1 of spatial axes).
+
+    Raises ArchitectureError (with a caret under the layer in ``source``, the string the
+    tree was parsed from) if two windows have different ranks."""
+    windows = [layer for layer in _layers(node) if isinstance(layer, (Conv, Pool))]
+    if not windows:
+        return None if any(isinstance(layer, SPATIAL_TYPES) for layer in _layers(node)) else 0
+    first = windows[0]
+    for layer in windows[1:]:
+        if len(_window(layer)) != len(_window(first)):
+            raise ArchitectureError(
+                f"{_name(layer)} has {_axes_text(len(_window(layer)))} but {_name(first)} "
+                f"before it has {_axes_text(len(_window(first)))}; the spatial axes of the "
+                "inputs are the same for every layer", source=source, span=layer.span,
+                hint="give every filter and window one size per spatial axis of the inputs")
+    return len(_window(first))
+
+
+def _layers(node: Node):
+    """Every layer (leaf) of the tree, in the order written."""
+    if not node.children():
+        yield node
+    for child in node.children():
+        yield from _layers(child)
+
+
+def _window(node: Conv | Pool) -> tuple[int, ...]:
+    return node.filter_shape if isinstance(node, Conv) else node.window_shape
+
+
+def _name(node: Node) -> str:
+    return getattr(node, "name", type(node).__name__)
+
+
+def _axes_text(rank: int) -> str:
+    return f"{rank} spatial ax{'is' if rank == 1 else 'es'}"
+
+
+# ----------------------------------------------------------------------------- windows
+#
+# A Conv or a pool reads, at each output position, a window of input positions. Along one
+# spatial axis that is an index table: output position i reads input position
+# ``i·stride + o − padding before`` at window offset o — wrapped around for CIRCULAR, and
+# for SAME's zero padding one past the last input, where a zero is appended. A Conv gathers
+# its patches with these tables axis by axis (im2col) and adds the cotangents back through
+# them, one window offset at a time; a pool is the matrix that sums its window.
+
+def window_geometry(length: int, window: int, stride: int, padding: str) -> tuple[int, int]:
+    """(output positions, padding before the first input) along one axis, as XLA computes
+    them: 'VALID' does not pad; 'SAME' has ceil(length/stride) outputs and pads the total
+    that needs, the odd one after; 'CIRCULAR' pads as 'SAME' with the wrapped-around input."""
+    if padding == "VALID":
+        return (length - window) // stride + 1, 0
+    out = -(-length // stride)
+    return out, max((out - 1) * stride + window - length, 0) // 2
+
+
+def window_indices(length: int, window: int, stride: int, padding: str) -> np.ndarray:
+    """(outputs, window) table of the input position each output reads at each offset;
+    ``length`` (one past the end) marks a padding zero."""
+    out, before = window_geometry(length, window, stride, padding)
+    source = np.arange(out)[:, None] * stride + np.arange(window) - before
+    if padding == "CIRCULAR":
+        return source % length
+    return np.where((source >= 0) & (source < length), source, length)
+
+
+def window_sums(length: int, window: int, stride: int, padding: str) -> np.ndarray:
+    """(outputs, length) matrix: entry (i, j) counts the offsets at which output i reads
+    input j — the sum over each window as a linear map (padding zeros add nothing)."""
+    indices = window_indices(length, window, stride, padding)
+    return (indices[:, :, None] == np.arange(length)).sum(axis=1).astype(np.float64)
+
+
+def _gather_windows(h: np.ndarray, tables: list[np.ndarray], lead: int) -> np.ndarray:
+    """Patches: (lead..., X_1..X_r, C) -> (lead..., out_1..out_r, window size · C), the
+    window offsets in row-major order before the channels (the weights' (*filter, in) order)."""
+    rank = len(tables)
+    for d, table in enumerate(tables):  # X_d -> (out_d, f_d), in place
+        axis = lead + 2 * d
+        padding_zero = [(0, 0)] * h.ndim
+        padding_zero[axis] = (0, 1)
+        h = np.take(np.pad(h, padding_zero), table, axis=axis)
+    positions = [lead + 2 * d for d in range(rank)]
+    offsets = [lead + 2 * d + 1 for d in range(rank)]
+    h = h.transpose([*range(lead), *positions, *offsets, h.ndim - 1])
+    return h.reshape(*h.shape[:lead + rank], -1)
+
+
+def _scatter_windows(g: np.ndarray, tables: list[np.ndarray], lengths: tuple[int, ...],
+                     lead: int, channels: int) -> np.ndarray:
+    """The adjoint of :func:`_gather_windows`: each patch entry added back to its input."""
+    rank = len(tables)
+    g = g.reshape(*g.shape[:lead + rank], *(t.shape[1] for t in tables), channels)
+    interleaved = [axis for d in range(rank) for axis in (lead + d, lead + rank + d)]
+    g = g.transpose([*range(lead), *interleaved, g.ndim - 1])
+    for d in reversed(range(rank)):  # (out_d, f_d) -> X_d, the last axis first
+        axis = lead + 2 * d
+        windows = np.moveaxis(g, (axis, axis + 1), (0, 1))
+        total = np.zeros((lengths[d] + 1, *windows.shape[2:]))
+        for offset in range(tables[d].shape[1]):
+            # At one offset the outputs read distinct inputs (only the padding slot
+            # repeats, and it is dropped), so a plain indexed add is exact.
+            total[tables[d][:, offset]] += windows[:, offset]
+        g = np.moveaxis(total[:lengths[d]], 0, axis)
+    return g
+
+
+def _along_axes(array: np.ndarray, matrices: list[np.ndarray], first: int) -> np.ndarray:
+    """Matrix d (out, in) applied along axis ``first + d`` of ``array``, for every d."""
+    for d, matrix in enumerate(matrices):
+        array = np.moveaxis(np.tensordot(array, matrix, axes=([first + d], [1])), -1, first + d)
+    return array
+
+
+def _once_per_sample_batch(f: Callable[[np.ndarray], np.ndarray], h: np.ndarray) -> np.ndarray:
+    """f(h) for h (S, ...), computed once when h is the same for every sample (the raw
+    inputs, broadcast over the sample axis) and broadcast back."""
+    if h.shape[0] > 1 and h.strides[0] == 0:
+        out = f(h[:1])
+        return np.broadcast_to(out, (h.shape[0], *out.shape[1:]))
+    return f(h)
+
+
 # ----------------------------------------------------------------------------- layers
 #
-# Each layer maps activations h of shape (S, n, features) forward, and cotangents of shape
-# (S, n, c, features) backward — c cotangent columns per example: the k output units for
-# Jacobians and kernels, one residual column for the loss gradient. A Dense layer reports
-# (its input, the cotangent of its output) to ``record``; parameter Jacobians, gradients
-# and the empirical NTK are all contractions of those pairs.
+# Each layer maps activations h of shape (S, n, *positions, channels) forward — no position
+# axes for fully-connected layers — and cotangents of shape (S, n, c, *positions, channels)
+# backward: c cotangent columns per example, the k output units for Jacobians and kernels,
+# one residual column for the loss gradient. A layer with weights reports (its input — for
+# a Conv the patches —, the cotangent of its output) to ``record``; parameter Jacobians,
+# gradients and the empirical NTK are all contractions of those pairs.
 
 @dataclass
 class ParamSpec:
@@ -146,37 +317,126 @@ class ParamSpec:
 
 
 class DenseLayer:
-    """``z = w_mult · h W + b_mult · b``; the multipliers and init stds encode the
-    parameterisation (NTK: w_mult = σw/√n_in, W ~ N(0, 1); standard: w_mult = 1,
-    W ~ N(0, σw²/n_in); likewise for b)."""
+    """``z = w_mult · h W + b_mult · b`` over the channels of h, the same W at every
+    position; the multipliers and init stds encode the parameterisation (NTK: w_mult =
+    σw/√n_in, W ~ N(0, 1); standard: w_mult = 1, W ~ N(0, σw²/n_in); likewise for b)."""
 
-    def __init__(self, node: Dense, n_in: int, specs: list[ParamSpec]):
-        self.node, self.n_in, self.n_out = node, n_in, node.width
+    def __init__(self, node: Dense | Conv, fan_in: int, n_out: int,
+                 weight_shape: tuple[int, ...], specs: list[ParamSpec]):
+        self.node, self.fan_in, self.n_out = node, fan_in, n_out
         ntk = node.parameterization == "ntk"
-        self.w_mult = node.W_std / np.sqrt(n_in) if ntk else 1.0
+        self.w_mult = node.W_std / np.sqrt(fan_in) if ntk else 1.0
         self.w_index = len(specs)
-        specs.append(ParamSpec((n_in, node.width), 1.0 if ntk else node.W_std / np.sqrt(n_in),
+        specs.append(ParamSpec(weight_shape, 1.0 if ntk else node.W_std / np.sqrt(fan_in),
                                f"{node} W"))
         self.b_index = None
         self.b_mult = 0.0
         if node.b_std is not None:
             self.b_mult = node.b_std if ntk else 1.0
             self.b_index = len(specs)
-            specs.append(ParamSpec((node.width,), 1.0 if ntk else node.b_std, f"{node} b"))
+            specs.append(ParamSpec((n_out,), 1.0 if ntk else node.b_std, f"{node} b"))
+
+    def weights(self, params) -> np.ndarray:
+        """W as (S, n_in, n_out): a view (a Conv stores it (S, *filter, in, out))."""
+        w = params[self.w_index]
+        return w.reshape(len(w), self.fan_in, self.n_out)
+
+    def _affine(self, params, inputs: np.ndarray) -> np.ndarray:
+        samples = inputs.shape[0]
+        # One (n·positions, in) @ (in, out) product per sample: a single BLAS call.
+        flat = inputs.reshape(samples, -1, self.fan_in) @ self.weights(params)
+        z = self.w_mult * flat.reshape(*inputs.shape[:-1], self.n_out)
+        if self.b_index is not None:
+            bias = params[self.b_index].reshape(samples, *(1,) * (inputs.ndim - 2), self.n_out)
+            z = z + self.b_mult * bias
+        return z
+
+    def _transpose(self, params, cot: np.ndarray) -> np.ndarray:
+        """The cotangent of the output back through the weights, to the input (patches)."""
+        samples = cot.shape[0]
+        flat = np.ascontiguousarray(cot).reshape(samples, -1, self.n_out)
+        back = flat @ np.swapaxes(self.weights(params), -1, -2)
+        return self.w_mult * back.reshape(*cot.shape[:-1], self.fan_in)
 
     def forward(self, params, h):
-        z = self.w_mult * (h @ params[self.w_index])
-        if self.b_index is not None:
-            z = z + self.b_mult * params[self.b_index][:, None, :]
-        return z, h
+        return self._affine(params, h), h
 
     def backward(self, params, h, cot, record):
         record(self, h, cot)
-        samples, n, columns, width = cot.shape
-        # One (n·c, out) @ (out, in) product per sample: a single BLAS call, not n of them.
-        flat = np.ascontiguousarray(cot).reshape(samples, n * columns, width)
-        back = flat @ np.swapaxes(params[self.w_index], -1, -2)
-        return self.w_mult * back.reshape(samples, n, columns, -1)
+        return self._transpose(params, cot)
+
+
+class ConvLayer(DenseLayer):
+    """A Dense on the patches of its input: at each output position, the window's positions
+    × channels (n_in = filter size × input channels) times weights (*filter_shape, in, out)
+    shared by every position."""
+
+    def __init__(self, node: Conv, in_shape: tuple[int, ...], specs: list[ParamSpec]):
+        *spatial, channels = in_shape
+        self.channels = channels
+        self.lengths = tuple(spatial)
+        self.tables = [window_indices(length, size, stride, node.padding)
+                       for length, size, stride in zip(spatial, node.filter_shape,
+                                                       node.strides)]
+        self.out_shape = (*(t.shape[0] for t in self.tables), node.out_chan)
+        super().__init__(node, prod(node.filter_shape) * channels, node.out_chan,
+                         (*node.filter_shape, channels, node.out_chan), specs)
+
+    def forward(self, params, h):
+        patches = _once_per_sample_batch(lambda a: _gather_windows(a, self.tables, 2), h)
+        return self._affine(params, patches), patches
+
+    def backward(self, params, patches, cot, record):
+        record(self, patches, cot)
+        return _scatter_windows(self._transpose(params, cot), self.tables, self.lengths, 3,
+                                self.channels)
+
+
+class PoolLayer:
+    """AvgPool/SumPool: per channel, along each spatial axis the matrix (outputs, inputs)
+    that sums each window (:func:`window_sums`), divided by the window size to average."""
+
+    def __init__(self, node: Pool, in_shape: tuple[int, ...]):
+        self.matrices = [window_sums(length, size, stride, node.padding)
+                         / (size if node.reduce == "avg" else 1)
+                         for length, size, stride in zip(in_shape[:-1], node.window_shape,
+                                                         node.strides)]
+        self.out_shape = (*(m.shape[0] for m in self.matrices), in_shape[-1])
+
+    def forward(self, params, h):
+        return _once_per_sample_batch(lambda a: _along_axes(a, self.matrices, 2), h), None
+
+    def backward(self, params, cache, cot, record):
+        return _along_axes(cot, [m.T for m in self.matrices], 3)
+
+
+class GlobalPoolLayer:
+    """GlobalAvgPool/GlobalSumPool: the mean/sum over every position, per channel."""
+
+    def __init__(self, node: GlobalPool, in_shape: tuple[int, ...]):
+        self.in_shape = in_shape
+        self.scale = 1.0 / prod(in_shape[:-1]) if node.reduce == "avg" else 1.0
+
+    def forward(self, params, h):
+        return self.scale * h.sum(axis=tuple(range(2, h.ndim - 1))), None
+
+    def backward(self, params, cache, cot, record):
+        spread = (self.scale * cot).reshape(*cot.shape[:3], *(1,) * (len(self.in_shape) - 1),
+                                            cot.shape[-1])
+        return np.broadcast_to(spread, (*cot.shape[:3], *self.in_shape))
+
+
+class FlattenLayer:
+    """Positions and channels into one feature axis (row-major, as neural-tangents)."""
+
+    def __init__(self, in_shape: tuple[int, ...]):
+        self.in_shape = in_shape
+
+    def forward(self, params, h):
+        return h.reshape(*h.shape[:2], -1), None
+
+    def backward(self, params, cache, cot, record):
+        return cot.reshape(*cot.shape[:3], *self.in_shape)
 
 
 class ActivationLayer:
@@ -195,11 +455,11 @@ class ActivationLayer:
         return self.phi(h), h
 
     def backward(self, params, h, cot, record):
-        return cot * self.dphi(h)[:, :, None, :]
+        return cot * self.dphi(h)[:, :, None]
 
 
 class LayerNormLayer:
-    """``(h − mean) / √(var + eps)`` over each example's features."""
+    """``(h − mean) / √(var + eps)`` over each example's channels, at every position."""
 
     def __init__(self, node: LayerNorm):
         self.eps = node.eps
@@ -212,10 +472,10 @@ class LayerNormLayer:
 
     def backward(self, params, cache, cot, record):
         out, scale = cache
-        y = out[:, :, None, :]
+        y = out[:, :, None]
         # d/dh of (h − μ)/σ applied to cot: (cot − mean(cot) − y·mean(cot·y)) / σ.
         return (cot - cot.mean(axis=-1, keepdims=True)
-                - y * np.mean(cot * y, axis=-1, keepdims=True)) / scale[:, :, None, :]
+                - y * np.mean(cot * y, axis=-1, keepdims=True)) / scale[:, :, None]
 
 
 class IdentityLayer:
@@ -258,41 +518,157 @@ class SumLayer:
                    for branch, cache in zip(self.branches, caches))
 
 
-def _build(node: Node, n_in: int, specs: list[ParamSpec], source: str):
-    """(layer, output width) for an AST node fed ``n_in`` features."""
+# ----------------------------------------------------------------------------- building
+
+@dataclass
+class _Build:
+    """What building needs besides the node: the source (for carets), the parameter list
+    it appends to, whether the network's inputs have spatial axes, and the floats per
+    example the forward pass keeps (for the memory checks)."""
+
+    source: str
+    specs: list[ParamSpec]
+    images: bool
+    floats: int = 0
+    positions: int = 1  # the most output positions of a layer with weights
+
+
+def _build(node: Node, shape: tuple[int, ...], build: _Build):
+    """(layer, output shape) for an AST node fed examples of ``shape`` (spatial axes...,
+    channels); every layer's input is checked against what the layer takes."""
+    layer, out = _layer(node, shape, build)
+    if isinstance(node, _WEIGHTED):
+        build.positions = max(build.positions, prod(out[:-1]))
+    if not isinstance(node, (Serial, Sum, Repeat)):
+        # Its input (a Conv's patches: window size times it) is kept for backpropagation.
+        build.floats += prod(shape) * (prod(node.filter_shape) if isinstance(node, Conv) else 1)
+    return layer, out
+
+
+def _layer(node: Node, shape: tuple[int, ...], build: _Build):
     if isinstance(node, Dense):
-        return DenseLayer(node, n_in, specs), node.width
+        return (DenseLayer(node, shape[-1], node.width, (shape[-1], node.width), build.specs),
+                (*shape[:-1], node.width))
+    if isinstance(node, (Conv, Pool)):
+        _check_window_input(node, shape, build)
+        layer = ConvLayer(node, shape, build.specs) if isinstance(node, Conv) \
+            else PoolLayer(node, shape)
+        return layer, layer.out_shape
+    if isinstance(node, GlobalPool):
+        _check_spatial_input(node, shape, build)
+        return GlobalPoolLayer(node, shape), shape[-1:]
+    if isinstance(node, Flatten):
+        _check_spatial_input(node, shape, build)
+        return FlattenLayer(shape), (prod(shape),)
     if isinstance(node, Activation):
-        return ActivationLayer(node), n_in
+        return ActivationLayer(node), shape
     if isinstance(node, LayerNorm):
-        return LayerNormLayer(node), n_in
+        return LayerNormLayer(node), shape
     if isinstance(node, Identity):
-        return IdentityLayer(), n_in
+        return IdentityLayer(), shape
     if isinstance(node, Serial):
         layers = []
         for layer in node.layers:
-            built, n_in = _build(layer, n_in, specs, source)
+            built, shape = _build(layer, shape, build)
             layers.append(built)
-        return SerialLayer(layers), n_in
+        return SerialLayer(layers), shape
     if isinstance(node, Repeat):
-        return _build(Serial((node.body,) * node.times, span=node.span), n_in, specs, source)
+        return _build(Serial((node.body,) * node.times, span=node.span), shape, build)
     if isinstance(node, Sum):
-        return _build_sum(node, n_in, specs, source)
+        return _build_sum(node, shape, build)
     raise ArchitectureError(f"the finite network cannot express {type(node).__name__} "
-                            "nodes", source=source, span=getattr(node, "span", None))
+                            "nodes", source=build.source, span=getattr(node, "span", None))
 
 
-def _build_sum(node: Sum, n_in: int, specs: list[ParamSpec], source: str):
-    built = [_build(branch, n_in, specs, source) for branch in node.branches]
-    widths = [w for _, w in built]
-    if len(set(widths)) > 1:
-        listed = ", ".join(f"branch {i + 1}: {w}" for i, w in enumerate(widths))
+def _build_sum(node: Sum, shape: tuple[int, ...], build: _Build):
+    built = [_build(branch, shape, build) for branch in node.branches]
+    shapes = [out for _, out in built]
+    if len(set(shapes)) > 1:
+        listed = ", ".join(f"branch {i + 1}: {_shape_text(s)}" for i, s in enumerate(shapes))
         raise ArchitectureError(
-            f"the branches of this sum have different widths ({listed}), so their outputs "
-            "cannot be added", source=source, span=node.span,
-            hint="give every branch the same output width; an Identity branch keeps the "
-                 "width of the sum's input (the number of features for raw inputs)")
-    return SumLayer([layer for layer, _ in built]), widths[0]
+            f"the branches of this sum have different "
+            f"{'widths' if all(len(s) == 1 for s in shapes) else 'output shapes'} ({listed}), "
+            "so their outputs cannot be added", source=build.source, span=node.span,
+            hint="give every branch the same output width (and the same positions); an "
+                 "Identity branch keeps the shape of the sum's input (the number of features "
+                 "for raw inputs)")
+    return SumLayer([layer for layer, _ in built]), shapes[0]
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    """A width as a number, a shape with positions as (positions..., channels)."""
+    return str(shape[0]) if len(shape) == 1 else str(shape)
+
+
+def _check_spatial_input(node: Node, shape: tuple[int, ...], build: _Build) -> None:
+    """A Conv, pool or Flatten needs inputs that still have spatial axes."""
+    if len(shape) > 1:
+        return
+    if build.images:  # only Flatten and the global pools remove them
+        raise ArchitectureError(
+            f"{_name(node)} needs inputs with spatial axes, but a Flatten or global pool "
+            "before it has already joined the positions into one feature vector",
+            source=build.source, span=node.span,
+            hint="put Conv and pooling layers before the Flatten or global pool that ends "
+                 "the convolutional part; after it come Dense layers")
+    raise ShapeError(
+        f"{_name(node)} works on inputs with spatial axes, but the inputs are vectors of "
+        f"{shape[0]} features", source=build.source, span=node.span,
+        hint="give inputs channels last: (N, L, C) for 1-D or (N, H, W, C) for 2-D images")
+
+
+def _check_window_input(node: Conv | Pool, shape: tuple[int, ...], build: _Build) -> None:
+    """A filter or window has one size per spatial axis and, with 'VALID', fits inside."""
+    _check_spatial_input(node, shape, build)
+    window, spatial = _window(node), shape[:-1]
+    kind = "filter" if isinstance(node, Conv) else "window"
+    if len(window) != len(spatial):
+        raise ShapeError(
+            f"{_name(node)} has a {kind} of {_axes_text(len(window))}, {window}, but its input "
+            f"here has {_axes_text(len(spatial))} (shape {shape} per example, channels last)",
+            source=build.source, span=node.span,
+            hint=f"give the {kind} one size per spatial axis, e.g. {(3,) * len(spatial)}, or "
+                 f"inputs with {_axes_text(len(window))}")
+    if node.padding == "VALID" and any(w > n for w, n in zip(window, spatial)):
+        raise ShapeError(
+            f"{_name(node)}'s {kind} {window} is larger than its input's positions {spatial} "
+            "with padding='VALID', which leaves no output position",
+            source=build.source, span=node.span,
+            hint=f"use a {kind} of at most {spatial}, padding='SAME' or 'CIRCULAR', or "
+                 "larger inputs")
+
+
+def check_input_shape(ast: Node, shape: tuple[int, ...], source: str = "") -> None:
+    """ShapeError unless examples of ``shape`` (channels last, no batch axis) have the rank
+    the architecture takes: (d,) for a fully-connected one, (*positions, channels) with
+    as many spatial axes as its filters and windows for a convolutional one."""
+    rank = input_rank(ast, source)
+    text = f"({', '.join(map(str, shape))}{',' if len(shape) == 1 else ''})"
+    if rank == 0 and len(shape) > 1:
+        raise ShapeError(
+            f"this fully-connected architecture takes inputs of shape (N, d), but the "
+            f"examples have shape {text}",
+            hint=f"flatten them first: x.reshape(len(x), -1) (d = {prod(shape)}), or use an "
+                 "architecture with Conv layers or Flatten")
+    if rank != 0 and len(shape) == 1:
+        valid = ("(N, *positions, channels)" if rank is None
+                 else _channels_last(rank))
+        raise ShapeError(
+            f"this architecture has spatial layers (Conv, pools, Flatten), so it takes "
+            f"inputs of shape {valid}, but the examples are vectors of {shape[0]} features",
+            hint="reshape each row into an image, e.g. x.reshape(len(x), 8, 8, 1) for 8x8 "
+                 "single-channel images (the estimators do it with input_shape=(8, 8, 1))")
+    if rank and len(shape) - 1 != rank:
+        raise ShapeError(
+            f"this architecture's filters and windows have {_axes_text(rank)}, so it takes "
+            f"inputs of shape {_channels_last(rank)}, but the examples have shape {text} "
+            f"({_axes_text(len(shape) - 1)} and channels)")
+
+
+def _channels_last(rank: int) -> str:
+    names = {1: "L", 2: "H, W", 3: "D, H, W"}.get(rank) or ", ".join(f"X{i + 1}"
+                                                                    for i in range(rank))
+    return f"(N, {names}, C)"
 
 
 # ----------------------------------------------------------------------------- the network
@@ -306,6 +682,16 @@ def _check_width(width) -> int | None:
     return int(width)
 
 
+def _check_input_shape(input_shape) -> tuple[int, ...]:
+    """An int d as (d,); a tuple of whole numbers >= 1 as it is."""
+    shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else input_shape
+    if not isinstance(shape, (tuple, list)) or not shape or any(
+            isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in shape):
+        raise InputError(f"input_shape must be the number of features d >= 1 or the shape of "
+                         f"one example, channels last, e.g. (8, 8, 1); got {input_shape!r}")
+    return tuple(int(s) for s in shape)
+
+
 def _as_ast(arch) -> tuple[Node, str]:
     if isinstance(arch, str):
         return parse(arch), arch
@@ -314,29 +700,79 @@ def _as_ast(arch) -> tuple[Node, str]:
     return parse(arch), ""  # parse raises ntkdsl's error for anything else
 
 
+def _as_examples(x, name: str) -> np.ndarray:
+    """``x`` as a finite float64 array of n >= 1 examples: (n, d), or (n, *positions, C)."""
+    refuse_complex(x, name)  # before densifying, which would cost memory first
+    a = as_real_array(densified(x, name), name)
+    if a.ndim < 2:
+        raise ShapeError(f"{name} must be 2-D (n samples, d features) or images (n, ..., "
+                         f"channels), got shape {a.shape}",
+                         hint="reshape a single sample with x.reshape(1, -1)")
+    if a.size == 0:
+        raise ShapeError(f"{name} is empty (shape {a.shape}); it needs at least one sample")
+    if not np.isfinite(a).all():
+        index = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+        raise InputError(f"{name} has a non-finite value {a[index]} at index {index}",
+                         hint="finite networks take finite inputs only; drop or impute it")
+    return a
+
+
+def _examples(x1, x2) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validated x1 and x2 (None stays None) with the same shape per example."""
+    a = _as_examples(x1, "x1")
+    if x2 is None:
+        return a, None
+    b = _as_examples(x2, "x2")
+    if a.shape[1:] != b.shape[1:]:
+        raise ShapeError(f"x1 has examples of shape {a.shape[1:]} but x2 has {b.shape[1:]}; "
+                         "both must have the same shape per example")
+    return a, b
+
+
 class FiniteNetwork:
-    """A finite NumPy network of an architecture, for inputs with ``input_dim`` features.
+    """A finite NumPy network of an architecture, for examples of ``input_shape``: the number
+    of features d (or ``(d,)``) for a fully-connected network, ``(L, C)``, ``(H, W, C)``, ...
+    (channels last) for a convolutional one.
 
     Parameters are a list of arrays (see ``param_specs``), each with a leading sample axis;
     make them with :meth:`init`. Every method is vectorised over samples and examples.
     """
 
-    def __init__(self, arch: str | Node, input_dim: int, width: int | None = None) -> None:
-        if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) \
-                or input_dim < 1:
-            raise InputError(f"input_dim must be a whole number >= 1, got {input_dim!r}")
+    def __init__(self, arch: str | Node, input_shape: int | tuple[int, ...],
+                 width: int | None = None) -> None:
+        self.input_shape = _check_input_shape(input_shape)
         ast, self.source = _as_ast(arch)
         self.width = _check_width(width)
         self.ast = with_width(ast, self.width)
         self.arch = str(self.ast)  # the architecture actually built (widths substituted)
-        self.input_dim = int(input_dim)
+        check_input_shape(ast, self.input_shape, self.source)
         self.param_specs: list[ParamSpec] = []
-        self.root, self.output_dim = _build(self.ast, self.input_dim, self.param_specs,
-                                            self.source)
+        self.root, self.output_dim, self._floats, self._positions = self._build(
+            self.ast, self.param_specs)
         if not self.param_specs:
-            raise ArchitectureError(f"'{self.source}' has no Dense layer, so the network has "
-                                    "no parameters and no tangent kernel",
+            raise ArchitectureError(f"'{self.source}' has no Dense or Conv layer, so the "
+                                    "network has no parameters and no tangent kernel",
                                     hint="add a readout, e.g. ... > Dense(1)")
+
+    def _build(self, ast: Node, specs: list[ParamSpec]):
+        """(root layer, output width, floats the forward pass keeps per example, the most
+        positions a layer with weights has)."""
+        build = _Build(self.source, specs, images=len(self.input_shape) > 1)
+        root, out = _build(ast, self.input_shape, build)
+        if len(out) > 1:
+            text = self.source or str(ast)
+            raise ArchitectureError(
+                f"the output of this network still has spatial axes (shape {out} per "
+                "example), so it has no (n1, n2) kernel", source=text,
+                span=Span.at(text, 0, len(text)),
+                hint="end the convolutional part with Flatten or GlobalAvgPool before the "
+                     "readout, e.g. ... > Relu > GlobalAvgPool > Dense(1)")
+        return root, out[0], build.floats + out[0], build.positions
+
+    @property
+    def input_dim(self) -> int:
+        """The number of input features (all of an example's entries)."""
+        return prod(self.input_shape)
 
     @property
     def num_params(self) -> int:
@@ -350,12 +786,25 @@ class FiniteNetwork:
         return [spec.init_std * rng.standard_normal((samples, *spec.shape))
                 for spec in self.param_specs]
 
-    def _inputs(self, x) -> np.ndarray:
-        a, _ = check_inputs(x, None)
-        if a.shape[1] != self.input_dim:
-            raise ShapeError(f"the network was built for {self.input_dim} input features, "
-                             f"got {a.shape[1]}")
+    def _inputs(self, x, name: str = "x") -> np.ndarray:
+        a = _as_examples(x, name)
+        if a.shape[1:] != self.input_shape:
+            if len(self.input_shape) == 1 and a.ndim == 2:
+                raise ShapeError(f"the network was built for {self.input_shape[0]} input "
+                                 f"features, got {a.shape[1]}")
+            raise ShapeError(f"the network was built for examples of shape {self.input_shape}"
+                             f" (channels last), got {name} of shape {a.shape}")
         return a
+
+    def _require_memory(self, samples: int, n: int, columns: int, what: str,
+                        extra_floats: int = 0) -> None:
+        """Refuse before any work a pass whose kept activations and cotangents (``columns``
+        per example), plus ``extra_floats`` of temporaries, do not fit in the memory
+        available."""
+        require_memory(8.0 * (samples * (n * self._floats * (1 + columns) + self.num_params)
+                              + extra_floats),
+                       f"{what} of '{self.arch}' on {n} inputs ({samples} networks)",
+                       hint="use fewer inputs, samples or a smaller width")
 
     def _forward(self, params, x, samples: int | None = None):
         samples = len(params[0]) if samples is None else samples
@@ -368,15 +817,16 @@ class FiniteNetwork:
 
     def apply(self, params: list[np.ndarray], x: ArrayLike) -> np.ndarray:
         """Outputs f(x), shape (S, n, k)."""
-        return self._forward(params, self._inputs(x))[0]
+        a = self._inputs(x)
+        self._require_memory(len(params[0]), len(a), 0, "the forward pass")
+        return self._forward(params, a)[0]
 
     # ------------------------------------------------------------------ backward
 
-    def _backprop(self, params, cache, cot) -> list[tuple[DenseLayer, np.ndarray, np.ndarray]]:
-        """(Dense layer, its input, its output cotangent) for every Dense, in backward order."""
-        pairs = []
-        self.root.backward(params, cache, cot, lambda layer, h, c: pairs.append((layer, h, c)))
-        return pairs
+    def _backprop(self, params, cache, cot, record: Callable) -> None:
+        """Backpropagate ``cot``; ``record(layer, its input, the cotangent of its output)``
+        is called for every Dense and Conv, in backward order."""
+        self.root.backward(params, cache, cot, record)
 
     def _output_cotangent(self, samples: int, n: int) -> np.ndarray:
         """df_o/df: one cotangent column per output unit, shape (S, n, k, k)."""
@@ -386,32 +836,47 @@ class FiniteNetwork:
     def jacobian(self, params: list[np.ndarray], x: ArrayLike) -> list[np.ndarray]:
         """∂f/∂θ for every parameter array: shapes (S, n, k, *param shape)."""
         a = self._inputs(x)
+        samples, k = len(params[0]), self.output_dim
+        require_memory(8.0 * samples * len(a) * k * self.num_params,
+                       f"the Jacobian of '{self.arch}' ({len(a)} inputs x {k} outputs x "
+                       f"{self.num_params} parameters, {samples} networks)",
+                       hint="use fewer inputs or a smaller width; ntk() contracts the "
+                            "Jacobian without forming it")
+        self._require_memory(samples, len(a), k, "backpropagation")
         _, cache = self._forward(params, a)
         grads: list[np.ndarray | None] = [None] * len(params)
-        for layer, h, cot in self._backprop(params, cache,
-                                            self._output_cotangent(len(params[0]), len(a))):
-            grads[layer.w_index] = layer.w_mult * np.einsum("sni,snko->snkio", h, cot)
+
+        def record(layer, h, cot):
+            h, cot = _positions(h), _positions(cot, lead=3)
+            grads[layer.w_index] = (layer.w_mult * np.einsum("snpi,snkpo->snkio", h, cot)
+                                    ).reshape(*cot.shape[:3], *self.param_specs[layer.w_index].shape)
             if layer.b_index is not None:
-                grads[layer.b_index] = layer.b_mult * cot
+                grads[layer.b_index] = layer.b_mult * cot.sum(axis=3)
+
+        self._backprop(params, cache, self._output_cotangent(samples, len(a)), record)
         return grads
 
     def ntk(self, params: list[np.ndarray], x1: ArrayLike, x2: ArrayLike | None = None) -> np.ndarray:
         """Empirical NTK J(x1) J(x2)ᵀ averaged over output units, shape (S, n1, n2).
 
-        Contracted layer by layer — (w_mult² h hᵀ + b_mult²) ∘ (cot cotᵀ) — which equals
-        J Jᵀ without ever forming the (n, #params) Jacobian.
+        Contracted layer by layer — Σ over position pairs (p, q) of
+        (w_mult² h_p·h'_q + b_mult²)(cot_p·cot'_q), the weights being shared by every
+        position — which equals J Jᵀ without ever forming the (n, #params) Jacobian.
         """
-        a, b = check_inputs(x1, x2)
-        both = self._inputs(a if b is None else np.concatenate([a, b]))
+        a, b = _examples(x1, x2)
+        both = self._inputs(a if b is None else np.concatenate([a, b]), "x1")
+        samples, n1 = len(params[0]), len(a)
+        self._require_memory(samples, len(both), self.output_dim, "the empirical NTK",
+                             _tangent_block_floats(samples, self._positions))
+        rows, cols = (slice(0, n1), slice(0, n1) if b is None else slice(n1, len(both)))
         _, cache = self._forward(params, both)
-        cot = self._output_cotangent(len(params[0]), len(both))
-        kernel = 0.0
-        for layer, h, c in self._backprop(params, cache, cot):
-            flat = np.ascontiguousarray(c).reshape(c.shape[0], c.shape[1], -1)
-            tangent = flat @ np.swapaxes(flat, -1, -2) / self.output_dim
-            kernel = kernel + (layer.w_mult ** 2 * (h @ np.swapaxes(h, -1, -2))
-                               + layer.b_mult ** 2) * tangent
-        return kernel if b is None else kernel[:, :len(a), len(a):]
+        kernel = np.zeros((samples, n1, cols.stop - cols.start))
+
+        def record(layer, h, cot):
+            kernel[...] += _tangent(layer, h, cot, rows, cols) / self.output_dim
+
+        self._backprop(params, cache, self._output_cotangent(samples, len(both)), record)
+        return kernel
 
     # ------------------------------------------------------------------ training
 
@@ -419,16 +884,22 @@ class FiniteNetwork:
                       ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
         """(loss per sample (S,), gradients, outputs) for ½·mean over N·k of (f − y)²."""
         a = self._inputs(x)
+        self._require_memory(len(params[0]), len(a), 1, "the loss gradient")
         out, cache = self._forward(params, a)
         residual = out - as_real_array(y, "y")
         loss = 0.5 * np.mean(residual ** 2, axis=(1, 2))
         cot = (residual / residual[0].size)[:, :, None, :]  # one cotangent column
         grads: list[np.ndarray | None] = [None] * len(params)
-        for layer, h, c in self._backprop(params, cache, cot):
-            # Σ_n,c h[n] c[n, c] = Σ_n h[n] (Σ_c c[n, c]): one matrix product.
-            grads[layer.w_index] = layer.w_mult * (np.swapaxes(h, -1, -2) @ c.sum(axis=2))
+
+        def record(layer, h, c):
+            # Σ_n,p,c h[n, p] c[n, c, p] = Σ_(n,p) h[n, p] (Σ_c c[n, c, p]): one product.
+            h, summed = _flat_rows(h), _flat_rows(c.sum(axis=2))
+            grads[layer.w_index] = layer.w_mult * (np.swapaxes(h, -1, -2) @ summed).reshape(
+                -1, *self.param_specs[layer.w_index].shape)
             if layer.b_index is not None:
-                grads[layer.b_index] = layer.b_mult * c.sum(axis=(1, 2))
+                grads[layer.b_index] = layer.b_mult * summed.sum(axis=1)
+
+        self._backprop(params, cache, cot, record)
         return loss, grads, out
 
     def train(self, params: list[np.ndarray], x: ArrayLike, y: ArrayLike, learning_rate: float, steps: int,
@@ -444,6 +915,7 @@ class FiniteNetwork:
             raise ShapeError(f"targets have shape {targets.shape}, but {len(a)} inputs and "
                              f"{self.output_dim} outputs need {' or '.join(map(str, valid))}")
         targets = targets.reshape(len(a), -1)
+        self._require_memory(len(params[0]), len(a), 1, "gradient descent")
         params = [p.copy() for p in params]
         for step in range(int(steps)):
             self._descend(params, a, targets, learning_rate)
@@ -458,11 +930,15 @@ class FiniteNetwork:
         out, cache = self._forward(params, x)
         residual = out - y
         cot = (residual / residual[0].size)[:, :, None, :]
-        for layer, h, c in self._backprop(params, cache, cot):
-            summed = c.sum(axis=2)  # (S, n, out)
+        pairs: list[tuple[DenseLayer, np.ndarray, np.ndarray]] = []
+        # Every cotangent first: an update during backpropagation would change the weights
+        # that the layers below it are still backpropagated through.
+        self._backprop(params, cache, cot, lambda layer, h, c: pairs.append((layer, h, c)))
+        for layer, h, c in pairs:
+            h, summed = _flat_rows(h), _flat_rows(c.sum(axis=2))  # (S, n·positions, ·)
+            weights = layer.weights(params)  # a view: the update lands in params
             for s in range(len(h)):
-                _add_outer(params[layer.w_index][s], -learning_rate * layer.w_mult, h[s],
-                           summed[s])
+                _add_outer(weights[s], -learning_rate * layer.w_mult, h[s], summed[s])
             if layer.b_index is not None:
                 params[layer.b_index] -= learning_rate * layer.b_mult * summed.sum(axis=1)
 
@@ -475,14 +951,66 @@ class FiniteNetwork:
         if not isinstance(layers[-1], Dense):
             return None
         body = FiniteNetwork.__new__(FiniteNetwork)
-        body.source, body.width, body.input_dim = self.source, None, self.input_dim
+        body.source, body.width, body.input_shape = self.source, None, self.input_shape
         body.ast = Serial(layers[:-1]) if len(layers) > 1 else Identity()
         body.arch = str(body.ast)
         body.param_specs = []
-        body.root, n_in = _build(body.ast, self.input_dim, body.param_specs, self.source)
-        return body, DenseLayer(layers[-1], n_in, [])
+        body.root, n_in, body._floats, body._positions = body._build(body.ast, body.param_specs)
+        return body, DenseLayer(layers[-1], n_in, layers[-1].width, (n_in, layers[-1].width),
+                                [])
 
 
+def _positions(array: np.ndarray, lead: int = 2) -> np.ndarray:
+    """(lead..., *positions, channels) as (lead..., P, channels); P = 1 without positions."""
+    return array.reshape(*array.shape[:lead], -1, array.shape[-1])
+
+
+def _flat_rows(array: np.ndarray) -> np.ndarray:
+    """(S, n, *positions, channels) as (S, n·P, channels): every (example, position) a row."""
+    return array.reshape(array.shape[0], -1, array.shape[-1])
+
+
+def _tangent(layer: DenseLayer, h: np.ndarray, cot: np.ndarray, rows: slice,
+             cols: slice) -> np.ndarray:
+    """One layer's term of J Jᵀ (summed over output units) for examples rows × cols:
+    Σ_(p, q) (w_mult² h_p·h'_q + b_mult²)(cot_p·cot'_q), in blocks of example pairs so that
+    the position-pair Gram matrices stay within _CHUNK_FLOATS."""
+    h = _positions(h)  # (S, n, P, in)
+    samples, _, positions, _ = h.shape
+    # cot (S, n, k, *positions, out) -> (S, n, P, k·out): the output units join the channels.
+    cot = np.moveaxis(_positions(cot, lead=3), 2, 3)
+    cot = cot.reshape(*cot.shape[:3], -1)
+    n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
+    block = _tangent_block(samples, positions)
+    out = np.empty((samples, n_rows, n_cols))
+    for r in range(0, n_rows, block):
+        ri = slice(rows.start + r, rows.start + min(r + block, n_rows))
+        for c in range(0, n_cols, block):
+            ci = slice(cols.start + c, cols.start + min(c + block, n_cols))
+            gram_h, gram_c = (_gram(m[:, ri], m[:, ci]) for m in (h, cot))
+            pairs = (layer.w_mult ** 2 * gram_h + layer.b_mult ** 2) * gram_c
+            a, b = ri.stop - ri.start, ci.stop - ci.start
+            out[:, r:r + a, c:c + b] = pairs.reshape(samples, a, positions, b,
+                                                     positions).sum(axis=(2, 4))
+    return out
+
+
+def _tangent_block(samples: int, positions: int) -> int:
+    """Examples per side of a block of :func:`_tangent`: its three (S, a·P, b·P) position-pair
+    temporaries within _CHUNK_FLOATS, or one pair of examples if even that is more."""
+    return max(1, isqrt(_CHUNK_FLOATS // (3 * samples * positions ** 2)))
+
+
+def _tangent_block_floats(samples: int, positions: int) -> int:
+    """Floats of one block's temporaries (at most _CHUNK_FLOATS unless one pair exceeds it)."""
+    return 3 * samples * (_tangent_block(samples, positions) * positions) ** 2
+
+
+def _gram(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(S, a, P, f) and (S, b, P, f) -> (S, a·P, b·P) inner products over f."""
+    samples, features = u.shape[0], u.shape[-1]
+    return u.reshape(samples, -1, features) @ np.swapaxes(v.reshape(samples, -1, features),
+                                                          -1, -2)
 def _add_outer(weights: np.ndarray, alpha: float, h: np.ndarray, c: np.ndarray) -> None:
     """``weights += alpha · hᵀ c`` in place (weights C-contiguous, (in, out))."""
     from scipy.linalg.blas import dgemm
@@ -516,13 +1044,14 @@ def empirical_ntk(arch: str | Node, x1: ArrayLike, x2: ArrayLike | None = None, 
 
     Args:
         arch: architecture string (or parsed AST).
-        x1, x2: (n1, d) and (n2, d) inputs; x2=None means x1 against itself.
-        width: width of every hidden Dense (output Dense layers keep theirs); None keeps the
-            widths written in the string.
+        x1, x2: (n1, d) and (n2, d) inputs — or images, channels last: (n1, L, C),
+            (n1, H, W, C), ... —; x2=None means x1 against itself.
+        width: width of every hidden Dense and channels of every hidden Conv (output
+            layers keep theirs); None keeps the widths written in the string.
         seed: seed of the initialisation.
     """
-    a, b = check_inputs(x1, x2)
-    net = FiniteNetwork(arch, a.shape[1], width)
+    a, b = _examples(x1, x2)
+    net = FiniteNetwork(arch, a.shape[1:], width)
     return net.ntk(net.init(seed), a, b)[0]
 
 
@@ -544,16 +1073,21 @@ def monte_carlo_nngp(arch: str | Node, x1: ArrayLike, x2: ArrayLike | None = Non
         seed: seed of the whole estimate (reproducible for the same arguments).
         exact_readout: integrate out a final Dense analytically (see above).
     """
-    a, b = check_inputs(x1, x2)
+    a, b = _examples(x1, x2)
     samples = _check_samples(samples)
-    net = FiniteNetwork(arch, a.shape[1], width)
+    net = FiniteNetwork(arch, a.shape[1:], width)
     both = a if b is None else np.concatenate([a, b])
     split = net.readout() if exact_readout else None
     body = split[0] if split else net
-    per_sample = sum(int(np.prod(s.shape)) for s in body.param_specs) or 1
-    rngs = np.random.SeedSequence(seed).spawn(len(_chunks(samples, per_sample)))
+    # A sample holds its parameters and the activations of every input.
+    per_sample = body.num_params + len(both) * body._floats
+    sizes = _chunks(samples, per_sample)
+    require_memory(8.0 * (sizes[0] * per_sample + 3 * len(both) ** 2),
+                   f"the Monte-Carlo NNGP of '{net.arch}' on {len(both)} inputs",
+                   hint="use fewer inputs or a smaller width")
+    rngs = np.random.SeedSequence(seed).spawn(len(sizes))
     total = np.zeros((len(both), len(both)))
-    for size, child in zip(_chunks(samples, per_sample), rngs):
+    for size, child in zip(sizes, rngs):
         params = body.init(np.random.default_rng(child), size)
         features = body._forward(params, both, size)[0]
         total += _second_moment(features, split[1] if split else None).sum(axis=0)

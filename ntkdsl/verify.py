@@ -15,6 +15,10 @@ several widths n (all expected to fall roughly like n^(-1/2)):
 Gradient descent is discrete while the prediction is a flow; the difference of the two for
 the *linearised* network (the "discretisation floor") is reported, since the gap cannot be
 expected to fall below it. Relative errors are Frobenius norms: ‖estimate − exact‖/‖exact‖.
+
+A convolutional architecture gets images (channels last, ``input_shape``; by default 8×8
+single-channel images for 2-D filters, 8 positions for 1-D ones), and its width is the number
+of channels of every hidden Conv.
 """
 from __future__ import annotations
 
@@ -28,7 +32,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import ArchitectureError, InputError, Span
-from .finite import FiniteNetwork, _as_ast, monte_carlo_nngp, with_width
+from .finite import (
+    FiniteNetwork,
+    _as_ast,
+    _check_input_shape,
+    check_input_shape,
+    input_rank,
+    monte_carlo_nngp,
+    with_width,
+)
 from .network import compile as compile_network
 from .predict import gradient_descent_mse_ensemble
 from .progress import stages
@@ -75,6 +87,7 @@ class Verification:
     n_test: int
     discretisation_floor: float
     slopes: dict[str, float | None] = field(default_factory=dict)
+    input_shape: tuple[int, ...] | None = None  # one example's shape (images only)
 
     def __post_init__(self):
         widths = np.log([row.width for row in self.rows])
@@ -100,9 +113,10 @@ class Verification:
         rates = sorted({round(row.learning_rate, 12) for row in self.rows})
         rate = f"{rates[0]:.4g}" if len(rates) == 1 else "per width, " + ", ".join(
             f"{r:.3g}" for r in rates)
+        images = "" if self.input_shape is None else f" of shape {self.input_shape}"
         return "\n".join([
             f"architecture  {self.arch}",
-            (f"data          {self.n_train} train / {self.n_test} test inputs; MC NNGP over "
+            (f"data          {self.n_train} train / {self.n_test} test inputs{images}; MC NNGP over "
             f"{self.samples} initialisations; {self.steps} gradient-descent steps at "
             f"learning rate {rate}"),
             "",
@@ -189,13 +203,19 @@ def _slope_text(slope: float | None) -> str:
     return "n/a" if slope is None else f"{slope:.2f}"
 
 
-def make_data(n_train: int, n_test: int, input_dim: int, outputs: int, seed: int):
-    """Inputs on the sphere of radius √d (so x·x/d = 1) and smooth targets sin(2 x·u/√d)."""
+def make_data(n_train: int, n_test: int, input_shape: int | tuple[int, ...], outputs: int,
+              seed: int):
+    """Inputs on the sphere of radius √d (so x·x/d = 1; d = all entries of an example, so an
+    image's channels have mean square 1 over its positions) and smooth targets
+    sin(2 x·u/√d). ``input_shape`` is d, or one example's shape (images, channels last)."""
+    shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else tuple(input_shape)
+    d = int(np.prod(shape))
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n_train + n_test, input_dim))
-    x *= np.sqrt(input_dim) / np.linalg.norm(x, axis=1, keepdims=True)
-    directions = rng.standard_normal((input_dim, outputs))
-    y = np.sin(2 * x @ directions / np.sqrt(input_dim))
+    x = rng.standard_normal((n_train + n_test, d))
+    x *= np.sqrt(d) / np.linalg.norm(x, axis=1, keepdims=True)
+    directions = rng.standard_normal((d, outputs))
+    y = np.sin(2 * x @ directions / np.sqrt(d))
+    x = x.reshape(-1, *shape)
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
 
 
@@ -218,14 +238,14 @@ def _check_widths(widths) -> list[int]:
 
 
 def _check_hidden_dense(ast, source: str) -> None:
-    """Refuse an architecture whose widths cannot vary: without a hidden Dense (one that
-    another Dense follows) every width gives the same network."""
+    """Refuse an architecture whose widths cannot vary: without a hidden Dense or Conv (one
+    that another Dense or Conv follows) every width gives the same network."""
     # with_width leaves the tree unchanged for every width exactly when nothing is hidden.
     if with_width(ast, 1) == with_width(ast, 2):
         text = source or str(ast)
         raise ArchitectureError(
-            "this architecture has no hidden Dense layer (a Dense that another Dense "
-            "follows), so the widths would change nothing", source=text,
+            "this architecture has no hidden Dense or Conv layer (one that another Dense or "
+            "Conv follows), so the widths would change nothing", source=text,
             span=Span.at(text, 0, len(text)),
             hint="end it in a readout, e.g. Dense(512) > Relu > Dense(1)")
 
@@ -270,7 +290,7 @@ def _measure_width(ast, width, data, samples, steps, rate, seed, bar) -> tuple[W
     nngp, ntk = analytic.kernels(x)
     bar(f"width {width}: Monte-Carlo NNGP")
     mc = monte_carlo_nngp(ast, x, width=width, samples=samples, seed=seed)
-    net = FiniteNetwork(ast, x.shape[1], width)
+    net = FiniteNetwork(ast, x.shape[1:], width)
     params = net.init(seed)
     bar(f"width {width}: empirical NTK")
     ntk0 = net.ntk(params, x)[0]
@@ -292,12 +312,14 @@ def _measure_width(ast, width, data, samples, steps, rate, seed, bar) -> tuple[W
 
 def verify(arch: str, widths: Sequence[int] = DEFAULT_WIDTHS, *, samples: int = 16, steps: int = 100,
            rate: float = 1.0, n_train: int = 16, n_test: int = 8, input_dim: int = 8,
-           seed: int = 0, progress: bool = False) -> Verification:
+           input_shape: Sequence[int] | None = None, seed: int = 0,
+           progress: bool = False) -> Verification:
     """Measure, for each width, how close finite networks are to the infinite-width theory.
 
     Args:
-        arch: architecture string; every hidden Dense gets each width in turn (output Dense
-            layers keep theirs, see :func:`ntkdsl.finite.with_width`).
+        arch: architecture string; every hidden Dense and Conv gets each width (a Conv's
+            width is its channels) in turn (output layers keep theirs, see
+            :func:`ntkdsl.finite.with_width`).
         widths: the widths to try, at least two different ones (the slopes are fitted
             over them).
         samples: initialisations averaged by the Monte-Carlo NNGP (>= 2).
@@ -305,6 +327,10 @@ def verify(arch: str, widths: Sequence[int] = DEFAULT_WIDTHS, *, samples: int = 
         rate: learning rate as a fraction of N·k / λ_max(analytic training NTK), the
             stability scale of gradient descent (smaller: closer to the flow, slower).
         n_train, n_test, input_dim: the synthetic regression problem (see :func:`make_data`).
+        input_shape: one example's shape, channels last, e.g. (8, 8, 1): the images a
+            convolutional architecture gets (it replaces ``input_dim``). None: (input_dim,)
+            for a fully-connected architecture, 8 positions per spatial axis of its filters
+            and windows (4 from three axes on) and one channel for a convolutional one.
         seed: seeds the data, the initialisations and the Monte-Carlo estimate.
         progress: show a progress bar (tqdm) on stderr.
 
@@ -317,14 +343,14 @@ def verify(arch: str, widths: Sequence[int] = DEFAULT_WIDTHS, *, samples: int = 
     steps = _check_count(steps, "steps", 1)
     seed = _check_count(seed, "seed", 0)
     n_train, n_test = _check_count(n_train, "n_train", 2), _check_count(n_test, "n_test", 1)
-    input_dim = _check_count(input_dim, "input_dim", 1)
+    shape = _input_shape(ast, source, _check_count(input_dim, "input_dim", 1), input_shape)
     if not 0 < rate < 2:
         raise InputError(f"rate must be in (0, 2) (gradient descent diverges beyond 2), "
                          f"got {rate!r}")
-    outputs = FiniteNetwork(ast, input_dim, widths[0]).output_dim
+    outputs = FiniteNetwork(ast, shape, widths[0]).output_dim
     compile_network(source or str(ast))  # no analytic kernel: say so before anything else
     _check_hidden_dense(ast, source)
-    data = make_data(n_train, n_test, input_dim, outputs, seed)
+    data = make_data(n_train, n_test, shape, outputs, seed)
     rows, floors = [], []
     with stages(progress, 3 * len(widths)) as bar:
         for width in widths:
@@ -332,6 +358,20 @@ def verify(arch: str, widths: Sequence[int] = DEFAULT_WIDTHS, *, samples: int = 
             rows.append(row)
             floors.append(floor)
     return Verification(source or str(ast), rows, steps, samples, n_train, n_test,
-                        float(max(floors)))
+                        float(max(floors)), input_shape=shape if len(shape) > 1 else None)
+
+
+def _input_shape(ast, source: str, input_dim: int, input_shape) -> tuple[int, ...]:
+    """One example's shape: as given (checked against the architecture), else the default
+    for the architecture — (input_dim,) fully connected, small single-channel images else."""
+    if input_shape is not None:
+        shape = _check_input_shape(input_shape)
+        check_input_shape(ast, shape, source)
+        return shape
+    rank = input_rank(ast, source)
+    if rank == 0:
+        return (input_dim,)
+    rank = 2 if rank is None else rank  # only Flatten or global pools: any rank, say images
+    return (8 if rank <= 2 else 4,) * rank + (1,)
 
 

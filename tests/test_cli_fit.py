@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -228,3 +229,73 @@ def test_plot_has_a_log_loss_axis_down_to_a_floor_and_readable_text(local_kernel
         assert all(t.get_fontsize() >= 12 for t in axis.get_xticklabels())
         assert any(g.get_visible() for g in axis.get_xgridlines())
         assert any(g.get_visible() for g in axis.get_ygridlines())
+
+
+# ----------------------------------------------------------------------------- images
+
+CONV = "Conv(16, (3, 3), padding='SAME', W_std=1.4) > Relu > Flatten > Dense(1)"
+
+
+class ImagesSeenByTheKernel:
+    """Stands in for a compiled convolutional network: records the shapes of the inputs,
+    and gives the test-local ReLU kernels of the flattened images — so that the numbers
+    must equal those of the fully-connected ARCH on the rows."""
+
+    shapes: ClassVar[list] = []  # every instance's calls: the command compiles once
+
+    def __init__(self, arch):
+        self.relu = ReluKernel(2, 1.5, 0.05)
+
+    def _flat(self, x):
+        self.shapes.append(x.shape[1:])
+        return x.reshape(len(x), -1)
+
+    def nngp(self, x1, x2=None):
+        return self.relu.nngp(self._flat(x1), None if x2 is None else self._flat(x2))
+
+    def ntk(self, x1, x2=None):
+        return self.relu.ntk(self._flat(x1), None if x2 is None else self._flat(x2))
+
+
+def test_digits_go_to_a_convolutional_architecture_as_8x8_images(monkeypatch, capsys,
+                                                                 local_kernel):
+    assert main(["fit", ARCH, "--dataset", "digits", "--times", "10,1000"]) == 0
+    dense = table_rows(capsys.readouterr().out)
+    monkeypatch.setattr(ntkdsl.network, "compile", ImagesSeenByTheKernel)
+    ImagesSeenByTheKernel.shapes = []
+    assert main(["fit", CONV, "--dataset", "digits", "--times", "10,1000"]) == 0
+    out = capsys.readouterr().out
+    assert "digits: classification, 64 features as 8x8x1 images, 1347 train / 450 test" in out
+    assert set(ImagesSeenByTheKernel.shapes) == {(8, 8, 1)}
+    rows = table_rows(out)
+    assert list(rows) == list(dense) == ["10", "1000", "inf"]
+    for time in rows:
+        np.testing.assert_allclose(rows[time], dense[time], rtol=1e-9, atol=1e-12)
+    # Any dataset with --shape: wine's 13 features as 13 positions of one channel.
+    ImagesSeenByTheKernel.shapes = []
+    conv_1d = "Conv(8, (3,), padding='SAME') > Relu > GlobalAvgPool > Dense(1)"
+    assert main(["fit", conv_1d, "--dataset", "wine", "--shape", "13,1", "--times", "1"]) == 0
+    assert "13 features as 13x1 images" in capsys.readouterr().out
+    assert set(ImagesSeenByTheKernel.shapes) == {(13, 1)}
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([CONV, "--dataset", "wine"], "wine has no known image shape"),
+    ([CONV, "--dataset", "digits", "--shape", "7,7,1"], "input_shape (7, 7, 1) holds 49 "
+                                                        "features, but X has 64 columns"),
+    ([CONV, "--dataset", "digits", "--shape", "64,1"], "filters and windows have 2 spatial "
+                                                       "axes"),
+    ([ARCH, "--dataset", "digits", "--shape", "8,8,1"], "--shape 8,8,1 is for convolutional "
+                                                        "architectures"),
+])
+def test_image_shapes_that_do_not_fit_are_errors(local_kernel, capsys, argv, message):
+    assert main(["fit", *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err
+
+
+def test_a_bad_shape_option_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", CONV, "--shape", "8,x,1"])
+    assert info.value.code == 2
+    assert "argument --shape: 'x' is not a whole number" in capsys.readouterr().err

@@ -115,7 +115,7 @@ def test_an_architecture_without_a_hidden_dense_is_refused(arch, capsys):
     identical rows and slopes of 0."""
     assert main(["verify", arch, *FAST]) == 1
     err = capsys.readouterr().err
-    assert "no hidden Dense layer" in err and "^" * len(arch) in err
+    assert "no hidden Dense or Conv layer" in err and "^" * len(arch) in err
     with pytest.raises(ArchitectureError, match="no hidden Dense"):
         verify(arch, (16, 64))
 
@@ -194,3 +194,114 @@ def test_discretisation_floor_matches_matrix_powers(rate):
     expected = np.linalg.norm((discrete - flow) @ residual) / np.linalg.norm(flow @ residual)
     got = discretisation_floor(theta, 6, residual, learning_rate, steps)
     assert np.isfinite(got) and got == pytest.approx(expected, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- convolutional
+
+CONV = "Conv(8, (3, 3), padding='SAME', W_std=1.5, b_std=0.1) > Relu > Flatten > Dense(1)"
+
+
+def _cnn_gp_relu_flatten(x1, x2, w_std=1.5, b_std=0.1):
+    """(NNGP, NTK) of Conv(n, (3, 3), padding='SAME', W_std, b_std) > Relu > Flatten > Dense(1)
+    from DESIGN §2, written out here: Flatten needs same-position covariances only, the
+    Conv averages them over the 3x3 window (zeros outside), ReLU is the arc-cosine kernel."""
+    channels = x1.shape[-1]
+
+    def window_mean(k):  # mean over the 3x3 window of the last two (position) axes
+        padded = np.pad(k, [(0, 0)] * (k.ndim - 2) + [(1, 1), (1, 1)])
+        h, w = k.shape[-2:]
+        return sum(padded[..., i:i + h, j:j + w] for i in range(3) for j in range(3)) / 9
+
+    def conv(k):
+        return w_std ** 2 * window_mean(k) + b_std ** 2
+
+    q1 = conv(np.einsum("nhwc,nhwc->nhw", x1, x1) / channels)[:, None]
+    q2 = conv(np.einsum("nhwc,nhwc->nhw", x2, x2) / channels)[None, :]
+    k = conv(np.einsum("nhwc,mhwc->nmhw", x1, x2) / channels)
+    theta = np.arccos(np.clip(k / np.sqrt(q1 * q2), -1, 1))
+    gamma = np.sqrt(q1 * q2) / (2 * np.pi) * (np.sin(theta) + (np.pi - theta) * np.cos(theta))
+    gamma_dot = (np.pi - theta) / (2 * np.pi)
+    return gamma.mean(axis=(2, 3)), (gamma + k * gamma_dot).mean(axis=(2, 3))
+
+
+class _CNNGPStub:
+    """Stands in for ``ntkdsl.compile`` of CONV at any width, until the analytic conv
+    kernels exist: the kernels of :func:`_cnn_gp_relu_flatten`, checked against
+    neural-tangents' numbers in the test below."""
+
+    def __init__(self, arch):
+        assert re.fullmatch(re.escape(CONV).replace("8", r"\d+", 1), arch), arch
+
+    def kernels(self, x1, x2=None):
+        return _cnn_gp_relu_flatten(x1, x1 if x2 is None else x2)
+
+
+def test_the_stub_kernel_is_neural_tangents_cnn_gp():
+    from conftest import assert_matches_reference, load_reference
+
+    cases = [c for c in load_reference("nt_cnn_kernels.json")["cases"] if c["arch"] == CONV]
+    assert len(cases) == 2
+    for case in cases:
+        x1 = np.array(case["x1"])
+        x2 = x1 if case["x2"] is None else np.array(case["x2"])
+        for kind, got in zip(("nngp", "ntk"), _cnn_gp_relu_flatten(x1, x2)):
+            # 1e-7: arccos of a correlation a rounding off 1 on the identical entries.
+            assert_matches_reference(got, case, kind, rtol=1e-7)
+
+
+def test_verify_measures_conv_networks_on_images(monkeypatch, capsys):
+    import ntkdsl.verify as verify_module
+
+    monkeypatch.setattr(verify_module, "compile_network", _CNNGPStub)
+    result = verify(CONV, (16, 64, 256, 1024), samples=8, steps=50, n_train=8, n_test=4,
+                    input_shape=(6, 6, 2))
+    assert result.input_shape == (6, 6, 2)
+    for name in ("nngp_error", "ntk_error", "weight_change"):
+        assert -0.9 < result.slopes[name] < -0.25, (name, result.slopes)
+    small, large = result.rows[0], result.rows[-1]
+    assert large.nngp_error < 0.03 and large.ntk_error < 0.05
+    assert large.prediction_gap < small.prediction_gap / 4
+    assert "8 train / 4 test inputs of shape (6, 6, 2)" in result.report()
+    # The command line: the same numbers from --shape (each width's row is measured on its
+    # own, so two widths suffice); by default 8x8 single-channel images.
+    assert main(["verify", CONV, "--widths", "16,64", "--samples", "8", "--steps", "50",
+                 "--train", "8", "--test", "4", "--shape", "6,6,2"]) == 0
+    rows = table(capsys.readouterr().out)
+    for row in result.rows[:2]:
+        np.testing.assert_allclose(rows[str(row.width)],
+                                   [getattr(row, name) for name, _, _ in METRICS], rtol=1e-3)
+    default = verify(CONV, (16, 32), samples=2, steps=2, n_train=4, n_test=2)
+    assert default.input_shape == (8, 8, 1)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"input_shape": (6, 6)}, "ShapeError", r"filters and windows have 2 spatial axes, so it "
+                                            r"takes inputs of shape \(N, H, W, C\)"),
+    ({"input_shape": (36,)}, "ShapeError", "examples are vectors of 36 features"),
+    ({"input_shape": (2, 2, 1), "widths": (4, 8)}, None, None),  # SAME: any size is fine
+    ({"input_shape": (6, 0, 1)}, "InputError", "input_shape must be"),
+])
+def test_verify_checks_the_image_shape_against_the_architecture(kwargs, error, message,
+                                                                monkeypatch):
+    import ntkdsl.verify as verify_module
+    from ntkdsl import errors
+
+    monkeypatch.setattr(verify_module, "compile_network", _CNNGPStub)
+    arguments = {"widths": (4, 8), "samples": 2, "steps": 2, "n_train": 4, "n_test": 2,
+                 **kwargs}
+    if error is None:
+        assert verify(CONV, **arguments).input_shape == kwargs["input_shape"]
+        return
+    with pytest.raises(getattr(errors, error), match=message):
+        verify(CONV, **arguments)
+    with pytest.raises(errors.ShapeError, match=r"fully-connected architecture takes inputs "
+                                                r"of shape \(N, d\)"):
+        verify(ARCH, (16, 64), input_shape=(4, 4, 1))
+
+
+def test_a_conv_architecture_without_a_hidden_layer_is_refused(monkeypatch):
+    import ntkdsl.verify as verify_module
+
+    monkeypatch.setattr(verify_module, "compile_network", lambda arch: None)
+    with pytest.raises(ArchitectureError, match="no hidden Dense or Conv layer"):
+        verify("Conv(1, (3, 3), padding='SAME') > GlobalAvgPool", (16, 64))

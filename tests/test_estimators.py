@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from test_predict import relu_network_kernels
 
-from ntkdsl.errors import InputError
+from ntkdsl.errors import InputError, ShapeError
 from ntkdsl.estimators import DEFAULT_ARCH, ArchTemplate, NTKClassifier, NTKRegressor
 
 
@@ -349,3 +349,101 @@ def test_pickling_a_compiled_estimator_keeps_it_usable(regression_data):
     restored = pickle.loads(pickle.dumps(reg))
     np.testing.assert_array_equal(reg.predict(X_test), before)  # the original still works
     np.testing.assert_allclose(restored.predict(X_test), before, rtol=1e-14)
+
+
+# ----------------------------------------------------------------------------- images
+
+class ImageKernel:
+    """A kernel of 8x8x1 images that uses where each pixel is: exp of Σ over positions (r, c)
+    of (1 + r + 2c)·x[r, c]·x'[r, c] / 64 — so rows reshaped in the wrong order would change
+    it. Records the inputs it is called on."""
+
+    def __init__(self):
+        self.calls = []
+
+    def _pair(self, x1, x2):
+        x2 = x1 if x2 is None else x2
+        self.calls.append((x1, x2))
+        assert x1.shape[1:] == x2.shape[1:] == (8, 8, 1)
+        weight = 1 + np.arange(8)[:, None] + 2 * np.arange(8)[None, :]
+        return np.exp(np.einsum("nrcz,mrcz,rc->nm", x1, x2, weight) / 64)
+
+    nngp = ntk = lambda self, x1, x2=None: self._pair(x1, x2)
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.data[:200] / 16, digits.images[:200, :, :, None] / 16, digits.target[:200]
+
+
+@pytest.mark.parametrize("estimator", [NTKClassifier, NTKRegressor])
+def test_rows_are_reshaped_to_input_shape_as_the_images_they_are(estimator):
+    """digits' rows are its 8x8 images in row-major order: rows with input_shape=(8, 8, 1)
+    and the images given directly must reach the kernel as the same images, and predict
+    the same."""
+    rows, images, y = _digits()
+    by_rows = estimator(ImageKernel(), input_shape=(8, 8, 1), time=50.0).fit(rows[:150],
+                                                                            y[:150])
+    kernel = by_rows.arch
+    np.testing.assert_array_equal(kernel.calls[0][0], images[:150])
+    assert by_rows.n_features_in_ == 64 and by_rows.input_shape_ == (8, 8, 1)
+    direct = estimator(ImageKernel(), time=50.0).fit(images[:150], y[:150])
+    assert direct.n_features_in_ == 64 and direct.input_shape_ == (8, 8, 1)
+    expected = by_rows.predict(rows[150:])
+    np.testing.assert_array_equal(kernel.calls[-1][0], images[150:])
+    for fitted, X in ((by_rows, images[150:]), (direct, rows[150:]), (direct, images[150:])):
+        np.testing.assert_allclose(fitted.predict(X), expected, rtol=1e-12, atol=1e-12)
+    # Against a solve written out here, from the kernel on the images.
+    k = ImageKernel()
+    if estimator is NTKClassifier:
+        assert by_rows.score(rows[150:], y[150:]) > 0.5  # ten classes: far above chance
+    else:
+        ensemble = scipy.linalg.solve(k.ntk(images[:150]), y[:150].astype(float))
+        flow = estimator(k, input_shape=(8, 8, 1)).fit(rows[:150], y[:150]).predict(rows[150:])
+        np.testing.assert_allclose(flow, k.ntk(images[150:], images[:150]) @ ensemble,
+                                   rtol=1e-6, atol=1e-8)
+
+
+CONV_ARCH = "Conv(16, (3, 3), padding='SAME') > Relu > Flatten > Dense(1)"
+
+
+@pytest.mark.parametrize("arch, input_shape, X, error, message", [
+    (CONV_ARCH, (8, 8), "rows", ShapeError, r"takes inputs of shape \(N, H, W, C\), but the "
+                                            r"examples have shape \(8, 8\) \(1 spatial axis"),
+    (ImageKernel(), (7, 7, 1), "rows", InputError, r"input_shape \(7, 7, 1\) holds 49 "
+                                                   r"features, but X has 64 columns"),
+    (ImageKernel(), (4, 4, 4), "images", InputError, r"X holds examples of shape \(8, 8, "
+                                                     r"1\), but input_shape is \(4, 4, 4\)"),
+    (ImageKernel(), (8, 0, 1), "rows", InputError, "input_shape must be"),
+    (CONV_ARCH, (64, 1), "rows", ShapeError, r"filters and windows have 2 spatial axes, so "
+                                            r"it takes inputs of shape \(N, H, W, C\), but "
+                                            r"the examples have shape \(64, 1\)"),
+    (CONV_ARCH, None, "rows", ShapeError, r"examples are vectors of 64 features"),
+    (DEFAULT_ARCH, (8, 8, 1), "rows", ShapeError, r"fully-connected architecture takes "
+                                                  r"inputs of shape \(N, d\)"),
+    (DEFAULT_ARCH, None, "images", ShapeError, r"fully-connected architecture takes inputs "
+                                               r"of shape \(N, d\), but the examples have "
+                                               r"shape \(8, 8, 1\)"),
+])
+def test_a_wrong_input_shape_says_what_is_valid(arch, input_shape, X, error, message):
+    rows, images, y = _digits()
+    with pytest.raises(error, match=message) as info:
+        NTKClassifier(arch, input_shape=input_shape).fit(rows if X == "rows" else images, y)
+    if "examples are vectors" in message:
+        assert "input_shape=(8, 8, 1)" in str(info.value)  # the fix, spelled out
+
+
+def test_predict_refuses_images_of_another_shape_than_fitted():
+    rows, images, y = _digits()
+    fitted = NTKClassifier(ImageKernel(), input_shape=(8, 8, 1)).fit(rows, y)
+    with pytest.raises(InputError, match=r"X holds examples of shape \(4, 16, 1\), but the "
+                                         r"estimator was fitted on examples of shape \(8, 8, "
+                                         r"1\)"):
+        fitted.predict(images.reshape(-1, 4, 16, 1))
+    with pytest.raises(InputError, match="64 features"):
+        fitted.predict(rows[:, :60])
+    flat = NTKRegressor(ReluKernel()).fit(rows, y.astype(float))
+    with pytest.raises(InputError, match="fitted on rows of features"):
+        flat.predict(images)

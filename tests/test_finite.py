@@ -235,7 +235,7 @@ def test_branches_of_different_widths_are_refused_with_a_caret():
 
 
 def test_networks_without_parameters_are_refused():
-    with pytest.raises(ArchitectureError, match="no Dense layer"):
+    with pytest.raises(ArchitectureError, match="no Dense or Conv layer"):
         empirical_ntk("Identity", _inputs())
 
 

@@ -185,7 +185,7 @@ def test_one_activation_under_two_labels_keeps_two_findable_classes():
 # --------------------------------------------------------------------------- finite networks
 
 def _finite_case(name):
-    net = FiniteNetwork(ARCHS[name], input_dim=X1.shape[1], width=16)
+    net = FiniteNetwork(ARCHS[name], input_shape=X1.shape[1], width=16)
     return net, net.init(seed=3, samples=2)
 
 

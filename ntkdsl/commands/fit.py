@@ -3,7 +3,9 @@
 Runs kernel regression with the architecture's NTK (or NNGP) on a dataset — one bundled with
 scikit-learn by default, or the user's CSV file — and reports train and test metrics of the
 trained ensemble at t = inf and at a few finite training times, optionally plotting the test
-and train loss and accuracy (R² for regression) against training time.
+and train loss and accuracy (R² for regression) against training time. A convolutional
+architecture gets the rows as images: digits as its 8x8 single-channel images, any other
+data in the shape given with --shape.
 """
 from __future__ import annotations
 
@@ -21,7 +23,16 @@ import numpy as np
 from ..errors import InputError
 from ..evaluation import kernel_name
 from ..progress import stages
-from .options import add_arch, add_command, check_output_directory, comma_list, image_path, real, seed
+from .options import (
+    add_arch,
+    add_command,
+    check_output_directory,
+    comma_list,
+    image_path,
+    real,
+    seed,
+    whole,
+)
 
 DATASETS = {  # name: (scikit-learn loader, task)
     "breast_cancer": ("load_breast_cancer", "classification"),
@@ -30,6 +41,9 @@ DATASETS = {  # name: (scikit-learn loader, task)
     "digits": ("load_digits", "classification"),
     "diabetes": ("load_diabetes", "regression"),
 }
+# The shape of one example, channels last, of the bundled datasets that are images: the
+# rows a convolutional architecture gets reshaped to (digits' rows are its 8x8 images, row-major).
+IMAGE_SHAPES = {"digits": (8, 8, 1)}
 DEFAULT_DATASET = "breast_cancer"
 DEFAULT_TIMES = "1,10,100,1000,10000"
 _MAX_FORMULA_LINES = 40
@@ -44,12 +58,14 @@ class Dataset:
     y: np.ndarray
     task: str
     feature_names: list[str]
+    image_shape: tuple[int, ...] | None = None  # one example's shape if the rows are images
 
 
 EXAMPLES = """
   ntkdsl fit "(Dense(512, W_std=1.5, b_std=0.05) > Relu) * 2 > Dense(1, W_std=1.5, b_std=0.05)"
   ntkdsl fit "Dense(512) > Erf > Dense(1)" --dataset diabetes --times 1,100 --plot curves.png
   ntkdsl fit "Dense(512) > Relu > Dense(1)" --data mydata.csv --target label --kernel nngp
+  ntkdsl fit "Conv(64, (3, 3), padding='SAME') > Relu > Flatten > Dense(1)" --dataset digits
 """
 
 
@@ -84,6 +100,11 @@ def register(subparsers) -> None:
                         help="ridge on the kernel diagonal, relative to its mean")
     parser.add_argument("--test-size", type=real(0, 1), default=0.25, metavar="FRACTION",
                         help="fraction of samples held out for testing, between 0 and 1")
+    parser.add_argument("--shape", type=comma_list(whole(1), "8,8,1"), default=None,
+                        metavar="H,W,C",
+                        help="for a convolutional architecture: the shape of one example, "
+                             "channels last, that each row is reshaped to (default: the "
+                             "dataset's image shape, digits: 8,8,1)")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the train/test split")
     parser.add_argument("--plot", metavar="FILE.png", type=image_path,
                         help="save test and train loss and accuracy (R²) against training "
@@ -116,7 +137,7 @@ def load_bundled(name: str) -> Dataset:
     loader, task = DATASETS[name]
     bunch = getattr(sklearn.datasets, loader)()
     return Dataset(name, bunch.data.astype(np.float64), bunch.target, task,
-                   list(map(str, bunch.feature_names)))
+                   list(map(str, bunch.feature_names)), IMAGE_SHAPES.get(name))
 
 
 def load_csv(path: Path, target: str | None, task: str = "auto") -> Dataset:
@@ -294,21 +315,46 @@ class Run:
     estimator: object
 
 
+def example_shape(arch: str, data: Dataset, shape: list[int] | None) -> tuple[int, ...] | None:
+    """The shape each row becomes for the architecture: None (rows) for a fully-connected
+    one; --shape, else the dataset's own image shape, for one with spatial layers."""
+    from ..finite import input_rank
+    from ..parser import parse
+
+    if input_rank(parse(arch), arch) == 0:
+        if shape is not None:
+            raise InputError(f"--shape {','.join(map(str, shape))} is for convolutional "
+                             "architectures; this one is fully connected and takes the rows "
+                             "as they are", hint="drop --shape")
+        return None
+    if shape is None and data.image_shape is None:
+        raise InputError(
+            f"this architecture has spatial layers, so it takes images, but {data.name} has no "
+            f"known image shape", hint=f"give one with --shape H,W,C (channels last, "
+                                       f"H*W*C = {data.X.shape[1]} features), or use "
+                                       f"--dataset {', '.join(IMAGE_SHAPES)}")
+    return tuple(shape) if shape is not None else data.image_shape
+
+
 def _fit_and_trace(args, data: Dataset, split, times: np.ndarray, step) -> Run:
     from ..estimators import NTKClassifier, NTKRegressor
 
     X_train, X_test, y_train, _ = split
     cls = NTKClassifier if data.task == "classification" else NTKRegressor
     estimator = cls(args.arch, kernel=args.kernel, learning_rate=args.learning_rate,
-                    diag_reg=args.diag_reg, verbose=sys.stderr.isatty())
+                    diag_reg=args.diag_reg, verbose=sys.stderr.isatty(),
+                    input_shape=example_shape(args.arch, data, args.shape))
     step(f"kernel on {len(X_train)} training samples")
     estimator.fit(X_train, y_train)
     all_times = np.append(times, np.inf)
     step("eigendecomposition and training-set trajectory")
     train = estimator.ensemble_.predict_train(all_times).mean
     step(f"predictions on {len(X_test)} test samples")
+    shape = estimator.input_shape_  # the rows as the kernels take them (images)
+    X_test = X_test if shape is None else X_test.reshape(len(X_test), *shape)
     test = estimator.ensemble_.predict(
-        getattr(estimator.network_, estimator.ensemble_.kernel)(X_test, X_train), all_times).mean
+        getattr(estimator.network_, estimator.ensemble_.kernel)(X_test, estimator.X_fit_),
+        all_times).mean
     if data.task == "classification":  # back from centred to one-hot scale
         train, test = train + 1 / len(estimator.classes_), test + 1 / len(estimator.classes_)
     return Run(all_times, train, test, estimator)
@@ -344,8 +390,10 @@ def _split(data: Dataset, args):
 def _kernel_summary(estimator, data: Dataset, n_train: int, n_test: int) -> list[str]:
     ensemble = estimator.ensemble_
     evals = ensemble.factor.eigensystem[0]
+    shape = estimator.input_shape_
+    images = "" if shape is None else f" as {'x'.join(map(str, shape))} images"
     lines = [f"architecture  {estimator.architecture()}",
-             f"data          {data.name}: {data.task}, {data.X.shape[1]} features, "
+             f"data          {data.name}: {data.task}, {data.X.shape[1]} features{images}, "
              f"{n_train} train / {n_test} test samples"
              + (f", {len(estimator.classes_)} classes" if data.task == "classification" else ""),
              f"kernel        {ensemble.kernel.upper()} "

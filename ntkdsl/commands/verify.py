@@ -1,12 +1,14 @@
 """ntkdsl verify ARCH: check the infinite-width theory on finite networks of growing width.
 
-For each width, every hidden Dense of ARCH (one that another Dense follows) gets that width
-(output layers keep theirs), and the command measures: the relative error of the
+For each width, every hidden Dense of ARCH (one that another Dense follows) gets that width,
+and every hidden Conv that many channels (output layers keep theirs), and the command
+measures: the relative error of the
 Monte-Carlo NNGP and of the empirical NTK against the analytic kernels; the relative change
 of the weights and of the empirical NTK during full-batch gradient descent; and the gap
 between the trained network's test predictions and the closed-form gradient-flow prediction
 at the same time t. It prints a table with the fitted log-log slope of each against width
-(about -0.5 is expected) and, with --plot, saves the curves.
+(about -0.5 is expected) and, with --plot, saves the curves. A convolutional ARCH gets
+images (--shape, channels last).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ DEFAULT_WIDTHS = "64,256,1024,4096"
 EXAMPLES = """
   ntkdsl verify "Dense(512, W_std=1.5, b_std=0.05) > Relu > Dense(1, W_std=1.5, b_std=0.05)"
   ntkdsl verify "Dense(512) > Erf > Dense(1)" --widths 32,128,512 --plot erf.png
+  ntkdsl verify "Conv(64, (3, 3), padding='SAME') > Relu > Flatten > Dense(1)" --shape 6,6,2
 """
 
 
@@ -43,7 +46,14 @@ def register(subparsers) -> None:
     parser.add_argument("--train", type=whole(2), default=16, metavar="N",
                         help="training inputs, >= 2")
     parser.add_argument("--test", type=whole(1), default=8, metavar="N", help="test inputs")
-    parser.add_argument("--dim", type=whole(1), default=8, metavar="D", help="input features")
+    inputs = parser.add_mutually_exclusive_group()
+    inputs.add_argument("--dim", type=whole(1), default=8, metavar="D",
+                        help="input features (fully-connected architectures)")
+    inputs.add_argument("--shape", type=comma_list(whole(1), "8,8,1"), default=None,
+                        metavar="H,W,C",
+                        help="one input's shape, channels last, e.g. 8,8,1 for 8x8 images or "
+                             "16,3 for 1-D signals (default for a convolutional architecture: "
+                             "8 positions per spatial axis, 1 channel)")
     parser.add_argument("--seed", type=seed, default=0, help="seed of data and networks")
     parser.add_argument("--plot", metavar="FILE.png", type=image_path,
                         help="save the error curves against width (default: no plot)")
@@ -66,7 +76,8 @@ def run(args) -> int:
     check_output_directory(args.plot, "--plot")
     result = verify(args.arch, args.widths, samples=args.samples,
                     steps=args.steps, rate=args.rate, n_train=args.train, n_test=args.test,
-                    input_dim=args.dim, seed=args.seed, progress=sys.stderr.isatty())
+                    input_dim=args.dim, input_shape=args.shape, seed=args.seed,
+                    progress=sys.stderr.isatty())
     print(result.report())
     if args.plot:
         result.plot(args.plot)
