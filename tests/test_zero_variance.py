@@ -368,3 +368,25 @@ def test_constant_variances_are_still_folded():
         q, t = gamma + 0.64, gamma + 0.64 + t * gamma_dot
     assert float(program.outputs[0]) == pytest.approx(q, rel=1e-10)
     assert float(program.outputs[1]) == pytest.approx(q + t, rel=1e-10)
+
+
+def test_a_zero_variance_of_every_input_has_correlation_zero():
+    """Found evaluating the fuzzer's valid architectures: after Dense(W_std=0) without a
+    bias every variance is the number 0, where the symbolic correlation Corr(0, 0, 0) was
+    the 1 of identical inputs: Sign then made K = 1 beside variances 0, and the next layer's
+    Corr divided by sqrt(0) — sympy's "The argument 'zoo' is not comparable" (issue 12's
+    sympy internals leaking out). A correlation at a zero variance is 0, as the runtime's
+    _corr has it. Every pre-activation of the Elu is then the shared bias, u ~ N(0, 1.95²),
+    the same for every input: each entry is a 1-D Gaussian mean."""
+    arch = ("Dense(8, W_std=0, parameterization='standard') > Sign > Dense(1) > Abs > "
+            "Dense(8, W_std=1.14, b_std=1.95) > Elu > Dense(8, b_std=0.4191)")
+    net = ntkdsl.compile(arch)
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    elu = lambda z: z if z > 0 else math.expm1(z)
+    elu_dot = lambda z: 1.0 if z > 0 else math.exp(z)
+    q = 1.95 ** 2
+    nngp = _mean(lambda z: elu(z) ** 2, q) + 0.4191 ** 2
+    # the NTK is 0 after Sign (φ' = 0), q after the Dense; Γ̇ of the Elu multiplies it
+    ntk = nngp + q * _mean(lambda z: elu_dot(z) ** 2, q)
+    for got, want in zip((*net.kernels(x), *net.diagonal(x)), (nngp, ntk, nngp, ntk)):
+        np.testing.assert_allclose(got, want, rtol=1e-10)
