@@ -5,20 +5,27 @@ another one's (an earlier commit in a ``git worktree``), on the networks of kern
     git worktree add --detach /tmp/ntkdsl-old <commit>   # grammars: ln -s ../grammars ntkdsl/grammars
     python benchmarks/side_by_side.py /tmp/ntkdsl-old
     python benchmarks/side_by_side.py /tmp/ntkdsl-old --rounds 5 --n 2048
+    python benchmarks/side_by_side.py /tmp/ntkdsl-old --busy   # beside a competing CPU-bound process
 
 Each measurement is a fresh child process with the checkout first on ``sys.path``; the two
 checkouts take turns within every round, so a slow spell of a shared machine hits both alike,
 and the best time of each is compared. The child compiles and evaluates once before timing
 (derivation, code generation and the numerical route's coefficients are not measured) and
-reports the best of three calls of ``net.kernels(x)``.
+reports the best of three calls of ``net.kernels(x)``: wall time, and the process's CPU time
+(all its threads), which a shared machine's other processes disturb less — they take the
+cores away, not the work. Beside the ratio of the best times, the median over rounds of each
+round's ratio: one quiet moment for one checkout moves the first, not the second.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from busy import busy_note, competing_process
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -39,19 +46,22 @@ assert ntkdsl.__file__.startswith(sys.argv[1]), ntkdsl.__file__
 x = np.random.default_rng(0).standard_normal((n, d))
 net = ntkdsl.compile(arch)
 net.kernels(x)
-best = float("inf")
+wall = cpu = float("inf")
 for _ in range(3):
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     net.kernels(x)
-    best = min(best, time.perf_counter() - start)
-print(json.dumps(best))
+    wall = min(wall, time.perf_counter() - start)
+    cpu = min(cpu, time.process_time() - start_cpu)
+print(json.dumps([wall, cpu]))
 """
 
 
-def seconds(checkout: Path, arch: str, n: int, d: int) -> float:
+def seconds(checkout: Path, arch: str, n: int, d: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of the best of three calls in a fresh child process."""
     out = subprocess.run([sys.executable, "-c", CHILD, str(checkout), arch, str(n), str(d)],
                          capture_output=True, text=True, check=True, cwd="/")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    wall, cpu = json.loads(out.stdout.strip().splitlines()[-1])
+    return wall, cpu
 
 
 def main() -> None:
@@ -59,17 +69,33 @@ def main() -> None:
     parser.add_argument("other", type=Path, help="the other checkout (its root directory)")
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--busy", action="store_true",
+                        help="run one competing CPU-bound process meanwhile (benchmarks/busy.py)")
     options = parser.parse_args()
-    other = options.other.resolve()
-    print(f"this checkout: {HERE}\nother:         {other}\nN={options.n}, best of "
-          f"{options.rounds} rounds x 3 calls, net.kernels(x) (NNGP and NTK)")
-    print(f"{'network':34s} {'this (s)':>9s} {'other (s)':>9s} {'ratio':>7s}")
+    with competing_process(options.busy):
+        compare(options.other.resolve(), options.n, options.rounds, options.busy)
+
+
+def compare(other: Path, n: int, rounds: int, busy: bool) -> None:
+    print(f"this checkout: {HERE}\nother:         {other}\nN={n}, best of "
+          f"{rounds} rounds x 3 calls, net.kernels(x) (NNGP and NTK)\n{busy_note(busy)}\n"
+          "ratio: this / other of the best times; median: the median over rounds of that "
+          "round's ratio (the two ran back to back)")
+    print(f"{'network':32s} {'this (s)':>8s} {'other':>7s} {'ratio':>6s} {'median':>6s}"
+          f" {'CPU this':>8s} {'other':>7s} {'ratio':>6s} {'median':>6s}")
     for name, (arch, d) in NETWORKS.items():
-        best = {HERE: float("inf"), other: float("inf")}
-        for _ in range(options.rounds):
-            for checkout in best:
-                best[checkout] = min(best[checkout], seconds(checkout, arch, options.n, d))
-        print(f"{name:34s} {best[HERE]:9.3f} {best[other]:9.3f} {best[HERE] / best[other]:7.3f}")
+        times = {HERE: [], other: []}  # (wall, CPU) of each round
+        for _ in range(rounds):
+            for checkout, measured in times.items():
+                measured.append(seconds(checkout, arch, n, d))
+        columns = []
+        for kind in (0, 1):  # wall, CPU
+            mine = [t[kind] for t in times[HERE]]
+            theirs = [t[kind] for t in times[other]]
+            median = statistics.median(a / b for a, b in zip(mine, theirs))
+            columns.append(f"{min(mine):8.3f} {min(theirs):7.3f} {min(mine) / min(theirs):6.3f} "
+                           f"{median:6.3f}")
+        print(f"{name:32s} {columns[0]} {columns[1]}")
 
 
 if __name__ == "__main__":

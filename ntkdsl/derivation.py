@@ -119,20 +119,11 @@ def _field_layout(state: State, field: str) -> Layout | None:
 # layers (after a Sign, whose variances are exactly 1) do not grow with depth.
 _MAX_CONSTANT_OPS = 8
 _CONSTANT_DIGITS = 30
-# Printed code computes with the integers of a kept constant: past int64, numpy refuses them
-# (numpy.sqrt of a Python int of 26 digits is a TypeError), so such a constant is folded too.
-_MAX_KEPT_INTEGER = 2**53
-
-
-def _small_integers(value: sp.Expr) -> bool:
-    return all(abs(r.p) < _MAX_KEPT_INTEGER and r.q < _MAX_KEPT_INTEGER
-               for r in value.atoms(sp.Rational))
 
 
 def fold_constant(value: sp.Expr) -> sp.Expr:
     """A numeric value kept as it is when small or rational, else evaluated to a Float."""
-    if value.is_Rational or value.is_Float or (
-            sp.count_ops(value) <= _MAX_CONSTANT_OPS and _small_integers(value)):
+    if value.is_Rational or value.is_Float or sp.count_ops(value) <= _MAX_CONSTANT_OPS:
         return value
     folded = value.evalf(_CONSTANT_DIGITS)
     # A numerical-route dual of constant arguments has no evalf: it stays as it is and is

@@ -35,7 +35,7 @@ from .program import (
     Step,
     TemplateCache,
 )
-from .symbolic import ArcCosine, Corr
+from .symbolic import ArcCosine, AttributedSymbol, Corr
 
 # What a formula shows: one kernel, or both.
 FORMULA_KINDS = (*KINDS, "both")
@@ -241,26 +241,19 @@ def _readable(step: Step, names: count, number: int | str | None = None) -> Laye
     return Layer(number, step.label, step.note, tuple(definitions + shared + outputs))
 
 
-class DisplayName(sp.Symbol):
+class DisplayName(AttributedSymbol):
     """A name the readable derivation gives an intermediate: the correlation ``c_l`` and
     angle ``theta_l`` of layer l (``tag`` a, b, ... when a layer has several), or a shared
     subexpression ``z<n>`` (numbered through the whole derivation; ``layer`` holds n). The
     family and numbers are attributes, so printers and renamings never parse the name."""
 
+    attributes = ("family", "layer", "tag")
     family: str
     layer: int | str
     tag: str
 
-    def __new__(cls, name: str, family: str, layer: int | str, tag: str = ""):
-        obj = sp.Symbol.__xnew__(cls, name, real=True)
-        obj.family, obj.layer, obj.tag = family, layer, tag
-        return obj
-
-    def _hashable_content(self):
-        return super()._hashable_content() + (self.family, self.layer, self.tag)
-
-    def __getnewargs_ex__(self):
-        return (self.name, self.family, self.layer, self.tag), {}
+    def __new__(cls, name: str, family: str, layer: int | str, tag: str = "", **assumptions):
+        return super().__new__(cls, name, family, layer, tag, **(assumptions or {"real": True}))
 
     @classmethod
     def of_layer(cls, family: str, layer: int | str, tag: str = "") -> DisplayName:
@@ -269,11 +262,6 @@ class DisplayName(sp.Symbol):
     @classmethod
     def shared(cls, number: int) -> DisplayName:
         return cls(f"z{number}", "z", number)
-
-
-# As for program variables: sympy orders terms by class name, and display names should sort
-# as the plain symbols they read as.
-DisplayName.__name__ = "Symbol"
 
 
 _TEMPLATE_LAYERS = TemplateCache()

@@ -80,31 +80,35 @@ def _at_zero_variance(q, zero, value):
 '''.lstrip("\n")
 
 
-# The arc-cosine kernels J_n/(2π) (symbolic.ArcCosine): shared parts, and per order
-# straight-line code generated from J_n's integer polynomials and series.
-_ARCCOSINE_SOURCE = '''
-def _arccosine_parts(c):
-    """What J_n / (2 pi) is made of at correlations c = cos(theta) (Cho & Saul's J_n =
-    A_n(c) phi + B_n(c) sin(phi), phi = pi - theta): (phi / (2 pi), sin(phi) / (2 pi), a
-    free array of c's shape, phi where phi < SERIES_BELOW and that mask, or None, None
-    where no entry is that close to c = -1: one pass over phi, its minimum, finds out).
-    phi is arccos(-c), accurate to the last digit as phi -> 0, sin(phi) is
-    sqrt((1 - c)(1 + c)), accurate as c -> 1; both are scaled before they are combined, so
-    that rounding is relative to the result (J_1 / (2 pi) = 1/2 at c = 1, exactly). In c's
-    precision (float32 where the caller evaluates in float32)."""
-    turns = numpy.negative(c, out=numpy.empty_like(c))
-    numpy.arccos(turns, out=turns)
-    near = turns < SERIES_BELOW if turns.size and turns.min() < SERIES_BELOW else None
-    phi = None if near is None else turns[near]
-    turns *= 1 / (2 * numpy.pi)  # exactly 1/2 where turns is pi (c = 1)
-    sine = numpy.subtract(1.0, c, out=numpy.empty_like(c))
-    free = numpy.add(1.0, c, out=numpy.empty_like(c))
-    sine *= free
-    numpy.sqrt(sine, out=sine)
-    sine *= 1 / (2 * numpy.pi)
-    return turns, sine, free, phi, near
+# The arc-cosine kernels J_n/(2π) (symbolic.ArcCosine): per order, one straight-line
+# function generated from J_n's integer polynomials and series (generated code calls it for
+# every block of a kernel matrix, so it makes as few passes over c as the textbook form).
+_TURN = 1 / (2 * math.pi)
 
+# The closed form's parts at correlations c = cos θ, Cho & Saul's J_n = A_n(c)·φ +
+# B_n(c)·sin φ with φ = π − θ: turns = φ/(2π), φ as arccos(−c) (to the last digit as
+# φ → 0; exactly 1/2 at c = 1), sine = sin φ/(2π) as √((1 − c)(1 + c))/(2π) (accurate as
+# c → 1), free = a buffer of c's shape; near = the entries where φ < SERIES_BELOW, whose
+# two terms of size φ cancel (the series takes them, from their φ), or None: one reduction
+# (the smallest φ) finds out, so a block without such entries costs no mask. Both parts
+# are scaled before they are combined, so rounding is relative to the result. The
+# arithmetic operators make the buffers, in c's precision (float32 where the caller
+# evaluates in float32); a 0-d c is computed as a one-entry array (the work is in place).
+_PARTS_LINES = [
+    "turns = -c",
+    "numpy.arccos(turns, out=turns)",
+    f"near = turns < {SERIES_BELOW!r} if turns.size and turns.min() < {SERIES_BELOW!r} else None",
+    "if near is not None:",
+    "    phi = turns[near]",
+    f"turns *= {_TURN!r}",
+    "sine = 1.0 - c",
+    "free = 1.0 + c",
+    "sine *= free",
+    "numpy.sqrt(sine, out=sine)",
+    f"sine *= {_TURN!r}",
+]
 
+_ARCCOSINE_SERIES_SOURCE = '''
 def _arccosine_series(coefficients, phi, power):
     """phi**power * (coefficients[0] + coefficients[1] phi**2 + ...): J_n / (2 pi) where
     its closed form cancels (phi -> 0), by Horner in phi**2."""
@@ -115,7 +119,7 @@ def _arccosine_series(coefficients, phi, power):
         total += coefficient
     total *= phi ** power
     return total
-'''.lstrip("\n").replace("SERIES_BELOW", repr(SERIES_BELOW))
+'''.lstrip("\n")
 
 _ARCCOSINE0_SOURCE = '''
 def _arccosine0(n, c):
@@ -142,39 +146,56 @@ def _horner_lines(coefficients: list[int], factor: str, out: str) -> list[str]:
     return lines
 
 
-def _arccosine_lines(n: int, out: str) -> list[str]:
-    """Statements computing J_n/(2π) (n ≥ 1) into the array ``out`` from _arccosine_parts."""
+def _closed_form_lines(n: int, out: str) -> list[str]:
+    """Statements computing J_n/(2π) (n ≥ 1) by its closed form into the array ``out`` from
+    the parts (_PARTS_LINES)."""
     a, b = (tuple(int(v) for v in p.all_coeffs()) for p in arccos_polynomials(n))
     lines = _horner_lines(list(a), "turns", out)
     if len(b) == 1:
-        lines.append(f"{out} += sine" if b[0] == 1 else f"{out} += {b[0]} * sine")
-    else:
-        lines += _horner_lines(list(b), "sine", "free") + [f"{out} += free"]
+        return lines + [f"{out} += sine" if b[0] == 1 else f"{out} += {b[0]} * sine"]
+    return lines + _horner_lines(list(b), "sine", "free") + [f"{out} += free"]
+
+
+def _series_line(n: int, out: str) -> str:
+    """The statement (under ``if near is not None``) putting the series of J_n/(2π) (n ≥ 1)
+    where ``near``."""
     series = ", ".join(repr(float(sp.N(s / (2 * sp.pi), 30))) for s in arccos_series(n))
-    lines += ["if near is not None:",
-              f"    {out}[near] = _arccosine_series(({series},), phi, {2 * n + 1})"]
-    return lines
+    return f"    {out}[near] = _arccosine_series(({series},), phi, {2 * n + 1})"
+
+
+_FUNCTION_DOC = """Cho & Saul's closed form A(c) phi + B(c) sin(phi), phi = pi - theta, from
+    phi = arccos(-c) and sin(phi) = sqrt((1 - c)(1 + c)), and where phi < 1, whose two terms
+    would cancel, a series in phi."""
+
+
+def _arccosine_function(name: str, doc: str, n: int, orders: tuple[int, ...]) -> str:
+    """Source of ``name``(n, c): J_k/(2π) for each order k of ``orders`` (n, or n and n − 1),
+    from one computation of the parts."""
+    results = ["turns" if k == 0 else buffer for k, buffer in zip(orders, ("value", "lower"))]
+    scalar = (f"{name}(n, numpy.reshape(c, 1)).reshape(())" if len(orders) == 1 else
+              f"tuple(v.reshape(()) for v in {name}(n, numpy.reshape(c, 1)))")
+    lines = ["if numpy.ndim(c) == 0:", f"    return {scalar}", *_PARTS_LINES]
+    # Without a B_k of degree ≥ 1 to evaluate, free is no one's scratch: it takes J_n.
+    scratch = any(len(arccos_polynomials(k)[1].all_coeffs()) > 1 for k in orders if k)
+    lines.append("value = numpy.empty_like(c)" if scratch else "value = free")
+    for k, buffer in zip(orders, results):
+        if k:  # J_0/(2π) is the part turns itself
+            lines += ([] if buffer == "value" else [f"{buffer} = numpy.empty_like(c)"])
+            lines += _closed_form_lines(k, buffer)
+    lines += ["if near is not None:", *(_series_line(k, out) for k, out in zip(orders, results) if k)]
+    lines.append(f"return {', '.join(results)}")
+    return (f'def {name}(n, c):\n    """{doc} at correlations c = cos(theta), n = {n} as '
+            f'written.\n    {_FUNCTION_DOC}"""\n'
+            + "".join(f"    {line}\n" for line in lines))
 
 
 def _arccosine_source(n: int) -> str:
     """Source of _arccosine<n>(n, c) = J_n/(2π) and _arccosine<n>_<n−1>(n, c) = (J_n/(2π),
-    J_(n−1)/(2π)), straight-line code over _arccosine_parts (no loops: generated code calls
-    it for every block of a kernel matrix)."""
-    body = ["turns, sine, free, phi, near = _arccosine_parts(c)", "value = free",
-            "free = numpy.empty_like(c)" if len(arccos_polynomials(n)[1].all_coeffs()) > 1 else ""]
-    single = [*body, *_arccosine_lines(n, "value"), "return value"]
-    if n == 1:
-        pair = [*body, *_arccosine_lines(1, "value"), "return value, turns"]
-    else:
-        pair = [*body, *_arccosine_lines(n, "value"), "lower = numpy.empty_like(c)",
-                *_arccosine_lines(n - 1, "lower"), "return value, lower"]
-    return "\n\n\n".join(
-        f'def {name}(n, c):\n    """{doc} at correlations c (n = {n}, the order as the call '
-        f'is written;\n    see _arccosine_parts)."""\n'
-        + "".join(f"    {line}\n" for line in lines if line)
-        for name, doc, lines in [(f"_arccosine{n}", f"J_{n} / (2 pi)", single),
-                                 (f"_arccosine{n}_{n - 1}",
-                                  f"(J_{n} / (2 pi), J_{n - 1} / (2 pi))", pair)])
+    J_(n−1)/(2π)), straight-line code (no loops over the orders)."""
+    return "\n\n".join([
+        _arccosine_function(f"_arccosine{n}", f"J_{n} / (2 pi)", n, (n,)),
+        _arccosine_function(f"_arccosine{n}_{n - 1}", f"(J_{n} / (2 pi), J_{n - 1} / (2 pi))",
+                            n, (n, n - 1))])
 
 
 @cache
@@ -182,7 +203,7 @@ def _arccosine_helpers(n: int) -> dict[str, str]:
     """Helper name -> source for ArcCosine(n, c) and its joint call with order n − 1."""
     if n == 0:
         return {"_arccosine0": _ARCCOSINE0_SOURCE}
-    return {"_arccosine_parts": _ARCCOSINE_SOURCE, f"_arccosine{n}": _arccosine_source(n)}
+    return {"_arccosine_series": _ARCCOSINE_SERIES_SOURCE, f"_arccosine{n}": _arccosine_source(n)}
 
 
 # Helper name -> source. _corr and the in-place emitter's _inv_sqrt are one runtime module's

@@ -26,6 +26,7 @@ from functools import cached_property, lru_cache
 import sympy as sp
 
 from .errors import ShapeError, Span
+from .symbolic import AttributedSymbol
 
 
 @dataclass(frozen=True)
@@ -93,41 +94,22 @@ def role_named(name: str) -> Role:
     return next(r for r in ROLES if r.name == name)
 
 
-class KernelVariable(sp.Symbol):
+class KernelVariable(AttributedSymbol):
     """A symbol of a kernel program with its role, layer and layout. Two variables are the
     same only if all of these agree (and the name and assumptions, as for any symbol)."""
 
+    attributes = ("role", "layer", "layout")
     role: Role
     layer: int | str | None
     layout: object
 
     def __new__(cls, name: str, role: Role, layer: int | str | None = None,
                 layout: object = None, **assumptions):
-        obj = sp.Symbol.__xnew__(cls, name, **assumptions)
-        obj.role, obj.layer, obj.layout = role, layer, layout
-        # sympy orders symbols of one name and assumptions by the rest of their content,
-        # item by item with < and >: every item must be orderable (a role, a layer that is an
-        # int or a template's str, a layout that is None are not, among themselves).
-        obj._content = (role.name, (type(layer).__name__, str(layer)), repr(layout))
-        return obj
-
-    def _hashable_content(self):
-        return super()._hashable_content() + self._content
-
-
-    def __getnewargs_ex__(self):
-        return (self.name, self.role, self.layer, self.layout), self.assumptions0
+        return super().__new__(cls, name, role, layer, layout, **assumptions)
 
     def at(self, layer: int | str | None) -> KernelVariable:
         """The variable of the same role assigned by ``layer``."""
         return state_variable(self.role, layer, self.layout)
-
-
-# sympy orders the terms of a sum or product by class name, then by content; the order of
-# terms is the order of floating-point operations in generated code. Under the name
-# "Symbol" variables sort (and print) as the plain symbols they stand for did; pickle
-# finds the class by its __qualname__.
-KernelVariable.__name__ = "Symbol"
 
 
 @lru_cache(maxsize=1 << 16)

@@ -42,6 +42,40 @@ class PrintedAs(KernelFunction):
         return printer._print(self.shown())
 
 
+class AttributedSymbol(sp.Symbol):
+    """A sympy Symbol carrying attributes, named in order by the class's ``attributes``: two
+    are equal only if their names, assumptions and attributes all agree, they pickle with
+    their attributes, and they sort and print as the plain Symbol of their name.
+
+    The last because sympy orders the terms of a sum or product by class name, then by
+    content, and that order is the order of floating-point operations in generated code:
+    under the name "Symbol" (set on every subclass; pickle finds a class by its
+    ``__qualname__``) these symbols sort as the plain symbols they stand for did. Among
+    symbols of one name and assumptions sympy compares the rest of the content item by item
+    with < and >, so each attribute enters it as (its type's name, its repr): orderable
+    whatever the attribute is (an int layer and a template's str one, a role, None)."""
+
+    attributes: tuple[str, ...] = ()
+
+    def __new__(cls, name: str, *values, **assumptions):
+        if len(values) != len(cls.attributes):
+            raise TypeError(f"{cls.__qualname__} takes {cls.attributes} after the name, "
+                            f"got {len(values)} values")
+        obj = sp.Symbol.__xnew__(cls, name, **assumptions)
+        for attribute, value in zip(cls.attributes, values):
+            setattr(obj, attribute, value)
+        obj._content = tuple((type(v).__name__, repr(v)) for v in values)
+        return obj
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__name__ = "Symbol"
+
+    def _hashable_content(self):
+        return super()._hashable_content() + self._content
+
+    def __getnewargs_ex__(self):
+        return (self.name, *(getattr(self, a) for a in self.attributes)), self.assumptions0
 
 
 class Corr(PrintedAs):

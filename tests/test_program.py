@@ -57,6 +57,26 @@ def test_variables_pickle_with_role_and_layer_and_differ_by_role():
     assert KernelVariable("v", VARIANCE1, 3, real=True) != k
 
 
+def test_display_names_and_variables_share_one_attributed_symbol():
+    """formula.DisplayName and KernelVariable are symbolic.AttributedSymbol: same-named
+    symbols that differ in an attribute are different symbols, and sympy can order them
+    (it compares their content item by item: an int layer against a template's str one
+    raised TypeError); they pickle with their attributes and sort as plain symbols."""
+    from ntkdsl.formula import DisplayName
+    from ntkdsl.symbolic import AttributedSymbol
+    a, b = DisplayName.of_layer("c", 2), DisplayName.of_layer("c", "2")
+    assert isinstance(a, AttributedSymbol) and isinstance(KernelVariable("v", NNGP), AttributedSymbol)
+    assert a != b and len({a, b}) == 2
+    expr = 3 * a + sp.sqrt(b) + a * b
+    back = pickle.loads(pickle.dumps(expr))
+    assert back == expr
+    assert {(s.family, s.layer, s.tag, s.is_real) for s in back.free_symbols} == {
+        ("c", 2, "", True), ("c", "2", "", True)}
+    plain = sp.Symbol("c_2", real=True)
+    assert sp.default_sort_key(a) == sp.default_sort_key(plain)
+    assert KernelVariable("v", NNGP, 1, real=True).class_key() == sp.Symbol("v").class_key()
+
+
 def _hand_program():
     """A kernel program whose variables have names no convention knows: only the roles say
     that a is a column, b a row and c, z matrices."""
