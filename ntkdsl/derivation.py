@@ -19,36 +19,50 @@ from functools import cache, singledispatch
 
 import sympy as sp
 
-from . import activations, gaussian, limits, numerical
+from . import activations, gaussian, limits, numerical, spatial
 from .ast import (
     SPATIAL_TYPES,
     Activation,
+    Conv,
     Dense,
+    Flatten,
+    GlobalPool,
     Identity,
     LayerNorm,
     Node,
+    Pool,
     Repeat,
     Serial,
     Sum,
 )
 from .errors import ArchitectureError, LayerValueError, Span
 from .program import (
-    DIAGONAL_ROLES,
+    DIAGONAL_NTK,
     INPUT_STATISTICS,
     NNGP,
-    PAIR_ROLES,
+    NTK,
+    POSITION_PAIRS,
+    SAME_POSITIONS,
     SCALAR,
+    SELF,
+    SELF1,
+    SELF2,
     VARIANCE,
     VARIANCE1,
     VARIANCE2,
     Assignment,
+    AxisChain,
     Bound,
     KernelVariable,
+    Layout,
     Program,
+    SameShapeCheck,
+    SpatialPlan,
     Step,
     StructuredOp,
     Template,
     TemplateCache,
+    WindowCheck,
     state_variable,
 )
 from .symbolic import AtZeroVariance, Corr, Pair, exact
@@ -59,7 +73,13 @@ D = KernelVariable("d", SCALAR, positive=True, integer=True)
 
 @dataclass(frozen=True)
 class State:
-    """The kernel state between layers plus what the rules need to check validity."""
+    """The kernel state between layers plus what the rules need to check validity.
+
+    For a convolutional architecture ``layout`` is that of k and t (same positions, or
+    position pairs where a pooling layer follows); q1 and q2 are then the variances at each
+    position, and with position pairs s1 and s2 hold the covariance of x (of x') with
+    itself between every two positions. ``shape`` is how each spatial axis's size came
+    about (``AxisChain``s): it is not part of a layer's map (templates ignore it)."""
 
     q1: sp.Expr
     q2: sp.Expr
@@ -69,6 +89,29 @@ class State:
     gaussian: bool = False      # pre-activations are Gaussian (after a Dense)
     dense_ended: bool = False   # last layer was a Dense: independent of sibling branches
     last: str = "the raw inputs"
+    layout: Layout | None = None
+    s1: sp.Expr | None = None
+    s2: sp.Expr | None = None
+    shape: tuple[AxisChain, ...] = ()
+
+
+# The state's kernel variables and its width, in the order templates see them.
+FIELDS = ("q1", "q2", "k", "t", "s1", "s2", "width")
+_PAIR_FIELDS = (("q1", VARIANCE1), ("q2", VARIANCE2), ("s1", SELF1), ("s2", SELF2),
+                ("k", NNGP), ("t", NTK))
+_DIAGONAL_FIELDS = (("q1", VARIANCE), ("s1", SELF), ("t", DIAGONAL_NTK))
+
+
+def _field_layout(state: State, field: str) -> Layout | None:
+    """The layout of a state variable: variances sit at positions, self covariances at
+    position pairs, kernels as the state's layout."""
+    if state.layout is None:
+        return None
+    if field in ("q1", "q2"):
+        return SAME_POSITIONS
+    if field in ("s1", "s2"):
+        return POSITION_PAIRS
+    return state.layout
 
 
 # Sympy numbers that are not rationals (sqrt(2)/pi, asin(3/5), ...) stay exact while they
@@ -104,27 +147,50 @@ class _Builder:
         self.diagonal, self.source = diagonal, source
         self.steps: list[Step] = []
         self.suffix = suffix  # recording a template: targets are named <name>_<suffix>
+        # Pooling layers still to come (position pairs are needed up to the last one), and
+        # what the spatial plan collects (see ``_plan``).
+        self.pools_left = 0
+        self.windows: list[WindowCheck] = []
+        self.sums: list[SameShapeCheck] = []
+        self.layouts: list[tuple[Layout, tuple[AxisChain, ...]]] = []
 
     def commit(self, label: str, old: State, new: State, note: str = "") -> State:
         index = self.suffix if self.suffix is not None else len(self.steps) + 1
-        roles = DIAGONAL_ROLES if self.diagonal else PAIR_ROLES
-        fields = ("q1", "t") if self.diagonal else ("q1", "q2", "k", "t")
         assignments, values = [], {}
-        for role, field in zip(roles, fields):
+        for field, role in _DIAGONAL_FIELDS if self.diagonal else _PAIR_FIELDS:
             expr = getattr(new, field)
+            if expr is None:
+                continue
             if expr.is_number:
                 expr = fold_constant(expr)
+            layout = _field_layout(new, field)
+            if layout is not None and expr.is_number and expr != 0:
+                expr = self._on_grid(expr, getattr(old, field), label)
             if expr == getattr(old, field) or expr.is_number or isinstance(expr, sp.Symbol):
                 values[field] = expr
                 continue
-            symbol = state_variable(role, index)
+            symbol = state_variable(role, index, layout)
             assignments.append(Assignment(symbol, expr))
             values[field] = symbol
         if self.diagonal:
-            values["q2"] = values["k"] = values["q1"]
+            values["q2"] = values["q1"]
+            values["k"] = values["s1"] if new.layout == POSITION_PAIRS else values["q1"]
+            if new.s1 is not None:
+                values["s2"] = values["s1"]
         if assignments:
             self.steps.append(Step(label, tuple(assignments), note))
         return replace(new, **values)
+
+    def _on_grid(self, value: sp.Expr, before: sp.Expr | None, label: str) -> sp.Expr:
+        """A constant on the spatial grid (the variances after a Sign are exactly 1 at every
+        position): the value times ones of the shape the variable had before this
+        (element-wise) layer, so the next convolution knows where its padding falls."""
+        if isinstance(before, sp.Symbol):
+            return value * spatial.ones(before)
+        raise ArchitectureError(
+            f"{label}: every value here is the constant {value} at every position, after "
+            "values that were exactly 0, so ntkdsl cannot place it on the spatial grid",
+            source=self.source, hint="use W_std > 0 or a bias before this layer")
 
     def layer(self, node, states: tuple[State, ...], rule) -> State:
         """``rule(node, *states, builder)`` for one layer, through its template: the rule
@@ -144,8 +210,22 @@ class _Builder:
             binding.update({t: t.at(index) for t in template.targets})
             self.steps.append(Step(str(node), Bound(template, binding), template.step.note))
         out = template.output
-        return replace(out, **{f: binding.get(getattr(out, f), getattr(out, f))
-                               for f in ("q1", "q2", "k", "t", "width")})
+        out = replace(out, shape=_next_shape(node, states),
+                      **{f: _rebound(getattr(out, f), binding) for f in FIELDS})
+        self._plan(node, states, out)
+        return out
+
+    def _plan(self, node, states: tuple[State, ...], out: State) -> None:
+        """What the spatial plan needs of this layer: a 'VALID' window must fit its input,
+        the branches of a sum must agree, and every spatial state counts for memory."""
+        if isinstance(node, (Conv, Pool)) and node.padding == "VALID":
+            window = node.filter_shape if isinstance(node, Conv) else node.window_shape
+            self.windows.append(WindowCheck(str(node), node.span, window, states[0].shape))
+        if isinstance(node, Sum) and states[0].layout is not None:
+            self.sums.append(SameShapeCheck("this sum", node.span,
+                                            tuple(o.shape for o in states[1:])))
+        if out.layout is not None:
+            self.layouts.append((out.layout, out.shape))
 
     def error(self, message: str, node: Node, hint: str | None = None) -> ArchitectureError:
         return ArchitectureError(message, source=self.source, span=node.span, hint=hint)
@@ -172,12 +252,12 @@ def _pattern(states: tuple[State, ...]) -> tuple[tuple, tuple[sp.Symbol, ...]]:
     index: dict[sp.Symbol, int] = {}
     key = []
     for state in states:
-        for value in (state.q1, state.q2, state.k, state.t, state.width):
+        for value in (getattr(state, f) for f in FIELDS):
             if isinstance(value, sp.Symbol) and value != D:
                 key.append((index.setdefault(value, len(index)), _symbol_key(value)))
             else:
                 key.append(value)
-        key.append((state.gaussian, state.dense_ended, state.last))
+        key.append((state.gaussian, state.dense_ended, state.last, state.layout))
     return tuple(key), tuple(index)
 
 
@@ -191,8 +271,8 @@ def _over_placeholders(states: tuple[State, ...], symbols: tuple[sp.Symbol, ...]
                                      **dict(assumptions)))
     rename = dict(zip(symbols, placeholders))
     return tuple(placeholders), tuple(
-        replace(s, **{f: rename.get(getattr(s, f), getattr(s, f))
-                      for f in ("q1", "q2", "k", "t", "width")}) for s in states)
+        replace(s, **{f: rename.get(getattr(s, f), getattr(s, f)) for f in FIELDS})
+        for s in states)
 
 
 def _record(node, placeholders, rule, b: _Builder) -> Template:
@@ -213,14 +293,27 @@ def apply(node: Node, state: State, b: _Builder) -> State:
     raise TypeError(f"no kernel rule for {type(node).__name__}")  # pragma: no cover
 
 
-def _spatial(node: Node, s: State, b: _Builder) -> State:
-    raise b.error(f"{node} is parsed, but the kernels of convolutional layers are not "
-                  "derived yet", node, hint="fully-connected layers: Dense, the activations, "
-                  "LayerNorm, Identity, sums and repeats")
+def _rebound(value: sp.Expr | None, binding: dict) -> sp.Expr | None:
+    """A template's output value in one layer's variables (a width after Flatten is an
+    expression of a variance: its number of positions)."""
+    if value is None or isinstance(value, sp.Symbol):
+        return binding.get(value, value)
+    return value.xreplace(binding) if value.free_symbols & binding.keys() else value
 
 
-for _kind in SPATIAL_TYPES:
-    apply.register(_kind, _spatial)
+def _next_shape(node, states: tuple[State, ...]) -> tuple[AxisChain, ...]:
+    """How each spatial axis's size came about after ``node`` (a sum: as its first branch
+    ends; the evaluation checks that the others agree)."""
+    if isinstance(node, Sum):
+        return states[1].shape
+    shape = states[0].shape
+    if isinstance(node, (Conv, Pool)):
+        window = node.filter_shape if isinstance(node, Conv) else node.window_shape
+        return tuple(chain + ((w, stride, node.padding),)
+                     for chain, w, stride in zip(shape, window, node.strides))
+    if isinstance(node, (Flatten, GlobalPool)):
+        return ()
+    return shape
 
 
 def _templated(rule):
@@ -230,13 +323,17 @@ def _templated(rule):
     return apply_layer
 
 
-def _dense(node: Dense, s: State, b: _Builder) -> State:
+def _affine(node: Dense | Conv):
+    """The map m -> W_std² m + b_std² of a layer's weights and bias, and W_std²."""
     w2 = exact(node.W_std) ** 2
     bias2 = exact(node.b_std) ** 2 if node.b_std is not None else 0
+    return (lambda m: w2 * m + bias2), w2
 
-    def affine(m: sp.Expr) -> sp.Expr:
-        return w2 * m + bias2
 
+def _dense(node: Dense, s: State, b: _Builder) -> State:
+    """A Dense layer; on spatial inputs it acts on the channels at each position (a 1x1
+    convolution), so it maps every entry, position pairs included, alike."""
+    affine, w2 = _affine(node)
     k = affine(s.k)
     if node.parameterization == "standard":
         # Gradients of W (scaled by 1/sqrt(n_in) at initialisation) see n_in times the
@@ -244,7 +341,119 @@ def _dense(node: Dense, s: State, b: _Builder) -> State:
         t = s.width * s.k + w2 * s.t + (1 if node.b_std is not None else 0)
     else:
         t = k + w2 * s.t
-    new = State(affine(s.q1), affine(s.q2), k, t, sp.Integer(node.width), True, True, "Dense")
+    new = replace(s, q1=affine(s.q1), q2=affine(s.q2), k=k, t=t, width=sp.Integer(node.width),
+                  gaussian=True, dense_ended=True, last="Dense",
+                  s1=None if s.s1 is None else affine(s.s1),
+                  s2=None if s.s2 is None else affine(s.s2))
+    return b.commit(str(node), s, new)
+
+
+def _needs_grid(node: Node, s: State, b: _Builder) -> None:
+    """A convolution or pooling layer needs spatial axes: not after Flatten or a global
+    pool, nor in a fully-connected network."""
+    if s.layout is None:
+        raise b.error(f"{node} follows {s.last}, which leaves no spatial axes", node,
+                      hint="convolutions and pooling come before Flatten or a global pool, "
+                           "e.g. Conv(32, (3, 3)) > Relu > GlobalAvgPool > Dense(1)")
+
+
+def _conv(node: Conv, s: State, b: _Builder) -> State:
+    """Dense's map with the covariance averaged over the filter window, the same offset at
+    both positions (DESIGN §2): K <- W_std² mean_window(K) + b_std², and the NTK
+    T <- K_new + W_std² mean_window(T) (standard parameterisation: the fan-in, channels
+    times filter size, times mean_window(K), plus 1 for a bias)."""
+    _needs_grid(node, s, b)
+    affine, w2 = _affine(node)
+    pairs = s.layout == POSITION_PAIRS
+
+    def window(m: sp.Expr, on_pairs: bool) -> sp.Expr:
+        return spatial.conv(m, node.filter_shape, node.strides, node.padding, on_pairs)
+
+    def mapped(m: sp.Expr | None, on_pairs: bool) -> sp.Expr | None:
+        if m is None:
+            return None
+        out = affine(window(m, on_pairs))
+        if out.is_number and out != 0:  # W_std = 0: the bias at every output position
+            return out * spatial.ones(window(m, on_pairs)) if not m.is_number else out
+        return out
+
+    k = mapped(s.k, pairs)
+    if node.parameterization == "standard":
+        fan_in = s.width * sp.Mul(*node.filter_shape)
+        t = fan_in * window(s.k, pairs) + w2 * window(s.t, pairs) + (
+            1 if node.b_std is not None else 0)
+    else:
+        t = k + w2 * window(s.t, pairs)
+    new = replace(s, q1=mapped(s.q1, False), q2=mapped(s.q2, False), k=k, t=t,
+                  s1=mapped(s.s1, True), s2=mapped(s.s2, True),
+                  width=sp.Integer(node.out_chan), gaussian=True, dense_ended=True,
+                  last="Conv")
+    return b.commit(str(node), s, new)
+
+
+def _pool(node: Pool, s: State, b: _Builder) -> State:
+    """Average (or sum) pooling: each position of a pair pooled over its own window. The
+    variances after it come from the pooled covariance of each input with itself."""
+    _needs_grid(node, s, b)
+    assert s.layout == POSITION_PAIRS, "pooling is derived on position pairs"
+
+    def pooled(m: sp.Expr | None) -> sp.Expr | None:
+        if m is None:
+            return None
+        return spatial.pool(m, node.window_shape, node.strides, node.padding,
+                            node.reduce == "avg")
+
+    s1, s2 = pooled(s.s1), pooled(s.s2)
+    new = replace(s, q1=spatial.diagonal(s1), q2=spatial.diagonal(s2), s1=s1, s2=s2,
+                  k=pooled(s.k), t=pooled(s.t), last=node.name)
+    return b.commit(str(node), s, new)
+
+
+def _global_pool(node: GlobalPool, s: State, b: _Builder) -> State:
+    """Global average (or sum) pooling: the mean (or sum) over every pair of positions;
+    one feature vector per input is left, with the channels as its width."""
+    _needs_grid(node, s, b)
+    assert s.layout == POSITION_PAIRS, "global pooling is derived on position pairs"
+    average = node.reduce == "avg"
+    new = replace(s, q1=spatial.global_pool(s.s1, average),
+                  q2=spatial.global_pool(s.s2, average), k=spatial.global_pool(s.k, average),
+                  t=spatial.global_pool(s.t, average), s1=None, s2=None, layout=None,
+                  last=node.name)
+    return b.commit(str(node), s, new)
+
+
+def _flatten(node: Flatten, s: State, b: _Builder) -> State:
+    """Flatten: the mean over positions of the same-position covariances (neural-tangents'
+    stax.Flatten); the width is channels times positions. Its features are Gaussian but not
+    alike across positions, so an activation cannot follow it directly (as in
+    neural-tangents)."""
+    _needs_grid(node, s, b)
+    pairs = s.layout == POSITION_PAIRS
+    # The number of positions is read from an array of the inputs' variances (or, where
+    # those are exactly 0, from the kernel): it depends on the inputs' shape.
+    counted = s.q1 if isinstance(s.q1, sp.Symbol) else s.k
+    width = s.width * (spatial.positions(counted, pairs and counted is s.k)
+                       if isinstance(counted, sp.Symbol) else 1)
+    new = replace(s, q1=spatial.flatten(s.q1, False), q2=spatial.flatten(s.q2, False),
+                  k=spatial.flatten(s.k, pairs), t=spatial.flatten(s.t, pairs), s1=None,
+                  s2=None, layout=None, width=width, gaussian=False, last="Flatten")
+    return b.commit(str(node), s, new)
+
+
+@dataclass(frozen=True)
+class SamePositions:
+    """Not a layer: the switch from position pairs to same positions after the last
+    pooling layer, from where on no position of x meets another of x'."""
+
+    span: object = dataclasses.field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        return "(same positions from here on: no pooling follows)"
+
+
+def _same_positions(node: SamePositions, s: State, b: _Builder) -> State:
+    new = replace(s, k=spatial.diagonal(s.k), t=spatial.diagonal(s.t), s1=None, s2=None,
+                  layout=SAME_POSITIONS)
     return b.commit(str(node), s, new)
 
 
@@ -432,10 +641,34 @@ def _activation(node: Activation | Composite, s: State, b: _Builder) -> State:
                            "activations written one after another in a chain compose")
     gamma, gamma_dot, route = dual_maps(node)
     jump = zero_variance_case(node) if route.startswith("closed form") else None
-    new = State(_variance(gamma, s.q1, jump), _variance(gamma, s.q2, jump),
-                _at(gamma, s.q1, s.q2, s.k), s.t * _at(gamma_dot, s.q1, s.q2, s.k),
-                s.width, False, False, node.name)
+    q1, q2 = _variance(gamma, s.q1, jump), _variance(gamma, s.q2, jump)
+    if s.layout == POSITION_PAIRS:
+        new = _over_pairs(s, b, q1, q2, lambda u, v, m: _at(gamma, u, v, m),
+                          lambda u, v, m, t: t * _at(gamma_dot, u, v, m))
+    else:
+        new = replace(s, q1=q1, q2=q2, k=_at(gamma, s.q1, s.q2, s.k),
+                      t=s.t * _at(gamma_dot, s.q1, s.q2, s.k))
+    new = replace(new, gaussian=False, dense_ended=False, last=node.name)
     return b.commit(str(node), s, new, note=route)
+
+
+def _over_pairs(s: State, b: _Builder, q1: sp.Expr, q2: sp.Expr, nngp, ntk) -> State:
+    """An element-wise map on position pairs: ``nngp(u, v, m)`` of the covariance m between
+    positions with variances u (first position) and v (second), ``ntk(u, v, m, t)`` of the
+    NTK t there; q1, q2 are the new variances. The covariance of each input with itself
+    keeps them as its same-position entries (correlation exactly 1 there, as on the
+    diagonal of a fully-connected kernel); so does the NTK of an input with itself."""
+    first, second = spatial.at_first, spatial.at_second
+
+    def self_map(q: sp.Expr, m: sp.Expr, exact: sp.Expr) -> sp.Expr:
+        return spatial.with_diagonal(nngp(first(q), second(q), m), exact)
+
+    k = nngp(first(s.q1), second(s.q2), s.k)
+    t = ntk(first(s.q1), second(s.q2), s.k, s.t)
+    if b.diagonal:  # x' = x: q2 = q1, k = s1; the NTK's same-position entries exact too
+        t = spatial.with_diagonal(t, ntk(s.q1, s.q1, s.q1, spatial.diagonal(s.t)))
+    return replace(s, q1=q1, q2=q2, k=k, t=t, s1=self_map(s.q1, s.s1, q1),
+                   s2=self_map(s.q2, s.s2, q2))
 
 
 @apply.register
@@ -451,16 +684,41 @@ def _layer_norm(node: LayerNorm, s: State, b: _Builder) -> State:
         raise b.error(f"LayerNorm needs Gaussian inputs, but it follows {s.last}", node,
                       hint="put it right after a Dense, e.g. Dense(512) > LayerNorm > Relu")
     eps = exact(node.eps)
-    scale = sp.sqrt((eps + s.q1) * (eps + s.q2))
-    new = replace(s, q1=s.q1 / (eps + s.q1), q2=s.q2 / (eps + s.q2), k=s.k / scale,
-                  t=s.t / scale, dense_ended=False)
-    return b.commit(str(node), s, new)
+
+    def scale(u: sp.Expr, v: sp.Expr) -> sp.Expr:
+        return sp.sqrt((eps + u) * (eps + v))
+
+    q1, q2 = s.q1 / (eps + s.q1), s.q2 / (eps + s.q2)
+    if s.layout == POSITION_PAIRS:
+        new = _over_pairs(s, b, q1, q2, lambda u, v, m: m / scale(u, v),
+                          lambda u, v, m, t: t / scale(u, v))
+    else:
+        new = replace(s, q1=q1, q2=q2, k=s.k / scale(s.q1, s.q2), t=s.t / scale(s.q1, s.q2))
+    return b.commit(str(node), s, replace(new, dense_ended=False))
 
 
 apply.register(Dense, _templated(_dense))
 apply.register(Activation, _templated(_activation))
 apply.register(Composite, _templated(_activation))
 apply.register(LayerNorm, _templated(_layer_norm))
+apply.register(Conv, _templated(_conv))
+apply.register(Pool, _templated(_pool))
+apply.register(GlobalPool, _templated(_global_pool))
+apply.register(Flatten, _templated(_flatten))
+apply.register(SamePositions, _templated(_same_positions))
+
+_POOLS = (Pool, GlobalPool)
+
+
+def _apply_layer(layer: Node, s: State, b: _Builder) -> State:
+    """``apply``, after switching from position pairs to same positions once no pooling
+    layer is left (the cheap layout for the rest of the network)."""
+    if s.layout == POSITION_PAIRS and b.pools_left == 0:
+        s = apply(SamePositions(), s, b)
+    out = apply(layer, s, b)
+    if isinstance(layer, _POOLS):
+        b.pools_left -= 1
+    return out
 
 
 @apply.register(Serial)
@@ -469,8 +727,17 @@ def _serial(node: Serial | Repeat, s: State, b: _Builder) -> State:
     for layer in _compose_runs(_written_out(node)):
         if isinstance(layer, Composite) and len(layer.parts) > limits.MAX_COMPOSED:
             raise _too_many_composed(layer, b.source)
-        s = apply(layer, s, b)
+        s = _apply_layer(layer, s, b)
     return s
+
+
+def _count_pools(node: Node) -> int:
+    """Pooling layers as the derivation meets them (repeats written out, branches too)."""
+    if isinstance(node, _POOLS):
+        return 1
+    if isinstance(node, Repeat):
+        return node.times * _count_pools(node.body)
+    return sum(_count_pools(child) for child in node.children())
 
 
 def _too_many_composed(run: Composite, source: str) -> LayerValueError:
@@ -524,7 +791,14 @@ def _sum(node: Sum, s: State, b: _Builder) -> State:
     # A branch is independent of its siblings only through a Dense of its own: the
     # state entering the sum is shared by all branches, whatever produced it.
     entering = replace(s, dense_ended=False)
-    outs = [apply(branch, entering, b) for branch in node.branches]
+    outs = [_apply_layer(branch, entering, b) for branch in node.branches]
+    layouts = {o.layout for o in outs}
+    if None in layouts and len(layouts) > 1:
+        raise b.error("some branches of this sum end without spatial axes (after Flatten or "
+                      "a global pool) and others with them", node,
+                      hint="flatten or pool after the sum instead")
+    if len(layouts) > 1:  # the last pooling layer was in an earlier branch
+        outs = [apply(SamePositions(), o, b) if o.layout == POSITION_PAIRS else o for o in outs]
     return b.layer(node, (s, *outs), _sum_of)
 
 
@@ -543,9 +817,12 @@ def _sum_of(node: Sum, s: State, *outs: State, b: _Builder) -> State:
         raise b.error("branches of a sum must have the same width, got "
                       + ", ".join(str(w) for w in sorted(widths)), node)
     width = widths.pop() if widths else s.width
-    new = State(sum(o.q1 for o in outs), sum(o.q2 for o in outs), sum(o.k for o in outs),
-                sum(o.t for o in outs), width, all(o.gaussian for o in outs),
-                False, "a sum")
+    pairs = outs[0].layout == POSITION_PAIRS
+    new = replace(outs[0], q1=sum(o.q1 for o in outs), q2=sum(o.q2 for o in outs),
+                  k=sum(o.k for o in outs), t=sum(o.t for o in outs), width=width,
+                  s1=sum(o.s1 for o in outs) if pairs else None,
+                  s2=sum(o.s2 for o in outs) if pairs else None,
+                  gaussian=all(o.gaussian for o in outs), dense_ended=False, last="a sum")
     return b.commit(str(node), s, new)
 
 
@@ -559,15 +836,88 @@ PAIR_INPUTS = (KernelVariable("q1_0", VARIANCE1, 0, positive=True),
 DIAG_INPUT = KernelVariable("q_0", VARIANCE, 0, positive=True)
 
 
+def _spatial_inputs(layout: Layout, diagonal: bool) -> tuple[KernelVariable, ...]:
+    """The input statistics of a convolutional network: the variances at each position,
+    with position pairs each input's covariance with itself across positions, and the
+    kernel (same positions or position pairs)."""
+    if diagonal:
+        q = KernelVariable("q_0", VARIANCE, 0, SAME_POSITIONS, positive=True)
+        return (q,) if not layout.pairs else (q, KernelVariable("Q_0", SELF, 0, layout, real=True))
+    variances = (KernelVariable("q1_0", VARIANCE1, 0, SAME_POSITIONS, positive=True),
+                 KernelVariable("q2_0", VARIANCE2, 0, SAME_POSITIONS, positive=True))
+    selves = (KernelVariable("Q1_0", SELF1, 0, layout, real=True),
+              KernelVariable("Q2_0", SELF2, 0, layout, real=True)) if layout.pairs else ()
+    return (*variances, *selves, KernelVariable("K_0", NNGP, 0, layout, real=True))
+
+
+def _start(ast: Node, source: str, diagonal: bool) -> tuple[State, tuple]:
+    """The state of the inputs, and the program's inputs (the statistics and d)."""
+    if not any(isinstance(n, SPATIAL_TYPES) for n in _nodes(ast)):
+        if diagonal:
+            return State(DIAG_INPUT, DIAG_INPUT, DIAG_INPUT, sp.S.Zero, D), (DIAG_INPUT, D)
+        return State(*PAIR_INPUTS, sp.S.Zero, D), (*PAIR_INPUTS, D)
+    layout = POSITION_PAIRS if _count_pools(ast) else SAME_POSITIONS
+    stats = _spatial_inputs(layout, diagonal)
+    shape = ((),) * (_spatial_axes(ast, source)[0] or 0)
+    if diagonal:
+        q, self_cov = stats[0], (stats[1] if layout.pairs else None)
+        start = State(q, q, self_cov if layout.pairs else q, sp.S.Zero, D, layout=layout,
+                      s1=self_cov, s2=self_cov, shape=shape)
+    else:
+        q1, q2 = stats[:2]
+        s1, s2 = stats[2:4] if layout.pairs else (None, None)
+        start = State(q1, q2, stats[-1], sp.S.Zero, D, layout=layout, s1=s1, s2=s2,
+                      shape=shape)
+    return start, (*stats, D)
+
+
+def _nodes(node: Node) -> Iterator[Node]:
+    yield node
+    for child in node.children():
+        yield from _nodes(child)
+
+
+def _spatial_axes(ast: Node, source: str) -> tuple[int | None, tuple[str, Span | None] | None]:
+    """The number of spatial axes the filters and windows fix, and the first layer that
+    fixes it; an architecture whose layers disagree is an error."""
+    found = None
+    for node in _nodes(ast):
+        if not isinstance(node, (Conv, Pool)):
+            continue
+        window = node.filter_shape if isinstance(node, Conv) else node.window_shape
+        if found is None:
+            found = (len(window), (str(node), node.span))
+        elif len(window) != found[0]:
+            raise ArchitectureError(
+                f"{node} has {_axes_text(len(window))} but {found[1][0]} has "
+                f"{_axes_text(found[0])}", source=source, span=node.span,
+                hint="every filter and pooling window of a network has one size per spatial "
+                     "axis of its inputs")
+    return found if found is not None else (None, None)
+
+
+def _axes_text(count: int) -> str:
+    return f"{count} spatial axis" if count == 1 else f"{count} spatial axes"
+
+
 def derive(ast: Node, source: str = "", diagonal: bool = False) -> Program:
     """The pair (or diagonal) kernel program of an architecture."""
     builder = _Builder(diagonal, source)
-    if diagonal:
-        start = State(DIAG_INPUT, DIAG_INPUT, DIAG_INPUT, sp.S.Zero, D)
-        inputs = (DIAG_INPUT, D)
-    else:
-        start = State(*PAIR_INPUTS, sp.S.Zero, D)
-        inputs = (*PAIR_INPUTS, D)
-    end = apply(ast, start, builder)
+    start, inputs = _start(ast, source, diagonal)
+    builder.pools_left = _count_pools(ast)
+    end = _apply_layer(ast, start, builder)
+    if end.layout is not None:
+        raise ArchitectureError(
+            f"the network ends with spatial axes (after {end.last}): its kernel would be one "
+            "per pair of positions", source=source, span=getattr(ast, "span", None),
+            hint="end a convolutional network with Flatten or a global pool and a readout, "
+                 "e.g. ... > GlobalAvgPool > Dense(1)")
     outputs = (end.q1 if diagonal else end.k, end.t)
-    return Program(inputs, tuple(builder.steps), outputs, StructuredOp(INPUT_STATISTICS, inputs))
+    plan = None
+    if start.layout is not None:
+        axes, fixed_by = _spatial_axes(ast, source)
+        plan = SpatialPlan(source, axes, fixed_by, start.layout, tuple(builder.windows),
+                           tuple(builder.sums), tuple(builder.layouts))
+    statistics = StructuredOp(INPUT_STATISTICS, inputs,
+                              () if plan is None else (("layout", start.layout),))
+    return Program(inputs, tuple(builder.steps), outputs, statistics, plan)

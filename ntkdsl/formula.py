@@ -17,13 +17,16 @@ from itertools import count
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
-from .derivation import TEMPLATE_SUFFIX
+from .derivation import TEMPLATE_SUFFIX, SamePositions
 from .kinds import KINDS
 from .numerical import NumericalDual, NumericalMoment
 from .program import (
     DIAGONAL_NTK,
     NNGP,
     NTK,
+    SELF,
+    SELF1,
+    SELF2,
     VARIANCE,
     VARIANCE1,
     VARIANCE2,
@@ -50,6 +53,27 @@ DIAGONAL_LEGEND = (
     "after step l: q_l = NNGP = variance, t_l = NTK",
     NO_STEP,
 )
+# A convolutional network's inputs are images with C channels, its kernels per position.
+_SPATIAL_INPUTS = {
+    False: "inputs: images with C channels; q1_0 = <x[p],x[p]>/C, q2_0 = <x'[p],x'[p]>/C and "
+           "K_0 = <x[p],x'[p]>/C at each position p",
+    True: "inputs: images with C channels; q1_0 = <x[p],x[p]>/C and q2_0 = <x'[p],x'[p]>/C at "
+          "each position p, Q1_0 = <x[p],x[p']>/C and Q2_0 = <x'[p],x'[p']>/C, K_0 = "
+          "<x[p],x'[p']>/C at every pair of positions p, p'",
+}
+_SPATIAL_DIAGONAL_INPUTS = {
+    False: "inputs: images with C channels; q_0 = <x[p],x[p]>/C at each position p; both "
+           "inputs are x, so every correlation at one position is exactly 1",
+    True: "inputs: images with C channels; q_0 = <x[p],x[p]>/C at each position p, Q_0 = "
+          "<x[p],x[p']>/C at every pair of positions (Q_l's same-position entries are q_l, "
+          "exactly)",
+}
+_SPATIAL_STEPS = (
+    "after step l: q1_l, q2_l = variances at each position (q1_l[p] at a pair's first "
+    "position, q2_l[p'] at its second), K_l = NNGP, T_l = NTK; conv3x3(K) is the mean of K "
+    "over a 3x3 filter window, the same offset at both positions; avgpool2x2 (sumpool) the "
+    "mean (sum) over a 2x2 window at each position; flatten the mean over the same "
+    "positions, globalavgpool over every pair")
 # Subexpressions with fewer operations than this are left inline: naming 2*q1 helps nobody.
 _MIN_NAMED_OPS = 4
 # sympy.factor tidies a layer's map (collecting pi, theta...); skipped for big expressions,
@@ -94,6 +118,35 @@ class Formula:
     def diagonal(self) -> bool:
         return self.program.diagonal
 
+    @property
+    def legend(self) -> tuple[str, ...]:
+        """What the inputs and the step variables are (for a convolutional network, also
+        which layout its kernels take: ``path``)."""
+        plan = self.program.spatial
+        if plan is None:
+            return DIAGONAL_LEGEND if self.diagonal else PAIR_LEGEND
+        inputs = (_SPATIAL_DIAGONAL_INPUTS if self.diagonal else _SPATIAL_INPUTS)[plan.layout.pairs]
+        return (inputs, self.path, _SPATIAL_STEPS, NO_STEP)
+
+    @property
+    def path(self) -> str:
+        """Which kernel values a convolutional network's derivation keeps: the same
+        positions only (no pooling: positions values per pair), or every pair of positions
+        (positions squared) up to the last pooling layer."""
+        steps = self.program.steps
+        pairs = [i for i, s in enumerate(steps) if any(
+            getattr(t, "layout", None) is not None and t.layout.pairs for t in s.targets)]
+        if not pairs:
+            return ("path: same positions only (no pooling layer): K_l[p] and T_l[p] pair "
+                    "position p of x with position p of x', positions values per pair")
+        last, after = steps[pairs[-1]], steps[pairs[-1] + 1:]
+        where = (f"up to step {last.layer} ({last.label}), the last pooling layer; the same "
+                 "positions only after it" if after and after[0].label == str(SamePositions())
+                 else f"up to step {after[0].layer} ({after[0].label})" if after
+                 else f"up to step {last.layer}")
+        return ("path: every pair of positions (pooling needs them: positions squared values "
+                f"per pair) {where}")
+
     def __getstate__(self) -> dict:
         """Pickle (and deepcopy) the derivation without its cached views (layers, steps,
         expression): they are recomputed on demand. Kept, they would print differently once
@@ -124,11 +177,10 @@ class Formula:
     # ---------------------------------------------------------------- printing --
     def __str__(self) -> str:
         what = "NNGP and NTK" if self.kind == "both" else self.kind.upper()
-        legend = DIAGONAL_LEGEND if self.diagonal else PAIR_LEGEND
         lines = [f"{what} of {_one_line(self.arch)}"]
         if self.diagonal:
             lines[0] += ", for identical inputs"
-        lines += [f"  ({text})" for text in legend]
+        lines += [f"  ({text})" for text in self.legend]
         for layer in self.layers:
             lines.append(f"  step {layer.number}: {_one_line(layer.title)}")
             lines += [f"    {sp.sstr(eq.lhs)} = {sp.sstr(eq.rhs)}" for eq in layer.equations]
@@ -142,7 +194,7 @@ class Formula:
         heading (the kernel, the architecture, what the inputs and step variables are), then
         each step's equations under a line naming the layer and its route. Text rows hold at
         most ``TEXT_WIDTH`` characters; long notes wrap onto indented rows."""
-        rows = _heading_rows(self.kind, self.arch, self.diagonal)
+        rows = _heading_rows(self.kind, self.arch, self.diagonal, legend=self._spatial_legend())
         for layer in self.layers:
             rows += _step_rows(layer)
             rows += [f"{_tex(eq.lhs)} &= {_tex(eq.rhs)}" for eq in layer.equations]
@@ -156,9 +208,14 @@ class Formula:
         pairs = [(name, _arccosine_shown(v)) for (name, _), v in zip(self.results, values)]
         if not latex:
             return "\n".join(f"{name} = {sp.sstr(v)}" for name, v in pairs)
-        rows = _heading_rows(self.kind, self.arch, self.diagonal, steps=False)
+        legend = self._spatial_legend()
+        rows = _heading_rows(self.kind, self.arch, self.diagonal, steps=False,
+                             legend=None if legend is None else legend[:2])
         rows += [rf"\mathrm{{{name.upper()}}} &= {_tex(v)}" for name, v in pairs]
         return _align(rows)
+
+    def _spatial_legend(self) -> tuple[str, ...] | None:
+        return None if self.program.spatial is None else self.legend[:3]
 
     def _repr_latex_(self) -> str:
         """Jupyter's text/latex: the ``latex()`` block as one $$ display (``aligned``, which
@@ -340,10 +397,18 @@ def _align(rows: list[str]) -> str:
     return "\\begin{align}\n" + " \\\\\n".join(rows) + "\n\\end{align}"
 
 
-def _heading_rows(kind: str, arch: str, diagonal: bool, steps: bool = True) -> list[str]:
-    """What is derived, of which architecture, and what the symbols stand for."""
+def _heading_rows(kind: str, arch: str, diagonal: bool, steps: bool = True,
+                  legend: tuple[str, ...] | None = None) -> list[str]:
+    """What is derived, of which architecture, and what the symbols stand for (for a
+    convolutional network, its ``legend`` lines, wrapped)."""
     what = _KIND_NAMES[kind] + (" (identical inputs)" if diagonal else "") + " of "
     rows = _architecture_rows(what, arch)
+    if legend is not None:
+        for text in legend:
+            lines = _wrap(text, TEXT_WIDTH)
+            rows += [r"&" + latex_roman(lines[0])] + [r"&\quad" + latex_roman(line)
+                                                     for line in lines[1:]]
+        return rows + [_NO_STEP_ROW] if steps else rows
     if diagonal:
         rows += _DIAGONAL_INPUTS_ROWS + (_DIAGONAL_STEP_VARIABLE_ROWS if steps else ())
     else:
@@ -398,7 +463,8 @@ _MATH_SPELLING = {"\\": r"\backslash ", "{": r"\{", "}": r"\}", "_": r"\_", "#":
 _ROMAN_SPELLING = {**_MATH_SPELLING, "<": "<", ">": ">", "|": "|", "<=": r"\le ", ">=": r"\ge "}
 _TT_SPECIALS = re.compile("[" + re.escape("".join(_MATH_SPELLING)) + "]")
 # "^2" (as in E[phi(u)^2]) becomes a superscript 2; "<=" a relation, spaced as one.
-_ROMAN_SPECIALS = re.compile(r" ?<= ?| ?>= ?|\^\d+|[" + re.escape("".join(_ROMAN_SPELLING)) + "]")
+_ROMAN_SPECIALS = re.compile(r" ?<= ?| ?>= ?|\^\d+|["
+                             + re.escape("".join(k for k in _ROMAN_SPELLING if len(k) == 1)) + "]")
 
 
 def latex_tt(text: str) -> str:
@@ -464,7 +530,8 @@ def _dual_name(dual: type) -> str:
 # LaTeX of the program's variables by role (the layer is the superscript), and of the
 # names this module gives intermediates.
 _ROLE_LATEX = {VARIANCE1: "q_{1}", VARIANCE2: "q_{2}", NNGP: "K", NTK: r"\Theta",
-               VARIANCE: "q", DIAGONAL_NTK: r"\Theta"}
+               VARIANCE: "q", DIAGONAL_NTK: r"\Theta", SELF1: "Q_{1}", SELF2: "Q_{2}",
+               SELF: "Q"}
 _FAMILY_LATEX = {"c": "c", "theta": r"\theta"}
 
 

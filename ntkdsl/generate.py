@@ -22,7 +22,21 @@ import sympy as sp
 from . import runtime
 from .inplace import COLUMN, MATRIX, ROW, Emitter, Statement, comment, slot
 from .printing import Needs, NumPyPrinter, compile_source, helpers_text
-from .program import TEMPORARY, Bound, KernelVariable, Program, Step, TemplateCache
+from .program import (
+    MIRRORED,
+    NNGP,
+    NTK,
+    SCALAR,
+    SELF1,
+    TEMPORARY,
+    VARIANCE1,
+    Bound,
+    KernelVariable,
+    Program,
+    SpatialPlan,
+    Step,
+    TemplateCache,
+)
 
 
 def comment_lines(text: str) -> list[str]:
@@ -204,7 +218,8 @@ class FunctionCode:
 
 
 def function_code(program: Program, name: str, doc: str) -> FunctionCode:
-    """``def name(*inputs)`` returning the program's (nngp, ntk) outputs; only assignments
+    """``def name(*inputs)`` returning the program's outputs (nngp, ntk; or the values a
+    convolutional network's pairs read of each input alone) as a tuple; only assignments
     the outputs need are computed, matrices in place (ntkdsl.inplace) and dropped after
     their last use."""
     layout = _Layout(program)
@@ -215,7 +230,8 @@ def function_code(program: Program, name: str, doc: str) -> FunctionCode:
     arrays = tuple(str(s) for s in program.inputs if layout.kinds.get(s) == MATRIX)
     matrices = layout.matrices | {str(s) for s, k in layout.kinds.items() if k == MATRIX}
     statements = with_deletes(layout.statements, matrices - keep)
-    body = [s.text for s in statements] + [f"return ({outputs[0]}, {outputs[1]})"]
+    body = [s.text for s in statements] + [
+        f"return ({', '.join(outputs)}{',' if len(outputs) == 1 else ''})"]
     args = ", ".join(str(s) for s in program.inputs)
     # Split again so the docstring's continuation lines are indented with the body.
     lines = "\n".join([docstring_literal(doc), *body]).split("\n")
@@ -272,12 +288,38 @@ EXTRA_TEMPORARIES = 4
 
 
 @dataclass(frozen=True)
+class SpatialKernels:
+    """What a convolutional network's kernel functions need besides ``pair`` and
+    ``diagonal``: ``side(*statistics of x, d)``, the values that depend on one input alone,
+    computed once per input (``outputs`` names them, ``layouts`` their layouts; the pair
+    function reads them for x, then for x'); ``temporaries``, the arrays it holds at once;
+    the architecture's ``plan`` (its inputs' shape, ntkdsl.program.SpatialPlan)."""
+
+    side: Callable
+    outputs: tuple[str, ...]
+    layouts: tuple[object, ...]
+    temporaries: int
+    plan: SpatialPlan
+    nngp_pair: Callable      # ``pair`` computing the NNGP alone (its NTK output is 0)
+    nngp_temporaries: int
+
+    @property
+    def pairs(self) -> bool:
+        """Whether the input statistics are at every pair of positions."""
+        return self.plan.layout.pairs
+
+
+@dataclass(frozen=True)
 class CompiledKernels:
     """An architecture's kernel functions, compiled: ``pair(q1_0, q2_0, K_0, d)`` and
     ``diagonal(q_0, d)``, their ``source``, and what evaluation needs to know of them —
     ``temporaries``, the chunk-sized arrays ``pair`` holds at once (plus a few);
     ``numerical``, whether they call the numerical engine; ``labels``, the step
-    (``step l: <layer>``) of each state variable of the diagonal function."""
+    (``step l: <layer>``) of each state variable of the diagonal function.
+
+    A convolutional network has ``spatial`` (SpatialKernels): then ``pair(K_0, d, *x's
+    side values, *x''s side values)`` and ``diagonal(q_0[, Q_0], d)`` take the statistics
+    of ntkdsl.runtime.images."""
 
     pair: Callable
     diagonal: Callable
@@ -285,6 +327,7 @@ class CompiledKernels:
     temporaries: int
     numerical: bool
     labels: dict[str, str]
+    spatial: SpatialKernels | None = None
 
 
 def module_code(functions: list[FunctionCode]) -> tuple[str, Needs]:
@@ -298,19 +341,83 @@ def module_code(functions: list[FunctionCode]) -> tuple[str, Needs]:
     return source, needs
 
 
+@dataclass(frozen=True)
+class SplitProgram:
+    """A convolutional network's pair program split by what its values depend on:
+    ``side``, the values of x alone (x' alone is the same map), computed once per input;
+    ``pairs``, the kernels of pairs, reading ``side``'s outputs of x and of x' as inputs."""
+
+    side: Program
+    pairs: Program
+
+
+_OWN = (VARIANCE1, SELF1)
+
+
+def split_program(program: Program) -> SplitProgram:
+    """The side and pair parts of a convolutional network's pair program: the pairs'
+    kernels (NNGP and NTK roles) read values of one input alone (variances, covariances
+    across positions), which the side part computes from x's statistics; x''s are the
+    same map of x''s, so the pair part takes the side part's outputs twice."""
+    by_key = {(v.role, v.layer, v.layout): v for v in program.variables()
+              if getattr(v, "role", None) in MIRRORED}
+    cross = program.for_roles((NNGP, NTK), program.inputs, program.outputs)
+    read: set[tuple] = set()
+    for step in cross.live():
+        for i in range(len(step.targets)):
+            read |= {(v.role if v.role in _OWN else MIRRORED[v.role], v.layer, v.layout)
+                     for v in step.reads(i) if getattr(v, "role", None) in MIRRORED}
+    outputs = tuple(sorted((by_key[key] for key in read), key=_by_layer))
+    theirs = tuple(by_key.get((MIRRORED[v.role], v.layer, v.layout)) or _mirror(v)
+                   for v in outputs)
+    statistics = tuple(v for v in program.inputs if getattr(v, "role", None) in _OWN)
+    scalars = tuple(v for v in program.inputs if getattr(v, "role", None) is SCALAR)
+    kernel = next(v for v in program.inputs if getattr(v, "role", None) is NNGP)
+    return SplitProgram(program.for_roles(_OWN, (*statistics, *scalars), outputs),
+                        cross.for_roles((NNGP, NTK), (kernel, *scalars, *outputs, *theirs),
+                                        program.outputs))
+
+
+def _by_layer(v: sp.Symbol) -> tuple:
+    return (v.layer if isinstance(v.layer, int) else -1, v.role.name, v.name)
+
+
+def _mirror(v: KernelVariable) -> KernelVariable:
+    """The variable of x' mirroring x's ``v`` where the program has none (the pair part does
+    not read it): an argument it ignores."""
+    role = MIRRORED[v.role]
+    return KernelVariable(f"{role.prefix}_{v.layer}", role, v.layer, v.layout, real=True)
+
+
 def compile_kernels(program: Program, diagonal_program: Program, doc: str) -> CompiledKernels:
-    """Generate and compile the pair and diagonal functions of a derivation."""
-    pair = function_code(program, "pair", doc)
+    """Generate and compile the pair and diagonal functions of a derivation (for a
+    convolutional network, also its side function)."""
+    split = split_program(program) if program.spatial is not None else None
+    pair = function_code(program if split is None else split.pairs, "pair", doc)
     diagonal = function_code(diagonal_program, "diagonal", doc)
-    source, needs = module_code([pair, diagonal])
+    functions = [pair, diagonal]
+    if split is not None:
+        side = function_code(split.side, "side", doc)
+        # The NNGP alone needs no NTK maps: half the work of a convolutional network.
+        nngp = split.pairs.restricted_to((split.pairs.outputs[0], sp.S.Zero))
+        nngp_pair = function_code(nngp, "pair_nngp", doc)
+        functions += [side, nngp_pair]
+    source, needs = module_code(functions)
     # The source shown is a standalone module's text; what runs binds the runtime modules
     # among the helpers (one numerical engine and cache per process) instead of their text.
     generated = {n: t for n, t in needs.helpers.items() if n not in runtime.HELPER_MODULES}
-    running = "\n\n".join(filter(None, [helpers_text(generated), pair.source, diagonal.source]))
+    running = "\n\n".join(filter(None, [helpers_text(generated),
+                                         *(f.source for f in functions)]))
     namespace = compile_source(running, needs.imports, runtime=runtime.bindings(needs.helpers))
+    spatial = None
+    if split is not None:
+        spatial = SpatialKernels(namespace["side"], tuple(str(v) for v in split.side.outputs),
+                                 tuple(v.layout for v in split.side.outputs),
+                                 live_arrays(side) + EXTRA_TEMPORARIES, program.spatial,
+                                 namespace["pair_nngp"], live_arrays(nngp_pair) + EXTRA_TEMPORARIES)
     return CompiledKernels(namespace["pair"], namespace["diagonal"], source,
                            live_arrays(pair) + EXTRA_TEMPORARIES, needs.numerical,
-                           diagonal.labels)
+                           diagonal.labels, spatial)
 
 
 def compile_program(program: Program, name: str = "f", doc: str = "") -> Callable:

@@ -190,6 +190,9 @@ class Emitter:
             return Operand(self.name(expr), False)
         if isinstance(expr, Corr):
             return self._corr(*expr.args)
+        affine = self._affine_op(expr)
+        if affine is not None:
+            return affine
         if isinstance(expr, sp.Add):
             return self._add(expr)
         if isinstance(expr, sp.Mul):
@@ -199,6 +202,34 @@ class Emitter:
         if type(expr) in UFUNCS and len(expr.args) == 1:
             return self._apply(UFUNCS[type(expr)], self.emit(expr.args[0]))
         return self._opaque(expr)
+
+    def _affine_op(self, expr: sp.Expr) -> Operand | None:
+        """``scale * op(x) + shift`` with scalar scale and shift, for a spatial op whose helper
+        applies them itself (a convolution's weights and bias: two passes over the array
+        fewer), else None."""
+        shift = sp.S.Zero
+        if isinstance(expr, sp.Add):
+            big = [t for t in expr.args if self.kind(t) == MATRIX]
+            if len(big) != 1:
+                return None
+            shift, expr = expr - big[0], big[0]
+        scale = sp.S.One
+        if isinstance(expr, sp.Mul):
+            big = [f for f in expr.args if self.kind(f) == MATRIX]
+            if len(big) != 1:
+                return None
+            scale, expr = expr / big[0], big[0]
+        if not getattr(expr, "affine", False) or (scale == 1 and shift == 0):
+            return None
+        if shape_kind(self.kinds.get(s, SCALAR) for s in (scale + shift).free_symbols) != SCALAR:
+            return None
+        operand = self.emit(expr.args[0])
+        scale_code, shift_code = self._small(scale), self._small(shift)
+        name = self._fresh()
+        self._emit(f"{slot(name)} = "
+                   + self.printer.affine_call(expr, operand.code, scale_code.code, shift_code.code),
+                   [name], [operand.index, *scale_code.reads, *shift_code.reads])
+        return Operand(name, True)
 
     def _small(self, expr: sp.Expr) -> Small:
         return Small(self.printer.doprint(expr), tuple(self._reads(expr)))

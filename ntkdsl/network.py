@@ -101,11 +101,15 @@ class Network:
         return result[0], result[1]
 
     def _evaluate(self, kinds, x1, x2, out, dtype, progress, threads) -> list[np.ndarray]:
-        return evaluation.evaluate(self.compiled, x1, x2, kinds=kinds, out=out,
+        evaluate = (evaluation.evaluate if self.compiled.spatial is None
+                    else evaluation.evaluate_images)
+        return evaluate(self.compiled, x1, x2, kinds=kinds, out=out,
                                    dtype=dtype, progress=progress, threads=threads)
 
     def diagonal(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """Exact (NNGP, NTK) of each input with itself: correlation exactly 1."""
+        if self.compiled.spatial is not None:
+            return evaluation.diagonal_of_images(self.compiled, x)
         a, _ = check_inputs(x, None)
         return evaluation.diagonal_values(self.compiled,
                                           evaluation.squared_norms(a), a.shape[1])

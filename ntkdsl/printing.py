@@ -9,8 +9,8 @@ through it, so every sympy -> NumPy path handles Max, log1p-type forms and const
 
 A new target (JAX, CuPy) is a new printer with its runtime; nothing upstream changes.
 
-This module imports sympy, ntkdsl.symbolic and ntkdsl.runtime only: the numerical route, which sits
-beside the derivation, prints through it too.
+This module imports sympy, ntkdsl.symbolic, ntkdsl.spatial and ntkdsl.runtime only: the
+numerical route, which sits beside the derivation, prints through it too.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import sympy as sp
 from sympy.printing.numpy import SciPyPrinter
 
 from .runtime import embedded_source
+from .spatial import SpatialOp, WithDiagonal
 from .symbolic import (
     SERIES_BELOW,
     ArcCosine,
@@ -188,6 +189,7 @@ def _arccosine_helpers(n: int) -> dict[str, str]:
 # text (ntkdsl.runtime.correlation), kept under the name _corr.
 _HELPER_KEYS = {"_inv_sqrt": "_corr"}
 _HELPER_SOURCES = {"_corr": embedded_source("correlation"),
+                   "_stencil": embedded_source("stencil"),
                    "_exp_sinh": _EXP_SINH_SOURCE, "_exp_cosh": _EXP_COSH_SOURCE,
                    "_exp_sinh_cosh": _EXP_SINH_COSH_SOURCE,
                    "_at_zero_variance": _AT_ZERO_VARIANCE_SOURCE}
@@ -242,7 +244,17 @@ class NumPyPrinter(SciPyPrinter):
     def fresh_result(func) -> bool:
         """Whether a call of ``func`` returns a new array that nothing else refers to, so
         generated code may overwrite it (the numerical engine's results, numpy.where's)."""
-        return _numerical_kind(func) is not None or func in (AtZeroVariance, ArcCosine)
+        if isinstance(func, type) and issubclass(func, SpatialOp):
+            return not func.view
+        return _numerical_kind(func) is not None or func in (AtZeroVariance, ArcCosine,
+                                                             WithDiagonal)
+
+    def affine_call(self, op: SpatialOp, array: str, scale: str, shift: str) -> str:
+        """The call of a spatial op's helper that also scales and shifts its result (the
+        helper of a convolution or pooling layer takes ``scale`` and ``shift``)."""
+        self.helper("_stencil")
+        params = "".join(f", {value!r}" for value in op.params)
+        return f"{op.helper}({array}{params}, {scale}, {shift})"
 
     @staticmethod
     def joint(call: sp.Expr, arrays: bool = True) -> tuple[sp.Expr, str] | None:
@@ -357,6 +369,10 @@ class NumPyPrinter(SciPyPrinter):
         # ... and the run-time classes of each φ's numerical dual come here.
         if isinstance(expr, PrintedAs):  # one helper each
             return self._call(self.helper(expr.call), expr.args)
+        if isinstance(expr, (SpatialOp, WithDiagonal)):  # ntkdsl.runtime.stencil's helpers
+            self.helper("_stencil")
+            return self._call(expr.helper, expr.args)[:-1] + "".join(
+                f", {value!r}" for value in getattr(expr, "params", ())) + ")"
         kind = _numerical_kind(type(expr))
         if kind is None:
             return super()._print_Function(expr)

@@ -5,13 +5,16 @@ evaluation and standalone modules read roles, layers and liveness from it — ne
 variable names or generated text.
 
 * A ``KernelVariable`` is a sympy symbol that knows its ``role`` (variance of x, variance of x',
-  NNGP, NTK, a scalar; on the diagonal, the variance of x with itself and its NTK), the
-  ``layer`` (step number) that assigns it, and its ``layout`` (today always None: one
-  value per pair of inputs; next: spatial axes, diagonal or full). Its name is only for
-  printing.
-* Two kinds of op: an ``ElementwiseOp`` (a sympy expression assigned to a variable: every
-  rule of today) and a ``StructuredOp`` (a named linear map with parameters: today the
-  input statistics from x and x'; next, convolution, pooling, flattening).
+  NNGP, NTK, a scalar; on the diagonal, the variance of x with itself and its NTK; for
+  convolutional networks the covariance of x with itself across positions), the
+  ``layer`` (step number) that assigns it, and its ``layout``: None for one value per
+  pair of inputs, ``SAME_POSITIONS`` for one per spatial position (the same position of x
+  and x'), ``POSITION_PAIRS`` for one per pair of positions. Its name is only for printing.
+* Two kinds of op: an ``ElementwiseOp`` (a sympy expression assigned to a variable) and a
+  ``StructuredOp`` (a named linear map with parameters: the input statistics from x and
+  x'). Convolution, pooling and flattening are structured linear ops too, written inside
+  expressions as functions of one variable (ntkdsl.spatial: ``K_2 = 2*conv3x3(K_1) +
+  1/100``), so that a layer's step stays one map from the state before to the state after.
 * A ``Step`` is the ops one layer makes; ``Program.live()`` keeps the ones the outputs need.
 """
 from __future__ import annotations
@@ -21,6 +24,24 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 
 import sympy as sp
+
+from .errors import ShapeError, Span
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a kernel variable's values sit on the spatial grid: at the same position of x
+    and x' (``pairs`` False), or at every pair of positions. The number of spatial axes is
+    the inputs' (an architecture may fix it, see ``SpatialPlan``)."""
+
+    pairs: bool
+
+    def __repr__(self) -> str:
+        return "position pairs" if self.pairs else "same positions"
+
+
+SAME_POSITIONS = Layout(False)
+POSITION_PAIRS = Layout(True)
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,11 +73,19 @@ SCALAR = Role("scalar", "", frozenset())
 # The diagonal program pairs x with itself: its variance is its NNGP.
 VARIANCE = Role("variance of x (= NNGP of x with itself)", "q", _X, positive=True)
 DIAGONAL_NTK = Role("NTK of x with itself", "t", _X)
+# Pooling mixes positions, so it needs each input's covariance with itself between every
+# two positions (its same-position entries are the variances).
+SELF1 = Role("covariance of x across positions", "Q1", _X)
+SELF2 = Role("covariance of x' across positions", "Q2", _XP)
+SELF = Role("covariance of x across positions (with itself)", "Q", _X)
 PAIR_ROLES = (VARIANCE1, VARIANCE2, NNGP, NTK)
 DIAGONAL_ROLES = (VARIANCE, DIAGONAL_NTK)
+SELF_ROLES = (SELF1, SELF2, SELF)
 # Common subexpressions code generation names (_x0, _x1, ...): program-internal values.
 TEMPORARY = Role("temporary", "_x", frozenset())
-ROLES = (*PAIR_ROLES, SCALAR, *DIAGONAL_ROLES, TEMPORARY)
+ROLES = (*PAIR_ROLES, SCALAR, *DIAGONAL_ROLES, *SELF_ROLES, TEMPORARY)
+# A value of x alone computed from x' alone's rule, and back (the two are one map).
+MIRRORED = {VARIANCE1: VARIANCE2, VARIANCE2: VARIANCE1, SELF1: SELF2, SELF2: SELF1}
 
 
 def role_named(name: str) -> Role:
@@ -171,15 +200,104 @@ class Step:
         return Step(self.label, tuple(self.assignments[i] for i in live), self.note)
 
 
+# ---------------------------------------------------------------------------------------
+# The spatial plan: what a convolutional architecture asks of its inputs' shape
+# ---------------------------------------------------------------------------------------
+
+# How one spatial axis's size changes from the inputs to a layer: the windows passed on
+# the way, each (window, stride, padding), in order.
+AxisChain = tuple[tuple[int, int, str], ...]
+
+
+def axis_size(n: int, chain: AxisChain) -> int:
+    """The size along an axis of n input positions after the windows of ``chain`` (XLA's
+    rule: 'VALID' keeps whole windows, 'SAME' and 'CIRCULAR' ceil(n / stride))."""
+    for window, stride, padding in chain:
+        n = (n - window) // stride + 1 if padding == "VALID" else -(-n // stride)
+    return n
+
+
+@dataclass(frozen=True)
+class WindowCheck:
+    """A 'VALID' filter or pooling window must fit its input: ``layer`` as written, where
+    (``span``), its ``window`` and the chains of its input's axes."""
+
+    layer: str
+    span: Span | None
+    window: tuple[int, ...]
+    chains: tuple[AxisChain, ...]
+
+
+@dataclass(frozen=True)
+class SameShapeCheck:
+    """The branches of a sum must end with one spatial shape: the chains of each branch."""
+
+    layer: str
+    span: Span | None
+    branches: tuple[tuple[AxisChain, ...], ...]
+
+
+@dataclass(frozen=True)
+class SpatialPlan:
+    """What a convolutional architecture needs of its inputs (channels last, ``(n, *S, C)``):
+    ``axes``, the number of spatial axes its filters and windows fix (None: any, when only
+    Flatten or a global pool acts on them), fixed by ``fixed_by`` (the layer as written and
+    its span); ``layout``, that of the input statistics; the windows that must fit, the sums
+    whose branches must agree, and the layout and axis chains of every state (for memory)."""
+
+    source: str
+    axes: int | None
+    fixed_by: tuple[str, Span | None] | None
+    layout: Layout
+    windows: tuple[WindowCheck, ...]
+    sums: tuple[SameShapeCheck, ...]
+    states: tuple[tuple[Layout, tuple[AxisChain, ...]], ...]
+
+    def entries_per_pair(self, spatial: tuple[int, ...]) -> int:
+        """The most values a kernel variable holds per pair of inputs with this spatial
+        shape, after checking that every window fits (ShapeError naming the layer)."""
+        for check in self.windows:
+            sizes = tuple(axis_size(n, c) for n, c in zip(spatial, check.chains))
+            if any(n < w for n, w in zip(sizes, check.window)):
+                raise ShapeError(
+                    f"{check.layer} has a window of {_shape(check.window)} positions with "
+                    f"padding 'VALID', larger than its input here, {_shape(sizes)} (the "
+                    f"inputs are {_shape(spatial)})", source=self.source, span=check.span,
+                    hint="pass larger inputs, or use padding='SAME' or 'CIRCULAR'")
+        for check in self.sums:
+            shapes = [tuple(axis_size(n, c) for n, c in zip(spatial, chains))
+                      for chains in check.branches]
+            if len(set(shapes)) > 1:
+                raise ShapeError(
+                    "the branches of this sum end with different spatial shapes for inputs "
+                    f"of {_shape(spatial)}: " + ", ".join(map(_shape, shapes)),
+                    source=self.source, span=check.span,
+                    hint="give every branch the same strides and paddings (padding='SAME' "
+                         "keeps the shape)")
+        most = 1
+        for layout, chains in self.states:
+            count = 1
+            for n, c in zip(spatial, chains):
+                count *= axis_size(n, c)
+            most = max(most, count * count if layout.pairs else count)
+        return most
+
+
+def _shape(sizes: tuple[int, ...]) -> str:
+    return " x ".join(map(str, sizes))
+
+
 @dataclass(frozen=True)
 class Program:
     """Straight-line kernel code: inputs (made by ``statistics``, a StructuredOp), steps in
-    order, outputs (nngp, ntk)."""
+    order, outputs (nngp, ntk); ``spatial``, the plan of a convolutional architecture
+    (None for a fully-connected one)."""
 
     inputs: tuple[sp.Symbol, ...]
     steps: tuple[Step, ...]
-    outputs: tuple[sp.Expr, sp.Expr]
+    outputs: tuple[sp.Expr, ...]
     statistics: StructuredOp | None = field(default=None, compare=False)
+    spatial: SpatialPlan | None = field(default=None, compare=False)
 
     @property
     def diagonal(self) -> bool:
@@ -205,7 +323,19 @@ class Program:
 
     def restricted_to(self, outputs: tuple[sp.Expr, ...]) -> Program:
         """The same program with other outputs (e.g. one kernel only)."""
-        return Program(self.inputs, self.steps, outputs, self.statistics)
+        return Program(self.inputs, self.steps, outputs, self.statistics, self.spatial)
+
+    def for_roles(self, roles: tuple[Role, ...], inputs: tuple[sp.Symbol, ...],
+                  outputs: tuple[sp.Expr, ...]) -> Program:
+        """The program computing ``outputs`` from ``inputs`` with only the assignments to
+        variables of ``roles``: code generation computes what depends on x alone once per
+        input instead of once per pair (every other value it reads is an input here)."""
+        steps = []
+        for step in self.steps:
+            keep = tuple(i for i, t in enumerate(step.targets) if t.role in roles)
+            if keep:
+                steps.append(step.restricted(keep))
+        return Program(inputs, tuple(steps), outputs, self.statistics, self.spatial)
 
     def composed(self) -> tuple[sp.Expr, ...]:
         """The outputs as expressions in the inputs alone (substituting every step)."""

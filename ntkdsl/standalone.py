@@ -24,7 +24,7 @@ from ._version import __version__
 from .ast import Node
 from .derivation import Assignment, Composite, Program, Step, activation_layers, derive, dual_maps
 from .formula import Formula
-from .generate import docstring_literal, function_code, module_code
+from .generate import docstring_literal, function_code, module_code, split_program
 from .parser import parse
 from .runtime import embedded_source
 
@@ -57,15 +57,22 @@ def module_source(arch: str) -> str:
     program = derive(ast, arch)
     diagonal_program = derive(ast, arch, diagonal=True)
     duals = dual_functions(ast)
+    plan = program.spatial
+    if plan is None:
+        kernel_functions = [function_code(program, "pair", _PAIR_DOC),
+                            function_code(diagonal_program, "diagonal", _DIAGONAL_DOC)]
+    else:
+        split = split_program(program)
+        kernel_functions = [function_code(split.pairs, "pair", _IMAGE_PAIR_DOC),
+                            function_code(diagonal_program, "diagonal", _IMAGE_DIAGONAL_DOC),
+                            function_code(split.side, "side", _SIDE_DOC)]
     code, needs = module_code([
-        *(function_code(f.program, f.name, _dual_doc(f)) for f in duals),
-        function_code(program, "pair", _PAIR_DOC),
-        function_code(diagonal_program, "diagonal", _DIAGONAL_DOC),
-    ])
+        *(function_code(f.program, f.name, _dual_doc(f)) for f in duals), *kernel_functions])
     modules = sorted({"numpy", *needs.imports})
     scipy = any(m.startswith("scipy") for m in modules)
     imports = "".join(f"import {m}\n" for m in modules)
-    names = sorted(["nngp", "ntk", "kernels", "pair", "diagonal", *(f.name for f in duals)])
+    names = sorted(["nngp", "ntk", "kernels", "pair", "diagonal",
+                    *([] if plan is None else ["side"]), *(f.name for f in duals)])
     header = "\n".join([
         docstring_literal(_module_doc(arch, program, diagonal_program, duals, scipy)),
         "",
@@ -74,8 +81,10 @@ def module_source(arch: str) -> str:
         # ascii(): a plain-ASCII literal whose value is exactly the architecture.
         f"ARCHITECTURE = {arch!a}",
         f'NTKDSL_VERSION = "{__version__}"',
+        *([] if plan is None else [f"POSITION_PAIRS = {plan.layout.pairs}",
+                                   f"SPATIAL_AXES = {plan.axes}"]),
     ])
-    return ascii_source(header + "\n\n\n" + code + "\n\n" + _runtime())
+    return ascii_source(header + "\n\n\n" + code + "\n\n" + _runtime(plan is not None))
 
 
 # Readable ASCII for the mathematical characters of comments and docstrings carried into a
@@ -151,10 +160,50 @@ returns (NNGP, NTK)."""
 _DIAGONAL_DOC = """The layer recursion for an input paired with itself (correlation exactly 1,
 so no arccos(1 - rounding) error); q_0 = <x,x>/d. Returns (NNGP, NTK)."""
 
+_IMAGE_PAIR_DOC = """The layer recursion for a block of pairs of images, elementwise (arrays broadcast).
+
+K_0: x[p].x'[p']/C at every pair of positions (POSITION_PAIRS) or x[p].x'[p]/C at each
+position, positions first, then the block's rows and columns; then C, the number of
+channels; then the values side() gives for the rows' images, then those for the columns'
+(the last two axes swapped). Returns (NNGP, NTK)."""
+
+_IMAGE_DIAGONAL_DOC = """The layer recursion for images paired with themselves (correlation exactly 1
+at every position of an image with itself): their variances at each position (and with
+POSITION_PAIRS their covariances across positions) and C. Returns (NNGP, NTK)."""
+
+_SIDE_DOC = """The values of images alone that pair() reads, from their variances at each position
+(and with POSITION_PAIRS their covariances across positions) and C."""
+
 
 def _dual_doc(f: DualFunction) -> str:
     return (f"Dual of {f.label}: with (u, v) ~ N(0, [[q1, k], [k, q2]]), returns\n"
             "(E[phi(u) phi(v)], E[phi'(u) phi'(v)]), elementwise.")
+
+
+def _inputs_doc(program: Program) -> list[str]:
+    if program.spatial is None:
+        return [
+            "x1 is an (n1, d) array of inputs, x2 an (n2, d) array; x2=None means x1 against",
+            "itself. Entries whose two input rows are identical get the diagonal recursion",
+            "(correlation exactly 1). Lower level, elementwise on arrays:",
+            "",
+            "    pair(q1_0, q2_0, K_0, d)   the layer recursion on input statistics",
+            "    diagonal(q_0, d)           the same for identical inputs"]
+    axes = program.spatial.axes
+    shape = "(n, *spatial, C)" if axes is None else "(n, " + ", ".join(
+        ("L",) if axes == 1 else ("H", "W") if axes == 2 else
+        tuple(f"S{i + 1}" for i in range(axes))) + ", C)"
+    return [
+        f"x1 and x2 are channels-last images {shape}; x2=None means x1 against itself.",
+        "Entries whose two images are identical get the diagonal recursion (correlation",
+        "exactly 1). The kernel arrays hold " + (
+            "every pair of positions (a pooling layer needs them)." if program.spatial.layout.pairs
+            else "the same positions only (no pooling: the cheap path)."),
+        "Lower level (see each function's docstring):",
+        "",
+        "    side(...)       the values of images alone",
+        "    pair(...)       the layer recursion for a block of pairs",
+        "    diagonal(...)   the same for identical images"]
 
 
 def _module_doc(arch: str, program: Program, diagonal_program: Program,
@@ -172,12 +221,7 @@ def _module_doc(arch: str, program: Program, diagonal_program: Program,
         "    ntk(x1, x2=None)      neural tangent kernel matrix",
         "    kernels(x1, x2=None)  (nngp, ntk) from one pass",
         "",
-        "x1 is an (n1, d) array of inputs, x2 an (n2, d) array; x2=None means x1 against",
-        "itself. Entries whose two input rows are identical get the diagonal recursion",
-        "(correlation exactly 1). Lower level, elementwise on arrays:",
-        "",
-        "    pair(q1_0, q2_0, K_0, d)   the layer recursion on input statistics",
-        "    diagonal(q_0, d)           the same for identical inputs",
+        *(_inputs_doc(program)),
         *(f"    {f.name}(q1, q2, k)  dual of {f.label}" for f in duals),
         "",
         "Derivation",
@@ -215,5 +259,28 @@ def ntk(x1, x2=None):
 '''.lstrip("\n")
 
 
-def _runtime() -> str:
-    return embedded_source("driver") + "\n\n" + _ENTRY_POINTS
+_IMAGE_ENTRY_POINTS = '''
+def kernels(x1, x2=None):
+    """(NNGP, NTK) kernel matrices of shape (n1, n2), float64, from one pass.
+
+    x1: (n1, *spatial, C) channels-last images; x2: (n2, *spatial, C), or None for x1
+    against itself. Bad inputs raise InputProblem, a ValueError.
+    """
+    return evaluate_image_kernels(side, pair, diagonal, POSITION_PAIRS, SPATIAL_AXES, x1, x2)
+
+
+def nngp(x1, x2=None):
+    """NNGP kernel matrix (n1, n2) of images x1 against x2; x2=None: x1 itself."""
+    return kernels(x1, x2)[0]
+
+
+def ntk(x1, x2=None):
+    """Neural tangent kernel matrix (n1, n2); x2=None: x1 against itself."""
+    return kernels(x1, x2)[1]
+'''.lstrip("\n")
+
+
+def _runtime(images: bool) -> str:
+    if not images:
+        return embedded_source("driver") + "\n\n" + _ENTRY_POINTS
+    return embedded_source("driver") + "\n\n" + _IMAGE_ENTRY_POINTS

@@ -27,11 +27,13 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     # of ntkdsl, and every later stage (printing included) may use it.
     ("runtime", ("ntkdsl.runtime",)),
     # Vocabulary every stage shares: exceptions, size limits, argument specs, the kernel names, the
-    # progress bar, and the symbolic building blocks (Pair, exact, ...) that registry entries use.
+    # progress bar, and the symbolic building blocks (Pair, exact, ...) that registry entries use,
+    # with the spatial ops of convolutional kernels (conv3x3(K), ... as sympy functions).
     # The NumPy printer (sympy -> NumPy text, imports sympy and symbolic only) is here too: the
     # numerical route beside the derivation, code generation and finite networks all print with it.
     ("foundation", ("ntkdsl._version", "ntkdsl.errors", "ntkdsl.limits", "ntkdsl.params",
-                    "ntkdsl.kinds", "ntkdsl.progress", "ntkdsl.symbolic", "ntkdsl.printing")),
+                    "ntkdsl.kinds", "ntkdsl.progress", "ntkdsl.symbolic", "ntkdsl.spatial",
+                    "ntkdsl.printing")),
     # The language: text -> typed AST. The activation registry sits here, so the parser checks
     # layer names and arguments without importing the derivation.
     ("language", ("ntkdsl.grammars", "ntkdsl.ast", "ntkdsl.expressions", "ntkdsl.activations",

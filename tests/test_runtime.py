@@ -63,6 +63,10 @@ if hasattr(module, "_hd_dual_pair"):
     numbers = [gamma.tolist(), dot.tolist()]
 if hasattr(module, "_corr"):
     numbers = [module._corr(k, q[:, None], q[None, :]).tolist(), module._inv_sqrt(q).tolist()]
+if hasattr(module, "_st_conv"):
+    grid = rng.standard_normal((4, 5, 4, 5, 2, 1))
+    numbers = [module._st_conv(grid, (3, 3), (1, 2), "SAME", True).tolist(),
+               module._st_pool(grid, (2, 2), (1, 1), "CIRCULAR", True).tolist()]
 if hasattr(module, "evaluate_kernels"):
     pair = lambda q1, q2, K, d: (K, K + q1 * q2)
     diagonal = lambda q, d: (q, q + q * q)
@@ -144,12 +148,17 @@ def test_networks_share_one_coefficient_cache_per_process():
         assert not np.isin(second, first_layer).any()
 
 
-def test_library_source_carries_the_runtime_text_a_standalone_module_embeds():
-    arch = "Dense(8) > Relu > Dense(8) > Tanh > Dense(1)"  # Corr and the numerical engine
+@pytest.mark.parametrize("arch, modules", [
+    # Corr and the numerical engine
+    ("Dense(8) > Relu > Dense(8) > Tanh > Dense(1)", ("correlation", "driver", "hermite")),
+    # the window sums of convolutional kernels
+    ("Conv(8, (3, 3), padding='SAME') > Relu > Conv(8, (3, 3)) > Tanh > GlobalAvgPool > "
+     "Dense(1)", MODULES)])
+def test_library_source_carries_the_runtime_text_a_standalone_module_embeds(arch, modules):
     standalone, library = ntkdsl.codegen(arch), ntkdsl.compile(arch).source
-    for module in MODULES:  # as the module's text is written: in ASCII
+    for module in modules:  # as the module's text is written: in ASCII
         assert ascii_source(embedded_source(module)) in standalone
-    for module in ("correlation", "hermite"):
+    for module in set(modules) - {"driver"}:
         assert embedded_source(module) in library
 
 

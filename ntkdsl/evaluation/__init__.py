@@ -30,7 +30,9 @@ The package is split by concern, in the order an evaluation meets them:
   engine, the layer where a recursion stops being finite);
 - ``blas``: every loaded BLAS held to one thread meanwhile;
 - ``checks``: a kernel that is not finite is a NumericalError naming the layer;
-- ``panels``: the panel pipeline and the entry points ``evaluate`` and ``diagonal_values``.
+- ``panels``: the panel pipeline and the entry points ``evaluate`` and ``diagonal_values``;
+- ``spatial``: convolutional networks on images (tiles of pairs, the values of each
+  image alone computed once).
 
 Process-wide state (madvise, glibc's heap tuning, thread pools, the scan of loaded BLAS
 libraries) is made on first use by ``functools.cache``d functions.
@@ -62,13 +64,15 @@ from .memory import (
 from .outputs import allocate_outputs, check_out, resolve_dtype
 from .panels import diagonal_values, evaluate
 from .plan import Plan, default_threads, make_plan
+from .spatial import diagonal_of_images, evaluate_images
 
 # The tuning constants (PANEL_ROWS, MIN_CHUNK, ...) are not re-exported: they are read in
 # their own module (``plan``, ``panels``), so that is where a test must change them.
 __all__ = [
     "DTYPES", "KINDS", "Plan", "allocate_outputs", "as_real_array", "available_memory",
     "cgroup_headroom", "check_finite", "check_inputs", "check_out", "default_threads",
-    "densified", "diagonal_values", "evaluate", "identical_pairs", "is_shared_file_map",
+    "densified", "diagonal_of_images", "diagonal_values", "evaluate", "evaluate_images",
+    "identical_pairs", "is_shared_file_map",
     "kernel_name", "make_plan", "memory_limits", "nonfinite_layer", "refuse_complex",
     "release_pages", "require_memory", "resolve_dtype", "squared_norms",
 ]

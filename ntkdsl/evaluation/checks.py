@@ -2,7 +2,7 @@
 generated program, is a NumericalError naming the layer where it starts."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,16 +29,17 @@ _OVERFLOW_HINT = ("an overflow past float64's range (about 1.8e308): use smaller
 
 
 def check_finite(compiled: CompiledKernels, kinds: Sequence[str], outs: Sequence[np.ndarray],
-                 q1: np.ndarray, q2: np.ndarray, d: int) -> None:
+                 statistics: Callable[[int, int], tuple]) -> None:
     """NumericalError, naming the first layer whose variance is not finite, if any kernel
     entry is inf or NaN (an overflow such as exp(b² q) for large b² q): never a silent
-    inf/NaN. One pass over the outputs, block by block."""
+    inf/NaN. One pass over the outputs, block by block. ``statistics(i, j)`` gives the
+    diagonal function's arguments for inputs i of x1 and j of x2 (to find the layer)."""
     for kind, out in zip(kinds, outs):
         entry = _first_nonfinite(out)
         if entry is None:
             continue
         i, j = entry
-        layer = nonfinite_layer(compiled, np.array([q1[i], q2[j]], dtype=np.float64), d)
+        layer = nonfinite_layer(compiled, *statistics(i, j))
         where = (f"the variance after {layer} is not finite for these inputs" if layer else
                  "every layer's variance is finite for these inputs, so the kernel formula "
                  "itself failed at this pair")
@@ -47,11 +48,11 @@ def check_finite(compiled: CompiledKernels, kinds: Sequence[str], outs: Sequence
             hint=_OVERFLOW_HINT)
 
 
-def _overflow(compiled: CompiledKernels, q1: np.ndarray, q2: np.ndarray, d: int, detail: str
-              ) -> NumericalError:
+def _overflow(compiled: CompiledKernels, largest: tuple, detail: str) -> NumericalError:
     """NumericalError for an overflow that stopped the program, naming the first layer whose
-    variance is not finite at the largest input norms (where an overflow starts)."""
-    layer = nonfinite_layer(compiled, np.array([q1.max(), q2.max()], dtype=np.float64), d)
+    variance is not finite for the largest inputs (where an overflow starts), whose
+    statistics are ``largest`` (the diagonal function's arguments)."""
+    layer = nonfinite_layer(compiled, *largest)
     where = f"the variance after {layer} is not finite" if layer else "a value overflowed"
     return NumericalError(
         f"the kernel overflowed float64 ({detail}): {where} for the largest inputs",

@@ -11,11 +11,12 @@ if TYPE_CHECKING:
     from ..generate import CompiledKernels
 
 
-def nonfinite_layer(compiled: CompiledKernels, q: np.ndarray, d: int) -> str | None:
+def nonfinite_layer(compiled: CompiledKernels, *args) -> str | None:
     """The first layer (``step l: label``, as in the derivation) at which the diagonal
-    recursion of squared norms ``q`` stops being finite, or None. Runs the generated
-    diagonal function once under a line tracer, watching the variables the compiled
-    kernels name as layer states; only on the error path."""
+    recursion of the inputs whose statistics are ``args`` (squared norms and d, or the
+    statistics of images) stops being finite, or None. Runs the generated diagonal
+    function once under a line tracer, watching the variables the compiled kernels name as
+    layer states; only on the error path."""
     bad: list[str] = []
     labels = compiled.labels
 
@@ -32,7 +33,7 @@ def nonfinite_layer(compiled: CompiledKernels, q: np.ndarray, d: int) -> str | N
     sys.settrace(trace)
     try:
         with np.errstate(all="ignore"):
-            compiled.diagonal(q, d)
+            compiled.diagonal(*args)
     except (ArithmeticError, ValueError):
         pass  # the recursion itself failed: the variables seen so far tell where
     finally:

@@ -252,7 +252,7 @@ def evaluate(compiled: CompiledKernels, x1: Any, x2: Any = None, *, kinds: Seque
              progress: bool | None = None, threads: int | None = None) -> list[np.ndarray]:
     """The kernels named in ``kinds`` of x1 against x2 (x2=None: x1 against itself), written
     into ``out`` (one array or None per kind) or into new arrays. Every check happens before
-    any work starts."""
+    any work starts. (A convolutional network's kernels: ntkdsl.evaluation.spatial.)"""
     a, b = check_inputs(x1, x2)
     if b is not None and b is a:
         b = None  # the same array object twice: use the symmetric path
@@ -282,13 +282,16 @@ def evaluate(compiled: CompiledKernels, x1: Any, x2: Any = None, *, kinds: Seque
         with _BlasLimit() as blas:
             # Identical inputs are found while the first Gram slices are computed.
             rows, cols = _run(panels, plan, outs, progress, lambda: identical_pairs(a, b), blas)
-            _exact_identical_pairs(compiled.diagonal, outs, keep, rows, cols, q1,
-                                   a.shape[1])
+            if rows.size:  # BLAS is limited meanwhile
+                write_identical(_diagonal_arrays(compiled.diagonal, q1, a.shape[1]), outs,
+                                keep, rows, cols)
     # Inputs are checked before the program runs: a Python-level conversion of an inf or NaN
     # inside it (int(inf), int(nan)) means the kernel overflowed.
     except (OverflowError, ValueError) as err:
-        raise _overflow(compiled, q1, q2, a.shape[1], str(err)) from None
-    check_finite(compiled, kinds, outs, q1, q2, a.shape[1])
+        largest = (np.array([q1.max(), q2.max()], dtype=np.float64), a.shape[1])
+        raise _overflow(compiled, largest, str(err)) from None
+    check_finite(compiled, kinds, outs,
+                 lambda i, j: (np.array([q1[i], q2[j]], dtype=np.float64), a.shape[1]))
     return outs
 
 
@@ -317,14 +320,10 @@ def _diagonal_arrays(diagonal: Callable, q: np.ndarray, d: int) -> tuple[np.ndar
     return tuple(np.array(np.broadcast_to(v, q.shape), dtype=np.float64) for v in values)
 
 
-def _exact_identical_pairs(diagonal: Callable, outs: Sequence[np.ndarray],
-                           keep: Sequence[int], rows: np.ndarray, cols: np.ndarray,
-                           q1: np.ndarray, d: int) -> None:
+def write_identical(values: Sequence[np.ndarray], outs: Sequence[np.ndarray],
+                    keep: Sequence[int], rows: np.ndarray, cols: np.ndarray) -> None:
     """Overwrite the entries (rows, cols), whose two inputs are identical, with the
-    diagonal recursion."""
-    if rows.size == 0:
-        return
-    values = _diagonal_arrays(diagonal, q1, d)  # BLAS is limited by the caller
+    diagonal recursion's ``values`` (NNGP and NTK of each row's input with itself)."""
     for i, out in zip(keep, outs):
         # A write into a file map maps the pages around it too (measured: ~90 kB per
         # entry), so a file map is written a batch of entries at a time and released.

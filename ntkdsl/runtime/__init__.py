@@ -4,7 +4,9 @@
                  per process, shared by every compiled network)
 ``correlation``  ``_corr`` and ``_inv_sqrt``
 ``driver``       input validation, the O(n)-memory search for identical input rows, and
-                 the kernels/nngp/ntk driver of standalone modules
+                 the kernels/nngp/ntk driver of standalone modules; channels-last images
+                 for convolutional networks, their validation and statistics
+``stencil``      window sums over spatial axes: convolution, pooling, flattening
 
 Each module imports numpy (and SciPy's BLAS where it is installed), never ntkdsl. The
 library imports them; a standalone module embeds their text (``embedded_source``), so
@@ -16,7 +18,7 @@ import ast
 from functools import cache
 from importlib import resources
 
-MODULES = ("correlation", "driver", "hermite")
+MODULES = ("correlation", "driver", "hermite", "stencil")
 
 
 @cache
@@ -45,7 +47,7 @@ def embedded_source(module: str) -> str:
 # Helper names (ntkdsl.symbolic.KernelFunction.helpers) whose text is a runtime module. A
 # standalone module carries that text; the library binds the module's own functions
 # instead of running the text again, so every network shares one engine and its cache.
-HELPER_MODULES = {"_corr": "correlation", "_hd_engine": "hermite"}
+HELPER_MODULES = {"_corr": "correlation", "_hd_engine": "hermite", "_stencil": "stencil"}
 
 
 def bindings(helpers) -> dict:

@@ -1,5 +1,6 @@
-"""Input validation, the search for identical input rows, and the kernel-matrix driver of
-standalone modules.
+"""Input validation, the search for identical input rows, and the kernel-matrix drivers of
+standalone modules; for convolutional networks, channels-last images, their validation and
+the input statistics of their kernel arrays (ntkdsl.runtime.stencil's layouts).
 
 Part of ntkdsl's runtime: NumPy only, nothing from ntkdsl. The library validates inputs
 and finds identical rows with these very functions (ntkdsl.evaluation turns InputProblem
@@ -47,6 +48,11 @@ def as_real(value, name, what="a numeric array"):
 def as_matrix(x, name):
     """x as a finite float64 (n, d) array with n, d >= 1."""
     arr = as_real(x, name, "a numeric array of shape (n, d)")
+    if arr.ndim > 2:
+        raise InputProblem(f"{name} has shape {arr.shape}, but this network is fully connected "
+                           "(no Conv, pooling or Flatten layer): it takes 2-D arrays (n "
+                           "samples, d features)", "flatten each image with x.reshape(len(x), "
+                           "-1), or give the network a Conv layer or Flatten", shape=True)
     if arr.ndim != 2:
         raise InputProblem(f"{name} must be 2-D (n samples, d features), got shape {arr.shape}",
                            "reshape a single sample with x.reshape(1, -1), "
@@ -170,4 +176,145 @@ def evaluate_kernels(pair, diagonal, x1, x2=None):
         exact = diagonal(q1, d)
         for i in range(2):
             out[i][rows, cols] = numpy.broadcast_to(exact[i], q1.shape)[rows]
+    return out[0], out[1]
+
+
+# ------------------------------------------------------------------- images --
+
+def _axes_text(count):
+    return f"{count} spatial axis" if count == 1 else f"{count} spatial axes"
+
+
+def _layout_text(count):
+    """The channels-last shape of inputs with ``count`` spatial axes."""
+    names = {1: "(n, L, C)", 2: "(n, H, W, C)", 3: "(n, D, H, W, C)"}
+    return names.get(count, "(n, " + ", ".join(f"S{i + 1}" for i in range(count)) + ", C)")
+
+
+def as_images(x, name, axes):
+    """x as a finite float64 channels-last array (n, *S, C) with ``axes`` spatial axes (None:
+    any number, at least one), every size at least 1."""
+    arr = as_real(x, name, "a numeric array of channels-last images")
+    want = "at least 3" if axes is None else str(axes + 2)
+    if arr.ndim < 3 if axes is None else arr.ndim != axes + 2:
+        layout = "(n, *spatial, C)" if axes is None else _layout_text(axes)
+        what = "a convolutional network" if axes is None else (
+            f"this network, whose filters have {_axes_text(axes)},")
+        raise InputProblem(
+            f"{name} has shape {arr.shape} ({arr.ndim}-D) but {what} takes {want}-D "
+            f"channels-last images {layout}",
+            "a flat (n, d) array of images is reshaped with x.reshape(n, H, W, C)"
+            if arr.ndim == 2 else f"pass images of shape {layout}", shape=True)
+    if 0 in arr.shape:
+        raise InputProblem(f"{name} is empty (shape {arr.shape}); it needs at least one "
+                           "image, position and channel", shape=True)
+    if not numpy.isfinite(arr).all():
+        index = tuple(int(i) for i in numpy.argwhere(~numpy.isfinite(arr))[0])
+        raise InputProblem(f"{name} has a non-finite value {arr[index]} at index {index}",
+                           "kernels are defined for finite inputs only; drop or impute it")
+    return arr
+
+
+def check_images(a, b):
+    """InputProblem unless the images a and b have the same spatial shape and channels."""
+    if a.shape[-1] != b.shape[-1]:
+        raise InputProblem(f"x1 has {a.shape[-1]} channels but x2 has {b.shape[-1]}; images "
+                           "of both must have the same channels (the last axis)", shape=True)
+    if a.shape[1:] != b.shape[1:]:
+        raise InputProblem(
+            f"x1 holds images of {a.shape[1:-1]} positions but x2 of {b.shape[1:-1]}; both "
+            "must have the same spatial shape", shape=True)
+
+
+def _flat(x):
+    """(n, P, C): the images with their positions in one axis."""
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+def position_variances(x):
+    """x.x / C at each position: shape (*S, n, 1)."""
+    values = numpy.einsum("npc,npc->pn", _flat(x), _flat(x)) / x.shape[-1]
+    return values.reshape(x.shape[1:-1] + (x.shape[0], 1))
+
+
+def self_covariances(x):
+    """x[p].x[p'] / C of each image with itself at every pair of positions: (*S, *S, n, 1)."""
+    flat = _flat(x)
+    gram = numpy.matmul(flat, flat.transpose(0, 2, 1)) / x.shape[-1]  # (n, P, P)
+    spatial = x.shape[1:-1]
+    return numpy.ascontiguousarray(gram.transpose(1, 2, 0)).reshape(
+        spatial + spatial + (x.shape[0], 1))
+
+
+def same_position_gram(a, b):
+    """a[p].b[p] / C between every pair of images at each position: (*S, n, m), one BLAS
+    product per position."""
+    gram = numpy.matmul(_flat(a).transpose(1, 0, 2), _flat(b).transpose(1, 2, 0))
+    gram /= a.shape[-1]
+    return gram.reshape(a.shape[1:-1] + (len(a), len(b)))
+
+
+def position_pair_gram(a, b):
+    """a[p].b[p'] / C between every pair of images at every pair of positions:
+    (*S, *S, n, m), from one BLAS product."""
+    positions, channels = _flat(a).shape[1:]
+    gram = numpy.matmul(a.reshape(-1, channels), b.reshape(-1, channels).T)
+    gram /= channels
+    gram = gram.reshape(len(a), positions, len(b), positions).transpose(1, 3, 0, 2)
+    spatial = a.shape[1:-1]
+    return numpy.ascontiguousarray(gram).reshape(spatial + spatial + (len(a), len(b)))
+
+
+def image_statistics(x, pairs):
+    """The statistics of images x alone: their variances at each position and, for
+    position pairs, their covariances with themselves across positions."""
+    if pairs:
+        return position_variances(x), self_covariances(x)
+    return (position_variances(x),)
+
+
+def image_gram(a, b, pairs):
+    """The statistic of pairs of images: at the same positions, or at every pair."""
+    return position_pair_gram(a, b) if pairs else same_position_gram(a, b)
+
+
+def as_other_input(value):
+    """A value of x alone (..., n, 1) as the same value of x' alone (..., 1, n)."""
+    return numpy.swapaxes(value, -1, -2) if numpy.ndim(value) >= 2 else value
+
+
+# The driver keeps each block's kernel arrays near this many values (a few MB each).
+_BLOCK_VALUES = 1 << 22
+
+
+def evaluate_image_kernels(side, pair, diagonal, pairs, axes, x1, x2=None):
+    """(NNGP, NTK) matrices (n1, n2), float64, of a convolutional network's recursions (a
+    standalone module's): ``side`` (the values of each input alone, from its statistics),
+    ``pair`` (the kernels of a block of pairs from their statistic and both sides'
+    values) and ``diagonal`` (an input with itself, exact). Rows go in blocks, so the
+    kernel arrays of a block stay small; entries of identical images are the diagonal's."""
+    a = as_images(x1, "x1", axes)
+    b = None if x2 is None else as_images(x2, "x2", axes)
+    if b is not None:
+        check_images(a, b)
+    other = a if b is None else b
+    channels = a.shape[-1]
+    mine = side(*image_statistics(a, pairs), channels)
+    theirs = mine if b is None else side(*image_statistics(other, pairs), channels)
+    theirs = [as_other_input(v) for v in theirs]
+    positions = int(numpy.prod(a.shape[1:-1]))
+    per_pair = positions * positions if pairs else positions
+    rows = max(1, _BLOCK_VALUES // max(1, per_pair * len(other)))
+    out = [numpy.empty((len(a), len(other))) for _ in range(2)]
+    for r in range(0, len(a), rows):
+        block = [v[..., r:r + rows, :] if numpy.ndim(v) >= 2 else v for v in mine]
+        values = pair(image_gram(a[r:r + rows], other, pairs), channels, *block, *theirs)
+        for i in range(2):
+            out[i][r:r + rows] = numpy.broadcast_to(values[i], out[i][r:r + rows].shape)
+    found = identical_pairs(a.reshape(len(a), -1),
+                            None if b is None else b.reshape(len(b), -1))
+    if found[0].size:
+        exact = diagonal(*image_statistics(a, pairs), channels)
+        for i in range(2):
+            out[i][found] = numpy.broadcast_to(exact[i], (len(a), 1))[found[0], 0]
     return out[0], out[1]
