@@ -96,8 +96,11 @@ class Corr(PrintedAs):
             return sp.S.One
         if q1 == q2 and k == -q1:
             return sp.S.NegativeOne
-        if numbers:
+        if numbers and not any(a.has(KernelFunction) for a in (k, q1, q2)):
             return sp.Max(-1, sp.Min(1, k / sp.sqrt(q1 * q2)))
+        # A number that generated code computes (a numerical-route moment of constants,
+        # Γ[Mish](1/4)) stays a correlation, clipped at run time like any other: sympy's
+        # Max/Min raised "not comparable" for it (and evaluating it to compare ran for minutes).
         return None
 
     def fdiff(self, argindex=1):

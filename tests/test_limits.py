@@ -468,6 +468,20 @@ def test_an_overflowing_kernel_is_an_error_without_numpy_warnings(arch):
         assert [str(w.message) for w in caught] == []
 
 
+def test_an_overflowing_convolutional_kernel_is_an_error_without_numpy_warnings():
+    """The same for images: the side, pair and diagonal functions of a convolutional
+    program run in the checked floating-point state too."""
+    net = ntkdsl.compile("Conv(4, (3, 3), W_std=20) > Relu > Conv(4, (3, 3), b_std=0.1) > Exp > "
+                         "GlobalAvgPool > Dense(1)")
+    images = np.random.default_rng(0).standard_normal((3, 6, 6, 2)) * 30
+    for evaluate in (net.kernels, net.diagonal):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(NumericalError, match="not finite"):
+                evaluate(images)
+        assert [str(w.message) for w in caught] == []
+
+
 def test_gelu_at_a_zero_variance_divides_by_nothing():
     """Gelu's diagonal was printed as pi - atan(sqrt(1 + 2q)/q): a division by zero (and its
     warning) on a zero row, right only because arctan(inf) is pi/2. The angle stays

@@ -390,3 +390,28 @@ def test_a_zero_variance_of_every_input_has_correlation_zero():
     ntk = nngp + q * _mean(lambda z: elu_dot(z) ** 2, q)
     for got, want in zip((*net.kernels(x), *net.diagonal(x)), (nngp, ntk, nngp, ntk)):
         np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_a_correlation_of_numerical_moments_of_constants_is_computed_at_run_time():
+    """Found with the previous one: after W_std=0 the numerical route's Mish moment of the
+    constant variance 1/4 is a number sympy cannot order (Γ[Mish](1/4)), and LayerNorm's
+    correlation of it was clipped by sympy's Max/Min: "not comparable", a ValueError. It
+    stays a correlation computed at run time. Every pre-activation is the shared bias, so
+    each quantity is a 1-D Gaussian mean (c = 1 throughout)."""
+    net = ntkdsl.compile("Dense(8, W_std=0, b_std=0.5) > Mish > Dense(8, b_std=0.3) > LayerNorm > "
+                         "Relu > Dense(1)")
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    softplus = lambda z: math.log1p(math.exp(-abs(z))) + max(z, 0.0)
+    mish = lambda z: z * math.tanh(softplus(z))
+    mish_dot = lambda z: (math.tanh(softplus(z))
+                          + z / math.cosh(softplus(z)) ** 2 / (1 + math.exp(-z)))
+    q = _mean(lambda z: mish(z) ** 2, 0.25) + 0.09          # Mish, then Dense(8, b_std=0.3)
+    t = q + 0.25 * _mean(lambda z: mish_dot(z) ** 2, 0.25)
+    q, t = q / (q + 1e-12), t / (q + 1e-12)                  # LayerNorm: k = q, c = 1
+    nngp, ntk = q / 2, q / 2 + t / 2                          # Relu at c = 1, then Dense(1)
+    got_nngp, got_ntk = net.kernels(x)
+    for got, want in zip((got_nngp, np.diag(got_ntk), *net.diagonal(x)), (nngp, ntk, nngp, ntk)):
+        np.testing.assert_allclose(got, want, rtol=1e-10)
+    # Off the diagonal the correlation of the constants is computed, 1 to rounding, where
+    # Γ̇ = (π − θ)/(2π) has an infinite slope: DESIGN §5's rule for collinear entries.
+    assert np.abs(got_ntk - ntk).max() <= 1e-7 * ntk

@@ -303,7 +303,7 @@ def diagonal_values(compiled: CompiledKernels, q: np.ndarray, d: int) -> tuple[n
         with _BlasLimit():
             values = _diagonal_arrays(compiled.diagonal, q, d)
     except (OverflowError, ValueError) as err:  # as in ``evaluate``: int(inf) in the program
-        raise _overflow(compiled, q, q, d, str(err)) from None
+        raise _overflow(compiled, (np.array([q.max()], dtype=np.float64), d), str(err)) from None
     for kind, value in zip(KINDS, values):
         if not np.isfinite(value).all():
             i = int(np.argmax(~np.isfinite(value)))
