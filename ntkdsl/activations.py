@@ -24,13 +24,18 @@ from .symbolic import ArcCosine, ExpCosh, ExpSinh, Pair, exact, polynomial_dual
 
 
 class atan2(sp.atan2):
-    """sympy's atan2, except that an angle of two numbers whose signs sympy cannot decide
-    (constant variances fed through a numerical moment, after a Dense with W_std=0) stays an
-    angle: sympy would rewrite it as -I·log((x + I·y)/sqrt(x² + y²)), complex arithmetic in
-    the generated code (a ComplexWarning, the real part cast) and seconds of printing."""
+    """sympy's atan2, except that the angle of two legs stays an angle: of expressions, as
+    written (sympy rewrites atan2(y, x) of signed symbols as atan(y/x) + π, a division by x,
+    which is 0 at a zero variance: Gelu's diagonal atan2(√(1 + 2q), −q) divided by q = 0);
+    of numbers whose signs sympy cannot decide (constant variances fed through a numerical
+    moment, after a Dense with W_std=0), too: sympy would rewrite it as
+    -I·log((x + I·y)/sqrt(x² + y²)), complex arithmetic in the generated code (a
+    ComplexWarning, the real part cast) and seconds of printing."""
 
     @classmethod
     def eval(cls, y, x):
+        if not (y.is_number and x.is_number):
+            return None
         value = super().eval(y, x)
         return None if value is not None and value.has(sp.I) else value
 

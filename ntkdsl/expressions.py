@@ -9,10 +9,9 @@ takes the position of the expression text inside the architecture source.
 """
 from __future__ import annotations
 
-import cmath
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import lark
 import sympy as sp
@@ -118,11 +117,11 @@ class _ToSympy(Transformer):
 
     @v_args(meta=True)
     def mul(self, meta, c):
-        return self._defined(c[0] * c[1], meta)
+        return self._bounded(self._defined(c[0] * c[1], meta), meta)
 
     @v_args(meta=True)
     def div(self, meta, c):
-        return self._defined(c[0] / c[1], meta)
+        return self._bounded(self._defined(c[0] / c[1], meta), meta)
 
     def neg(self, c):
         return -c[0]
@@ -130,24 +129,33 @@ class _ToSympy(Transformer):
     @v_args(meta=True)
     def pow(self, meta, c):
         base, exponent = c
-        if exponent.is_number and exponent.is_real:
-            self._check_power(base, exponent, meta)
-        return self._defined(base ** exponent, meta)
+        if base.is_number and exponent.is_number and exponent.is_real:
+            self._check_constant_power(base, exponent, meta)
+        return self._bounded(self._defined(base ** exponent, meta), meta)
 
-    def _check_power(self, base: sp.Expr, exponent: sp.Expr, meta) -> None:
-        """Bound a ** p before sympy computes it: 9**9**9 would be an integer of 370 million
-        digits, x**1000000 a polynomial no kernel can be derived for."""
-        p = float(exponent)
-        if abs(p) > limits.MAX_FN_EXPONENT:
-            raise self.where.error(
-                f"the exponent {exponent} is too large: at most {limits.MAX_FN_EXPONENT} in "
-                "magnitude (ntkdsl.limits.MAX_FN_EXPONENT)", meta.start_pos, meta.end_pos)
-        if base.is_number and base != 0 and base.is_real:
-            magnitude = abs(p) * abs(float(sp.log(sp.Abs(base), 10)))
+    def _check_constant_power(self, base: sp.Expr, exponent: sp.Expr, meta) -> None:
+        """Bound a number a ** p before sympy computes it: 9**9**9 would be an integer of
+        370 million digits."""
+        if base != 0 and base.is_real:
+            magnitude = abs(float(exponent)) * abs(float(sp.log(sp.Abs(base), 10)))
             if magnitude > 300:
                 raise self.where.error(
                     f"{base}**{exponent} is beyond the float64 range", meta.start_pos,
                     meta.end_pos, "a constant must be between 1e-300 and 1e300 in magnitude")
+
+    def _bounded(self, result: sp.Expr, meta) -> sp.Expr:
+        """A power or product whose value has a degree past the limit is refused where it
+        is formed, before anything expands it: the value counts, not how it is written, so
+        (x**20)**2 is x**40 and x**60/x**30 is x**30 (sympy combines powers of one base
+        symbolically, at no cost)."""
+        found = degree(result)
+        if found > limits.MAX_FN_DEGREE:
+            raise self.where.error(
+                f"this part has degree {found:g} in x (it is {_short(result)}); the limit is "
+                f"{limits.MAX_FN_DEGREE} (ntkdsl.limits.MAX_FN_DEGREE)", meta.start_pos,
+                meta.end_pos, "the degree counts each function call of x as one factor: "
+                "x**40 and sinh(x)**40 have degree 40, exp(40*x) has degree 1")
+        return result
 
     def _defined(self, result: sp.Expr, meta) -> sp.Expr:
         """sympy's undefined values (zoo from 1/0, nan from 0*zoo, ...) are refused where
@@ -157,6 +165,29 @@ class _ToSympy(Transformer):
                                    "zero or an infinite value)", meta.start_pos, meta.end_pos,
                                    "an activation must be a finite real function of every real x")
         return result
+
+
+@lru_cache(maxsize=4096)
+def degree(expr: sp.Expr) -> float:
+    """The degree of ``expr`` in x, each function call of x counting as one factor: what a
+    polynomial expansion of it would reach (x**3*sin(x)**2 is 5, (x + 1)**-4 is 4,
+    abs(x)**0.5 is 0.5, exp(x**2) is 1)."""
+    if not expr.has(x):
+        return 0.0
+    if expr == x:
+        return 1.0
+    if expr.is_Add:
+        return max(degree(term) for term in expr.args)
+    if expr.is_Mul:
+        return sum(degree(factor) for factor in expr.args)
+    if expr.is_Pow and expr.exp.is_number and expr.exp.is_real:
+        return abs(float(expr.exp)) * degree(expr.base)
+    return 1.0  # a function of x, or a power with x in its exponent: one factor
+
+
+def _short(expr: sp.Expr, most: int = 60) -> str:
+    text = str(expr)
+    return text if len(text) <= most else text[:most - 3] + "..."
 
 
 _NAMES = {"NAME": "a name", "NUMBER": "a number", "LPAR": "'('", "RPAR": "')'",
@@ -264,52 +295,79 @@ def check_activation(expr: sp.Expr, fail: Callable[[str, str], Exception]) -> No
     _check_growth(expr, fail)
     for value in _PROBE:
         y = value_at(expr, value)
-        if y is None or not cmath.isfinite(y):
+        if y is None:
             raise fail(f"the expression is not finite at x = {value:g}",
                        "an activation must be a finite real function of every real x")
-        if y.imag != 0:
-            raise fail(f"the expression is not real at x = {value:g} (value {y})",
+        real, imaginary = y.as_real_imag()
+        # 30 digits of a real value can leave an imaginary part of rounding size.
+        if abs(imaginary) > sp.Float(1e-20) * max(abs(real), 1):
+            raise fail(f"the expression is not real at x = {value:g} (value {sp.N(y, 6)})",
                        "an activation must be real for every real x; e.g. use "
                        "sqrt(abs(x)) or log(1 + exp(x))")
 
 
-def value_at(expr: sp.Expr, value: float, symbol: sp.Symbol = x) -> complex | None:
-    """φ(value) to 30 digits, or None where it is undefined or infinite."""
+def value_at(expr: sp.Expr, value: float, symbol: sp.Symbol = x) -> sp.Expr | None:
+    """φ(value) to 30 digits as a sympy number (not rounded to float64: sinh(100)**40 is
+    finite, 1e1700), or None where it is undefined or infinite."""
     try:
         y = sp.N(expr.subs(symbol, sp.Float(value, 30)), 30)
     except (ValueError, TypeError, ArithmeticError):
         return None  # e.g. Min(zoo, 0) at x = 0: "the argument 'zoo' is not comparable"
     if not y.is_number or y.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
         return None
-    re_, im_ = (float(part) for part in y.as_real_imag())
-    return complex(re_, im_)
+    return y
+
+
+# Far points where the growth of log|φ| is measured, farthest first.
+_FAR = (1e4, 1e3, 1e2)
 
 
 def _check_growth(expr: sp.Expr, fail) -> None:
-    """E[φ(√q z)²] is finite for every q only if log|φ| grows slower than x²: measure
-    log|φ(x)| / x² far out, where exp(x²)-type growth gives a constant and exp(a·x) or
-    polynomials give almost nothing."""
+    """E[φ(√q z)²] is finite for every q only if log|φ| grows slower than x²: the ratio
+    r(R) = log|φ(R)| / R² tends to a constant a > 0 for exp(a·x²)-type growth, however small
+    a is, and falls like 1/R for exp(λ·x)-type growth (sinh(x)**40: 40/R), like log(R)/R²
+    for polynomials. So φ diverges where r stays positive from one far point to the next
+    (ten times farther) instead of falling at least as 1/√R does; a φ that can be
+    evaluated at one far point only is held to r < 1e-3 there."""
     for sign in (-1, 1):
-        if bool(_far_ratio(expr, sign) > sp.Float(1e-3)):
+        ratios = _far_ratios(expr, sign)
+        if not ratios:
+            diverges = True  # not evaluable anywhere far out: no moments can be established
+        elif ratios[0] == sp.oo:
+            diverges = True
+        elif len(ratios) == 1 or ratios[1] <= 0:
+            diverges = bool(ratios[0] > sp.Float(1e-3))
+        else:
+            diverges = bool(ratios[0] > 0 and ratios[0] * _FALL > ratios[1])
+        if diverges:
             raise fail("the Gaussian moments of this activation diverge: it grows like "
                        "exp(x**2) or faster", "an activation must grow slower than "
                        "exp(a*x**2) for every a > 0, e.g. exp(x) or x**3 are fine, "
                        "exp(x**2) is not")
 
 
-def _far_ratio(expr: sp.Expr, sign: int) -> sp.Expr:
-    """log|φ(x)| / x² at the farthest of x = ±1e4, ±1e3, ±1e2 where sympy can evaluate φ
-    (erfc(exp(3x)) at 1e4 is too small even for mpmath's exponents); compared in sympy,
-    since log|φ| of exp(exp(x))-type values is beyond float range."""
-    for far in (1e4, 1e3, 1e2):
+# r(R) must fall by more than this factor from R/10 to R: sqrt(10), halfway (on a log scale)
+# between exp(a·x²) (1) and exp(λ·x) (10).
+_FALL = sp.sqrt(10)
+
+
+def _far_ratios(expr: sp.Expr, sign: int) -> list[sp.Expr]:
+    """log|φ(x)| / x² at the farthest two of x = ±1e4, ±1e3, ±1e2 where sympy can evaluate φ
+    (erfc(exp(3x)) at 1e4 is too small even for mpmath's exponents), farthest first; oo
+    where φ is infinite. Compared in sympy, since log|φ| of exp(exp(x))-type values is beyond
+    float range."""
+    ratios: list[sp.Expr] = []
+    for far in _FAR:
         try:
             y = sp.N(expr.subs(x, sp.Float(sign * far, 30)), 30)
         except (ValueError, TypeError, ArithmeticError):
             continue
         if y.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
-            return sp.oo
-        return sp.log(sp.Abs(y)) / far ** 2 if y != 0 else sp.S.Zero
-    return sp.oo  # not evaluable anywhere far out: no moments can be established
+            return ratios or [sp.oo]
+        ratios.append(sp.log(sp.Abs(y)) / far ** 2 if y != 0 else sp.S.Zero)
+        if len(ratios) == 2:
+            break
+    return ratios
 
 
 @cache

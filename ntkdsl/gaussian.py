@@ -28,11 +28,15 @@ def closed_form_dual(phi: sp.Expr, x: sp.Symbol, pair: Pair,
                      registry) -> tuple[sp.Expr, sp.Expr | None] | None:
     """(Γ, Γ̇) for φ by the rules above, or None if they do not apply. Γ̇ is None where
     the caller should differentiate Γ (Price's theorem); a polynomial φ gets its Γ̇ from
-    the Hermite sum directly, since sympy's diff of a degree-40 Γ takes minutes."""
+    the Hermite sum directly, since sympy's diff of a degree-40 Γ takes minutes, and a
+    multiple of a registry entry that writes its Γ̇ out gets that form, scaled."""
     scaled = _registry_multiple(phi, x, registry)
     if scaled is not None:
+        # α·ψ: Γ = α² Γ_ψ and Γ̇ = α² Γ̇_ψ in ψ's own form where it writes one (Abs's
+        # (2/π) arcsin c; differentiating its Γ subtracts 1 from 1 as c → 0).
         factor, spec = scaled
-        return factor ** 2 * spec.dual(pair), None
+        dot = factor ** 2 * spec.dual_dot(pair) if spec.dual_dot is not None else None
+        return factor ** 2 * spec.dual(pair), dot
     terms = elementary_terms(phi, x)
     if terms is None:
         return None

@@ -316,7 +316,16 @@ class NumPyPrinter(SciPyPrinter):
     _print_Dummy = _print_Symbol
 
     def _print_Float(self, expr):
-        return repr(float(expr))
+        # A constant past float64's range (exp(2e100), the variance after Exp of a constant
+        # pre-activation) is infinite in float64: numpy.inf, which the evaluation's
+        # finiteness check turns into a NumericalError (repr gave "inf": a NameError).
+        value = float(expr)
+        return repr(value) if math.isfinite(value) else self._infinity(value)
+
+    def _infinity(self, value: float) -> str:
+        if math.isnan(value):
+            return self._module_format("numpy.nan")
+        return self._module_format("numpy.inf") if value > 0 else f"(-{self._module_format('numpy.inf')})"
 
     def _print_Integer(self, expr):
         # NumPy takes a Python int beyond int64 as an object, which its ufuncs refuse
@@ -329,7 +338,7 @@ class NumPyPrinter(SciPyPrinter):
         try:
             return repr(float(value))
         except OverflowError:
-            return self._module_format("numpy.inf") if value > 0 else f"(-{self._module_format('numpy.inf')})"
+            return self._infinity(value)
 
     def _print_Pi(self, expr):
         return self._module_format("numpy.pi")

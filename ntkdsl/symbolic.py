@@ -86,12 +86,21 @@ class Corr(PrintedAs):
 
     @classmethod
     def eval(cls, k, q1, q2):
+        numbers = all(a.is_number for a in (k, q1, q2))
+        if numbers and q1 * q2 == 0:
+            # As the runtime's _corr: a variance of exactly 0 (every input, after a Dense
+            # with W_std=0 and no bias) has correlation 0, not the 1 of Corr(q, q, q): Sign
+            # made K = 1 beside variances 0, and the next Corr divided by sqrt(0).
+            return sp.S.Zero
         if q1 == q2 and k == q1:
             return sp.S.One
         if q1 == q2 and k == -q1:
             return sp.S.NegativeOne
-        if all(a.is_number for a in (k, q1, q2)):
+        if numbers and not any(a.has(KernelFunction) for a in (k, q1, q2)):
             return sp.Max(-1, sp.Min(1, k / sp.sqrt(q1 * q2)))
+        # A number that generated code computes (a numerical-route moment of constants,
+        # Γ[Mish](1/4)) stays a correlation, clipped at run time like any other: sympy's
+        # Max/Min raised "not comparable" for it (and evaluating it to compare ran for minutes).
         return None
 
     def fdiff(self, argindex=1):

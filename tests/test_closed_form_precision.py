@@ -24,6 +24,7 @@ below float64's normal range (1e-300) counts.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import mpmath as mp
@@ -234,6 +235,8 @@ REFERENCES = {
     "Polynomial([0.1, 1.0, 0.5, -0.2])": _polynomial(["0.1", "1.0", "0.5", "-0.2"]),
     # The Gaussian-integration rules (ntkdsl.gaussian) on expressions
     'Fn("2*relu(x)")': _scaled(F(2), _abrelu(F(0), F(1))),
+    # Abs's Γ̇ = (2/π) arcsin c scaled, not ∂Γ/∂k of the scaled Γ (1 − 1 at c → 0)
+    'Fn("2*abs(x)")': _scaled(F(2), _abrelu(F(-1), F(1))),
     'Fn("sin(x)")': _trig(F(1), F(1), F(0), -1),
     'Fn("cosh(x/4)")': (lambda q1, q2, k: (_exp(F(1), F("0.25"))[0](q1, q2, k)
                                             + _exp(F(1), F("0.25"))[0](q1, q2, -k)) / 2,
@@ -258,7 +261,7 @@ ARCCOS_CORRELATIONS = [-0.54, -0.56, -0.9, -(1 - 2.0 ** -20), -(1 - 1e-9), -(1 -
                        -(1 - 1e-14), 1 - 1e-12, 1 - 2.0 ** -50, 1e-10, -3e-12]
 ARCCOS_FAMILY = {name for name in REFERENCES
                  if name.startswith(("Relu", "LeakyRelu", "ABRelu", "Abs", "RectifiedMonomial"))
-                 or "relu" in name}
+                 or "relu" in name or "abs" in name}
 
 
 def pair_points(correlations=CORRELATIONS):
@@ -477,3 +480,54 @@ def test_network_kernels_at_large_variance(text, scale):
     point = (float(x[0] @ x[0] / 2), float(x[1] @ x[1] / 2), float(x[0] @ x[1] / 2))
     problems += [check(nngp[0, 1], gamma, point), check(tangent[0, 1], ntk, point)]
     assert not [p for p in problems if p], problems
+
+
+# ---------------------------------------------------------------------------------------
+# A multiple of a registry entry takes the entry's Γ̇ form (Fn("2*abs(x)"), issue 12)
+# ---------------------------------------------------------------------------------------
+
+def _abs_moments_by_quadrature(q1, q2, c):
+    """(E[|u||v|], E[sign(u) sign(v)]) for (u, v) ~ N(0, [[q1, k], [k, q2]]), c = k/√(q1 q2):
+    v given u = √q1 z is N(√q2 c z, q2 s²), s = √(1 − c²), whose |·| and sign have the folded
+    normal's mean and erf(c z/(s√2)); the outer integral over z by adaptive quadrature,
+    cut at 0 and at 4ⁱ times the inner scale s/|c| over which the integrand turns."""
+    from scipy.integrate import quad
+    from scipy.special import erf
+    s = math.sqrt(max(0.0, (1 - c) * (1 + c)))
+    density = lambda z: math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+
+    def folded(z):  # E[|c z + s w|], w ~ N(0, 1)
+        mu = c * z
+        if s == 0:
+            return abs(mu)
+        return (s * math.sqrt(2 / math.pi) * math.exp(-mu * mu / (2 * s * s))
+                + mu * erf(mu / (s * math.sqrt(2))))
+
+    def signs(z):  # E[sign(z) sign(c z + s w)]
+        inner = math.copysign(1.0, c * z) if s == 0 else erf(c * z / (s * math.sqrt(2)))
+        return math.copysign(1.0, z) * inner
+
+    turn = s / abs(c) if c and s else 1.0
+    cuts = [0.0] + [turn * 4.0 ** i for i in range(40) if turn * 4.0 ** i < 40] + [40.0]
+    total = [0.0, 0.0]
+    for lo, hi in itertools.pairwise(cuts):
+        for i, f in enumerate((lambda z: z * folded(z), signs)):
+            total[i] += quad(lambda z: f(z) * density(z), lo, hi,  # noqa: B023
+                             epsabs=0, epsrel=1e-13, limit=400)[0]
+    # the integrands are even in z (c z and z change sign together)
+    return 2 * math.sqrt(q1 * q2) * total[0], 2 * total[1]
+
+
+@pytest.mark.parametrize("c", [0.0, 1e-10, -3e-12, 0.35, 1 - 1e-12, -(1 - 1e-12), 1.0, -1.0])
+def test_scaled_abs_takes_the_arcsine_form_of_abs(c):
+    """Fn("2*abs(x)"): Γ = 4 Γ_Abs and Γ̇ = 4 Γ̇_Abs = (8/π) arcsin c, by the library's code,
+    against quadrature of E[φ(u)φ(v)] and E[φ'(u)φ'(v)] = 4 E[sign(u) sign(v)]. Γ̇ was ∂Γ/∂k of
+    the scaled Γ, 16 (π − arccos c)/(2π) − 4: at c = 1e-10, 2e-7 relative off."""
+    q1, q2 = 0.25, 4.0  # k = c exactly
+    point = np.array([[q1, q2, c]])
+    gamma, dot = (v[0] for v in library_duals('Fn("2*abs(x)")', point, diagonal=False))
+    abs_gamma, abs_dot = (v[0] for v in library_duals("Abs", point, diagonal=False))
+    assert dot == 4 * abs_dot and gamma == pytest.approx(4 * abs_gamma, rel=1e-15)
+    moment, signs = _abs_moments_by_quadrature(q1, q2, c)
+    assert gamma == pytest.approx(4 * moment, rel=1e-12)
+    assert dot == pytest.approx(4 * signs, rel=1e-11, abs=1e-300)

@@ -253,21 +253,34 @@ def test_release_pages_ignores_plain_arrays():
 
 # ------------------------------------------------------------------------------ float32 --
 
-@pytest.mark.parametrize("arch", ARCHS[:3])
-def test_float32_accuracy_as_documented(arch, small_tiles):
+# Per ReLU-family layer, the most a nearly collinear pair's NTK loses in float32 (README
+# "float32"): its correlation, rounded to float32 (a few 6e-8), moves θ = arccos c by up to
+# sqrt(2 · 1.8e-7) = 6e-4, Γ̇ = (π − θ)/(2π) by 1e-4, 2e-4 of itself (measured over 100
+# seeds: 6e-5 to 1e-4 a layer).
+FLOAT32_PER_ARCCOS_LAYER = 2e-4
+
+
+@pytest.mark.parametrize("arch, arccos_layers", zip(ARCHS[:3], (3, 0, 2)))
+@pytest.mark.parametrize("seed", range(5))
+def test_float32_accuracy_as_documented(arch, arccos_layers, seed, small_tiles):
     """Docstring: absolute error within 1e-6 of the largest entry where the inputs'
-    correlation is below 0.99, within 1e-4 everywhere (nearly collinear inputs, where
-    arccos-type duals have an infinite slope); identical inputs: float64 values rounded."""
+    correlation is below 0.99 (and everywhere for the NNGP of these, and without an
+    arc-cosine layer); within 2e-4 per ReLU layer for nearly collinear inputs, where the NTK
+    factor (π − θ)/(2π) has an infinite slope; identical inputs: float64 values rounded.
+    (1e-4 everywhere was documented: 12 and 58 of 100 seeds of the ReLU and LayerNorm
+    networks broke it.)"""
     net = ntkdsl.compile(arch)
-    x = data(300, d=12)
+    x = data(300, d=12, seed=seed)
     x[20] = x[21] * (1 + 1e-7)  # nearly collinear: where arccos loses the most
     corr = x @ x.T / np.sqrt(np.outer((x * x).sum(1), (x * x).sum(1)))
-    for got, ref in zip(net.kernels(x, dtype=np.float32), net.kernels(x)):
+    mild = np.abs(corr) < 0.99
+    for kind, got, ref in zip(("nngp", "ntk"), net.kernels(x, dtype=np.float32), net.kernels(x)):
         assert got.dtype == np.float32
         got = got.astype(np.float64)
-        close(got, ref, 1e-4)
-        mild = np.abs(corr) < 0.99
-        assert np.abs(got - ref)[mild].max() <= 1e-6 * np.abs(ref).max()
+        scale = np.abs(ref).max()
+        bound = FLOAT32_PER_ARCCOS_LAYER * arccos_layers if kind == "ntk" else 0
+        assert np.abs(got - ref).max() <= max(bound, 1e-6) * scale
+        assert np.abs(got - ref)[mild].max() <= 1e-6 * scale
         assert np.array_equal(np.diagonal(got), np.diagonal(ref).astype(np.float32))
 
 

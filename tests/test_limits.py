@@ -9,10 +9,13 @@ import json
 import math
 import subprocess
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import sympy as sp
 from numpy.polynomial.hermite_e import hermegauss
 from scipy.integrate import dblquad, quad
 
@@ -62,8 +65,18 @@ REFUSED = [
     ('Dense(8) > Fn("min((x) ** (-1), x)") > Dense(1)', "ExpressionError",
      "min((x) ** (-1), x)", "not finite at x = 0"),
     ('Dense(8) > Fn("1/0 + x") > Dense(1)', "ExpressionError", "1/0", "undefined"),
-    ('Dense(8) > Fn("9**9**9") > Dense(1)', "ExpressionError", "9**9**9", "exponent"),
-    ('Dense(8) > Fn("x**1000000") > Dense(1)', "ExpressionError", "x**1000000", "exponent"),
+    ('Dense(8) > Fn("9**9**9") > Dense(1)', "ExpressionError", "9**9**9", "float64 range"),
+    ('Dense(8) > Fn("x**1000000") > Dense(1)', "ExpressionError", "x**1000000",
+     f"degree 1e+06 in x (it is x**1000000); the limit is {limits.MAX_FN_DEGREE}"),
+    # The degree of the value, however it is written (each exponent of these is 20).
+    ('Dense(8) > Fn("(x**20)**20") > Dense(1)', "ExpressionError", "(x**20)**20",
+     "degree 400 in x (it is x**400)"),
+    ('Dense(8) > Fn("' + "*".join(["x**20"] * 6) + '") > Dense(1)', "ExpressionError",
+     "*".join(["x**20"] * 6), "degree 120 in x"),
+    ('Dense(8) > Fn("(1 + sin(x))**60/(2 + cos(x))**60") > Dense(1)', "ExpressionError",
+     "(1 + sin(x))**60/(2 + cos(x))**60", "degree 120 in x"),
+    ('Dense(8) > Fn("exp(1e-6*x**2)") > Dense(1)', "ExpressionError", "exp(1e-6*x**2)",
+     "diverge"),  # accepted before: its moments are infinite past q = 250,000
     ('Dense(8) > Fn("1e40**8 * x") > Dense(1)', "ExpressionError", "1e40**8", "float64 range"),
     ('Dense(8) > Fn("1e400*x") > Dense(1)', "ExpressionError", "1e400", "float64 range"),
     ('Dense(8) > Fn("' + "-" * 1500 + 'x") > Dense(1)', "ExpressionError", None,
@@ -293,11 +306,81 @@ def test_fn_calls_nested_to_the_limit():
         assert abs(got[i, j] - ref) <= 1e-9 * abs(got[i, i]), (i, j, got[i, j], ref)
 
 
-def test_fn_exponent_limit():
-    n = limits.MAX_FN_EXPONENT
-    assert ntkdsl.expressions.parse_expression(f"x**{n}") == ntkdsl.expressions.x ** n
-    with pytest.raises(ExpressionError, match="exponent"):
-        ntkdsl.expressions.parse_expression(f"x**{n + 1}")
+def test_fn_power_of_a_power_at_the_degree_limit():
+    """(x**50)**2 is x**100, the largest degree (its exponents alone used to be the limit:
+    x**40 was refused): its kernels against the Mehler series of test_monomial_of_the_largest_degree."""
+    n = limits.MAX_FN_DEGREE
+    x = _inputs()
+    x /= np.sqrt((x ** 2).mean(axis=1, keepdims=True))
+    x[1] *= 0.9
+    net = ntkdsl.compile(f'Dense(8) > Fn("(x**{n // 2})**2") > Dense(1)')
+    q1, q2, k = _stats(x)
+    c = np.clip(k / np.sqrt(q1 * q2), -1, 1)
+    gamma = _monomial_gamma(n, q1, q2, c)
+    np.testing.assert_allclose(net.nngp(x), gamma, rtol=1e-10)
+    np.testing.assert_allclose(net.ntk(x), gamma + k * n ** 2 * _monomial_gamma(n - 1, q1, q2, c),
+                               rtol=1e-10)
+
+
+def test_fn_degree_limit():
+    n, x_ = limits.MAX_FN_DEGREE, ntkdsl.expressions.x
+    assert ntkdsl.expressions.parse_expression(f"x**{n}") == x_ ** n
+    assert ntkdsl.expressions.parse_expression(f"(x**{n // 2})**2") == x_ ** n
+    # Each power and product formed counts with its value: x**100/x**60 is x**40.
+    assert ntkdsl.expressions.parse_expression(f"x**{n}/x**60") == x_ ** (n - 60)
+    for text in (f"x**{n + 1}", f"(x**{n // 2})**2*x", f"sinh(x)**{n + 1}", f"(x + 1)**-{n + 1}"):
+        with pytest.raises(ExpressionError, match=f"degree {n + 1} in x"):
+            ntkdsl.expressions.parse_expression(text)
+
+
+def _exponential_sum_duals(terms, q1, q2, k):
+    """(Γ, Γ̇) of φ = Σ c·exp(a·x), from E[exp(a u + b v)] = exp((a² q1 + b² q2 + 2ab k)/2)
+    summed in 50-digit mpmath (the terms of sinh(x)**12 cancel), entry by entry."""
+    import mpmath
+    with mpmath.workdps(50):
+        def entry(a, b, c):
+            a, b, c = mpmath.mpf(a), mpmath.mpf(b), mpmath.mpf(c)
+            gamma = gamma_dot = mpmath.mpf(0)
+            for c1, a1 in terms:
+                for c2, a2 in terms:
+                    e = mpmath.exp((a1 * a1 * a + a2 * a2 * b + 2 * a1 * a2 * c) / 2)
+                    gamma, gamma_dot = gamma + c1 * c2 * e, gamma_dot + c1 * c2 * a1 * a2 * e
+            return float(gamma), float(gamma_dot)
+        shape = np.broadcast(q1, q2, k).shape
+        out = [entry(*(np.broadcast_to(v, shape)[i] for v in (q1, q2, k))) for i in np.ndindex(shape)]
+    return tuple(np.array(part).reshape(shape) for part in zip(*out))
+
+
+@pytest.mark.parametrize("text, terms", [
+    # refused before: exp(800) is past float64 at the probe point x = 100 (its 30-digit
+    # value is finite, as is every moment)
+    ("exp(8*x)", [(1, 8)]),
+    # refused before as "grows like exp(x**2)": log|φ(x)|/x² is 12/x, above the old fixed
+    # threshold 1e-3 at x = 1e4; (sinh(x)**20)**2 of issue 12 is the same case
+    ("(sinh(x)**6)**2", [(math.comb(12, j) * (-1) ** j / 2 ** 12, 12 - 2 * j) for j in range(13)]),
+])
+def test_fn_exponential_growth_is_accepted_with_its_exact_kernel(text, terms):
+    x = _inputs()
+    net = ntkdsl.compile(f'Dense(4, W_std=0.5) > Fn("{text}") > Dense(1)')
+    q1, q2, k = (0.25 * v for v in _stats(x))
+    gamma, gamma_dot = _exponential_sum_duals(terms, q1, q2, k)
+    nngp, ntk = net.kernels(x)
+    np.testing.assert_allclose(nngp, gamma, rtol=1e-12)
+    np.testing.assert_allclose(ntk, gamma + k * gamma_dot, rtol=1e-12)
+
+
+def test_fn_growth_check_tells_exponential_from_gaussian_growth():
+    parse = ntkdsl.expressions.parse_expression
+    x_ = ntkdsl.expressions.x
+    assert parse("(sinh(x)**20)**2") == sp.sinh(x_) ** 40
+    for text in ("exp(40*x)", "cosh(x)**50", "x**100", "exp(abs(x)**1.4)", "erfc(exp(3*x))"):
+        parse(text)
+    # exp(a·x²) for any a > 0, however small, diverges once q > 1/(4a); so does growth
+    # as fast as exp(|x|**1.9), whose moments overflow float64 at every variance
+    for text in ("exp(x**2)", "exp(1e-9*x**2)", "x**3*exp(x**2/100)", "exp(abs(x)**1.9)",
+                 "exp(exp(x))", "cosh(x**2)"):
+        with pytest.raises(ExpressionError, match="diverge"):
+            parse(text)
 
 
 def test_fn_far_evaluation_underflow_is_not_divergence():
@@ -347,7 +430,7 @@ def test_an_overflow_that_stops_the_program_is_a_numerical_error():
     arch = ("Dense(512, parameterization='standard') > Sign > Dense(512, W_std=1.99, b_std=25.7) "
             "> Exp(0.05992) > Dense(8, W_std=2.397, b_std=0.003483) > Silu > Dense(512, W_std=3)")
     x = _inputs()
-    with np.errstate(all="ignore"), pytest.raises(NumericalError, match="overflowed float64"):
+    with pytest.raises(NumericalError, match="overflowed float64"):
         ntkdsl.compile(arch).kernels(x)
 
 
@@ -356,5 +439,116 @@ def test_a_nan_that_stops_the_program_is_a_numerical_error_naming_the_layer():
     route's int(nan) a bare ValueError."""
     arch = ("Dense(1, W_std=11.39) > Exp(1e-12, b=231.6) > Dense(2, W_std=2, "
             "parameterization='standard') > LayerNorm > Dense(1) > Sigmoid > Dense(8, W_std=12.18)")
-    with np.errstate(all="ignore"), pytest.raises(NumericalError, match=r"step 2: Exp"):
+    with pytest.raises(NumericalError, match=r"step 2: Exp"):
         ntkdsl.compile(arch).kernels(_inputs())
+
+
+# ------------------------------------------------- no numpy warnings on the user's stderr --
+
+@pytest.mark.parametrize("arch", [
+    # closed forms overflowing (exp(b² q)): the NumericalError is the report
+    "Dense(8, W_std=20) > Relu > Dense(8, b_std=0.1) > Exp > Dense(1)",
+    "Dense(64, b_std=11.48) > Exp(-1.12, -1.34) > Dense(512) > Dense(1, b_std=0.458)",
+    # the numerical engine's moments overflowing (inf·0 in its projections)
+    "Dense(8, b_std=1.33, parameterization='standard') > Tanh > Dense(8, W_std=3) > "
+    "(Exp(b=1.4)) * 3 > Dense(512, W_std=1.31, b_std=0.871)",
+    "Dense(512, W_std=2.62) > Exp(-2.58, 1.14) > Dense(512) > Dense(1, W_std=0.1718, b_std=2.72)"
+    " > Mish > Dense(1, W_std=0.001497, b_std=3)",
+])
+def test_an_overflowing_kernel_is_an_error_without_numpy_warnings(arch):
+    """Found by evaluating the fuzzer's valid architectures with RuntimeWarnings recorded:
+    numpy printed "overflow encountered in exp" (and "invalid value in matmul") to stderr
+    for every chunk before the NumericalError that reports the same thing."""
+    net = ntkdsl.compile(arch)
+    for evaluate in (net.kernels, net.diagonal):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(NumericalError):
+                evaluate(_inputs() * 30)
+        assert [str(w.message) for w in caught] == []
+
+
+def test_an_overflowing_convolutional_kernel_is_an_error_without_numpy_warnings():
+    """The same for images: the side, pair and diagonal functions of a convolutional
+    program run in the checked floating-point state too."""
+    net = ntkdsl.compile("Conv(4, (3, 3), W_std=20) > Relu > Conv(4, (3, 3), b_std=0.1) > Exp > "
+                         "GlobalAvgPool > Dense(1)")
+    images = np.random.default_rng(0).standard_normal((3, 6, 6, 2)) * 30
+    for evaluate in (net.kernels, net.diagonal):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(NumericalError, match="not finite"):
+                evaluate(images)
+        assert [str(w.message) for w in caught] == []
+
+
+def test_gelu_at_a_zero_variance_divides_by_nothing():
+    """Gelu's diagonal was printed as pi - atan(sqrt(1 + 2q)/q): a division by zero (and its
+    warning) on a zero row, right only because arctan(inf) is pi/2. The angle stays
+    atan2(sqrt(1 + 2q), -q) now; the values against Gauss-Hermite quadrature."""
+    from scipy.special import erf
+    gelu = lambda v: v * (1 + erf(v / np.sqrt(2))) / 2
+    net = ntkdsl.compile("Dense(4) > Gelu > Dense(1)")
+    assert "arctan2" in net.source.split("def diagonal", 1)[1]
+    x = _inputs()
+    x[2] = 0.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nngp = net.nngp(x)
+        diagonal, _ = net.diagonal(x)
+    assert [str(w.message) for w in caught] == []
+    assert (nngp[2] == 0).all() and diagonal[2] == 0  # gelu(0) = 0
+    rows = [0, 1, 3, 4]
+    expected = _gauss_pair(gelu, *_stats(x[rows]))
+    np.testing.assert_allclose(nngp[np.ix_(rows, rows)], expected, rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(diagonal[rows], np.diag(expected), rtol=1e-10)
+
+
+# ------------------------------------------------- issue 12's remaining named cases --
+
+def test_exp_b_50_is_exact_where_finite_and_an_error_where_not():
+    """Issue 12: Exp(b=50) gave inf/NaN without an error. Its kernel is
+    exp(b²(q1 + q2 + 2k)/2): exact (against that closed form, Γ̇ = b²Γ) at variances where
+    it is finite, a NumericalError naming the layer where it is not."""
+    net = ntkdsl.compile("Dense(4) > Exp(b=50) > Dense(1)")
+    x = _inputs() * 0.01                         # q ~ 1e-4: exp(2500 q) ~ 1.3
+    q1, q2, k = _stats(x)
+    gamma = np.exp(1250 * (q1 + q2 + 2 * k))
+    nngp, ntk = net.kernels(x)
+    np.testing.assert_allclose(nngp, gamma, rtol=1e-13)
+    np.testing.assert_allclose(ntk, gamma + k * 2500 * gamma, rtol=1e-12)
+    np.testing.assert_allclose(net.diagonal(x)[0], np.diag(gamma), rtol=1e-13)
+    with pytest.raises(NumericalError, match=r"step 1: Exp\(a=1.0, b=50.0\) is not finite"):
+        net.kernels(_inputs())                   # q ~ 1: exp(2500) is past float64
+
+
+def test_a_constant_past_float64_is_infinite_not_a_name_error():
+    """Issue 12: "NameError: inf inside generated code". After Dense(W_std=0, b_std=1e50) the
+    variance is the constant 1e100 and Exp's E[exp(2u)] = exp(2e100), folded to a Float that
+    was printed as `inf`: a NameError from the generated code. Now numpy.inf: the library
+    raises NumericalError, a standalone module computes the inf float64 gives."""
+    arch = "Dense(8, W_std=0, b_std=1e50) > Exp > Dense(1)"
+    net = ntkdsl.compile(arch)
+    x = _inputs()
+    for evaluate in (net.kernels, net.diagonal):
+        with pytest.raises(NumericalError, match="not finite"):
+            evaluate(x)
+    namespace: dict = {}
+    exec(compile(ntkdsl.codegen(arch), "<standalone>", "exec"), namespace)
+    with np.errstate(over="ignore", invalid="ignore"):
+        nngp = namespace["nngp"](x)
+    assert np.isposinf(nngp).all()
+    # The same network one step inside float64: b_std = 10 gives the constant exp(200).
+    small = ntkdsl.compile("Dense(8, W_std=0, b_std=10) > Exp > Dense(1)")
+    np.testing.assert_allclose(small.nngp(x), np.full((5, 5), np.exp(200.0)), rtol=1e-13)
+
+
+def test_codegen_of_a_subnormal_bias_is_refused_at_once():
+    """Issue 12: codegen("Dense(8) > Relu > Dense(8, b_std=1e-320)") ran past 30 s. A
+    subnormal is refused with its caret, before any derivation (CPU time as a hang guard)."""
+    arch = "Dense(8) > Relu > Dense(8, b_std=1e-320)"
+    start = time.process_time()
+    with pytest.raises(LayerValueError, match="write 0") as err:
+        ntkdsl.codegen(arch)
+    assert time.process_time() - start < 5
+    assert (err.value.span.start, err.value.span.end) == (arch.index("1e-320"), arch.index("1e-320") + 6)

@@ -151,6 +151,40 @@ def test_issue_networks_give_finite_kernels(arch):
         assert np.isfinite(kernel).all()
 
 
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
+def test_issue_networks_against_a_quadrature_recursion():
+    """The issue's Elu (23 s, 1.75 GB) and Softplus > b_std=65536 > Silu (9 s, NaN)
+    networks on a 3×4 input: NNGP and NTK entries against the layer recursion with every
+    dual by nested adaptive quadrature (the Silu pair at q ≈ 4.3e9, c = 1 − 1.5e-10)."""
+    data = np.random.default_rng(3).standard_normal((3, 4))
+    k0 = data @ data.T / 4
+    entries = [(0, 0), (0, 1)]
+
+    def dual(name, q1, q2, k, same):
+        _, f, f_dot = CASES[name]
+        c = 1.0 if same else k / np.sqrt(q1 * q2)
+        return reference(f, q1, q2, c), reference(f_dot, q1, q2, c)
+
+    nngp, ntk = ntkdsl.compile("Dense(512, b_std=2) > Elu > Dense(1)").kernels(data)
+    for i, j in entries:
+        k1 = k0 + 4  # Dense(512, b_std=2); its NTK is k1
+        gamma, gamma_dot = dual("Elu", k1[i, i], k1[j, j], k1[i, j], i == j)
+        assert nngp[i, j] == pytest.approx(gamma, rel=1e-9)
+        assert ntk[i, j] == pytest.approx(gamma + k1[i, j] * gamma_dot, rel=1e-9)
+    net = ntkdsl.compile("Dense(8) > Softplus > Dense(8, b_std=65536) > Silu > Dense(1)")
+    nngp, ntk = net.kernels(data)
+    for i, j in entries:
+        gamma, gamma_dot = dual("Softplus", k0[i, i], k0[j, j], k0[i, j], i == j)
+        softplus = CASES["Softplus"][1]
+        v1, v2 = (reference(softplus, k0[m, m], k0[m, m], 1.0) for m in (i, j))
+        bias = 65536.0 ** 2
+        q1, q2, k = v1 + bias, v2 + bias, gamma + bias
+        t = k + k0[i, j] * gamma_dot
+        gamma, gamma_dot = dual("Silu", q1, q2, k, i == j)
+        assert nngp[i, j] == pytest.approx(gamma, rel=1e-9)
+        assert ntk[i, j] == pytest.approx(gamma + t * gamma_dot, rel=1e-9)
+
+
 def test_huge_weights_reach_the_relu_and_sign_limits():
     """At q ~ 1e60 Softplus is Relu and Tanh is Sign to far below 1e-9 relative (their
     differences are O(1) next to sqrt(q) = 1e30): closed forms as the independent check."""

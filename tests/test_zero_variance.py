@@ -368,3 +368,50 @@ def test_constant_variances_are_still_folded():
         q, t = gamma + 0.64, gamma + 0.64 + t * gamma_dot
     assert float(program.outputs[0]) == pytest.approx(q, rel=1e-10)
     assert float(program.outputs[1]) == pytest.approx(q + t, rel=1e-10)
+
+
+def test_a_zero_variance_of_every_input_has_correlation_zero():
+    """Found evaluating the fuzzer's valid architectures: after Dense(W_std=0) without a
+    bias every variance is the number 0, where the symbolic correlation Corr(0, 0, 0) was
+    the 1 of identical inputs: Sign then made K = 1 beside variances 0, and the next layer's
+    Corr divided by sqrt(0) — sympy's "The argument 'zoo' is not comparable" (issue 12's
+    sympy internals leaking out). A correlation at a zero variance is 0, as the runtime's
+    _corr has it. Every pre-activation of the Elu is then the shared bias, u ~ N(0, 1.95²),
+    the same for every input: each entry is a 1-D Gaussian mean."""
+    arch = ("Dense(8, W_std=0, parameterization='standard') > Sign > Dense(1) > Abs > "
+            "Dense(8, W_std=1.14, b_std=1.95) > Elu > Dense(8, b_std=0.4191)")
+    net = ntkdsl.compile(arch)
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    elu = lambda z: z if z > 0 else math.expm1(z)
+    elu_dot = lambda z: 1.0 if z > 0 else math.exp(z)
+    q = 1.95 ** 2
+    nngp = _mean(lambda z: elu(z) ** 2, q) + 0.4191 ** 2
+    # the NTK is 0 after Sign (φ' = 0), q after the Dense; Γ̇ of the Elu multiplies it
+    ntk = nngp + q * _mean(lambda z: elu_dot(z) ** 2, q)
+    for got, want in zip((*net.kernels(x), *net.diagonal(x)), (nngp, ntk, nngp, ntk)):
+        np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_a_correlation_of_numerical_moments_of_constants_is_computed_at_run_time():
+    """Found with the previous one: after W_std=0 the numerical route's Mish moment of the
+    constant variance 1/4 is a number sympy cannot order (Γ[Mish](1/4)), and LayerNorm's
+    correlation of it was clipped by sympy's Max/Min: "not comparable", a ValueError. It
+    stays a correlation computed at run time. Every pre-activation is the shared bias, so
+    each quantity is a 1-D Gaussian mean (c = 1 throughout)."""
+    net = ntkdsl.compile("Dense(8, W_std=0, b_std=0.5) > Mish > Dense(8, b_std=0.3) > LayerNorm > "
+                         "Relu > Dense(1)")
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    softplus = lambda z: math.log1p(math.exp(-abs(z))) + max(z, 0.0)
+    mish = lambda z: z * math.tanh(softplus(z))
+    mish_dot = lambda z: (math.tanh(softplus(z))
+                          + z / math.cosh(softplus(z)) ** 2 / (1 + math.exp(-z)))
+    q = _mean(lambda z: mish(z) ** 2, 0.25) + 0.09          # Mish, then Dense(8, b_std=0.3)
+    t = q + 0.25 * _mean(lambda z: mish_dot(z) ** 2, 0.25)
+    q, t = q / (q + 1e-12), t / (q + 1e-12)                  # LayerNorm: k = q, c = 1
+    nngp, ntk = q / 2, q / 2 + t / 2                          # Relu at c = 1, then Dense(1)
+    got_nngp, got_ntk = net.kernels(x)
+    for got, want in zip((got_nngp, np.diag(got_ntk), *net.diagonal(x)), (nngp, ntk, nngp, ntk)):
+        np.testing.assert_allclose(got, want, rtol=1e-10)
+    # Off the diagonal the correlation of the constants is computed, 1 to rounding, where
+    # Γ̇ = (π − θ)/(2π) has an infinite slope: DESIGN §5's rule for collinear entries.
+    assert np.abs(got_ntk - ntk).max() <= 1e-7 * ntk

@@ -14,6 +14,16 @@ if TYPE_CHECKING:
     from ..generate import CompiledKernels
 from .diagnosis import nonfinite_layer
 
+
+def checked_program():
+    """The floating-point state a kernel program runs in: overflow, invalid values and
+    division by zero raise no numpy warning, because every output is checked afterwards
+    (``check_finite``, ``diagonal_values``) and an inf or NaN that reaches one is a
+    NumericalError naming the layer — the warning before it told the user nothing more, on
+    stderr, for every chunk. Thread-local: each thread that runs a program enters it."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
 _OVERFLOW_HINT = ("an overflow past float64's range (about 1.8e308): use smaller weight or "
                   "activation scales (W_std, b_std, b of Exp, ...) or inputs of smaller norm")
 

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import InputError, NumericalError
 from ..progress import progress_bar
 from .blas import _BlasLimit
-from .checks import _overflow, check_finite
+from .checks import _overflow, check_finite, checked_program
 from .identical import identical_pairs
 from .inputs import KINDS, check_inputs, squared_norms
 from .memory import _keep_freed_heap, is_shared_file_map, release_pages
@@ -69,7 +69,8 @@ class _Panels:
         for s, e in self.plan.chunks(r0, r1):
             c0 = self.plan.first_column(s)
             k = gram[s - r0:e - r0, c0 - offset:]
-            results = self.pair(self.q1[s:e, None], self.q2[None, c0:], k, self.d)
+            with checked_program():
+                results = self.pair(self.q1[s:e, None], self.q2[None, c0:], k, self.d)
             for i, out in self.stores:
                 out[s:e, c0:] = results[i]
         return self.plan.entries(r0, r1)
@@ -294,12 +295,15 @@ def evaluate(compiled: CompiledKernels, x1: Any, x2: Any = None, *, kinds: Seque
     return outs
 
 
-def diagonal_values(diagonal: Callable, q: np.ndarray, d: int) -> tuple[np.ndarray, ...]:
+def diagonal_values(compiled: CompiledKernels, q: np.ndarray, d: int) -> tuple[np.ndarray, ...]:
     """Exact (NNGP, NTK) of inputs with squared norms q against themselves, as arrays.
     Every BLAS is held to one thread meanwhile (the numerical route's coefficients are
     matrix products)."""
-    with _BlasLimit():
-        values = _diagonal_arrays(diagonal, q, d)
+    try:
+        with _BlasLimit():
+            values = _diagonal_arrays(compiled.diagonal, q, d)
+    except (OverflowError, ValueError) as err:  # as in ``evaluate``: int(inf) in the program
+        raise _overflow(compiled, (np.array([q.max()], dtype=np.float64), d), str(err)) from None
     for kind, value in zip(KINDS, values):
         if not np.isfinite(value).all():
             i = int(np.argmax(~np.isfinite(value)))
@@ -311,8 +315,9 @@ def diagonal_values(diagonal: Callable, q: np.ndarray, d: int) -> tuple[np.ndarr
 
 
 def _diagonal_arrays(diagonal: Callable, q: np.ndarray, d: int) -> tuple[np.ndarray, ...]:
-    return tuple(np.array(np.broadcast_to(v, q.shape), dtype=np.float64)
-                 for v in diagonal(q, d))
+    with checked_program():  # the callers check every value
+        values = diagonal(q, d)
+    return tuple(np.array(np.broadcast_to(v, q.shape), dtype=np.float64) for v in values)
 
 
 def write_identical(values: Sequence[np.ndarray], outs: Sequence[np.ndarray],

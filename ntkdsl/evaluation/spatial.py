@@ -26,7 +26,7 @@ from ..errors import InputError, NumericalError, ShapeError
 from ..progress import progress_bar
 from ..runtime import driver
 from .blas import _BlasLimit
-from .checks import _overflow, check_finite
+from .checks import _overflow, check_finite, checked_program
 from .inputs import KINDS, densified, refuse_complex
 from .memory import _keep_freed_heap, is_shared_file_map, release_pages, require_memory
 from .outputs import allocate_outputs, check_out, resolve_dtype
@@ -80,7 +80,8 @@ def side_values(compiled: CompiledKernels, x: np.ndarray, dtype: np.dtype) -> li
     parts: list[list[np.ndarray]] = []
     for s in range(0, len(x), step):
         chunk = x[s:s + step]
-        values = spec.side(*driver.image_statistics(chunk, spec.pairs), x.shape[-1])
+        with checked_program():  # the kernels made from these values are checked
+            values = spec.side(*driver.image_statistics(chunk, spec.pairs), x.shape[-1])
         parts.append([np.asarray(np.broadcast_to(v, np.shape(v)[:-2] + (len(chunk), 1))
                                  if np.ndim(v) >= 2 else np.full((len(chunk), 1), v))
                       for v in values])
@@ -102,8 +103,9 @@ def diagonal_values(compiled: CompiledKernels, x: np.ndarray) -> tuple[np.ndarra
     with _BlasLimit():
         for s in range(0, len(x), step):
             chunk = x[s:s + step]
-            values = compiled.diagonal(*driver.image_statistics(chunk, spec.pairs),
-                                       x.shape[-1])
+            with checked_program():  # every value is checked below
+                values = compiled.diagonal(*driver.image_statistics(chunk, spec.pairs),
+                                           x.shape[-1])
             for o, v in zip(out, values):
                 o[s:s + len(chunk)] = np.broadcast_to(v, (len(chunk), 1))[:, 0]
     for kind, value in zip(KINDS, out):
@@ -152,8 +154,9 @@ class _Tiles:
         gram = driver.image_gram(self.a[r0:r1], self.b[c0:c1], self.pairs)
         if gram.dtype != self.dtype:
             gram = gram.astype(self.dtype)
-        values = self.pair(gram, self.a.shape[-1], *(v[..., r0:r1, :] for v in self.mine),
-                           *(v[..., c0:c1] for v in self.theirs))
+        with checked_program():  # the outputs are checked after the last tile
+            values = self.pair(gram, self.a.shape[-1], *(v[..., r0:r1, :] for v in self.mine),
+                               *(v[..., c0:c1] for v in self.theirs))
         for i, out in self.stores:
             block = np.broadcast_to(values[i], (r1 - r0, c1 - c0))
             if self.symmetric and c0 < r1:  # on the diagonal: its upper triangle, mirrored
@@ -218,12 +221,17 @@ def evaluate_images(compiled: CompiledKernels, x1: Any, x2: Any = None, *,
             if rows.size:
                 write_identical(diagonal_values(compiled, a), outs, keep, rows, cols)
     except (OverflowError, ValueError) as err:
-        largest = int(np.argmax(np.abs(a).reshape(len(a), -1).max(axis=1)))
-        raise _overflow(compiled, _statistics(compiled, a[largest:largest + 1]),
-                        str(err)) from None
+        raise _images_overflow(compiled, a, err) from None
     check_finite(compiled, kinds, outs,
                  lambda i, j: _statistics(compiled, np.stack([a[i], other[j]])))
     return outs
+
+
+def _images_overflow(compiled: CompiledKernels, a: np.ndarray, err: Exception) -> NumericalError:
+    """The NumericalError for int(inf) or int(nan) inside the program (inputs are checked
+    before it runs), naming the layer for the image of the largest entries."""
+    largest = int(np.argmax(np.abs(a).reshape(len(a), -1).max(axis=1)))
+    return _overflow(compiled, _statistics(compiled, a[largest:largest + 1]), str(err))
 
 
 def _statistics(compiled: CompiledKernels, x: np.ndarray) -> tuple:
@@ -287,7 +295,10 @@ def diagonal_of_images(compiled: CompiledKernels, x: Any) -> tuple[np.ndarray, n
     """``Network.diagonal`` for images: exact (NNGP, NTK) of each image with itself."""
     a = as_images(compiled, x, "x")
     compiled.spatial.plan.entries_per_pair(a.shape[1:-1])
-    return diagonal_values(compiled, a)
+    try:
+        return diagonal_values(compiled, a)
+    except (OverflowError, ValueError) as err:  # as in ``evaluate_images``
+        raise _images_overflow(compiled, a, err) from None
 
 
 __all__ = ["as_images", "check_pair", "diagonal_of_images", "diagonal_values",
