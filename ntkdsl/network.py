@@ -46,6 +46,7 @@ class Network:
              dtype: Any = None, progress: bool | None = None,
              threads: int | None = None) -> np.ndarray:
         """NNGP kernel matrix (n1, n2) of x1 (n1, d) against x2 (n2, d); x2=None: x1 itself.
+        A convolutional network takes channels-last images (n, *spatial, C) instead.
 
         See ``kernels`` for ``out``, ``dtype``, ``progress`` and ``threads``."""
         return self._evaluate(("nngp",), x1, x2, None if out is None else (out,),
@@ -64,6 +65,11 @@ class Network:
                 dtype: Any = None, progress: bool | None = None,
                 threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(NNGP, NTK) of x1 against x2 (x2=None: x1 against itself) from one pass.
+
+        A convolutional network takes channels-last images, ``(n, L, C)``, ``(n, H, W, C)``,
+        ...: its values of each image alone are computed once per image and its kernels in
+        tiles of pairs of images (ntkdsl.evaluation.spatial), with the same ``out``,
+        ``dtype``, ``progress`` and ``threads``.
 
         The matrix is computed in panels of rows: each panel's Gram slice (one BLAS call)
         goes straight into the output, where the generated program reads it in cache-sized
@@ -107,7 +113,7 @@ class Network:
                                    dtype=dtype, progress=progress, threads=threads)
 
     def diagonal(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Exact (NNGP, NTK) of each input with itself: correlation exactly 1."""
+        """Exact (NNGP, NTK) of each input (or image) with itself: correlation exactly 1."""
         if self.compiled.spatial is not None:
             return evaluation.diagonal_of_images(self.compiled, x)
         a, _ = check_inputs(x, None)
