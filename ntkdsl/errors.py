@@ -106,6 +106,11 @@ class ShapeError(InputError):
     """Arrays whose shapes do not fit together."""
 
 
+class ParameterError(InputError):
+    """A kernel gradient asked of a number the architecture does not have, of an integer
+    (a width, a degree, a repeat count), or of a template with no placeholders."""
+
+
 # Exceptions that must also be scikit-learn's classes, so that scikit-learn's own checks
 # (GridSearchCV, check_is_fitted users, check_estimator) recognise them. scikit-learn takes
 # about a second to import, so these are made on first use: ``from ntkdsl.errors import

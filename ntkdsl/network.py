@@ -5,6 +5,7 @@ and returns a ``Network`` whose ``nngp``/``ntk`` evaluate the kernels on data.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -14,12 +15,15 @@ import numpy as np
 from . import evaluation
 from .ast import Node
 from .derivation import Program, derive
-from .errors import InputError
+from .errors import InputError, ParameterError
 from .evaluation import check_inputs, identical_pairs  # noqa: F401 - public here too
+from .evaluation.gradients import evaluate_with_gradients
 from .formula import Formula
 from .generate import CompiledKernels, compile_kernels
 from .kinds import KINDS
 from .parser import parse
+from .tangents import gradient_program
+from .templates import ArchTemplate, parameter_tree
 
 
 @dataclass(frozen=True)
@@ -143,9 +147,22 @@ class Network:
         return compile, (self.arch,)
 
 
-def compile(arch: str) -> Network:
+def compile(arch: str | ArchTemplate, gradients: Sequence[str] | None = None) -> Network:
     """Compile an architecture string such as ``"Dense(512) > Relu > Dense(1)"`` into a
-    ``Network``. Compiling the same string again returns the cached result."""
+    ``Network``. Compiling the same string again returns the cached result.
+
+    gradients: names of placeholders of an ``ArchTemplate`` (``arch``) whose derivatives
+        the kernels give with ``eval_gradient=True``: a ``GradientNetwork`` (see there)."""
+    if gradients is not None:
+        if not isinstance(arch, ArchTemplate):
+            raise ParameterError(
+                f"gradients= needs an ArchTemplate naming the numbers, got {arch!r}",
+                hint="e.g. ntkdsl.compile(ArchTemplate('Dense(512, W_std={w}) > Relu > "
+                     "Dense(1)', w=1.0), gradients=['w'])")
+        names = (gradients,) if isinstance(gradients, str) else tuple(gradients)
+        return _compile_gradients(arch.template, tuple(arch.values.items()), names)
+    if isinstance(arch, ArchTemplate):
+        return _compile(arch.render())
     if not isinstance(arch, str):
         return parse(arch)  # raises ntkdsl's error for a non-string
     return _compile(arch)
@@ -158,3 +175,83 @@ def _compile(arch: str) -> Network:
     diagonal_program = derive(ast, arch, diagonal=True)
     return Network(arch, ast, program, diagonal_program,
                    compile_kernels(program, diagonal_program, arch))
+
+
+@dataclass(frozen=True)
+class GradientNetwork(Network):
+    """A network whose kernels also come with their derivatives with respect to some of its
+    numbers (``parameters``, placeholders of ``template``), in the same order:
+    ``K, dK = net.nngp(x1, x2, eval_gradient=True)`` gives dK of shape (n1, n2, p),
+    ``dK[..., j]`` the derivative with respect to ``parameters[j]``. The derivatives are
+    derived from the kernel program by the chain rule (ntkdsl.tangents) and evaluated in
+    the same pass as the kernel, tiled and threaded, with exact diagonals."""
+
+    template: ArchTemplate = field(default=None, compare=False)
+    parameters: tuple[str, ...] = ()
+    gradient_programs: tuple[Program, Program] = field(default=None, repr=False,
+                                                       compare=False)
+
+    def nngp(self, x1: Any, x2: Any = None, out: np.ndarray | None = None, *,
+             eval_gradient: bool = False, dtype: Any = None, progress: bool | None = None,
+             threads: int | None = None):
+        """The NNGP (n1, n2); with ``eval_gradient=True`` the pair (NNGP, derivatives
+        (n1, n2, p)) from one pass (``out`` is for the kernel alone)."""
+        if not eval_gradient:
+            return super().nngp(x1, x2, out, dtype=dtype, progress=progress, threads=threads)
+        return self._with_gradients("nngp", x1, x2, dtype, progress, threads)
+
+    def ntk(self, x1: Any, x2: Any = None, out: np.ndarray | None = None, *,
+            eval_gradient: bool = False, dtype: Any = None, progress: bool | None = None,
+            threads: int | None = None):
+        """The NTK (n1, n2); with ``eval_gradient=True`` the pair (NTK, derivatives
+        (n1, n2, p)) from one pass."""
+        if not eval_gradient:
+            return super().ntk(x1, x2, out, dtype=dtype, progress=progress, threads=threads)
+        return self._with_gradients("ntk", x1, x2, dtype, progress, threads)
+
+    def _with_gradients(self, kind, x1, x2, dtype, progress, threads):
+        if self.compiled.spatial is not None:
+            raise ParameterError("kernel gradients of convolutional networks are not "
+                                 "implemented yet", hint="use a fully-connected network")
+        compiled = _gradient_kernels(self, evaluation.kernel_name(kind))
+        return evaluate_with_gradients(compiled, kind, len(self.parameters), x1, x2,
+                                       dtype=dtype, progress=progress, threads=threads)
+
+    def __repr__(self) -> str:
+        return f"ntkdsl.compile({self.template!r}, gradients={list(self.parameters)!r})"
+
+    def __reduce__(self):
+        return compile, (self.template, list(self.parameters))
+
+
+@lru_cache(maxsize=64)
+def _compile_gradients(template: str, values: tuple, names: tuple[str, ...]) -> GradientNetwork:
+    arch = ArchTemplate(template, **dict(values))
+    tree = parameter_tree(arch, names)
+    plain = _compile(tree.arch)
+    programs = tuple(gradient_program(derive(tree.ast, tree.arch, diagonal=diagonal),
+                                      tree.parameters, tree.values)
+                     for diagonal in (False, True))
+    return GradientNetwork(plain.arch, plain.ast, plain.program, plain.diagonal_program,
+                           plain.compiled, arch, names, programs)
+
+
+_GRADIENT_KERNELS: dict = {}
+
+
+def _gradient_kernels(net: GradientNetwork, kind: str) -> CompiledKernels:
+    """The compiled program of one kernel and its derivatives (made on first use)."""
+    key = (net.template.template, tuple(net.template.values.items()), net.parameters, kind)
+    compiled = _GRADIENT_KERNELS.get(key)
+    if compiled is None:
+        p = len(net.parameters)
+        index = KINDS.index(kind)
+        pair, diagonal = net.gradient_programs
+        chosen = (index, *range(2 + index * p, 2 + (index + 1) * p))
+        compiled = compile_kernels(
+            pair.restricted_to(tuple(pair.outputs[i] for i in chosen)),
+            diagonal.restricted_to(tuple(diagonal.outputs[i] for i in chosen)),
+            f"{net.arch}: the {kind.upper()} and its derivatives with respect to "
+            + ", ".join(net.parameters))
+        _GRADIENT_KERNELS[key] = compiled
+    return compiled

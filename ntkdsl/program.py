@@ -84,7 +84,11 @@ DIAGONAL_ROLES = (VARIANCE, DIAGONAL_NTK)
 SELF_ROLES = (SELF1, SELF2, SELF)
 # Common subexpressions code generation names (_x0, _x1, ...): program-internal values.
 TEMPORARY = Role("temporary", "_x", frozenset())
-ROLES = (*PAIR_ROLES, SCALAR, *DIAGONAL_ROLES, *SELF_ROLES, TEMPORARY)
+# The derivative of a state variable with respect to one of the architecture's numbers
+# (ntkdsl.tangents): the same inputs as the variable, so the same shape in generated code.
+TANGENT = {role: Role(f"derivative of the {role.name}", "d" + role.prefix, role.depends_on)
+           for role in (*PAIR_ROLES, *DIAGONAL_ROLES, *SELF_ROLES)}
+ROLES = (*PAIR_ROLES, SCALAR, *DIAGONAL_ROLES, *SELF_ROLES, TEMPORARY, *TANGENT.values())
 # A value of x alone computed from x' alone's rule, and back (the two are one map).
 MIRRORED = {VARIANCE1: VARIANCE2, VARIANCE2: VARIANCE1, SELF1: SELF2, SELF2: SELF1}
 

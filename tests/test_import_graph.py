@@ -37,10 +37,11 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     # The language: text -> typed AST. The activation registry sits here, so the parser checks
     # layer names and arguments without importing the derivation.
     ("language", ("ntkdsl.grammars", "ntkdsl.ast", "ntkdsl.expressions", "ntkdsl.activations",
-                  "ntkdsl.layers", "ntkdsl.parser")),
+                  "ntkdsl.layers", "ntkdsl.parser", "ntkdsl.templates")),
     # AST -> kernel program: the rules, the Gaussian-integration and numerical duals, and the
     # program's own types (the derivation builds program objects, so they share a stage).
-    ("derivation", ("ntkdsl.gaussian", "ntkdsl.numerical", "ntkdsl.program", "ntkdsl.derivation")),
+    ("derivation", ("ntkdsl.gaussian", "ntkdsl.numerical", "ntkdsl.program", "ntkdsl.derivation",
+                    "ntkdsl.tangents")),
     # Program -> text: NumPy source, the in-place emitter, readable formulas, standalone modules.
     ("printing", ("ntkdsl.inplace", "ntkdsl.generate", "ntkdsl.formula", "ntkdsl.standalone")),
     ("evaluation", ("ntkdsl.evaluation",)),

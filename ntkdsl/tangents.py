@@ -1,0 +1,136 @@
+"""Kernel gradients: the derivatives of a kernel program with respect to the architecture's
+numbers, by forward-mode differentiation of the program itself.
+
+The derivation runs once on a tree whose continuous numbers are ``Parameter`` symbols
+(ntkdsl.templates.parameter_tree), so every layer's rule — the same one rule per layer
+kind that gives the kernels — yields its map as a function of those numbers. Each step
+``v = f(u1, u2, ..., θ)`` then gets, for every parameter θ, the tangent
+
+    dv/dθ = Σᵢ ∂f/∂uᵢ · duᵢ/dθ + ∂f/∂θ,
+
+a new program variable of the tangent role of v's role (ntkdsl.program.TANGENT: the
+same inputs, so the same shape) assigned in the same step as v, so code generation's
+common-subexpression elimination shares the work of the kernel and of its derivatives
+(Γ̇ is ∂Γ/∂k, one helper call gives both). The partial derivatives are sympy's (each
+function's ``fdiff``); the structured linear ops of convolutional networks (conv, pools,
+flatten, position views) map tangents by themselves. Finally the parameters are replaced
+by their values, and the program is printed and evaluated like any kernel program.
+"""
+from __future__ import annotations
+
+import sympy as sp
+
+from . import spatial
+from .errors import ParameterError
+from .program import TANGENT, ElementwiseOp, KernelVariable, Program, Step
+from .symbolic import AtZeroVariance, exact
+from .templates import Parameter
+
+
+def tangent_variable(variable: KernelVariable, parameter: Parameter) -> KernelVariable:
+    """The variable holding d(variable)/d(parameter)."""
+    role = TANGENT[variable.role]
+    return KernelVariable(f"{role.prefix}_{variable.layer}_{parameter.placeholder}", role,
+                          variable.layer, variable.layout, real=True)
+
+
+class _Differentiator:
+    """d(expr)/dθ for one parameter θ, given the tangents of the program's variables
+    (``tangents``: variable -> its tangent symbol; variables absent have tangent 0)."""
+
+    def __init__(self, parameter: Parameter, tangents: dict, label: str):
+        self.parameter, self.tangents, self.label = parameter, tangents, label
+        self.cache: dict[sp.Expr, sp.Expr] = {}
+
+    def depends(self, expr: sp.Expr) -> bool:
+        symbols = expr.free_symbols
+        return self.parameter in symbols or any(s in self.tangents for s in symbols)
+
+    def __call__(self, expr: sp.Expr) -> sp.Expr:
+        expr = sp.sympify(expr)
+        if not self.depends(expr):
+            return sp.S.Zero
+        found = self.cache.get(expr)
+        if found is None:
+            found = self.cache[expr] = self._tangent(expr)
+        return found
+
+    def _tangent(self, expr: sp.Expr) -> sp.Expr:
+        if isinstance(expr, sp.Symbol):
+            return sp.S.One if expr == self.parameter else self.tangents[expr]
+        if isinstance(expr, sp.Add):
+            return sp.Add(*(self(a) for a in expr.args))
+        if isinstance(expr, sp.Mul):
+            args = expr.args
+            return sp.Add(*(sp.Mul(*args[:i], self(a), *args[i + 1:])
+                            for i, a in enumerate(args) if self.depends(a)))
+        if isinstance(expr, sp.Pow):
+            base, power = expr.args
+            out = power * base ** (power - 1) * self(base)
+            if self.depends(power):
+                out += expr * sp.log(base) * self(power)
+            return out
+        if isinstance(expr, spatial.SpatialOp):
+            # Linear ops map tangents as they map values; the others (positions, ones)
+            # count positions, which no parameter changes.
+            return expr.func(self(expr.args[0])) if expr.linear else sp.S.Zero
+        if isinstance(expr, spatial.WithDiagonal):
+            return expr.func(self(expr.args[0]), self(expr.args[1]))
+        if isinstance(expr, AtZeroVariance):
+            q, zero, value = expr.args
+            return AtZeroVariance(q, self(zero), self(value))
+        if isinstance(expr, sp.Piecewise):
+            return sp.Piecewise(*((self(e), c) for e, c in expr.args))
+        if isinstance(expr, sp.Function):
+            return sp.Add(*(self._partial(expr, i) * self(a)
+                            for i, a in enumerate(expr.args, start=1) if self.depends(a)))
+        raise ParameterError(f"{self.label}: no derivative of {type(expr).__name__} terms")
+
+    def _partial(self, expr: sp.Function, index: int) -> sp.Expr:
+        try:
+            partial = expr.fdiff(index)
+        except sp.ArgumentIndexError:
+            partial = None
+        if partial is None or partial.has(sp.Derivative, sp.Subs):
+            raise ParameterError(
+                f"{self.label}: the derivative of {expr.func.__name__} with respect to its "
+                f"argument {index} is not available, so the kernel's derivative with respect "
+                f"to {self.parameter.placeholder} cannot be derived through this layer",
+                hint="activations of the numerical route have derivatives in the correlation "
+                     "only (the NTK); use an activation with a closed-form dual")
+        return partial
+
+
+def gradient_program(program: Program, parameters: tuple[Parameter, ...],
+                     values: tuple[float, ...]) -> Program:
+    """The program computing its outputs (K, T) and, after them, the derivative of each
+    output with respect to each parameter — dK/dθ₁ … dK/dθₚ, then dT/dθ₁ … dT/dθₚ — with
+    every parameter replaced by its value (as the exact decimal written)."""
+    numbers = {p: exact(v) for p, v in zip(parameters, values)}
+    tangents: list[dict] = [{} for _ in parameters]
+    steps = []
+    for step in program.steps:
+        assignments = list(step.assignments)
+        ops = [ElementwiseOp(a.target, a.expr.xreplace(numbers)) for a in assignments]
+        for parameter, known in zip(parameters, tangents):
+            differentiate = _Differentiator(parameter, known, f"step {step.layer}: {step.label}")
+            derivatives = [differentiate(a.expr).xreplace(numbers) for a in assignments]
+            for a, derivative in zip(assignments, derivatives):
+                if derivative == 0:
+                    continue
+                if isinstance(derivative, sp.Symbol) or derivative.is_number:
+                    known[a.target] = derivative  # a copy or a constant: no new variable
+                    continue
+                target = tangent_variable(a.target, parameter)
+                ops.append(ElementwiseOp(target, derivative))
+                known[a.target] = target
+        steps.append(Step(step.label, tuple(ops), step.note))
+    outputs = tuple(sp.sympify(o).xreplace(numbers) for o in program.outputs)
+    derivatives = tuple(
+        _Differentiator(p, known, "the outputs")(o).xreplace(numbers)
+        for o in program.outputs for p, known in zip(parameters, tangents))
+    return Program(program.inputs, tuple(steps), outputs + derivatives, program.statistics,
+                   program.spatial)
+
+
+__all__ = ["gradient_program", "tangent_variable"]

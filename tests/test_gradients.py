@@ -1,0 +1,112 @@
+"""Kernel gradients (issue 15): derivatives of the NNGP and NTK with respect to an
+architecture's numbers, checked against central finite differences of the kernels that
+ntkdsl computes at θ ± h (an independent computation: the plain kernel program), for every
+layer kind and activation route, on pairs of distinct inputs and on identical ones."""
+import pickle
+
+import numpy as np
+import pytest
+
+import ntkdsl
+from ntkdsl.errors import ParameterError
+from ntkdsl.templates import ArchTemplate
+
+STEP = 1e-4  # central differences: truncation ~ h² f''' ~ 1e-8 relative, rounding ~ 1e-12
+
+CASES = [
+    # closed forms: the arc-cosine family, repeats, a number used twice
+    ("(Dense(512, W_std={w}, b_std={b}) > Relu) * 2 > Dense(1, W_std={w})", dict(w=1.5, b=0.5)),
+    ("Dense(8, W_std={w}, b_std={b}) > LeakyRelu({a}) > Dense(1)", dict(w=1.2, a=0.1, b=0.3)),
+    ("Dense(8, W_std={w}, b_std={b}) > ABRelu({a}, {c}) > Dense(1)",
+     dict(w=1.2, b=0.1, a=-0.3, c=0.8)),
+    ("Dense(8, W_std={w}, b_std=0.2) > Erf(a={a}, b={s}, c={c}) > Dense(1)",
+     dict(w=1.2, a=1.0, s=0.5, c=0.1)),
+    ("Dense(8, W_std={w}, b_std={b}) > Gelu > Dense(1, b_std={b})", dict(w=1.2, b=0.1)),
+    ("Dense(8, W_std={w}, b_std={b}) > Sign > Dense(1, W_std={w})", dict(w=1.2, b=0.1)),
+    # Gaussian integration rules
+    ('Dense(8, W_std={w}, b_std={b}) > Fn("sin(x)") > Dense(1)', dict(w=1.2, b=0.1)),
+    # both parameterisations, LayerNorm, a residual sum
+    ("Dense(8, W_std={w}, b_std={b}, parameterization='standard') > Relu > "
+     "Dense(3, W_std={w}, b_std=0.1, parameterization='standard')", dict(w=1.2, b=0.1)),
+    ("Dense(8, W_std={w}, b_std={b}) > LayerNorm > Relu > Dense(1)", dict(w=1.2, b=0.1)),
+    ("Dense(8, W_std={w}, b_std={b}) > (Relu > Dense(8, W_std={w}) + Identity) > Relu > "
+     "Dense(1)", dict(w=1.2, b=0.1)),
+]
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    x1 = rng.normal(size=(7, 5))
+    x1[3] = x1[1]  # identical inputs: entries from the exact diagonal program
+    return x1, rng.normal(size=(4, 5))
+
+
+def _kernel(template, values, kind, x1, x2):
+    return getattr(ntkdsl.compile(ArchTemplate(template, **values)), kind)(x1, x2)
+
+
+def _finite_difference(template, values, name, kind, x1, x2):
+    h = STEP * max(1.0, abs(values[name]))
+    up = _kernel(template, {**values, name: values[name] + h}, kind, x1, x2)
+    down = _kernel(template, {**values, name: values[name] - h}, kind, x1, x2)
+    return (up - down) / (2 * h)
+
+
+@pytest.mark.parametrize("kind", ["nngp", "ntk"])
+@pytest.mark.parametrize("template, values", CASES, ids=[c[0][:60] for c in CASES])
+def test_gradients_match_finite_differences(template, values, kind):
+    names = list(values)
+    net = ntkdsl.compile(ArchTemplate(template, **values), gradients=names)
+    x1, x2 = _inputs()
+    for other in (None, x2):
+        value, derivatives = getattr(net, kind)(x1, other, eval_gradient=True)
+        n2 = len(x1) if other is None else len(other)
+        assert derivatives.shape == (len(x1), n2, len(names))
+        np.testing.assert_allclose(value, _kernel(template, values, kind, x1, other),
+                                   rtol=1e-13, atol=0)
+        for j, name in enumerate(names):
+            fd = _finite_difference(template, values, name, kind, x1, other)
+            scale = np.abs(fd).max()
+            err = np.abs(derivatives[..., j] - fd).max() / scale
+            assert err <= 1e-7, (name, err)
+        if other is None:  # a self-kernel: symmetric, identical rows equal the diagonal's
+            np.testing.assert_array_equal(derivatives, derivatives.transpose(1, 0, 2))
+            np.testing.assert_array_equal(derivatives[1, 3], derivatives[1, 1])
+
+
+def test_gradient_order_follows_the_names():
+    template = "Dense(8, W_std={w}, b_std={b}) > Relu > Dense(1)"
+    x = _inputs()[0]
+    a = ntkdsl.compile(ArchTemplate(template, w=1.3, b=0.2), gradients=["w", "b"])
+    b = ntkdsl.compile(ArchTemplate(template, w=1.3, b=0.2), gradients=["b", "w"])
+    np.testing.assert_allclose(a.ntk(x, eval_gradient=True)[1][..., ::-1],
+                               b.ntk(x, eval_gradient=True)[1], rtol=1e-13, atol=1e-16)
+
+
+def test_a_gradient_network_pickles_and_keeps_plain_kernels():
+    arch = ArchTemplate("Dense(8, W_std={w}) > Erf > Dense(1)", w=1.3)
+    net = ntkdsl.compile(arch, gradients=["w"])
+    copy = pickle.loads(pickle.dumps(net))
+    x = _inputs()[0]
+    np.testing.assert_array_equal(copy.nngp(x, eval_gradient=True)[1],
+                                  net.nngp(x, eval_gradient=True)[1])
+    np.testing.assert_array_equal(net.nngp(x), ntkdsl.compile(arch.render()).nngp(x))
+
+
+@pytest.mark.parametrize("template, values, names, message", [
+    ("Dense(8, W_std={w}) > Relu > Dense(1)", dict(w=1.0), ["v"], "'v' is not a placeholder"),
+    ("Dense({n}, W_std={w}) > Relu > Dense(1)", dict(n=8, w=1.0), ["n"], "fills an integer"),
+    ("(Dense(8) > Relu) * {L} > Dense(1)", dict(L=2), ["L"], "fills an integer"),
+    ("Dense(8) > Monomial({k}) > Dense(1)", dict(k=2), ["k"], "fills an integer"),
+    ("Dense(8) > Relu > Dense(1)", {}, ["w"], "has no placeholders"),
+    ("Dense(8, W_std={w}) > Relu > Dense(1)", dict(w=1.0), [], "names no placeholder"),
+    ("Dense(8, W_std={w}) > Relu > Dense(1)", dict(w=1.0), ["w", "w"], "twice"),
+])
+def test_bad_gradient_requests_name_the_parameter(template, values, names, message):
+    with pytest.raises(ParameterError, match=message):
+        ntkdsl.compile(ArchTemplate(template, **values), gradients=names)
+
+
+def test_gradients_need_a_template():
+    with pytest.raises(ParameterError, match="needs an ArchTemplate"):
+        ntkdsl.compile("Dense(8) > Relu > Dense(1)", gradients=["w"])
