@@ -33,12 +33,14 @@ same numbers. This module makes the sympy classes and the per-φ helper sources.
 from __future__ import annotations
 
 import copyreg
+import functools
 import hashlib
 from functools import cache
 from typing import ClassVar
 
 import numpy
 import sympy as sp
+from sympy.core.function import ArgumentIndexError
 
 from .activations import derivative
 from .errors import NumericalError
@@ -228,6 +230,9 @@ class _NumericalFunction(KernelFunction, metaclass=_NumericalClass):
     label = ""
     activation = ""          # the layer as written (its dual's subscript in formulas)
     of_derivative = False    # the dual of φ' (for the NTK) rather than of φ
+    function: sp.Expr | None = None  # f of E[f(u) f(v)] (and its variable x)
+    partner: sp.Expr | None = None   # g of a cross dual E[f(u) g(v)]
+    x: sp.Symbol | None = None
     sources: ClassVar[dict[str, str]] = {}
     modules: ClassVar[tuple[str, ...]] = ()
 
@@ -257,13 +262,95 @@ class NumericalDual(_NumericalFunction):
     def fdiff(self, argindex=1):
         if argindex == 1 and self.dot is not None:  # Price: ∂Γ/∂k = E[φ'(u) φ'(v)]
             return self.dot(*self.args)
-        raise sp.ArgumentIndexError(self, argindex)
+        return _cross_partial(self, argindex)
 
 
 class NumericalMoment(_NumericalFunction):
     """E[f(√q z)²]: the dual on the diagonal."""
 
     nargs = 1
+
+    def fdiff(self, argindex=1):
+        # d/dq E[f(√q z) g(√q z)] = ½ E[(f g)''(u)] = ½ E[f''g + 2 f'g' + f g''] (Price).
+        f, g = _functions(self)
+        x, (q,) = type(self).x, self.args
+        if argindex != 1 or not all(_smooth_enough(h, x, self.points)
+                                    for h in (f, g, derivative(f, x), derivative(g, x))):
+            raise ArgumentIndexError(self, argindex)
+        d = functools.partial(derivative, variable=x)
+        return sp.Rational(1, 2) * (cross_classes(d(d(f)), g, x, self.points, self.activation)[1](q)
+                                    + 2 * cross_classes(d(f), d(g), x, self.points,
+                                                        self.activation)[1](q)
+                                    + cross_classes(f, d(d(g)), x, self.points,
+                                                    self.activation)[1](q))
+
+
+def _functions(call) -> tuple[sp.Expr, sp.Expr]:
+    """(f, g) of a numerical dual or moment: E[f(u) g(v)] (g = f but for cross duals)."""
+    cls = type(call)
+    return cls.function, cls.partner if cls.partner is not None else cls.function
+
+
+def _smooth_enough(f: sp.Expr, x: sp.Symbol, points: tuple[float, ...]) -> bool:
+    """Whether f is continuous (no jumps), so that Price's theorem differentiates its dual
+    with f' almost everywhere (a jump would add a point mass that derivative drops): f
+    written without steps, or f taking one value on both sides of each of φ's kinks
+    (Elu's φ' = Heaviside(x) + exp(min(x, 0)) Heaviside(-x) is 1 on both sides of 0)."""
+    if not f.has(*_DISCONTINUOUS):
+        return True
+    for point in points:
+        left, right = (complex(f.subs(x, point + side * 1e-9).evalf()) for side in (-1, 1))
+        if abs(left - right) > 1e-6 * (1 + abs(left)):
+            return False
+    return True
+
+
+def _cross_partial(call, argindex: int) -> sp.Expr:
+    """∂/∂k, ∂/∂q1, ∂/∂q2 of E[f(u) g(v)] by Price's theorem: E[f'(u) g'(v)],
+    ½ E[f''(u) g(v)], ½ E[f(u) g''(v)] — duals of two functions, by the cross series of
+    the same engine (ntkdsl.runtime.hermite._hd_cross)."""
+    f, g = _functions(call)
+    cls = type(call)
+    x = cls.x
+    d = functools.partial(derivative, variable=x)
+    needed = {1: (f, g), 2: (f, g, d(f)), 3: (f, g, d(g))}[argindex]
+    if x is None or not all(_smooth_enough(h, x, cls.points) for h in needed):
+        raise ArgumentIndexError(call, argindex)
+    if argindex == 1:
+        pair, half = (d(f), d(g)), 1
+    elif argindex == 2:
+        pair, half = (d(d(f)), g), sp.Rational(1, 2)
+    else:
+        pair, half = (f, d(d(g))), sp.Rational(1, 2)
+    return half * cross_classes(*pair, x, cls.points, cls.activation)[0](*call.args)
+
+
+@functools.cache
+def cross_classes(f: sp.Expr, g: sp.Expr, x: sp.Symbol, points: tuple[float, ...],
+                  name: str) -> tuple[type, type]:
+    """(dual, moment) classes of E[f(u) g(v)] and E[f(u) g(u)] for two functions of one
+    activation (its derivatives), computed by the engine's cross series with the bound
+    |error| <= TOLERANCE x sqrt(E[f(u)^2] E[g(v)^2])."""
+    tf, tg = _tag(f), _tag(g)
+    tag = _tag(sp.Tuple(f, g))
+    sources, modules = {}, []
+    for t, fn in ((tf, f), (tg, g)):
+        source, used = function_source(f"_f_{t}", fn, x, name, singular_points(fn, x, points))
+        sources[f"_f_{t}"] = source
+        modules += used
+    sources.update({
+        "_hd_engine": embedded_source("hermite"),
+        f"_dual_{tag}": (f"def _dual_{tag}(k, q1, q2):\n"
+                         f"    return _hd_cross(_f_{tf}, _f_{tg}, {points!r}, k, q1, q2)\n"),
+        f"_moment_{tag}": (f"def _moment_{tag}(q):\n"
+                           f"    return _hd_cross_moment(_f_{tf}, _f_{tg}, {points!r}, q)\n"),
+    })
+    data = {"tag": tag, "label": f"E[{sp.sstr(f)} * {sp.sstr(g)}][{name}]", "points": points,
+            "sources": sources, "modules": tuple(sorted(set(modules))), "activation": name,
+            "function": f, "partner": g, "x": x}
+    moment = _new_class(f"CrossMoment_{tag}", NumericalMoment, dict(data))
+    dual = _new_class(f"CrossDual_{tag}", NumericalDual, dict(data, moment=moment))
+    return dual, moment
 
 
 def _tag(f: sp.Expr) -> str:
@@ -313,7 +400,8 @@ def _classes(f: sp.Expr, x: sp.Symbol, label: str, points,
     sources, modules = _sources(tag, f, x, points, layer)
     sources.update(extra or {})
     data = {"tag": tag, "label": label, "points": points, "sources": sources,
-            "modules": tuple(modules), "activation": activation, "of_derivative": of_derivative}
+            "modules": tuple(modules), "activation": activation, "of_derivative": of_derivative,
+            "function": f, "x": x}
     moment = _new_class(f"Moment_{tag}", NumericalMoment, dict(data))
     dual = _new_class(f"Dual_{tag}", NumericalDual, dict(data, moment=moment))
     return dual, moment

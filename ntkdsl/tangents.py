@@ -19,6 +19,7 @@ by their values, and the program is printed and evaluated like any kernel progra
 from __future__ import annotations
 
 import sympy as sp
+from sympy.core.function import ArgumentIndexError
 
 from . import spatial
 from .errors import ParameterError
@@ -89,15 +90,17 @@ class _Differentiator:
     def _partial(self, expr: sp.Function, index: int) -> sp.Expr:
         try:
             partial = expr.fdiff(index)
-        except sp.ArgumentIndexError:
+        except ArgumentIndexError:
             partial = None
         if partial is None or partial.has(sp.Derivative, sp.Subs):
+            name = getattr(expr, "label", "") or expr.func.__name__
             raise ParameterError(
-                f"{self.label}: the derivative of {expr.func.__name__} with respect to its "
-                f"argument {index} is not available, so the kernel's derivative with respect "
-                f"to {self.parameter.placeholder} cannot be derived through this layer",
-                hint="activations of the numerical route have derivatives in the correlation "
-                     "only (the NTK); use an activation with a closed-form dual")
+                f"{self.label}: {name} has no derivative in its argument {index}, so the "
+                f"kernel's derivative with respect to {self.parameter.placeholder} cannot be "
+                "derived through this layer",
+                hint="on the numerical route, the derivatives of a dual in the variances "
+                     "come from Price's theorem, which needs phi and phi' without jumps; "
+                     "use an activation whose phi' is continuous or has a closed-form dual")
         return partial
 
 

@@ -476,23 +476,27 @@ def _hd_series(table, r1, r2, c, start, stop):
     return acc * c ** start
 
 
-def _hd_collinear(f, kinks, q1, q2, sign):
-    """E[f(sqrt(q1) z) f(sign sqrt(q2) z)] entrywise: the dual at correlation +-1.
-    Entries whose scales the shared grid resolves are integrated together on it."""
+def _hd_collinear(f, kinks, q1, q2, sign, g=None):
+    """E[f(sqrt(q1) z) g(sign sqrt(q2) z)] entrywise (g = f by default): the dual at
+    correlation +-1. Entries whose scales the shared grid resolves are integrated together
+    on it."""
+    g = f if g is None else g
     s1, s2 = numpy.sqrt(q1), numpy.sqrt(q2)
     out = numpy.empty(q1.shape)
-    on_grid = (numpy.maximum(s1, s2) <= _HD_FIXED_SCALE) & _hd_grid_resolves(f, kinks)
+    on_grid = ((numpy.maximum(s1, s2) <= _HD_FIXED_SCALE) & _hd_grid_resolves(f, kinks)
+               & _hd_grid_resolves(g, kinks))
     if on_grid.any():
         if "table" not in _HD_CACHE:
             _hd_fixed(f, numpy.ones(1))  # builds the shared grid
         z, w, _ = _HD_CACHE["table"]
         left = _hd_values(f, s1[on_grid, None] * z)
-        right = _hd_values(f, (sign * s2)[on_grid, None] * z)
+        right = _hd_values(g, (sign * s2)[on_grid, None] * z)
         out[on_grid] = (left * right) @ w
     for i in numpy.nonzero(~on_grid)[0]:  # large scales: panels follow φ's features
-        features = _hd_features(f, kinks, s1[i], 0.0) + _hd_features(f, kinks, sign[i] * s2[i], 0.0)
+        features = (_hd_features(f, kinks, s1[i], 0.0)
+                    + _hd_features(g, kinks, sign[i] * s2[i], 0.0))
         z, w = _hd_rule(_hd_feature_edges(_HD_EDGES, features))
-        out[i] = (_hd_values(f, s1[i] * z) * _hd_values(f, sign[i] * s2[i] * z)) @ w
+        out[i] = (_hd_values(f, s1[i] * z) * _hd_values(g, sign[i] * s2[i] * z)) @ w
     return out
 
 
@@ -686,25 +690,26 @@ _HD_BLOCK = 2 ** 18
 _HD_DIRECT_BUDGET = 2 ** 27  # function values per entry (about 2 s): a bound on the time
 
 
-def _hd_direct(f, kinks, q1, q2, c):
+def _hd_direct(f, kinks, q1, q2, c, g=None):
     """E[f(u) f(v)] for one entry by nested composite quadrature, u = s1 z1 and
     v = s2 (c z1 + s xi): the route for the few entries (large variance, |c| near 1) where
     the series cannot certify its bound. Both grids are graded towards φ's features at φ's
     own scale (_hd_feature_edges), so their sizes grow with log(q); the inner integrals
     are done in blocks of outer nodes, so memory stays bounded."""
+    g = f if g is None else g  # E[f(u) g(v)]: g is the inner function
     s1, s2, s = numpy.sqrt(q1), numpy.sqrt(q2), numpy.sqrt(max(1.0 - c * c, 0.0))
-    # E[f(v) | z1] is f smoothed, centred at s2 c z1: its features are at b / (s2 c).
-    outer = _hd_features(f, kinks, s1, 0.0) + _hd_features(f, kinks, s2 * c, 0.0)
+    # E[g(v) | z1] is g smoothed, centred at s2 c z1: its features are at b / (s2 c).
+    outer = _hd_features(f, kinks, s1, 0.0) + _hd_features(g, kinks, s2 * c, 0.0)
     z1, w1 = _hd_rule(_hd_feature_edges(_HD_DIRECT_EDGES, outer))
     outside = _hd_values(f, s1 * z1) * w1
     total, start, used = 0.0, 0, 0
     while start < len(z1):
         # A block as long as its first row's grid allows (rows nearby reach the same kinks).
         first = _hd_feature_edges(_HD_DIRECT_EDGES,
-                                  _hd_features(f, kinks, s2 * s, s2 * c * z1[start:start + 1]))
+                                  _hd_features(g, kinks, s2 * s, s2 * c * z1[start:start + 1]))
         stop = start + max(1, _HD_BLOCK // (16 * first.shape[-1]))
         shift = s2 * c * z1[start:stop]
-        edges = _hd_feature_edges(_HD_DIRECT_EDGES, _hd_features(f, kinks, s2 * s, shift))
+        edges = _hd_feature_edges(_HD_DIRECT_EDGES, _hd_features(g, kinks, s2 * s, shift))
         used += 16 * edges.size
         if used > _HD_DIRECT_BUDGET:  # only φ with dozens of kinks within reach get here
             raise _hd_error(f"{getattr(f, 'label', 'activation')}: an entry with variances "
@@ -712,7 +717,7 @@ def _hd_direct(f, kinks, q1, q2, c):
                             f"{_HD_DIRECT_BUDGET:.3g} quadrature nodes ({len(kinks)} kinks), "
                             "the numerical route's budget", _HD_SMALLER)
         xi, w2 = _hd_rule(edges)
-        smoothed = (_hd_values(f, shift[:, None] + (s2 * s) * xi) * w2).sum(axis=1)
+        smoothed = (_hd_values(g, shift[:, None] + (s2 * s) * xi) * w2).sum(axis=1)
         total += float(outside[start:stop] @ smoothed)
         start = stop
     return total
@@ -723,3 +728,83 @@ def _hd_fix(f, kinks, q1, q2, c, entries, out):
     near-collinear ones with large variances)."""
     for i, e in enumerate(entries.tolist()):
         out[e] = _hd_direct(f, kinks, q1[i], q2[i], c[i])
+
+
+# ---------------------------------------------------------------------------------------
+# Cross duals E[f(u) g(v)]: the derivatives of a dual in the variances (kernel gradients)
+# ---------------------------------------------------------------------------------------
+
+_HD_CROSS_BLOCK = 4096  # entries summed together (a block's term matrix: entries x terms)
+
+
+def _hd_cross_rows(f, kinks, q):
+    """(table, row of each q, relative tails' logs of each q) for a flat array q."""
+    distinct, inverse = numpy.unique(q, return_inverse=True)
+    table, rows = _hd_table(f, kinks, distinct)
+    rows = rows[inverse.ravel()]
+    return table, rows
+
+
+def _hd_cross(f, g, kinks, k, q1, q2):
+    """E[f(u) g(v)] for (u, v) ~ N(0, [[q1, k], [k, q2]]), elementwise over broadcast
+    arrays, by the Hermite series sum_n a_n^f(q1) a_n^g(q2) c^n. Each entry is summed until
+    the Cauchy-Schwarz tail bound |c|^T sqrt(t_f(q1, T) t_g(q2, T)) is below _HD_TOL (the
+    tails relative to E[f(u)^2] and E[g(v)^2], as for the dual of one function);
+    collinear entries are the 1-D integral, the entries the series cannot certify are
+    computed by nested quadrature. So |error| <= _HD_TOL sqrt(E[f(u)^2] E[g(v)^2])."""
+    k, q1, q2 = numpy.broadcast_arrays(*(numpy.asarray(v, dtype=float) for v in (k, q1, q2)))
+    shape = k.shape
+    k, q1, q2 = (numpy.ascontiguousarray(v).ravel() for v in (k, q1, q2))
+    ftable, r1 = _hd_cross_rows(f, kinks, q1)
+    gtable, r2 = _hd_cross_rows(g, kinks, q2)
+    c = numpy.clip(k * _hd_inverse_sqrt(q1) * _hd_inverse_sqrt(q2), -1.0, 1.0)
+    out = numpy.empty(c.shape)
+    collinear = c * c >= (1.0 - _HD_COLLINEAR) ** 2
+    if collinear.any():
+        out[collinear] = _hd_collinear(f, kinks, q1[collinear], q2[collinear],
+                                       numpy.sign(c[collinear]), g)
+    series = numpy.flatnonzero(~collinear)
+    for s in range(0, len(series), _HD_CROSS_BLOCK):
+        e = series[s:s + _HD_CROSS_BLOCK]
+        out[e] = _hd_cross_block(ftable, gtable, f, g, kinks, r1[e], r2[e], q1[e], q2[e], c[e])
+    return out.reshape(shape)
+
+
+def _hd_cross_block(ftable, gtable, f, g, kinks, r1, r2, q1, q2, c):
+    """The series of a block of entries, each to its own certified length; the entries
+    no length certifies by nested quadrature."""
+    with numpy.errstate(divide="ignore", invalid="ignore"):
+        log_c = numpy.log(numpy.abs(c))
+    goal = 2.0 * numpy.log(_HD_TOL)
+    lo = numpy.zeros(len(c), int)
+    hi = numpy.full(len(c), _HD_TERMS + 1)
+    while (lo < hi).any():  # bisection for the smallest certified length per entry
+        open_ = lo < hi
+        mid = numpy.minimum((lo + hi) // 2, _HD_TERMS)
+        with numpy.errstate(invalid="ignore"):
+            ok = (2.0 * mid * numpy.where(mid > 0, log_c, 0.0) + ftable["logt"][r1, mid]
+                  + gtable["logt"][r2, mid]) <= goal
+        hi = numpy.where(open_ & ok, mid, hi)
+        lo = numpy.where(open_ & ~ok, mid + 1, lo)
+    need = lo
+    out = numpy.zeros(len(c))
+    certified = need <= _HD_TERMS
+    if certified.any():
+        stop = max(int(need[certified].max()), 1)
+        terms = ftable["a"][r1, :stop] * gtable["a"][r2, :stop]
+        terms[numpy.arange(stop)[None, :] >= need[:, None]] = 0.0  # each entry's own length
+        acc = terms[:, -1].copy()
+        for n in range(stop - 2, -1, -1):
+            acc *= c
+            acc += terms[:, n]
+        out[certified] = acc[certified]
+    for i in numpy.flatnonzero(~certified).tolist():
+        out[i] = _hd_direct(f, kinks, q1[i], q2[i], c[i], g)
+    return out
+
+
+def _hd_cross_moment(f, g, kinks, q):
+    """E[f(sqrt(q) z) g(sqrt(q) z)] elementwise: the cross dual at correlation 1."""
+    q = numpy.asarray(q, dtype=float)
+    flat = numpy.ascontiguousarray(q).ravel()
+    return _hd_collinear(f, kinks, flat, flat, numpy.ones(flat.shape), g).reshape(q.shape)
