@@ -6,7 +6,7 @@ and returns a ``Network`` whose ``nngp``/``ntk`` evaluate the kernels on data.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -184,10 +184,13 @@ class GradientNetwork(Network):
     ``K, dK = net.nngp(x1, x2, eval_gradient=True)`` gives dK of shape (n1, n2, p),
     ``dK[..., j]`` the derivative with respect to ``parameters[j]``. The derivatives are
     derived from the kernel program by the chain rule (ntkdsl.tangents) and evaluated in
-    the same pass as the kernel, tiled and threaded, with exact diagonals."""
+    the same pass as the kernel, tiled and threaded, with exact diagonals. The program
+    takes the parameters' values as inputs: it is derived and compiled once per template
+    (and values of the other placeholders), whatever the values of ``parameters``."""
 
     template: ArchTemplate = field(default=None, compare=False)
     parameters: tuple[str, ...] = ()
+    values: tuple[float, ...] = ()
     gradient_programs: tuple[Program, Program] = field(default=None, repr=False,
                                                        compare=False)
 
@@ -213,9 +216,16 @@ class GradientNetwork(Network):
         if self.compiled.spatial is not None:
             raise ParameterError("kernel gradients of convolutional networks are not "
                                  "implemented yet", hint="use a fully-connected network")
-        compiled = _gradient_kernels(self, evaluation.kernel_name(kind))
+        compiled = _bound(self.gradient_kernels(kind), self.values)
         return evaluate_with_gradients(compiled, kind, len(self.parameters), x1, x2,
                                        dtype=dtype, progress=progress, threads=threads)
+
+    def gradient_kernels(self, kind: str) -> CompiledKernels:
+        """The compiled program of one kernel ('nngp' or 'ntk') and its derivatives, whose
+        functions take the parameters' values after their usual arguments."""
+        kind = evaluation.kernel_name(kind)
+        return _gradient_kernels(self.gradient_programs, KINDS.index(kind),
+                                 len(self.parameters), self.arch)
 
     def __repr__(self) -> str:
         return f"ntkdsl.compile({self.template!r}, gradients={list(self.parameters)!r})"
@@ -224,34 +234,46 @@ class GradientNetwork(Network):
         return compile, (self.template, list(self.parameters))
 
 
-@lru_cache(maxsize=64)
 def _compile_gradients(template: str, values: tuple, names: tuple[str, ...]) -> GradientNetwork:
     arch = ArchTemplate(template, **dict(values))
     tree = parameter_tree(arch, names)
+    fixed = tuple((k, v) for k, v in values if k not in names)
+    programs = _gradient_programs(template, fixed, names, tree)
     plain = _compile(tree.arch)
-    programs = tuple(gradient_program(derive(tree.ast, tree.arch, diagonal=diagonal),
-                                      tree.parameters, tree.values)
-                     for diagonal in (False, True))
     return GradientNetwork(plain.arch, plain.ast, plain.program, plain.diagonal_program,
-                           plain.compiled, arch, names, programs)
+                           plain.compiled, arch, names, tree.values, programs)
 
 
-_GRADIENT_KERNELS: dict = {}
+_GRADIENT_PROGRAMS: dict = {}
 
 
-def _gradient_kernels(net: GradientNetwork, kind: str) -> CompiledKernels:
-    """The compiled program of one kernel and its derivatives (made on first use)."""
-    key = (net.template.template, tuple(net.template.values.items()), net.parameters, kind)
-    compiled = _GRADIENT_KERNELS.get(key)
-    if compiled is None:
-        p = len(net.parameters)
-        index = KINDS.index(kind)
-        pair, diagonal = net.gradient_programs
-        chosen = (index, *range(2 + index * p, 2 + (index + 1) * p))
-        compiled = compile_kernels(
-            pair.restricted_to(tuple(pair.outputs[i] for i in chosen)),
-            diagonal.restricted_to(tuple(diagonal.outputs[i] for i in chosen)),
-            f"{net.arch}: the {kind.upper()} and its derivatives with respect to "
-            + ", ".join(net.parameters))
-        _GRADIENT_KERNELS[key] = compiled
-    return compiled
+def _gradient_programs(template: str, fixed: tuple, names: tuple, tree) -> tuple:
+    """The pair and diagonal gradient programs, once per template, values of the other
+    placeholders and parameters named (the parameters' values are the programs' inputs)."""
+    key = (template, fixed, names)
+    programs = _GRADIENT_PROGRAMS.get(key)
+    if programs is None:
+        if len(_GRADIENT_PROGRAMS) >= 64:
+            _GRADIENT_PROGRAMS.clear()
+        programs = _GRADIENT_PROGRAMS[key] = tuple(
+            gradient_program(derive(tree.ast, tree.arch, diagonal=diagonal), tree.parameters)
+            for diagonal in (False, True))
+    return programs
+
+
+@lru_cache(maxsize=128)
+def _gradient_kernels(programs: tuple, index: int, count: int, arch: str) -> CompiledKernels:
+    pair, diagonal = programs
+    chosen = (index, *range(2 + index * count, 2 + (index + 1) * count))
+    return compile_kernels(
+        pair.restricted_to(tuple(pair.outputs[i] for i in chosen)),
+        diagonal.restricted_to(tuple(diagonal.outputs[i] for i in chosen)),
+        f"{arch}: the {KINDS[index].upper()} and its {count} derivative(s)")
+
+
+def _bound(compiled: CompiledKernels, values: tuple[float, ...]) -> CompiledKernels:
+    """The compiled kernels with the parameters' values given (as trailing arguments)."""
+    pair, diagonal = compiled.pair, compiled.diagonal
+    numbers = tuple(float(v) for v in values)
+    return replace(compiled, pair=lambda *args: pair(*args, *numbers),
+                   diagonal=lambda *args: diagonal(*args, *numbers))

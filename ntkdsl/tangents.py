@@ -13,8 +13,9 @@ same inputs, so the same shape) assigned in the same step as v, so code generati
 common-subexpression elimination shares the work of the kernel and of its derivatives
 (Γ̇ is ∂Γ/∂k, one helper call gives both). The partial derivatives are sympy's (each
 function's ``fdiff``); the structured linear ops of convolutional networks (conv, pools,
-flatten, position views) map tangents by themselves. Finally the parameters are replaced
-by their values, and the program is printed and evaluated like any kernel program.
+flatten, position views) map tangents by themselves. The parameters become scalar inputs
+of the program, so it is printed and compiled once per template and evaluated like any
+kernel program for any values.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from sympy.core.function import ArgumentIndexError
 
 from . import spatial
 from .errors import ParameterError
-from .program import TANGENT, ElementwiseOp, KernelVariable, Program, Step
-from .symbolic import AtZeroVariance, exact
+from .program import SCALAR, TANGENT, ElementwiseOp, KernelVariable, Program, Step
+from .symbolic import AtZeroVariance
 from .templates import Parameter
 
 
@@ -104,21 +105,27 @@ class _Differentiator:
         return partial
 
 
-def gradient_program(program: Program, parameters: tuple[Parameter, ...],
-                     values: tuple[float, ...]) -> Program:
+def parameter_input(parameter: Parameter) -> KernelVariable:
+    """The scalar input of generated code that carries a parameter's value (named apart
+    from every name code generation makes)."""
+    return KernelVariable(f"theta_{parameter.placeholder}", SCALAR, None, real=True)
+
+
+def gradient_program(program: Program, parameters: tuple[Parameter, ...]) -> Program:
     """The program computing its outputs (K, T) and, after them, the derivative of each
-    output with respect to each parameter — dK/dθ₁ … dK/dθₚ, then dT/dθ₁ … dT/dθₚ — with
-    every parameter replaced by its value (as the exact decimal written)."""
-    numbers = {p: exact(v) for p, v in zip(parameters, values)}
+    output with respect to each parameter — dK/dθ₁ … dK/dθₚ, then dT/dθ₁ … dT/dθₚ. The
+    parameters are further scalar inputs (``parameter_input``), after the program's own,
+    so one compiled program serves every value of them."""
+    inputs = {p: parameter_input(p) for p in parameters}
     tangents: list[dict] = [{} for _ in parameters]
     steps = []
     for step in program.steps:
         assignments = list(step.assignments)
-        ops = [ElementwiseOp(a.target, a.expr.xreplace(numbers)) for a in assignments]
+        ops = [ElementwiseOp(a.target, a.expr.xreplace(inputs)) for a in assignments]
         for parameter, known in zip(parameters, tangents):
             differentiate = _Differentiator(parameter, known, f"step {step.layer}: {step.label}")
-            derivatives = [differentiate(a.expr).xreplace(numbers) for a in assignments]
-            for a, derivative in zip(assignments, derivatives):
+            for a in assignments:
+                derivative = differentiate(a.expr).xreplace(inputs)
                 if derivative == 0:
                     continue
                 if isinstance(derivative, sp.Symbol) or derivative.is_number:
@@ -128,12 +135,12 @@ def gradient_program(program: Program, parameters: tuple[Parameter, ...],
                 ops.append(ElementwiseOp(target, derivative))
                 known[a.target] = target
         steps.append(Step(step.label, tuple(ops), step.note))
-    outputs = tuple(sp.sympify(o).xreplace(numbers) for o in program.outputs)
+    outputs = tuple(sp.sympify(o).xreplace(inputs) for o in program.outputs)
     derivatives = tuple(
-        _Differentiator(p, known, "the outputs")(o).xreplace(numbers)
+        _Differentiator(p, known, "the outputs")(o).xreplace(inputs)
         for o in program.outputs for p, known in zip(parameters, tangents))
-    return Program(program.inputs, tuple(steps), outputs + derivatives, program.statistics,
-                   program.spatial)
+    return Program((*program.inputs, *inputs.values()), tuple(steps), outputs + derivatives,
+                   program.statistics, program.spatial)
 
 
-__all__ = ["gradient_program", "tangent_variable"]
+__all__ = ["gradient_program", "parameter_input", "tangent_variable"]
