@@ -147,7 +147,8 @@ class Network:
         return compile, (self.arch,)
 
 
-def compile(arch: str | ArchTemplate, gradients: Sequence[str] | None = None) -> Network:
+def compile(arch: str | ArchTemplate,
+            gradients: Sequence[str] | None = None) -> Network | GradientNetwork:
     """Compile an architecture string such as ``"Dense(512) > Relu > Dense(1)"`` into a
     ``Network``. Compiling the same string again returns the cached result.
 
@@ -178,21 +179,28 @@ def _compile(arch: str) -> Network:
 
 
 @dataclass(frozen=True)
-class GradientNetwork(Network):
-    """A network whose kernels also come with their derivatives with respect to some of its
-    numbers (``parameters``, placeholders of ``template``), in the same order:
+class GradientNetwork:
+    """A template's network whose kernels also come with their derivatives with respect to
+    some of its numbers (``parameters``, placeholders of ``template``, with ``values``):
     ``K, dK = net.nngp(x1, x2, eval_gradient=True)`` gives dK of shape (n1, n2, p),
     ``dK[..., j]`` the derivative with respect to ``parameters[j]``. The derivatives are
     derived from the kernel program by the chain rule (ntkdsl.tangents) and evaluated in
     the same pass as the kernel, tiled and threaded, with exact diagonals. The program
     takes the parameters' values as inputs: it is derived and compiled once per template
-    (and values of the other placeholders), whatever the values of ``parameters``."""
+    (and values of the other placeholders), whatever the values of ``parameters``.
+    Without ``eval_gradient`` the kernels are those of the plain ``network`` (``arch``,
+    the template filled in), as are ``kernels``, ``diagonal`` and ``formula``."""
 
-    template: ArchTemplate = field(default=None, compare=False)
-    parameters: tuple[str, ...] = ()
-    values: tuple[float, ...] = ()
-    gradient_programs: tuple[Program, Program] = field(default=None, repr=False,
-                                                       compare=False)
+    arch: str
+    template: ArchTemplate = field(compare=False)
+    parameters: tuple[str, ...]
+    values: tuple[float, ...]
+    gradient_programs: tuple[Program, Program] = field(repr=False, compare=False)
+
+    @property
+    def network(self) -> Network:
+        """The plain network of ``arch`` (compiled on first use, cached per string)."""
+        return _compile(self.arch)
 
     def nngp(self, x1: Any, x2: Any = None, out: np.ndarray | None = None, *,
              eval_gradient: bool = False, dtype: Any = None, progress: bool | None = None,
@@ -200,7 +208,8 @@ class GradientNetwork(Network):
         """The NNGP (n1, n2); with ``eval_gradient=True`` the pair (NNGP, derivatives
         (n1, n2, p)) from one pass (``out`` is for the kernel alone)."""
         if not eval_gradient:
-            return super().nngp(x1, x2, out, dtype=dtype, progress=progress, threads=threads)
+            return self.network.nngp(x1, x2, out, dtype=dtype, progress=progress,
+                                     threads=threads)
         return self._with_gradients("nngp", x1, x2, dtype, progress, threads)
 
     def ntk(self, x1: Any, x2: Any = None, out: np.ndarray | None = None, *,
@@ -209,11 +218,24 @@ class GradientNetwork(Network):
         """The NTK (n1, n2); with ``eval_gradient=True`` the pair (NTK, derivatives
         (n1, n2, p)) from one pass."""
         if not eval_gradient:
-            return super().ntk(x1, x2, out, dtype=dtype, progress=progress, threads=threads)
+            return self.network.ntk(x1, x2, out, dtype=dtype, progress=progress,
+                                    threads=threads)
         return self._with_gradients("ntk", x1, x2, dtype, progress, threads)
 
+    def kernels(self, x1: Any, x2: Any = None, **options) -> tuple[np.ndarray, np.ndarray]:
+        """(NNGP, NTK) of the plain network (see ``Network.kernels``)."""
+        return self.network.kernels(x1, x2, **options)
+
+    def diagonal(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Exact (NNGP, NTK) of each input with itself (see ``Network.diagonal``)."""
+        return self.network.diagonal(x)
+
+    def formula(self, kind: str = "ntk") -> Formula:
+        """The derivation of the plain network's kernel (see ``Network.formula``)."""
+        return self.network.formula(kind)
+
     def _with_gradients(self, kind, x1, x2, dtype, progress, threads):
-        if self.compiled.spatial is not None:
+        if self.gradient_programs[0].spatial is not None:
             raise ParameterError("kernel gradients of convolutional networks are not "
                                  "implemented yet", hint="use a fully-connected network")
         compiled = _bound(self.gradient_kernels(kind), self.values)
@@ -225,7 +247,7 @@ class GradientNetwork(Network):
         functions take the parameters' values after their usual arguments."""
         kind = evaluation.kernel_name(kind)
         return _gradient_kernels(self.gradient_programs, KINDS.index(kind),
-                                 len(self.parameters), self.arch)
+                                 len(self.parameters), self.template.template)
 
     def __repr__(self) -> str:
         return f"ntkdsl.compile({self.template!r}, gradients={list(self.parameters)!r})"
@@ -239,9 +261,7 @@ def _compile_gradients(template: str, values: tuple, names: tuple[str, ...]) -> 
     tree = parameter_tree(arch, names)
     fixed = tuple((k, v) for k, v in values if k not in names)
     programs = _gradient_programs(template, fixed, names, tree)
-    plain = _compile(tree.arch)
-    return GradientNetwork(plain.arch, plain.ast, plain.program, plain.diagonal_program,
-                           plain.compiled, arch, names, tree.values, programs)
+    return GradientNetwork(tree.arch, arch, names, tree.values, programs)
 
 
 _GRADIENT_PROGRAMS: dict = {}
@@ -262,13 +282,13 @@ def _gradient_programs(template: str, fixed: tuple, names: tuple, tree) -> tuple
 
 
 @lru_cache(maxsize=128)
-def _gradient_kernels(programs: tuple, index: int, count: int, arch: str) -> CompiledKernels:
+def _gradient_kernels(programs: tuple, index: int, count: int, template: str) -> CompiledKernels:
     pair, diagonal = programs
     chosen = (index, *range(2 + index * count, 2 + (index + 1) * count))
     return compile_kernels(
         pair.restricted_to(tuple(pair.outputs[i] for i in chosen)),
         diagonal.restricted_to(tuple(diagonal.outputs[i] for i in chosen)),
-        f"{arch}: the {KINDS[index].upper()} and its {count} derivative(s)")
+        f"{template}: the {KINDS[index].upper()} and its {count} derivative(s)")
 
 
 def _bound(compiled: CompiledKernels, values: tuple[float, ...]) -> CompiledKernels:
