@@ -751,10 +751,34 @@ def _hd_cross(f, g, kinks, k, q1, q2):
     the Cauchy-Schwarz tail bound |c|^T sqrt(t_f(q1, T) t_g(q2, T)) is below _HD_TOL (the
     tails relative to E[f(u)^2] and E[g(v)^2], as for the dual of one function);
     collinear entries are the 1-D integral, the entries the series cannot certify are
-    computed by nested quadrature. So |error| <= _HD_TOL sqrt(E[f(u)^2] E[g(v)^2])."""
-    k, q1, q2 = numpy.broadcast_arrays(*(numpy.asarray(v, dtype=float) for v in (k, q1, q2)))
-    shape = k.shape
-    k, q1, q2 = (numpy.ascontiguousarray(v).ravel() for v in (k, q1, q2))
+    computed by nested quadrature. So |error| <= _HD_TOL sqrt(E[f(u)^2] E[g(v)^2]).
+    In the kernel-matrix layout most entries are summed together by Horner to a common
+    number of terms (_hd_bulk, with the larger of the two tables' tails); the entries
+    beyond its reach are computed on their own."""
+    k, q1, q2, shape = _hd_layout(k, q1, q2)
+    if shape is not None:
+        return _hd_cross_flat(f, g, kinks, k, q1, q2).reshape(shape)
+    ftable, r1, fbound, inverse1 = _hd_rows(f, kinks, q1)
+    gtable, r2, gbound, inverse2 = _hd_rows(g, kinks, q2)
+    c, c2 = _hd_correlation(k, inverse1, inverse2)
+    plain = {"step": 1, "first": 0}  # the product of two series has no parity to skip
+    bulk, reach = _hd_bulk(plain, c2, numpy.maximum(fbound, gbound))
+    a1 = ftable["a"][r1, :bulk]
+    a2 = numpy.ascontiguousarray(gtable["a"][r2, :bulk].T)
+    out = numpy.multiply(a1[:, bulk - 1, None], a2[None, bulk - 1])
+    add_outer = _hd_outer_adder(out)
+    for n in range(bulk - 2, -1, -1):
+        out *= c
+        add_outer(a1[:, n], a2[n])
+    flat = numpy.flatnonzero(c2 > reach[bulk - 1])
+    if flat.size:
+        rows, cols = numpy.divmod(flat, c.shape[1])
+        out.ravel()[flat] = _hd_cross_flat(f, g, kinks, k[rows, cols], q1[rows], q2[cols])
+    return out
+
+
+def _hd_cross_flat(f, g, kinks, k, q1, q2):
+    """_hd_cross for flat arrays of entries, each summed to its own certified length."""
     ftable, r1 = _hd_cross_rows(f, kinks, q1)
     gtable, r2 = _hd_cross_rows(g, kinks, q2)
     c = numpy.clip(k * _hd_inverse_sqrt(q1) * _hd_inverse_sqrt(q2), -1.0, 1.0)
@@ -767,7 +791,7 @@ def _hd_cross(f, g, kinks, k, q1, q2):
     for s in range(0, len(series), _HD_CROSS_BLOCK):
         e = series[s:s + _HD_CROSS_BLOCK]
         out[e] = _hd_cross_block(ftable, gtable, f, g, kinks, r1[e], r2[e], q1[e], q2[e], c[e])
-    return out.reshape(shape)
+    return out
 
 
 def _hd_cross_block(ftable, gtable, f, g, kinks, r1, r2, q1, q2, c):
@@ -804,7 +828,18 @@ def _hd_cross_block(ftable, gtable, f, g, kinks, r1, r2, q1, q2, c):
 
 
 def _hd_cross_moment(f, g, kinks, q):
-    """E[f(sqrt(q) z) g(sqrt(q) z)] elementwise: the cross dual at correlation 1."""
+    """E[f(sqrt(q) z) g(sqrt(q) z)] elementwise: the cross dual at correlation 1, once per
+    distinct variance per process (kept like the coefficient tables: the chunks of a
+    kernel matrix ask for the same variances again and again)."""
     q = numpy.asarray(q, dtype=float)
-    flat = numpy.ascontiguousarray(q).ravel()
-    return _hd_collinear(f, kinks, flat, flat, numpy.ones(flat.shape), g).reshape(q.shape)
+    distinct, inverse = numpy.unique(q.ravel(), return_inverse=True)
+    key = ("cross moment", _hd_key(f, kinks), _hd_key(g, kinks))
+    known = _HD_CACHE.get(key)
+    if known is None or len(known) > 200000:  # bound memory, as for the tables
+        known = _HD_CACHE[key] = {}
+    missing = [v for v in distinct.tolist() if v not in known]
+    if missing:
+        points = numpy.array(missing)
+        values = _hd_collinear(f, kinks, points, points, numpy.ones(len(points)), g)
+        known.update(zip(missing, values.tolist()))
+    return numpy.array([known[v] for v in distinct.tolist()])[inverse.ravel()].reshape(q.shape)
