@@ -17,6 +17,7 @@ from .errors import (
     LayerValueError,
     NTKDSLError,
     NumericalError,
+    ParameterError,
     ShapeError,
     UnknownLayerError,
 )
@@ -35,16 +36,17 @@ def codegen(arch: str) -> str:
 # Names whose modules pull in scikit-learn or are otherwise heavy: imported on first use,
 # so `import ntkdsl` and the command line start fast.
 _LAZY = {
-    "NTKRegressor": "estimators", "NTKClassifier": "estimators", "ArchTemplate": "estimators",
+    "NTKRegressor": "estimators", "NTKClassifier": "estimators", "ArchTemplate": "templates",
     "gradient_descent_mse_ensemble": "predict", "gp_inference": "predict",
     "SingularKernelWarning": "predict",
     "empirical_ntk": "finite", "monte_carlo_nngp": "finite", "FiniteNetwork": "finite",
 }
 if TYPE_CHECKING:  # type checkers see the lazy names as ordinary imports
     from . import estimators, evaluation, finite, formula, numerical, predict, standalone, verify  # noqa: F401 - attributes for type checkers, loaded lazily at run time
-    from .estimators import ArchTemplate, NTKClassifier, NTKRegressor
+    from .estimators import NTKClassifier, NTKRegressor
     from .finite import FiniteNetwork, empirical_ntk, monte_carlo_nngp
     from .predict import SingularKernelWarning, gp_inference, gradient_descent_mse_ensemble
+    from .templates import ArchTemplate
 
 # Submodules reachable as attributes after a plain `import ntkdsl` (ntkdsl.verify.verify,
 # ntkdsl.finite.FiniteNetwork, ...), loaded on first access for the same reason.
@@ -78,6 +80,7 @@ __all__ = [
     "NTKRegressor",
     "Network",
     "NumericalError",
+    "ParameterError",
     "ShapeError",
     "SingularKernelWarning",
     "UnknownLayerError",

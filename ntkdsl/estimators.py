@@ -25,7 +25,6 @@ contract — and ``X`` may also be given as images (n, 8, 8, 1) directly.
 """
 from __future__ import annotations
 
-import string
 from contextlib import contextmanager
 
 import numpy as np
@@ -42,6 +41,7 @@ from .finite import _check_input_shape, check_input_shape
 from .kinds import KINDS
 from .parser import parse
 from .predict import GradientFlowEnsemble, solver_memory
+from .templates import ArchTemplate, arch_placeholders
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data
@@ -111,79 +111,6 @@ def _check_fitted(estimator) -> None:
         raise
     except ValueError as err:  # scikit-learn's NotFittedError
         raise errors.NotFittedError(str(err)) from None
-
-
-def arch_placeholders(template: str) -> list[str]:
-    """Names of the ``{name}`` placeholders of an architecture template, in order.
-
-    Raises InputError for positional ``{}`` fields, attribute/index fields or unbalanced braces.
-    """
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as err:
-        raise InputError(f"arch template {template!r}: {err}; placeholders are written "
-                         "{name}, literal braces {{ and }}") from None
-    for field in fields:
-        if not field.isidentifier():
-            raise InputError(f"arch template {template!r}: placeholder {{{field}}} must be "
-                             "a name such as {L} or {w}")
-    return list(dict.fromkeys(fields))
-
-
-class ArchTemplate:
-    """An architecture string with ``{name}`` placeholders and their values.
-
-    It exposes the placeholders as nested parameters, the way scikit-learn exposes the
-    parameters of a Pipeline step, so GridSearchCV can search them as ``arch__<name>``::
-
-        arch = ArchTemplate("(Dense(512, W_std={w}) > Relu) * {L} > Dense(1)", w=1.5, L=2)
-        GridSearchCV(NTKRegressor(arch), {"arch__L": [1, 2, 4], "arch__w": [1.0, 1.5]})
-    """
-
-    def __init__(self, template: str, **values):
-        if not isinstance(template, str):
-            raise InputError(f"ArchTemplate needs a string, got {type(template).__name__}")
-        names = arch_placeholders(template)
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise InputError(f"ArchTemplate got values for {unknown}, which are not "
-                             f"placeholders of {template!r}; its placeholders are {names}")
-        self.template = template
-        self.values = {name: values.get(name) for name in names}
-
-    def get_params(self, deep=True):
-        """The template and the value of every placeholder (scikit-learn protocol)."""
-        return {"template": self.template, **self.values}
-
-    def set_params(self, **params):
-        """Change placeholder values (or the template) by name."""
-        template = params.pop("template", self.template)
-        merged = {**self.values, **params}
-        self.__init__(template, **{k: v for k, v in merged.items()
-                                   if k in arch_placeholders(template)})
-        unknown = sorted(set(params) - set(self.values))
-        if unknown:
-            raise InputError(f"{unknown} are not placeholders of {template!r}; valid: "
-                             f"{sorted(self.values)}")
-        return self
-
-    def render(self) -> str:
-        """The architecture string with every placeholder filled in."""
-        missing = [name for name, value in self.values.items() if value is None]
-        if missing:
-            raise InputError(f"arch template {self.template!r} has no value for "
-                             f"{', '.join('{' + m + '}' for m in missing)}; pass "
-                             f"ArchTemplate(..., {missing[0]}=...)")
-        return self.template.format(**self.values)
-
-    def __repr__(self) -> str:
-        values = "".join(f", {k}={v!r}" for k, v in self.values.items())
-        return f"ArchTemplate({self.template!r}{values})"
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, ArchTemplate) and other.get_params() == self.get_params()
-
-    __hash__ = None
 
 
 class _NTKEstimator(BaseEstimator):
