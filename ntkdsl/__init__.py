@@ -51,7 +51,8 @@ if TYPE_CHECKING:  # type checkers see the lazy names as ordinary imports
 # Submodules reachable as attributes after a plain `import ntkdsl` (ntkdsl.verify.verify,
 # ntkdsl.finite.FiniteNetwork, ...), loaded on first access for the same reason.
 _LAZY_MODULES = ("estimators", "finite", "predict", "verify", "standalone", "formula",
-                 "evaluation", "numerical", "derivation", "activations", "expressions")
+                 "evaluation", "numerical", "derivation", "activations", "expressions",
+                 "sklearn", "templates", "tangents")
 
 
 def __getattr__(name: str):
