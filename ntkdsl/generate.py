@@ -26,8 +26,10 @@ from .program import (
     MIRRORED,
     NNGP,
     NTK,
+    PARAMETER,
     SCALAR,
     SELF1,
+    TANGENT,
     TEMPORARY,
     VARIANCE1,
     Bound,
@@ -351,7 +353,8 @@ class SplitProgram:
     pairs: Program
 
 
-_OWN = (VARIANCE1, SELF1)
+_OWN = (VARIANCE1, SELF1, TANGENT[VARIANCE1], TANGENT[SELF1])
+_CROSS = (NNGP, NTK, TANGENT[NNGP], TANGENT[NTK])
 
 
 def split_program(program: Program) -> SplitProgram:
@@ -361,7 +364,7 @@ def split_program(program: Program) -> SplitProgram:
     same map of x''s, so the pair part takes the side part's outputs twice."""
     by_key = {(v.role, v.layer, v.layout): v for v in program.variables()
               if getattr(v, "role", None) in MIRRORED}
-    cross = program.for_roles((NNGP, NTK), program.inputs, program.outputs)
+    cross = program.for_roles(_CROSS, program.inputs, program.outputs)
     read: set[tuple] = set()
     for step in cross.live():
         for i in range(len(step.targets)):
@@ -372,10 +375,12 @@ def split_program(program: Program) -> SplitProgram:
                    for v in outputs)
     statistics = tuple(v for v in program.inputs if getattr(v, "role", None) in _OWN)
     scalars = tuple(v for v in program.inputs if getattr(v, "role", None) is SCALAR)
+    # A gradient program's parameters come last, after what the evaluation passes.
+    parameters = tuple(v for v in program.inputs if getattr(v, "role", None) is PARAMETER)
     kernel = next(v for v in program.inputs if getattr(v, "role", None) is NNGP)
-    return SplitProgram(program.for_roles(_OWN, (*statistics, *scalars), outputs),
-                        cross.for_roles((NNGP, NTK), (kernel, *scalars, *outputs, *theirs),
-                                        program.outputs))
+    return SplitProgram(program.for_roles(_OWN, (*statistics, *scalars, *parameters), outputs),
+                        cross.for_roles(_CROSS, (kernel, *scalars, *outputs, *theirs,
+                                                 *parameters), program.outputs))
 
 
 def _by_layer(v: sp.Symbol) -> tuple:

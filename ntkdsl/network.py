@@ -235,9 +235,6 @@ class GradientNetwork:
         return self.network.formula(kind)
 
     def _with_gradients(self, kind, x1, x2, dtype, progress, threads):
-        if self.gradient_programs[0].spatial is not None:
-            raise ParameterError("kernel gradients of convolutional networks are not "
-                                 "implemented yet", hint="use a fully-connected network")
         compiled = _bound(self.gradient_kernels(kind), self.values)
         return evaluate_with_gradients(compiled, kind, len(self.parameters), x1, x2,
                                        dtype=dtype, progress=progress, threads=threads)
@@ -293,7 +290,13 @@ def _gradient_kernels(programs: tuple, index: int, count: int, template: str) ->
 
 def _bound(compiled: CompiledKernels, values: tuple[float, ...]) -> CompiledKernels:
     """The compiled kernels with the parameters' values given (as trailing arguments)."""
-    pair, diagonal = compiled.pair, compiled.diagonal
     numbers = tuple(float(v) for v in values)
-    return replace(compiled, pair=lambda *args: pair(*args, *numbers),
-                   diagonal=lambda *args: diagonal(*args, *numbers))
+
+    def given(function):
+        return lambda *args: function(*args, *numbers)
+
+    spatial = compiled.spatial
+    if spatial is not None:
+        spatial = replace(spatial, side=given(spatial.side), nngp_pair=given(spatial.nngp_pair))
+    return replace(compiled, pair=given(compiled.pair), diagonal=given(compiled.diagonal),
+                   spatial=spatial)

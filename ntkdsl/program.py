@@ -88,9 +88,14 @@ TEMPORARY = Role("temporary", "_x", frozenset())
 # (ntkdsl.tangents): the same inputs as the variable, so the same shape in generated code.
 TANGENT = {role: Role(f"derivative of the {role.name}", "d" + role.prefix, role.depends_on)
            for role in (*PAIR_ROLES, *DIAGONAL_ROLES, *SELF_ROLES)}
-ROLES = (*PAIR_ROLES, SCALAR, *DIAGONAL_ROLES, *SELF_ROLES, TEMPORARY, *TANGENT.values())
+# A number of the architecture that a gradient program takes as an input (a scalar, after
+# every other input of the functions generated from it).
+PARAMETER = Role("parameter of the architecture", "theta", frozenset())
+ROLES = (*PAIR_ROLES, SCALAR, *DIAGONAL_ROLES, *SELF_ROLES, TEMPORARY, *TANGENT.values(),
+         PARAMETER)
 # A value of x alone computed from x' alone's rule, and back (the two are one map).
 MIRRORED = {VARIANCE1: VARIANCE2, VARIANCE2: VARIANCE1, SELF1: SELF2, SELF2: SELF1}
+MIRRORED.update({TANGENT[a]: TANGENT[b] for a, b in MIRRORED.items()})
 
 
 def role_named(name: str) -> Role:

@@ -24,16 +24,17 @@ from sympy.core.function import ArgumentIndexError
 
 from . import spatial
 from .errors import ParameterError
-from .program import SCALAR, TANGENT, ElementwiseOp, KernelVariable, Program, Step
+from .program import PARAMETER, TANGENT, ElementwiseOp, KernelVariable, Program, Step
 from .symbolic import AtZeroVariance
 from .templates import Parameter
 
 
 def tangent_variable(variable: KernelVariable, parameter: Parameter) -> KernelVariable:
-    """The variable holding d(variable)/d(parameter)."""
+    """The variable holding d(variable)/d(parameter): its "layer" is the step and the
+    parameter (one variable per role, layer and layout, as code generation expects)."""
     role = TANGENT[variable.role]
-    return KernelVariable(f"{role.prefix}_{variable.layer}_{parameter.placeholder}", role,
-                          variable.layer, variable.layout, real=True)
+    layer = f"{variable.layer}_{parameter.placeholder}"
+    return KernelVariable(f"{role.prefix}_{layer}", role, layer, variable.layout, real=True)
 
 
 class _Differentiator:
@@ -105,10 +106,16 @@ class _Differentiator:
         return partial
 
 
+def _on_grid(expr: sp.Expr) -> bool:
+    """Whether an expression has values at spatial positions (reads a variable that has)."""
+    return any(getattr(s, "layout", None) is not None for s in expr.free_symbols)
+
+
 def parameter_input(parameter: Parameter) -> KernelVariable:
     """The scalar input of generated code that carries a parameter's value (named apart
     from every name code generation makes)."""
-    return KernelVariable(f"theta_{parameter.placeholder}", SCALAR, None, real=True)
+    return KernelVariable(f"{PARAMETER.prefix}_{parameter.placeholder}", PARAMETER, None,
+                          real=True)
 
 
 def gradient_program(program: Program, parameters: tuple[Parameter, ...]) -> Program:
@@ -128,7 +135,11 @@ def gradient_program(program: Program, parameters: tuple[Parameter, ...]) -> Pro
                 derivative = differentiate(a.expr).xreplace(inputs)
                 if derivative == 0:
                     continue
-                if isinstance(derivative, sp.Symbol) or derivative.is_number:
+                if a.target.layout is not None and not _on_grid(derivative):
+                    # The same at every position (a bias's 2 b_std): on the grid of the
+                    # value it is the derivative of, as the derivation places constants.
+                    derivative = derivative * spatial.ones(a.target)
+                elif isinstance(derivative, sp.Symbol) or derivative.is_number:
                     known[a.target] = derivative  # a copy or a constant: no new variable
                     continue
                 target = tangent_variable(a.target, parameter)

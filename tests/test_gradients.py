@@ -83,6 +83,39 @@ def test_gradients_match_finite_differences(template, values, kind):
             np.testing.assert_array_equal(derivatives[1, 3], derivatives[1, 1])
 
 
+CONV_CASES = [
+    ("Conv(4, (3, 3), padding='SAME', W_std={w}, b_std={b}) > Relu > AvgPool((2, 2)) > "
+     "Flatten > Dense(1, W_std={w})", dict(w=1.3, b=0.2), (4, 4, 2)),
+    ("Conv(4, (3, 3), W_std={w}, b_std={b}) > Erf(a={a}) > GlobalAvgPool > Dense(1, W_std={w})",
+     dict(w=1.3, b=0.2, a=1.2), (5, 5, 2)),
+    ("Conv(4, (2,), padding='CIRCULAR', W_std={w}, b_std={b}, parameterization='standard') > "
+     "Relu > Flatten > Dense(1)", dict(w=1.3, b=0.2), (6, 3)),
+    ("Conv(4, (3, 3), padding='SAME', W_std={w}, b_std={b}) > (Relu > Conv(4, (3, 3), "
+     "padding='SAME', W_std={w}) + Identity) > Relu > SumPool((2, 2)) > GlobalAvgPool > Dense(1)",
+     dict(w=1.3, b=0.2), (4, 4, 2)),
+    ("Conv(4, (3, 3), padding='SAME', W_std={w}, b_std={b}) > Tanh > GlobalAvgPool > Dense(1)",
+     dict(w=1.3, b=0.2), (4, 4, 1)),
+]
+
+
+@pytest.mark.parametrize("kind", ["nngp", "ntk"])
+@pytest.mark.parametrize("template, values, shape", CONV_CASES, ids=[c[0][:60] for c in CONV_CASES])
+def test_convolutional_gradients_match_finite_differences(template, values, shape, kind):
+    rng = np.random.default_rng(3)
+    x1, x2 = rng.normal(size=(3, *shape)), rng.normal(size=(2, *shape))
+    x1[2] = x1[0]
+    net = ntkdsl.compile(ArchTemplate(template, **values), gradients=list(values))
+    for other in (None, x2):
+        value, derivatives = getattr(net, kind)(x1, other, eval_gradient=True)
+        np.testing.assert_allclose(value, _kernel(template, values, kind, x1, other),
+                                   rtol=1e-12, atol=0)
+        for j, name in enumerate(values):
+            fd = _finite_difference(template, values, name, kind, x1, other)
+            assert np.abs(derivatives[..., j] - fd).max() <= 1e-7 * np.abs(fd).max(), name
+        if other is None:
+            np.testing.assert_array_equal(derivatives[0, 2], derivatives[0, 0])
+
+
 def test_gradient_order_follows_the_names():
     template = "Dense(8, W_std={w}, b_std={b}) > Relu > Dense(1)"
     x = _inputs()[0]

@@ -99,13 +99,14 @@ def diagonal_values(compiled: CompiledKernels, x: np.ndarray) -> tuple[np.ndarra
     of an image with itself), float64, a few images at a time."""
     spec = compiled.spatial
     step = max(1, SIDE_VALUES // (_per_image(x, spec.pairs) * spec.temporaries))
-    out = (np.empty(len(x)), np.empty(len(x)))
+    out = None  # one array per output of the diagonal function (a gradient program's too)
     with _BlasLimit():
         for s in range(0, len(x), step):
             chunk = x[s:s + step]
             with checked_program():  # every value is checked below
                 values = compiled.diagonal(*driver.image_statistics(chunk, spec.pairs),
                                            x.shape[-1])
+            out = out or tuple(np.empty(len(x)) for _ in values)
             for o, v in zip(out, values):
                 o[s:s + len(chunk)] = np.broadcast_to(v, (len(chunk), 1))[:, 0]
     for kind, value in zip(KINDS, out):
