@@ -22,7 +22,7 @@ from .formula import Formula
 from .generate import CompiledKernels, compile_kernels
 from .kinds import KINDS
 from .parser import parse
-from .tangents import gradient_program
+from .tangents import check_numerical_parameters, gradient_program
 from .templates import ArchTemplate, parameter_tree
 
 
@@ -256,6 +256,7 @@ class GradientNetwork:
 def _compile_gradients(template: str, values: tuple, names: tuple[str, ...]) -> GradientNetwork:
     arch = ArchTemplate(template, **dict(values))
     tree = parameter_tree(arch, names)
+    check_numerical_parameters(tree.ast, tree.arch)
     fixed = tuple((k, v) for k, v in values if k not in names)
     programs = _gradient_programs(template, fixed, names, tree)
     return GradientNetwork(tree.arch, arch, names, tree.values, programs)

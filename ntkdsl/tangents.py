@@ -22,7 +22,8 @@ from __future__ import annotations
 import sympy as sp
 from sympy.core.function import ArgumentIndexError
 
-from . import spatial
+from . import activations, spatial
+from .derivation import Composite, activation_layers
 from .errors import ParameterError
 from .program import PARAMETER, TANGENT, ElementwiseOp, KernelVariable, Program, Step
 from .symbolic import AtZeroVariance
@@ -106,6 +107,26 @@ class _Differentiator:
         return partial
 
 
+def check_numerical_parameters(ast, source: str) -> None:
+    """ParameterError for a parameter inside an activation of the numerical route
+    (``Elu({a})``): its dual is a Hermite series of one fixed φ, with no derivative in φ's
+    own parameters."""
+    for layer in activation_layers(ast):
+        parts = layer.parts if isinstance(layer, Composite) else (layer,)
+        for part in parts:
+            names = [v.placeholder for _, v in part.params if isinstance(v, Parameter)]
+            # Decided from the registry: building the numerical dual of a φ with a symbol
+            # in it is what must not happen.
+            if not names or (len(parts) == 1 and activations.lookup(part.name).dual):
+                continue
+            raise ParameterError(
+                f"{part} has no closed-form dual here (it takes the numerical route), so the "
+                f"kernel has no derivative with respect to its parameter {names[0]}",
+                source=source, span=getattr(part, "span", None),
+                hint="differentiate W_std and b_std here, or use an activation with a "
+                     "closed-form dual for a learnt parameter (LeakyRelu, ABRelu, Erf, ...)")
+
+
 def _on_grid(expr: sp.Expr) -> bool:
     """Whether an expression has values at spatial positions (reads a variable that has)."""
     return any(getattr(s, "layout", None) is not None for s in expr.free_symbols)
@@ -154,4 +175,4 @@ def gradient_program(program: Program, parameters: tuple[Parameter, ...]) -> Pro
                    program.statistics, program.spatial)
 
 
-__all__ = ["gradient_program", "parameter_input", "tangent_variable"]
+__all__ = ["check_numerical_parameters", "gradient_program", "parameter_input", "tangent_variable"]

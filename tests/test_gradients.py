@@ -157,6 +157,14 @@ def test_a_jump_in_phi_prime_is_refused_on_the_numerical_route():
                        gradients=["w"])
 
 
+def test_a_parameter_of_a_numerical_route_activation_is_refused():
+    with pytest.raises(ParameterError, match=r"Elu\(alpha=a\) has no closed-form dual.*"
+                                             "parameter a") as err:
+        ntkdsl.compile(ArchTemplate("Dense(8, W_std={w}) > Elu({a}) > Dense(1)", w=1.0,
+                                    a=0.5), gradients=["w", "a"])
+    assert "^^^" in str(err.value)  # the caret under the layer
+
+
 def test_gradients_need_a_template():
     with pytest.raises(ParameterError, match="needs an ArchTemplate"):
         ntkdsl.compile("Dense(8) > Relu > Dense(1)", gradients=["w"])
