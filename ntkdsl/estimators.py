@@ -241,6 +241,14 @@ class _NTKEstimator(BaseEstimator):
         # Factorise for the fitted time now, so a SingularKernelWarning is raised by fit().
         self.ensemble_.prepare(self.time)
 
+    def log_marginal_likelihood(self) -> float:
+        """log p(y | X) of the training targets (as fit used them: one-hot codes centred for a
+        classifier, normalised with ``normalize_y``) for the Gaussian process with the fitted
+        kernel — the NNGP's evidence, or the NTK used as a GP kernel — and the ridge
+        ``diag_reg`` · mean(diag K) as the noise variance, summed over target columns."""
+        _check_fitted(self)
+        return self.ensemble_.log_marginal_likelihood()
+
     def _check_memory(self, n: int) -> None:
         """Before any kernel entry: the N x N training kernel and the solver's factorisation
         (an eigendecomposition for a finite time) must fit in the memory available."""
