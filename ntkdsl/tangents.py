@@ -26,7 +26,7 @@ from . import activations, spatial
 from .derivation import Composite, activation_layers
 from .errors import ParameterError
 from .program import PARAMETER, TANGENT, ElementwiseOp, KernelVariable, Program, Step
-from .symbolic import AtZeroVariance
+from .symbolic import ArcCosine, AtZeroVariance
 from .templates import Parameter
 
 
@@ -95,6 +95,11 @@ class _Differentiator:
             partial = expr.fdiff(index)
         except ArgumentIndexError:
             partial = None
+        if isinstance(expr, ArcCosine) and expr.args[0] == 0 and partial is not None:
+            # J_0's slope 1/(2 pi sqrt(1 - c^2)) is infinite at c = +-1, where the tangent of c
+            # is 0 (collinear inputs stay collinear): the product is 0 there, not inf * 0.
+            c = expr.args[1]
+            partial = AtZeroVariance((1 - c) * (1 + c), sp.S.Zero, partial)
         if partial is None or partial.has(sp.Derivative, sp.Subs):
             name = getattr(expr, "label", "") or expr.func.__name__
             raise ParameterError(

@@ -168,3 +168,17 @@ def test_a_parameter_of_a_numerical_route_activation_is_refused():
 def test_gradients_need_a_template():
     with pytest.raises(ParameterError, match="needs an ArchTemplate"):
         ntkdsl.compile("Dense(8) > Relu > Dense(1)", gradients=["w"])
+
+
+@pytest.mark.parametrize("kind", ["nngp", "ntk"])
+def test_collinear_inputs_have_finite_gradients(kind):
+    # x' = 2x and x' = -x stay collinear through ReLU layers without bias: the NTK's factor
+    # J_0 has an infinite slope there, times a tangent of the correlation that is 0.
+    template, values = "(Dense(8, W_std={w}) > Relu) * 2 > Dense(1)", dict(w=1.3)
+    x = np.random.default_rng(0).normal(size=(3, 5))
+    x[1], x[2] = 2 * x[0], -x[0]
+    net = ntkdsl.compile(ArchTemplate(template, **values), gradients=["w"])
+    _, derivatives = getattr(net, kind)(x, eval_gradient=True)
+    fd = _finite_difference(template, values, "w", kind, x, None)
+    # collinear entries: the kernels themselves are good to ~1e-7 of the largest (DESIGN §5)
+    assert np.abs(derivatives[..., 0] - fd).max() <= 1e-6 * np.abs(fd).max()
