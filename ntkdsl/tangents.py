@@ -95,10 +95,11 @@ class _Differentiator:
             partial = expr.fdiff(index)
         except ArgumentIndexError:
             partial = None
-        if isinstance(expr, ArcCosine) and expr.args[0] == 0 and partial is not None:
-            # J_0's slope 1/(2 pi sqrt(1 - c^2)) is infinite at c = +-1, where the tangent of c
-            # is 0 (collinear inputs stay collinear): the product is 0 there, not inf * 0.
-            c = expr.args[1]
+        if partial is not None and _infinite_at_collinear(expr):
+            # J_0's slope 1/(2 pi sqrt(1 - c^2)), arcsin's and arccos's, are infinite at
+            # c = +-1, where the tangent of c is 0 (collinear inputs stay collinear): the
+            # product is 0 there, not inf * 0.
+            c = expr.args[-1]
             partial = AtZeroVariance((1 - c) * (1 + c), sp.S.Zero, partial)
         if partial is None or partial.has(sp.Derivative, sp.Subs):
             name = getattr(expr, "label", "") or expr.func.__name__
@@ -110,6 +111,14 @@ class _Differentiator:
                      "come from Price's theorem, which needs phi and phi' without jumps; "
                      "use an activation whose phi' is continuous or has a closed-form dual")
         return partial
+
+
+def _infinite_at_collinear(expr: sp.Function) -> bool:
+    """Whether the function's slope in its (last) argument, a correlation, is infinite at
+    +-1: arcsin, arccos, and the arc-cosine kernel of order 0."""
+    if isinstance(expr, ArcCosine):
+        return expr.args[0] == 0
+    return isinstance(expr, (sp.asin, sp.acos))
 
 
 def check_numerical_parameters(ast, source: str) -> None:
