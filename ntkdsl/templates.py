@@ -13,6 +13,7 @@ derivative.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import string
 from dataclasses import dataclass
 
@@ -163,7 +164,7 @@ def _checked_names(names, values: dict, text: str) -> tuple[str, ...]:
         if not isinstance(name, str) or name not in values:
             raise ParameterError(f"{name!r} is not a placeholder of {text!r}",
                                  hint=f"its placeholders are {valid}")
-        if isinstance(values[name], bool) or not isinstance(values[name], (int, float)):
+        if isinstance(values[name], bool) or not isinstance(values[name], numbers.Real):
             raise ParameterError(f"placeholder {{{name}}} has the value {values[name]!r}; "
                                  "a gradient needs a number", hint=f"give {name}=<number>")
     if len(set(names)) != len(names):
@@ -173,7 +174,7 @@ def _checked_names(names, values: dict, text: str) -> tuple[str, ...]:
 
 def _nudged_tree(template, name: str) -> Node:
     values = dict(template.values)
-    integer = isinstance(values[name], int)
+    integer = isinstance(values[name], numbers.Integral)
     values[name] = _nudged(values[name])
     try:
         return parse(template.template.format(**values))
