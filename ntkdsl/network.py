@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -145,6 +145,14 @@ class Network:
         per-string cache, so a pickle is 48 bytes plus the string and a copy in the same
         process is this (immutable) network itself."""
         return compile, (self.arch,)
+
+
+@overload
+def compile(arch: str | ArchTemplate, gradients: None = None) -> Network: ...
+
+
+@overload
+def compile(arch: ArchTemplate, gradients: Sequence[str]) -> GradientNetwork: ...
 
 
 def compile(arch: str | ArchTemplate,
