@@ -34,6 +34,8 @@ from .ast import (
     Repeat,
     Serial,
     Sum,
+    input_axes,
+    walk,
 )
 from .errors import ArchitectureError, LayerValueError, Span
 from .program import (
@@ -843,13 +845,13 @@ def _spatial_inputs(layout: Layout, diagonal: bool) -> tuple[KernelVariable, ...
 
 def _start(ast: Node, source: str, diagonal: bool) -> tuple[State, tuple]:
     """The state of the inputs, and the program's inputs (the statistics and d)."""
-    if not any(isinstance(n, SPATIAL_TYPES) for n in _nodes(ast)):
+    if not any(isinstance(n, SPATIAL_TYPES) for n in walk(ast)):
         if diagonal:
             return State(DIAG_INPUT, DIAG_INPUT, DIAG_INPUT, sp.S.Zero, D), (DIAG_INPUT, D)
         return State(*PAIR_INPUTS, sp.S.Zero, D), (*PAIR_INPUTS, D)
     layout = POSITION_PAIRS if _count_pools(ast) else SAME_POSITIONS
     stats = _spatial_inputs(layout, diagonal)
-    shape = ((),) * (_spatial_axes(ast, source)[0] or 0)
+    shape = ((),) * (input_axes(ast, source)[0] or 0)
     if diagonal:
         q, self_cov = stats[0], (stats[1] if layout.pairs else None)
         start = State(q, q, self_cov if layout.pairs else q, sp.S.Zero, D, layout=layout,
@@ -860,35 +862,6 @@ def _start(ast: Node, source: str, diagonal: bool) -> tuple[State, tuple]:
         start = State(q1, q2, stats[-1], sp.S.Zero, D, layout=layout, s1=s1, s2=s2,
                       shape=shape)
     return start, (*stats, D)
-
-
-def _nodes(node: Node) -> Iterator[Node]:
-    yield node
-    for child in node.children():
-        yield from _nodes(child)
-
-
-def _spatial_axes(ast: Node, source: str) -> tuple[int | None, tuple[str, Span | None] | None]:
-    """The number of spatial axes the filters and windows fix, and the first layer that
-    fixes it; an architecture whose layers disagree is an error."""
-    found = None
-    for node in _nodes(ast):
-        if not isinstance(node, (Conv, Pool)):
-            continue
-        window = node.filter_shape if isinstance(node, Conv) else node.window_shape
-        if found is None:
-            found = (len(window), (str(node), node.span))
-        elif len(window) != found[0]:
-            raise ArchitectureError(
-                f"{node} has {_axes_text(len(window))} but {found[1][0]} has "
-                f"{_axes_text(found[0])}", source=source, span=node.span,
-                hint="every filter and pooling window of a network has one size per spatial "
-                     "axis of its inputs")
-    return found if found is not None else (None, None)
-
-
-def _axes_text(count: int) -> str:
-    return f"{count} spatial axis" if count == 1 else f"{count} spatial axes"
 
 
 def derive(ast: Node, source: str = "", diagonal: bool = False) -> Program:
@@ -906,7 +879,7 @@ def derive(ast: Node, source: str = "", diagonal: bool = False) -> Program:
     outputs = (end.q1 if diagonal else end.k, end.t)
     plan = None
     if start.layout is not None:
-        axes, fixed_by = _spatial_axes(ast, source)
+        axes, fixed_by = input_axes(ast, source)
         plan = SpatialPlan(source, axes, fixed_by, start.layout, tuple(builder.windows),
                            tuple(builder.sums), tuple(builder.layouts))
     statistics = StructuredOp(INPUT_STATISTICS, inputs,
