@@ -240,9 +240,13 @@ class _NTKEstimator(BaseEstimator):
         features, setting or checking ``n_features_in_`` — then X shaped as the kernels take
         it: every row reshaped to the example shape (``input_shape_``) when there is one."""
         X, images = _as_rows(X)
+        # Before scikit-learn counts the features: images of another shape (another number of
+        # channels, say) are named as such, not as a wrong number of columns.
+        shape = None if reset else self._predict_shape(images)
         validated = _validate(self, X, *y, reset=reset, **kwargs)
         X = validated[0] if y else validated
-        shape = self._fit_shape(*X.shape, images) if reset else self._predict_shape(images)
+        if reset:
+            shape = self._fit_shape(*X.shape, images)
         if shape is not None:
             X = X.reshape(X.shape[0], *shape)
         return (X, validated[1]) if y else X

@@ -447,6 +447,10 @@ def test_predict_refuses_images_of_another_shape_than_fitted():
                                          r"estimator was fitted on examples of shape \(8, 8, "
                                          r"1\)"):
         fitted.predict(images.reshape(-1, 4, 16, 1))
+    with pytest.raises(InputError, match=r"X holds examples of shape \(8, 8, 2\), but the "
+                                         r"estimator was fitted on examples of shape \(8, 8, "
+                                         r"1\)"):  # other channels: not "128 features"
+        fitted.predict(np.repeat(images, 2, axis=-1))
     with pytest.raises(InputError, match="64 features"):
         fitted.predict(rows[:, :60])
     flat = NTKRegressor(ReluKernel()).fit(rows, y.astype(float))

@@ -13,9 +13,9 @@ from conftest import load_reference
 
 import ntkdsl
 from ntkdsl import finite
+from ntkdsl.ast import input_axes
 from ntkdsl.errors import ArchitectureError, InputError, ShapeError
 from ntkdsl.evaluation import memory
-from ntkdsl.ast import input_axes
 from ntkdsl.finite import FiniteNetwork, empirical_ntk, monte_carlo_nngp, with_width
 
 CASES = load_reference("nt_cnn_kernels.json")["cases"]
