@@ -151,7 +151,7 @@ class _Builder:
         self.grids: dict[tuple, sp.Symbol] = {}
 
     def _remember(self, state: State) -> None:
-        for field in FIELDS:
+        for field in FIELDS[:-1]:  # not the width
             value, layout = getattr(state, field), _field_layout(state, field)
             if layout is not None and isinstance(value, sp.Symbol):
                 self.grids[field, layout, state.shape] = value
