@@ -113,6 +113,45 @@ def _st_sum_windows(x, axes, window, stride, padding):
     return numpy.zeros(shape, dtype=x.dtype) if result is None else result
 
 
+_ST_FLAT_PLANS = {}
+
+
+def _st_flat_plan(shape, axes, window):
+    """For each offset but the centre of a 'SAME' window of stride 1 moving ``axes`` of a
+    C-contiguous array of ``shape``: (start, end, shift) of its run of outputs in the
+    flattened array (input = output + shift) and the index tuples of the outputs in that
+    run whose input wraps onto another entry (an axis moved past its end). Remembered per
+    shape (a network's kernel arrays have a few)."""
+    key = (shape, axes, window)
+    found = _ST_FLAT_PLANS.get(key)
+    if found is not None:
+        return found
+    steps = [1] * len(shape)
+    for axis in range(len(shape) - 2, -1, -1):
+        steps[axis] = steps[axis + 1] * shape[axis + 1]
+    step = sum(steps[axis] for axis in axes)
+    size = steps[0] * shape[0]
+    low = (window - 1) // 2
+    plan = []
+    for offset in list(range(low)) + list(range(low + 1, window)):
+        shift = offset - low
+        if abs(shift) >= min(shape[axis] for axis in axes):
+            continue  # every input is padding
+        # Axis 0's wrapped outputs lie outside the run: the run starts or ends with them.
+        edges = tuple(_st_index(len(shape), {axis: slice(shape[axis] - shift, shape[axis])
+                                              if shift > 0 else slice(0, -shift)})
+                      for axis in axes if axis != 0)
+        if shift > 0:
+            start = 0
+            end = 1 + sum((shape[axis] - (1 + shift if axis in axes else 1)) * steps[axis]
+                          for axis in range(len(shape)))
+        else:
+            start, end = -shift * step, size
+        plan.append((start, end, shift * step, edges))
+    found = _ST_FLAT_PLANS[key] = tuple(plan)
+    return found
+
+
 def _st_sum_windows_flat(x, axes, window):
     """``_st_sum_windows`` for 'SAME' windows of stride 1 on a C-contiguous x (outputs the
     shape of x): each offset moves every axis of ``axes`` by the same shift, which is one
@@ -124,33 +163,11 @@ def _st_sum_windows_flat(x, axes, window):
     flat_x = x.reshape(-1)
     result = numpy.array(x, dtype=x.dtype)
     flat = result.reshape(-1)
-    steps = [x.strides[axis] // x.itemsize for axis in axes]
-    step = sum(steps)
-    low = (window - 1) // 2
-    for offset in list(range(low)) + list(range(low + 1, window)):
-        shift = offset - low
-        n = min(x.shape[axis] for axis in axes)
-        if abs(shift) >= n:
-            continue
-        saved = []
-        for axis in axes:
-            if axis == 0:  # its out-of-range outputs lie outside the added run
-                continue
-            size = x.shape[axis]
-            edge = slice(size - shift, size) if shift > 0 else slice(0, -shift)
-            index = _st_index(x.ndim, {axis: edge})
-            saved.append((index, result[index].copy()))
-        if shift > 0:
-            start = 0
-            end = sum((x.shape[axis] - shift - 1) * s for axis, s in zip(axes, steps))
-            end += sum((x.shape[axis] - 1) * (x.strides[axis] // x.itemsize)
-                       for axis in range(x.ndim) if axis not in axes) + 1
-        else:
-            start, end = -shift * step, flat.size
-        if end > start:
-            view = flat[start:end]
-            numpy.add(view, flat_x[start + shift * step:end + shift * step], out=view)
-        for index, values in saved:
+    for start, end, shift, edges in _st_flat_plan(x.shape, tuple(axes), window):
+        saved = [result[index].copy() for index in edges]
+        view = flat[start:end]
+        numpy.add(view, flat_x[start + shift:end + shift], out=view)
+        for index, values in zip(edges, saved):
             result[index] = values
     return result
 
