@@ -10,11 +10,11 @@ construct means adding its two methods, not another case to every traversal.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, Union
 
-from .errors import Span
+from .errors import ArchitectureError, Span
 
 
 def _fmt(value: Any) -> str:
@@ -247,6 +247,44 @@ Node = Union[Dense, Conv, Pool, GlobalPool, Flatten, Identity, LayerNorm, Activa
 NODE_TYPES = (Dense, Conv, Pool, GlobalPool, Flatten, Identity, LayerNorm, Activation, Serial, Sum,
               Repeat)  # isinstance(x, NODE_TYPES)
 SPATIAL_TYPES = (Conv, Pool, GlobalPool, Flatten)  # layers that act on spatial axes
+
+
+def walk(node: Node) -> Iterator[Node]:
+    """Every node of the tree, ``node`` first, then its children's subtrees in order."""
+    yield node
+    for child in node.children():
+        yield from walk(child)
+
+
+def input_axes(node: Node, source: str = "") -> tuple[int | None, tuple[str, Span | None] | None]:
+    """The number of spatial axes of the inputs an architecture takes, and the layer that
+    fixes it (as written, with its span): 0 and None for a fully-connected architecture
+    (inputs (n, d)); r and the first Conv or pool when the filters and windows have r axes;
+    None and None when its only spatial layers are Flatten or global pools (any number >= 1).
+
+    The one rule for the rank of inputs (derivation, finite networks, estimators, the command
+    line); ArchitectureError, with a caret under the layer in ``source``, if two filters or
+    windows have different ranks."""
+    found = None
+    for layer in walk(node):
+        if not isinstance(layer, (Conv, Pool)):
+            continue
+        window = layer.filter_shape if isinstance(layer, Conv) else layer.window_shape
+        if found is None:
+            found = (len(window), (str(layer), layer.span))
+        elif len(window) != found[0]:
+            raise ArchitectureError(
+                f"{layer} has {_axes_text(len(window))} but {found[1][0]} has "
+                f"{_axes_text(found[0])}", source=source, span=layer.span,
+                hint="every filter and pooling window of a network has one size per spatial "
+                     "axis of its inputs")
+    if found is not None:
+        return found
+    return (None, None) if any(isinstance(n, SPATIAL_TYPES) for n in walk(node)) else (0, None)
+
+
+def _axes_text(count: int) -> str:
+    return f"{count} spatial axis" if count == 1 else f"{count} spatial axes"
 
 
 def _wrap(node: Node, loose: type | tuple[type, ...]) -> str:

@@ -34,6 +34,8 @@ from .ast import (
     Repeat,
     Serial,
     Sum,
+    input_axes,
+    walk,
 )
 from .errors import ArchitectureError, LayerValueError, Span
 from .program import (
@@ -144,9 +146,20 @@ class _Builder:
         self.windows: list[WindowCheck] = []
         self.sums: list[SameShapeCheck] = []
         self.layouts: list[tuple[Layout, tuple[AxisChain, ...]]] = []
+        # The latest spatial variable of each (field, layout, shape): the grid on which a
+        # constant that follows exact zeros is placed (see ``_on_grid``).
+        self.grids: dict[tuple, sp.Symbol] = {}
 
-    def commit(self, label: str, old: State, new: State, note: str = "") -> State:
+    def _remember(self, state: State) -> None:
+        for field in FIELDS[:-1]:  # not the width
+            value, layout = getattr(state, field), _field_layout(state, field)
+            if layout is not None and isinstance(value, sp.Symbol):
+                self.grids[field, layout, state.shape] = value
+
+    def commit(self, label: str, old: State, new: State, note: str = "",
+               span: Span | None = None) -> State:
         index = self.suffix if self.suffix is not None else len(self.steps) + 1
+        self._remember(old)
         assignments, values = [], {}
         for field, role in _DIAGONAL_FIELDS if self.diagonal else _PAIR_FIELDS:
             expr = getattr(new, field)
@@ -156,7 +169,8 @@ class _Builder:
                 expr = fold_constant(expr)
             layout = _field_layout(new, field)
             if layout is not None and expr.is_number and expr != 0:
-                expr = self._on_grid(expr, getattr(old, field), label)
+                expr = self._on_grid(expr, getattr(old, field), label,
+                                     (field, layout, new.shape), span)
             if expr == getattr(old, field) or expr.is_number or isinstance(expr, sp.Symbol):
                 values[field] = expr
                 continue
@@ -172,16 +186,26 @@ class _Builder:
             self.steps.append(Step(label, tuple(assignments), note))
         return replace(new, **values)
 
-    def _on_grid(self, value: sp.Expr, before: sp.Expr | None, label: str) -> sp.Expr:
+    def _on_grid(self, value: sp.Expr, before: sp.Expr | None, label: str,
+                 grid: tuple, span: Span | None) -> sp.Expr:
         """A constant on the spatial grid (the variances after a Sign are exactly 1 at every
         position): the value times ones of the shape the variable had before this
-        (element-wise) layer, so the next convolution knows where its padding falls."""
+        (element-wise) layer, so the next convolution knows where its padding falls. After
+        exact zeros (``Dense(8, W_std=0) > Exp``) there is no variable before it: the ones
+        take the shape of the latest variable of the same field, layout and shape (``grid``);
+        a template (placeholders, no history) leaves the number for ``layer`` to place."""
         if isinstance(before, sp.Symbol):
             return value * spatial.ones(before)
+        if grid in self.grids:
+            return value * spatial.ones(self.grids[grid])
+        if self.suffix is not None:
+            return value
         raise ArchitectureError(
             f"{label}: every value here is the constant {value} at every position, after "
-            "values that were exactly 0, so ntkdsl cannot place it on the spatial grid",
-            source=self.source, hint="use W_std > 0 or a bias before this layer")
+            "values that were exactly 0, and no earlier value has this spatial shape to "
+            "place it on (a 'VALID' or strided window changed the shape since)",
+            source=self.source, span=span,
+            hint="use W_std > 0 or a bias before this layer, or padding='SAME' in between")
 
     def layer(self, node, states: tuple[State, ...], rule) -> State:
         """``rule(node, *states, builder)`` for one layer, through its template: the rule
@@ -190,6 +214,8 @@ class _Builder:
         key, inputs = _pattern(states)
         cache_key = (self.diagonal, type(node), node, key)
         template = _TEMPLATES.get(cache_key)
+        for state in states:
+            self._remember(state)
         if template is None:
             template = _record(node, _over_placeholders(states, inputs), rule, self)
             _TEMPLATES[cache_key] = template
@@ -203,6 +229,9 @@ class _Builder:
         out = template.output
         out = replace(out, shape=_next_shape(node, states),
                       **{f: _rebound(getattr(out, f), binding) for f in FIELDS})
+        if any(_unplaced(out, f) for f in FIELDS):  # the template left constants to place
+            out = self.commit(str(node), states[0], out,
+                              template.step.note if template.step else "", node.span)
         self._plan(node, states, out)
         return out
 
@@ -234,6 +263,13 @@ def _symbol_key(symbol: KernelVariable) -> tuple:
     """What a placeholder must share with the variable it stands for: its role (which
     fixes its shape in generated code), layout and assumptions."""
     return symbol.role, symbol.layout, frozenset(symbol.assumptions0.items())
+
+
+def _unplaced(state: State, field: str) -> bool:
+    """A nonzero number in a spatial variable: a constant not yet on its grid."""
+    value = getattr(state, field)
+    return (field != "width" and _field_layout(state, field) is not None
+            and value is not None and value.is_number and value != 0)
 
 
 def _pattern(states: tuple[State, ...]) -> tuple[tuple, tuple[sp.Symbol, ...]]:
@@ -843,13 +879,13 @@ def _spatial_inputs(layout: Layout, diagonal: bool) -> tuple[KernelVariable, ...
 
 def _start(ast: Node, source: str, diagonal: bool) -> tuple[State, tuple]:
     """The state of the inputs, and the program's inputs (the statistics and d)."""
-    if not any(isinstance(n, SPATIAL_TYPES) for n in _nodes(ast)):
+    if not any(isinstance(n, SPATIAL_TYPES) for n in walk(ast)):
         if diagonal:
             return State(DIAG_INPUT, DIAG_INPUT, DIAG_INPUT, sp.S.Zero, D), (DIAG_INPUT, D)
         return State(*PAIR_INPUTS, sp.S.Zero, D), (*PAIR_INPUTS, D)
     layout = POSITION_PAIRS if _count_pools(ast) else SAME_POSITIONS
     stats = _spatial_inputs(layout, diagonal)
-    shape = ((),) * (_spatial_axes(ast, source)[0] or 0)
+    shape = ((),) * (input_axes(ast, source)[0] or 0)
     if diagonal:
         q, self_cov = stats[0], (stats[1] if layout.pairs else None)
         start = State(q, q, self_cov if layout.pairs else q, sp.S.Zero, D, layout=layout,
@@ -860,35 +896,6 @@ def _start(ast: Node, source: str, diagonal: bool) -> tuple[State, tuple]:
         start = State(q1, q2, stats[-1], sp.S.Zero, D, layout=layout, s1=s1, s2=s2,
                       shape=shape)
     return start, (*stats, D)
-
-
-def _nodes(node: Node) -> Iterator[Node]:
-    yield node
-    for child in node.children():
-        yield from _nodes(child)
-
-
-def _spatial_axes(ast: Node, source: str) -> tuple[int | None, tuple[str, Span | None] | None]:
-    """The number of spatial axes the filters and windows fix, and the first layer that
-    fixes it; an architecture whose layers disagree is an error."""
-    found = None
-    for node in _nodes(ast):
-        if not isinstance(node, (Conv, Pool)):
-            continue
-        window = node.filter_shape if isinstance(node, Conv) else node.window_shape
-        if found is None:
-            found = (len(window), (str(node), node.span))
-        elif len(window) != found[0]:
-            raise ArchitectureError(
-                f"{node} has {_axes_text(len(window))} but {found[1][0]} has "
-                f"{_axes_text(found[0])}", source=source, span=node.span,
-                hint="every filter and pooling window of a network has one size per spatial "
-                     "axis of its inputs")
-    return found if found is not None else (None, None)
-
-
-def _axes_text(count: int) -> str:
-    return f"{count} spatial axis" if count == 1 else f"{count} spatial axes"
 
 
 def derive(ast: Node, source: str = "", diagonal: bool = False) -> Program:
@@ -906,7 +913,7 @@ def derive(ast: Node, source: str = "", diagonal: bool = False) -> Program:
     outputs = (end.q1 if diagonal else end.k, end.t)
     plan = None
     if start.layout is not None:
-        axes, fixed_by = _spatial_axes(ast, source)
+        axes, fixed_by = input_axes(ast, source)
         plan = SpatialPlan(source, axes, fixed_by, start.layout, tuple(builder.windows),
                            tuple(builder.sums), tuple(builder.layouts))
     statistics = StructuredOp(INPUT_STATISTICS, inputs,

@@ -37,8 +37,15 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import errors, network
 from .errors import InputError, NTKDSLError
-from .evaluation import as_real_array, densified, kernel_name, refuse_complex, require_memory
-from .finite import _check_input_shape, check_input_shape
+from .evaluation import (
+    as_real_array,
+    check_input_rank,
+    densified,
+    example_shape,
+    kernel_name,
+    refuse_complex,
+    require_memory,
+)
 from .kinds import KINDS
 from .parser import parse
 from .predict import GradientFlowEnsemble, solver_memory
@@ -233,19 +240,23 @@ class _NTKEstimator(BaseEstimator):
         features, setting or checking ``n_features_in_`` — then X shaped as the kernels take
         it: every row reshaped to the example shape (``input_shape_``) when there is one."""
         X, images = _as_rows(X)
+        # Before scikit-learn counts the features: images of another shape (another number of
+        # channels, say) are named as such, not as a wrong number of columns.
+        shape = None if reset else self._predict_shape(images)
         validated = _validate(self, X, *y, reset=reset, **kwargs)
         X = validated[0] if y else validated
-        shape = self._fit_shape(X.shape[1], images) if reset else self._predict_shape(images)
+        if reset:
+            shape = self._fit_shape(*X.shape, images)
         if shape is not None:
             X = X.reshape(X.shape[0], *shape)
         return (X, validated[1]) if y else X
 
-    def _fit_shape(self, n_features: int, images: tuple[int, ...] | None):
+    def _fit_shape(self, n_samples: int, n_features: int, images: tuple[int, ...] | None):
         """The example shape at fit: ``input_shape``, else the images' own shape, else None
         (rows); checked against the features and the architecture's spatial axes."""
         shape = images
         if self.input_shape is not None:
-            shape = _check_input_shape(self.input_shape)
+            shape = example_shape(self.input_shape)
             if images is not None and images != shape:
                 raise InputError(f"X holds examples of shape {_shape_text(images)}, but "
                                  f"input_shape is {_shape_text(shape)}",
@@ -260,7 +271,13 @@ class _NTKEstimator(BaseEstimator):
                          "or (H, W, C) with H * W * C = " + str(n_features))
         arch = self.architecture()
         if isinstance(arch, str):
-            check_input_shape(parse(arch), (n_features,) if shape is None else shape, arch)
+            name = "X" if self.input_shape is None else \
+                f"X reshaped to input_shape {_shape_text(shape)}"
+            rows_hint = None if shape else (
+                "give the shape of one example, channels last, as input_shape: e.g. "
+                "NTKClassifier(arch, input_shape=(8, 8, 1)) for rows of 8x8 single-channel images")
+            check_input_rank(parse(arch), (n_samples, *(shape or (n_features,))), name, arch,
+                             hint=rows_hint)
         self.input_shape_ = shape
         return shape
 

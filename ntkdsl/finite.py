@@ -61,7 +61,6 @@ from numpy.typing import ArrayLike
 from . import activations
 from .ast import (
     NODE_TYPES,
-    SPATIAL_TYPES,
     Activation,
     Conv,
     Dense,
@@ -76,7 +75,14 @@ from .ast import (
     Sum,
 )
 from .errors import ArchitectureError, InputError, NumericalError, ShapeError, Span
-from .evaluation import as_real_array, densified, refuse_complex, require_memory
+from .evaluation import (
+    as_real_array,
+    check_input_rank,
+    densified,
+    example_shape,
+    refuse_complex,
+    require_memory,
+)
 from .parser import parse
 from .printing import numpy_function
 
@@ -84,7 +90,6 @@ __all__ = [
     "FiniteNetwork",
     "activation_functions",
     "empirical_ntk",
-    "input_rank",
     "monte_carlo_nngp",
     "with_width",
 ]
@@ -169,35 +174,6 @@ def _rewrite(node: Node, width: int, weights_follow: bool) -> Node:
             return replace(node, body=last)
         return Serial((replace(node, body=hidden, times=node.times - 1), last), span=node.span)
     return node
-
-
-def input_rank(node: Node, source: str | None = None) -> int | None:
-    """The number of spatial axes of the inputs an architecture takes: 0 for a fully-connected
-    one (inputs (N, d)), r for one whose Conv and pooling windows have r axes, None when
-    its only spatial layers are Flatten or global pools (any number >= 1 of spatial axes).
-
-    Raises ArchitectureError (with a caret under the layer in ``source``, the string the
-    tree was parsed from) if two windows have different ranks."""
-    windows = [layer for layer in _layers(node) if isinstance(layer, (Conv, Pool))]
-    if not windows:
-        return None if any(isinstance(layer, SPATIAL_TYPES) for layer in _layers(node)) else 0
-    first = windows[0]
-    for layer in windows[1:]:
-        if len(_window(layer)) != len(_window(first)):
-            raise ArchitectureError(
-                f"{_name(layer)} has {_axes_text(len(_window(layer)))} but {_name(first)} "
-                f"before it has {_axes_text(len(_window(first)))}; the spatial axes of the "
-                "inputs are the same for every layer", source=source, span=layer.span,
-                hint="give every filter and window one size per spatial axis of the inputs")
-    return len(_window(first))
-
-
-def _layers(node: Node):
-    """Every layer (leaf) of the tree, in the order written."""
-    if not node.children():
-        yield node
-    for child in node.children():
-        yield from _layers(child)
 
 
 def _window(node: Conv | Pool) -> tuple[int, ...]:
@@ -638,39 +614,6 @@ def _check_window_input(node: Conv | Pool, shape: tuple[int, ...], build: _Build
                  "larger inputs")
 
 
-def check_input_shape(ast: Node, shape: tuple[int, ...], source: str = "") -> None:
-    """ShapeError unless examples of ``shape`` (channels last, no batch axis) have the rank
-    the architecture takes: (d,) for a fully-connected one, (*positions, channels) with
-    as many spatial axes as its filters and windows for a convolutional one."""
-    rank = input_rank(ast, source)
-    text = f"({', '.join(map(str, shape))}{',' if len(shape) == 1 else ''})"
-    if rank == 0 and len(shape) > 1:
-        raise ShapeError(
-            f"this fully-connected architecture takes inputs of shape (N, d), but the "
-            f"examples have shape {text}",
-            hint=f"flatten them first: x.reshape(len(x), -1) (d = {prod(shape)}), or use an "
-                 "architecture with Conv layers or Flatten")
-    if rank != 0 and len(shape) == 1:
-        valid = ("(N, *positions, channels)" if rank is None
-                 else _channels_last(rank))
-        raise ShapeError(
-            f"this architecture has spatial layers (Conv, pools, Flatten), so it takes "
-            f"inputs of shape {valid}, but the examples are vectors of {shape[0]} features",
-            hint="reshape each row into an image, e.g. x.reshape(len(x), 8, 8, 1) for 8x8 "
-                 "single-channel images (the estimators do it with input_shape=(8, 8, 1))")
-    if rank and len(shape) - 1 != rank:
-        raise ShapeError(
-            f"this architecture's filters and windows have {_axes_text(rank)}, so it takes "
-            f"inputs of shape {_channels_last(rank)}, but the examples have shape {text} "
-            f"({_axes_text(len(shape) - 1)} and channels)")
-
-
-def _channels_last(rank: int) -> str:
-    names = {1: "L", 2: "H, W", 3: "D, H, W"}.get(rank) or ", ".join(f"X{i + 1}"
-                                                                    for i in range(rank))
-    return f"(N, {names}, C)"
-
-
 # ----------------------------------------------------------------------------- the network
 
 def _check_width(width) -> int | None:
@@ -680,16 +623,6 @@ def _check_width(width) -> int | None:
         raise InputError(f"width must be a whole number >= 1 (or None to keep the widths "
                          f"written in the architecture), got {width!r}")
     return int(width)
-
-
-def _check_input_shape(input_shape) -> tuple[int, ...]:
-    """An int d as (d,); a tuple of whole numbers >= 1 as it is."""
-    shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else input_shape
-    if not isinstance(shape, (tuple, list)) or not shape or any(
-            isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in shape):
-        raise InputError(f"input_shape must be the number of features d >= 1 or the shape of "
-                         f"one example, channels last, e.g. (8, 8, 1); got {input_shape!r}")
-    return tuple(int(s) for s in shape)
 
 
 def _as_ast(arch) -> tuple[Node, str]:
@@ -717,6 +650,13 @@ def _as_examples(x, name: str) -> np.ndarray:
     return a
 
 
+def _network_for(arch, x1: np.ndarray, width: int | None) -> FiniteNetwork:
+    """The finite network for the examples x1, their rank checked first under their name."""
+    ast, source = _as_ast(arch)
+    check_input_rank(ast, x1.shape, "x1", source)
+    return FiniteNetwork(arch, x1.shape[1:], width)
+
+
 def _examples(x1, x2) -> tuple[np.ndarray, np.ndarray | None]:
     """Validated x1 and x2 (None stays None) with the same shape per example."""
     a = _as_examples(x1, "x1")
@@ -740,12 +680,13 @@ class FiniteNetwork:
 
     def __init__(self, arch: str | Node, input_shape: int | tuple[int, ...],
                  width: int | None = None) -> None:
-        self.input_shape = _check_input_shape(input_shape)
+        self.input_shape = example_shape(input_shape)
         ast, self.source = _as_ast(arch)
         self.width = _check_width(width)
         self.ast = with_width(ast, self.width)
         self.arch = str(self.ast)  # the architecture actually built (widths substituted)
-        check_input_shape(ast, self.input_shape, self.source)
+        check_input_rank(ast, ("n", *self.input_shape), "a batch of input_shape "
+                         f"{_shape_text(self.input_shape)}", self.source)
         self.param_specs: list[ParamSpec] = []
         self.root, self.output_dim, self._floats, self._positions = self._build(
             self.ast, self.param_specs)
@@ -1051,7 +992,7 @@ def empirical_ntk(arch: str | Node, x1: ArrayLike, x2: ArrayLike | None = None, 
         seed: seed of the initialisation.
     """
     a, b = _examples(x1, x2)
-    net = FiniteNetwork(arch, a.shape[1:], width)
+    net = _network_for(arch, a, width)
     return net.ntk(net.init(seed), a, b)[0]
 
 
@@ -1075,7 +1016,7 @@ def monte_carlo_nngp(arch: str | Node, x1: ArrayLike, x2: ArrayLike | None = Non
     """
     a, b = _examples(x1, x2)
     samples = _check_samples(samples)
-    net = FiniteNetwork(arch, a.shape[1:], width)
+    net = _network_for(arch, a, width)
     both = a if b is None else np.concatenate([a, b])
     split = net.readout() if exact_readout else None
     body = split[0] if split else net

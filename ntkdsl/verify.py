@@ -31,16 +31,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .ast import input_axes
 from .errors import ArchitectureError, InputError, Span
-from .finite import (
-    FiniteNetwork,
-    _as_ast,
-    _check_input_shape,
-    check_input_shape,
-    input_rank,
-    monte_carlo_nngp,
-    with_width,
-)
+from .evaluation import check_input_rank, example_shape
+from .finite import FiniteNetwork, _as_ast, monte_carlo_nngp, with_width
 from .network import compile as compile_network
 from .predict import gradient_descent_mse_ensemble
 from .progress import stages
@@ -365,10 +359,10 @@ def _input_shape(ast, source: str, input_dim: int, input_shape) -> tuple[int, ..
     """One example's shape: as given (checked against the architecture), else the default
     for the architecture — (input_dim,) fully connected, small single-channel images else."""
     if input_shape is not None:
-        shape = _check_input_shape(input_shape)
-        check_input_shape(ast, shape, source)
+        shape = example_shape(input_shape)
+        check_input_rank(ast, ("n", *shape), f"a batch of input_shape {shape}", source)
         return shape
-    rank = input_rank(ast, source)
+    rank = input_axes(ast, source)[0]
     if rank == 0:
         return (input_dim,)
     rank = 2 if rank is None else rank  # only Flatten or global pools: any rank, say images

@@ -146,7 +146,9 @@ def quadrature_dual(phi, dphi):
 
 
 DUALS = {"Relu": relu_dual, "Erf": erf_dual, "Sign": sign_dual,
-         "Tanh": quadrature_dual(np.tanh, lambda x: 1 / np.cosh(x) ** 2)}
+         "Tanh": quadrature_dual(np.tanh, lambda x: 1 / np.cosh(x) ** 2),
+         "Exp": quadrature_dual(np.exp, np.exp),
+         "Cos": quadrature_dual(np.cos, lambda x: -np.sin(x))}
 
 
 # ------------------------------------------------------------------ the recursion --

@@ -283,8 +283,8 @@ def test_digits_go_to_a_convolutional_architecture_as_8x8_images(monkeypatch, ca
     ([CONV, "--dataset", "wine"], "wine has no known image shape"),
     ([CONV, "--dataset", "digits", "--shape", "7,7,1"], "input_shape (7, 7, 1) holds 49 "
                                                         "features, but X has 64 columns"),
-    ([CONV, "--dataset", "digits", "--shape", "64,1"], "filters and windows have 2 spatial "
-                                                       "axes"),
+    ([CONV, "--dataset", "digits", "--shape", "64,1"], "whose filters have 2 spatial axes, "
+                                                       "takes 4-D channels-last images"),
     ([ARCH, "--dataset", "digits", "--shape", "8,8,1"], "--shape 8,8,1 is for convolutional "
                                                         "architectures"),
 ])

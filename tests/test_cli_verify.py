@@ -275,9 +275,10 @@ def test_verify_measures_conv_networks_on_images(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    ({"input_shape": (6, 6)}, "ShapeError", r"filters and windows have 2 spatial axes, so it "
-                                            r"takes inputs of shape \(N, H, W, C\)"),
-    ({"input_shape": (36,)}, "ShapeError", "examples are vectors of 36 features"),
+    ({"input_shape": (6, 6)}, "ShapeError", r"a batch of input_shape \(6, 6\) has shape "
+                                            r"\(n, 6, 6\) \(3-D\) but this network, whose "
+                                            r"filters have 2 spatial axes, takes 4-D"),
+    ({"input_shape": (36,)}, "ShapeError", r"\(n, 36\) \(2-D\) but this network"),
     ({"input_shape": (2, 2, 1), "widths": (4, 8)}, None, None),  # SAME: any size is fine
     ({"input_shape": (6, 0, 1)}, "InputError", "input_shape must be"),
 ])
@@ -294,8 +295,8 @@ def test_verify_checks_the_image_shape_against_the_architecture(kwargs, error, m
         return
     with pytest.raises(getattr(errors, error), match=message):
         verify(CONV, **arguments)
-    with pytest.raises(errors.ShapeError, match=r"fully-connected architecture takes inputs "
-                                                r"of shape \(N, d\)"):
+    with pytest.raises(errors.ShapeError, match=r"has shape \(n, 4, 4, 1\), but this network "
+                                                r"is fully connected"):
         verify(ARCH, (16, 64), input_shape=(4, 4, 1))
 
 

@@ -140,3 +140,99 @@ def test_out_arrays_are_checked_as_for_dense_networks():
         out = np.empty((3, 3))
         out.flags.writeable = False
         net.ntk(IMAGES, out=out)
+
+
+# ------------------------------------------------------------ every entry point, one list
+# Issue 14's "Bad input" list through the kernels, the estimators, finite networks,
+# ``verify`` and the command line: the same kind of error, the layer at fault marked, what
+# is valid said. (Finite networks word a layer's misplacement their own way: ``says`` is a
+# regular expression that both wordings match.)
+
+CONV = "Conv(4, (3, 3), padding='SAME') > Relu > Flatten > Dense(1)"
+DENSE = "Dense(8) > Relu > Dense(1)"
+BAD_INPUTS = {
+    "wrong rank": (CONV, (5, 1), ShapeError, "Conv(4, (3, 3), padding='SAME')",
+                   r"takes 4-D channels-last images \(n, H, W, C\)"),
+    "VALID filter larger than the input": (
+        "Conv(4, (7, 7)) > Relu > Flatten > Dense(1)", (5, 5, 1), ShapeError,
+        "Conv(4, (7, 7))", r"(?s)larger than its input.*padding='SAME'"),
+    "stride 0": ("Conv(4, (3, 3), strides=(0, 1)) > Relu > Flatten > Dense(1)", (5, 5, 1),
+                 LayerValueError, "strides=(0, 1)", "sizes >= 1"),
+    "window 0": ("Conv(4, (3, 3), padding='SAME') > AvgPool((0, 2)) > Flatten > Dense(1)",
+                 (5, 5, 1), LayerValueError, "(0, 2)", "sizes >= 1"),
+    "conv after Flatten": (
+        "Conv(4, (3, 3), padding='SAME') > Flatten > Conv(4, (3, 3)) > Flatten > Dense(1)",
+        (5, 5, 1), ArchitectureError, "Conv(4, (3, 3))",
+        "follows Flatten|Flatten or global pool before it"),
+    "pool after a global pool": (
+        "Conv(4, (3, 3), padding='SAME') > GlobalAvgPool > AvgPool((2, 2)) > Dense(1)",
+        (5, 5, 1), ArchitectureError, "AvgPool((2, 2))",
+        "follows GlobalAvgPool|Flatten or global pool before it"),
+    "images to a fully-connected network": (DENSE, (5, 5, 1), ShapeError, None,
+                                            r"(?s)fully connected.*x\.reshape\(len\(x\), -1\)"),
+}
+
+
+def _entry_point(name: str, arch: str, shape: tuple[int, ...]) -> None:
+    from ntkdsl.estimators import NTKClassifier
+    from ntkdsl.finite import empirical_ntk
+    from ntkdsl.verify import verify
+
+    x = np.random.default_rng(1).standard_normal((4, *shape))
+    if name == "kernels":
+        ntkdsl.compile(arch).nngp(x)
+    elif name == "estimator":
+        NTKClassifier(arch).fit(x, [0, 1, 0, 1])
+    elif name == "finite":
+        empirical_ntk(arch, x, width=4)
+    else:
+        verify(arch, (4, 8), input_shape=shape, samples=2, steps=2, n_train=4, n_test=2)
+
+
+@pytest.mark.parametrize("entry", ["kernels", "estimator", "finite", "verify"])
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_every_bad_input_through_every_entry_point(case, entry):
+    arch, shape, error, marked, says = BAD_INPUTS[case]
+    with pytest.raises(error, match=says) as caught:
+        _entry_point(entry, arch, shape)
+    if marked is not None:
+        _caret_under(caught.value, marked)
+
+
+@pytest.mark.parametrize("command", ["fit", "verify"])
+@pytest.mark.parametrize("arch, marked", [
+    ("Conv(4, (3,), padding='SAME') > Relu > Flatten > Dense(1)", "Conv(4, (3,), padding='SAME')"),
+    ("Conv(4, (9, 9)) > Relu > Flatten > Dense(1)", "Conv(4, (9, 9))"),
+    ("Conv(4, (3, 3)) > Flatten > Conv(4, (3, 3)) > Flatten > Dense(1)", "Conv(4, (3, 3))"),
+])
+def test_the_command_line_marks_the_layer(command, arch, marked, capsys):
+    from ntkdsl.cli import main
+
+    args = (["--dataset", "digits", "--times", "1"] if command == "fit" else
+            ["--widths", "4,8", "--samples", "2", "--steps", "2", "--train", "4", "--test", "2",
+             "--shape", "8,8,1"])
+    assert main([command, arch, *args]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"ntkdsl {command}: error: line 1" in err
+    excerpt = err[err.index("line 1"):]
+    _caret_under(excerpt, marked)
+
+
+def test_images_with_other_channels_or_features_than_fitted():
+    from ntkdsl.estimators import NTKClassifier
+    from ntkdsl.finite import empirical_ntk
+
+    rng = np.random.default_rng(2)
+    x, other = rng.standard_normal((4, 5, 5, 1)), rng.standard_normal((3, 5, 5, 2))
+    with pytest.raises(ShapeError, match="x1 has 1 channels but x2 has 2"):
+        ntkdsl.compile(CONV).nngp(x, other)
+    with pytest.raises(ShapeError, match="same shape per example"):
+        empirical_ntk(CONV, x, other, width=4)
+    with pytest.raises(InputError, match=r"examples of shape \(5, 5, 2\), but the estimator was "
+                                         r"fitted on examples of shape \(5, 5, 1\)"):
+        NTKClassifier(CONV).fit(x, [0, 1, 0, 1]).predict(other)
+    rows, fewer = rng.standard_normal((4, 25)), rng.standard_normal((3, 24))
+    with pytest.raises(ShapeError, match="x1 has 25 features but x2 has 24"):
+        ntkdsl.compile(DENSE).nngp(rows, fewer)
+    with pytest.raises(InputError, match="X has 24 features, but NTKClassifier is expecting 25"):
+        NTKClassifier(DENSE).fit(rows, [0, 1, 0, 1]).predict(fewer)

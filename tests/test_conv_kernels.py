@@ -4,7 +4,9 @@ explicit loops over each window) on tiny images, for what the reference file doe
 strided and even filters with 'SAME' padding, 'CIRCULAR' with strides, pooling with 'SAME'
 and 'CIRCULAR' padding and strides, LayerNorm in conv stacks (both layouts), Dense on spatial
 inputs, the numerical route (Tanh), Sign (variances exactly 1 at every position), W_std=0,
-residual branches around pooling, the standard parameterisation after a global pool, repeats.
+a constant after exact zeros (``Dense(4, W_std=0) > Exp``: ones on the grid of the state's
+shape, so the padding of the next 'SAME' conv falls where it should), residual branches
+around pooling, the standard parameterisation after a global pool, repeats.
 
 Each case has an image of x2 identical to one of x1 (and the self-kernel its diagonal): the
 recursion keeps those pairs' covariances bit for bit equal to the image's own, so its values
@@ -60,6 +62,16 @@ CASES = [
     # repeats
     ("(Conv(4, (3, 3), padding='SAME', W_std=1.4, b_std=0.1) > Relu) * 3 > GlobalAvgPool > "
      "Dense(1)", (3, 3, 1)),
+    # exact zeros, then a constant (Exp(0) = 1) on the grid: position pairs, then same positions
+    ("Conv(4, (3, 3), padding='SAME', W_std=1.3, b_std=0.2) > Relu > Dense(4, W_std=0) > Exp > "
+     "Conv(4, (3, 3), padding='SAME', W_std=1.1, b_std=0.1) > Relu > GlobalAvgPool > Dense(1)",
+     (4, 3, 2)),
+    ("Conv(4, (3,), padding='SAME') > Relu > Dense(4, W_std=0) > Cos > Conv(4, (3,), "
+     "padding='SAME', W_std=1.2) > Relu > Flatten > Dense(1)", (5, 2)),
+    # ... in a branch beside one that depends on the images
+    ("Conv(4, (3, 3), padding='SAME', W_std=1.3, b_std=0.2) > Relu > (Dense(4, W_std=0) > Exp + "
+     "Conv(4, (3, 3), padding='SAME', W_std=0.8)) > Conv(4, (3, 3), padding='SAME', W_std=1.1) "
+     "> Relu > AvgPool((2, 2)) > Flatten > Dense(1)", (3, 3, 1)),
 ]
 
 
@@ -114,3 +126,15 @@ def test_after_the_last_pool_only_same_positions_are_kept():
     assert labels[switch - 1] == "AvgPool((2, 2))"
     after = {t.layout for step in program.steps[switch:] for t in step.targets}
     assert POSITION_PAIRS not in after
+
+
+def test_a_constant_after_zeros_whose_shape_changed_is_refused_with_a_caret():
+    # The zeros went through a 'VALID' conv: no variable of the new shape to put ones on.
+    arch = ("Conv(4, (3, 3), padding='SAME') > Relu > Dense(4, W_std=0) > Conv(4, (2, 2)) > Exp "
+            "> Flatten > Dense(1)")
+    with pytest.raises(ntkdsl.errors.ArchitectureError,
+                       match="constant 1 at every position, after values that were exactly 0") \
+            as info:
+        ntkdsl.compile(arch)
+    assert info.value.column == arch.index("Exp") + 1
+    assert "padding='SAME'" in str(info.value)

@@ -410,29 +410,34 @@ CONV_ARCH = "Conv(16, (3, 3), padding='SAME') > Relu > Flatten > Dense(1)"
 
 
 @pytest.mark.parametrize("arch, input_shape, X, error, message", [
-    (CONV_ARCH, (8, 8), "rows", ShapeError, r"takes inputs of shape \(N, H, W, C\), but the "
-                                            r"examples have shape \(8, 8\) \(1 spatial axis"),
+    (CONV_ARCH, (8, 8), "rows", ShapeError, r"X reshaped to input_shape \(8, 8\) has shape "
+                                            r"\(\d+, 8, 8\) \(3-D\) but this network, whose "
+                                            r"filters have 2 spatial axes, takes 4-D"),
     (ImageKernel(), (7, 7, 1), "rows", InputError, r"input_shape \(7, 7, 1\) holds 49 "
                                                    r"features, but X has 64 columns"),
     (ImageKernel(), (4, 4, 4), "images", InputError, r"X holds examples of shape \(8, 8, "
                                                      r"1\), but input_shape is \(4, 4, 4\)"),
     (ImageKernel(), (8, 0, 1), "rows", InputError, "input_shape must be"),
-    (CONV_ARCH, (64, 1), "rows", ShapeError, r"filters and windows have 2 spatial axes, so "
-                                            r"it takes inputs of shape \(N, H, W, C\), but "
-                                            r"the examples have shape \(64, 1\)"),
-    (CONV_ARCH, None, "rows", ShapeError, r"examples are vectors of 64 features"),
-    (DEFAULT_ARCH, (8, 8, 1), "rows", ShapeError, r"fully-connected architecture takes "
-                                                  r"inputs of shape \(N, d\)"),
-    (DEFAULT_ARCH, None, "images", ShapeError, r"fully-connected architecture takes inputs "
-                                               r"of shape \(N, d\), but the examples have "
-                                               r"shape \(8, 8, 1\)"),
+    (CONV_ARCH, (64, 1), "rows", ShapeError, r"X reshaped to input_shape \(64, 1\) has shape "
+                                            r"\(\d+, 64, 1\) \(3-D\) but this network, whose "
+                                            r"filters have 2 spatial axes, takes 4-D "
+                                            r"channels-last images \(n, H, W, C\)"),
+    (CONV_ARCH, None, "rows", ShapeError, r"X has shape \(\d+, 64\) \(2-D\) but this network"),
+    (DEFAULT_ARCH, (8, 8, 1), "rows", ShapeError, r"X reshaped to input_shape \(8, 8, 1\) has "
+                                                  r"shape \(\d+, 8, 8, 1\), but this network is "
+                                                  r"fully connected"),
+    (DEFAULT_ARCH, None, "images", ShapeError, r"X has shape \(\d+, 8, 8, 1\), but this network "
+                                               r"is fully connected \(no Conv, pooling or "
+                                               r"Flatten layer\): it takes 2-D arrays"),
 ])
 def test_a_wrong_input_shape_says_what_is_valid(arch, input_shape, X, error, message):
     rows, images, y = _digits()
     with pytest.raises(error, match=message) as info:
         NTKClassifier(arch, input_shape=input_shape).fit(rows if X == "rows" else images, y)
-    if "examples are vectors" in message:
+    if input_shape is None and X == "rows":
         assert "input_shape=(8, 8, 1)" in str(info.value)  # the fix, spelled out
+    if error is ShapeError and arch == CONV_ARCH:  # the layer that fixes the spatial axes
+        assert "^" * len("Conv(16, (3, 3), padding='SAME')") in str(info.value)
 
 
 def test_predict_refuses_images_of_another_shape_than_fitted():
@@ -442,6 +447,10 @@ def test_predict_refuses_images_of_another_shape_than_fitted():
                                          r"estimator was fitted on examples of shape \(8, 8, "
                                          r"1\)"):
         fitted.predict(images.reshape(-1, 4, 16, 1))
+    with pytest.raises(InputError, match=r"X holds examples of shape \(8, 8, 2\), but the "
+                                         r"estimator was fitted on examples of shape \(8, 8, "
+                                         r"1\)"):  # other channels: not "128 features"
+        fitted.predict(np.repeat(images, 2, axis=-1))
     with pytest.raises(InputError, match="64 features"):
         fitted.predict(rows[:, :60])
     flat = NTKRegressor(ReluKernel()).fit(rows, y.astype(float))

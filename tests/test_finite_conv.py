@@ -13,9 +13,10 @@ from conftest import load_reference
 
 import ntkdsl
 from ntkdsl import finite
+from ntkdsl.ast import input_axes
 from ntkdsl.errors import ArchitectureError, InputError, ShapeError
 from ntkdsl.evaluation import memory
-from ntkdsl.finite import FiniteNetwork, empirical_ntk, input_rank, monte_carlo_nngp, with_width
+from ntkdsl.finite import FiniteNetwork, empirical_ntk, monte_carlo_nngp, with_width
 
 CASES = load_reference("nt_cnn_kernels.json")["cases"]
 
@@ -344,14 +345,14 @@ def test_with_width_sets_the_channels_of_hidden_convs():
 
 def test_input_rank_of_architectures():
     def rank(arch):
-        return input_rank(ntkdsl.parse(arch), arch)
+        return input_axes(ntkdsl.parse(arch), arch)[0]
 
     assert rank("Dense(8) > Relu > Dense(1)") == 0
     assert rank("Conv(8, (3, 3)) > Relu > AvgPool((2, 2)) > Flatten > Dense(1)") == 2
     assert rank("Conv(8, (3,)) > GlobalAvgPool > Dense(1)") == 1
     assert rank("Dense(8) > Relu > GlobalAvgPool > Dense(1)") is None
-    with pytest.raises(ArchitectureError, match="AvgPool has 1 spatial axis but Conv before "
-                                                "it has 2") as info:
+    with pytest.raises(ArchitectureError, match=r"AvgPool\(\(2,\)\) has 1 spatial axis but "
+                                                r"Conv\(8, \(3, 3\)\) has 2") as info:
         rank("Conv(8, (3, 3)) > Relu > AvgPool((2,)) > Flatten > Dense(1)")
     assert "^^^^^^^^^^^^" in str(info.value)
 
@@ -391,18 +392,24 @@ def test_a_filter_larger_than_a_valid_input_is_refused_with_a_caret():
 
 
 def test_inputs_of_the_wrong_rank_for_the_architecture_are_shape_errors():
-    with pytest.raises(ShapeError, match=r"filters and windows have 2 spatial axes, so it "
-                                         r"takes inputs of shape \(N, H, W, C\), but the "
-                                         r"examples have shape \(9, 3\)"):
-        empirical_ntk(ARCH, _images((9, 3)))
-    with pytest.raises(ShapeError, match="examples are vectors of 12 features") as info:
+    # The kernels' own check (ntkdsl.evaluation.check_input_rank), caret under the Conv.
+    x = _images((9, 3))
+    with pytest.raises(ShapeError, match=rf"x1 has shape \({len(x)}, 9, 3\) \(3-D\) but this "
+                                         r"network, whose filters have 2 spatial axes, takes "
+                                         r"4-D channels-last images \(n, H, W, C\)") as info:
+        empirical_ntk(ARCH, x)
+    _message(info, "^" * len("Conv(4, (3, 3), padding='SAME')"))
+    assert info.value.column == 1
+    with pytest.raises(ShapeError, match=r"\(2-D\) but this network") as info:
         empirical_ntk(ARCH, _images((12,)))
-    _message(info, "input_shape=(8, 8, 1)")
-    with pytest.raises(ShapeError, match=r"fully-connected architecture takes inputs of "
-                                         r"shape \(N, d\), but the examples have shape "
-                                         r"\(4, 4, 1\)") as info:
+    _message(info, "x.reshape(n, H, W, C)")
+    with pytest.raises(ShapeError, match=r"x1 has shape \(\d+, 4, 4, 1\), but this network is "
+                                         r"fully connected") as info:
         monte_carlo_nngp("Dense(8) > Relu > Dense(1)", _images((4, 4, 1)))
-    _message(info, "x.reshape(len(x), -1) (d = 16)")
+    _message(info, "x.reshape(len(x), -1)")
+    with pytest.raises(ShapeError, match=r"a batch of input_shape \(5, 5\) has shape "
+                                         r"\(n, 5, 5\) \(3-D\)"):
+        FiniteNetwork(ARCH, (5, 5))
 
 
 def test_an_output_with_spatial_axes_and_mismatched_examples_are_refused():

@@ -318,10 +318,10 @@ class Run:
 def example_shape(arch: str, data: Dataset, shape: list[int] | None) -> tuple[int, ...] | None:
     """The shape each row becomes for the architecture: None (rows) for a fully-connected
     one; --shape, else the dataset's own image shape, for one with spatial layers."""
-    from ..finite import input_rank
+    from ..ast import input_axes
     from ..parser import parse
 
-    if input_rank(parse(arch), arch) == 0:
+    if input_axes(parse(arch), arch)[0] == 0:
         if shape is not None:
             raise InputError(f"--shape {','.join(map(str, shape))} is for convolutional "
                              "architectures; this one is fully connected and takes the rows "

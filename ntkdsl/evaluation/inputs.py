@@ -1,5 +1,6 @@
 """Validation of the inputs every entry point shares: kernel names, real dtypes, sparse
-data, the (n, d) input matrices and their squared norms."""
+data, the rank of inputs an architecture takes, the (n, d) input matrices and their squared
+norms."""
 from __future__ import annotations
 
 import sys
@@ -8,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, ShapeError
+from ..ast import Node, input_axes
+from ..errors import InputError, ShapeError, Span
 from ..kinds import KINDS
 from ..runtime import driver
 from .memory import require_memory
@@ -38,6 +40,43 @@ def _checked(check: Callable, *args: Any) -> Any:
     except driver.InputProblem as problem:
         raise (ShapeError if problem.shape else InputError)(problem.message,
                                                             hint=problem.hint) from None
+
+
+def located(problem: driver.InputProblem, fixed_by: tuple[str, Span | None] | None = None,
+            source: str = "") -> InputError:
+    """The runtime's InputProblem as ntkdsl's error (ShapeError for shapes, else InputError),
+    a shape problem with a caret under ``fixed_by``'s span in ``source``: the layer that fixes
+    the number of spatial axes (see ``ntkdsl.ast.input_axes``)."""
+    where = fixed_by[1] if fixed_by and problem.shape and source else None
+    return (ShapeError if problem.shape else InputError)(
+        problem.message, source=source if where else None, span=where, hint=problem.hint)
+
+
+def check_input_rank(ast: Node, shape: tuple, name: str, source: str = "",
+                     hint: str | None = None) -> None:
+    """ShapeError unless arrays of ``shape`` (the first entry counts the examples, or is "n")
+    have the rank the architecture takes (``ntkdsl.ast.input_axes``), with a caret under the
+    layer that fixes it. The runtime's check, which the kernels (and standalone modules) run
+    on their inputs: finite networks, estimators and ``verify`` say the same. ``hint``, if
+    given, replaces the runtime's (a caller that knows a better fix, e.g. ``input_shape=``)."""
+    axes, fixed_by = input_axes(ast, source)
+    try:
+        driver.check_rank(tuple(shape), name, axes)
+    except driver.InputProblem as problem:
+        if hint is not None:
+            problem.hint = hint
+        raise located(problem, fixed_by, source) from None
+
+
+def example_shape(input_shape: Any) -> tuple[int, ...]:
+    """The ``input_shape`` argument (finite networks, estimators, ``verify``): an int d as
+    (d,), a tuple or list of whole numbers >= 1 as a tuple; InputError for anything else."""
+    shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else input_shape
+    if not isinstance(shape, (tuple, list)) or not shape or any(
+            isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in shape):
+        raise InputError(f"input_shape must be the number of features d >= 1 or the shape of "
+                         f"one example, channels last, e.g. (8, 8, 1); got {input_shape!r}")
+    return tuple(int(s) for s in shape)
 
 
 def refuse_complex(value: Any, name: str) -> None:

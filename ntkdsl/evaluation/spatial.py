@@ -27,7 +27,7 @@ from ..progress import progress_bar
 from ..runtime import driver
 from .blas import _BlasLimit
 from .checks import _overflow, check_finite, checked_program
-from .inputs import KINDS, densified, refuse_complex
+from .inputs import KINDS, densified, located, refuse_complex
 from .memory import _keep_freed_heap, is_shared_file_map, release_pages, require_memory
 from .outputs import allocate_outputs, check_out, resolve_dtype
 from .panels import PROGRESS_DELAY_S, _pool, _run_pool, write_identical
@@ -52,10 +52,7 @@ def as_images(compiled: CompiledKernels, x: Any, name: str) -> np.ndarray:
     try:
         return driver.as_images(densified(x, name), name, plan.axes)
     except driver.InputProblem as problem:
-        where = plan.fixed_by[1] if plan.fixed_by and problem.shape else None
-        raise (ShapeError if problem.shape else InputError)(
-            problem.message, source=plan.source if where else None, span=where,
-            hint=problem.hint) from None
+        raise located(problem, plan.fixed_by, plan.source) from None
 
 
 def check_pair(compiled: CompiledKernels, x1: Any, x2: Any) -> tuple[np.ndarray, np.ndarray | None]:

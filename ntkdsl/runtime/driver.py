@@ -48,15 +48,7 @@ def as_real(value, name, what="a numeric array"):
 def as_matrix(x, name):
     """x as a finite float64 (n, d) array with n, d >= 1."""
     arr = as_real(x, name, "a numeric array of shape (n, d)")
-    if arr.ndim > 2:
-        raise InputProblem(f"{name} has shape {arr.shape}, but this network is fully connected "
-                           "(no Conv, pooling or Flatten layer): it takes 2-D arrays (n "
-                           "samples, d features)", "flatten each image with x.reshape(len(x), "
-                           "-1), or give the network a Conv layer or Flatten", shape=True)
-    if arr.ndim != 2:
-        raise InputProblem(f"{name} must be 2-D (n samples, d features), got shape {arr.shape}",
-                           "reshape a single sample with x.reshape(1, -1), "
-                           "a single feature with x.reshape(-1, 1)", shape=True)
+    check_rank(arr.shape, name, 0)
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputProblem(f"{name} is empty (shape {arr.shape}); it needs at least one "
                            "sample and one feature", shape=True)
@@ -191,20 +183,40 @@ def _layout_text(count):
     return names.get(count, "(n, " + ", ".join(f"S{i + 1}" for i in range(count)) + ", C)")
 
 
+def check_rank(shape, name, axes):
+    """InputProblem unless an array of ``shape`` has the rank a network takes: (n, d) for
+    ``axes`` 0 (fully connected), channels-last (n, *S, C) with ``axes`` spatial axes, or
+    with at least one for None (only Flatten or global pools). The first entry of ``shape``
+    counts the examples; it may be the letter "n" when there are none yet (a shape to come).
+    The one check of the rank of inputs: the kernels, finite networks and estimators."""
+    ndim = len(shape)
+    text = "(" + ", ".join(map(str, shape)) + ("," if ndim == 1 else "") + ")"
+    if axes == 0 and ndim > 2:
+        raise InputProblem(f"{name} has shape {text}, but this network is fully connected "
+                           "(no Conv, pooling or Flatten layer): it takes 2-D arrays (n "
+                           "samples, d features)", "flatten each image with x.reshape(len(x), "
+                           "-1), or give the network a Conv layer or Flatten", shape=True)
+    if axes == 0 and ndim != 2:
+        raise InputProblem(f"{name} must be 2-D (n samples, d features), got shape {text}",
+                           "reshape a single sample with x.reshape(1, -1), "
+                           "a single feature with x.reshape(-1, 1)", shape=True)
+    if axes != 0 and (ndim < 3 if axes is None else ndim != axes + 2):
+        layout = "(n, *spatial, C)" if axes is None else _layout_text(axes)
+        what = "a convolutional network" if axes is None else (
+            f"this network, whose filters have {_axes_text(axes)},")
+        want = "at least 3" if axes is None else str(axes + 2)
+        raise InputProblem(
+            f"{name} has shape {text} ({ndim}-D) but {what} takes {want}-D channels-last "
+            f"images {layout}",
+            "a flat (n, d) array of images is reshaped with x.reshape(n, H, W, C)"
+            if ndim == 2 else f"pass images of shape {layout}", shape=True)
+
+
 def as_images(x, name, axes):
     """x as a finite float64 channels-last array (n, *S, C) with ``axes`` spatial axes (None:
     any number, at least one), every size at least 1."""
     arr = as_real(x, name, "a numeric array of channels-last images")
-    want = "at least 3" if axes is None else str(axes + 2)
-    if arr.ndim < 3 if axes is None else arr.ndim != axes + 2:
-        layout = "(n, *spatial, C)" if axes is None else _layout_text(axes)
-        what = "a convolutional network" if axes is None else (
-            f"this network, whose filters have {_axes_text(axes)},")
-        raise InputProblem(
-            f"{name} has shape {arr.shape} ({arr.ndim}-D) but {what} takes {want}-D "
-            f"channels-last images {layout}",
-            "a flat (n, d) array of images is reshaped with x.reshape(n, H, W, C)"
-            if arr.ndim == 2 else f"pass images of shape {layout}", shape=True)
+    check_rank(arr.shape, name, axes)
     if 0 in arr.shape:
         raise InputProblem(f"{name} is empty (shape {arr.shape}); it needs at least one "
                            "image, position and channel", shape=True)
