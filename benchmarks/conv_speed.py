@@ -23,6 +23,15 @@ and the load average before and after.
     python benchmarks/conv_speed.py                      # gap and flatten, with neural-tangents
     python benchmarks/conv_speed.py --cases digits       # the full digits self-kernel
     python benchmarks/conv_speed.py --cases gap --n 128  # smaller
+    python benchmarks/conv_speed.py --cases digits --n 384 --breakdown --busy
+
+Every case also prints ntkdsl's CPU nanoseconds per position pair (kernel entry) per layer,
+beside a yardstick measured in the same run: one contiguous NumPy pass (an in-place
+multiply of a tile-sized array), so the figure reads as passes per entry. ``--n`` smaller
+than the case's extrapolates the CPU seconds to the case's size by pairs. ``--breakdown``
+traces one tile of 16 image pairs of the program (one thread) and prints each line's CPU
+nanoseconds per entry; ``--busy`` runs everything beside one competing CPU-bound process
+(benchmarks/busy.py).
 """
 from __future__ import annotations
 
@@ -36,6 +45,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from busy import busy_note, competing_process
 
 CONV = "Conv(32, (3, 3), padding='SAME', W_std=1.4, b_std=0.1) > Relu"
 CASES = {
@@ -84,6 +94,76 @@ def ntkdsl_run(arch: str, x: np.ndarray, threads: int | None) -> tuple[float, fl
     return time.perf_counter() - t, time.process_time() - c, ntk
 
 
+def pass_ns(entries: int = 1 << 16, rounds: int = 200) -> float:
+    """CPU nanoseconds per entry of one contiguous in-place NumPy multiply over a tile-sized
+    array: the yardstick of the per-entry figures."""
+    values = np.random.default_rng(0).uniform(1.0, 2.0, entries)
+    best = float("inf")
+    for _ in range(5):
+        c = time.process_time()
+        for _ in range(rounds):
+            np.multiply(values, 1.0, out=values)
+        best = min(best, time.process_time() - c)
+    return best / rounds / entries * 1e9
+
+
+def per_entry_ns(cpu: float, n: int, entries_per_pair: int, layers: int) -> float:
+    """CPU nanoseconds per kernel entry (position pair) per layer of a self-kernel of n
+    images (n (n + 1) / 2 pairs computed)."""
+    return cpu / (n * (n + 1) / 2 * entries_per_pair * layers) * 1e9
+
+
+def breakdown(arch: str, x: np.ndarray, columns: int = 16, rounds: int = 40) -> None:
+    """Each line of the pair program's CPU nanoseconds per entry (over all layers), one
+    tile of one image against ``columns`` images, one thread (lines above 0.1 ns)."""
+    from threadpoolctl import threadpool_limits
+
+    import ntkdsl
+    from ntkdsl.evaluation.memory import _keep_freed_heap
+    from ntkdsl.evaluation.spatial import side_values
+    from ntkdsl.runtime import driver
+    compiled = ntkdsl.compile(arch).compiled
+    mine = side_values(compiled, x[:columns + 1], np.dtype(np.float64))
+    theirs = [driver.as_other_input(v) for v in mine]
+    pair = compiled.pair
+
+    def tile() -> None:
+        gram = driver.image_gram(x[:1], x[1:columns + 1], True)
+        pair(gram, x.shape[-1], *(v[..., :1, :] for v in mine),
+             *(v[..., 1:columns + 1] for v in theirs))
+
+    spent: dict[int, float] = {}
+    clock = [None, 0.0]
+
+    def local(frame, event, arg):
+        now = time.process_time()
+        if clock[0] is not None:
+            spent[clock[0]] = spent.get(clock[0], 0.0) + now - clock[1]
+        clock[0] = frame.f_lineno if event == "line" else None
+        clock[1] = time.process_time()
+        return local
+
+    def trace(frame, event, arg):
+        return local if frame.f_code is pair.__code__ else None
+
+    _keep_freed_heap()
+    with threadpool_limits(1):
+        tile()
+        sys.settrace(trace)
+        for _ in range(rounds):
+            tile()
+        sys.settrace(None)
+    entries = rounds * columns * int(np.prod(x.shape[1:-1])) ** 2
+    lines = ntkdsl.compile(arch).source.split("\n")
+    first = next(i for i, line in enumerate(lines) if line.startswith("def pair("))
+    print(f"  one tile of {columns} pairs, CPU ns per entry (all layers), by line of pair():")
+    for number, seconds in sorted(spent.items()):
+        if seconds / entries * 1e9 >= 0.1:
+            text = lines[first + number - pair.__code__.co_firstlineno].strip()
+            print(f"    {seconds / entries * 1e9:6.2f}  {text[:84]}")
+    print(f"    {sum(spent.values()) / entries * 1e9:6.2f}  in all")
+
+
 def nt_run(x: np.ndarray, readout: str, jit: bool) -> dict | None:
     """neural-tangents' time and NTK, or None without it; {"failed": ...} when it failed
     (it holds every pair's arrays at once: it can run out of memory)."""
@@ -117,8 +197,18 @@ def main() -> int:
     parser.add_argument("--n", type=int, help="images (default: the case's)")
     parser.add_argument("--threads", type=int, help="ntkdsl's threads (default: all cores)")
     parser.add_argument("--jit", action="store_true", help="also time neural-tangents jitted")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="per line of the program, one tile (pooling cases)")
+    parser.add_argument("--busy", action="store_true",
+                        help="beside one competing CPU-bound process")
     args = parser.parse_args()
-    print(f"cores {os.cpu_count()}, {load()}")
+    with competing_process(args.busy):
+        print(f"cores {os.cpu_count()}, {load()}; {busy_note(args.busy)}")
+        run_cases(args)
+    return 0
+
+
+def run_cases(args: argparse.Namespace) -> None:
     for name in args.cases.split(","):
         arch, n, issue_seconds, target = CASES[name]
         n = args.n or n
@@ -127,8 +217,22 @@ def main() -> int:
         print(f"\n{name}: {arch}\n  {n} digits as 8x8x1 images, self-kernel NTK, float64")
         wall, cpu, ntk = ntkdsl_run(arch, x, args.threads)
         print(f"  ntkdsl            {wall:8.2f} s wall {cpu:8.2f} s CPU")
+        positions = int(np.prod(x.shape[1:-1]))
+        per_pair = positions * positions if readout == "gap" else positions
+        ns, yardstick = per_entry_ns(cpu, n, per_pair, 3), pass_ns()
+        print(f"  {ns:.2f} ns CPU per position pair per layer; one contiguous NumPy pass "
+              f"{yardstick:.2f} ns per entry (the figure is {ns / yardstick:.0f} passes)")
+        full = CASES[name][1]
+        if n != full:
+            scale = full * (full + 1) / (n * (n + 1))
+            print(f"  extrapolated to {full} images by pairs: {cpu * scale:.0f} s CPU "
+                  f"(on {os.cpu_count()} idle cores at least {cpu * scale / os.cpu_count():.0f}"
+                  f" s wall)")
+        if args.breakdown and readout == "gap":
+            breakdown(arch, x)
         if name == "digits":
-            print(f"  target: under 180 s; {'met' if wall < 180 else 'NOT met'} ({load()})")
+            verdict = ("met" if wall < 180 else "NOT met") if n == full else "not run in full"
+            print(f"  target: under 180 s; {verdict} ({load()})")
             continue
         runs = [("neural-tangents", False)] + ([("neural-tangents jit", True)] if args.jit else [])
         for label, jit in runs:
@@ -151,7 +255,6 @@ def main() -> int:
             print(f"  speed-up: {nt['wall'] / wall:.1f}x wall, {nt['cpu'] / cpu:.1f}x CPU "
                   f"(target {target:.0f}x)")
         print(f"  ({load()})")
-    return 0
 
 
 if __name__ == "__main__":

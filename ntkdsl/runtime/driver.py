@@ -270,6 +270,11 @@ def position_pair_gram(a, b):
     """a[p].b[p'] / C between every pair of images at every pair of positions:
     (*S, *S, n, m), from one BLAS product."""
     positions, channels = _flat(a).shape[1:]
+    if len(a) == 1:  # a strip of one image: b's images inside its positions, no transpose
+        inner = numpy.ascontiguousarray(_flat(b).transpose(1, 0, 2)).reshape(-1, channels)
+        gram = numpy.matmul(a.reshape(-1, channels), inner.T)
+        gram /= channels
+        return gram.reshape(a.shape[1:-1] * 2 + (1, len(b)))
     gram = numpy.matmul(a.reshape(-1, channels), b.reshape(-1, channels).T)
     gram /= channels
     gram = gram.reshape(len(a), positions, len(b), positions).transpose(1, 3, 0, 2)

@@ -79,6 +79,8 @@ def _st_sum_windows(x, axes, window, stride, padding):
     """Window sums along ``axes`` moved together (one axis: a window per output position;
     two axes: the same offsets at both positions of a position pair, the diagonal stencil
     of a convolution's covariance)."""
+    if stride == 1 and padding == "SAME" and x.flags.c_contiguous:
+        return _st_sum_windows_flat(x, axes, window)
     if padding == "CIRCULAR":
         for axis in axes:
             x = _st_wrapped(x, axis, window, stride)
@@ -109,6 +111,65 @@ def _st_sum_windows(x, axes, window, stride, padding):
         view = result[tuple(target)]
         numpy.add(view, part, out=view)
     return numpy.zeros(shape, dtype=x.dtype) if result is None else result
+
+
+_ST_FLAT_PLANS = {}
+
+
+def _st_flat_plan(shape, axes, window):
+    """For each offset but the centre of a 'SAME' window of stride 1 moving ``axes`` of a
+    C-contiguous array of ``shape``: (start, end, shift) of its run of outputs in the
+    flattened array (input = output + shift) and the index tuples of the outputs in that
+    run whose input wraps onto another entry (an axis moved past its end). Remembered per
+    shape (a network's kernel arrays have a few)."""
+    key = (shape, axes, window)
+    found = _ST_FLAT_PLANS.get(key)
+    if found is not None:
+        return found
+    steps = [1] * len(shape)
+    for axis in range(len(shape) - 2, -1, -1):
+        steps[axis] = steps[axis + 1] * shape[axis + 1]
+    step = sum(steps[axis] for axis in axes)
+    size = steps[0] * shape[0]
+    low = (window - 1) // 2
+    plan = []
+    for offset in list(range(low)) + list(range(low + 1, window)):
+        shift = offset - low
+        if abs(shift) >= min(shape[axis] for axis in axes):
+            continue  # every input is padding
+        # Axis 0's wrapped outputs lie outside the run: the run starts or ends with them.
+        edges = tuple(_st_index(len(shape), {axis: slice(shape[axis] - shift, shape[axis])
+                                              if shift > 0 else slice(0, -shift)})
+                      for axis in axes if axis != 0)
+        if shift > 0:
+            start = 0
+            end = 1 + sum((shape[axis] - (1 + shift if axis in axes else 1)) * steps[axis]
+                          for axis in range(len(shape)))
+        else:
+            start, end = -shift * step, size
+        plan.append((start, end, shift * step, edges))
+    found = _ST_FLAT_PLANS[key] = tuple(plan)
+    return found
+
+
+def _st_sum_windows_flat(x, axes, window):
+    """``_st_sum_windows`` for 'SAME' windows of stride 1 on a C-contiguous x (outputs the
+    shape of x): each offset moves every axis of ``axes`` by the same shift, which is one
+    offset in the flattened array, so its sum is one contiguous add (a strided add of
+    short runs costs about 4x). The flattened add also adds into outputs whose shifted
+    input lies outside the array (zero padding: nothing to add) but wraps onto another
+    entry; those outputs are saved before and put back after. The same sums, in the same
+    order, as the general path."""
+    flat_x = x.reshape(-1)
+    result = numpy.array(x, dtype=x.dtype)
+    flat = result.reshape(-1)
+    for start, end, shift, edges in _st_flat_plan(x.shape, tuple(axes), window):
+        saved = [result[index].copy() for index in edges]
+        view = flat[start:end]
+        numpy.add(view, flat_x[start + shift:end + shift], out=view)
+        for index, values in zip(edges, saved):
+            result[index] = values
+    return result
 
 
 def _st_axes(x, pairs):
@@ -185,8 +246,13 @@ def _st_global_pool(x, average):
     pair of positions. Shape (a, b)."""
     x = numpy.asarray(x)
     count = _st_axes(x, True)
-    size = int(_st_positions(x, True)) ** 2
-    total = numpy.array(x.reshape((size,) + x.shape[2 * count:]).sum(axis=0), dtype=x.dtype)
+    positions = int(_st_positions(x, True))
+    rest = x.shape[2 * count:]
+    # Over the second positions first, then the first: two sums of long rows (one sum over
+    # all position pairs adds a short row at a time, ~6x slower).
+    inner = x.reshape((positions, -1)).sum(axis=0)
+    total = numpy.array(inner.reshape((positions,) + rest).sum(axis=0), dtype=x.dtype)
+    size = positions * positions
     return numpy.divide(total, size, out=total) if average else total
 
 
