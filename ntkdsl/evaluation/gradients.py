@@ -12,16 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..runtime import driver
 from . import spatial
-from .blas import _BlasLimit
-from .checks import _overflow, check_finite
-from .identical import identical_pairs
-from .inputs import check_inputs, squared_norms
-from .memory import _keep_freed_heap, require_memory
+from .inputs import check_inputs
+from .memory import require_memory
 from .outputs import resolve_dtype
-from .panels import _diagonal_arrays, _Panels, _run, write_identical
-from .plan import MAX_CHUNK, MAX_CHUNK_NUMERICAL, WORKING_SHARE, make_plan
+from .panels import run_pairs
+from .plan import WORKING_SHARE
 
 if TYPE_CHECKING:
     from ..generate import CompiledKernels
@@ -42,24 +38,8 @@ def evaluate_with_gradients(compiled: CompiledKernels, kind: str, count: int, x1
     dt = resolve_dtype(dtype, [None])
     need = (1 + count) * shape[0] * shape[1] * dt.itemsize
     value, derivatives, outs = _outputs(kind, count, shape, dt, need * (1 + WORKING_SHARE))
-    q1 = squared_norms(a)
-    q2 = q1 if b is None else squared_norms(b)
-    plan = make_plan(*shape, b is None, dt, WORKING_SHARE * need, compiled.temporaries,
-                     threads, MAX_CHUNK_NUMERICAL if compiled.numerical else MAX_CHUNK)
-    keep = list(range(1 + count))
-    _keep_freed_heap()
-    panels = _Panels(compiled.pair, a, a if b is None else b, q1, q2, keep, outs, plan, dt)
-    try:
-        with _BlasLimit() as blas:
-            rows, cols = _run(panels, plan, outs, progress, lambda: identical_pairs(a, b), blas)
-            if rows.size:
-                write_identical(_diagonal_arrays(compiled.diagonal, q1, a.shape[1]), outs,
-                                keep, rows, cols)
-    except (OverflowError, ValueError) as err:
-        largest = (np.array([q1.max(), q2.max()], dtype=np.float64), a.shape[1])
-        raise _overflow(compiled, largest, str(err)) from None
-    check_finite(compiled, _names(kind, count), outs,
-                 lambda i, j: (np.array([q1[i], q2[j]], dtype=np.float64), a.shape[1]))
+    run_pairs(compiled, a, b, outs, list(range(1 + count)), _names(kind, count), dt, progress,
+              threads)
     return value, derivatives
 
 
@@ -95,24 +75,8 @@ def _images_with_gradients(compiled, kind, count, x1, x2, dtype, progress, threa
     value, derivatives, outs = _outputs(
         kind, count, shape, dt,
         (1 + count) * shape[0] * shape[1] * dt.itemsize + side_bytes + workers * tile_bytes)
-    keep = list(range(1 + count))
-    _keep_freed_heap()
-    try:
-        with _BlasLimit() as blas:
-            mine = spatial.side_values(compiled, a, dt)
-            theirs = [driver.as_other_input(v)
-                      for v in (mine if b is None else spatial.side_values(compiled, b, dt))]
-            work = spatial._Tiles(compiled, a, b, mine, theirs, keep, outs, dt)
-            spatial._run_tiles(work, spatial._tiles(*shape, b is None, pairs_per_tile), outs,
-                               workers, progress, blas)
-            rows, cols = driver.identical_pairs(a.reshape(len(a), -1),
-                                                None if b is None else b.reshape(len(b), -1))
-            if rows.size:
-                write_identical(spatial.diagonal_values(compiled, a), outs, keep, rows, cols)
-    except (OverflowError, ValueError) as err:
-        raise spatial._images_overflow(compiled, a, err) from None
-    check_finite(compiled, _names(kind, count), outs,
-                 lambda i, j: spatial._statistics(compiled, np.stack([a[i], other[j]])))
+    spatial.run_tiles(compiled, a, b, outs, list(range(1 + count)), _names(kind, count), dt,
+                      progress, workers, pairs_per_tile)
     return value, derivatives
 
 

@@ -268,13 +268,23 @@ def evaluate(compiled: CompiledKernels, x1: Any, x2: Any = None, *, kinds: Seque
         raise InputError("the NNGP and NTK outputs overlap",
                          hint="pass two separate arrays (or None for either)")
     outs = allocate_outputs(kinds, outs, shape, dt)
+    run_pairs(compiled, a, b, outs, [KINDS.index(k) for k in kinds], kinds, dt, progress,
+              threads)
+    return outs
+
+
+def run_pairs(compiled: CompiledKernels, a: np.ndarray, b: np.ndarray | None,
+              outs: Sequence[np.ndarray], keep: Sequence[int], names: Sequence[str],
+              dt: np.dtype, progress: bool | None, threads: int | None) -> None:
+    """Fill ``outs`` (allocated, checked) with the program's outputs ``keep`` for the rows
+    of a against those of b (None: a itself), through the panel pipeline; ``names`` name
+    the outputs in a NumericalError."""
     q1 = squared_norms(a)
     q2 = q1 if b is None else squared_norms(b)
     # The numerical engine's calls have a fixed cost: larger chunks pay it less often.
-    plan = make_plan(*shape, b is None, dt, WORKING_SHARE * sum(o.nbytes for o in outs),
-                     compiled.temporaries, threads,
-                     MAX_CHUNK_NUMERICAL if compiled.numerical else MAX_CHUNK)
-    keep = [KINDS.index(k) for k in kinds]
+    plan = make_plan(len(a), len(a) if b is None else len(b), b is None, dt,
+                     WORKING_SHARE * sum(o.nbytes for o in outs), compiled.temporaries,
+                     threads, MAX_CHUNK_NUMERICAL if compiled.numerical else MAX_CHUNK)
     _keep_freed_heap()
     panels = _Panels(compiled.pair, a, a if b is None else b, q1, q2, keep, outs, plan,
                      dt)
@@ -290,9 +300,8 @@ def evaluate(compiled: CompiledKernels, x1: Any, x2: Any = None, *, kinds: Seque
     except (OverflowError, ValueError) as err:
         largest = (np.array([q1.max(), q2.max()], dtype=np.float64), a.shape[1])
         raise _overflow(compiled, largest, str(err)) from None
-    check_finite(compiled, kinds, outs,
+    check_finite(compiled, names, outs,
                  lambda i, j: (np.array([q1[i], q2[j]], dtype=np.float64), a.shape[1]))
-    return outs
 
 
 def diagonal_values(compiled: CompiledKernels, q: np.ndarray, d: int) -> tuple[np.ndarray, ...]:

@@ -204,8 +204,19 @@ def evaluate_images(compiled: CompiledKernels, x1: Any, x2: Any = None, *,
                    hint="use smaller images, or fewer or no pooling layers (same positions "
                         "need positions, pooling positions squared, values per pair)")
     outs = allocate_outputs(kinds, outs, shape, dt)
-    keep = [KINDS.index(k) for k in kinds]
-    tiles = _tiles(*shape, b is None, pairs_per_tile)
+    run_tiles(compiled, a, b, outs, [KINDS.index(k) for k in kinds], kinds, dt, progress,
+              workers, pairs_per_tile)
+    return outs
+
+
+def run_tiles(compiled: CompiledKernels, a: np.ndarray, b: np.ndarray | None,
+              outs: Sequence[np.ndarray], keep: Sequence[int], names: Sequence[str],
+              dt: np.dtype, progress: bool | None, workers: int, pairs_per_tile: int) -> None:
+    """Fill ``outs`` (allocated, memory checked) with the program's outputs ``keep`` for the
+    images a against b (None: a itself), in tiles of pairs on ``workers`` threads;
+    ``names`` name the outputs in a NumericalError."""
+    other = a if b is None else b
+    tiles = _tiles(len(a), len(other), b is None, pairs_per_tile)
     _keep_freed_heap()  # a tile's arrays are freed and made again: no page faults each time
     try:
         with _BlasLimit() as blas:
@@ -220,9 +231,8 @@ def evaluate_images(compiled: CompiledKernels, x1: Any, x2: Any = None, *,
                 write_identical(diagonal_values(compiled, a), outs, keep, rows, cols)
     except (OverflowError, ValueError) as err:
         raise _images_overflow(compiled, a, err) from None
-    check_finite(compiled, kinds, outs,
+    check_finite(compiled, names, outs,
                  lambda i, j: _statistics(compiled, np.stack([a[i], other[j]])))
-    return outs
 
 
 def _images_overflow(compiled: CompiledKernels, a: np.ndarray, err: Exception) -> NumericalError:
