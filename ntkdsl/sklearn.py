@@ -29,7 +29,7 @@ import numpy as np
 from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
 
 from . import network
-from .errors import ParameterError
+from .errors import InputError, ParameterError
 from .kinds import KINDS
 from .templates import ArchTemplate
 
@@ -97,7 +97,9 @@ class _ArchitectureKernel(Kernel):
     def __call__(self, X, Y=None, eval_gradient=False):
         """K(X, Y) (n, m); with ``eval_gradient`` (Y None), also dK/dlog θ (n, n, n_dims)."""
         if eval_gradient and Y is not None:
-            raise ValueError("Gradient can only be evaluated when Y is None.")
+            # scikit-learn's own words; an InputError is a ValueError, as its kernels raise
+            raise InputError("Gradient can only be evaluated when Y is None.",
+                             hint="call kernel(X, eval_gradient=True) for the training kernel")
         free = self._free()
         if not eval_gradient:
             return getattr(network.compile(self._template().render()), self.kind)(X, Y)
