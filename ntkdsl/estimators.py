@@ -35,7 +35,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from . import errors, network
-from .errors import InputError, NTKDSLError
+from .errors import InputError, NTKDSLError, ParameterError
 from .evaluation import (
     as_real_array,
     check_input_rank,
@@ -48,6 +48,7 @@ from .evaluation import (
 from .kinds import KINDS
 from .parser import parse
 from .predict import GradientFlowEnsemble, solver_memory
+from .sklearn import KERNELS, MarginalLikelihood
 from .templates import ArchTemplate, arch_placeholders
 
 try:  # scikit-learn >= 1.6
@@ -124,7 +125,8 @@ class _NTKEstimator(BaseEstimator):
     """Shared machinery: architectures, kernels, the gradient-flow ensemble."""
 
     def __init__(self, arch=DEFAULT_ARCH, kernel="ntk", time=None, learning_rate=1.0,
-                 diag_reg=0.0, verbose=False, input_shape=None):
+                 diag_reg=0.0, verbose=False, input_shape=None,
+                 optimize=None, n_restarts_optimizer=0, random_state=None):
         self.arch = arch
         self.kernel = kernel
         self.time = time
@@ -132,6 +134,9 @@ class _NTKEstimator(BaseEstimator):
         self.diag_reg = diag_reg
         self.verbose = verbose
         self.input_shape = input_shape
+        self.optimize = optimize
+        self.n_restarts_optimizer = n_restarts_optimizer
+        self.random_state = random_state
 
     def architecture(self) -> str | object:
         """The architecture string (template filled in), or the kernel object as given."""
@@ -249,14 +254,57 @@ class _NTKEstimator(BaseEstimator):
         """Compile, evaluate the training kernel once and factorise it (lazily) for predict."""
         self._check_hyperparameters()
         self._check_memory(X.shape[0])
-        self.network_ = self._compile()
+        fitted = self._maximise_evidence(X, targets)
+        self.network_ = self._compile() if fitted is None else network.compile(self.arch_)
         self.X_fit_ = X
-        k_train = self._kernels(X, kinds=(self._train_kernel_name,))[self._train_kernel_name]
-        self.ensemble_ = GradientFlowEnsemble(k_train, targets, kernel=self._train_kernel_name,
-                                              learning_rate=self.learning_rate,
-                                              diag_reg=self.diag_reg)
+        k_train = fitted.kernel if fitted is not None else \
+            self._kernels(X, kinds=(self._train_kernel_name,))[self._train_kernel_name]
+        self.ensemble_ = GradientFlowEnsemble(
+            k_train, targets, kernel=self._train_kernel_name, learning_rate=self.learning_rate,
+            diag_reg=self.diag_reg if fitted is None else fitted.diag_reg)
         # Factorise for the fitted time now, so a SingularKernelWarning is raised by fit().
         self.ensemble_.prepare(self.time)
+
+    def _maximise_evidence(self, X, targets):
+        """With ``optimize``: the template's numbers (and diag_reg, if named) that maximise
+        the log marginal likelihood of the targets (ntkdsl.sklearn.MarginalLikelihood),
+        kept as ``params_``, ``arch_`` and ``log_marginal_likelihood_value_``; None without."""
+        if self.optimize is None:
+            return None
+        bounds = self._optimize_bounds()
+        ridge_bounds = bounds.pop("diag_reg", None)
+        kernel = KERNELS[self._train_kernel_name](self._optimize_template(), bounds)
+        evidence = MarginalLikelihood(kernel, X, targets, self.diag_reg, ridge_bounds)
+        fitted = evidence.maximise(self.n_restarts_optimizer, self.random_state)
+        self.params_ = fitted.params
+        self.arch_ = fitted.arch.render()
+        self.log_marginal_likelihood_value_ = fitted.log_marginal_likelihood
+        return fitted
+
+    def _optimize_bounds(self) -> dict:
+        if not isinstance(self.optimize, dict) or not self.optimize:
+            raise ParameterError(
+                f"optimize must be a dict of bounds, name -> (low, high), got "
+                f"{self.optimize!r}", hint="e.g. optimize={'w': (0.1, 10.0), "
+                "'diag_reg': (1e-6, 1.0)}: placeholders of the ArchTemplate, and diag_reg")
+        return dict(self.optimize)
+
+    def _optimize_template(self) -> ArchTemplate:
+        """The template whose numbers ``optimize`` fits (a string without placeholders is a
+        template without them, for fitting diag_reg alone)."""
+        arch = self.arch
+        if isinstance(arch, str) and not arch_placeholders(arch):
+            arch = ArchTemplate(arch)
+        if not isinstance(arch, ArchTemplate):
+            raise ParameterError(f"optimize needs arch as an ArchTemplate, got "
+                                 f"{type(self.arch).__name__}", hint="write the numbers to "
+                                 "fit as placeholders: ArchTemplate('Dense(512, W_std={w}) > "
+                                 "Relu > Dense(1)', w=1.0)")
+        if "diag_reg" in arch.values and "diag_reg" in self.optimize:
+            raise ParameterError("optimize names diag_reg, which is both the estimator's "
+                                 "ridge and a placeholder of the template",
+                                 hint="rename the placeholder")
+        return arch
 
     def log_marginal_likelihood(self) -> float:
         """log p(y | X) of the training targets (as fit used them: one-hot codes centred for a
@@ -324,11 +372,23 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
             ``(n, 8, 8, 1)``. None (default): X as given — rows for a fully-connected
             architecture, images ``(n, H, W, C)`` for a convolutional one. A shape whose rank
             does not fit the architecture's filters is refused with what would fit.
+        optimize: None (default), or bounds ``{name: (low, high)}`` of placeholders of the
+            ArchTemplate ``arch`` (their values there are the start) and optionally of
+            ``"diag_reg"`` (``diag_reg`` the start): fit first chooses these numbers by
+            maximising the log marginal likelihood of the training targets (see
+            ``log_marginal_likelihood``) with its exact gradient, L-BFGS-B in log space
+            within the bounds (ntkdsl.sklearn.MarginalLikelihood). Integers (widths,
+            depths) stay grid/CV parameters.
+        n_restarts_optimizer: further L-BFGS-B runs from starts drawn log-uniformly within
+            the bounds (as scikit-learn's GaussianProcessRegressor), the best kept.
+        random_state: seed (or RandomState) of those starts.
 
     Attributes after ``fit``: ``network_`` (the compiled kernels), ``ensemble_`` (a
     :class:`ntkdsl.predict.GradientFlowEnsemble`, fitted to the normalised targets when
     ``normalize_y``), ``n_features_in_`` (features per example, all its entries),
-    ``input_shape_`` (the example shape the kernels got, None for rows).
+    ``input_shape_`` (the example shape the kernels got, None for rows). With
+    ``optimize``: ``params_`` (the fitted numbers by name), ``arch_`` (the fitted
+    architecture string, for ``ntkdsl.compile``), ``log_marginal_likelihood_value_``.
 
     Example:
         >>> arch = ArchTemplate("(Dense(512, W_std={w}) > Relu) * {L} > Dense(1)", w=1.4, L=3)
@@ -337,8 +397,10 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
     """
 
     def __init__(self, arch=DEFAULT_ARCH, kernel="ntk", time=None, learning_rate=1.0,
-                 diag_reg=0.0, verbose=False, normalize_y=False, input_shape=None):
-        super().__init__(arch, kernel, time, learning_rate, diag_reg, verbose, input_shape)
+                 diag_reg=0.0, verbose=False, normalize_y=False, input_shape=None,
+                 optimize=None, n_restarts_optimizer=0, random_state=None):
+        super().__init__(arch, kernel, time, learning_rate, diag_reg, verbose, input_shape,
+                         optimize, n_restarts_optimizer, random_state)
         self.normalize_y = normalize_y
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> NTKRegressor:

@@ -18,20 +18,34 @@ derivatives with respect to log θ from the exact kernel gradients (ntkdsl.tange
 pass that computes the kernel. ``diag`` is the exact diagonal. The kernels are not
 stationary.
 
+``MarginalLikelihood`` is the log marginal likelihood of targets under such a kernel plus the
+estimators' relative ridge, with its exact gradient, and ``maximise`` climbs it by L-BFGS-B
+in log space from the start and from restarts: what ``NTKRegressor(optimize=...)`` and
+``NTKClassifier(optimize=...)`` fit with.
+
 (This module is ``ntkdsl.sklearn``; inside the package, absolute imports such as ``from
 sklearn.base import clone`` still name scikit-learn itself.)
 """
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
+import scipy.optimize
 from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
+from sklearn.utils import check_random_state
 
 from . import network
-from .errors import InputError, ParameterError
+from .errors import InputError, NumericalError, ParameterError
 from .kinds import KINDS
-from .templates import ArchTemplate
+from .predict import SingularKernelWarning, _RegularisedKernel  # the estimators' factorisation
+from .templates import ArchTemplate, parameter_tree
+
+# Restarts of the optimiser: each costs up to a few dozen kernel evaluations.
+MAX_RESTARTS = 1000
 
 
 class _ArchitectureKernel(Kernel):
@@ -135,6 +149,12 @@ class _ArchitectureKernel(Kernel):
         0 < low <= value <= high (log space), or "fixed"."""
         template = self._template()
         given = {} if self.parameter_bounds is None else dict(self.parameter_bounds)
+        if given and not template.values:
+            raise ParameterError(f"arch template {template.template!r} has no placeholders, "
+                                 f"so {', '.join(map(str, given))} names no number of it",
+                                 hint="write the numbers to learn as placeholders, e.g. "
+                                      "ArchTemplate('Dense(512, W_std={w}) > Relu > "
+                                      "Dense(1)', w=1.0)")
         for name, bound in given.items():
             if name not in template.values:
                 raise ParameterError(f"bounds name {name!r}, which is not a placeholder of "
@@ -182,4 +202,135 @@ class NTKKernel(_ArchitectureKernel):
     kind = "ntk"
 
 
-__all__ = ["NNGPKernel", "NTKKernel"]
+KERNELS = {"nngp": NNGPKernel, "ntk": NTKKernel}
+
+
+@dataclass(frozen=True)
+class EvidenceFit:
+    """The best point ``MarginalLikelihood.maximise`` found: the template with the fitted
+    values (``arch``), the ridge (``diag_reg``, fitted or as given), the log marginal
+    likelihood there and its ``gradient`` with respect to the logs of ``names``, the
+    training kernel there (without the ridge) and the number of evaluations in all."""
+
+    arch: ArchTemplate
+    diag_reg: float
+    log_marginal_likelihood: float
+    names: tuple[str, ...]
+    gradient: np.ndarray
+    kernel: np.ndarray
+    evaluations: int
+
+    @property
+    def params(self) -> dict[str, float]:
+        """The fitted numbers by name (the placeholders searched, then diag_reg if it was)."""
+        values = {**self.arch.values, "diag_reg": self.diag_reg}
+        return {name: float(values[name]) for name in self.names}
+
+
+class MarginalLikelihood:
+    """log p(Y | X) for the Gaussian process with kernel ``kernel`` (an NNGPKernel or
+    NTKKernel: its free hyperparameters are the numbers searched) and the noise variance
+    ``diag_reg`` · mean(diag K) — the evidence ``NTKRegressor.log_marginal_likelihood()``
+    reports — summed over the columns of Y (n, k), as a function of θ = the logs of the free
+    hyperparameters and, if ``diag_reg_bounds`` is given, of diag_reg.
+
+    ``value, gradient = evidence(theta)``: the gradient is exact, from the kernel's
+    derivatives (one pass with the kernel):
+    ∂/∂θⱼ = ½ tr((α αᵀ − k M⁻¹) ∂M/∂θⱼ) with M = K + diag_reg · mean(diag K) · I and
+    α = M⁻¹ Y, where ∂M/∂θⱼ = ∂K/∂θⱼ + diag_reg · mean(diag ∂K/∂θⱼ) · I."""
+
+    def __init__(self, kernel: _ArchitectureKernel, X, Y, diag_reg: float,
+                 diag_reg_bounds=None):
+        self.kernel, self.X = kernel, X
+        self.Y = np.asarray(Y, dtype=float).reshape(len(X), -1)
+        self.diag_reg = float(diag_reg)
+        self.fit_diag_reg = diag_reg_bounds is not None
+        rows = kernel.bounds
+        self.theta0 = kernel.theta
+        if self.fit_diag_reg:
+            _check_bound("diag_reg", diag_reg_bounds, diag_reg)
+            rows = np.vstack([rows, np.log(np.asarray(diag_reg_bounds, dtype=float))])
+            self.theta0 = np.append(self.theta0, math.log(diag_reg))
+        self.bounds = rows.reshape(-1, 2)
+        if kernel._free():  # an integer, or a placeholder that fills nothing: refused now
+            parameter_tree(kernel._template(), kernel._free())
+        self.names = (*kernel._free(), *(("diag_reg",) if self.fit_diag_reg else ()))
+        if not self.names:
+            raise ParameterError("nothing to optimise: no placeholder is given bounds",
+                                 hint="give bounds to some placeholders, e.g. "
+                                      "optimize={'w': (0.1, 10.0)}, or 'diag_reg'")
+
+    def _at(self, theta: np.ndarray):
+        """(the kernel with the placeholders of theta, the ridge) at theta."""
+        p = len(self.kernel.theta)
+        diag_reg = math.exp(theta[p]) if self.fit_diag_reg else self.diag_reg
+        return self.kernel.clone_with_theta(theta[:p]), diag_reg
+
+    def evaluate(self, theta) -> tuple[float, np.ndarray, np.ndarray]:
+        """(log marginal likelihood, its gradient, the training kernel) at ``theta``."""
+        theta = np.asarray(theta, dtype=float)
+        kernel, diag_reg = self._at(theta)
+        K, dK = kernel(self.X, eval_gradient=True)
+        # The estimators' own factorisation (Cholesky, or the floored eigensystem of a
+        # singular kernel): the evidence maximised is what log_marginal_likelihood() reports.
+        factor = _RegularisedKernel(K, diag_reg, absolute_scale=False)
+        n, columns = self.Y.shape
+        alpha = factor.solve(self.Y)
+        weights = alpha @ alpha.T - columns * factor.solve(np.eye(n))
+        trace = np.trace(weights)
+        gradient = 0.5 * (np.einsum("ab,abj->j", weights, dK)
+                          + diag_reg * np.trace(dK) / n * trace)
+        if self.fit_diag_reg:  # d ridge / d log diag_reg = ridge
+            gradient = np.append(gradient, 0.5 * factor.ridge * trace)
+        return factor.log_marginal_likelihood(self.Y), gradient, K
+
+    def __call__(self, theta) -> tuple[float, np.ndarray]:
+        value, gradient, _ = self.evaluate(theta)
+        return value, gradient
+
+    def maximise(self, n_restarts: int = 0, random_state=None) -> EvidenceFit:
+        """The best point found by L-BFGS-B (in θ, within the bounds) from the start values
+        and from ``n_restarts`` starts drawn uniformly in θ by ``random_state`` (as
+        scikit-learn's GaussianProcessRegressor restarts)."""
+        check_restarts(n_restarts)
+        rng = check_random_state(random_state)
+        starts = [self.theta0] + [rng.uniform(self.bounds[:, 0], self.bounds[:, 1])
+                                  for _ in range(n_restarts)]
+        best: list = []
+        count = [0]
+
+        def objective(theta):
+            count[0] += 1
+            try:
+                value, gradient, K = self.evaluate(theta)
+            except NumericalError:  # not positive definite there: no evidence
+                return np.inf, np.zeros_like(theta)
+            if not best or value > best[0]:
+                best[:] = [value, theta.copy(), gradient, K]
+            return -value, -gradient
+
+        with warnings.catch_warnings():
+            # A numerically singular kernel at a trial point is floored; the fit at the
+            # optimum warns again if it is singular there.
+            warnings.simplefilter("ignore", SingularKernelWarning)
+            for start in starts:
+                scipy.optimize.minimize(objective, start, jac=True, method="L-BFGS-B",
+                                        bounds=self.bounds)
+        if not best:
+            raise NumericalError("the training kernel is not positive definite at any "
+                                 "point the optimiser tried", hint="raise diag_reg or its "
+                                 "lower bound")
+        value, theta, gradient, K = best
+        kernel, diag_reg = self._at(theta)
+        return EvidenceFit(kernel.arch, diag_reg, value, self.names, gradient, K, count[0])
+
+
+def check_restarts(n_restarts) -> None:
+    """InputError unless ``n_restarts`` is a whole number in [0, MAX_RESTARTS]."""
+    if isinstance(n_restarts, bool) or not isinstance(n_restarts, numbers.Integral) \
+            or not 0 <= n_restarts <= MAX_RESTARTS:
+        raise InputError(f"n_restarts_optimizer must be a whole number from 0 to "
+                         f"{MAX_RESTARTS}, got {n_restarts!r}")
+
+
+__all__ = ["EvidenceFit", "MarginalLikelihood", "NNGPKernel", "NTKKernel"]

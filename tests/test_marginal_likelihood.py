@@ -1,5 +1,7 @@
 """log_marginal_likelihood() of the estimators against scikit-learn's GaussianProcessRegressor
 with the same kernel and noise (issue 15)."""
+import itertools
+
 import numpy as np
 import pytest
 from sklearn.gaussian_process import GaussianProcessRegressor
@@ -36,3 +38,131 @@ def test_classifier_evidence_sums_the_one_hot_columns():
     expected = (-0.5 * np.sum(codes * np.linalg.solve(matrix, codes)) - 1.5 * log_det
                 - 1.5 * 30 * np.log(2 * np.pi))
     assert clf.log_marginal_likelihood() == pytest.approx(expected, rel=1e-10)
+
+
+# ---------------------------------------------------------------- fitting by the evidence
+
+BOUNDS = {"w": (0.2, 5.0), "b": (1e-2, 5.0)}
+
+
+def _data(seed=2, n=40):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    return X, np.sin(X[:, 0]) + 0.5 * X[:, 1] ** 2 + 0.1 * rng.normal(size=n)
+
+
+@pytest.mark.parametrize("kind, kernel", [("nngp", NNGPKernel), ("ntk", NTKKernel)])
+def test_evidence_gradient_matches_finite_differences(kind, kernel):
+    from ntkdsl.sklearn import MarginalLikelihood
+
+    X, y = _data()
+    evidence = MarginalLikelihood(kernel(TEMPLATE, BOUNDS), X, y, 0.05, (1e-4, 1.0))
+    theta = np.log([1.2, 0.4, 0.03])
+    value, gradient = evidence(theta)
+    h = 1e-4
+    for j in range(3):
+        step = np.eye(3)[j] * h
+        # Richardson: (4 D(h/2) - D(h)) / 3, error O(h^4)
+        wide = (evidence(theta + step)[0] - evidence(theta - step)[0]) / (2 * h)
+        narrow = (evidence(theta + step / 2)[0] - evidence(theta - step / 2)[0]) / h
+        assert gradient[j] == pytest.approx((4 * narrow - wide) / 3, rel=1e-6, abs=1e-8)
+    # The value is the fitted estimator's evidence at those numbers.
+    reg = NTKRegressor(ArchTemplate(TEMPLATE.template, w=1.2, b=0.4), kernel=kind,
+                       diag_reg=0.03).fit(X, y)
+    assert value == pytest.approx(reg.log_marginal_likelihood(), rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["nngp", "ntk"])
+def test_regressor_optimum_is_a_maximum(kind):
+    X, y = _data()
+    reg = NTKRegressor(TEMPLATE, kernel=kind, diag_reg=0.1,
+                       optimize={**BOUNDS, "diag_reg": (1e-4, 1.0)}).fit(X, y)
+    names = ("w", "b", "diag_reg")
+    assert tuple(reg.params_) == names
+    best = reg.log_marginal_likelihood_value_
+    assert reg.log_marginal_likelihood() == pytest.approx(best, rel=1e-12)
+    from ntkdsl.sklearn import MarginalLikelihood
+
+    kernel = (NNGPKernel if kind == "nngp" else NTKKernel)(TEMPLATE, BOUNDS)
+    evidence = MarginalLikelihood(kernel, X, y, 0.1, (1e-4, 1.0))
+    log_params = np.log([reg.params_[n] for n in names])
+    value, gradient = evidence(log_params)
+    assert value == pytest.approx(best, rel=1e-12)
+    # The optimality conditions within bounds: a zero gradient inside, pointing out at a
+    # bound (the NTK's evidence wants less ridge than the lower bound here).
+    low, high = evidence.bounds.T
+    inside = (log_params > low + 1e-6) & (log_params < high - 1e-6)
+    assert kind == "ntk" or np.all(inside)
+    tolerance = 1e-3 * abs(best)
+    assert np.all(np.abs(gradient[inside]) < tolerance)
+    assert np.all(gradient[log_params <= low + 1e-6] < tolerance)
+    assert np.all(gradient[log_params >= high - 1e-6] > -tolerance)
+    # Higher than every point of a grid around it (in log space, +-5%, within the bounds).
+    for offset in itertools.product((-0.05, 0.0, 0.05), repeat=3):
+        point = np.clip(log_params + np.array(offset), low, high)
+        assert evidence(point)[0] <= best + 1e-9 * abs(best)
+    # The fitted architecture is a string ntkdsl compiles: the kernel fit predicts with.
+    fitted = getattr(ntkdsl.compile(reg.arch_), kind)(X)
+    assert np.allclose(fitted, reg.ensemble_.k_train_train, rtol=1e-12, atol=0)
+    assert reg.arch_ == TEMPLATE.template.format(w=reg.params_["w"], b=reg.params_["b"])
+
+
+def test_restarts_are_reproducible_and_never_worse():
+    X, y = _data(3)
+    options = dict(kernel="nngp", diag_reg=0.1, optimize=dict(BOUNDS))
+    once = NTKRegressor(TEMPLATE, **options).fit(X, y)
+    again = [NTKRegressor(TEMPLATE, **options, n_restarts_optimizer=2, random_state=7).fit(X, y)
+             for _ in range(2)]
+    assert again[0].params_ == again[1].params_
+    assert again[0].log_marginal_likelihood_value_ >= once.log_marginal_likelihood_value_ - 1e-9
+
+
+def test_classifier_fits_the_numbers_on_one_hot_codes():
+    X, y = _data(4, 45)
+    labels = np.digitize(y, np.quantile(y, [1 / 3, 2 / 3]))
+    clf = NTKClassifier(TEMPLATE, kernel="nngp", diag_reg=0.1, optimize={"w": (0.2, 5.0)}
+                        ).fit(X, labels)
+    assert set(clf.params_) == {"w"}
+    assert clf.log_marginal_likelihood() == pytest.approx(clf.log_marginal_likelihood_value_,
+                                                          rel=1e-12)
+    start = NTKClassifier(TEMPLATE, kernel="nngp", diag_reg=0.1).fit(X, labels)
+    assert clf.log_marginal_likelihood() >= start.log_marginal_likelihood()
+    assert clf.score(X, labels) > 0.5
+
+
+@pytest.mark.parametrize("arch, optimize, match", [
+    (TEMPLATE, {"v": (0.1, 1.0)}, "(?s)'v', which is not a placeholder.*placeholders are w, b"),
+    (ArchTemplate("(Dense({n}, W_std={w}) > Relu) * 2 > Dense(1)", n=64, w=1.0),
+     {"n": (16, 128)}, r"\{n\} = 64 fills an integer"),
+    (ArchTemplate("(Dense(64, W_std={w}) > Relu) * {L} > Dense(1)", L=2, w=1.0),
+     {"L": (1, 4)}, r"\{L\} = 2 fills an integer"),
+    (TEMPLATE, {"w": (2.0, 5.0)}, r"w = 1.4 is outside its bounds \(2.0, 5.0\)"),
+    (TEMPLATE, {"diag_reg": (0.2, 1.0)}, r"diag_reg = 0.1 is outside its bounds"),
+    (TEMPLATE, {"w": (-1.0, 5.0)}, "0 < low <= high"),
+    (ArchTemplate("Dense(64) > Relu > Dense(1)"), {"w": (0.1, 1.0)}, "has no placeholders"),
+    (TEMPLATE, {}, "optimize must be a dict of bounds"),
+    (TEMPLATE, [("w", (0.1, 1.0))], "optimize must be a dict of bounds"),
+    (ntkdsl.compile("Dense(64) > Relu > Dense(1)"), {"diag_reg": (0.01, 1.0)},
+     "optimize needs arch as an ArchTemplate"),
+])
+def test_bad_optimize_requests_are_parameter_errors(arch, optimize, match):
+    X, y = _data()
+    with pytest.raises(ntkdsl.errors.ParameterError, match=match):
+        NTKRegressor(arch, diag_reg=0.1, optimize=optimize).fit(X, y)
+
+
+@pytest.mark.parametrize("restarts", [-1, 1.5, True, 10**6])
+def test_bad_restart_counts_are_refused(restarts):
+    X, y = _data()
+    with pytest.raises(ntkdsl.errors.InputError, match="n_restarts_optimizer must be a whole"):
+        NTKRegressor(TEMPLATE, diag_reg=0.1, optimize={"w": (0.1, 5.0)},
+                     n_restarts_optimizer=restarts).fit(X, y)
+
+
+def test_diag_reg_alone_on_a_plain_architecture():
+    X, y = _data()
+    reg = NTKRegressor("(Dense(64, W_std=1.4) > Relu) * 2 > Dense(1)", kernel="nngp",
+                       diag_reg=0.1, optimize={"diag_reg": (1e-4, 10.0)}).fit(X, y)
+    grid = [NTKRegressor(reg.arch_, kernel="nngp", diag_reg=r).fit(X, y).log_marginal_likelihood()
+            for r in reg.params_["diag_reg"] * np.array([0.9, 1.1])]
+    assert reg.log_marginal_likelihood_value_ >= max(grid)
