@@ -299,3 +299,78 @@ def test_a_bad_shape_option_is_a_usage_error(capsys):
         main(["fit", CONV, "--shape", "8,x,1"])
     assert info.value.code == 2
     assert "argument --shape: 'x' is not a whole number" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- --optimize (issue 15)
+
+TEMPLATE = "(Dense(512, W_std={w}, b_std={b}) > Relu) * 2 > Dense(1, W_std={w})"
+OPTIMIZE = ["--dataset", "diabetes", "--kernel", "nngp", "--set", "w=1,b=0.5",
+            "--diag-reg", "0.1", "--optimize", "w=0.1:10,b=0.001:10,diag_reg=1e-4:10",
+            "--times", "10"]
+
+
+def test_optimize_prints_the_fitted_numbers_evidence_and_test_metrics(capsys):
+    assert main(["fit", TEMPLATE, *OPTIMIZE]) == 0
+    out = capsys.readouterr().out
+    fitted = re.search(r"fitted\s+w = (\S+), b = (\S+), diag_reg = (\S+): log marginal "
+                       r"likelihood (\S+) \(from w = 1, b = 0.5, diag_reg = 0.1\)", out)
+    assert fitted, out
+    w, b, diag_reg, evidence = map(float, fitted.groups())
+    arch = re.search(r"architecture\s+(.*)", out).group(1)
+    # An independent solve with the printed architecture: its evidence and test R².
+    X, y = load_diabetes(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0)
+    scaler = StandardScaler().fit(X_train)
+    X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
+    centre, scale = y_train.mean(), y_train.std()
+    y_train, y_test = (y_train - centre) / scale, (y_test - centre) / scale
+    net = ntkdsl.compile(arch)
+    w_text, b_text = re.search(r"W_std=([^,)]+), b_std=([^,)]+)", arch).groups()
+    assert arch == TEMPLATE.format(w=w_text, b=b_text)  # the template, filled in
+    assert (float(w_text), float(b_text)) == pytest.approx((w, b), rel=1e-5)
+    train = net.nngp(X_train)
+    matrix = train + diag_reg * np.trace(train) / len(train) * np.eye(len(train))
+    _, log_det = np.linalg.slogdet(matrix)
+    expected = (-0.5 * y_train @ np.linalg.solve(matrix, y_train) - 0.5 * log_det
+                - 0.5 * len(train) * np.log(2 * np.pi))
+    assert evidence == pytest.approx(expected, rel=1e-5)
+    start = ntkdsl.compile(TEMPLATE.format(w=1, b=0.5)).nngp(X_train)
+    start = start + 0.1 * np.trace(start) / len(start) * np.eye(len(start))
+    _, start_log_det = np.linalg.slogdet(start)
+    assert expected > (-0.5 * y_train @ np.linalg.solve(start, y_train) - 0.5 * start_log_det
+                       - 0.5 * len(train) * np.log(2 * np.pi))
+    prediction = net.nngp(X_test, X_train) @ np.linalg.solve(matrix, y_train)
+    r2 = 1 - np.sum((prediction - y_test) ** 2) / np.sum((y_test - y_test.mean()) ** 2)
+    assert table_rows(out)["inf"][3] == pytest.approx(r2, abs=1e-4)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--optimize", "w=0:10"], "argument --optimize: w: must be a finite number > 0 (the "
+                               "search is in log space), got '0'"),
+    (["--optimize", "w=2:1"], "LOW is above HIGH"),
+    (["--optimize", "w"], "'w' in 'w' is not name=value"),
+    (["--optimize", "w=1"], "'1' is not LOW:HIGH"),
+    (["--optimize", "w=1:2,w=1:3"], "w is given twice"),
+    (["--set", "w=abc"], "argument --set: w: 'abc' is not a number"),
+    (["--restarts", "-1"], "argument --restarts: must be a whole number from 0 to 1000"),
+])
+def test_optimize_usage_errors_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", TEMPLATE, *argv])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch, argv, message", [
+    (ARCH, ["--set", "w=1"], "--set w: the architecture has no {name} placeholders"),
+    (TEMPLATE, ["--set", "w=1"], "placeholders {b} need values"),
+    (TEMPLATE, ["--set", "w=1,b=1,v=2"], "--set v: not placeholders of the architecture"),
+    (TEMPLATE, ["--set", "w=20,b=1", "--optimize", "w=0.1:10"],
+     "w = 20 is outside its bounds (0.1, 10.0)"),
+    ("(Dense(64, W_std={w}) > Relu) * {L} > Dense(1)", ["--set", "w=1,L=2", "--optimize",
+                                                          "L=1:4"], "{L} = 2 fills an integer"),
+    (TEMPLATE, ["--set", "w=1,b=1", "--optimize", "v=1:4"], "'v', which is not a placeholder"),
+])
+def test_optimize_input_errors_exit_1(capsys, arch, argv, message):
+    assert main(["fit", arch, "--dataset", "diabetes", *argv]) == 1
+    assert message in capsys.readouterr().err

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -23,9 +24,12 @@ import numpy as np
 from ..errors import InputError
 from ..evaluation import kernel_name
 from ..progress import stages
+from ..sklearn import MAX_RESTARTS
+from ..templates import ArchTemplate, arch_placeholders
 from .options import (
     add_arch,
     add_command,
+    assignments,
     check_output_directory,
     comma_list,
     image_path,
@@ -66,6 +70,9 @@ EXAMPLES = """
   ntkdsl fit "Dense(512) > Erf > Dense(1)" --dataset diabetes --times 1,100 --plot curves.png
   ntkdsl fit "Dense(512) > Relu > Dense(1)" --data mydata.csv --target label --kernel nngp
   ntkdsl fit "Conv(64, (3, 3), padding='SAME') > Relu > Flatten > Dense(1)" --dataset digits
+  ntkdsl fit "(Dense(512, W_std={w}, b_std={b}) > Relu) * 3 > Dense(1, W_std={w})" \
+      --dataset diabetes --kernel nngp --set w=1,b=0.5 --diag-reg 0.1 \
+      --optimize w=0.1:10,b=0.001:10,diag_reg=1e-4:10
 """
 
 
@@ -106,6 +113,19 @@ def register(subparsers) -> None:
                              "channels last, that each row is reshaped to (default: the "
                              "dataset's image shape, digits: 8,8,1)")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the train/test split")
+    parser.add_argument("--set", type=assignments(_placeholder_value, "w=1.5,L=2"),
+                        default=None, metavar="NAME=VALUE,...",
+                        help="values of the architecture's {name} placeholders (for "
+                             "--optimize, the start values; default: none)")
+    parser.add_argument("--optimize", type=assignments(_bound, "w=0.1:10,diag_reg=1e-4:1"),
+                        default=None, metavar="NAME=LOW:HIGH,...",
+                        help="fit these placeholders (and diag_reg, starting at --diag-reg) "
+                             "by maximising the log marginal likelihood, within the bounds "
+                             "(log space; a placeholder not --set starts at the geometric "
+                             "mean of its bounds; default: no fit)")
+    parser.add_argument("--restarts", type=whole(0, MAX_RESTARTS), default=0,
+                        help="for --optimize: further optimiser runs from random starts "
+                             "(drawn with --seed)")
     parser.add_argument("--plot", metavar="FILE.png", type=image_path,
                         help="save test and train loss and accuracy (R²) against training "
                              "time (default: no plot)")
@@ -118,6 +138,51 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--data needs --target COLUMN: the name of the column to predict")
     if args.data is None and (args.target is not None or args.task != "auto"):
         parser.error("--target and --task are for --data FILE.csv")
+
+
+def _placeholder_value(text: str) -> int | float:
+    """--set: a whole number (a width, a depth) or a real number."""
+    try:
+        return int(text)
+    except ValueError:
+        return real(-math.inf)(text)
+
+
+def _bound(text: str) -> tuple[float, float]:
+    """--optimize: LOW:HIGH with 0 < LOW <= HIGH (the search is in log space)."""
+    low, colon, high = text.partition(":")
+    positive = real(0, reason=" (the search is in log space)")
+    if not colon:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LOW:HIGH")
+    bound = positive(low), positive(high)
+    if bound[0] > bound[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: LOW is above HIGH")
+    return bound
+
+
+def _template(args) -> str | ArchTemplate:
+    """The architecture of the run: the string, or the template with --set's values (an
+    optimised placeholder not set starts at the geometric mean of its bounds)."""
+    names, given = arch_placeholders(args.arch), args.set or {}
+    if not names:
+        if given:
+            raise InputError(f"--set {', '.join(given)}: the architecture has no "
+                             "{name} placeholders", hint="drop --set, or write placeholders")
+        return args.arch
+    bounds = dict(args.optimize or {})
+    starts = {name: math.sqrt(low * high) for name, (low, high) in bounds.items()
+              if name in names and name not in given}
+    unknown = [name for name in given if name not in names]
+    if unknown:
+        raise InputError(f"--set {', '.join(unknown)}: not placeholders of the architecture",
+                         hint=f"its placeholders are {', '.join(names)}")
+    missing = [name for name in names if name not in {**given, **starts}]
+    if missing:
+        listed = ", ".join("{" + m + "}" for m in missing)
+        raise InputError(f"the architecture's placeholders {listed} need values",
+                         hint=f"give it with --set {missing[0]}=VALUE, or fit it with "
+                              f"--optimize {missing[0]}=LOW:HIGH")
+    return ArchTemplate(args.arch, **given, **starts)
 
 
 def _kernel_argument(text: str) -> str:
@@ -341,10 +406,15 @@ def _fit_and_trace(args, data: Dataset, split, times: np.ndarray, step) -> Run:
 
     X_train, X_test, y_train, _ = split
     cls = NTKClassifier if data.task == "classification" else NTKRegressor
-    estimator = cls(args.arch, kernel=args.kernel, learning_rate=args.learning_rate,
+    arch = _template(args)
+    start = arch.render() if isinstance(arch, ArchTemplate) else arch
+    estimator = cls(arch, kernel=args.kernel, learning_rate=args.learning_rate,
                     diag_reg=args.diag_reg, verbose=sys.stderr.isatty(),
-                    input_shape=example_shape(args.arch, data, args.shape))
-    step(f"kernel on {len(X_train)} training samples")
+                    input_shape=example_shape(start, data, args.shape),
+                    optimize=args.optimize, n_restarts_optimizer=args.restarts,
+                    random_state=args.seed)
+    step(f"{'marginal-likelihood fit and ' * (args.optimize is not None)}kernel on "
+         f"{len(X_train)} training samples")
     estimator.fit(X_train, y_train)
     all_times = np.append(times, np.inf)
     step("eigendecomposition and training-set trajectory")
@@ -392,7 +462,7 @@ def _kernel_summary(estimator, data: Dataset, n_train: int, n_test: int) -> list
     evals = ensemble.factor.eigensystem[0]
     shape = estimator.input_shape_
     images = "" if shape is None else f" as {'x'.join(map(str, shape))} images"
-    lines = [f"architecture  {estimator.architecture()}",
+    lines = [f"architecture  {getattr(estimator, 'arch_', None) or estimator.architecture()}",
              f"data          {data.name}: {data.task}, {data.X.shape[1]} features{images}, "
              f"{n_train} train / {n_test} test samples"
              + (f", {len(estimator.classes_)} classes" if data.task == "classification" else ""),
@@ -400,6 +470,12 @@ def _kernel_summary(estimator, data: Dataset, n_train: int, n_test: int) -> list
              f"({'all layers trained' if ensemble.kernel == 'ntk' else 'readout only'}), "
              f"mean diagonal {np.mean(np.diag(ensemble.k_train_train)):.4g}, eigenvalues "
              f"{evals[0]:.3g} .. {evals[-1]:.3g}, diag_reg {ensemble.effective_diag_reg:.3g}"]
+    if hasattr(estimator, "params_"):
+        fitted = ", ".join(f"{name} = {value:.6g}" for name, value in estimator.params_.items())
+        starts = {**getattr(estimator.arch, "values", {}), "diag_reg": estimator.diag_reg}
+        started = ", ".join(f"{name} = {starts[name]:g}" for name in estimator.params_)
+        lines.append(f"fitted        {fitted}: log marginal likelihood "
+                     f"{estimator.log_marginal_likelihood_value_:.6g} (from {started})")
     formula = getattr(estimator.network_, "formula", None)
     if callable(formula):
         derivation = str(formula(ensemble.kernel)).splitlines()

@@ -115,6 +115,26 @@ def comma_list(item: Callable[[str], float], example: str) -> Callable[[str], li
     return parse
 
 
+def assignments(item: Callable[[str], object], example: str) -> Callable[[str], dict]:
+    """An option type: comma-separated ``name=value`` pairs, each value of ``item``'s
+    type, each name once: a dict in the order given."""
+    def parse(text: str) -> dict:
+        found: dict = {}
+        for part in (p.strip() for p in text.split(",")):
+            name, equals, value = (s.strip() for s in part.partition("="))
+            if not equals or not name.isidentifier():
+                raise argparse.ArgumentTypeError(f"{part!r} in {text!r} is not name=value; "
+                                                 f"e.g. {example}")
+            if name in found:
+                raise argparse.ArgumentTypeError(f"{name} is given twice in {text!r}")
+            try:
+                found[name] = item(value)
+            except argparse.ArgumentTypeError as err:
+                raise argparse.ArgumentTypeError(f"{name}: {err}; e.g. {example}") from None
+        return found
+    return parse
+
+
 def image_path(text: str) -> Path:
     """An option type: a file name whose extension matplotlib can write."""
     from matplotlib.backend_bases import FigureCanvasBase
