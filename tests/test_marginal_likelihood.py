@@ -166,3 +166,20 @@ def test_diag_reg_alone_on_a_plain_architecture():
     grid = [NTKRegressor(reg.arch_, kernel="nngp", diag_reg=r).fit(X, y).log_marginal_likelihood()
             for r in reg.params_["diag_reg"] * np.array([0.9, 1.1])]
     assert reg.log_marginal_likelihood_value_ >= max(grid)
+
+
+def test_the_factorisation_inverse_against_numpy():
+    from ntkdsl.predict import _RegularisedKernel
+
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(30, 40))
+    factor = _RegularisedKernel(a @ a.T, 0.01, absolute_scale=False)
+    assert np.allclose(factor.inverse(), np.linalg.inv(factor.matrix), rtol=1e-10, atol=0)
+    # A singular kernel (rank 5) goes through the floored eigensystem: the inverse the
+    # solves use (whose scale is 1 / the floor).
+    low_rank = a[:, :5] @ a[:, :5].T
+    singular = _RegularisedKernel(low_rank, 0.0, absolute_scale=False)
+    with pytest.warns(ntkdsl.predict.SingularKernelWarning):
+        inverse = singular.inverse()
+    solved = singular.solve(np.eye(30))
+    assert np.allclose(inverse, solved, rtol=0, atol=1e-9 * np.max(np.abs(solved)))
