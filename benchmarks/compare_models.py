@@ -1,6 +1,7 @@
 """Infinitely wide networks against classical models, side by side, in one run.
 
-    python benchmarks/compare_models.py
+    python benchmarks/compare_models.py                        # everything (~20 min on 2 cores)
+    python benchmarks/compare_models.py --marginal-likelihood  # the evidence fits only (~2 min)
 
 For each dataset bundled with scikit-learn (breast cancer, wine, digits: test accuracy;
 diabetes: test R²) and one fixed stratified 75/25 split (seed 0), every model sees the same
@@ -13,7 +14,14 @@ standardised features:
 * RandomForest (300 trees, seed 0);
 * GaussianProcessRegressor with an RBF + white-noise kernel fitted by marginal likelihood
   (for classification: on one-hot targets, predicting the largest output — the same
-  one-hot regression the NTK classifier does, with a different kernel).
+  one-hot regression the NTK classifier does, with a different kernel);
+* NTK / NNGP, marginal likelihood (breast cancer and diabetes, issue 15): the same
+  architecture with W_std and b_std as placeholders, fitted with diag_reg by maximising the
+  log marginal likelihood (``optimize=``, exact gradients, L-BFGS-B from the grid's values
+  W_std = 1.5, b_std = 0.05, diag_reg = 1e-2) for each L in {1, 2, 4}, the L of the highest
+  evidence kept — no cross-validation. ``--marginal-likelihood`` runs only these two
+  datasets and the rows to compare (the grid-searched NTK / NNGP and the Gaussian process),
+  and prints their scores and times.
 
 Regression targets are standardised on the training split for every model.
 
@@ -30,6 +38,7 @@ computing them 3 x 6 + 1 times.
 """
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
@@ -62,6 +71,15 @@ CONV_ARCHS = {
               " > Conv(32, (3, 3), padding='SAME', W_std=1.4, b_std=0.1) > Relu > GlobalAvgPool"
               " > Dense(1)",
 }
+# The marginal-likelihood rows (issue 15): W_std and b_std (one of each for every layer)
+# and diag_reg fitted by the evidence, from the grid's values, at each depth of the grid.
+EVIDENCE_ARCH = ArchTemplate("(Dense(512, W_std={w}, b_std={b}) > Relu) * {L} > "
+                             "Dense(1, W_std={w}, b_std={b})", w=1.5, b=0.05, L=2)
+EVIDENCE_BOUNDS = {"w": (0.1, 10.0), "b": (1e-3, 10.0), "diag_reg": (1e-6, 10.0)}
+EVIDENCE_ROWS = ("NTK, marginal likelihood", "NNGP, marginal likelihood")
+EVIDENCE_DATASETS = ("breast cancer", "diabetes")
+# What --marginal-likelihood runs: the evidence fits and the rows they are compared with.
+COMPARED_ROWS = ("NTK", "NNGP", *EVIDENCE_ROWS, "GaussianProcess")
 DIGITS_IMAGES = "digits as images"
 CONV_ROWS = ("CNN-GP (conv NNGP)", "CNTK (conv NTK)")
 
@@ -126,6 +144,36 @@ class OneHotGaussianProcessClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(self.gp_.predict(X), axis=1)]
 
 
+class EvidenceSearch(BaseEstimator):
+    """``estimator`` (an NTKClassifier / NTKRegressor with ``optimize=``) fitted at every
+    depth L of the grid; the fit of the highest log marginal likelihood predicts. Its
+    ``best_params_``: L and the fitted numbers."""
+
+    def __init__(self, estimator=None):
+        self.estimator = estimator
+
+    def fit(self, X, y):
+        fits = [clone(self.estimator).set_params(arch__L=L).fit(X, y)
+                for L in NTK_GRID["arch__L"]]
+        self.best_ = max(fits, key=lambda fit: fit.log_marginal_likelihood_value_)
+        self.best_params_ = {"L": self.best_.arch.values["L"], **self.best_.params_}
+        return self
+
+    def predict(self, X):
+        return self.best_.predict(X)
+
+    def score(self, X, y):
+        return self.best_.score(X, y)
+
+
+def evidence_models(task: str) -> dict[str, object]:
+    """The NTK and NNGP whose numbers are fitted by the marginal likelihood."""
+    estimator = NTKClassifier if task == "classification" else NTKRegressor
+    return {row: EvidenceSearch(estimator(EVIDENCE_ARCH, kernel=kind, diag_reg=1e-2,
+                                          optimize=EVIDENCE_BOUNDS))
+            for row, kind in zip(EVIDENCE_ROWS, ("ntk", "nngp"))}
+
+
 def conv_models(folds, images: np.ndarray) -> dict[str, object]:
     """CNN-GP and CNTK, each choosing its network (CONV_ARCHS) and diag_reg."""
     grid = {"arch": [ImageKernels(name, images) for name in CONV_ARCHS],
@@ -168,18 +216,21 @@ def evaluate(model, task, split, scale: bool = True) -> tuple[float, str]:
     fitted = pipeline.regressor_ if task == "regression" else pipeline
     last = fitted[-1]
     chosen = ", ".join(f"{k.split('__')[-1]}={_text(v)}" for k, v in last.best_params_.items()) \
-        if isinstance(last, GridSearchCV) else ""
+        if hasattr(last, "best_params_") else ""
     return pipeline.score(X_test, y_test), chosen
 
 
 def _text(value) -> str:
-    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
 
 
 def contenders(name: str, task: str, X: np.ndarray, y: np.ndarray) -> dict[str, object]:
     """The models for one dataset; for the digits as images, the conv networks too (on image
-    numbers: their X is the column of indices)."""
+    numbers: their X is the column of indices); for breast cancer and diabetes, the
+    marginal-likelihood fits."""
     found = models(task)
+    if name in EVIDENCE_DATASETS:
+        found.update(evidence_models(task))
     if name == DIGITS_IMAGES:
         folds = StratifiedKFold(3, shuffle=True, random_state=SEED)
         found.update(conv_models(folds, X.reshape(-1, 8, 8, 1)))
@@ -187,25 +238,53 @@ def contenders(name: str, task: str, X: np.ndarray, y: np.ndarray) -> dict[str, 
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--marginal-likelihood", action="store_true",
+                        help="only breast cancer and diabetes, and only the rows compared "
+                             "with the marginal-likelihood fits")
+    only = parser.parse_args().marginal_likelihood
     started = time.perf_counter()
-    results, choices = {}, []
+    results, seconds, choices = {}, {}, []
     for name, (loader, task) in DATASETS.items():
+        if only and name not in EVIDENCE_DATASETS:
+            continue
         X, y = loader(return_X_y=True)
         split = _split(X, y, task)
         images = name == DIGITS_IMAGES
         for model_name, model in contenders(name, task, X, y).items():
+            if only and model_name not in COMPARED_ROWS:
+                continue
             tic = time.perf_counter()
             rows = _split(np.arange(len(X), dtype=float)[:, None], y, task) \
                 if model_name in CONV_ROWS else split
             score, chosen = evaluate(model, task, rows, scale=not images)
             results[model_name, name] = score
+            seconds[model_name, name] = time.perf_counter() - tic
             if chosen:
                 choices.append(f"{name}, {model_name}: {chosen}")
-            print(f"  {name:14s} {model_name:16s} {score:.4f}  "
-                  f"({time.perf_counter() - tic:.1f} s)", flush=True)
-    print_table(results)
-    print("\nchosen by cross-validation:\n" + "\n".join(f"  {c}" for c in choices))
+            print(f"  {name:14s} {model_name:26s} {score:.4f}  "
+                  f"({seconds[model_name, name]:.1f} s)", flush=True)
+    print_table(results, [d for d in DATASETS if not only or d in EVIDENCE_DATASETS])
+    print_evidence_table(results, seconds)
+    print("\nchosen by cross-validation (by the evidence for the marginal-likelihood rows):\n"
+          + "\n".join(f"  {c}" for c in choices))
     print(f"\ntotal time {time.perf_counter() - started:.0f} s")
+
+
+def print_evidence_table(results: dict, seconds: dict) -> None:
+    """Score and time (fit and test predictions) of the rows compared with the
+    marginal-likelihood fits, on the datasets they ran on."""
+    print("\n| model | " + " | ".join(f"{d} ({_metric(d)}) | time (s)"
+                                      for d in EVIDENCE_DATASETS) + " |")
+    print("|---|" + "---:|---:|" * len(EVIDENCE_DATASETS))
+    for model in COMPARED_ROWS:
+        cells = [f"{results[model, d]:.3f} | {seconds[model, d]:.1f}"
+                 for d in EVIDENCE_DATASETS]
+        print(f"| {model} | " + " | ".join(cells) + " |")
+
+
+def _metric(dataset: str) -> str:
+    return "accuracy" if DATASETS[dataset][1] == "classification" else "R²"
 
 
 def _split(X, y, task):
@@ -214,10 +293,8 @@ def _split(X, y, task):
                             stratify=y if task == "classification" else None)
 
 
-def print_table(results: dict) -> None:
-    datasets = list(DATASETS)
-    header = [f"{d} ({'accuracy' if DATASETS[d][1] == 'classification' else 'R²'})"
-              for d in datasets]
+def print_table(results: dict, datasets: list[str]) -> None:
+    header = [f"{d} ({_metric(d)})" for d in datasets]
     rows = sorted({m for m, _ in results}, key=list(dict.fromkeys(m for m, _ in results)).index)
     print("\n| model | " + " | ".join(header) + " |")
     print("|---|" + "---:|" * len(datasets))
