@@ -446,7 +446,7 @@ def nystrom_ensemble(arch, x_train: ArrayLike, y_train: ArrayLike, n_components:
     indices = _landmark_indices(x, n_components, landmarks, seed, arch, kind, progress)
     m = len(indices)
     kinds = KINDS if (covariance and kind == "ntk") else (kind,)
-    require_memory(8.0 * (m * m * _SQUARE_MATRICES + _block_rows(m, len(kinds)) * m
+    require_memory(8.0 * (m * m * _SQUARE_MATRICES + min(n, _block_rows(m, len(kinds))) * m
                           * len(kinds) * 2),
                    f"the Nyström solver with {m} landmarks",
                    hint="use fewer landmarks (n_components)")

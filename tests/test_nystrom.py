@@ -11,9 +11,11 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import ntkdsl
 from ntkdsl.errors import InputError
+from ntkdsl.estimators import NTKClassifier, NTKRegressor
 from ntkdsl.nystrom import DuplicateLandmarkWarning, nystrom_ensemble, select_landmarks
 from ntkdsl.predict import SingularKernelWarning, gradient_descent_mse_ensemble
 
@@ -243,3 +245,92 @@ def test_bad_times_and_targets_are_refused(data, net):
         nystrom_ensemble(net, x, np.full(40, np.nan), 10)
     with pytest.raises(InputError, match="training times must be >= 0"):
         nystrom_ensemble(net, x, y, 10).predict(x_test, -1.0)
+
+
+# ----------------------------------------------------------------------------- estimators
+
+@pytest.fixture(scope="module")
+def regression():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((60, 4))
+    return x, np.sin(x[:, 0]) + 0.5 * x[:, 1] * x[:, 2], rng.standard_normal((8, 4))
+
+
+@pytest.mark.parametrize("solver", ["nystrom", "cg"])
+def test_regressor_solvers_give_the_exact_predictions(regression, solver):
+    x, y, x_test = regression
+    exact = NTKRegressor(ARCH, time=50.0, diag_reg=1e-3, solver="exact").fit(x, y)
+    other = NTKRegressor(ARCH, time=50.0, diag_reg=1e-3, solver=solver,
+                         n_components=len(x)).fit(x, y)
+    assert other.solver_ == solver
+    close(other.predict(x_test), exact.predict(x_test))
+    close(other.predict_trajectory(x_test, [1.0, 10.0, np.inf]),
+          exact.predict_trajectory(x_test, [1.0, 10.0, np.inf]))
+
+
+@pytest.mark.parametrize("kernel", ["ntk", "nngp"])
+def test_nystrom_regressor_std_and_cov_are_the_exact_ones(regression, kernel):
+    x, y, x_test = regression
+    params = dict(kernel=kernel, time=30.0, diag_reg=1e-3, n_components=len(x))
+    exact = NTKRegressor(ARCH, solver="exact", **params).fit(x, y)
+    approx = NTKRegressor(ARCH, solver="nystrom", **params).fit(x, y)
+    for option in ("return_std", "return_cov"):
+        want = exact.predict(x_test, **{option: True})
+        got = approx.predict(x_test, **{option: True})
+        close(got[0], want[0])
+        close(got[1], want[1], 1e-7)
+
+
+def test_nystrom_classifier_matches_exact_at_all_landmarks():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((50, 3))
+    labels = np.array(["a", "b", "c"])[np.argmax(x, axis=1)]
+    exact = NTKClassifier(ARCH, time=100.0, solver="exact").fit(x, labels)
+    approx = NTKClassifier(ARCH, time=100.0, solver="nystrom", n_components=50).fit(x, labels)
+    close(approx.decision_function(x[:10]), exact.decision_function(x[:10]))
+    assert np.all(approx.predict(x) == exact.predict(x))
+
+
+def test_auto_picks_nystrom_beyond_the_exact_limit_and_says_so(regression, monkeypatch):
+    import ntkdsl.estimators as estimators
+
+    x, y, _ = regression
+    assert NTKRegressor(ARCH).fit(x, y).solver_ == "exact"
+    monkeypatch.setattr(estimators, "AUTO_EXACT_LIMIT", 50)
+    reg = NTKRegressor(ARCH, n_components=20).fit(x, y)
+    assert reg.solver_ == "nystrom" and reg.ensemble_.n_components == 20
+    assert "solver 'nystrom' (auto: N = 60 > 50; 20 landmarks)" in repr(reg)
+
+
+def test_too_large_for_the_exact_solver_is_refused_naming_nystrom(regression, monkeypatch):
+    import ntkdsl.estimators as estimators
+    import ntkdsl.evaluation.memory as memory
+
+    x, y, _ = regression
+    monkeypatch.setattr(memory, "memory_limits", lambda: {"free memory": 100_000})
+    monkeypatch.setattr(estimators, "available_memory", lambda: 100_000)
+    with pytest.raises(InputError, match="needs") as info:
+        NTKRegressor(ARCH, solver="exact").fit(x, y)
+    assert "solver='nystrom', n_components=60" in info.value.hint
+    assert NTKRegressor(ARCH, n_components=10).fit(x, y).solver_ == "nystrom"
+
+
+def test_bad_solvers_and_components_are_refused(regression):
+    x, y, _ = regression
+    with pytest.raises(InputError, match="solver must be one of 'auto', 'exact', 'nystrom'"):
+        NTKRegressor(ARCH, solver="lu").fit(x, y)
+    with pytest.raises(InputError, match="got 61"):
+        NTKRegressor(ARCH, solver="nystrom", n_components=61).fit(x, y)
+    cg = NTKRegressor(ARCH, solver="cg").fit(x, y)
+    with pytest.raises(InputError, match="return_std / return_cov needs solver='exact' or "
+                                         "'nystrom'"):
+        cg.predict(x, return_std=True)
+
+
+# The regressor with every training row a landmark (n_components=None, N < 2,000): scikit-learn's
+# training-score check needs a good fit; the classifier's checks pass with 10.
+@parametrize_with_checks([NTKRegressor(ARCH, solver="nystrom", diag_reg=1e-3),
+                          NTKClassifier(ARCH, solver="nystrom", n_components=10, diag_reg=1e-3),
+                          NTKRegressor(ARCH, solver="cg", diag_reg=1e-3)])
+def test_scikit_learn_contract_of_the_large_n_solvers(estimator, check):
+    check(estimator)
