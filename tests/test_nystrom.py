@@ -334,3 +334,57 @@ def test_bad_solvers_and_components_are_refused(regression):
                           NTKRegressor(ARCH, solver="cg", diag_reg=1e-3)])
 def test_scikit_learn_contract_of_the_large_n_solvers(estimator, check):
     check(estimator)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def write_csv(path, x, y):
+    lines = ["a,b,c,y"] + [",".join(map(repr, map(float, (*r, t)))) for r, t in zip(x, y)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def metrics(output: str) -> np.ndarray:
+    import re
+    return np.array([[float(v) for v in m.groups()] for m in re.finditer(
+        r"^\s*(?:inf|[\d.e+]+)\s+([-\d.e+]+)\s+([-\d.e+]+)\s+([-\d.e+]+)\s+([-\d.e+]+)\s*$",
+        output, re.M)])
+
+
+def test_fit_command_with_the_nystrom_solver_matches_exact(tmp_path, capsys):
+    from ntkdsl.cli import main
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((80, 3))
+    path = write_csv(tmp_path / "data.csv", x, np.sin(x[:, 0]) + x[:, 1] * x[:, 2])
+    common = ["fit", ARCH, "--data", str(path), "--target", "y", "--times", "1,10,100",
+              "--diag-reg", "1e-3"]
+    assert main([*common, "--solver", "exact"]) == 0
+    exact = capsys.readouterr().out
+    assert main([*common, "--solver", "nystrom", "--n-components", "60"]) == 0
+    approx = capsys.readouterr().out
+    assert "solver        nystrom (as asked)" in approx and "Nyström with 60 landmarks" in approx
+    assert metrics(approx).shape == (4, 4)
+    # 60 training rows (test size 0.25): every row a landmark, so the numbers are the exact ones
+    assert np.allclose(metrics(approx), metrics(exact), rtol=1e-3, atol=1e-6)
+    assert main([*common, "--solver", "nystrom", "--n-components", "61"]) == 1
+    assert "n_components must be from 1 to the number of training samples (60)" in \
+        capsys.readouterr().err
+
+
+def test_csv_is_read_in_chunks_with_the_same_numbers_and_line_numbers(tmp_path, monkeypatch):
+    from ntkdsl.commands import fit
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((50, 3))
+    path = write_csv(tmp_path / "data.csv", x, x[:, 0])
+    whole = fit.load_csv(path, "y")
+    monkeypatch.setattr(fit, "CSV_CHUNK_ROWS", 7)
+    chunked = fit.load_csv(path, "y")
+    assert np.array_equal(chunked.X, whole.X) and np.array_equal(chunked.y, whole.y)
+    assert np.array_equal(chunked.X, x)
+    lines = path.read_text().splitlines()
+    lines[40] = lines[40].replace(lines[40].split(",")[1], "oops", 1)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="line 41, column 'b': 'oops' is not a number"):
+        fit.load_csv(path, "y")
