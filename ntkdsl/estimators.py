@@ -25,6 +25,7 @@ contract — and ``X`` may also be given as images (n, 8, 8, 1) directly.
 """
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 
 import numpy as np
@@ -38,6 +39,7 @@ from . import errors, network
 from .errors import InputError, NTKDSLError, ParameterError
 from .evaluation import (
     as_real_array,
+    available_memory,
     check_input_rank,
     densified,
     example_shape,
@@ -46,6 +48,8 @@ from .evaluation import (
     require_memory,
 )
 from .kinds import KINDS
+from .krylov import cg_ensemble
+from .nystrom import nystrom_ensemble
 from .parser import parse
 from .predict import GradientFlowEnsemble, solver_memory
 from .sklearn import KERNELS, MarginalLikelihood
@@ -64,6 +68,12 @@ DEFAULT_ARCH = "(Dense(512, W_std=1.5, b_std=0.05) > Relu) * 2 > Dense(1, W_std=
 # Rows of test inputs per prediction: bounds the test kernels and the solver's products at
 # BATCH × N floats each.
 _BATCH = 512
+
+SOLVERS = ("auto", "exact", "nystrom", "cg")
+# solver="auto": the exact solver (an O(N³) factorisation: about a minute at this N on two
+# cores) up to this many training samples when its memory fits, the Nyström solver beyond.
+AUTO_EXACT_LIMIT = 10_000
+DEFAULT_COMPONENTS = 2_000  # Nyström landmarks when n_components is None (at most N)
 
 
 @contextmanager
@@ -125,8 +135,8 @@ class _NTKEstimator(BaseEstimator):
     """Shared machinery: architectures, kernels, the gradient-flow ensemble."""
 
     def __init__(self, arch=DEFAULT_ARCH, kernel="ntk", time=None, learning_rate=1.0,
-                 diag_reg=0.0, verbose=False, input_shape=None,
-                 optimize=None, n_restarts_optimizer=0, random_state=None):
+                 diag_reg=0.0, verbose=False, input_shape=None, solver="auto",
+                 n_components=None, optimize=None, n_restarts_optimizer=0, random_state=None):
         self.arch = arch
         self.kernel = kernel
         self.time = time
@@ -134,6 +144,8 @@ class _NTKEstimator(BaseEstimator):
         self.diag_reg = diag_reg
         self.verbose = verbose
         self.input_shape = input_shape
+        self.solver = solver
+        self.n_components = n_components
         self.optimize = optimize
         self.n_restarts_optimizer = n_restarts_optimizer
         self.random_state = random_state
@@ -251,17 +263,31 @@ class _NTKEstimator(BaseEstimator):
         return {kinds[0]: getattr(net, kinds[0])(X, X2, progress=progress)}
 
     def _fit_targets(self, X, targets) -> None:
-        """Compile, evaluate the training kernel once and factorise it (lazily) for predict."""
+        """Compile, evaluate the training kernel once and factorise it (lazily) for predict
+        — or, by ``solver``, stream Nyström features or store the kernel for CG."""
         self._check_hyperparameters()
-        self._check_memory(X.shape[0])
+        self.solver_, self.solver_reason_ = self._choose_solver(X.shape[0])
+        if self.verbose:
+            print(f"ntkdsl: solver {self.solver_!r} ({self.solver_reason_})", file=sys.stderr)
+        if self.solver_ == "exact" or self.optimize is not None:
+            self._check_memory(X.shape[0])  # the marginal likelihood needs the whole kernel
         fitted = self._maximise_evidence(X, targets)
         self.network_ = self._compile() if fitted is None else network.compile(self.arch_)
         self.X_fit_ = X
+        self.diag_reg_ = self.diag_reg if fitted is None else fitted.diag_reg
+        if self.solver_ == "nystrom":
+            self._fit_nystrom(targets, covariance=False)
+            return
         k_train = fitted.kernel if fitted is not None else \
             self._kernels(X, kinds=(self._train_kernel_name,))[self._train_kernel_name]
-        self.ensemble_ = GradientFlowEnsemble(
-            k_train, targets, kernel=self._train_kernel_name, learning_rate=self.learning_rate,
-            diag_reg=self.diag_reg if fitted is None else fitted.diag_reg)
+        if self.solver_ == "cg":
+            self.ensemble_ = cg_ensemble(k_train, targets, kernel=self._train_kernel_name,
+                                         learning_rate=self.learning_rate,
+                                         diag_reg=self.diag_reg_)
+            return
+        self.ensemble_ = GradientFlowEnsemble(k_train, targets, kernel=self._train_kernel_name,
+                                              learning_rate=self.learning_rate,
+                                              diag_reg=self.diag_reg_)
         # Factorise for the fitted time now, so a SingularKernelWarning is raised by fit().
         self.ensemble_.prepare(self.time)
 
@@ -306,13 +332,61 @@ class _NTKEstimator(BaseEstimator):
                                  hint="rename the placeholder")
         return arch
 
+    def _components(self, n: int) -> int:
+        return min(n, DEFAULT_COMPONENTS) if self.n_components is None else self.n_components
+
+    def _choose_solver(self, n: int) -> tuple[str, str]:
+        """(solver, why): ``solver`` as given, or for "auto" the exact solver up to
+        AUTO_EXACT_LIMIT samples when its kernel and factorisation fit in memory, else Nyström."""
+        if self.solver not in SOLVERS:
+            raise InputError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got "
+                             f"{self.solver!r}")
+        if self.solver != "auto":
+            return self.solver, "as asked"
+        finite = self.time is not None and np.isfinite(self.time)
+        needed = 8.0 * n * n + solver_memory(n, eigen=finite)
+        free = available_memory()
+        if n <= AUTO_EXACT_LIMIT and (free is None or needed <= free):
+            return "exact", f"auto: N = {n} <= {AUTO_EXACT_LIMIT} and {needed / 1e9:.2g} GB fit"
+        return "nystrom", (f"auto: N = {n} > {AUTO_EXACT_LIMIT}" if n > AUTO_EXACT_LIMIT else
+                           f"auto: the exact solver's {needed / 1e9:.2g} GB do not fit") + \
+            f"; {self._components(n)} landmarks"
+
+    def _fit_nystrom(self, targets, covariance: bool) -> None:
+        self._nystrom_targets = targets
+        self.ensemble_ = nystrom_ensemble(
+            self.network_, self.X_fit_, targets, self._components(len(self.X_fit_)),
+            kernel=self._train_kernel_name, learning_rate=self.learning_rate,
+            diag_reg=self.diag_reg_, covariance=covariance, progress=None if self.verbose
+            else False)
+
+    def _means(self, X, t) -> np.ndarray:
+        """The ensemble's mean outputs on one batch of (validated) inputs at times ``t``."""
+        if self.solver_ == "nystrom":
+            return self.ensemble_.predict(X, t).mean
+        name = self._train_kernel_name
+        return self.ensemble_.predict(self._kernels(X, self.X_fit_, (name,))[name], t).mean
+
+    def __repr__(self, N_CHAR_MAX=700):
+        text = super().__repr__(N_CHAR_MAX)
+        reason = getattr(self, "solver_reason_", None)
+        return text if reason is None else f"{text}  # solver {self.solver_!r} ({reason})"
+
     def log_marginal_likelihood(self) -> float:
         """log p(y | X) of the training targets (as fit used them: one-hot codes centred for a
         classifier, normalised with ``normalize_y``) for the Gaussian process with the fitted
         kernel — the NNGP's evidence, or the NTK used as a GP kernel — and the ridge
         ``diag_reg`` · mean(diag K) as the noise variance, summed over target columns."""
         _check_fitted(self)
+        self._require_exact("log_marginal_likelihood()")
         return self.ensemble_.log_marginal_likelihood()
+
+    def _require_exact(self, what: str, nystrom: bool = False) -> None:
+        if self.solver_ == "exact" or (nystrom and self.solver_ == "nystrom"):
+            return
+        valid = "solver='exact' or 'nystrom'" if nystrom else "solver='exact'"
+        raise InputError(f"{what} needs {valid}; this estimator was fitted with "
+                         f"solver={self.solver_!r}")
 
     def _check_memory(self, n: int) -> None:
         """Before any kernel entry: the N x N training kernel and the solver's factorisation
@@ -321,17 +395,16 @@ class _NTKEstimator(BaseEstimator):
         require_memory(8.0 * n * n + solver_memory(n, eigen=finite),
                        f"fitting on {n} samples (the {n} x {n} training kernel and its "
                        f"{'eigendecomposition' if finite else 'factorisation'})",
-                       hint="fit on fewer samples (e.g. a random subset of the training set)")
+                       hint=f"use the Nyström solver: solver='nystrom', n_components="
+                            f"{min(n, DEFAULT_COMPONENTS)} (memory O(N·d + m²)), or fit on "
+                            "fewer samples")
 
     def _outputs(self, X, times) -> np.ndarray:
         """Ensemble mean outputs (targets' scale) at ``times`` (None = the fitted time)."""
         _check_fitted(self)
         X = self._examples(X, reset=False)
         t = self.time if times is None else times
-        name = self._train_kernel_name
-        means = [self.ensemble_.predict(self._kernels(X[s:s + _BATCH], self.X_fit_, (name,))[name],
-                                        t).mean
-                 for s in range(0, X.shape[0], _BATCH)]
+        means = [self._means(X[s:s + _BATCH], t) for s in range(0, X.shape[0], _BATCH)]
         lead = np.ndim(np.inf if t is None else t)
         return np.concatenate(means, axis=lead)
 
@@ -398,9 +471,10 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
 
     def __init__(self, arch=DEFAULT_ARCH, kernel="ntk", time=None, learning_rate=1.0,
                  diag_reg=0.0, verbose=False, normalize_y=False, input_shape=None,
-                 optimize=None, n_restarts_optimizer=0, random_state=None):
+                 solver="auto", n_components=None, optimize=None, n_restarts_optimizer=0,
+                 random_state=None):
         super().__init__(arch, kernel, time, learning_rate, diag_reg, verbose, input_shape,
-                         optimize, n_restarts_optimizer, random_state)
+                         solver, n_components, optimize, n_restarts_optimizer, random_state)
         self.normalize_y = normalize_y
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> NTKRegressor:
@@ -449,8 +523,14 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
         """Mean predictions at several training times: shape ``np.shape(times) + (m[, k])``."""
         return self._unscaled(self._outputs(X, as_real_array(times, "times")))
 
-    def _gaussian(self, X):
+    def _gaussian(self, X, variance_only=False):
         """Mean and covariance of the ensemble on X (needs the NNGP beside the NTK)."""
+        self._require_exact("return_std / return_cov", nystrom=True)
+        if self.solver_ == "nystrom":
+            if self.ensemble_.kernel == "ntk" and self.ensemble_._cross is None:
+                self._fit_nystrom(self._nystrom_targets, covariance=True)  # once, on request
+            return self.ensemble_.predict(X, self.time, compute_cov=not variance_only,
+                                          variance_only=variance_only)
         ensemble = self.ensemble_
         extra = {}
         if ensemble.kernel == "ntk" and ensemble.nngp_train_train is None:
@@ -464,7 +544,9 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
                                 nngp_test_test=self._kernels(X, kinds=("nngp",))["nngp"], **extra)
 
     def _std(self, X) -> np.ndarray:
-        variances = [np.diagonal(self._gaussian(X[s:s + _BATCH]).covariance)
+        variances = [self._gaussian(X[s:s + _BATCH], variance_only=True).covariance
+                     if self.solver_ == "nystrom" else
+                     np.diagonal(self._gaussian(X[s:s + _BATCH]).covariance)
                      for s in range(0, X.shape[0], _BATCH)]
         # Rounding can leave a zero variance slightly negative; clip it rather than NaN.
         return np.sqrt(np.maximum(np.concatenate(variances), 0.0))

@@ -73,7 +73,11 @@ EXAMPLES = """
   ntkdsl fit "(Dense(512, W_std={w}, b_std={b}) > Relu) * 3 > Dense(1, W_std={w})" \
       --dataset diabetes --kernel nngp --set w=1,b=0.5 --diag-reg 0.1 \
       --optimize w=0.1:10,b=0.001:10,diag_reg=1e-4:10
+  ntkdsl fit "Dense(512) > Relu > Dense(1)" --data big.csv --target y --solver nystrom --n-components 2000
 """
+# Records of a CSV file parsed and converted to arrays at a time: the Python lists of one
+# chunk are what parsing holds beyond the arrays (a million rows of 21 fields would be GBs).
+CSV_CHUNK_ROWS = 65_536
 
 
 def register(subparsers) -> None:
@@ -112,6 +116,14 @@ def register(subparsers) -> None:
                         help="for a convolutional architecture: the shape of one example, "
                              "channels last, that each row is reshaped to (default: the "
                              "dataset's image shape, digits: 8,8,1)")
+    parser.add_argument("--solver", choices=["auto", "exact", "nystrom", "cg"], default="auto",
+                        help="exact: factorise the N x N kernel; nystrom: m landmark features, "
+                             "O(N m²) time and O(m²) memory; cg: conjugate gradients and "
+                             "Krylov steps on the stored kernel; auto: exact up to N = 10,000 "
+                             "when it fits in memory, else nystrom")
+    parser.add_argument("--n-components", type=whole(1), default=None, metavar="M",
+                        help="Nyström landmarks, at most the training samples (default: "
+                             "min(N, 2000))")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the train/test split")
     parser.add_argument("--set", type=assignments(_placeholder_value, "w=1.5,L=2"),
                         default=None, metavar="NAME=VALUE,...",
@@ -213,27 +225,45 @@ def load_csv(path: Path, target: str | None, task: str = "auto") -> Dataset:
     there is one, the line and column."""
     if target is None:
         raise InputError("--data needs --target COLUMN: the name of the column to predict")
-    lines, rows = _csv_rows(path, _csv_text(path))
-    if not rows:
+    records = _csv_records(path, _csv_text(path))
+    first = next(records, None)
+    if first is None:
         raise InputError(f"{path} is empty: it needs a header row and at least 2 data rows")
-    header = [name.strip() for name in rows[0]]
+    header = [name.strip() for name in first[1]]
     _check_header(path, header, target)
-    body = [(line, row) for line, row in zip(lines[1:], rows[1:])
-            if any(cell.strip() for cell in row)]
-    if len(body) < 2:
-        raise InputError(f"{path}: {len(body)} data rows below the header; need a header row "
-                         "and at least 2 data rows")
-    for line, row in body:
-        if len(row) != len(header):
-            raise InputError(f"{path}, line {line}: {len(row)} fields, but the header has "
-                             f"{len(header)}")
     index = header.index(target)
     features = [name for name in header if name != target]
     if not features:
         raise InputError(f"{path}: no feature columns besides the target {target!r}")
-    X = _numeric_columns(path, body, header, [header.index(f) for f in features])
-    y, task = _target_and_task(path, target, body, index, task)
-    return Dataset(path.name, X, y, task, features)
+    columns = [header.index(f) for f in features]
+    blocks, labels, lines = [], [], []
+    for body in _chunks((record for record in records
+                         if any(cell.strip() for cell in record[1])), CSV_CHUNK_ROWS):
+        for line, row in body:
+            if len(row) != len(header):
+                raise InputError(f"{path}, line {line}: {len(row)} fields, but the header has "
+                                 f"{len(header)}")
+        blocks.append(_numeric_columns(path, body, header, columns))
+        labels.append(np.array([row[index].strip() for _, row in body]))
+        lines.append(np.array([line for line, _ in body]))
+    if sum(map(len, lines)) < 2:
+        raise InputError(f"{path}: {sum(map(len, lines))} data rows below the header; need a "
+                         "header row and at least 2 data rows")
+    y, task = _target_and_task(path, target, np.concatenate(lines), np.concatenate(labels),
+                               task)
+    return Dataset(path.name, np.concatenate(blocks), y, task, features)
+
+
+def _chunks(items, size: int):
+    """Lists of up to ``size`` consecutive items."""
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _csv_text(path: Path) -> str:
@@ -266,19 +296,17 @@ def _byte_place(data: bytes, offset: int) -> str:
     return f"line {line}, column {column}"
 
 
-def _csv_rows(path: Path, text: str) -> tuple[list[int], list[list[str]]]:
-    """(first line of each record, the records): lines as a text editor numbers them, so
-    that a quoted field over several lines does not shift the numbers after it."""
+def _csv_records(path: Path, text: str):
+    """(first line of the record, the record) one by one: lines as a text editor numbers
+    them, so that a quoted field over several lines does not shift the numbers after it."""
     reader = csv.reader(io.StringIO(text, newline=""))
-    lines, rows, end = [], [], 0
+    end = 0
     try:
         for row in reader:
-            lines.append(end + 1)
-            rows.append(row)
+            yield end + 1, row
             end = reader.line_num
     except csv.Error as err:
         raise InputError(f"{path}, line {reader.line_num}: not valid CSV: {err}") from None
-    return lines, rows
 
 
 def _check_header(path: Path, header: list[str], target: str) -> None:
@@ -292,6 +320,19 @@ def _check_header(path: Path, header: list[str], target: str) -> None:
 
 
 def _numeric_columns(path, body, header, columns) -> np.ndarray:
+    try:  # numpy parses the whole chunk at once; the loop below names a bad cell
+        X = np.array([[row[c] for c in columns] for _, row in body]).astype(np.float64)
+    except ValueError:
+        X = _numeric_cells(path, body, header, columns)
+    if not np.all(np.isfinite(X)):
+        i, j = np.argwhere(~np.isfinite(X))[0]
+        raise InputError(f"{path}, line {body[i][0]}, column {header[columns[j]]!r}: "
+                         f"{body[i][1][columns[j]].strip()!r} is not finite; every feature "
+                         "value must be a finite number (drop or impute it)")
+    return X
+
+
+def _numeric_cells(path, body, header, columns) -> np.ndarray:
     X = np.empty((len(body), len(columns)))
     for j, column in enumerate(columns):
         for i, (line, row) in enumerate(body):
@@ -302,19 +343,15 @@ def _numeric_columns(path, body, header, columns) -> np.ndarray:
                     f"{path}, line {line}, column {header[column]!r}: {row[column]!r} is not a "
                     "number; every feature column must be numeric (encode categories as "
                     "numbers, drop text columns, fill missing values)") from None
-    if not np.all(np.isfinite(X)):
-        i, j = np.argwhere(~np.isfinite(X))[0]
-        raise InputError(f"{path}, line {body[i][0]}, column {header[columns[j]]!r}: "
-                         f"{body[i][1][columns[j]].strip()!r} is not finite; every feature "
-                         "value must be a finite number (drop or impute it)")
     return X
 
 
-def _target_and_task(path, target, body, index, task) -> tuple[np.ndarray, str]:
-    labels = np.array([row[index].strip() for _, row in body])
+def _target_and_task(path, target, lines, labels, task) -> tuple[np.ndarray, str]:
+    """The target column (``labels``, stripped text, with the ``lines`` of their records)
+    as numbers or class labels, and the task."""
     empty = np.flatnonzero(labels == "")
     if empty.size:
-        raise InputError(f"{path}, line {body[empty[0]][0]}, column {target!r}: empty cells in "
+        raise InputError(f"{path}, line {lines[empty[0]]}, column {target!r}: empty cells in "
                          f"the target column ({empty.size} of {labels.size} rows); every row "
                          "needs a target")
     try:
@@ -332,7 +369,7 @@ def _target_and_task(path, target, body, index, task) -> tuple[np.ndarray, str]:
         return labels, task
     if not np.all(np.isfinite(values)):
         first = np.flatnonzero(~np.isfinite(values))[0]
-        raise InputError(f"{path}, line {body[first][0]}, column {target!r}: "
+        raise InputError(f"{path}, line {lines[first]}, column {target!r}: "
                          f"{str(labels[first])!r} is not finite; every target must be a finite "
                          "number")
     return values, task
@@ -412,12 +449,16 @@ def _fit_and_trace(args, data: Dataset, split, times: np.ndarray, step) -> Run:
                     diag_reg=args.diag_reg, verbose=sys.stderr.isatty(),
                     input_shape=example_shape(start, data, args.shape),
                     optimize=args.optimize, n_restarts_optimizer=args.restarts,
-                    random_state=args.seed)
+                    random_state=args.seed, solver=args.solver, n_components=args.n_components)
     step(f"{'marginal-likelihood fit and ' * (args.optimize is not None)}kernel on "
          f"{len(X_train)} training samples")
     estimator.fit(X_train, y_train)
     all_times = np.append(times, np.inf)
     step("eigendecomposition and training-set trajectory")
+    if estimator.solver_ != "exact":  # the other solvers predict on the training rows
+        train = estimator._outputs(X_train, all_times)
+        step(f"predictions on {len(X_test)} test samples")
+        return _run(all_times, train, estimator._outputs(X_test, all_times), estimator, data)
     train = estimator.ensemble_.predict_train(all_times).mean
     step(f"predictions on {len(X_test)} test samples")
     shape = estimator.input_shape_  # the rows as the kernels take them (images)
@@ -425,6 +466,10 @@ def _fit_and_trace(args, data: Dataset, split, times: np.ndarray, step) -> Run:
     test = estimator.ensemble_.predict(
         getattr(estimator.network_, estimator.ensemble_.kernel)(X_test, estimator.X_fit_),
         all_times).mean
+    return _run(all_times, train, test, estimator, data)
+
+
+def _run(all_times, train, test, estimator, data: Dataset) -> Run:
     if data.task == "classification":  # back from centred to one-hot scale
         train, test = train + 1 / len(estimator.classes_), test + 1 / len(estimator.classes_)
     return Run(all_times, train, test, estimator)
@@ -457,9 +502,23 @@ def _split(data: Dataset, args):
 
 # ----------------------------------------------------------------------------- report
 
+def _solver_summary(estimator) -> str:
+    """The kernel's size and spectrum as the fitted solver sees it."""
+    ensemble = estimator.ensemble_
+    if estimator.solver_ == "nystrom":
+        evals = ensemble.eigenvalues
+        return (f"Nyström with {ensemble.n_components} landmarks, eigenvalues of the "
+                f"regularised approximate kernel {evals[0]:.3g} .. {evals[-1]:.3g}")
+    if estimator.solver_ == "cg":
+        return (f"conjugate gradients / Krylov steps, preconditioner rank {ensemble.rank}, "
+                f"mean diagonal {ensemble.operator.trace / ensemble.n_train:.4g}")
+    evals = ensemble.factor.eigensystem[0]
+    return (f"mean diagonal {np.mean(np.diag(ensemble.k_train_train)):.4g}, eigenvalues "
+            f"{evals[0]:.3g} .. {evals[-1]:.3g}")
+
+
 def _kernel_summary(estimator, data: Dataset, n_train: int, n_test: int) -> list[str]:
     ensemble = estimator.ensemble_
-    evals = ensemble.factor.eigensystem[0]
     shape = estimator.input_shape_
     images = "" if shape is None else f" as {'x'.join(map(str, shape))} images"
     lines = [f"architecture  {getattr(estimator, 'arch_', None) or estimator.architecture()}",
@@ -468,8 +527,8 @@ def _kernel_summary(estimator, data: Dataset, n_train: int, n_test: int) -> list
              + (f", {len(estimator.classes_)} classes" if data.task == "classification" else ""),
              f"kernel        {ensemble.kernel.upper()} "
              f"({'all layers trained' if ensemble.kernel == 'ntk' else 'readout only'}), "
-             f"mean diagonal {np.mean(np.diag(ensemble.k_train_train)):.4g}, eigenvalues "
-             f"{evals[0]:.3g} .. {evals[-1]:.3g}, diag_reg {ensemble.effective_diag_reg:.3g}"]
+             f"{_solver_summary(estimator)}, diag_reg {ensemble.effective_diag_reg:.3g}",
+             f"solver        {estimator.solver_} ({estimator.solver_reason_})"]
     if hasattr(estimator, "params_"):
         fitted = ", ".join(f"{name} = {value:.6g}" for name, value in estimator.params_.items())
         starts = {**getattr(estimator.arch, "values", {}), "diag_reg": estimator.diag_reg}
