@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # type checkers see the lazy names as ordinary imports
 # ntkdsl.finite.FiniteNetwork, ...), loaded on first access for the same reason.
 _LAZY_MODULES = ("estimators", "finite", "predict", "verify", "standalone", "formula",
                  "evaluation", "numerical", "derivation", "activations", "expressions",
-                 "sklearn", "templates", "tangents")
+                 "sklearn", "templates", "tangents", "dask")
 
 
 def __getattr__(name: str):

@@ -17,6 +17,7 @@ from .ast import Node
 from .derivation import Program, derive
 from .errors import InputError, ParameterError
 from .evaluation import check_inputs, identical_pairs  # noqa: F401 - public here too
+from .evaluation.dask_blocks import is_dask_array, lazy_kernels
 from .evaluation.gradients import evaluate_with_gradients
 from .formula import Formula
 from .generate import CompiledKernels, compile_kernels
@@ -111,6 +112,13 @@ class Network:
         return result[0], result[1]
 
     def _evaluate(self, kinds, x1, x2, out, dtype, progress, threads) -> list[np.ndarray]:
+        if is_dask_array(x1) or is_dask_array(x2):
+            if out is not None:
+                raise InputError("out= does not go with Dask arrays: the kernel is a lazy Dask "
+                                 "array, written where its blocks are computed",
+                                 hint="store it with dask.array.to_zarr(K, path) or "
+                                      "K.to_zarr(path); or compute it: K.compute()")
+            return lazy_kernels(self, kinds, x1, x2, dtype=dtype, threads=threads)
         evaluate = (evaluation.evaluate if self.compiled.spatial is None
                     else evaluation.evaluate_images)
         return evaluate(self.compiled, x1, x2, kinds=kinds, out=out,

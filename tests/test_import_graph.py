@@ -48,7 +48,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("network", ("ntkdsl.network",)),
     # What users build on a compiled network.
     ("solvers", ("ntkdsl.predict", "ntkdsl.nystrom", "ntkdsl.krylov", "ntkdsl.estimators",
-                 "ntkdsl.verify", "ntkdsl.finite", "ntkdsl.sklearn")),
+                 "ntkdsl.verify", "ntkdsl.finite", "ntkdsl.sklearn", "ntkdsl.dask")),
     ("command line", ("ntkdsl.cli", "ntkdsl.commands", "ntkdsl.__main__")),
     # The package's own namespace re-exports everything, so nothing inside may import it.
     ("package", (PACKAGE,)),

@@ -52,11 +52,21 @@ def as_matrix(x, name):
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputProblem(f"{name} is empty (shape {arr.shape}); it needs at least one "
                            "sample and one feature", shape=True)
-    if not numpy.isfinite(arr).all():
-        i, j = numpy.argwhere(~numpy.isfinite(arr))[0]
-        raise InputProblem(f"{name} has a non-finite value {arr[i, j]} at row {i}, column {j}",
-                           "kernels are defined for finite inputs only; drop or impute it")
+    check_finite(arr, name)
     return arr
+
+
+def check_finite(arr, name, first_row=0):
+    """InputProblem naming the first non-finite value of ``arr`` by its place, its row
+    counted from ``first_row`` (a block of a larger array names its row in the whole)."""
+    if numpy.isfinite(arr).all():
+        return
+    index = tuple(int(i) for i in numpy.argwhere(~numpy.isfinite(arr))[0])
+    value, row = arr[index], index[0] + first_row
+    where = (f"row {row}, column {index[1]}" if arr.ndim == 2
+             else f"index {(row,) + index[1:]}")
+    raise InputProblem(f"{name} has a non-finite value {value} at {where}",
+                       "kernels are defined for finite inputs only; drop or impute it")
 
 
 def check_inputs(x1, x2):
@@ -220,10 +230,7 @@ def as_images(x, name, axes):
     if 0 in arr.shape:
         raise InputProblem(f"{name} is empty (shape {arr.shape}); it needs at least one "
                            "image, position and channel", shape=True)
-    if not numpy.isfinite(arr).all():
-        index = tuple(int(i) for i in numpy.argwhere(~numpy.isfinite(arr))[0])
-        raise InputProblem(f"{name} has a non-finite value {arr[index]} at index {index}",
-                           "kernels are defined for finite inputs only; drop or impute it")
+    check_finite(arr, name)
     return arr
 
 

@@ -1,0 +1,172 @@
+"""Kernels of Dask arrays as lazy Dask arrays of kernel blocks.
+
+A Dask array of inputs chunked along its rows (every other axis in one chunk) gives a Dask
+array of the kernel chunked by (rows of x1, rows of x2): block (i, j) is one call of the
+network's own evaluation on row chunks i and j, on whichever worker Dask picks. The network
+travels to the workers as its architecture string (``Network`` pickles so) and is compiled
+once per worker process (``ntkdsl.compile`` caches per string). A self-kernel computes each
+block of the upper triangle once and takes the block below the diagonal as the transpose
+of its twin, so it is exactly symmetric; inside a block, entries of identical rows hold the
+exact diagonal values as in-process — for rows in different chunks too, because every pair
+of chunks meets in one call. Both kernels of ``kernels()`` come from one task per block.
+
+Dask is imported only when the inputs already are Dask arrays: the core never needs it.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, NTKDSLError
+from ..runtime import driver
+from .inputs import _checked
+from .outputs import resolve_dtype
+
+PACKAGE = "ntkdsl"  # what every worker must have installed to run the blocks' tasks
+
+
+def is_dask_array(value: Any) -> bool:
+    """True if ``value`` is a dask.array.Array (without importing Dask: an array of it
+    exists only once the user has imported dask.array)."""
+    module = sys.modules.get("dask.array")
+    return module is not None and isinstance(value, module.Array)
+
+
+def lazy_kernels(net: Any, kinds: tuple[str, ...], x1: Any, x2: Any, *, dtype: Any = None,
+                 threads: int | None = None) -> list:
+    """One lazy Dask array per kind in ``kinds`` (``'nngp'``, ``'ntk'``): the kernels of
+    ``net`` (a Network) on x1 against x2 (None: x1 against itself).
+
+    Each block runs ``net``'s evaluation with ``threads`` threads (default 1: a worker runs
+    as many blocks at once as it has threads, so each block keeps to one)."""
+    import dask.array as da
+
+    x1 = _row_chunked(x1 if is_dask_array(x1) else da.asarray(x1), "x1")
+    x2 = None if x2 is None else _row_chunked(x2 if is_dask_array(x2) else da.asarray(x2), "x2")
+    if x2 is not None and x2.shape[1:] != x1.shape[1:]:
+        raise InputError(f"x1 has examples of shape {x1.shape[1:]} but x2 of shape "
+                         f"{x2.shape[1:]}; both must have the same features",
+                         hint="the kernel pairs rows of x1 with rows of x2")
+    dt = resolve_dtype(dtype, ())
+    _require_ntkdsl_on_workers()
+    pairs = _pair_layer(net, kinds, x1, x2, dt, 1 if threads is None else threads)
+    return [_kernel_array(pairs, k, kind, x1, x2, dt) for k, kind in enumerate(kinds)]
+
+
+def _row_chunked(x: Any, name: str):
+    """``x`` if it is chunked along its rows only; InputError with the fix otherwise."""
+    axes = x.ndim - 1
+    if axes < 1:
+        raise InputError(f"{name} has shape {x.shape}; kernels take an array of examples, "
+                         "one per row", hint=f"for one example, pass {name}.reshape(1, -1)")
+    split = [a for a in range(1, x.ndim) if len(x.chunks[a]) > 1]
+    if split:
+        fix = ", ".join(f"{a}: -1" for a in split)
+        raise InputError(f"{name} is chunked along axis {split[0]} ({len(x.chunks[split[0]])} "
+                         "chunks); kernels need every example whole in one chunk, with "
+                         "chunks along the rows only",
+                         hint=f"rechunk it: {name} = {name}.rechunk({{{fix}}})")
+    return x
+
+
+def _pair_layer(net, kinds, x1, x2, dt, threads) -> tuple:
+    """The graph of the blocks' tasks: (graph, layer name, which blocks are mirrored)."""
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    name = "ntkdsl-pairs-" + tokenize(net.arch, kinds, x1, x2, dt.str, threads)
+    rows1 = _block_keys(x1)
+    rows2 = rows1 if x2 is None else _block_keys(x2)
+    first1 = np.cumsum((0,) + x1.chunks[0][:-1])
+    first2 = first1 if x2 is None else np.cumsum((0,) + x2.chunks[0][:-1])
+    tasks = {}
+    for i, key1 in enumerate(rows1):
+        for j, key2 in enumerate(rows2):
+            if x2 is None and j < i:
+                continue  # the transpose of block (j, i)
+            other = None if x2 is None and i == j else key2
+            tasks[(name, i, j)] = (_pair_block, net, kinds, key1, other, int(first1[i]),
+                                   int(first2[j]), x2 is None, dt.str, threads)
+    graph = HighLevelGraph.from_collections(name, tasks, dependencies=[x1] + ([] if x2 is None
+                                                                           else [x2]))
+    return graph, name, x2 is None
+
+
+def _block_keys(x) -> list:
+    """The key of each row chunk of ``x`` (every other axis is one chunk)."""
+    keys = []
+    for key in x.__dask_keys__():
+        while isinstance(key, list):
+            key = key[0]
+        keys.append(key)
+    return keys
+
+
+def _kernel_array(pairs: tuple, k: int, kind: str, x1, x2, dt: np.dtype):
+    """The Dask array of kernel ``k`` of each block of ``pairs``; a self-kernel's blocks
+    below the diagonal are the transposes of their twins above it."""
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+
+    graph, name, symmetric = pairs
+    out = name.replace("-pairs-", f"-{kind}-")  # the name Dask's dashboard shows
+    blocks = len(x1.chunks[0]), len(x1.chunks[0] if x2 is None else x2.chunks[0])
+    tasks = {(out, i, j): ((_transposed, (name, j, i), k) if symmetric and j < i
+                           else (_picked, (name, i, j), k))
+             for i in range(blocks[0]) for j in range(blocks[1])}
+    layers, dependencies = dict(graph.layers), dict(graph.dependencies)
+    layers[out], dependencies[out] = tasks, {name}
+    chunks = (x1.chunks[0], (x1 if x2 is None else x2).chunks[0])
+    return da.Array(HighLevelGraph(layers, dependencies), out, chunks=chunks, dtype=dt)
+
+
+def _picked(pair: tuple, k: int) -> np.ndarray:
+    return pair[k]
+
+
+def _transposed(pair: tuple, k: int) -> np.ndarray:
+    return pair[k].T  # a view: whoever assembles the blocks copies them once anyway
+
+
+def _pair_block(net, kinds, a, b, first_a: int, first_b: int, self_kernel: bool, dtype: str,
+                threads: int) -> tuple:
+    """The kernels of one block on a worker: the chunks checked with their rows numbered as
+    in the whole arrays (a NaN's error names its row of x1, not of the chunk), then the
+    network's own evaluation."""
+    _check_finite_rows(a, "x1", first_a)
+    if b is not None:
+        _check_finite_rows(b, "x1" if self_kernel else "x2", first_b)
+    return tuple(net._evaluate(kinds, a, b, None, np.dtype(dtype), False, threads))
+
+
+def _check_finite_rows(x: np.ndarray, name: str, first_row: int) -> None:
+    _checked(driver.check_finite, np.asarray(x), name, first_row)
+
+
+def _require_ntkdsl_on_workers() -> None:
+    """NTKDSLError naming the package if a Dask client is active and one of its workers
+    cannot import ntkdsl (its tasks would fail one by one with a ModuleNotFoundError)."""
+    if "distributed" not in sys.modules:
+        return
+    from distributed import default_client
+
+    try:
+        client = default_client()
+    except ValueError:  # no client: Dask's local schedulers run in this process
+        return
+    missing = _workers_without(client, PACKAGE)
+    if missing:
+        raise NTKDSLError(f"{len(missing)} Dask worker(s) cannot import {PACKAGE}: "
+                          f"{', '.join(sorted(missing))}",
+                          hint="install it in every worker's environment, e.g. "
+                               "pip install 'ntkdsl[dask]' (the same version as here)")
+
+
+def _workers_without(client, package: str) -> list[str]:
+    """The addresses of the client's workers on which ``package`` is not installed (asked
+    with the standard library only: a worker without ntkdsl cannot run its functions)."""
+    found = client.run(importlib.metadata.version, package, on_error="return")
+    return [address for address, version in found.items() if not isinstance(version, str)]

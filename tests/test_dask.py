@@ -1,0 +1,207 @@
+"""Kernels of Dask arrays (ntkdsl.evaluation.dask_blocks, ntkdsl.dask): lazy arrays of kernel
+blocks equal to the in-process kernels, on Dask's local schedulers and on a LocalCluster of two
+worker processes — including one killed in the middle of a computation."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import ntkdsl
+from ntkdsl.errors import InputError, NTKDSLError
+from ntkdsl.evaluation import dask_blocks
+
+dask = pytest.importorskip("dask")
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+
+ARCH = "(Dense(512, W_std=1.4, b_std=0.1) > Relu) * 3 > Dense(1)"
+
+
+@pytest.fixture(scope="module")
+def net():
+    return ntkdsl.compile(ARCH)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(230, 12))
+    x[201] = x[17]  # identical rows in different chunks
+    x[40] = x[41]  # ... and in the same chunk
+    return x, rng.normal(size=(75, 12))
+
+
+def _pair_tasks(array) -> int:
+    return sum(1 for key in dict(array.__dask_graph__()) if isinstance(key, tuple)
+               and key[0].startswith("ntkdsl-pairs-"))
+
+
+@pytest.mark.parametrize("chunks", [230, 50, (100, 30, 100)])
+def test_self_kernels_equal_in_process(net, data, chunks):
+    x, _ = data
+    X = da.from_array(x, chunks=(chunks, -1))
+    K, T = net.kernels(X)
+    assert K.chunks == (X.chunks[0], X.chunks[0])
+    k, t = net.kernels(x)
+    got_k, got_t = dask.compute(K, T, scheduler="sync")
+    np.testing.assert_allclose(got_k, k, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(got_t, t, rtol=1e-12, atol=0)
+    assert np.array_equal(got_t, got_t.T) and np.array_equal(got_k, got_k.T)
+    # identical rows, in one chunk or two, hold the exact diagonal values
+    diag_k, diag_t = net.diagonal(x)
+    assert got_t[201, 17] == diag_t[17] and got_t[17, 201] == diag_t[17]
+    assert got_k[40, 41] == diag_k[40]
+
+
+def test_self_kernel_computes_each_block_pair_once(net, data, monkeypatch):
+    x, _ = data
+    calls = []
+    real = dask_blocks._pair_block
+
+    def counted(*args):
+        calls.append(args[4:6])  # the first rows of the block's two chunks
+        return real(*args)
+
+    monkeypatch.setattr(dask_blocks, "_pair_block", counted)
+    X = da.from_array(x, chunks=(50, -1))  # 5 row chunks
+    K, T = net.kernels(X)
+    assert _pair_tasks(K) == 5 * 6 // 2
+    got_k, got_t = dask.compute(K, T, scheduler="sync")
+    np.testing.assert_allclose(got_k, net.nngp(x), rtol=1e-12, atol=0)
+    assert len(calls) == 15 and len(set(calls)) == 15  # both kernels from one task a block
+    assert all(first_a <= first_b for first_a, first_b in calls)  # the upper triangle
+    np.testing.assert_allclose(got_t, net.ntk(x), rtol=1e-12, atol=0)
+
+
+def test_cross_kernels_and_mixed_inputs(net, data):
+    x, y = data
+    X, Y = da.from_array(x, chunks=(60, -1)), da.from_array(y, chunks=(40, -1))
+    expected = net.ntk(x, y)
+    for a, b in ((X, Y), (x, Y), (X, y)):
+        got = net.ntk(a, b)
+        assert got.shape == (230, 75)
+        np.testing.assert_allclose(got.compute(scheduler="threads"), expected, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(net.nngp(X, Y).compute(), net.nngp(x, y), rtol=1e-12, atol=0)
+
+
+def test_float32_and_threads_per_block(net, data):
+    x, _ = data
+    X = da.from_array(x, chunks=(80, -1))
+    got = net.ntk(X, dtype=np.float32, threads=2)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.compute(), net.ntk(x, dtype=np.float32))
+
+
+def test_convolutional_network_on_image_chunks():
+    conv = ntkdsl.compile("Conv(8, (3, 3), padding='SAME', W_std=1.4, b_std=0.1) > Relu > "
+                          "GlobalAvgPool > Dense(1)")
+    images = np.random.default_rng(3).normal(size=(19, 5, 5, 2))
+    X = da.from_array(images, chunks=(7, 5, 5, 2))
+    np.testing.assert_allclose(conv.ntk(X).compute(), conv.ntk(images), rtol=1e-12, atol=0)
+
+
+def test_nan_in_one_chunk_names_its_row_in_the_whole_array(net, data):
+    x = data[0].copy()
+    x[187, 4] = np.nan
+    with pytest.raises(InputError, match=r"x1 has a non-finite value nan at row 187, column 4"):
+        net.ntk(da.from_array(x, chunks=(50, -1))).compute(scheduler="sync")
+
+
+def test_bad_chunking_and_shapes_are_refused_before_work(net, data):
+    x, y = data
+    with pytest.raises(InputError, match=r"chunked along axis 1.*\n.*rechunk\(\{1: -1\}\)"):
+        net.ntk(da.from_array(x, chunks=(50, 5)))
+    with pytest.raises(InputError, match="same features"):
+        net.ntk(da.from_array(x, chunks=50), da.from_array(y[:, :5], chunks=50))
+    with pytest.raises(InputError, match="out= does not go with Dask arrays"):
+        net.ntk(da.from_array(x, chunks=50), out=np.empty((230, 230)))
+    with pytest.raises(InputError, match="one per row"):
+        net.ntk(da.from_array(x[0], chunks=4))
+
+
+def test_to_npy_writes_blocks_into_one_file(net, data, tmp_path):
+    x, _ = data
+    T = net.ntk(da.from_array(x, chunks=(60, -1)))
+    path = ntkdsl.dask.to_npy(T, tmp_path / "ntk.npy")
+    np.testing.assert_allclose(np.load(path, mmap_mode="r"), net.ntk(x), rtol=1e-12, atol=0)
+    with pytest.raises(InputError, match="2-D Dask array"):
+        ntkdsl.dask.to_npy(net.ntk(x), tmp_path / "no.npy")
+
+
+# ----------------------------------------------------------------- a real cluster --
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0", silence_logs=40)
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+def test_cluster_kernels_equal_in_process(client, net, data):
+    x, y = data
+    X = da.from_array(x, chunks=(40, -1))
+    K, T = net.kernels(X)
+    got_k, got_t = dask.compute(K, T)
+    k, t = net.kernels(x)
+    np.testing.assert_allclose(got_k, k, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(got_t, t, rtol=1e-12, atol=0)
+    assert np.array_equal(got_t, got_t.T)
+    np.testing.assert_allclose(net.nngp(X, da.from_array(y, chunks=30)).compute(),
+                               net.nngp(x, y), rtol=1e-12, atol=0)
+    # both workers did some of it
+    assert len(client.run(os.getpid)) == 2
+
+
+def test_cluster_writes_zarr_and_npy_from_the_workers(client, net, data, tmp_path):
+    pytest.importorskip("zarr")
+    x, _ = data
+    T = net.ntk(da.from_array(x, chunks=(60, -1)))
+    T.to_zarr(str(tmp_path / "ntk.zarr"))
+    np.testing.assert_allclose(da.from_zarr(str(tmp_path / "ntk.zarr")).compute(), net.ntk(x),
+                               rtol=1e-12, atol=0)
+    path = ntkdsl.dask.to_npy(T, tmp_path / "ntk.npy")
+    np.testing.assert_allclose(np.load(path), net.ntk(x), rtol=1e-12, atol=0)
+
+
+def test_cluster_nan_error_is_ntkdsls_own(client, net, data):
+    x = data[0].copy()
+    x[99, 0] = np.inf
+    with pytest.raises(InputError, match="row 99, column 0"):
+        net.ntk(da.from_array(x, chunks=(40, -1))).compute()
+
+
+def test_workers_without_the_package_are_named(client, net, data, monkeypatch):
+    addresses = set(client.run(os.getpid))
+    assert dask_blocks._workers_without(client, "ntkdsl") == []
+    assert set(dask_blocks._workers_without(client, "ntkdsl_not_installed_anywhere")) == addresses
+    monkeypatch.setattr(dask_blocks, "PACKAGE", "ntkdsl_not_installed_anywhere")
+    with pytest.raises(NTKDSLError, match=r"2 Dask worker\(s\) cannot import "
+                                          r"ntkdsl_not_installed_anywhere"):
+        net.ntk(da.from_array(data[0], chunks=50))
+
+
+def test_a_worker_killed_mid_computation_does_not_change_the_result():
+    """Dask reschedules the tasks of a worker that dies (its nanny starts a new one): the
+    kernel is the same as in-process, to the last bit."""
+    net = ntkdsl.compile("(Dense(64, W_std=1.3, b_std=0.2) > Erf) * 6 > Dense(1)")
+    x = np.random.default_rng(11).normal(size=(2400, 10))  # 300 block tasks of 100 rows
+    expected = net.ntk(x)
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0", silence_logs=50)
+    with distributed.Client(cluster) as c:
+        pids = c.run(os.getpid)
+        future = c.compute(net.ntk(da.from_array(x, chunks=(150, -1))))  # 136 block tasks
+        deadline = time.monotonic() + 120
+        while not any(c.has_what().values()) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not future.done(), "the computation ended before a worker could be killed"
+        os.kill(next(iter(pids.values())), signal.SIGKILL)
+        got = future.result(timeout=300)
+        assert set(c.run(os.getpid).values()) != set(pids.values())  # a new worker process
+    cluster.close()
+    np.testing.assert_array_equal(got, expected)
