@@ -167,7 +167,7 @@ class _Layout:
         self.temporaries = self.buffers = 0
         self.labels: dict[str, str] = {}  # variable -> "step l: label", for error messages
         # name -> shape kind of every value the statements make (a name not here: a scalar)
-        self.shapes = {str(s): k for s, k in self.kinds.items()}
+        self.shapes = {s.name: k for s, k in self.kinds.items()}
 
     def add(self, step: Step) -> None:
         self.statements += [comment(c) for c in _step_comment(step)]
@@ -244,12 +244,15 @@ def _laid_out(program: Program) -> _Layout:
 
 
 def _function(layout: _Layout, name: str, doc: str, args: list[str],
-              statements: list[Statement], outputs: list[str]) -> FunctionCode:
-    """``def name(*args)`` running ``statements`` (of ``layout``) and returning ``outputs``."""
+              statements: list[Statement], outputs: list[str],
+              matrices: bool = True) -> FunctionCode:
+    """``def name(*args)`` running ``statements`` (of ``layout``) and returning ``outputs``;
+    with ``matrices``, each matrix deleted after its last use."""
     keep = set(args) | set(outputs)
     arrays = tuple(a for a in args if layout.shapes.get(a) == MATRIX)
-    matrices = layout.matrices | {n for n, k in layout.shapes.items() if k == MATRIX}
-    statements = with_deletes(statements, matrices - keep)
+    if matrices:
+        dropped = layout.matrices | {n for n, k in layout.shapes.items() if k == MATRIX}
+        statements = with_deletes(statements, dropped - keep)
     body = [s.text for s in statements] + [
         f"return ({', '.join(outputs)}{',' if len(outputs) == 1 else ''})"]
     # Split again so the docstring's continuation lines are indented with the body.
@@ -288,7 +291,8 @@ def hoisted_code(program: Program, doc: str) -> HoistedCode:
     read |= {str(v) for o in program.outputs for v in sp.sympify(o).free_symbols}
     given = {*pair_inputs, *parameters}
     values = [n for n in made if n in read and n not in given]
-    return HoistedCode(_function(layout, "side", doc, side_inputs, side, values),
+    # Side makes vectors only: nothing worth a del.
+    return HoistedCode(_function(layout, "side", doc, side_inputs, side, values, False),
                        _function(layout, "pair", doc, [*pair_inputs, *values, *parameters],
                                  pair, outputs),
                        tuple(layout.shapes.get(n, SCALAR_SHAPE) for n in values))
