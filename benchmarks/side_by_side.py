@@ -6,6 +6,7 @@ another one's (an earlier commit in a ``git worktree``), on the networks of kern
     python benchmarks/side_by_side.py /tmp/ntkdsl-old
     python benchmarks/side_by_side.py /tmp/ntkdsl-old --rounds 5 --n 2048
     python benchmarks/side_by_side.py /tmp/ntkdsl-old --busy   # beside a competing CPU-bound process
+    python benchmarks/side_by_side.py /tmp/ntkdsl-old --compile-only --rounds 9
 
 Each measurement is a fresh child process with the checkout first on ``sys.path``; the two
 checkouts take turns within every round, so a slow spell of a shared machine hits both alike,
@@ -15,14 +16,20 @@ reports the best of three calls of ``net.kernels(x)``: wall time, and the proces
 (all its threads), which a shared machine's other processes disturb less — they take the
 cores away, not the work. Beside the ratio of the best times, the median over rounds of each
 round's ratio: one quiet moment for one checkout moves the first, not the second.
+
+The last row is compile time, issue 12's "1,000 layers in under a second": ``ntkdsl.compile``
+of (Dense(8) > Relu) * 500 > Dense(1), 1,001 layers, once in a fresh child process per round
+(the import not timed), in the same rounds.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 from busy import busy_note, competing_process
@@ -55,10 +62,31 @@ for _ in range(3):
 print(json.dumps([wall, cpu]))
 """
 
+COMPILE = "(Dense(8) > Relu) * 500 > Dense(1)"  # issue 12's claim: 1,001 layers in under 1 s
+
+COMPILE_CHILD = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import ntkdsl
+assert ntkdsl.__file__.startswith(sys.argv[1]), ntkdsl.__file__
+start, start_cpu = time.perf_counter(), time.process_time()
+ntkdsl.compile(sys.argv[2])
+print(json.dumps([time.perf_counter() - start, time.process_time() - start_cpu]))
+"""
+
 
 def seconds(checkout: Path, arch: str, n: int, d: int) -> tuple[float, float]:
     """(wall, CPU) seconds of the best of three calls in a fresh child process."""
-    out = subprocess.run([sys.executable, "-c", CHILD, str(checkout), arch, str(n), str(d)],
+    return _child(CHILD, checkout, arch, str(n), str(d))
+
+
+def compile_seconds(checkout: Path, arch: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of one ``ntkdsl.compile(arch)`` in a fresh child process."""
+    return _child(COMPILE_CHILD, checkout, arch)
+
+
+def _child(code: str, checkout: Path, *args: str) -> tuple[float, float]:
+    out = subprocess.run([sys.executable, "-c", code, str(checkout), *args],
                          capture_output=True, text=True, check=True, cwd="/")
     wall, cpu = json.loads(out.stdout.strip().splitlines()[-1])
     return wall, cpu
@@ -71,31 +99,42 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--busy", action="store_true",
                         help="run one competing CPU-bound process meanwhile (benchmarks/busy.py)")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="time compilation only (the last row)")
     options = parser.parse_args()
     with competing_process(options.busy):
-        compare(options.other.resolve(), options.n, options.rounds, options.busy)
+        compare(options.other.resolve(), options.n, options.rounds, options.busy,
+                {} if options.compile_only else NETWORKS)
 
 
-def compare(other: Path, n: int, rounds: int, busy: bool) -> None:
+def compare(other: Path, n: int, rounds: int, busy: bool, networks: dict) -> None:
     print(f"this checkout: {HERE}\nother:         {other}\nN={n}, best of "
           f"{rounds} rounds x 3 calls, net.kernels(x) (NNGP and NTK)\n{busy_note(busy)}\n"
           "ratio: this / other of the best times; median: the median over rounds of that "
           "round's ratio (the two ran back to back)")
     print(f"{'network':32s} {'this (s)':>8s} {'other':>7s} {'ratio':>6s} {'median':>6s}"
           f" {'CPU this':>8s} {'other':>7s} {'ratio':>6s} {'median':>6s}")
-    for name, (arch, d) in NETWORKS.items():
-        times = {HERE: [], other: []}  # (wall, CPU) of each round
-        for _ in range(rounds):
-            for checkout, measured in times.items():
-                measured.append(seconds(checkout, arch, n, d))
-        columns = []
-        for kind in (0, 1):  # wall, CPU
-            mine = [t[kind] for t in times[HERE]]
-            theirs = [t[kind] for t in times[other]]
-            median = statistics.median(a / b for a, b in zip(mine, theirs))
-            columns.append(f"{min(mine):8.3f} {min(theirs):7.3f} {min(mine) / min(theirs):6.3f} "
-                           f"{median:6.3f}")
-        print(f"{name:32s} {columns[0]} {columns[1]}")
+    for name, (arch, d) in networks.items():
+        row(name, other, rounds, partial(seconds, arch=arch, n=n, d=d))
+    row("compile, 1,001 ReLU layers", other, rounds, partial(compile_seconds, arch=COMPILE))
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+def row(name: str, other: Path, rounds: int, measure) -> None:
+    """One line of the table: ``measure(checkout)`` -> (wall, CPU), the two checkouts taking
+    turns in every round."""
+    times = {HERE: [], other: []}  # (wall, CPU) of each round
+    for _ in range(rounds):
+        for checkout, measured in times.items():
+            measured.append(measure(checkout))
+    columns = []
+    for kind in (0, 1):  # wall, CPU
+        mine = [t[kind] for t in times[HERE]]
+        theirs = [t[kind] for t in times[other]]
+        median = statistics.median(a / b for a, b in zip(mine, theirs))
+        columns.append(f"{min(mine):8.3f} {min(theirs):7.3f} {min(mine) / min(theirs):6.3f} "
+                       f"{median:6.3f}")
+    print(f"{name:32s} {columns[0]} {columns[1]}", flush=True)
 
 
 if __name__ == "__main__":

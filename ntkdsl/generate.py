@@ -21,6 +21,7 @@ import sympy as sp
 
 from . import runtime
 from .inplace import COLUMN, MATRIX, ROW, Emitter, Statement, comment, slot
+from .inplace import SCALAR as SCALAR_SHAPE
 from .printing import Needs, NumPyPrinter, compile_source, helpers_text
 from .program import (
     MIRRORED,
@@ -90,7 +91,7 @@ class StepCode:
     targets: tuple[int, ...]
     temporaries: tuple[int, ...]
     buffers: tuple[int, ...]
-    kinds: dict[int, str]  # of the targets and temporaries
+    kinds: dict[int, str]  # of the targets, temporaries and column or row buffers
     needs: Needs
 
 
@@ -108,12 +109,15 @@ def step_code(assignments, inputs: tuple[sp.Symbol, ...],
     emitter.owned_once(shared, reduced)
     for symbol, expr in [*shared, *zip(targets, reduced)]:
         emitter.assign(symbol, expr)
+    kinds = {emitter.slots[s]: emitter.kinds[s] for s in [*targets, *(x for x, _ in shared)]
+             if s in emitter.kinds}
+    buffers = tuple(emitter.buffers)
+    # The column and row values matrix operations read are named like common subexpressions.
+    named = tuple(i for i in emitter.vectors if i not in buffers)
     return StepCode(tuple(emitter.statements), len(inputs),
                     tuple(slots[t] for t in targets),
-                    tuple(emitter.slots[s] for s, _ in shared), tuple(emitter.buffers),
-                    {emitter.slots[s]: emitter.kinds[s] for s in [*targets, *(x for x, _ in shared)]
-                     if s in emitter.kinds},
-                    printer.needs())
+                    (*(emitter.slots[s] for s, _ in shared), *named), buffers,
+                    {**kinds, **emitter.vectors}, printer.needs())
 
 
 def _fused(exprs: list[sp.Expr], emitter: Emitter) -> list[sp.Expr]:
@@ -162,6 +166,8 @@ class _Layout:
         self.printer = NumPyPrinter()
         self.temporaries = self.buffers = 0
         self.labels: dict[str, str] = {}  # variable -> "step l: label", for error messages
+        # name -> shape kind of every value the statements make (a name not here: a scalar)
+        self.shapes = {s.name: k for s, k in self.kinds.items()}
 
     def add(self, step: Step) -> None:
         self.statements += [comment(c) for c in _step_comment(step)]
@@ -195,6 +201,7 @@ class _Layout:
             if code.kinds.get(index) is not None:
                 self.kinds[target] = code.kinds[index]
         self.matrices |= {names[i] for i, k in code.kinds.items() if k == MATRIX}
+        self.shapes.update({names[i]: k for i, k in code.kinds.items()})
         self.statements += [s.bound(names) for s in code.statements]
         self.printer.record(code.needs)
 
@@ -224,21 +231,92 @@ def function_code(program: Program, name: str, doc: str) -> FunctionCode:
     convolutional network's pairs read of each input alone) as a tuple; only assignments
     the outputs need are computed, matrices in place (ntkdsl.inplace) and dropped after
     their last use."""
+    layout = _laid_out(program)
+    return _function(layout, name, doc, [str(s) for s in program.inputs], layout.statements,
+                     [layout.printer.doprint(o) for o in program.outputs])
+
+
+def _laid_out(program: Program) -> _Layout:
     layout = _Layout(program)
     for step in program.live():
         layout.add(step)
-    outputs = [layout.printer.doprint(o) for o in program.outputs]
-    keep = {str(s) for s in program.inputs} | set(outputs)
-    arrays = tuple(str(s) for s in program.inputs if layout.kinds.get(s) == MATRIX)
-    matrices = layout.matrices | {str(s) for s, k in layout.kinds.items() if k == MATRIX}
-    statements = with_deletes(layout.statements, matrices - keep)
+    return layout
+
+
+def _function(layout: _Layout, name: str, doc: str, args: list[str],
+              statements: list[Statement], outputs: list[str],
+              matrices: bool = True) -> FunctionCode:
+    """``def name(*args)`` running ``statements`` (of ``layout``) and returning ``outputs``;
+    with ``matrices``, each matrix deleted after its last use."""
+    keep = set(args) | set(outputs)
+    arrays = tuple(a for a in args if layout.shapes.get(a) == MATRIX)
+    if matrices:
+        dropped = layout.matrices | {n for n, k in layout.shapes.items() if k == MATRIX}
+        statements = with_deletes(statements, dropped - keep)
     body = [s.text for s in statements] + [
         f"return ({', '.join(outputs)}{',' if len(outputs) == 1 else ''})"]
-    args = ", ".join(str(s) for s in program.inputs)
     # Split again so the docstring's continuation lines are indented with the body.
     lines = "\n".join([docstring_literal(doc), *body]).split("\n")
-    source = f"def {name}({args}):\n" + "\n".join(_indent(line) for line in lines) + "\n"
+    source = (f"def {name}({', '.join(args)}):\n" + "\n".join(_indent(line) for line in lines)
+              + "\n")
     return FunctionCode(source, tuple(statements), layout.printer.needs(), layout.labels, arrays)
+
+
+@dataclass(frozen=True)
+class HoistedCode:
+    """A fully-connected network's pair program as two functions: ``side``, its statements
+    on values of one input alone (columns, rows) and scalars; ``pair``, those on matrices,
+    taking side's outputs (of shape ``kinds``: COLUMN, ROW or SCALAR) as arguments."""
+
+    side: FunctionCode
+    pair: FunctionCode
+    kinds: tuple[str, ...]
+
+
+def hoisted_code(program: Program, doc: str) -> HoistedCode:
+    """``side(q1_0, q2_0, d)`` and ``pair(K_0, d, *side's outputs)`` (a gradient program's
+    parameters last in both) from one layout of the pair program, split in one pass over
+    its statements by whether each works on matrices: the evaluation computes the side
+    values once for all rows and columns instead of once per chunk of entries."""
+    layout = _laid_out(program)
+    outputs = [layout.printer.doprint(o) for o in program.outputs]
+    side, pair = _partition(layout.statements)
+    inputs = [str(s) for s in program.inputs]
+    parameters = [str(s) for s in program.inputs if getattr(s, "role", None) is PARAMETER]
+    vectors = {n for n in inputs if layout.shapes.get(n) in (COLUMN, ROW)}
+    side_inputs = [n for n in inputs if layout.shapes.get(n) != MATRIX]
+    pair_inputs = [n for n in inputs if n not in vectors and n not in parameters]
+    made = dict.fromkeys([*side_inputs, *(t for s in side for t in s.targets)])
+    read = {n for s in pair for n in s.reads}
+    read |= {str(v) for o in program.outputs for v in sp.sympify(o).free_symbols}
+    given = {*pair_inputs, *parameters}
+    values = [n for n in made if n in read and n not in given]
+    # Side makes vectors only: nothing worth a del.
+    return HoistedCode(_function(layout, "side", doc, side_inputs, side, values, False),
+                       _function(layout, "pair", doc, [*pair_inputs, *values, *parameters],
+                                 pair, outputs),
+                       tuple(layout.shapes.get(n, SCALAR_SHAPE) for n in values))
+
+
+def _partition(statements: list[Statement]) -> tuple[list[Statement], list[Statement]]:
+    """(statements on values of one input alone or scalars, statements on matrices), in
+    order, each step's comment lines before its first statement in either."""
+    out: dict[bool, list[Statement]] = {False: [], True: []}
+    notes: list[Statement] = []
+    written: set[bool] = set()
+    after_code = True
+    for statement in statements:
+        if not statement.targets and not statement.reads:  # a comment line
+            if after_code:
+                notes, written, after_code = [], set(), False
+            notes.append(statement)
+            continue
+        after_code = True
+        if statement.matrix not in written:
+            out[statement.matrix] += notes
+            written.add(statement.matrix)
+        out[statement.matrix].append(statement)
+    return out[False], out[True]
 
 
 def function_source(program: Program, name: str, doc: str) -> str:
@@ -312,16 +390,29 @@ class SpatialKernels:
 
 
 @dataclass(frozen=True)
+class SideValues:
+    """What a fully-connected network's ``pair`` reads of one input alone, hoisted out of
+    it: ``side(q1_0, q2_0, d)`` computes, once per evaluation, every value of the pair
+    program that depends on x alone (a column, from q1_0 of shape (n1, 1)), on x' alone (a
+    row, from q2_0 of shape (1, n2)) or on neither (a scalar); ``kinds`` says which of the
+    three (COLUMN, ROW, SCALAR) each of its outputs is, in the order ``pair`` takes them."""
+
+    side: Callable
+    kinds: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class CompiledKernels:
-    """An architecture's kernel functions, compiled: ``pair(q1_0, q2_0, K_0, d)`` and
-    ``diagonal(q_0, d)``, their ``source``, and what evaluation needs to know of them —
+    """An architecture's kernel functions, compiled: ``pair(K_0, d, *side values)`` with
+    ``sides`` (SideValues, the values of one input alone it reads, ``side(q1_0, q2_0, d)``)
+    and ``diagonal(q_0, d)``, their ``source``, and what evaluation needs to know of them —
     ``temporaries``, the chunk-sized arrays ``pair`` holds at once (plus a few);
     ``numerical``, whether they call the numerical engine; ``labels``, the step
     (``step l: <layer>``) of each state variable of the diagonal function.
 
-    A convolutional network has ``spatial`` (SpatialKernels): then ``pair(K_0, d, *x's
-    side values, *x''s side values)`` and ``diagonal(q_0[, Q_0], d)`` take the statistics
-    of ntkdsl.runtime.images."""
+    A convolutional network has ``spatial`` (SpatialKernels) instead of ``sides``: then
+    ``pair(K_0, d, *x's side values, *x''s side values)`` and ``diagonal(q_0[, Q_0], d)``
+    take the statistics of ntkdsl.runtime.images."""
 
     pair: Callable
     diagonal: Callable
@@ -330,6 +421,12 @@ class CompiledKernels:
     numerical: bool
     labels: dict[str, str]
     spatial: SpatialKernels | None = None
+    sides: SideValues | None = None
+
+    def pair_of(self, q1_0, q2_0, K_0, d, *parameters) -> tuple:
+        """A fully-connected network's pair outputs for whole statistics (q1_0 a column,
+        q2_0 a row): its side values, then ``pair``."""
+        return self.pair(K_0, d, *self.sides.side(q1_0, q2_0, d, *parameters), *parameters)
 
 
 def module_code(functions: list[FunctionCode]) -> tuple[str, Needs]:
@@ -395,13 +492,18 @@ def _mirror(v: KernelVariable) -> KernelVariable:
 
 
 def compile_kernels(program: Program, diagonal_program: Program, doc: str) -> CompiledKernels:
-    """Generate and compile the pair and diagonal functions of a derivation (for a
-    convolutional network, also its side function)."""
+    """Generate and compile the pair and diagonal functions of a derivation, and the side
+    function computing what pair reads of one input alone (of a convolutional network: the
+    values of each input's images, SpatialKernels; else SideValues)."""
     split = split_program(program) if program.spatial is not None else None
-    pair = function_code(program if split is None else split.pairs, "pair", doc)
     diagonal = function_code(diagonal_program, "diagonal", doc)
-    functions = [pair, diagonal]
-    if split is not None:
+    if split is None:
+        hoisted = hoisted_code(program, doc)
+        pair = hoisted.pair
+        functions = [hoisted.side, pair, diagonal]
+    else:
+        pair = function_code(split.pairs, "pair", doc)
+        functions = [pair, diagonal]
         side = function_code(split.side, "side", doc)
         # The NNGP alone needs no NTK maps: half the work of a convolutional network.
         nngp = split.pairs.restricted_to((split.pairs.outputs[0], sp.S.Zero))
@@ -420,9 +522,10 @@ def compile_kernels(program: Program, diagonal_program: Program, doc: str) -> Co
                                  tuple(v.layout for v in split.side.outputs),
                                  live_arrays(side) + EXTRA_TEMPORARIES, program.spatial,
                                  namespace["pair_nngp"], live_arrays(nngp_pair) + EXTRA_TEMPORARIES)
+    sides = None if split is not None else SideValues(namespace["side"], hoisted.kinds)
     return CompiledKernels(namespace["pair"], namespace["diagonal"], source,
                            live_arrays(pair) + EXTRA_TEMPORARIES, needs.numerical,
-                           diagonal.labels, spatial)
+                           diagonal.labels, spatial, sides)
 
 
 def compile_program(program: Program, name: str = "f", doc: str = "") -> Callable:

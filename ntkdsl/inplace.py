@@ -8,7 +8,11 @@ matrix expression into a sequence of ufunc calls that write into buffers it owns
 touch a matrix, and lets the caller drop every matrix name after its last use — fewer
 passes over memory and few live buffers per block.
 
-Scalar, column and row subexpressions are still printed by the ordinary printer.
+Scalar, column and row subexpressions are still printed by the ordinary printer. A column
+or row value a matrix operation reads (``_inv_sqrt(q1_1)``, ``2*q2_3 + 1``) is a statement
+of its own, so that every statement is either on matrices or on values of one input alone
+(``Statement.matrix``): code generation moves the latter out of the pair function into a
+side function computed once per evaluation, instead of once per chunk of entries.
 
 Statements come out as ``Statement`` objects — text plus the names each binds and reads —
 so liveness (where ``del`` goes, how many arrays are alive at once) is computed from them,
@@ -50,21 +54,23 @@ def shape_kind(kinds) -> str:
 class Statement(NamedTuple):  # a tuple: a deep network's function has tens of thousands
     """One statement of generated code: ``text``, the names it binds (``targets``: a new
     array each, or with ``alias`` a second name for the array it reads), the names it
-    reads, and the names a ``del`` statement drops. In a step's code (``StepCode``) names
-    are slot numbers and the text has ``{i}`` for slot i; ``bound`` gives the statement
-    over actual names."""
+    reads, the names a ``del`` statement drops, and whether it works on ``matrix`` values
+    (one per pair of inputs: it reads or makes one) rather than on values of one input alone
+    or scalars. In a step's code (``StepCode``) names are slot numbers and the text has
+    ``{i}`` for slot i; ``bound`` gives the statement over actual names."""
 
     text: str
     targets: tuple = ()
     reads: tuple = ()
     alias: bool = False
     deletes: tuple = ()
+    matrix: bool = False
 
     def bound(self, names: list[str]) -> Statement:
         name = names.__getitem__
         return Statement(self.text.format(*names), tuple(map(name, self.targets)),
                          tuple(map(name, self.reads)), self.alias,
-                         tuple(map(name, self.deletes)) if self.deletes else ())
+                         tuple(map(name, self.deletes)) if self.deletes else (), self.matrix)
 
 
 def comment(text: str) -> Statement:
@@ -93,7 +99,8 @@ class Emitter:
     statements name to its slot (the printer prints it as ``{i}``); ``kinds`` maps symbols
     to their shape kind (symbols not in it are scalars) and is extended with every target.
     New buffers get new slots (``buffers`` lists them); a buffer made for one target alone
-    takes the target's slot instead."""
+    takes the target's slot instead. A column or row value that a matrix operation reads
+    gets a slot of its own too (``vectors``: slot -> shape kind)."""
 
     def __init__(self, printer, kinds: dict[sp.Symbol, str], slots: dict[sp.Symbol, int]):
         self.printer, self.kinds, self.slots = printer, dict(kinds), dict(slots)
@@ -103,6 +110,7 @@ class Emitter:
         self.top = max(self.slots.values(), default=-1) + 1  # the next free slot
         self.once: set[sp.Symbol] = set()  # joint values read exactly once: overwritable
         self.claimed: set[int] = set()  # their slots, once read by the value being assigned
+        self.vectors: dict[int, str] = {}  # named column/row values and vector buffers
 
     def kind(self, expr: sp.Expr) -> str:
         return shape_kind(self.kinds.get(s, SCALAR) for s in expr.free_symbols)
@@ -118,9 +126,10 @@ class Emitter:
         self.top += 1
         return self.top - 1
 
-    def _emit(self, text: str, targets=(), reads=(), alias: bool = False) -> None:
+    def _emit(self, text: str, targets=(), reads=(), alias: bool = False,
+              matrix: bool = True) -> None:
         self.statements.append(Statement(text, tuple(targets), tuple(dict.fromkeys(reads)),
-                                         alias))
+                                         alias, (), matrix))
 
     def _reads(self, expr: sp.Expr) -> list[int]:
         return [self.slots[s] for s in sorted(expr.free_symbols, key=str) if s in self.slots]
@@ -130,16 +139,20 @@ class Emitter:
         together (the printer's ``joint``), as two new symbols standing for its results (new
         arrays of the arguments' shape)."""
         helper, args = self.printer.joint_helper(call), call.args
-        operands = [self.emit(a) if self.kind(a) == MATRIX else self._small(a) for a in args]
+        kind = shape_kind(self.kind(a) for a in args)
+        matrix = kind == MATRIX
+        operands = [self.emit(a) if self.kind(a) == MATRIX else self._small(a, hoist=matrix)
+                    for a in args]
         first, second = self._fresh(), self._fresh()
         self._emit(f"{slot(first)}, {slot(second)} = {helper}({', '.join(o.code for o in operands)})",
-                   [first, second], [i for o in operands for i in _reads_of(o)])
-        kind = shape_kind(self.kind(a) for a in args)
+                   [first, second], [i for o in operands for i in _reads_of(o)], matrix=matrix)
         symbols = (sp.Dummy("joint"), sp.Dummy("joint"))
         for symbol, index in zip(symbols, (first, second)):
             self.slots[symbol] = index
             self.printer.names[symbol] = slot(index)
             self.kinds[symbol] = kind
+            if kind in (COLUMN, ROW):
+                self.vectors[index] = kind
         return symbols
 
     def owned_once(self, shared, reduced) -> None:
@@ -157,6 +170,7 @@ class Emitter:
                            for s in self.statements]
         if old in self.buffers:
             self.buffers.remove(old)
+        self.vectors.pop(old, None)
 
     def assign(self, target: sp.Symbol, expr: sp.Expr) -> None:
         to = self.name(target)
@@ -168,7 +182,8 @@ class Emitter:
         kind = self.kind(expr)
         self.kinds[target] = kind
         if kind != MATRIX:
-            self._emit(f"{slot(to)} = {self.printer.doprint(expr)}", [to], self._reads(expr))
+            self._emit(f"{slot(to)} = {self.printer.doprint(expr)}", [to], self._reads(expr),
+                       matrix=False)
             return
         first, self.claimed = len(self.buffers), set()
         result = self.emit(expr)
@@ -231,8 +246,22 @@ class Emitter:
                    [name], [operand.index, *scale_code.reads, *shift_code.reads])
         return Operand(name, True)
 
-    def _small(self, expr: sp.Expr) -> Small:
-        return Small(self.printer.doprint(expr), tuple(self._reads(expr)))
+    def _small(self, expr: sp.Expr, hoist: bool = True) -> Small:
+        """The printed code of a scalar, column or row value a matrix operation reads; a
+        column or row expression (not a bare name) is first assigned to a slot of its own
+        (unless not ``hoist``), so that it is computed apart from the matrices."""
+        small = Small(self.printer.doprint(expr), tuple(self._reads(expr)))
+        kind = self.kind(expr)
+        return self._named(small, kind) if hoist and not expr.is_Symbol else small
+
+    def _named(self, small: Small, kind: str) -> Small:
+        """A column or row value's code assigned to a new slot (a scalar's stays inline)."""
+        if kind not in (COLUMN, ROW):
+            return small
+        index = self._new_slot()
+        self.vectors[index] = kind
+        self._emit(f"{slot(index)} = {small.code}", [index], small.reads, matrix=False)
+        return Small(slot(index), (index,))
 
     def _fresh(self) -> int:
         index = self._new_slot()
@@ -346,7 +375,8 @@ class Emitter:
         for q in (q1, q2):
             small = self._small(q)
             scaled = self._apply("numpy.multiply", scaled,
-                                 Small(f"{inverse}({small.code})", small.reads))
+                                 self._named(Small(f"{inverse}({small.code})", small.reads),
+                                             self.kind(q)))
         self._emit(self._call("numpy.clip", scaled.code, "-1.0", "1.0", f"out={scaled.code}"),
                    [], [scaled.index])
         return scaled
@@ -356,7 +386,7 @@ class Emitter:
         first, then it is printed as a call. Its result may alias an input, so it is a free
         buffer only when the printer says it returns a new array (``fresh_result``)."""
         operands = {i: self.emit(a) for i, a in enumerate(expr.args) if self.kind(a) == MATRIX}
-        args = [self._operand_symbol(operands[i]) if i in operands else a
+        args = [self._operand_symbol(operands[i]) if i in operands else self._vector_symbol(a)
                 for i, a in enumerate(expr.args)]
         call = expr.func(*args, evaluate=False)
         name = self._fresh()
@@ -369,6 +399,17 @@ class Emitter:
         symbol = sp.Dummy(f"m{operand.index}")
         self.slots[symbol] = operand.index
         self.printer.names[symbol] = operand.code
+        return symbol
+
+    def _vector_symbol(self, arg: sp.Expr) -> sp.Expr:
+        """A call's column or row argument as a symbol standing for its own slot (a name,
+        a scalar or a non-expression argument stays as it is)."""
+        if not isinstance(arg, sp.Expr) or arg.is_Symbol or self.kind(arg) not in (COLUMN, ROW):
+            return arg
+        small = self._small(arg)
+        symbol = sp.Dummy(f"v{small.reads[0]}")
+        self.slots[symbol] = small.reads[0]
+        self.printer.names[symbol] = small.code
         return symbol
 
 
@@ -392,4 +433,5 @@ def _renamed(statement: Statement, old: int, new: int, top: int) -> Statement:
         return tuple(new if i == old else i for i in indices)
 
     return Statement(statement.text.format(*names), swap(statement.targets),
-                     swap(statement.reads), statement.alias, swap(statement.deletes))
+                     swap(statement.reads), statement.alias, swap(statement.deletes),
+                     statement.matrix)

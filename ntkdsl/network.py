@@ -312,8 +312,10 @@ def _bound(compiled: CompiledKernels, values: tuple[float, ...]) -> CompiledKern
     def given(function):
         return lambda *args: function(*args, *numbers)
 
-    spatial = compiled.spatial
+    spatial, sides = compiled.spatial, compiled.sides
     if spatial is not None:
         spatial = replace(spatial, side=given(spatial.side), nngp_pair=given(spatial.nngp_pair))
+    if sides is not None:
+        sides = replace(sides, side=given(sides.side))
     return replace(compiled, pair=given(compiled.pair), diagonal=given(compiled.diagonal),
-                   spatial=spatial)
+                   spatial=spatial, sides=sides)

@@ -294,18 +294,26 @@ def test_training_kernel_computes_each_off_diagonal_entry_once(monkeypatch):
     net = ntkdsl.compile(DEFAULT_ARCH)
     seen = np.zeros((n, n), dtype=np.int64)  # calls of the program on entry (i, j)
     in_one_chunk = np.zeros((n, n), dtype=bool)  # both rows in the rows of one call
-    pair = net.compiled.pair
+    pair, sides = net.compiled.pair, net.compiled.sides
 
-    def counting(q1, q2, k, d):
+    def side(q1, q2, d):  # the side values, and the norms: the chunk's rows and columns
+        return (*sides.side(q1, q2, d), q1, q2)
+
+    def counting(k, d, *values):
+        *values, q1, q2 = values
         rows, cols = (np.rint(np.sqrt(np.broadcast_to(q, np.shape(k)))).astype(int) - 1
                       for q in (q1, q2))
         np.add.at(seen, (rows.ravel(), cols.ravel()), 1)
         in_one_chunk[rows.min():rows.max() + 1, rows.min():rows.max() + 1] = True
-        return pair(q1, q2, k, d)
+        return pair(k, d, *values)
 
     import dataclasses
+
+    from ntkdsl.inplace import COLUMN, ROW
     compiled = net.compiled
-    object.__setattr__(net, "compiled", dataclasses.replace(compiled, pair=counting))  # frozen
+    counted = dataclasses.replace(compiled, pair=counting, sides=dataclasses.replace(
+        sides, side=side, kinds=(*sides.kinds, COLUMN, ROW)))
+    object.__setattr__(net, "compiled", counted)  # frozen
     try:
         reg = NTKRegressor(DEFAULT_ARCH).fit(X, X[:, 0])
     finally:

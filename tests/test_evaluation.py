@@ -43,7 +43,7 @@ def untiled(net, x1, x2=None):
     d = x1.shape[1]
     q1, q2 = (np.einsum("ij,ij->i", x, x) / d for x in (x1, b))
     k = x1 @ b.T / d
-    nngp, ntk = net.compiled.pair(q1[:, None], q2[None, :], k, d)
+    nngp, ntk = net.compiled.pair_of(q1[:, None], q2[None, :], k, d)
     out = [np.array(np.broadcast_to(m, k.shape), dtype=np.float64) for m in (nngp, ntk)]
     same = (x1[:, None, :] == b[None, :, :]).all(-1)
     diag = net.diagonal(x1)

@@ -137,7 +137,8 @@ def test_live_arrays_match_a_count_while_the_program_runs(arch):
     rng = np.random.default_rng(1)
     x1, x2 = rng.normal(size=(30, 4)), rng.normal(size=(20, 4))
     q1, q2 = (x1 ** 2).mean(1)[:, None], (x2 ** 2).mean(1)[None, :]
-    watched = _live_matrices(compiled.pair, (q1, q2, x1 @ x2.T / 4, 4), 600)
+    sides = compiled.sides.side(q1, q2, 4)
+    watched = _live_matrices(compiled.pair, (x1 @ x2.T / 4, 4, *sides), 600)
     assert compiled.temporaries - EXTRA_TEMPORARIES == watched
 
 

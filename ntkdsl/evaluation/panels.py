@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError, NumericalError
+from ..inplace import COLUMN, ROW
 from ..progress import progress_bar
 from .blas import _BlasLimit
 from .checks import _overflow, check_finite, checked_program
@@ -21,7 +22,7 @@ from .outputs import allocate_outputs, check_out, resolve_dtype
 from .plan import MAX_CHUNK, MAX_CHUNK_NUMERICAL, WORKING_SHARE, Plan, make_plan
 
 if TYPE_CHECKING:
-    from ..generate import CompiledKernels
+    from ..generate import CompiledKernels, SideValues
 
 PROGRESS_DELAY_S = 2.0
 # Identical-input entries written into a file map between releases of its pages.
@@ -33,13 +34,15 @@ class _Panels:
     panels may run at once on different threads: each writes only its own panel's rows,
     and a mirror reads only entries that earlier panels have finished."""
 
-    def __init__(self, pair: Callable, a: np.ndarray, b: np.ndarray, q1: np.ndarray,
-                 q2: np.ndarray, keep: Sequence[int], outs: Sequence[np.ndarray],
-                 plan: Plan, dtype: np.dtype):
-        self.pair, self.a, self.b, self.plan, self.dtype = pair, a, b, plan, dtype
+    def __init__(self, compiled: CompiledKernels, a: np.ndarray, b: np.ndarray,
+                 q1: np.ndarray, q2: np.ndarray, keep: Sequence[int],
+                 outs: Sequence[np.ndarray], plan: Plan, dtype: np.dtype):
+        self.pair, self.a, self.b, self.plan, self.dtype = compiled.pair, a, b, plan, dtype
         self.d = a.shape[1]
-        # The program runs in the evaluation dtype; norms are rounded to it once.
-        self.q1, self.q2 = q1.astype(dtype, copy=False), q2.astype(dtype, copy=False)
+        # The program runs in the evaluation dtype; norms are rounded to it once, and the
+        # values of one input alone are computed once for every row and column.
+        self.sides = side_values(compiled.sides, q1.astype(dtype, copy=False),
+                                 q2.astype(dtype, copy=False), self.d)
         # The output holding the Gram slices is written last in each chunk: the program
         # may return its input (the Gram slice itself) as another kernel.
         self.stores = list(zip(keep, outs))[::-1]
@@ -70,7 +73,7 @@ class _Panels:
             c0 = self.plan.first_column(s)
             k = gram[s - r0:e - r0, c0 - offset:]
             with checked_program():
-                results = self.pair(self.q1[s:e, None], self.q2[None, c0:], k, self.d)
+                results = self.pair(k, self.d, *self.sides.chunk(s, e, c0))
             for i, out in self.stores:
                 out[s:e, c0:] = results[i]
         return self.plan.entries(r0, r1)
@@ -93,6 +96,36 @@ class _Panels:
                 out[r0:r1, c0:c1] = out[c0:c1, r0:r1].T
                 if mapped:
                     release_pages(out[c0:c1])
+
+
+class _SideValues:
+    """An evaluation's side values (ntkdsl.generate.SideValues): columns (n1, 1), rows
+    (1, n2) and scalars, in the order the pair function takes them."""
+
+    def __init__(self, values: Sequence[Any], kinds: Sequence[str]):
+        self.columns = [i for i, k in enumerate(kinds) if k == COLUMN]
+        self.rows = [i for i, k in enumerate(kinds) if k == ROW]
+        self.values = list(values)
+
+    def chunk(self, s: int, e: int, c0: int) -> list[Any]:
+        """The values for rows s:e of the output and its columns from c0 on."""
+        values = self.values.copy()
+        for i in self.columns:
+            values[i] = values[i][s:e]
+        for i in self.rows:
+            values[i] = values[i][:, c0:]
+        return values
+
+
+def side_values(sides: SideValues, q1: np.ndarray, q2: np.ndarray, d: int) -> _SideValues:
+    """``sides.side`` of the squared norms of all rows of x (q1) and x' (q2), once: every
+    column and row it returns at its full shape (a value broadcast from fewer inputs, such
+    as a constant, is read the same way)."""
+    with checked_program():  # the outputs are checked after the pair function ran
+        values = sides.side(q1[:, None], q2[None, :], d)
+    shapes = {COLUMN: (len(q1), 1), ROW: (1, len(q2))}
+    return _SideValues([np.broadcast_to(v, shapes[k]) if k in shapes else v
+                        for v, k in zip(values, sides.kinds)], sides.kinds)
 
 
 @lru_cache(maxsize=8)
@@ -286,9 +319,8 @@ def run_pairs(compiled: CompiledKernels, a: np.ndarray, b: np.ndarray | None,
                      WORKING_SHARE * sum(o.nbytes for o in outs), compiled.temporaries,
                      threads, MAX_CHUNK_NUMERICAL if compiled.numerical else MAX_CHUNK)
     _keep_freed_heap()
-    panels = _Panels(compiled.pair, a, a if b is None else b, q1, q2, keep, outs, plan,
-                     dt)
     try:
+        panels = _Panels(compiled, a, a if b is None else b, q1, q2, keep, outs, plan, dt)
         with _BlasLimit() as blas:
             # Identical inputs are found while the first Gram slices are computed.
             rows, cols = _run(panels, plan, outs, progress, lambda: identical_pairs(a, b), blas)
