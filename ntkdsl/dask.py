@@ -1,5 +1,7 @@
 """ntkdsl on Dask: what goes with the lazy kernels that ``Network.nngp``/``ntk``/``kernels``
-return for Dask arrays (see ``ntkdsl.evaluation.dask_blocks``).
+return for Dask arrays (see ``ntkdsl.evaluation.dask_blocks``), and the row-chunk passes the
+solvers run on a cluster (``ntkdsl.nystrom``: C = ΦᵀΦ and ΦᵀY as a sum over the chunks of the
+training rows, predictions chunk by chunk).
 
 Install with ``pip install 'ntkdsl[dask]'``. Kernels larger than the cluster's memory go
 straight to disk from the workers that compute them: ``K.to_zarr(path)`` (Dask's own, a
@@ -8,13 +10,14 @@ Zarr store) or ``to_npy(K, path)`` (one ``.npy`` file, opened later with
 """
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
 import numpy as np
 
 from .errors import InputError
-from .evaluation.dask_blocks import is_dask_array
+from .evaluation.dask_blocks import check_finite_rows, is_dask_array, row_chunked
 
 __all__ = ["to_npy"]
 
@@ -45,3 +48,58 @@ def _write_block(block: np.ndarray, path: str, block_info: dict | None = None) -
     target.flush()
     del target
     return np.ones((1, 1), dtype=bool)
+
+
+# ------------------------------------------------------------------ row-chunk passes --
+def sum_over_row_chunks(function, x: Any, y: Any, *shared: Any, name: str = "x_train"):
+    """``function(x_chunk, y_chunk, *shared)`` of every row chunk of the Dask array ``x`` (y:
+    the matching rows, a NumPy or Dask array), summed by a tree reduction on the cluster
+    (results must support ``+``); the sum, computed. ``shared`` objects travel to each
+    worker once. A non-finite input is an InputError naming its row in the whole of ``x``."""
+    import dask
+
+    x = row_chunked(x, name)
+    bounds = np.cumsum((0,) + x.chunks[0])
+    if is_dask_array(y):
+        y_chunks = list(y.rechunk((x.chunks[0],) + y.shape[1:]).to_delayed().ravel())
+    else:
+        y_chunks = [y[a:b] for a, b in itertools.pairwise(bounds)]
+    shared = [dask.delayed(value, traverse=False) for value in shared]
+    parts = [dask.delayed(_checked_call)(function, chunk, y_chunk, int(first), name, *shared)
+             for chunk, y_chunk, first in zip(x.to_delayed().ravel(), y_chunks, bounds)]
+    while len(parts) > 1:  # a balanced tree: log2(chunks) rounds of pairwise sums
+        parts = [dask.delayed(_sum)(*parts[i:i + 2]) for i in range(0, len(parts), 2)]
+    return parts[0].compute()
+
+
+def map_row_chunks(function, x: Any, shapes, *shared: Any, axis: int = 0,
+                   name: str = "x_test") -> list:
+    """Lazy Dask arrays of ``function(x_chunk, *shared)`` for the row chunks of ``x``: the
+    function returns a tuple of arrays, ``shapes(rows)`` their shapes for a chunk of
+    ``rows`` rows; the chunks' results are joined along ``axis`` (where their rows are)."""
+    import dask
+    import dask.array as da
+
+    x = row_chunked(x, name)
+    bounds = np.cumsum((0,) + x.chunks[0])
+    shared = [dask.delayed(value, traverse=False) for value in shared]
+    results = [dask.delayed(_checked_call)(function, chunk, None, int(first), name, *shared)
+               for chunk, first in zip(x.to_delayed().ravel(), bounds)]
+    arrays = []
+    for k in range(len(shapes(1))):
+        pieces = [da.from_delayed(result[k], shape=shapes(rows)[k], dtype=np.float64)
+                  for result, rows in zip(results, x.chunks[0])]
+        arrays.append(da.concatenate(pieces, axis=axis))
+    return arrays
+
+
+def _checked_call(function, chunk, y_chunk, first_row: int, name: str, *shared):
+    check_finite_rows(chunk, name, first_row)
+    return function(chunk, *shared) if y_chunk is None else function(chunk, y_chunk, *shared)
+
+
+def _sum(*parts):
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total

@@ -38,8 +38,10 @@ import scipy.linalg
 from numpy.typing import ArrayLike
 
 from . import network
+from .dask import map_row_chunks, sum_over_row_chunks
 from .errors import InputError, NumericalError, ShapeError
 from .evaluation import as_real_array, kernel_name, require_memory
+from .evaluation.dask_blocks import is_dask_array
 from .kinds import KINDS
 from .predict import (
     Gaussian,
@@ -269,6 +271,11 @@ class _Moments:
     targets: np.ndarray
     cross: np.ndarray | None
 
+    def __add__(self, other: _Moments) -> _Moments:
+        """The moments of two sets of rows together (a sum over row chunks on a cluster)."""
+        return _Moments(self.gram + other.gram, self.targets + other.targets,
+                        None if self.cross is None else self.cross + other.cross)
+
 
 def _accumulate(x, y, rows: _KernelRows, features: dict[str, NystromFeatures], kind: str,
                 progress) -> _Moments:
@@ -346,6 +353,8 @@ class NystromEnsemble:
         test prior (the NNGP on the test inputs, exact) is the true kernel, so at m = N the
         covariance is the exact solver's (Nyström's "deterministic training conditional").
         """
+        if is_dask_array(x_test):
+            return self._predict_chunks(x_test, t, compute_cov, variance_only)
         x_test = np.asarray(x_test)
         times = _as_times(t)
         if compute_cov or variance_only:
@@ -372,6 +381,23 @@ class NystromEnsemble:
                                                               "predict in smaller batches")
             return Gaussian(mean, parts[0][1].reshape(lead + (n, n)))
         return Gaussian(mean, None)
+
+    def _predict_chunks(self, x_test, t, compute_cov: bool, variance_only: bool) -> Gaussian:
+        """``predict`` of a Dask array of test inputs: lazy Dask arrays of the mean (and the
+        variances), one task per row chunk on the workers."""
+        if compute_cov:
+            raise InputError("the full covariance of a Dask array of test inputs is N x N: "
+                             "not computed", hint="use variance_only=True for the variances")
+        times = _as_times(t)
+        lead = () if times is None else times.shape
+        tail = () if self._targets_1d else (self._columns,)
+
+        def shapes(rows: int) -> list[tuple]:
+            return [lead + (rows,) + tail] + ([lead + (rows,)] if variance_only else [])
+
+        arrays = map_row_chunks(_predict_chunk, x_test, shapes, self, t, variance_only,
+                                axis=len(lead))
+        return Gaussian(arrays[0], arrays[1] if variance_only else None)
 
     def _check_covariance(self) -> None:
         if self.kernel == "ntk" and self._cross is None:
@@ -408,6 +434,12 @@ class NystromEnsemble:
         return prior - psi @ psi.T + np.einsum("tnk,tlk->tnl", residual, residual)
 
 
+def _predict_chunk(x, ensemble: NystromEnsemble, t, variance_only: bool) -> tuple:
+    """The mean (and variances) of one chunk of test rows, on a worker."""
+    result = ensemble.predict(x, t, variance_only=variance_only)
+    return (result.mean,) + ((result[1],) if variance_only else ())
+
+
 def nystrom_ensemble(arch, x_train: ArrayLike, y_train: ArrayLike, n_components: int, *,
                      kernel: str = "ntk", landmarks="uniform", seed: int | None = 0,
                      learning_rate: float = 1.0, diag_reg: float = 0.0,
@@ -433,17 +465,22 @@ def nystrom_ensemble(arch, x_train: ArrayLike, y_train: ArrayLike, n_components:
         progress: a progress bar over the passes (None: on a terminal only).
     """
     kind = kernel_name(kernel)
-    x = as_real_array(x_train, "x_train")
+    distributed = is_dask_array(x_train)
+    x = x_train if distributed else as_real_array(x_train, "x_train")
     if x.ndim < 2:
         raise ShapeError(f"x_train must have one row per sample (2-D or images), got shape "
                          f"{x.shape}")
     n = len(x)
     if n < 2:
         raise InputError(f"need at least 2 training samples, got {n}")
-    y = _as_targets(y_train, n)
+    y = _dask_targets(y_train, n) if is_dask_array(y_train) else _as_targets(y_train, n)
     rate = _check_nonnegative(learning_rate, "learning_rate")
     ridge = _check_nonnegative(diag_reg, "diag_reg")
-    indices = _landmark_indices(x, n_components, landmarks, seed, arch, kind, progress)
+    if distributed:
+        indices, z = _dask_landmarks(x, n_components, landmarks, seed)
+    else:
+        indices = _landmark_indices(x, n_components, landmarks, seed, arch, kind, progress)
+        z = x[indices]
     m = len(indices)
     kinds = KINDS if (covariance and kind == "ntk") else (kind,)
     require_memory(8.0 * (m * m * _SQUARE_MATRICES + min(n, _block_rows(m, len(kinds))) * m
@@ -451,11 +488,36 @@ def nystrom_ensemble(arch, x_train: ArrayLike, y_train: ArrayLike, n_components:
                    f"the Nyström solver with {m} landmarks",
                    hint="use fewer landmarks (n_components)")
     rows = _KernelRows(arch)
-    kernel_zz = rows(kinds, x[indices])
-    features = {k: NystromFeatures.fit(rows, k, x[indices], kernel_zz[k]) for k in kinds}
-    moments = _accumulate(x, y, rows, features, kind, progress)
+    kernel_zz = rows(kinds, z)
+    features = {k: NystromFeatures.fit(rows, k, z, kernel_zz[k]) for k in kinds}
+    if distributed:  # a sum over the row chunks, on the workers
+        moments = sum_over_row_chunks(_accumulate, x, y, rows, features, kind, False)
+    else:
+        moments = _accumulate(x, y, rows, features, kind, progress)
     return NystromEnsemble(rows, features, kind, moments, n, np.ndim(y_train) == 1, rate,
                            ridge, bool(diag_reg_absolute_scale))
+
+
+def _dask_landmarks(x, n_components, landmarks, seed) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, rows) of the landmarks of the Dask array ``x``: a uniform sample or the
+    rows given, gathered to this process, duplicate rows dropped."""
+    if isinstance(landmarks, str) and landmarks != "uniform":
+        raise InputError(f"landmarks={landmarks!r} is not available for Dask arrays: "
+                         "leverage sampling needs a pass over every row with a pilot sample",
+                         hint="use landmarks='uniform' or an array of row indices")
+    indices = (select_landmarks(x, n_components, seed=seed) if isinstance(landmarks, str)
+               else _given_landmarks(len(x), n_components, landmarks))
+    rows = as_real_array(x[indices].compute(), "the landmark rows of x_train")
+    kept = _distinct(rows, np.arange(len(indices)))
+    return indices[kept], rows[kept]
+
+
+def _dask_targets(y, n: int):
+    """The targets as a Dask array of shape (n, k) (a 1-D y as one column)."""
+    if y.shape[0] != n or y.ndim > 2:
+        raise ShapeError(f"y_train has shape {y.shape}; it needs one row (or value) per "
+                         f"training sample ({n})")
+    return y.reshape(n, 1) if y.ndim == 1 else y
 
 
 def _landmark_indices(x, n_components, landmarks, seed, arch, kind, progress) -> np.ndarray:
@@ -463,16 +525,22 @@ def _landmark_indices(x, n_components, landmarks, seed, arch, kind, progress) ->
         indices = select_landmarks(x, n_components, method=landmarks, seed=seed, arch=arch,
                                    kernel=kind, progress=progress)
     else:
-        indices = np.asarray(landmarks)
-        if indices.ndim != 1 or indices.dtype.kind not in "iu" or indices.size == 0:
-            raise InputError("landmarks must be 'uniform', 'leverage' or a non-empty 1-D "
-                             "array of row indices of x_train")
-        if np.any(indices < 0) or np.any(indices >= len(x)):
-            raise InputError(f"landmark indices must be from 0 to {len(x) - 1} (rows of "
-                             f"x_train), got {indices.min()} .. {indices.max()}")
-        if len(np.unique(indices)) != indices.size:
-            raise InputError("landmark indices repeat; give each row at most once")
-        if n_components is not None and n_components != indices.size:
-            raise InputError(f"n_components={n_components} but {indices.size} landmark "
-                             "indices were given; they must agree")
+        indices = _given_landmarks(len(x), n_components, landmarks)
     return _distinct(x, indices)
+
+
+def _given_landmarks(n: int, n_components, landmarks) -> np.ndarray:
+    """The landmark row indices a caller gave, checked against the n training rows."""
+    indices = np.asarray(landmarks)
+    if indices.ndim != 1 or indices.dtype.kind not in "iu" or indices.size == 0:
+        raise InputError("landmarks must be 'uniform', 'leverage' or a non-empty 1-D "
+                         "array of row indices of x_train")
+    if np.any(indices < 0) or np.any(indices >= n):
+        raise InputError(f"landmark indices must be from 0 to {n - 1} (rows of "
+                         f"x_train), got {indices.min()} .. {indices.max()}")
+    if len(np.unique(indices)) != indices.size:
+        raise InputError("landmark indices repeat; give each row at most once")
+    if n_components is not None and n_components != indices.size:
+        raise InputError(f"n_components={n_components} but {indices.size} landmark "
+                         "indices were given; they must agree")
+    return indices

@@ -205,3 +205,66 @@ def test_a_worker_killed_mid_computation_does_not_change_the_result():
         assert set(c.run(os.getpid).values()) != set(pids.values())  # a new worker process
     cluster.close()
     np.testing.assert_array_equal(got, expected)
+
+
+# ----------------------------------------------------------------- Nyström on Dask --
+def _nystrom_data():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(900, 6))
+    y = np.stack([np.sin(x[:, 0]), x[:, 1] * x[:, 2]], axis=1) + 0.05 * rng.normal(size=(900, 2))
+    return x, y, rng.normal(size=(130, 6))
+
+
+@pytest.mark.parametrize("kernel", ["ntk", "nngp"])
+def test_nystrom_fit_from_dask_arrays_equals_in_process(kernel):
+    from ntkdsl.nystrom import nystrom_ensemble
+
+    x, y, x_test = _nystrom_data()
+    local = nystrom_ensemble(ARCH, x, y, 120, kernel=kernel, diag_reg=1e-3, covariance=True)
+    X, Y = da.from_array(x, chunks=(200, -1)), da.from_array(y, chunks=(350, -1))
+    with dask.config.set(scheduler="threads"):
+        spread = nystrom_ensemble(ARCH, X, Y, 120, kernel=kernel, diag_reg=1e-3, covariance=True)
+        for given in (y, Y):  # NumPy targets beside Dask inputs too
+            again = nystrom_ensemble(ARCH, X, given, 120, kernel=kernel, diag_reg=1e-3)
+            np.testing.assert_allclose(again.predict(x_test).mean, local.predict(x_test).mean,
+                                       rtol=1e-10, atol=1e-12)
+        times = [0.5, 10.0, np.inf]
+        want = local.predict(x_test, times, variance_only=True)
+        got = spread.predict(da.from_array(x_test, chunks=(50, -1)), times, variance_only=True)
+        assert got.mean.shape == want.mean.shape and got.covariance.shape == want.covariance.shape
+        np.testing.assert_allclose(got.mean.compute(), want.mean, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(got.covariance.compute(), want.covariance, rtol=1e-10,
+                                   atol=1e-12)
+    np.testing.assert_array_equal(spread.landmarks, local.landmarks)
+
+
+def test_nystrom_on_dask_refuses_what_it_cannot_do():
+    from ntkdsl.nystrom import nystrom_ensemble
+
+    x, y, x_test = _nystrom_data()
+    X = da.from_array(x, chunks=(200, -1))
+    with pytest.raises(InputError, match="leverage.*not available for Dask"):
+        nystrom_ensemble(ARCH, X, y, 50, landmarks="leverage")
+    bad = x.copy()
+    bad[613, 2] = np.nan
+    with pytest.raises(InputError, match="x_train has a non-finite value nan at row 613"):
+        nystrom_ensemble(ARCH, da.from_array(bad, chunks=(200, -1)), y, 50,
+                         landmarks=np.arange(50))
+    fitted = nystrom_ensemble(ARCH, X, y, 50)
+    with pytest.raises(InputError, match="full covariance of a Dask array"):
+        fitted.predict(da.from_array(x_test, chunks=50), compute_cov=True)
+
+
+def test_cluster_nystrom_fit_equals_in_process(client):
+    from ntkdsl.nystrom import nystrom_ensemble
+
+    x, y, x_test = _nystrom_data()
+    local = nystrom_ensemble(ARCH, x, y, 150, diag_reg=1e-4)
+    spread = nystrom_ensemble(ARCH, da.from_array(x, chunks=(100, -1)),
+                              da.from_array(y, chunks=(100, -1)), 150, diag_reg=1e-4)
+    times = [1.0, 100.0, np.inf]
+    np.testing.assert_allclose(spread.predict(x_test, times).mean,
+                               local.predict(x_test, times).mean, rtol=1e-10, atol=1e-12)
+    lazy = spread.predict(da.from_array(x_test, chunks=(40, -1)), times).mean
+    np.testing.assert_allclose(lazy.compute(), local.predict(x_test, times).mean, rtol=1e-10,
+                               atol=1e-12)

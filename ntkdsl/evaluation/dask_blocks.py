@@ -44,8 +44,8 @@ def lazy_kernels(net: Any, kinds: tuple[str, ...], x1: Any, x2: Any, *, dtype: A
     as many blocks at once as it has threads, so each block keeps to one)."""
     import dask.array as da
 
-    x1 = _row_chunked(x1 if is_dask_array(x1) else da.asarray(x1), "x1")
-    x2 = None if x2 is None else _row_chunked(x2 if is_dask_array(x2) else da.asarray(x2), "x2")
+    x1 = row_chunked(x1 if is_dask_array(x1) else da.asarray(x1), "x1")
+    x2 = None if x2 is None else row_chunked(x2 if is_dask_array(x2) else da.asarray(x2), "x2")
     if x2 is not None and x2.shape[1:] != x1.shape[1:]:
         raise InputError(f"x1 has examples of shape {x1.shape[1:]} but x2 of shape "
                          f"{x2.shape[1:]}; both must have the same features",
@@ -56,8 +56,9 @@ def lazy_kernels(net: Any, kinds: tuple[str, ...], x1: Any, x2: Any, *, dtype: A
     return [_kernel_array(pairs, k, kind, x1, x2, dt) for k, kind in enumerate(kinds)]
 
 
-def _row_chunked(x: Any, name: str):
-    """``x`` if it is chunked along its rows only; InputError with the fix otherwise."""
+def row_chunked(x: Any, name: str):
+    """The Dask array ``x`` if it is chunked along its rows only (every example whole in
+    one chunk); InputError with the fix otherwise."""
     axes = x.ndim - 1
     if axes < 1:
         raise InputError(f"{name} has shape {x.shape}; kernels take an array of examples, "
@@ -136,13 +137,15 @@ def _pair_block(net, kinds, a, b, first_a: int, first_b: int, self_kernel: bool,
     """The kernels of one block on a worker: the chunks checked with their rows numbered as
     in the whole arrays (a NaN's error names its row of x1, not of the chunk), then the
     network's own evaluation."""
-    _check_finite_rows(a, "x1", first_a)
+    check_finite_rows(a, "x1", first_a)
     if b is not None:
-        _check_finite_rows(b, "x1" if self_kernel else "x2", first_b)
+        check_finite_rows(b, "x1" if self_kernel else "x2", first_b)
     return tuple(net._evaluate(kinds, a, b, None, np.dtype(dtype), False, threads))
 
 
-def _check_finite_rows(x: np.ndarray, name: str, first_row: int) -> None:
+def check_finite_rows(x: np.ndarray, name: str, first_row: int) -> None:
+    """InputError at the first non-finite value of the row chunk ``x``, its row numbered in
+    the whole array (the chunk's first row is ``first_row``)."""
     _checked(driver.check_finite, np.asarray(x), name, first_row)
 
 
