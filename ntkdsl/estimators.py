@@ -47,6 +47,7 @@ from .evaluation import (
     refuse_complex,
     require_memory,
 )
+from .evaluation.dask_blocks import is_dask_array, row_chunked
 from .kinds import KINDS
 from .krylov import cg_ensemble
 from .nystrom import nystrom_ensemble
@@ -183,6 +184,8 @@ class _NTKEstimator(BaseEstimator):
         """X (and y, when passed) validated as scikit-learn validates them — rows of
         features, setting or checking ``n_features_in_`` — then X shaped as the kernels take
         it: every row reshaped to the example shape (``input_shape_``) when there is one."""
+        if is_dask_array(X):
+            return self._dask_examples(X, *y, reset=reset)
         X, images = _as_rows(X)
         # Before scikit-learn counts the features: images of another shape (another number of
         # channels, say) are named as such, not as a wrong number of columns.
@@ -194,6 +197,32 @@ class _NTKEstimator(BaseEstimator):
         if shape is not None:
             X = X.reshape(X.shape[0], *shape)
         return (X, validated[1]) if y else X
+
+    def _dask_examples(self, X, *y, reset: bool):
+        """A Dask array X checked and kept lazy (its row chunks stay on the workers; the
+        Nyström solver runs there), y gathered here (one value or row per sample)."""
+        X = row_chunked(X, "X")
+        if X.ndim < 2:
+            raise InputError(f"X has shape {X.shape}; it needs one row per sample")
+        n_features = int(np.prod(X.shape[1:]))
+        images = X.shape[1:] if X.ndim > 2 else None
+        if reset:
+            self.n_features_in_ = n_features
+            shape = self._fit_shape(X.shape[0], n_features, images)
+        else:
+            shape = self._predict_shape(images)
+            if n_features != self.n_features_in_:
+                raise InputError(f"X has {n_features} features, but {type(self).__name__} "
+                                 f"is expecting {self.n_features_in_} features as input")
+        if shape is not None and X.ndim == 2:
+            X = X.reshape((X.shape[0], *shape))
+        if not y:
+            return X
+        target = np.asarray(y[0].compute() if is_dask_array(y[0]) else y[0])
+        if target.ndim not in (1, 2) or target.shape[0] != X.shape[0]:
+            raise InputError(f"y has shape {target.shape} but X has {X.shape[0]} samples; "
+                             "y needs one value (or row) per sample")
+        return X, target
 
     def _fit_shape(self, n_samples: int, n_features: int, images: tuple[int, ...] | None):
         """The example shape at fit: ``input_shape``, else the images' own shape, else None
@@ -266,7 +295,7 @@ class _NTKEstimator(BaseEstimator):
         """Compile, evaluate the training kernel once and factorise it (lazily) for predict
         — or, by ``solver``, stream Nyström features or store the kernel for CG."""
         self._check_hyperparameters()
-        self.solver_, self.solver_reason_ = self._choose_solver(X.shape[0])
+        self.solver_, self.solver_reason_ = self._choose_solver(X.shape[0], is_dask_array(X))
         if self.verbose:
             print(f"ntkdsl: solver {self.solver_!r} ({self.solver_reason_})", file=sys.stderr)
         if self.solver_ == "exact" or self.optimize is not None:
@@ -335,12 +364,21 @@ class _NTKEstimator(BaseEstimator):
     def _components(self, n: int) -> int:
         return min(n, DEFAULT_COMPONENTS) if self.n_components is None else self.n_components
 
-    def _choose_solver(self, n: int) -> tuple[str, str]:
+    def _choose_solver(self, n: int, distributed: bool = False) -> tuple[str, str]:
         """(solver, why): ``solver`` as given, or for "auto" the exact solver up to
         AUTO_EXACT_LIMIT samples when its kernel and factorisation fit in memory, else Nyström."""
         if self.solver not in SOLVERS:
             raise InputError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got "
                              f"{self.solver!r}")
+        if distributed:  # Dask arrays: the features are summed over the chunks on the workers
+            if self.solver not in ("auto", "nystrom") or self.optimize is not None:
+                raise InputError(
+                    "with Dask arrays only solver='nystrom' (or 'auto') runs on the cluster"
+                    + (", without optimize=" if self.optimize is not None else "")
+                    + f"; got solver={self.solver!r}", hint="the exact and CG solvers and the "
+                    "marginal likelihood need the whole N x N kernel in this process: pass "
+                    "X.compute() for those, or use solver='nystrom'")
+            return "nystrom", f"Dask arrays: Nyström on the cluster, {self._components(n)} landmarks"
         if self.solver != "auto":
             return self.solver, "as asked"
         finite = self.time is not None and np.isfinite(self.time)
@@ -404,6 +442,8 @@ class _NTKEstimator(BaseEstimator):
         _check_fitted(self)
         X = self._examples(X, reset=False)
         t = self.time if times is None else times
+        if is_dask_array(X):
+            return self._means(X, t)  # lazy, a task per row chunk
         means = [self._means(X[s:s + _BATCH], t) for s in range(0, X.shape[0], _BATCH)]
         lead = np.ndim(np.inf if t is None else t)
         return np.concatenate(means, axis=lead)

@@ -243,7 +243,7 @@ def test_nystrom_on_dask_refuses_what_it_cannot_do():
 
     x, y, x_test = _nystrom_data()
     X = da.from_array(x, chunks=(200, -1))
-    with pytest.raises(InputError, match="leverage.*not available for Dask"):
+    with pytest.raises(InputError, match=r"leverage.*not available for Dask"):
         nystrom_ensemble(ARCH, X, y, 50, landmarks="leverage")
     bad = x.copy()
     bad[613, 2] = np.nan
@@ -268,3 +268,26 @@ def test_cluster_nystrom_fit_equals_in_process(client):
     lazy = spread.predict(da.from_array(x_test, chunks=(40, -1)), times).mean
     np.testing.assert_allclose(lazy.compute(), local.predict(x_test, times).mean, rtol=1e-10,
                                atol=1e-12)
+
+
+def test_estimators_fit_and_predict_dask_arrays_with_nystrom_on_the_workers():
+    x, y, x_test = _nystrom_data()
+    X, X_test = da.from_array(x, chunks=(200, -1)), da.from_array(x_test, chunks=(50, -1))
+    local = ntkdsl.NTKRegressor(ARCH, solver="nystrom", n_components=100, diag_reg=1e-3).fit(x, y)
+    spread = ntkdsl.NTKRegressor(ARCH, n_components=100, diag_reg=1e-3).fit(
+        X, da.from_array(y, chunks=(300, -1)))
+    assert spread.solver_ == "nystrom" and "Dask arrays" in repr(spread)
+    lazy = spread.predict(X_test)
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_allclose(lazy.compute(), local.predict(x_test), rtol=1e-10, atol=1e-12)
+    _, std = spread.predict(X_test, return_std=True)
+    np.testing.assert_allclose(np.asarray(std), local.predict(x_test, return_std=True)[1],
+                               rtol=1e-8, atol=1e-12)
+    labels = (y[:, 0] > 0).astype(int)
+    classifier = ntkdsl.NTKClassifier(ARCH, n_components=100).fit(X, labels)
+    same = ntkdsl.NTKClassifier(ARCH, solver="nystrom", n_components=100).fit(x, labels)
+    np.testing.assert_array_equal(np.asarray(classifier.predict(X_test)), same.predict(x_test))
+    with pytest.raises(InputError, match="only solver='nystrom'"):
+        ntkdsl.NTKRegressor(ARCH, solver="exact").fit(X, y)
+    with pytest.raises(InputError, match="expecting 6 features"):
+        spread.predict(da.from_array(x_test[:, :4], chunks=50))
