@@ -10,7 +10,10 @@ variables' roles. The same source serves the in-library evaluation and standalon
 so both compute the same numbers.
 
 ``compile_kernels`` returns ``CompiledKernels``: the pair and diagonal callables, the
-source, and what evaluation needs to know about them.
+source, and what evaluation needs to know about them. A fully-connected network's pair
+statements on values of one input alone (marked by the emitter) go to a ``side`` function
+the evaluation runs once (``hoisted_code``, ``SideValues``); standalone modules keep them in
+``pair``.
 """
 from __future__ import annotations
 

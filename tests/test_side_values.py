@@ -215,3 +215,24 @@ def test_convolutional_networks_keep_their_own_split(tmp_path):
     x = np.random.default_rng(2).normal(size=(6, 7, 3))
     for mine, theirs in zip(net.kernels(x), module.kernels(x)):
         np.testing.assert_allclose(mine, theirs, rtol=1e-13, atol=1e-15)
+
+
+def test_the_side_values_memory_is_checked_before_any_work(monkeypatch):
+    """A deep network reads four values of each input alone per ReLU layer: for all rows of
+    x and x' they must fit, checked (InputError naming them) before any work."""
+    from ntkdsl.errors import InputError
+    from ntkdsl.evaluation import memory
+
+    net = ntkdsl.compile("(Dense(8, b_std=0.1) > Relu) * 50 > Dense(1)")
+    kinds = net.compiled.sides.kinds
+    assert kinds.count(COLUMN) == kinds.count(ROW) == 100  # sqrt and 1/sqrt, per layer
+    x = np.random.default_rng(4).normal(size=(100, 3))
+    outs = [np.zeros((100, 100)), np.zeros((100, 100))]
+    need = (100 * 100 + 100 * 100) * 8
+    monkeypatch.setattr(memory, "available_memory", lambda: need - 1)
+    with pytest.raises(InputError, match="values of each input alone"):
+        net.kernels(x, out=outs)
+    assert not outs[0].any() and not outs[1].any()
+    monkeypatch.setattr(memory, "available_memory", lambda: need)
+    net.kernels(x, out=outs)
+    np.testing.assert_array_equal(outs[0], net.nngp(x))

@@ -1,8 +1,10 @@
 """Tiled, threaded, bounded-memory evaluation of a compiled kernel program.
 
-The generated ``pair(q1, q2, K, d)`` function is elementwise in the entries of the kernel
-matrix, so the matrix can be computed piece by piece: each piece needs its rows' and
-columns' squared norms and its own slice of the Gram matrix ``x1 @ x2.T / d``. This module
+The generated ``pair(K, d, *side values)`` function is elementwise in the entries of the
+kernel matrix, so the matrix can be computed piece by piece: each piece needs its own slice
+of the Gram matrix ``x1 @ x2.T / d`` and its rows' and columns' slices of the side values —
+what the program computes of one input alone (variances and their roots), which
+``side(q1, q2, d)`` computes once per evaluation from all squared norms. This module
 cuts the output into panels of rows. A panel's Gram slice is one BLAS call written straight
 into the output, where the elementwise program then reads it chunk by chunk (chunks small
 enough to stay in the CPU cache) and overwrites it with the kernels. A self-kernel computes

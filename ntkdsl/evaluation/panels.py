@@ -17,7 +17,7 @@ from .blas import _BlasLimit
 from .checks import _overflow, check_finite, checked_program
 from .identical import identical_pairs
 from .inputs import KINDS, check_inputs, squared_norms
-from .memory import _keep_freed_heap, is_shared_file_map, release_pages
+from .memory import _keep_freed_heap, is_shared_file_map, release_pages, require_memory
 from .outputs import allocate_outputs, check_out, resolve_dtype
 from .plan import MAX_CHUNK, MAX_CHUNK_NUMERICAL, WORKING_SHARE, Plan, make_plan
 
@@ -115,6 +115,11 @@ class _SideValues:
         for i in self.rows:
             values[i] = values[i][:, c0:]
         return values
+
+
+def side_bytes(sides: SideValues, n1: int, n2: int, dtype: np.dtype) -> int:
+    """The memory of the side values for n1 rows of x and n2 of x'."""
+    return (sides.kinds.count(COLUMN) * n1 + sides.kinds.count(ROW) * n2) * dtype.itemsize
 
 
 def side_values(sides: SideValues, q1: np.ndarray, q2: np.ndarray, d: int) -> _SideValues:
@@ -312,6 +317,11 @@ def run_pairs(compiled: CompiledKernels, a: np.ndarray, b: np.ndarray | None,
     """Fill ``outs`` (allocated, checked) with the program's outputs ``keep`` for the rows
     of a against those of b (None: a itself), through the panel pipeline; ``names`` name
     the outputs in a NumericalError."""
+    n1, n2 = len(a), len(a) if b is None else len(b)
+    require_memory(side_bytes(compiled.sides, n1, n2, dt),
+                   f"the values of each input alone that the kernel program reads "
+                   f"({len(compiled.sides.kinds)} per row of x and x')",
+                   hint="use fewer inputs (a subset of the data) or dtype=numpy.float32")
     q1 = squared_norms(a)
     q2 = q1 if b is None else squared_norms(b)
     # The numerical engine's calls have a fixed cost: larger chunks pay it less often.
