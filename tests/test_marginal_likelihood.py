@@ -196,3 +196,15 @@ SMALL = ArchTemplate("Dense(64, W_std={w}, b_std=0.1) > Relu > Dense(1, W_std={w
                   random_state=0)])
 def test_scikit_learn_contract_with_optimize(estimator, check):
     check(estimator)
+
+
+def test_a_refit_without_optimize_keeps_no_fitted_numbers():
+    X, y = _data()
+    reg = NTKRegressor(TEMPLATE, kernel="nngp", diag_reg=0.1, optimize={"w": (0.2, 5.0)})
+    reg.fit(X, y)
+    assert reg.params_["w"] != 1.4
+    reg.set_params(optimize=None).fit(X, y)
+    assert not hasattr(reg, "params_") and not hasattr(reg, "arch_")
+    assert reg.log_marginal_likelihood() == pytest.approx(
+        NTKRegressor(TEMPLATE, kernel="nngp", diag_reg=0.1).fit(X, y).log_marginal_likelihood(),
+        rel=1e-12)
