@@ -254,16 +254,16 @@ def main() -> None:
         for model_name, model in contenders(name, task, X, y).items():
             if only and model_name not in COMPARED_ROWS:
                 continue
-            tic = time.perf_counter()
+            tic, cpu = time.perf_counter(), time.process_time()
             rows = _split(np.arange(len(X), dtype=float)[:, None], y, task) \
                 if model_name in CONV_ROWS else split
             score, chosen = evaluate(model, task, rows, scale=not images)
             results[model_name, name] = score
-            seconds[model_name, name] = time.perf_counter() - tic
+            seconds[model_name, name] = (time.perf_counter() - tic, time.process_time() - cpu)
             if chosen:
                 choices.append(f"{name}, {model_name}: {chosen}")
             print(f"  {name:14s} {model_name:26s} {score:.4f}  "
-                  f"({seconds[model_name, name]:.1f} s)", flush=True)
+                  f"({seconds[model_name, name][0]:.1f} s)", flush=True)
     print_table(results, [d for d in DATASETS if not only or d in EVIDENCE_DATASETS])
     print_evidence_table(results, seconds)
     print("\nchosen by cross-validation (by the evidence for the marginal-likelihood rows):\n"
@@ -272,14 +272,15 @@ def main() -> None:
 
 
 def print_evidence_table(results: dict, seconds: dict) -> None:
-    """Score and time (fit and test predictions) of the rows compared with the
-    marginal-likelihood fits, on the datasets they ran on."""
-    print("\n| model | " + " | ".join(f"{d} ({_metric(d)}) | time (s)"
+    """Score and time (fit and test predictions; wall / CPU seconds of the process, the
+    CPU figure less swayed by other work on the machine) of the rows compared with the
+    marginal-likelihood fits."""
+    print("\n| model | " + " | ".join(f"{d} ({_metric(d)}) | wall / CPU (s)"
                                       for d in EVIDENCE_DATASETS) + " |")
     print("|---|" + "---:|---:|" * len(EVIDENCE_DATASETS))
     for model in COMPARED_ROWS:
-        cells = [f"{results[model, d]:.3f} | {seconds[model, d]:.1f}"
-                 for d in EVIDENCE_DATASETS]
+        cells = [f"{results[model, d]:.3f} | {seconds[model, d][0]:.1f} / "
+                 f"{seconds[model, d][1]:.1f}" for d in EVIDENCE_DATASETS]
         print(f"| {model} | " + " | ".join(cells) + " |")
 
 

@@ -324,6 +324,8 @@ class _NTKEstimator(BaseEstimator):
         """With ``optimize``: the template's numbers (and diag_reg, if named) that maximise
         the log marginal likelihood of the targets (ntkdsl.sklearn.MarginalLikelihood),
         kept as ``params_``, ``arch_`` and ``log_marginal_likelihood_value_``; None without."""
+        for stale in ("params_", "arch_", "log_marginal_likelihood_value_"):
+            self.__dict__.pop(stale, None)  # of an earlier fit with optimize
         if self.optimize is None:
             return None
         bounds = self._optimize_bounds()

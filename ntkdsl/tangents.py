@@ -100,7 +100,7 @@ class _Differentiator:
             # c = +-1, where the tangent of c is 0 (collinear inputs stay collinear): the
             # product is 0 there, not inf * 0.
             c = expr.args[-1]
-            partial = AtZeroVariance((1 - c) * (1 + c), sp.S.Zero, partial)
+            partial = AtZeroVariance(1 - c**2, sp.S.Zero, partial)
         if partial is None or partial.has(sp.Derivative, sp.Subs):
             name = getattr(expr, "label", "") or expr.func.__name__
             raise ParameterError(

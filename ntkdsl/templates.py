@@ -141,15 +141,30 @@ def parameter_tree(template, names) -> ParameterTree:
                                   "ArchTemplate('Dense(512, W_std={w}) > Relu > Dense(1)', w=1.0)")
     names = _checked_names(names, values, text)
     arch = template.render()
-    base = parse(arch)
+    base = parse(arch)  # every call: the values' own checks (ranges, limits)
     symbols = tuple(Parameter(n) for n in names)
-    ast = base
-    for name, symbol in zip(names, symbols):
-        ast = _with_symbol(ast, base, _nudged_tree(template, name), symbol)
-        if ast is None:
-            raise ParameterError(f"placeholder {{{name}}} of {text!r} fills no number of the "
-                                 "architecture")
+    key = (text, names, tuple((k, v) for k, v in values.items() if k not in names),
+           tuple((type(values[n]), (values[n] > 0) - (values[n] < 0)) for n in names))
+    ast = _SYMBOL_TREES.get(key)
+    if ast is None:
+        ast = base
+        for name, symbol in zip(names, symbols):
+            ast = _with_symbol(ast, base, _nudged_tree(template, name), symbol)
+            if ast is None:
+                raise ParameterError(f"placeholder {{{name}}} of {text!r} fills no number "
+                                     "of the architecture")
+        if len(_SYMBOL_TREES) >= 256:
+            _SYMBOL_TREES.clear()
+        _SYMBOL_TREES[key] = ast
     return ParameterTree(arch, symbols, tuple(float(values[n]) for n in names), ast)
+
+
+# The tree with symbols, by template, parameters, the other placeholders' values and the
+# parameters' types and signs: where a parameter's fields are does not depend on its value,
+# so an optimiser's new values (one parse each, for their checks) need no nudged parses.
+# (The tree's spans are those of the first values' text: errors about it are raised on
+# that first call.)
+_SYMBOL_TREES: dict = {}
 
 
 def _checked_names(names, values: dict, text: str) -> tuple[str, ...]:

@@ -186,3 +186,18 @@ def test_collinear_inputs_have_finite_gradients(kind):
     fd = _finite_difference(template, values, "w", kind, x, None)
     # collinear entries: the kernels themselves are good to ~1e-7 of the largest (DESIGN §5)
     assert np.abs(derivatives[..., 0] - fd).max() <= 1e-6 * np.abs(fd).max()
+
+
+def test_the_symbol_tree_is_reused_but_every_value_is_still_checked():
+    from ntkdsl.errors import LayerValueError
+    from ntkdsl.templates import parameter_tree
+
+    text = "(Dense(64, W_std={w}, b_std={b}) > Relu) * 2 > Dense(1, W_std={w})"
+    first = parameter_tree(ArchTemplate(text, w=1.25, b=0.5), ["w"])
+    again = parameter_tree(ArchTemplate(text, w=2.5, b=0.5), ["w"])
+    assert again.ast is first.ast and again.values == (2.5,)
+    assert again.arch == text.format(w=2.5, b=0.5)
+    # Another value of b is another tree (b is fixed, its number is in the tree).
+    assert parameter_tree(ArchTemplate(text, w=2.5, b=0.25), ["w"]).ast != first.ast
+    with pytest.raises(LayerValueError, match="magnitude"):
+        parameter_tree(ArchTemplate(text, w=1e60, b=0.5), ["w"])

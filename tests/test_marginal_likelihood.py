@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import WhiteKernel
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import ntkdsl
 from ntkdsl import ArchTemplate, NTKClassifier, NTKRegressor
@@ -183,3 +184,27 @@ def test_the_factorisation_inverse_against_numpy():
         inverse = singular.inverse()
     solved = singular.solve(np.eye(30))
     assert np.allclose(inverse, solved, rtol=0, atol=1e-9 * np.max(np.abs(solved)))
+
+
+SMALL = ArchTemplate("Dense(64, W_std={w}, b_std=0.1) > Relu > Dense(1, W_std={w})", w=1.0)
+
+
+@parametrize_with_checks([
+    NTKRegressor(SMALL, kernel="nngp", diag_reg=0.1,
+                 optimize={"w": (0.3, 3.0), "diag_reg": (1e-3, 1.0)}),
+    NTKClassifier(SMALL, diag_reg=0.1, optimize={"w": (0.3, 3.0)}, n_restarts_optimizer=1,
+                  random_state=0)])
+def test_scikit_learn_contract_with_optimize(estimator, check):
+    check(estimator)
+
+
+def test_a_refit_without_optimize_keeps_no_fitted_numbers():
+    X, y = _data()
+    reg = NTKRegressor(TEMPLATE, kernel="nngp", diag_reg=0.1, optimize={"w": (0.2, 5.0)})
+    reg.fit(X, y)
+    assert reg.params_["w"] != 1.4
+    reg.set_params(optimize=None).fit(X, y)
+    assert not hasattr(reg, "params_") and not hasattr(reg, "arch_")
+    assert reg.log_marginal_likelihood() == pytest.approx(
+        NTKRegressor(TEMPLATE, kernel="nngp", diag_reg=0.1).fit(X, y).log_marginal_likelihood(),
+        rel=1e-12)
