@@ -17,6 +17,12 @@ sends, and from them a model of a larger cluster (README "Kernels on Dask").
     python benchmarks/dask_speed.py                      # N = 16,000, chunks of 2,000 rows
     python benchmarks/dask_speed.py --n 8000 --chunk 1000 --repeat 3
     python benchmarks/dask_speed.py --busy               # beside a competing CPU-bound process
+    python benchmarks/dask_speed.py --nystrom 200000     # a Nyström fit (m = 2,000) instead
+
+With --nystrom N: ``nystrom_ensemble`` of N points (d=20, targets from a teacher function)
+with m=--components landmarks, in-process against a Dask array of --chunk rows on the same
+cluster (C = ΦᵀΦ and ΦᵀY summed on the workers), and predictions on 10,000 test points at 5
+times; the two fits' predictions are compared.
 """
 from __future__ import annotations
 
@@ -60,7 +66,12 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--busy", action="store_true")
+    parser.add_argument("--nystrom", type=int, metavar="N", help="time a Nyström fit of N points")
+    parser.add_argument("--components", type=int, default=2000)
     options = parser.parse_args()
+    if options.nystrom:
+        nystrom(options)
+        return
 
     import dask.array as da
     import distributed
@@ -107,6 +118,43 @@ def main() -> None:
     print(f"  (best of {options.repeat}; {busy_note(options.busy)}; "
           f"load {os.getloadavg()[0]:.1f} at the end)")
     _scale_out(median / entries, nbytes / entries)
+
+
+def nystrom(options) -> None:
+    """In-process against cluster Nyström fits (and predictions) of the same data."""
+    import dask.array as da
+    import distributed
+
+    from ntkdsl.nystrom import nystrom_ensemble
+
+    n, m, chunk = options.nystrom, options.components, max(options.chunk, 20_000)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, options.d))
+    y = np.sin(x[:, 0]) + x[:, 1] * x[:, 2]
+    x_test = rng.normal(size=(10_000, options.d))
+    times = [1.0, 10.0, 100.0, 1000.0, np.inf]
+    print(f"{ARCH}\nNyström NTK fit, N={n:,}, d={options.d}, m={m:,}, predictions on 10,000 "
+          f"test points at 5 times; cluster: 2 worker processes x 1 thread, row chunks of "
+          f"{chunk:,}; load {os.getloadavg()[0]:.1f}")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0", silence_logs=40)
+    client = distributed.Client(cluster)
+    X = da.from_array(x, chunks=(chunk, -1)).persist()
+    nystrom_ensemble(ARCH, X[:4 * m], y[:4 * m], 64)  # the workers compile the network
+    best = {"in-process": np.inf, "cluster": np.inf}
+    with competing_process(options.busy):
+        for _ in range(options.repeat):
+            seconds, local = _timed(lambda: nystrom_ensemble(ARCH, x, y, m).predict(x_test, times))
+            best["in-process"] = min(best["in-process"], seconds)
+            seconds, spread = _timed(lambda: nystrom_ensemble(ARCH, X, y, m).predict(x_test, times))
+            best["cluster"] = min(best["cluster"], seconds)
+            gap = np.abs(spread.mean - local.mean).max() / np.abs(local.mean).max()
+    client.close()
+    cluster.close()
+    for what, seconds in best.items():
+        print(f"  {what:<12} {seconds:8.1f} s   {seconds / best['in-process']:5.2f}x in-process")
+    print(f"  predictions of the two fits differ by {gap:.1e} of the largest (best of "
+          f"{options.repeat}; {busy_note(options.busy)}; load {os.getloadavg()[0]:.1f} at the end)")
 
 
 def _scale_out(seconds_per_entry: float, bytes_per_entry: float, n: int = 1_000_000,
