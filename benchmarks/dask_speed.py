@@ -105,6 +105,7 @@ def main() -> None:
             del expected
     client.close()
     cluster.close()
+    one_worker = _one_worker_seconds(net, x, options.chunk, options.repeat, options.busy)
 
     base = best["in-process"]
     for what, seconds in best.items():
@@ -115,9 +116,34 @@ def main() -> None:
     print(f"  {blocks} block tasks of {options.chunk:,} x {options.chunk:,}: median compute "
           f"{median:.3f} s ({median / entries * 1e9:.1f} ns an entry), {total:.1f} s in all; "
           f"a block holds {nbytes / 1e6:.0f} MB")
+    two_workers = best["cluster, to .npy"]
+    print(f"  blocks per second, written to .npy: 1 worker {blocks / one_worker:.2f}, 2 workers "
+          f"{blocks / two_workers:.2f} ({one_worker / two_workers:.2f}x)")
     print(f"  (best of {options.repeat}; {busy_note(options.busy)}; "
           f"load {os.getloadavg()[0]:.1f} at the end)")
     _scale_out(median / entries, nbytes / entries)
+
+
+def _one_worker_seconds(net, x, chunk: int, repeat: int, busy: bool) -> float:
+    """Best seconds of the same kernel written to .npy by a cluster of one worker."""
+    import dask.array as da
+    import distributed
+
+    import ntkdsl
+
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0", silence_logs=40)
+    client = distributed.Client(cluster)
+    X = da.from_array(x, chunks=(chunk, -1)).persist()
+    net.ntk(X[:64]).compute()
+    best = np.inf
+    with competing_process(busy), tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeat):
+            seconds, _ = _timed(lambda: ntkdsl.dask.to_npy(net.ntk(X), os.path.join(tmp, "k.npy")))
+            best = min(best, seconds)
+    client.close()
+    cluster.close()
+    return best
 
 
 def nystrom(options) -> None:
