@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .evaluation.dask_blocks import check_finite_rows, is_dask_array, row_chunked
+from .evaluation.dask_blocks import active_client, check_finite_rows, is_dask_array, row_chunked
+from .evaluation.outputs import allocate_outputs, check_out
 
-__all__ = ["to_npy"]
+__all__ = ["gather", "to_npy"]
 
 
 def to_npy(array: Any, path: str | os.PathLike) -> str:
@@ -38,6 +39,43 @@ def to_npy(array: Any, path: str | os.PathLike) -> str:
                                meta=np.empty((0, 0), dtype=bool))
     written.compute()
     return path
+
+
+def gather(array: Any, out: np.ndarray | None = None) -> np.ndarray:
+    """The 2-D Dask array ``array`` (a lazy kernel) as one NumPy array in this process.
+
+    With a distributed client, each block is fetched from the worker that computed it and
+    copied into place as it completes, then released there — where ``array.compute()``
+    first joins every block on one worker and sends the whole array on (two transfers and
+    a copy of N² entries: 2-5x slower in benchmarks/dask_speed.py). ``out``: a preallocated
+    array or ``np.memmap`` of the kernel's shape and dtype to fill (else one is allocated
+    after a memory check). Without a client, Dask's local scheduler stores into ``out``."""
+    if not is_dask_array(array) or array.ndim != 2:
+        raise InputError(f"gather takes a 2-D Dask array, got {type(array).__name__}",
+                         hint="a NumPy array is already gathered")
+    dtype = np.dtype(array.dtype)
+    if out is None:
+        out = allocate_outputs(("kernel",), (None,), array.shape, dtype)[0]
+    else:
+        check_out(out, "kernel", array.shape, dtype, ())
+    client = active_client()
+    if client is None:
+        import dask.array as da
+
+        da.store(array, out, lock=False, scheduler="threads")
+        return out
+    from distributed import as_completed
+
+    starts = [np.cumsum((0,) + chunks) for chunks in array.chunks]
+    blocks = array.to_delayed()
+    places = {}
+    for i, j in np.ndindex(blocks.shape):
+        places[client.compute(blocks[i, j])] = (slice(starts[0][i], starts[0][i + 1]),
+                                                slice(starts[1][j], starts[1][j + 1]))
+    for future, block in as_completed(places, with_results=True):
+        out[places.pop(future)] = block
+        future.release()
+    return out
 
 
 def _write_block(block: np.ndarray, path: str, block_info: dict | None = None) -> np.ndarray:

@@ -132,6 +132,13 @@ def test_to_npy_writes_blocks_into_one_file(net, data, tmp_path):
         ntkdsl.dask.to_npy(net.ntk(x), tmp_path / "no.npy")
 
 
+def test_gather_without_a_cluster(net, data):
+    x, _ = data
+    np.testing.assert_allclose(ntkdsl.dask.gather(net.nngp(da.from_array(x, chunks=(70, -1)))),
+                               net.nngp(x), rtol=1e-12, atol=0)
+    assert dask_blocks.active_client() is None  # Dask's local scheduler stored it
+
+
 # ----------------------------------------------------------------- a real cluster --
 @pytest.fixture(scope="module")
 def client():
@@ -291,3 +298,15 @@ def test_estimators_fit_and_predict_dask_arrays_with_nystrom_on_the_workers():
         ntkdsl.NTKRegressor(ARCH, solver="exact").fit(X, y)
     with pytest.raises(InputError, match="expecting 6 features"):
         spread.predict(da.from_array(x_test[:, :4], chunks=50))
+
+
+def test_gather_assembles_blocks_on_the_client(client, net, data, tmp_path):
+    x, _ = data
+    T = net.ntk(da.from_array(x, chunks=(60, -1)))
+    np.testing.assert_allclose(ntkdsl.dask.gather(T), net.ntk(x), rtol=1e-12, atol=0)
+    out = np.lib.format.open_memmap(tmp_path / "k.npy", mode="w+", dtype=np.float64,
+                                    shape=T.shape)
+    assert ntkdsl.dask.gather(T, out) is out
+    np.testing.assert_allclose(np.load(tmp_path / "k.npy"), net.ntk(x), rtol=1e-12, atol=0)
+    with pytest.raises(ntkdsl.ShapeError, match="has shape"):
+        ntkdsl.dask.gather(T, np.empty((3, 3)))

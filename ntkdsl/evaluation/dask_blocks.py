@@ -152,13 +152,8 @@ def check_finite_rows(x: np.ndarray, name: str, first_row: int) -> None:
 def _require_ntkdsl_on_workers() -> None:
     """NTKDSLError naming the package if a Dask client is active and one of its workers
     cannot import ntkdsl (its tasks would fail one by one with a ModuleNotFoundError)."""
-    if "distributed" not in sys.modules:
-        return
-    from distributed import default_client
-
-    try:
-        client = default_client()
-    except ValueError:  # no client: Dask's local schedulers run in this process
+    client = active_client()
+    if client is None:  # Dask's local schedulers run in this process
         return
     missing = _workers_without(client, PACKAGE)
     if missing:
@@ -166,6 +161,19 @@ def _require_ntkdsl_on_workers() -> None:
                           f"{', '.join(sorted(missing))}",
                           hint="install it in every worker's environment, e.g. "
                                "pip install 'ntkdsl[dask]' (the same version as here)")
+
+
+def active_client():
+    """The default dask.distributed client, or None (none, or distributed not imported:
+    Dask's local schedulers)."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
 
 
 def _workers_without(client, package: str) -> list[str]:
