@@ -435,3 +435,30 @@ def test_numerical_dual_of_a_constant_variance_is_folded_to_its_value():
     np.testing.assert_allclose(nngp, np.full((3, 3), 2.67 ** 2 * second), rtol=1e-10)
     np.testing.assert_allclose(ntk, np.full((3, 3), 2.67 ** 2 * (second + 1.75 ** 2 * slope)),
                                rtol=1e-10)
+
+
+def test_nested_quadrature_is_refused_before_it_starts():
+    """The numerical route's nested quadrature (entries the Hermite series cannot certify:
+    |c| near 1 at huge variances) checked its node budget while it ran, per entry, at
+    about 2 s each: several such entries timed out (a Swish block repeated 50 times with
+    W_std=65536). Every entry's grids of a call are now laid out first and the call is
+    refused past the budget before φ is evaluated once."""
+    from ntkdsl.runtime import hermite
+    calls = []
+
+    def silu(t):
+        calls.append(t.size)
+        return t / (1 + np.exp(-t))
+    silu.label = "Silu"
+    q1, q2 = np.full(3, 2.47351e148), np.full(3, 3.78508e151)
+    start = time.process_time()
+    with pytest.raises(ntkdsl.NumericalError, match="budget"):
+        hermite._hd_direct(silu, (), q1, q2, np.full(3, 0.942849522612))
+    assert not calls
+    assert time.process_time() - start < CPU_LIMIT
+    # Within the budget the same call computes: E[silu(u) silu(v)] at a moderate variance
+    # against the Gauss–Hermite reference.
+    got = hermite._hd_direct(silu, (), np.array([4.0]), np.array([9.0]), np.array([0.999]))
+    silu_prime = lambda t: (1 + np.exp(-t) + t * np.exp(-t)) / (1 + np.exp(-t)) ** 2
+    want = _gauss_hermite_dual(silu, silu_prime, 4.0, 9.0, 0.999 * 6.0, nodes=200)[0]
+    np.testing.assert_allclose(got, [want], rtol=1e-10)
