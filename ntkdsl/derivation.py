@@ -13,6 +13,7 @@ Two programs come out of one AST:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import cache, singledispatch
@@ -37,7 +38,7 @@ from .ast import (
     input_axes,
     walk,
 )
-from .errors import ArchitectureError, LayerValueError, Span
+from .errors import ArchitectureError, LayerValueError, NumericalError, Span
 from .program import (
     DIAGONAL_NTK,
     INPUT_STATISTICS,
@@ -118,18 +119,32 @@ def _field_layout(state: State, field: str) -> Layout | None:
 
 # Sympy numbers that are not rationals (sqrt(2)/pi, asin(3/5), ...) stay exact while they
 # are small; a larger one is folded to a 30-digit Float, so constants fed through many
-# layers (after a Sign, whose variances are exactly 1) do not grow with depth.
+# layers (after a Sign, whose variances are exactly 1) do not grow with depth; so is one
+# with a rational whose numerator or denominator passes 2**53: each layer of a constant
+# variance multiplies the digits (b_std=1e-50 is 1/10**100 squared; Monomial(5) raises them
+# to the fifth power), and 1,000 such layers made integers of thousands of digits, minutes
+# of arithmetic and printing (past 4,300 digits Python refuses to print an int at all).
 _MAX_CONSTANT_OPS = 8
 _CONSTANT_DIGITS = 30
+_MAX_EXACT_INTEGER = 2 ** 53
 
 
 def fold_constant(value: sp.Expr) -> sp.Expr:
     """A numeric value kept as it is when small or rational, else evaluated to a Float."""
-    if value.is_Rational or value.is_Float or sp.count_ops(value) <= _MAX_CONSTANT_OPS:
+    if value.is_Float:
+        return value
+    small = all(abs(r.p) < _MAX_EXACT_INTEGER and r.q < _MAX_EXACT_INTEGER
+                for r in value.atoms(sp.Rational))
+    if value.is_Rational:
+        return value if small else sp.Float(value, _CONSTANT_DIGITS)
+    # A numerical dual of numbers is computed now (its evalf runs the engine), however small
+    # its expression: kept, it would be the seed of a larger one in every later layer.
+    numerical_dual = value.has(numerical.NumericalDual, numerical.NumericalMoment)
+    if small and not numerical_dual and sp.count_ops(value) <= _MAX_CONSTANT_OPS:
         return value
     folded = value.evalf(_CONSTANT_DIGITS)
-    # A numerical-route dual of constant arguments has no evalf: it stays as it is and is
-    # computed by the generated code like any other step.
+    # A dual the engine cannot compute now (a cross dual of derivatives, one whose moments
+    # diverge) stays as it is and is computed, or refused, by the generated code.
     return sp.Float(folded, _CONSTANT_DIGITS) if folded.is_Float else value
 
 
@@ -232,8 +247,30 @@ class _Builder:
         if any(_unplaced(out, f) for f in FIELDS):  # the template left constants to place
             out = self.commit(str(node), states[0], out,
                               template.step.note if template.step else "", node.span)
+        self._check_constants(node, out)
         self._plan(node, states, out)
         return out
+
+    def _check_constants(self, node, out: State) -> None:
+        """A kernel value that is the same constant for every input (after W_std=0, a
+        Sign, a constant activation) is inlined in the generated code, not computed as a
+        layer's variable: past float64's range it would be an inf that no layer's variable
+        shows, so it is refused here, naming the layer."""
+        for field, what in _CONSTANT_FIELDS:
+            value = getattr(out, field)
+            if value is None or not value.is_number or value.is_Rational:
+                continue
+            try:
+                finite = math.isfinite(float(value))
+            except (TypeError, ValueError):  # a numerical dual of constants: computed at run time
+                continue
+            if not finite:
+                raise NumericalError(
+                    f"the {what} after {node} is the same constant for every input, "
+                    f"{_magnitude(value)}, beyond float64's range (about "
+                    f"{limits.FLOAT64_MAX:.2g})", source=self.source, span=node.span,
+                    hint="use smaller weight or activation scales (W_std, b_std, the "
+                         "activation's parameters) before this layer")
 
     def _plan(self, node, states: tuple[State, ...], out: State) -> None:
         """What the spatial plan needs of this layer: a 'VALID' window must fit its input,
@@ -249,6 +286,22 @@ class _Builder:
 
     def error(self, message: str, node: Node, hint: str | None = None) -> ArchitectureError:
         return ArchitectureError(message, source=self.source, span=node.span, hint=hint)
+
+
+def _magnitude(value: sp.Expr) -> str:
+    """A number past float64 in words: its power of ten (the number itself can have more
+    digits in its exponent than Python prints), or NaN."""
+    try:
+        exponent = float(sp.log(sp.Abs(value), 10))
+    except (TypeError, ValueError):
+        return "not a number"
+    if math.isnan(exponent):
+        return "not a number"
+    return f"about 10**{exponent:.4g}" if math.isfinite(exponent) else "infinite"
+
+
+# The state values a constant can take, and what to call them in an error.
+_CONSTANT_FIELDS = (("q1", "variance"), ("q2", "variance"), ("k", "NNGP"), ("t", "NTK"))
 
 
 # ---------------------------------------------------------------------------------------

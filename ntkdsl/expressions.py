@@ -105,7 +105,15 @@ class _ToSympy(Transformer):
         if len(args) != arity:
             raise self.where.error(f"{tok}() takes {arity} argument(s), got {len(args)}",
                                    tok.start_pos, tok.end_pos, "valid: " + valid_names())
-        return self._defined(build(*args), meta)
+        try:
+            value = build(*args)
+        except (ValueError, TypeError) as err:
+            # max/min of a constant that is not real (sqrt(sin(pi**2)) is imaginary): sympy
+            # says "not comparable".
+            raise self.where.error(f"{tok}() cannot compare its arguments ({err})", meta.start_pos,
+                                   meta.end_pos, "the arguments of max and min must be real for "
+                                   "every real x") from None
+        return self._defined(value, meta)
 
     @v_args(meta=True)
     def add(self, meta, c):
@@ -129,8 +137,11 @@ class _ToSympy(Transformer):
     @v_args(meta=True)
     def pow(self, meta, c):
         base, exponent = c
-        if base.is_number and exponent.is_number and exponent.is_real:
-            self._check_constant_power(base, exponent, meta)
+        if exponent.is_number and exponent.is_real:
+            # sympy distributes a power over a product's constant factors: (2*x)**1000000
+            # would compute 2**1000000, an integer of 300,000 digits, so they are bounded too.
+            constant = base if base.is_number else base.as_independent(x, as_Add=False)[0]
+            self._check_constant_power(constant, exponent, meta)
         return self._bounded(self._defined(base ** exponent, meta), meta)
 
     def _check_constant_power(self, base: sp.Expr, exponent: sp.Expr, meta) -> None:
@@ -310,11 +321,43 @@ def value_at(expr: sp.Expr, value: float, symbol: sp.Symbol = x) -> sp.Expr | No
     """φ(value) to 30 digits as a sympy number (not rounded to float64: sinh(100)**40 is
     finite, 1e1700), or None where it is undefined or infinite."""
     try:
-        y = sp.N(expr.subs(symbol, sp.Float(value, 30)), 30)
+        y = at_point(expr, value, symbol)
     except (ValueError, TypeError, ArithmeticError):
         return None  # e.g. Min(zoo, 0) at x = 0: "the argument 'zoo' is not comparable"
     if not y.is_number or y.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
         return None
+    return y
+
+
+# Past this magnitude a function's argument is taken at its limit: mpmath's erfc of
+# exp(1e10) (Fn("erfc(exp(x)**1e6)") at x = 1e4) loops for minutes, exp of exp(1e4)
+# would need ln 2 to 10**4342 digits. These few stay cheap at any magnitude (log of a
+# number is its exponent times ln 2) and keep their values.
+_HUGE_ARGUMENT = sp.Float(1e300)
+_CHEAP_AT_ANY_SIZE = (sp.log, sp.Abs, sp.sign, sp.Heaviside)
+
+
+def at_point(expr: sp.Expr, value: float, symbol: sp.Symbol = x) -> sp.Expr:
+    """``expr`` at ``symbol`` = value, to 30 digits, evaluated from the leaves up so that a
+    function of one argument beyond ±1e300 gets its value at ±oo (erfc: 0, tanh: ±1,
+    exp: oo or 0) instead of mpmath's, which can take minutes there (log and the other
+    _CHEAP_AT_ANY_SIZE are evaluated as they are); ValueError where there is no limit
+    (sin(oo)): float64 code would compute NaN there."""
+    def value_of(e: sp.Expr) -> sp.Expr:
+        if not e.has(symbol):
+            return e
+        if e == symbol:
+            return sp.Float(value, 30)
+        args = [value_of(a) for a in e.args]
+        if isinstance(e, sp.Function) and len(args) == 1 and not isinstance(e, _CHEAP_AT_ANY_SIZE):
+            a = sp.N(args[0], 30)
+            if a.is_real and abs(a) > _HUGE_ARGUMENT:
+                return e.func(sp.oo if a > 0 else -sp.oo)
+        return e.func(*args)
+
+    y = sp.N(value_of(expr), 30)
+    if y.has(sp.AccumBounds):
+        raise ValueError(f"{expr} has no value at x = {value:g} within float64's range")
     return y
 
 
@@ -332,8 +375,11 @@ def _check_growth(expr: sp.Expr, fail) -> None:
     for sign in (-1, 1):
         ratios = _far_ratios(expr, sign)
         if not ratios:
-            diverges = True  # not evaluable anywhere far out: no moments can be established
-        elif ratios[0] == sp.oo:
+            raise fail(f"the activation has no value at x = {sign * _FAR[-1]:g} or farther out "
+                       "(sin or cos of a value beyond 1e300, ...), so its Gaussian moments "
+                       "cannot be established", "an activation must be a finite real function "
+                       "of every real x, computable in float64")
+        if ratios[0] == sp.oo:
             diverges = True
         elif len(ratios) == 1 or ratios[1] <= 0:
             diverges = bool(ratios[0] > sp.Float(1e-3))
@@ -359,7 +405,7 @@ def _far_ratios(expr: sp.Expr, sign: int) -> list[sp.Expr]:
     ratios: list[sp.Expr] = []
     for far in _FAR:
         try:
-            y = sp.N(expr.subs(x, sp.Float(sign * far, 30)), 30)
+            y = at_point(expr, sign * far)
         except (ValueError, TypeError, ArithmeticError):
             continue
         if y.has(sp.zoo, sp.oo, -sp.oo, sp.nan):

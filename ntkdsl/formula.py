@@ -93,7 +93,11 @@ class Layer:
 
     @property
     def title(self) -> str:
-        return f"{self.label}  [{self.note}]" if self.note else self.label
+        return _title(self.label, self.note)
+
+
+def _title(label: str, note: str) -> str:
+    return f"{label}  [{note}]" if note else label
 
 
 class Formula:
@@ -181,9 +185,11 @@ class Formula:
         if self.diagonal:
             lines[0] += ", for identical inputs"
         lines += [f"  ({text})" for text in self.legend]
-        for layer in self.layers:
-            lines.append(f"  step {layer.number}: {_one_line(layer.title)}")
-            lines += [f"    {sp.sstr(eq.lhs)} = {sp.sstr(eq.rhs)}" for eq in layer.equations]
+        wanted = self.program.restricted_to(tuple(r for _, r in self.results))
+        names = count(1)
+        for step in wanted.live():
+            lines.append(f"  step {step.layer}: {_one_line(_title(step.label, step.note))}")
+            lines += [f"    {lhs} = {rhs}" for lhs, rhs in _text(step, names)]
         lines += [f"  {name} = {sp.sstr(value)}" for name, value in self.results]
         return "\n".join(lines)
 
@@ -267,16 +273,23 @@ class DisplayName(AttributedSymbol):
 _TEMPLATE_LAYERS = TemplateCache()
 
 
-def _readable_bound(step: Step, names: count) -> Layer:
-    """A template step's readable layer: worked out once per template (naming, factoring)
-    and renamed for each layer, so a deep network's derivation costs a renaming per layer."""
+def _template_layer(step: Step) -> Layer:
+    """The readable layer of a template step's template, worked out once per template
+    (naming, factoring), in the template's own variables."""
     bound = step.assignments
     key = (bound.template, bound.live)
     if key not in _TEMPLATE_LAYERS:
         live = tuple(bound.template.step.assignments[i] for i in bound.live)
         _TEMPLATE_LAYERS[key] = _readable(Step(step.label, live, step.note), count(1),
                                           number=TEMPLATE_SUFFIX)
-    layer = _TEMPLATE_LAYERS[key]
+    return _TEMPLATE_LAYERS[key]
+
+
+def _readable_bound(step: Step, names: count) -> Layer:
+    """A template step's readable layer: worked out once per template (naming, factoring)
+    and renamed for each layer, so a deep network's derivation costs a renaming per layer."""
+    bound = step.assignments
+    layer = _template_layer(step)
     number = step.layer
     rename = dict(bound.binding)
     for eq in layer.equations:  # z1, z2, ... of the template take the next global numbers
@@ -290,6 +303,33 @@ def _readable_bound(step: Step, names: count) -> Layer:
         equations = tuple(sp.Eq(eq.lhs.xreplace(rename), eq.rhs.xreplace(rename))
                           for eq in layer.equations)
     return Layer(number, step.label, step.note, equations)
+
+
+_TEMPLATE_TEXT = TemplateCache()
+_NAME = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
+
+
+def _text(step: Step, names: count) -> list[tuple[str, str]]:
+    """The (lhs, rhs) text of a step's readable equations, as ``str`` prints them. A
+    template step's text is printed once per template and renamed for each layer by
+    substituting names in the text: printing each layer's equations with sympy cost a
+    millisecond a layer (2,000 layers: seconds of a standalone module's docstring)."""
+    if not isinstance(step.assignments, Bound):
+        return [(sp.sstr(eq.lhs), sp.sstr(eq.rhs)) for eq in _readable(step, names).equations]
+    bound = step.assignments
+    key = (bound.template, bound.live)
+    if key not in _TEMPLATE_TEXT:
+        layer = _template_layer(step)
+        _TEMPLATE_TEXT[key] = [(eq.lhs, sp.sstr(eq.lhs), sp.sstr(eq.rhs)) for eq in layer.equations]
+    rename = {str(k): str(v) for k, v in bound.binding.items()}
+    for lhs, _, _ in _TEMPLATE_TEXT[key]:  # as _readable_bound renames them
+        if isinstance(lhs, DisplayName) and str(lhs) not in rename:
+            rename[str(lhs)] = str(DisplayName.shared(next(names)) if lhs.family == "z" else
+                                   DisplayName.of_layer(lhs.family, step.layer, lhs.tag))
+
+    def renamed(text: str) -> str:
+        return _NAME.sub(lambda m: rename.get(m.group(0), m.group(0)), text)
+    return [(renamed(lhs), renamed(rhs)) for _, lhs, rhs in _TEMPLATE_TEXT[key]]
 
 
 def _name_angles(exprs: list[sp.Expr], number: int) -> tuple[list[sp.Eq], list[sp.Expr]]:

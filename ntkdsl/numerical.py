@@ -236,8 +236,25 @@ class _NumericalFunction(KernelFunction, metaclass=_NumericalClass):
     sources: ClassVar[dict[str, str]] = {}
     modules: ClassVar[tuple[str, ...]] = ()
 
+    divergent = False        # E[f(u)**2] is infinite: the helpers raise NumericalError
+
     def _sympystr(self, printer):
         return f"{self.label}({', '.join(printer._print(a) for a in self.args)})"
+
+    def _eval_evalf(self, prec):
+        """The dual of numbers (a variance that is the same for every input, after W_std=0
+        or a constant activation) computed now by the engine, to its stated bound: the
+        derivation folds it to a Float, as it folds closed forms of numbers, instead of
+        carrying an ever larger expression of unevaluated duals from layer to layer."""
+        if type(self).partner is not None or type(self).divergent:
+            return None  # a cross dual (of derivatives), or one the helpers refuse
+        try:
+            args = [float(a) for a in self.args]
+        except TypeError:
+            return None
+        if not all(numpy.isfinite(args)):
+            return None
+        return sp.Float(float(self._engine(*args)))
 
     def _latex(self, printer, exp=None):
         text = (rf"\operatorname{{{self.label}}}\left("
@@ -259,6 +276,9 @@ class NumericalDual(_NumericalFunction):
             return cls.moment(q1)
         return None
 
+    def _engine(self, k, q1, q2):
+        return evaluate(type(self), k, q1, q2)
+
     def fdiff(self, argindex=1):
         if argindex == 1 and self.dot is not None:  # Price: ∂Γ/∂k = E[φ'(u) φ'(v)]
             return self.dot(*self.args)
@@ -269,6 +289,9 @@ class NumericalMoment(_NumericalFunction):
     """E[f(√q z)²]: the dual on the diagonal."""
 
     nargs = 1
+
+    def _engine(self, q):
+        return hermite._hd_moment(_engine_function(type(self)), type(self).points, q)
 
     def fdiff(self, argindex=1):
         # d/dq E[f(√q z) g(√q z)] = ½ E[(f g)''(u)] = ½ E[f''g + 2 f'g' + f g''] (Price).
@@ -439,6 +462,7 @@ def numerical_duals(phi: sp.Expr, x: sp.Symbol, name: str) -> tuple[type, type]:
         _tag(phi), dot.sources, dot.tag, points)
     gamma, _ = _classes(phi, x, f"Gamma[{name}]", points, pair, name, activation=name)
     gamma.dot = dot
+    dot.divergent = dot.moment.divergent = infinite is not None
     gamma.modules = tuple(sorted({*gamma.modules, *dot.modules}))  # _pair_ calls Γ̇'s f
     for path in _ROLES:  # how pickle rebuilds each class (_reduce_class)
         _follow(gamma, path).recipe = (phi, x, name, path)

@@ -5,6 +5,7 @@ was a timeout."""
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import numpy as np
@@ -304,3 +305,160 @@ def test_angle_of_constants_through_a_numerical_moment_stays_real():
     s = 2 * 0.765 ** 2
     expected = 2 / math.pi * math.asin(s * q / (1 + s * q)) + 2.69 ** 2
     np.testing.assert_allclose(nngp, np.full_like(nngp, expected), rtol=1e-12)
+
+
+@pytest.mark.parametrize("expr, bad", [
+    ("sin(((x)+(x)) ^ (1e6))", "((x)+(x)) ^ (1e6)"),     # 2**1000000 * x**1000000
+    ("(sqrt(2)*x)**1000000", "(sqrt(2)*x)**1000000"),     # sqrt(2)**1000000 = 2**500000
+    ("(x/3)**5000", "(x/3)**5000"),
+])
+def test_power_of_a_product_bounds_its_constant_before_sympy_forms_it(expr, bad):
+    """sympy distributes a power over a product's constant factors, so (2*x)**1000000
+    computed the integer 2**1000000 (300,000 digits; printing it was a bare ValueError
+    inside lark's VisitError). The constant factor's power is bounded first, like a
+    number's power: an ExpressionError with a caret under the power."""
+    arch = f'Dense(8) > Fn("{expr}") > Dense(1)'
+    start = time.process_time()
+    with pytest.raises(ntkdsl.ExpressionError, match="beyond the float64 range") as info:
+        ntkdsl.compile(arch)
+    assert time.process_time() - start < CPU_LIMIT
+    assert str(info.value).splitlines()[2].strip() == "^" * len(bad)
+
+
+def test_power_of_a_product_within_range_keeps_its_kernel():
+    """(2*x)**3 is still 8*x**3: its kernel against Gauss–Hermite quadrature."""
+    net = ntkdsl.compile('Dense(4) > Fn("(2*x)**3") > Dense(1)')
+    nngp, ntk = _one_layer_reference(net, lambda x: (2 * x) ** 3, lambda x: 24 * x ** 2)
+    for got, ref in zip(net.kernels(X), (nngp, ntk)):
+        np.testing.assert_allclose(got, ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("expr", ["max(sqrt(sin(pi**2)), x)", "min(x, sqrt(-2))"])
+def test_max_of_a_constant_that_is_not_real_is_an_expression_error(expr):
+    """sqrt(sin(pi**2)) is imaginary: sympy's Max raised 'not comparable' (a ValueError in
+    lark's VisitError); now an ExpressionError under the call."""
+    with pytest.raises(ntkdsl.ExpressionError, match="cannot compare its arguments") as info:
+        ntkdsl.compile(f'Dense(8) > Fn("{expr}") > Dense(1)')
+    assert str(info.value).splitlines()[2].strip() == "^" * len(expr)
+
+
+def test_constant_variance_through_a_thousand_layers_stays_small():
+    """After a constant activation (Fn("e")) every variance is a constant; 1,000 layers of
+    b_std=1e-50 (1/10**100 squared) made its rationals thousands of digits long (a timeout
+    in sympy's arithmetic, then a ValueError printing an int past 4,300 digits). Rationals
+    past 2**53 fold to 30-digit Floats. The kernels against the recursion by hand: Fn("e")
+    gives q = k = e², its Γ̇ is 0, each Dense maps k -> w²k + b² and t -> k + w²t."""
+    w2, b2 = 0.52 ** 2, 1e-100
+    arch = ("Dense(1, b_std=3.784) > Fn(expr=\"e\") > (Dense(8, W_std=0.52, b_std=1e-50)) * 1000"
+            " > Dense(8, W_std=1.512, b_std=1.39)")
+    net, cpu = _compile_cpu(arch)
+    assert cpu < CPU_LIMIT
+    assert not re.search(r"\d{20}", net.source)  # no constant with thousands of digits
+    k, t = math.e ** 2, 0.0
+    for w2_, b2_ in [(w2, b2)] * 1000 + [(1.512 ** 2, 1.39 ** 2)]:
+        k = w2_ * k + b2_
+        t = k + w2_ * t
+    nngp, ntk = net.kernels(X)
+    np.testing.assert_allclose(nngp, np.full((3, 3), k), rtol=1e-13)
+    np.testing.assert_allclose(ntk, np.full((3, 3), t), rtol=1e-13)
+
+
+@pytest.mark.parametrize("arch, layer", [
+    ("Dense(8, W_std=0, b_std=30) > Exp > Dense(1)", "Exp"),
+    # a constant activation, then Monomial(5) three times: (c^5)^5^5 past 1e308
+    ('Dense(512, b_std=0.007573) > Fn("((0.7897) ** (3)) ^ (3)") > Dense(1, W_std=0.425) > '
+     "((Dense(1, W_std=0.877, b_std=1.83) > Abs > Dense(1, W_std=3.045, b_std=0.8042) > "
+     "Monomial(5) > Dense(512, W_std=3, b_std=2.16))) * 3 > Dense(64)", "Monomial(5)"),
+])
+def test_constant_variance_past_float64_names_its_layer(arch, layer):
+    """A variance that is the same constant for every input is inlined in the generated
+    code: past float64 it was an inf that no layer's variable showed, and the evaluation's
+    error said, wrongly, that every layer's variance was finite. Now refused when compiling,
+    with a caret under the layer."""
+    with pytest.raises(ntkdsl.NumericalError, match="same constant for every input") as info:
+        ntkdsl.compile(arch)
+    lines = str(info.value).splitlines()
+    column = lines[2].index("^")
+    assert lines[1][column:column + len(layer)] == layer
+
+
+def test_constant_variance_within_float64_keeps_its_value():
+    """The same network with b_std=3: E[exp(u) exp(v)] at correlation 1 is exp(2q), q = 9,
+    and the NTK is Γ + q·Γ̇ = exp(18) + 9·exp(18), by hand."""
+    nngp, ntk = ntkdsl.compile("Dense(8, W_std=0, b_std=3) > Exp > Dense(1)").kernels(X)
+    np.testing.assert_allclose(nngp, np.full((3, 3), math.exp(18)), rtol=1e-13)
+    np.testing.assert_allclose(ntk, np.full((3, 3), 10 * math.exp(18)), rtol=1e-13)
+
+
+def test_far_values_of_a_function_of_a_huge_argument_take_its_limit():
+    """Fn("erfc(exp(x)**1e6)") hung in the growth check: mpmath's erfc of exp(1e10) at
+    x = 1e4 loops for minutes. A function of an argument past 1e300 takes its limit there:
+    erfc(exp(1e10)) is 0 (it is below 1e-(10**9)), at -1e4 erfc(exp(-1e10)) is 1; sin has
+    no limit, so sin(exp(x)**1e6) is refused as having no value far out."""
+    from ntkdsl.expressions import at_point, parse_expression
+    phi = parse_expression("erfc(exp(x)**1e6)")
+    assert at_point(phi, 1e4) == 0
+    assert abs(at_point(phi, -1e4) - 1) < 1e-25
+    assert abs(at_point(phi, 1e-7) - math.erfc(math.exp(0.1))) < 1e-15
+    with pytest.raises(ntkdsl.ExpressionError, match=r"has no value at x = -?100 or farther"):
+        parse_expression("sin(exp(x)**1e6)")
+
+
+def test_numerical_dual_of_a_constant_variance_is_folded_to_its_value():
+    """After W_std=0 every variance is a constant; through a numerical-route activation its
+    dual was an unevaluated call that each later layer wrapped in a larger expression
+    (Mish * 3 > ... > Mish timed out printing it; Tanh > ... > Polynomial * 3 spent seconds
+    in evalf). The dual of numbers is now computed by the engine when deriving, so no
+    engine call is left in the generated code. By hand: u ~ N(0, 1.75²) for every input,
+    NNGP = w² E[φ(u)²], NTK = w² (E[φ(u)²] + 1.75² E[φ'(u)²]), φ = mish∘mish∘mish, by
+    adaptive quadrature (1-D: the correlation is 1; Gauss–Hermite converges slowly here,
+    tanh's poles are near the real axis)."""
+    from scipy import integrate
+    net, cpu = _compile_cpu("Dense(8, W_std=0, b_std=1.75) > (Mish) * 3 > Dense(1, W_std=2.67)")
+    assert cpu < CPU_LIMIT
+    assert not net.compiled.numerical
+
+    def mish(t):
+        return t * np.tanh(np.log1p(np.exp(t)))
+
+    def mish_prime(t):
+        inner = np.tanh(np.log1p(np.exp(t)))
+        return inner + t * (1 - inner ** 2) / (1 + np.exp(-t))
+
+    def moment(f):
+        return integrate.quad(lambda z: f(1.75 * z) ** 2 * np.exp(-z * z / 2) / math.sqrt(2 * math.pi),
+                              -40, 40, epsabs=1e-15, epsrel=1e-13, limit=500)[0]
+
+    phi, phi_prime = _thrice(mish, mish_prime)
+    second, slope = moment(phi), moment(phi_prime)
+    nngp, ntk = net.kernels(X)
+    np.testing.assert_allclose(nngp, np.full((3, 3), 2.67 ** 2 * second), rtol=1e-10)
+    np.testing.assert_allclose(ntk, np.full((3, 3), 2.67 ** 2 * (second + 1.75 ** 2 * slope)),
+                               rtol=1e-10)
+
+
+def test_nested_quadrature_is_refused_before_it_starts():
+    """The numerical route's nested quadrature (entries the Hermite series cannot certify:
+    |c| near 1 at huge variances) checked its node budget while it ran, per entry, at
+    about 2 s each: several such entries timed out (a Swish block repeated 50 times with
+    W_std=65536). Every entry's grids of a call are now laid out first and the call is
+    refused past the budget before φ is evaluated once."""
+    from ntkdsl.runtime import hermite
+    calls = []
+
+    def silu(t):
+        calls.append(t.size)
+        return t / (1 + np.exp(-t))
+    silu.label = "Silu"
+    q1, q2 = np.full(3, 2.47351e148), np.full(3, 3.78508e151)
+    start = time.process_time()
+    with pytest.raises(ntkdsl.NumericalError, match="budget"):
+        hermite._hd_direct(silu, (), q1, q2, np.full(3, 0.942849522612))
+    assert not calls
+    assert time.process_time() - start < CPU_LIMIT
+    # Within the budget the same call computes: E[silu(u) silu(v)] at a moderate variance
+    # against the Gauss–Hermite reference.
+    got = hermite._hd_direct(silu, (), np.array([4.0]), np.array([9.0]), np.array([0.999]))
+    silu_prime = lambda t: (1 + np.exp(-t) + t * np.exp(-t)) / (1 + np.exp(-t)) ** 2
+    want = _gauss_hermite_dual(silu, silu_prime, 4.0, 9.0, 0.999 * 6.0, nodes=200)[0]
+    np.testing.assert_allclose(got, [want], rtol=1e-10)

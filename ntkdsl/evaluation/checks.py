@@ -41,8 +41,9 @@ def check_finite(compiled: CompiledKernels, kinds: Sequence[str], outs: Sequence
         i, j = entry
         layer = nonfinite_layer(compiled, *statistics(i, j))
         where = (f"the variance after {layer} is not finite for these inputs" if layer else
-                 "every layer's variance is finite for these inputs, so the kernel formula "
-                 "itself failed at this pair")
+                 "no layer's variance is infinite or NaN for these inputs (a constant one "
+                 "past float64 is refused when compiling), so the formula of this pair's "
+                 "kernel itself overflowed")
         raise NumericalError(
             f"the {kind.upper()} is not finite ({out[i, j]}) at entry ({i}, {j}): {where}",
             hint=_OVERFLOW_HINT)

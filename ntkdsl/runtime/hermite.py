@@ -687,47 +687,73 @@ def _hd_remainder(table, f, r1, r2, q1, q2, c, c2, terms, reach, out):
 # beyond |z| = 14 its weight is below 1e-42. Blocks of function values stay below 2**18.
 _HD_DIRECT_EDGES = numpy.linspace(-14.0, 14.0, 29)
 _HD_BLOCK = 2 ** 18
-_HD_DIRECT_BUDGET = 2 ** 27  # function values per entry (about 2 s): a bound on the time
+_HD_DIRECT_BUDGET = 2 ** 25  # function values per call (about 0.5 s): a bound on the time
 
 
-def _hd_direct(f, kinks, q1, q2, c, g=None):
-    """E[f(u) f(v)] for one entry by nested composite quadrature, u = s1 z1 and
-    v = s2 (c z1 + s xi): the route for the few entries (large variance, |c| near 1) where
-    the series cannot certify its bound. Both grids are graded towards φ's features at φ's
-    own scale (_hd_feature_edges), so their sizes grow with log(q); the inner integrals
-    are done in blocks of outer nodes, so memory stays bounded."""
-    g = f if g is None else g  # E[f(u) g(v)]: g is the inner function
+def _hd_direct_plan(f, kinks, q1, q2, c, g):
+    """The grids of one entry's nested quadrature, nothing evaluated yet: ((outer nodes,
+    their weights, blocks of (start, stop, inner edges), s1, s2 c, s2 s), the number of
+    function values they take). Planning stops once that passes _HD_DIRECT_BUDGET."""
     s1, s2, s = numpy.sqrt(q1), numpy.sqrt(q2), numpy.sqrt(max(1.0 - c * c, 0.0))
     # E[g(v) | z1] is g smoothed, centred at s2 c z1: its features are at b / (s2 c).
     outer = _hd_features(f, kinks, s1, 0.0) + _hd_features(g, kinks, s2 * c, 0.0)
     z1, w1 = _hd_rule(_hd_feature_edges(_HD_DIRECT_EDGES, outer))
-    outside = _hd_values(f, s1 * z1) * w1
-    total, start, used = 0.0, 0, 0
-    while start < len(z1):
+    blocks, start, used = [], 0, z1.size
+    while start < len(z1) and used <= _HD_DIRECT_BUDGET:
         # A block as long as its first row's grid allows (rows nearby reach the same kinks).
         first = _hd_feature_edges(_HD_DIRECT_EDGES,
                                   _hd_features(g, kinks, s2 * s, s2 * c * z1[start:start + 1]))
         stop = start + max(1, _HD_BLOCK // (16 * first.shape[-1]))
-        shift = s2 * c * z1[start:stop]
-        edges = _hd_feature_edges(_HD_DIRECT_EDGES, _hd_features(g, kinks, s2 * s, shift))
+        edges = _hd_feature_edges(_HD_DIRECT_EDGES,
+                                  _hd_features(g, kinks, s2 * s, s2 * c * z1[start:stop]))
+        blocks.append((start, stop, edges))
         used += 16 * edges.size
-        if used > _HD_DIRECT_BUDGET:  # only φ with dozens of kinks within reach get here
-            raise _hd_error(f"{getattr(f, 'label', 'activation')}: an entry with variances "
-                            f"{q1:.6g}, {q2:.6g} and correlation {c:.12g} needs more than "
-                            f"{_HD_DIRECT_BUDGET:.3g} quadrature nodes ({len(kinks)} kinks), "
-                            "the numerical route's budget", _HD_SMALLER)
-        xi, w2 = _hd_rule(edges)
-        smoothed = (_hd_values(g, shift[:, None] + (s2 * s) * xi) * w2).sum(axis=1)
-        total += float(outside[start:stop] @ smoothed)
         start = stop
+    return (z1, w1, blocks, s1, s2 * c, s2 * s), used
+
+
+def _hd_direct_run(f, g, plan):
+    """E[f(u) g(v)] on the grids of a plan: the inner integrals in blocks of outer nodes,
+    so memory stays bounded."""
+    z1, w1, blocks, s1, centre, spread = plan
+    outside = _hd_values(f, s1 * z1) * w1
+    total = 0.0
+    for start, stop, edges in blocks:
+        xi, w2 = _hd_rule(edges)
+        shift = centre * z1[start:stop]
+        smoothed = (_hd_values(g, shift[:, None] + spread * xi) * w2).sum(axis=1)
+        total += float(outside[start:stop] @ smoothed)
     return total
+
+
+def _hd_direct(f, kinks, q1, q2, c, g=None):
+    """E[f(u) g(v)] for the entries of flat arrays by nested composite quadrature,
+    u = s1 z1 and v = s2 (c z1 + s xi): the route for the few entries (large variance, |c|
+    near 1) where the series cannot certify its bound. Both grids are graded towards φ's
+    features at φ's own scale (_hd_feature_edges), so their sizes grow with log(q). Every
+    entry's grids are laid out before any function value is computed: past
+    _HD_DIRECT_BUDGET values for the call it is refused there, so the time it may take is
+    bounded before it starts."""
+    g = f if g is None else g  # E[f(u) g(v)]: g is the inner function
+    q1, q2, c = (numpy.atleast_1d(numpy.asarray(v, dtype=float)) for v in (q1, q2, c))
+    plans, used = [], 0
+    for i in range(len(c)):
+        plan, cost = _hd_direct_plan(f, kinks, q1[i], q2[i], c[i], g)
+        used += cost
+        if used > _HD_DIRECT_BUDGET:  # many kinks within reach, or extreme variances
+            raise _hd_error(
+                f"{getattr(f, 'label', 'activation')}: {len(c)} entries with variances up to "
+                f"{max(q1.max(), q2.max()):.6g} and correlations up to {numpy.abs(c).max():.12g} "
+                f"need more than {_HD_DIRECT_BUDGET:.3g} quadrature nodes ({len(kinks)} kinks), "
+                "the numerical route's budget", _HD_SMALLER)
+        plans.append(plan)
+    return numpy.array([_hd_direct_run(f, g, plan) for plan in plans])
 
 
 def _hd_fix(f, kinks, q1, q2, c, entries, out):
     """out[entries] by direct quadrature: the entries whose series bound is not met (only
     near-collinear ones with large variances)."""
-    for i, e in enumerate(entries.tolist()):
-        out[e] = _hd_direct(f, kinks, q1[i], q2[i], c[i])
+    out[entries] = _hd_direct(f, kinks, q1, q2, c)
 
 
 # ---------------------------------------------------------------------------------------
@@ -822,8 +848,9 @@ def _hd_cross_block(ftable, gtable, f, g, kinks, r1, r2, q1, q2, c):
             acc *= c
             acc += terms[:, n]
         out[certified] = acc[certified]
-    for i in numpy.flatnonzero(~certified).tolist():
-        out[i] = _hd_direct(f, kinks, q1[i], q2[i], c[i], g)
+    uncertified = numpy.flatnonzero(~certified)
+    if uncertified.size:
+        out[uncertified] = _hd_direct(f, kinks, q1[uncertified], q2[uncertified], c[uncertified], g)
     return out
 
 
