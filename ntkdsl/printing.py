@@ -30,6 +30,7 @@ from .symbolic import (
     ExpCosh,
     ExpSinh,
     PrintedAs,
+    SeriesWhere,
     arccos_polynomials,
     arccos_series,
 )
@@ -69,6 +70,63 @@ def _exp_cosh(m, d):
     """exp(m) cosh(d) as exp(m + |d|) (1 + exp(-2|d|)) / 2 (no inf * 0)."""
     size = numpy.abs(d)
     return numpy.exp(m + size) * (1 + numpy.exp(-2 * size)) / 2
+'''.lstrip("\n")
+
+
+_MEHLER_SERIES_SOURCE = '''
+def _mehler_series(order, q1, q2, k, table):
+    """sum over n of k**n / n! a_(n+order)(q1) a_(n+order)(q2), a_n(q) = E[phi^(n)(u)]
+    for u ~ N(0, q) from ``table`` = (switch, clip, taylor, groups): below the switch a_n is
+    the polynomial taylor[n] in q, above it sum exp(rate q) (p(q) cos(turn q) - s(q)
+    sin(turn q)) over groups[n] = ((rate, turn, p, s), ...). NaN where |k| > clip or the
+    last two terms exceed 2**-60 of the sum (not converged)."""
+    switch, clip, taylor, groups = table
+    a, b = _mehler_moments(q1, table)[order:], _mehler_moments(q2, table)[order:]
+    k = numpy.asarray(k, dtype=numpy.float64)
+    inside = numpy.abs(k) <= clip
+    kc = numpy.where(inside, k, 0.0)
+    m = len(a)
+    with numpy.errstate(over="ignore", invalid="ignore"):
+        total = a[m - 1] * b[m - 1] + 0.0 * kc
+        for n in range(m - 2, -1, -1):
+            total *= kc
+            total *= 1.0 / (n + 1)
+            total += a[n] * b[n]
+        tail, factorial = 0.0 * kc, 1.0
+        for n in range(1, m):
+            factorial *= n
+            if n >= m - 2:
+                tail += numpy.abs(a[n] * b[n] * kc ** n) / factorial
+        total[~(inside & (tail <= 2.0 ** -60 * numpy.abs(total)))] = numpy.nan
+    return total
+
+
+def _mehler_moments(q, table):
+    """[a_0(q), a_1(q), ...] for _mehler_series."""
+    switch, _, taylor, groups = table
+    q = numpy.asarray(q, dtype=numpy.float64)
+    below = q <= switch
+    low = numpy.where(below, q, 0.0)
+    out = []
+    with numpy.errstate(over="ignore", invalid="ignore"):
+        for coefficients, parts in zip(taylor, groups):
+            series = _mehler_horner(coefficients, low)
+            exact = 0.0 * q
+            for rate, turn, even, odd in parts:
+                value = _mehler_horner(even, q)
+                if turn:
+                    value = value * numpy.cos(turn * q) - _mehler_horner(odd, q) * numpy.sin(turn * q)
+                exact = exact + numpy.exp(rate * q) * value
+            out.append(numpy.where(below, series, exact))
+    return out
+
+
+def _mehler_horner(coefficients, q):
+    """coefficients[0] + coefficients[1] q + ... by Horner."""
+    total = 0.0 * q
+    for c in coefficients[::-1]:
+        total = total * q + c
+    return total
 '''.lstrip("\n")
 
 
@@ -213,7 +271,8 @@ _HELPER_SOURCES = {"_corr": embedded_source("correlation"),
                    "_stencil": embedded_source("stencil"),
                    "_exp_sinh": _EXP_SINH_SOURCE, "_exp_cosh": _EXP_COSH_SOURCE,
                    "_exp_sinh_cosh": _EXP_SINH_COSH_SOURCE,
-                   "_at_zero_variance": _AT_ZERO_VARIANCE_SOURCE}
+                   "_at_zero_variance": _AT_ZERO_VARIANCE_SOURCE,
+                   "_mehler_series": _MEHLER_SERIES_SOURCE}
 
 
 _INT64_LIMIT = 2 ** 63
@@ -268,7 +327,7 @@ class NumPyPrinter(SciPyPrinter):
         if isinstance(func, type) and issubclass(func, SpatialOp):
             return not func.view
         return _numerical_kind(func) is not None or func in (AtZeroVariance, ArcCosine,
-                                                             WithDiagonal)
+                                                             WithDiagonal, SeriesWhere)
 
     def affine_call(self, op: SpatialOp, array: str, scale: str, shift: str) -> str:
         """The call of a spatial op's helper that also scales and shifts its result (the
@@ -373,6 +432,20 @@ class NumPyPrinter(SciPyPrinter):
 
     def _print_AtZeroVariance(self, expr):
         return self._call(self.helper("_at_zero_variance"), expr.args)
+
+    def _print_SeriesWhere(self, expr):
+        # Both forms everywhere, one pick per entry: each is finite where the other is used.
+        exact, series, *checks = (self._print(a) for a in expr.args)
+        absolute = self._module_format("numpy.abs")
+        holds = " & ".join([f"~{self._module_format('numpy.isnan')}({series})"]
+                           + [f"({absolute}({small}) <= {absolute}({bound}))"
+                              for small, bound in zip(checks[::2], checks[1::2])])
+        return f"{self._module_format('numpy.where')}({holds}, {series}, {exact})"
+
+    def _print_MehlerSeries(self, expr):
+        order, q1, q2, k, table = expr.args
+        return f"{self.helper('_mehler_series')}({order}, {self._print(q1)}, {self._print(q2)}, " \
+               f"{self._print(k)}, {table.name})"
 
     def _print_ArcCosine(self, expr):
         self._record_arccosine(int(expr.args[0]))

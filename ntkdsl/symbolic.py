@@ -156,6 +156,61 @@ class ExpCosh(_ExpHyperbolic):
 _PARTNER = {ExpSinh: ExpCosh, ExpCosh: ExpSinh}
 
 
+class SeriesWhere(PrintedAs):
+    """``exact`` (a closed form), computed entry by entry as ``series`` — a sum equal to it
+    — where the series is not NaN and every check |small| ≤ |bound| holds, and as ``exact``
+    elsewhere: SeriesWhere(exact, series, small₁, bound₁, ...).
+
+    Closed forms written as sums of exponentials cancel where the variance is small (the
+    dual of sinh(x)**4 is of size q⁴ and its terms of size 1); the series keeps the digits
+    there (ntkdsl.small_variance builds both). The two are the same function, so formulas
+    show ``exact``, and a derivative is the pair of derivatives under the same checks. The
+    checks are plain arguments, not sympy's Abs and Max, whose evaluation on long sums
+    takes minutes."""
+
+    @classmethod
+    def eval(cls, exact, series, *checks):
+        if len(checks) % 2:
+            raise TypeError("SeriesWhere takes (exact, series) and pairs (small, bound)")
+        if checks and all(c.is_number and not c.has(KernelFunction) for c in checks):
+            values = [complex(c) for c in checks]
+            holds = all(abs(s) <= abs(b) for s, b in zip(values[::2], values[1::2]))
+            return series if holds else exact
+        return None
+
+    def _eval_derivative(self, s):
+        exact, series, *checks = self.args
+        return SeriesWhere(exact.diff(s), series.diff(s), *checks)
+
+    def shown(self) -> sp.Expr:
+        return self.args[0]
+
+    @property
+    def precedence(self) -> int:
+        return precedence(self.shown())
+
+
+class MehlerSeries(KernelFunction):
+    """Σₙ kⁿ/n! aₙ₊ᵣ(q1) aₙ₊ᵣ(q2) — MehlerSeries(r, q1, q2, k, table) — the Mehler expansion
+    of E[φ⁽ʳ⁾(u) φ⁽ʳ⁾(v)] with aₙ(q) = E[φ⁽ⁿ⁾(u)], u ~ N(0, q), each aₙ given by ``table``
+    (a ``Str``: the Python literal of its Taylor and exponential coefficients, which
+    ntkdsl.small_variance makes and the printer's helper reads). NaN where the series has
+    not converged (|k| past the table's clip, or the last two terms above 2⁻⁶⁰ of the sum):
+    ``SeriesWhere`` takes the closed form there. ∂/∂k raises r by one (Price's theorem)."""
+
+    nargs = 5
+
+    def _eval_derivative(self, s):
+        order, q1, q2, k, table = self.args
+        if q1.has(s) or q2.has(s):  # not needed: only Price's theorem differentiates a dual
+            raise NotImplementedError("MehlerSeries is differentiated in k only")
+        return k.diff(s) * MehlerSeries(order + 1, q1, q2, k, table)
+
+    def _sympystr(self, printer):
+        order, q1, q2, k, _ = (printer.doprint(a) for a in self.args)
+        return f"MehlerSeries({order}, {q1}, {q2}, {k})"
+
+
 _C = sp.Symbol("c")
 
 

@@ -40,8 +40,8 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
                   "ntkdsl.layers", "ntkdsl.parser", "ntkdsl.templates")),
     # AST -> kernel program: the rules, the Gaussian-integration and numerical duals, and the
     # program's own types (the derivation builds program objects, so they share a stage).
-    ("derivation", ("ntkdsl.gaussian", "ntkdsl.numerical", "ntkdsl.program", "ntkdsl.derivation",
-                    "ntkdsl.tangents")),
+    ("derivation", ("ntkdsl.small_variance", "ntkdsl.gaussian", "ntkdsl.numerical", "ntkdsl.program",
+                    "ntkdsl.derivation", "ntkdsl.tangents")),
     # Program -> text: NumPy source, the in-place emitter, readable formulas, standalone modules.
     ("printing", ("ntkdsl.inplace", "ntkdsl.generate", "ntkdsl.formula", "ntkdsl.standalone")),
     ("evaluation", ("ntkdsl.evaluation",)),
