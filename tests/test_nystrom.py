@@ -370,6 +370,10 @@ def test_fit_command_with_the_nystrom_solver_matches_exact(tmp_path, capsys):
     assert main([*common, "--solver", "nystrom", "--n-components", "61"]) == 1
     assert "n_components must be from 1 to the number of training samples (60)" in \
         capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*common, "--solver", "exact", "--n-components", "60"])
+    assert exit_info.value.code == 2
+    assert "--n-components is for --solver nystrom (or auto), not exact" in capsys.readouterr().err
 
 
 def test_csv_is_read_in_chunks_with_the_same_numbers_and_line_numbers(tmp_path, monkeypatch):
