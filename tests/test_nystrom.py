@@ -239,6 +239,20 @@ def test_ntk_covariance_without_the_nngp_features_is_refused(data, net):
         approx.predict(x_test, compute_cov=True)
 
 
+def test_a_full_covariance_beyond_one_block_is_refused_before_work(data, net, monkeypatch):
+    import ntkdsl.nystrom as nystrom
+
+    x, y, x_test = data
+    approx = nystrom_ensemble(net, x, y, 10, kernel="nngp")
+    monkeypatch.setattr(nystrom, "_MIN_BLOCK_ROWS", 3)
+    monkeypatch.setattr(nystrom, "_BLOCK_BYTES", 1)
+    monkeypatch.setattr(approx, "_rows", None)  # no kernel evaluation may start
+    with pytest.raises(InputError, match="the full covariance of 7 test inputs is more than "
+                                         "one block \\(3 rows") as info:
+        approx.predict(x_test, compute_cov=True)
+    assert "variance_only=True" in info.value.hint
+
+
 def test_bad_times_and_targets_are_refused(data, net):
     x, y, x_test = data
     with pytest.raises(InputError, match="y_train contains NaN"):
