@@ -153,7 +153,7 @@ def child(spec: dict) -> dict:
     from ntkdsl.predict import gradient_descent_mse_ensemble
 
     n, d, m, solver = spec["n"], spec["d"], spec["m"], spec["solver"]
-    times = np.array(spec["times"])
+    times = None if spec["times"] is None else np.array(spec["times"])  # None: t = inf
     x, y = teacher_student(n + spec["test"], d)
     x_train, y_train, x_test = x[:n], y[:n], x[n:]
     net = ntkdsl.compile(ARCH)
@@ -210,11 +210,9 @@ def speed(options) -> None:
     print(f"  {'solver':<22} {'fit s':>8} {'predict s':>10} {'peak RSS GB':>12}   load")
     for solver in options.solvers:
         n = options.exact_n if solver == "exact" else options.n
-        times = [] if solver == "exact" else list(options.times)
         spec = {"n": n, "d": 20, "m": options.m, "solver": solver, "test": 1000,
-                "times": times or None, "diag_reg": options.diag_reg}
-        if solver == "exact":
-            spec["times"] = None
+                "times": None if solver == "exact" else list(options.times),
+                "diag_reg": options.diag_reg}
         r = run_child(spec)
         label = solver + (f" m={options.m}" if solver == "nystrom" else "") + \
             (f" N={n}" if n != options.n else "")

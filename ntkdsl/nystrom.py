@@ -367,6 +367,10 @@ class NystromEnsemble:
         kinds = ("nngp", "ntk") if (compute_cov or variance_only) and self.kernel == "ntk" \
             else (self.kernel,)
         step = _block_rows(self.n_components, len(kinds))
+        if compute_cov and n > step:  # before any kernel entry
+            raise InputError(f"the full covariance of {n} test inputs is more than one block "
+                             f"({step} rows at {self.n_components} landmarks)",
+                             hint="use variance_only=True, or predict in smaller batches")
         parts = [self._predict_block(x_test[s:s + step], times, kinds, compute_cov,
                                      variance_only) for s in range(0, n, step)]
         mean = np.concatenate([p[0] for p in parts], axis=1)
@@ -375,10 +379,6 @@ class NystromEnsemble:
             var = np.concatenate([p[1] for p in parts], axis=1)
             return Gaussian(mean, var.reshape(lead + var.shape[1:]))
         if compute_cov:
-            if len(parts) > 1:
-                raise InputError(f"the full covariance of {n} test inputs is too large to "
-                                 "compute in one block", hint="use variance_only=True, or "
-                                                              "predict in smaller batches")
             return Gaussian(mean, parts[0][1].reshape(lead + (n, n)))
         return Gaussian(mean, None)
 

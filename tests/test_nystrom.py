@@ -239,6 +239,20 @@ def test_ntk_covariance_without_the_nngp_features_is_refused(data, net):
         approx.predict(x_test, compute_cov=True)
 
 
+def test_a_full_covariance_beyond_one_block_is_refused_before_work(data, net, monkeypatch):
+    import ntkdsl.nystrom as nystrom
+
+    x, y, x_test = data
+    approx = nystrom_ensemble(net, x, y, 10, kernel="nngp")
+    monkeypatch.setattr(nystrom, "_MIN_BLOCK_ROWS", 3)
+    monkeypatch.setattr(nystrom, "_BLOCK_BYTES", 1)
+    monkeypatch.setattr(approx, "_rows", None)  # no kernel evaluation may start
+    with pytest.raises(InputError, match="the full covariance of 7 test inputs is more than "
+                                         "one block \\(3 rows") as info:
+        approx.predict(x_test, compute_cov=True)
+    assert "variance_only=True" in info.value.hint
+
+
 def test_bad_times_and_targets_are_refused(data, net):
     x, y, x_test = data
     with pytest.raises(InputError, match="y_train contains NaN"):
@@ -370,6 +384,10 @@ def test_fit_command_with_the_nystrom_solver_matches_exact(tmp_path, capsys):
     assert main([*common, "--solver", "nystrom", "--n-components", "61"]) == 1
     assert "n_components must be from 1 to the number of training samples (60)" in \
         capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*common, "--solver", "exact", "--n-components", "60"])
+    assert exit_info.value.code == 2
+    assert "--n-components is for --solver nystrom (or auto), not exact" in capsys.readouterr().err
 
 
 def test_csv_is_read_in_chunks_with_the_same_numbers_and_line_numbers(tmp_path, monkeypatch):

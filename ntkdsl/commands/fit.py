@@ -150,6 +150,8 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--data needs --target COLUMN: the name of the column to predict")
     if args.data is None and (args.target is not None or args.task != "auto"):
         parser.error("--target and --task are for --data FILE.csv")
+    if args.n_components is not None and args.solver in ("exact", "cg"):
+        parser.error(f"--n-components is for --solver nystrom (or auto), not {args.solver}")
 
 
 def _placeholder_value(text: str) -> int | float:
