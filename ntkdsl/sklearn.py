@@ -104,8 +104,13 @@ class _ArchitectureKernel(Kernel):
 
     @property
     def bounds(self) -> np.ndarray:
-        """log of the free hyperparameters' bounds, (n_dims, 2)."""
-        rows = [self._bounds()[n] for n in self._free()]
+        """log of the free hyperparameters' bounds, (n_dims, 2). An optimiser asks for them
+        before it starts: a free placeholder that fills an integer (the search would write
+        it as 63.99999999999998) or fills nothing is refused here."""
+        free = self._free()
+        if free:
+            parameter_tree(self._template(), free)
+        rows = [self._bounds()[n] for n in free]
         return np.log(np.array(rows, dtype=float)).reshape(len(rows), 2)
 
     # -- the kernel --------------------------------------------------------------------
@@ -253,8 +258,6 @@ class MarginalLikelihood:
             rows = np.vstack([rows, np.log(np.asarray(diag_reg_bounds, dtype=float))])
             self.theta0 = np.append(self.theta0, math.log(diag_reg))
         self.bounds = rows.reshape(-1, 2)
-        if kernel._free():  # an integer, or a placeholder that fills nothing: refused now
-            parameter_tree(kernel._template(), kernel._free())
         self.names = (*kernel._free(), *(("diag_reg",) if self.fit_diag_reg else ()))
         if not self.names:
             raise ParameterError("nothing to optimise: no placeholder is given bounds",

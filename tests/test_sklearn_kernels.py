@@ -115,3 +115,13 @@ def test_an_integer_placeholder_cannot_be_a_hyperparameter():
                         bounds={"L": (1.0, 5.0)})
     with pytest.raises(ParameterError, match="fills an integer"):
         kernel(_data(), eval_gradient=True)
+
+
+def test_an_integer_placeholder_is_refused_before_the_optimiser_writes_it_as_a_float():
+    from sklearn.gaussian_process import GaussianProcessRegressor
+
+    kernel = NNGPKernel(ArchTemplate("Dense({n}, W_std={w}) > Relu > Dense(1)", n=64, w=1.0),
+                        bounds={"n": (16.0, 128.0)})
+    X = _data()
+    with pytest.raises(ParameterError, match=r"\{n\} = 64 fills an integer"):
+        GaussianProcessRegressor(kernel).fit(X, X[:, 0])
