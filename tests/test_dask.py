@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -310,3 +312,21 @@ def test_gather_assembles_blocks_on_the_client(client, net, data, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "k.npy"), net.ntk(x), rtol=1e-12, atol=0)
     with pytest.raises(ntkdsl.ShapeError, match="has shape"):
         ntkdsl.dask.gather(T, np.empty((3, 3)))
+
+
+def test_the_core_does_not_import_dask():
+    """ntkdsl's kernels, solvers and estimators run without Dask: it is imported only when the
+    inputs already are Dask arrays (the user imported it)."""
+    code = ("import sys, numpy as np, ntkdsl\n"
+            "net = ntkdsl.compile('Dense(8) > Relu > Dense(1)')\n"
+            "x = np.random.default_rng(0).normal(size=(40, 3))\n"
+            "net.kernels(x)\n"
+            "ntkdsl.NTKRegressor('Dense(8) > Relu > Dense(1)').fit(x, x[:, 0]).predict(x)\n"
+            "from ntkdsl.nystrom import nystrom_ensemble\n"
+            "nystrom_ensemble('Dense(8) > Relu > Dense(1)', x, x[:, 0], 10).predict(x)\n"
+            "import ntkdsl.dask\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]"
