@@ -462,3 +462,29 @@ def test_nested_quadrature_is_refused_before_it_starts():
     silu_prime = lambda t: (1 + np.exp(-t) + t * np.exp(-t)) / (1 + np.exp(-t)) ** 2
     want = _gauss_hermite_dual(silu, silu_prime, 4.0, 9.0, 0.999 * 6.0, nodes=200)[0]
     np.testing.assert_allclose(got, [want], rtol=1e-10)
+
+
+def test_formula_text_of_a_deep_network_prints_each_template_once(monkeypatch):
+    """ntkdsl.codegen of 2,001 layers took 2.4–3.4 s, most of it printing each layer's
+    equations into the module docstring with sympy. A template step's text is printed once
+    and renamed per layer: sympy's printer runs as often for 100 blocks as for 10, and the
+    text equals the printout of each layer's own equations (Formula.layers)."""
+    from ntkdsl import formula
+
+    def printed(blocks: int) -> tuple[int, str]:
+        arch = f"(Dense(8, b_std=0.1) > Erf) * {blocks} > Dense(1)"
+        net = ntkdsl.compile(arch)
+        formula._TEMPLATE_TEXT.clear()
+        calls = []
+        real = formula.sp.sstr
+        monkeypatch.setattr(formula.sp, "sstr", lambda *a, **k: calls.append(1) or real(*a, **k))
+        text = str(formula.Formula(arch, net.program, "both"))
+        monkeypatch.setattr(formula.sp, "sstr", real)
+        layers = formula.Formula(arch, net.program, "both").layers
+        by_layer = [f"    {real(eq.lhs)} = {real(eq.rhs)}" for layer in layers for eq in layer.equations]
+        assert [line for line in text.split("\n") if line.startswith("    ")] == by_layer
+        return len(calls), text
+
+    few, _ = printed(10)
+    many, _ = printed(100)
+    assert few == many
