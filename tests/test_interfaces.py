@@ -331,7 +331,12 @@ def finite_time():                  # N = 5000: eigh needs 4 x 200 MB beside 3 x
 
 def estimator():                    # N = 8000: a 512 MB training kernel and its solver
     x = rng.standard_normal((8000, 3))
-    NTKRegressor("Dense(64) > Relu > Dense(1)").fit(x, x[:, 0])
+    NTKRegressor("Dense(64) > Relu > Dense(1)", solver="exact").fit(x, x[:, 0])
+
+def auto_estimator():               # solver="auto" takes the Nyström solver instead
+    x = rng.standard_normal((8000, 3))
+    reg = NTKRegressor("Dense(64) > Relu > Dense(1)", n_components=500).fit(x, x[:, 0])
+    raise RuntimeError(reg.solver_)
 
 results = {}
 for case in sys.argv[3].split(","):
@@ -357,7 +362,8 @@ def _megabytes_or_gigabytes(nbytes: float) -> str:
 
 
 def test_under_an_address_space_limit_what_cannot_fit_is_refused_up_front():
-    results = run_limited(1.5e9, "RLIMIT_AS", ["kernel", "posterior", "finite_time", "estimator"])
+    results = run_limited(1.5e9, "RLIMIT_AS", ["kernel", "posterior", "finite_time", "estimator",
+                                               "auto_estimator"])
     matrix = lambda n: 8.0 * n * n  # bytes of an n x n float64 array
     kind, message = results["kernel"]
     assert kind == "InputError", results
@@ -379,6 +385,8 @@ def test_under_an_address_space_limit_what_cannot_fit_is_refused_up_front():
                                      "kernel and its factorisation) needs "
                                      f"{_megabytes_or_gigabytes(4 * matrix(8000))}") in message, \
         results
+    assert "solver='nystrom'" in message
+    assert results["auto_estimator"] == ["RuntimeError", "nystrom"], results
 
 
 def test_under_a_data_segment_limit_the_kernel_is_refused_up_front():
