@@ -116,23 +116,31 @@ def _roots(arg: sp.Expr, x: sp.Symbol) -> set[float]:
     out = {float(grid[i]) for i in isolated}
     nonzero = numpy.flatnonzero(signs)
     left, right = nonzero[:-1], nonzero[1:]
-    change = (signs[left] != signs[right]) & (right - left == 1)
-    return out | {float(_bisect(function, grid[i], grid[i + 1], signs[i])) for i in left[change]}
+    brackets = left[(signs[left] != signs[right]) & (right - left == 1)]
+    # All at once: sin(exp(x)) changes sign at tens of thousands of grid points, and
+    # bisecting them one by one (a numpy call per halving) took minutes.
+    return out | set(_bisect(function, grid[brackets], grid[brackets + 1], signs[brackets]).tolist())
 
 
-def _bisect(function, lo: float, hi: float, low_sign: float) -> float:
-    """A sign change of ``function`` in [lo, hi] (``low_sign`` at lo) to float64 resolution:
-    the bracket is at most 1/512 wide, so 64 halvings reach it."""
+def _bisect(function, lo: numpy.ndarray, hi: numpy.ndarray, low_sign: numpy.ndarray) -> numpy.ndarray:
+    """A sign change of ``function`` in each bracket [lo, hi] (``low_sign`` at lo) to float64
+    resolution, all brackets at once: each is at most 1/512 wide, so 64 halvings reach it."""
+    lo, hi = lo.astype(float), hi.astype(float)
+    found = numpy.zeros(lo.shape, bool)  # a zero or a non-finite value hit: that point
     for _ in range(64):
         mid = 0.5 * (lo + hi)
-        if not lo < mid < hi:
+        open_ = ~found & (lo < mid) & (mid < hi)
+        if not open_.any():
             break
         with numpy.errstate(all="ignore"):
-            value = float(numpy.asarray(function(numpy.array([mid])), dtype=float).reshape(-1)[0])
-        if value == 0 or not numpy.isfinite(value):
-            return mid
-        lo, hi = (mid, hi) if numpy.sign(value) == low_sign else (lo, mid)
-    return 0.5 * (lo + hi)
+            value = numpy.broadcast_to(numpy.asarray(function(mid), dtype=float), mid.shape)
+        hit = open_ & ((value == 0) | ~numpy.isfinite(value))
+        lo, hi = numpy.where(hit, mid, lo), numpy.where(hit, mid, hi)
+        found |= hit
+        up = open_ & ~hit & (numpy.sign(value) == low_sign)
+        down = open_ & ~hit & ~up
+        lo, hi = numpy.where(up, mid, lo), numpy.where(down, mid, hi)
+    return numpy.where(found, lo, 0.5 * (lo + hi))
 
 
 def function_source(name: str, expr: sp.Expr, x: sp.Symbol, label: str = "",

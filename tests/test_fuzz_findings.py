@@ -488,3 +488,17 @@ def test_formula_text_of_a_deep_network_prints_each_template_once(monkeypatch):
     few, _ = printed(10)
     many, _ = printed(100)
     assert few == many
+
+
+def test_kinks_of_an_argument_with_countless_sign_changes_are_bounded():
+    """sign(sin(exp(x))) changes sign at tens of thousands of the kink grid's points (its
+    zeros log(nπ) crowd together as x grows): each was bisected, one numpy call per
+    halving, for minutes (a hang of Fn("sinh(sign(atan(sin(exp(relu(x)))))) + 3.381")).
+    All brackets are bisected at once; the MAX_KINKS kept, the nearest to 0, are log(nπ),
+    n = 1 ... MAX_KINKS."""
+    from ntkdsl import activations, numerical
+    start = time.process_time()
+    found = numerical.kinks(activations.lookup("Fn").phi(expr="sign(sin(exp(x)))"), activations.x)
+    assert time.process_time() - start < CPU_LIMIT
+    want = [math.log(n * math.pi) for n in range(1, numerical.MAX_KINKS + 1)]
+    np.testing.assert_allclose(found, want, rtol=1e-14, atol=1e-15)
