@@ -22,6 +22,7 @@ to float64, when the code is printed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from math import comb, factorial
 
@@ -78,11 +79,24 @@ def small_variance_duals(terms, pair: Pair, exact_gamma: sp.Expr) -> tuple[sp.Ex
     switch, moments = choice
     clip = min(16 / float(rho), 2.0 ** 30)
     # The table the printer's helper reads: a Python literal of float64 numbers only.
-    table = Str(repr((switch, clip, tuple(_taylor_floats(m) for m in moments),
-                      tuple(_group_floats(m) for m in moments))))
+    numbers = (switch, clip, tuple(_taylor_floats(m) for m in moments),
+               tuple(_group_floats(m) for m in moments))
+    if not all(math.isfinite(v) for v in _flat(numbers)):
+        # Coefficients past float64 (sin(1e20*x): λⁿ overflows): the exponential form alone,
+        # which stays finite, as it was before this series.
+        return exact_gamma, sp.diff(exact_gamma, pair.k)
+    table = Str(repr(numbers))
     series = MehlerSeries(sp.Integer(0), pair.q1, pair.q2, pair.k, table)
     gamma = SeriesWhere(exact_gamma, series)
     return gamma, SeriesWhere(sp.diff(exact_gamma, pair.k), series.diff(pair.k))
+
+
+def _flat(nested):
+    for item in nested:
+        if isinstance(item, tuple):
+            yield from _flat(item)
+        else:
+            yield item
 
 
 def _taylor_floats(moment: _Moment) -> tuple[float, ...]:

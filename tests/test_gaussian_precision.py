@@ -292,3 +292,12 @@ def test_constant_variances_after_sign():
     for i in range(2):
         for j in range(2):
             assert nngp[i, j] == pytest.approx(float(want[i][j]), rel=1e-12)
+
+
+def test_coefficients_past_float64_keep_the_exponential_form():
+    """sin(1e20*x): the series' coefficients λⁿ overflow float64 (printed as inf, a NameError
+    in the generated code); the dual is then the exponential form alone, E[sin(au) sin(av)] =
+    e^{-a²(q1+q2)/2} sinh(a²k), here ≈ 0 off the diagonal and 1/2 on it at q ≈ 1."""
+    net = ntkdsl.compile('Dense(2) > Fn("sin(1e20*x)") > Dense(1)')
+    x = np.array([[1.0, 0.5], [0.2, -1.0]])
+    assert net.nngp(x) == pytest.approx(np.eye(2) / 2, abs=1e-15)
