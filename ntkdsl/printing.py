@@ -87,7 +87,7 @@ def _mehler_series(order, q1, q2, k, table):
     kc = numpy.where(inside, k, 0.0)
     m = len(a)
     with numpy.errstate(over="ignore", invalid="ignore"):
-        total = a[m - 1] * b[m - 1] + 0.0 * kc
+        total = numpy.array(a[m - 1] * b[m - 1] + 0.0 * kc, dtype=numpy.float64)  # 0-d too
         for n in range(m - 2, -1, -1):
             total *= kc
             total *= 1.0 / (n + 1)

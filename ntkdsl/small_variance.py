@@ -22,6 +22,7 @@ to float64, when the code is printed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from math import comb, factorial
 
@@ -78,11 +79,24 @@ def small_variance_duals(terms, pair: Pair, exact_gamma: sp.Expr) -> tuple[sp.Ex
     switch, moments = choice
     clip = min(16 / float(rho), 2.0 ** 30)
     # The table the printer's helper reads: a Python literal of float64 numbers only.
-    table = Str(repr((switch, clip, tuple(_taylor_floats(m) for m in moments),
-                      tuple(_group_floats(m) for m in moments))))
+    numbers = (switch, clip, tuple(_taylor_floats(m) for m in moments),
+               tuple(_group_floats(m) for m in moments))
+    if not all(math.isfinite(v) for v in _flat(numbers)):
+        # Coefficients past float64 (sin(1e20*x): λⁿ overflows): the exponential form alone,
+        # which stays finite, as it was before this series.
+        return exact_gamma, sp.diff(exact_gamma, pair.k)
+    table = Str(repr(numbers))
     series = MehlerSeries(sp.Integer(0), pair.q1, pair.q2, pair.k, table)
     gamma = SeriesWhere(exact_gamma, series)
     return gamma, SeriesWhere(sp.diff(exact_gamma, pair.k), series.diff(pair.k))
+
+
+def _flat(nested):
+    for item in nested:
+        if isinstance(item, tuple):
+            yield from _flat(item)
+        else:
+            yield item
 
 
 def _taylor_floats(moment: _Moment) -> tuple[float, ...]:
@@ -145,37 +159,48 @@ def _odd_factorial(r: int) -> int:
 
 
 def _switch(numbers, rho):
-    """(switch variance, moments) with the least cancellation over every aₙ, or None."""
+    """(switch variance, moments) with the least cancellation over every aₙ, or None. The
+    search compares losses to a factor MAX_LOSS, so 20 digits do for it."""
     moments = _moments(numbers, TERMS + 1, MAX_SERIES)
     best = None
-    for unit in _SWITCHES:
-        switch = mp.mpf(unit) / rho
-        loss = max(_loss(moment, switch) for moment in moments)
-        if best is None or loss < best[0]:
-            best = (loss, switch)
+    with mp.workdps(20):
+        for unit in _SWITCHES:
+            switch = mp.mpf(unit) / rho
+            loss = max(_loss(moment, switch) for moment in moments)
+            if best is None or loss < best[0]:
+                best = (loss, switch)
     if best is None or best[0] > MAX_LOSS:
         return None
     switch = best[1]
     return float(switch), [_truncated(moment, switch) for moment in moments]
 
 
+def _series_terms(moment: _Moment, q) -> list:
+    """|taylor[j]| q^j, j = 0, 1, ..."""
+    out, power = [], mp.mpf(1)
+    for t in moment.taylor:
+        out.append(abs(t) * power)
+        power *= q
+    return out
+
+
 def _loss(moment: _Moment, q) -> mp.mpf:
     """The larger cancellation factor of aₙ's two forms at q (1 for aₙ ≡ 0); infinite if
     the series has not converged within MAX_SERIES terms."""
     value, size = moment.exact_terms(q)
-    series = [abs(t) * q ** j for j, t in enumerate(moment.taylor)]
+    series = _series_terms(moment, q)
     scale = max(size, sum(series))
     if scale == 0:
         return mp.mpf(1)
     if max(series[-4:]) > mp.mpf(2) ** -64 * scale:
         return mp.inf
     value = max(abs(value), mp.mpf(10) ** -40 * scale)
-    return max(size, sum(series)) / value
+    return scale / value
 
 
 def _truncated(moment: _Moment, q) -> _Moment:
     """The moment with the Taylor terms that matter at q ≤ switch (relative 2⁻⁶⁴)."""
-    series = [abs(t) * q ** j for j, t in enumerate(moment.taylor)]
+    series = _series_terms(moment, q)
     scale = sum(series)
     keep = len(series)
     while keep > 1 and sum(series[keep - 1:]) <= mp.mpf(2) ** -64 * scale:

@@ -182,6 +182,10 @@ class SeriesWhere(PrintedAs):
         exact, series, *checks = self.args
         return SeriesWhere(exact.diff(s), series.diff(s), *checks)
 
+    def _eval_evalf(self, prec):
+        # sympy's own evaluation of the closed form, at any precision it needs
+        return self.args[0]._eval_evalf(prec)
+
     def shown(self) -> sp.Expr:
         return self.args[0]
 

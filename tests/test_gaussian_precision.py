@@ -274,3 +274,30 @@ def test_former_hangs_agree_with_quadrature(text):
             q1, q2, k = x[i] @ x[i] / 2, x[j] @ x[j] / 2, x[i] @ x[j] / 2
             want = quadrature(NUMPY_PHI[text], q1, q2, min(1.0, k / math.sqrt(q1 * q2)))
             assert nngp[i, j] == pytest.approx(want, rel=1e-8, abs=1e-300), (i, j)
+
+
+def test_constant_variances_after_sign():
+    """After Sign every variance is the number 1 (then 1e-4 after Dense(2, W_std=0.01)): the
+    series' helper gets numbers, not arrays (it raised TypeError on a numpy scalar), and the
+    kernel is Γ of sinh(x)**4 at q = 1e-4, c = (2/π) arcsin(x·x'/(|x||x'|))."""
+    net = ntkdsl.compile('Dense(3) > Sign > Dense(2, W_std=0.01) > Fn("sinh(x)**4") > Dense(1)')
+    x = np.array([[1.0, 2.0, 0.5], [-0.3, 1.0, 2.0]])
+    nngp = net.nngp(x)
+    gamma, _ = references("sinh(x)**4")
+    c = x[0] @ x[1] / math.sqrt((x[0] @ x[0]) * (x[1] @ x[1]))
+    with mp.workdps(30):
+        q = mp.mpf(1e-4)
+        want = [[gamma(q, q, q * (1 if i == j else 2 / mp.pi * mp.asin(c))) for j in range(2)]
+                for i in range(2)]
+    for i in range(2):
+        for j in range(2):
+            assert nngp[i, j] == pytest.approx(float(want[i][j]), rel=1e-12)
+
+
+def test_coefficients_past_float64_keep_the_exponential_form():
+    """sin(1e20*x): the series' coefficients λⁿ overflow float64 (printed as inf, a NameError
+    in the generated code); the dual is then the exponential form alone, E[sin(au) sin(av)] =
+    e^{-a²(q1+q2)/2} sinh(a²k), here ≈ 0 off the diagonal and 1/2 on it at q ≈ 1."""
+    net = ntkdsl.compile('Dense(2) > Fn("sin(1e20*x)") > Dense(1)')
+    x = np.array([[1.0, 0.5], [0.2, -1.0]])
+    assert net.nngp(x) == pytest.approx(np.eye(2) / 2, abs=1e-15)
