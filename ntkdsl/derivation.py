@@ -20,7 +20,7 @@ from functools import cache, singledispatch
 
 import sympy as sp
 
-from . import activations, gaussian, limits, numerical, spatial
+from . import activations, expressions, gaussian, limits, numerical, spatial
 from .ast import (
     SPATIAL_TYPES,
     Activation,
@@ -805,10 +805,26 @@ def _apply_layer(layer: Node, s: State, b: _Builder) -> State:
 @apply.register(Repeat)
 def _serial(node: Serial | Repeat, s: State, b: _Builder) -> State:
     for layer in _compose_runs(_written_out(node)):
-        if isinstance(layer, Composite) and len(layer.parts) > limits.MAX_COMPOSED:
-            raise _too_many_composed(layer, b.source)
+        if isinstance(layer, Composite):
+            _check_composed(layer, b.source)
         s = _apply_layer(layer, s, b)
     return s
+
+
+def _check_composed(run: Composite, source: str) -> None:
+    """A run of activations composes into one φ: at most MAX_COMPOSED parts, and of a
+    degree in x within MAX_FN_DEGREE, as an Fn of the same expression would be (each
+    function call one factor): (Polynomial([1, 1, 1])) * 8 is of degree 256, and the
+    Gaussian-integration rules expanding it ran for minutes."""
+    if len(run.parts) > limits.MAX_COMPOSED:
+        raise _too_many_composed(run, source)
+    found = expressions.degree(phi_of(run))
+    if found > limits.MAX_FN_DEGREE:
+        raise LayerValueError(
+            f"{run.name} composes into one activation of degree {found:g} in x; the limit is "
+            f"{limits.MAX_FN_DEGREE} (ntkdsl.limits.MAX_FN_DEGREE, as for Fn)", source=source,
+            span=_run_span(run, source),
+            hint="put a Dense between activations, or compose fewer polynomial ones")
 
 
 def _count_pools(node: Node) -> int:
@@ -820,12 +836,15 @@ def _count_pools(node: Node) -> int:
     return sum(_count_pools(child) for child in node.children())
 
 
-def _too_many_composed(run: Composite, source: str) -> LayerValueError:
+def _run_span(run: Composite, source: str) -> Span | None:
     spans = [p.span for p in run.parts if p.span is not None]
-    where = Span.at(source, min(s.start for s in spans), max(s.end for s in spans)) if spans else None
+    return Span.at(source, min(s.start for s in spans), max(s.end for s in spans)) if spans else None
+
+
+def _too_many_composed(run: Composite, source: str) -> LayerValueError:
     return LayerValueError(
         f"{len(run.parts)} activations in a row compose into one activation; the limit is "
-        f"{limits.MAX_COMPOSED}", source=source, span=where,
+        f"{limits.MAX_COMPOSED}", source=source, span=_run_span(run, source),
         hint="put a Dense between activations, or write the composition as one Fn(...)")
 
 

@@ -502,3 +502,19 @@ def test_kinks_of_an_argument_with_countless_sign_changes_are_bounded():
     assert time.process_time() - start < CPU_LIMIT
     want = [math.log(n * math.pi) for n in range(1, numerical.MAX_KINKS + 1)]
     np.testing.assert_allclose(found, want, rtol=1e-14, atol=1e-15)
+
+
+def test_composed_polynomials_are_bounded_by_their_degree():
+    """(Polynomial([1, 1, 1])) * 8 composes into one polynomial of degree 2**8 = 256: the
+    Gaussian-integration rules expanded it for minutes. A composition is held to the degree
+    limit of an Fn of the same expression, with a caret under the run; (Polynomial([1, 2])) * 3
+    stays a degree-1 map: its kernel by hand, φ(x) = 1 + 2(1 + 2(1 + 2x)) = 7 + 8x."""
+    start = time.process_time()
+    with pytest.raises(ntkdsl.LayerValueError, match="degree 256 in x") as info:
+        ntkdsl.compile("Dense(8) > (Polynomial([1, 1, 1])) * 8 > Dense(1)")
+    assert time.process_time() - start < CPU_LIMIT
+    assert str(info.value).splitlines()[2].strip().startswith("^^^^")
+    nngp, ntk = ntkdsl.compile("Dense(4) > (Polynomial([1, 2])) * 3 > Dense(1)").kernels(X)
+    gram = X @ X.T / X.shape[1]
+    np.testing.assert_allclose(nngp, 49 + 64 * gram, rtol=1e-13)
+    np.testing.assert_allclose(ntk, 49 + 64 * gram + gram * 64, rtol=1e-13)
