@@ -236,3 +236,27 @@ def test_the_side_values_memory_is_checked_before_any_work(monkeypatch):
     monkeypatch.setattr(memory, "available_memory", lambda: need)
     net.kernels(x, out=outs)
     np.testing.assert_array_equal(outs[0], net.nngp(x))
+
+
+def test_the_side_function_runs_with_blas_held_to_one_thread():
+    """The numerical route's coefficients (computed in side, for every variance) are matrix
+    products: with BLAS at one thread, as for every other part of the program, so the numbers
+    do not depend on the machine's BLAS threads (a process-pool worker's and the parent's
+    agreed only to the last bit then)."""
+    from threadpoolctl import threadpool_info
+
+    net = ntkdsl.compile("(Dense(8, W_std=1.5, b_std=0.1) > Tanh) * 2 > Dense(1)")
+    compiled, seen = net.compiled, []
+
+    def side(*args):
+        seen.extend(info["num_threads"] for info in threadpool_info()
+                    if info["user_api"] == "blas")
+        return compiled.sides.side(*args)
+
+    object.__setattr__(net, "compiled", dataclasses.replace(
+        compiled, sides=dataclasses.replace(compiled.sides, side=side)))
+    try:
+        net.kernels(*_inputs())
+    finally:
+        object.__setattr__(net, "compiled", compiled)
+    assert seen and set(seen) == {1}

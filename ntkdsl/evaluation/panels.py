@@ -330,8 +330,10 @@ def run_pairs(compiled: CompiledKernels, a: np.ndarray, b: np.ndarray | None,
                      threads, MAX_CHUNK_NUMERICAL if compiled.numerical else MAX_CHUNK)
     _keep_freed_heap()
     try:
-        panels = _Panels(compiled, a, a if b is None else b, q1, q2, keep, outs, plan, dt)
         with _BlasLimit() as blas:
+            # The side values too: the numerical route's coefficients are matrix products,
+            # whose rounding must not depend on how many BLAS threads there are.
+            panels = _Panels(compiled, a, a if b is None else b, q1, q2, keep, outs, plan, dt)
             # Identical inputs are found while the first Gram slices are computed.
             rows, cols = _run(panels, plan, outs, progress, lambda: identical_pairs(a, b), blas)
             if rows.size:  # BLAS is limited meanwhile
