@@ -518,3 +518,17 @@ def test_composed_polynomials_are_bounded_by_their_degree():
     gram = X @ X.T / X.shape[1]
     np.testing.assert_allclose(nngp, 49 + 64 * gram, rtol=1e-13)
     np.testing.assert_allclose(ntk, 49 + 64 * gram + gram * 64, rtol=1e-13)
+
+
+@pytest.mark.parametrize("body, f, fprime", [
+    ("sin(x**2)", lambda x: np.sin(x ** 2), lambda x: 2 * x * np.cos(x ** 2)),
+    ("cos(x*x) + x", lambda x: np.cos(x * x) + x, lambda x: 1 - 2 * x * np.sin(x * x)),
+])
+def test_trigonometric_function_of_a_quadratic_is_bounded_and_exact(body, f, fprime):
+    """Fn("sin(x**2)") took 12 s in the Gaussian-integration rules (sympy's simplify of the
+    moments' imaginary parts); a complex quadratic exponent now goes to the numerical route.
+    Checked against tensor Gauss–Hermite quadrature (smooth φ, small variances)."""
+    net, cpu = _compile_cpu(f'Dense(4) > Fn("{body}") > Dense(1)')
+    assert cpu < CPU_LIMIT
+    for got, ref in zip(net.kernels(X), _one_layer_reference(net, f, fprime)):
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
