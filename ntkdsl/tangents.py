@@ -26,7 +26,7 @@ from . import activations, spatial
 from .derivation import Composite, activation_layers
 from .errors import ParameterError
 from .program import PARAMETER, TANGENT, ElementwiseOp, KernelVariable, Program, Step
-from .symbolic import ArcCosine, AtZeroVariance
+from .symbolic import ArcCosine, AtZeroVariance, SeriesWhere
 from .templates import Parameter
 
 
@@ -83,6 +83,10 @@ class _Differentiator:
         if isinstance(expr, AtZeroVariance):
             q, zero, value = expr.args
             return AtZeroVariance(q, self(zero), self(value))
+        if isinstance(expr, SeriesWhere):
+            # The series is the closed form rearranged (small-variance Mehler sums): the
+            # tangent is the closed form's, with the closed form's accuracy.
+            return self(expr.args[0])
         if isinstance(expr, sp.Piecewise):
             return sp.Piecewise(*((self(e), c) for e, c in expr.args))
         if isinstance(expr, sp.Function):
