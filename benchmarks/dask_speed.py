@@ -39,6 +39,15 @@ from busy import busy_note, competing_process
 ARCH = "(Dense(512, W_std=1.4, b_std=0.1) > Relu) * 3 > Dense(1)"
 
 
+def _local_cluster(workers: int):
+    """(cluster, client): a LocalCluster of ``workers`` processes of one thread each."""
+    import distributed
+
+    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0", silence_logs=40)
+    return cluster, distributed.Client(cluster)
+
+
 def _timed(fn) -> tuple[float, object]:
     start = time.perf_counter()
     value = fn()
@@ -84,9 +93,7 @@ def main() -> None:
     print(f"{ARCH}\nNTK of N={options.n:,} points, d={options.d}; cluster: 2 worker processes x "
           f"1 thread, row chunks of {options.chunk:,} ({-(-options.n // options.chunk)} chunks); "
           f"load {os.getloadavg()[0]:.1f}")
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0", silence_logs=40)
-    client = distributed.Client(cluster)
+    cluster, client = _local_cluster(2)
     X = da.from_array(x, chunks=(options.chunk, -1)).persist()  # the data on the workers
     net.ntk(X[:64]).compute()  # the workers import ntkdsl and compile the network once
     best = {"in-process": np.inf, "cluster, .compute()": np.inf, "cluster, gather()": np.inf,
@@ -133,13 +140,10 @@ def main() -> None:
 def _one_worker_seconds(net, x, chunk: int, repeat: int, busy: bool) -> float:
     """Best seconds of the same kernel written to .npy by a cluster of one worker."""
     import dask.array as da
-    import distributed
 
     import ntkdsl
 
-    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0", silence_logs=40)
-    client = distributed.Client(cluster)
+    cluster, client = _local_cluster(1)
     X = da.from_array(x, chunks=(chunk, -1)).persist()
     net.ntk(X[:64]).compute()
     best = np.inf
@@ -155,7 +159,6 @@ def _one_worker_seconds(net, x, chunk: int, repeat: int, busy: bool) -> float:
 def nystrom(options) -> None:
     """In-process against cluster Nyström fits (and predictions) of the same data."""
     import dask.array as da
-    import distributed
 
     from ntkdsl.nystrom import nystrom_ensemble
 
@@ -168,9 +171,7 @@ def nystrom(options) -> None:
     print(f"{ARCH}\nNyström NTK fit, N={n:,}, d={options.d}, m={m:,}, predictions on 10,000 "
           f"test points at 5 times; cluster: 2 worker processes x 1 thread, row chunks of "
           f"{chunk:,}; load {os.getloadavg()[0]:.1f}")
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0", silence_logs=40)
-    client = distributed.Client(cluster)
+    cluster, client = _local_cluster(2)
     X = da.from_array(x, chunks=(chunk, -1)).persist()
     nystrom_ensemble(ARCH, X[:4 * m], y[:4 * m], 64)  # the workers compile the network
     best = {"in-process": np.inf, "cluster": np.inf}
