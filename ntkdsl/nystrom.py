@@ -364,7 +364,7 @@ class NystromEnsemble:
         if variance_only:
             require_memory(8.0 * n * (self._columns + 1) * max(1, int(np.prod(lead))),
                            f"the predictions on {n} test inputs", hint="predict in batches")
-        kinds = ("nngp", "ntk") if (compute_cov or variance_only) and self.kernel == "ntk" \
+        kinds = KINDS if (compute_cov or variance_only) and self.kernel == "ntk" \
             else (self.kernel,)
         step = _block_rows(self.n_components, len(kinds))
         if compute_cov and n > step:  # before any kernel entry
