@@ -123,6 +123,8 @@ def test_bad_chunking_and_shapes_are_refused_before_work(net, data):
         net.ntk(da.from_array(x, chunks=50), out=np.empty((230, 230)))
     with pytest.raises(InputError, match="one per row"):
         net.ntk(da.from_array(x[0], chunks=4))
+    with pytest.raises(ntkdsl.ShapeError, match="fully connected"):  # at once, not on a worker
+        net.ntk(da.from_array(x.reshape(230, 3, 4), chunks=(50, 3, 4)))
 
 
 def test_to_npy_writes_blocks_into_one_file(net, data, tmp_path):

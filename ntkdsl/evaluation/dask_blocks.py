@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError, NTKDSLError
 from ..runtime import driver
-from .inputs import _checked
+from .inputs import _checked, check_input_rank
 from .outputs import resolve_dtype
 
 PACKAGE = "ntkdsl"  # what every worker must have installed to run the blocks' tasks
@@ -50,6 +50,9 @@ def lazy_kernels(net: Any, kinds: tuple[str, ...], x1: Any, x2: Any, *, dtype: A
         raise InputError(f"x1 has examples of shape {x1.shape[1:]} but x2 of shape "
                          f"{x2.shape[1:]}; both must have the same features",
                          hint="the kernel pairs rows of x1 with rows of x2")
+    for x, name in ((x1, "x1"), (x2, "x2")):
+        if x is not None:  # here, before any work, rather than in each block's task
+            check_input_rank(net.ast, x.shape, name, net.arch)
     dt = resolve_dtype(dtype, ())
     _require_ntkdsl_on_workers()
     pairs = _pair_layer(net, kinds, x1, x2, dt, 1 if threads is None else threads)
