@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .evaluation.dask_blocks import active_client, check_finite_rows, is_dask_array, row_chunked
+from .evaluation.dask_blocks import (
+    active_client,
+    check_finite_rows,
+    chunk_bounds,
+    is_dask_array,
+    row_chunked,
+)
 from .evaluation.outputs import allocate_outputs, check_out
 
 __all__ = ["gather", "to_npy"]
@@ -66,7 +72,7 @@ def gather(array: Any, out: np.ndarray | None = None) -> np.ndarray:
         return out
     from distributed import as_completed
 
-    starts = [np.cumsum((0,) + chunks) for chunks in array.chunks]
+    starts = [chunk_bounds(chunks) for chunks in array.chunks]
     blocks = array.to_delayed()
     places = {}
     for i, j in np.ndindex(blocks.shape):
@@ -99,7 +105,7 @@ def sum_over_row_chunks(function, x: Any, y: Any, *shared: Any, name: str = "x_t
     import dask
 
     x = row_chunked(x, name)
-    bounds = np.cumsum((0,) + x.chunks[0])
+    bounds = chunk_bounds(x.chunks[0])
     if is_dask_array(y):
         y_chunks = list(y.rechunk((x.chunks[0],) + y.shape[1:]).to_delayed().ravel())
     else:
@@ -121,7 +127,7 @@ def map_row_chunks(function, x: Any, shapes, *shared: Any, axis: int = 0,
     import dask.array as da
 
     x = row_chunked(x, name)
-    bounds = np.cumsum((0,) + x.chunks[0])
+    bounds = chunk_bounds(x.chunks[0])
     shared = [dask.delayed(value, traverse=False) for value in shared]
     results = [dask.delayed(_checked_call)(function, chunk, None, int(first), name, *shared)
                for chunk, first in zip(x.to_delayed().ravel(), bounds)]

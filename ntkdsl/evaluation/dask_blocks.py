@@ -84,8 +84,8 @@ def _pair_layer(net, kinds, x1, x2, dt, threads) -> tuple:
     name = "ntkdsl-pairs-" + tokenize(net.arch, kinds, x1, x2, dt.str, threads)
     rows1 = _block_keys(x1)
     rows2 = rows1 if x2 is None else _block_keys(x2)
-    first1 = np.cumsum((0,) + x1.chunks[0][:-1])
-    first2 = first1 if x2 is None else np.cumsum((0,) + x2.chunks[0][:-1])
+    first1 = chunk_bounds(x1.chunks[0])
+    first2 = first1 if x2 is None else chunk_bounds(x2.chunks[0])
     tasks = {}
     for i, key1 in enumerate(rows1):
         for j, key2 in enumerate(rows2):
@@ -97,6 +97,11 @@ def _pair_layer(net, kinds, x1, x2, dt, threads) -> tuple:
     graph = HighLevelGraph.from_collections(name, tasks, dependencies=[x1] + ([] if x2 is None
                                                                            else [x2]))
     return graph, name, x2 is None
+
+
+def chunk_bounds(chunks: tuple[int, ...]) -> np.ndarray:
+    """Where each chunk along an axis starts, and (last) where the axis ends."""
+    return np.cumsum((0, *chunks))
 
 
 def _block_keys(x) -> list:
