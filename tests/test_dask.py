@@ -196,6 +196,52 @@ def test_workers_without_the_package_are_named(client, net, data, monkeypatch):
         net.ntk(da.from_array(data[0], chunks=50))
 
 
+def test_the_package_check_asks_the_workers_once_per_set_of_workers(client, net, data, monkeypatch):
+    asked = []
+    real = dask_blocks._workers_without
+    monkeypatch.setattr(dask_blocks, "_workers_without",
+                        lambda c, package: asked.append(package) or real(c, package))
+    monkeypatch.setattr(dask_blocks, "_CHECKED_WORKERS", {})
+    X = da.from_array(data[0], chunks=(50, -1))
+    for _ in range(3):
+        net.ntk(X)
+    assert asked == ["ntkdsl"]
+    monkeypatch.setitem(dask_blocks._CHECKED_WORKERS, (client.id, "ntkdsl"), frozenset({"gone"}))
+    net.ntk(X)  # the workers differ from those last asked: asked again
+    assert asked == ["ntkdsl", "ntkdsl"]
+
+
+def test_a_block_too_large_for_a_worker_is_refused_before_work(client, net, data, monkeypatch):
+    """The largest block (rows x rows x 8 bytes x kernels) against each worker's memory limit:
+    refused with the rechunk line, and the chunks that line gives are accepted."""
+    x = data[0]
+    monkeypatch.setattr(dask_blocks, "_WORKER_MEMORY_FRACTION", 4e-7)  # ~5 KB a block
+    budget = 4e-7 * min(w["memory_limit"] for w in
+                        client.scheduler_info(n_workers=-1)["workers"].values()) / 2
+    with pytest.raises(InputError, match=r"a kernel block of 100 x 100 rows \(2 kernel") as info:
+        net.kernels(da.from_array(x, chunks=(100, -1)))
+    rows = _hinted_rows(info.value)
+    assert 1 <= rows * rows * 8 * 2 <= budget
+    _, T = net.kernels(da.from_array(x, chunks=(rows, -1)))
+    np.testing.assert_allclose(T.compute(), net.ntk(x), rtol=1e-12, atol=0)
+
+
+def test_a_block_too_large_for_this_process_is_refused_on_local_schedulers(net, data,
+                                                                           monkeypatch):
+    monkeypatch.setattr(dask_blocks, "active_client", lambda: None)
+    monkeypatch.setattr(dask_blocks, "available_memory", lambda: 2 * 8 * 60 * 60 * os.cpu_count())
+    X = da.from_array(data[0], chunks=(61, -1))
+    with pytest.raises(InputError, match="this process has") as info:
+        net.nngp(X)
+    rows = _hinted_rows(info.value)
+    assert 40 <= rows < 60
+    net.nngp(da.from_array(data[0], chunks=(60, -1)))  # fits exactly
+
+
+def _hinted_rows(error) -> int:
+    return int(error.hint.split("rechunk({0: ")[1].rstrip("})").replace(",", ""))
+
+
 def test_a_worker_killed_mid_computation_does_not_change_the_result():
     """Dask reschedules the tasks of a worker that dies (its nanny starts a new one): the
     kernel is the same as in-process, to the last bit."""

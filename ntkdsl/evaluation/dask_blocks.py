@@ -15,6 +15,7 @@ Dask is imported only when the inputs already are Dask arrays: the core never ne
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import sys
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 from ..errors import InputError, NTKDSLError
 from ..runtime import driver
 from .inputs import _checked, check_input_rank
+from .memory import _size, available_memory
 from .outputs import resolve_dtype
 
 PACKAGE = "ntkdsl"  # what every worker must have installed to run the blocks' tasks
@@ -54,7 +56,10 @@ def lazy_kernels(net: Any, kinds: tuple[str, ...], x1: Any, x2: Any, *, dtype: A
         if x is not None:  # here, before any work, rather than in each block's task
             check_input_rank(net.ast, x.shape, name, net.arch)
     dt = resolve_dtype(dtype, ())
-    _require_ntkdsl_on_workers()
+    client = active_client()
+    if client is not None:
+        _require_ntkdsl_on_workers(client)
+    _check_block_memory(client, x1, x2, len(kinds), dt, 1 if threads is None else threads)
     pairs = _pair_layer(net, kinds, x1, x2, dt, 1 if threads is None else threads)
     return [_kernel_array(pairs, k, kind, x1, x2, dt) for k, kind in enumerate(kinds)]
 
@@ -157,11 +162,12 @@ def check_finite_rows(x: np.ndarray, name: str, first_row: int) -> None:
     _checked(driver.check_finite, np.asarray(x), name, first_row)
 
 
-def _require_ntkdsl_on_workers() -> None:
-    """NTKDSLError naming the package if a Dask client is active and one of its workers
-    cannot import ntkdsl (its tasks would fail one by one with a ModuleNotFoundError)."""
-    client = active_client()
-    if client is None:  # Dask's local schedulers run in this process
+def _require_ntkdsl_on_workers(client) -> None:
+    """NTKDSLError naming the package if one of the client's workers cannot import ntkdsl
+    (its tasks would fail one by one with a ModuleNotFoundError). Asked once per set of
+    workers: a worker that joins later is asked on the next call."""
+    workers = frozenset(client.scheduler_info(n_workers=-1)["workers"])
+    if _CHECKED_WORKERS.get((client.id, PACKAGE)) == workers:
         return
     missing = _workers_without(client, PACKAGE)
     if missing:
@@ -169,6 +175,44 @@ def _require_ntkdsl_on_workers() -> None:
                           f"{', '.join(sorted(missing))}",
                           hint="install it in every worker's environment, e.g. "
                                "pip install 'ntkdsl[dask]' (the same version as here)")
+    _CHECKED_WORKERS[client.id, PACKAGE] = workers
+
+
+_CHECKED_WORKERS: dict[tuple, frozenset] = {}  # (client id, package) -> workers that have it
+
+# A worker thread holds up to two blocks at once (one computing, the last one waiting to be
+# fetched), and Dask pauses a worker at 80% of its memory limit.
+_BLOCKS_PER_THREAD = 2
+_WORKER_MEMORY_FRACTION = 0.8
+
+
+def _check_block_memory(client, x1, x2, kinds: int, dt: np.dtype, threads: int) -> None:
+    """InputError before the graph is built if the largest block (its ``kinds`` kernels)
+    cannot fit where it will be computed: on the smallest worker of ``client`` beside its
+    other threads' blocks, or in this process for Dask's local schedulers (one thread a
+    core). The hint gives row chunks that fit."""
+    rows1 = max(x1.chunks[0])
+    rows2 = rows1 if x2 is None else max(x2.chunks[0])
+    per_block = rows1 * rows2 * dt.itemsize * kinds
+    if client is None:
+        free = available_memory()
+        budget = None if free is None else free / (_BLOCKS_PER_THREAD * (os.cpu_count() or 1))
+        where = f"this process has {{}} a block (the memory available over {_BLOCKS_PER_THREAD} " \
+                "blocks a core, Dask's local scheduler)"
+    else:
+        budgets = [w["memory_limit"] * _WORKER_MEMORY_FRACTION
+                   / (_BLOCKS_PER_THREAD * max(w["nthreads"] // threads, 1))
+                   for w in client.scheduler_info(n_workers=-1)["workers"].values()
+                   if w.get("memory_limit")]
+        budget = min(budgets) if budgets else None
+        where = (f"the smallest Dask worker has {{}} a block ({_WORKER_MEMORY_FRACTION:.0%} of its "
+                 f"memory limit over {_BLOCKS_PER_THREAD} blocks a thread)")
+    if budget is None or per_block <= budget:
+        return
+    rows = max(int(min(rows1, rows2) * 0.9 * (budget / per_block) ** 0.5), 1)
+    raise InputError(f"a kernel block of {rows1:,} x {rows2:,} rows ({kinds} kernel(s)) needs "
+                     f"{_size(per_block)}, but " + where.format(_size(budget)),
+                     hint=f"use smaller row chunks, e.g. x = x.rechunk({{0: {rows}}})")
 
 
 def active_client():
