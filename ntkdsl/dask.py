@@ -22,6 +22,7 @@ from .evaluation.dask_blocks import (
     check_finite_rows,
     chunk_bounds,
     is_dask_array,
+    mirrored_blocks,
     row_chunked,
 )
 from .evaluation.outputs import allocate_outputs, check_out
@@ -53,7 +54,8 @@ def gather(array: Any, out: np.ndarray | None = None) -> np.ndarray:
     With a distributed client, each block is fetched from the worker that computed it and
     copied into place as it completes, then released there — where ``array.compute()``
     first joins every block on one worker and sends the whole array on (two transfers and
-    a copy of N² entries: 2-5x slower in benchmarks/dask_speed.py). ``out``: a preallocated
+    a copy of N² entries: 2-5x slower in benchmarks/dask_speed.py). A self-kernel's block
+    below the diagonal is not fetched: it is its twin's transpose, written here. ``out``: a preallocated
     array or ``np.memmap`` of the kernel's shape and dtype to fill (else one is allocated
     after a memory check). Without a client, Dask's local scheduler stores into ``out``."""
     if not is_dask_array(array) or array.ndim != 2:
@@ -74,12 +76,19 @@ def gather(array: Any, out: np.ndarray | None = None) -> np.ndarray:
 
     starts = [chunk_bounds(chunks) for chunks in array.chunks]
     blocks = array.to_delayed()
+    mirrors = mirrored_blocks(array)  # fetched once, as their twins' transposes
+    twins: dict[tuple, list] = {}
+    for below, above in mirrors.items():
+        twins.setdefault(above, []).append(below)
     places = {}
     for i, j in np.ndindex(blocks.shape):
-        places[client.compute(blocks[i, j])] = (slice(starts[0][i], starts[0][i + 1]),
-                                                slice(starts[1][j], starts[1][j + 1]))
+        if (i, j) not in mirrors:
+            places[client.compute(blocks[i, j])] = (i, j)
     for future, block in as_completed(places, with_results=True):
-        out[places.pop(future)] = block
+        i, j = places.pop(future)
+        out[starts[0][i]:starts[0][i + 1], starts[1][j]:starts[1][j + 1]] = block
+        for r, c in twins.get((i, j), ()):
+            out[starts[0][r]:starts[0][r + 1], starts[1][c]:starts[1][c + 1]] = block.T
         future.release()
     return out
 

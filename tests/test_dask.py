@@ -362,6 +362,28 @@ def test_gather_assembles_blocks_on_the_client(client, net, data, tmp_path):
         ntkdsl.dask.gather(T, np.empty((3, 3)))
 
 
+def test_gather_fetches_each_mirrored_pair_once(client, net, data, monkeypatch):
+    """A self-kernel's blocks below the diagonal are written from their twins on the client:
+    10 of 16 blocks fetched for 4 chunks; a cross-kernel or a sliced kernel fetches all."""
+    from distributed import Client
+
+    x, y = data
+    fetched = []
+    real = Client.compute
+    monkeypatch.setattr(Client, "compute",
+                        lambda self, value, **kw: fetched.append(value) or real(self, value, **kw))
+    X = da.from_array(x, chunks=(60, -1))
+    np.testing.assert_array_equal(ntkdsl.dask.gather(net.ntk(X)), net.ntk(x))
+    assert len(fetched) == 10
+    fetched.clear()
+    np.testing.assert_array_equal(ntkdsl.dask.gather(net.ntk(X, da.from_array(y, chunks=40))),
+                                  net.ntk(x, y))
+    assert len(fetched) == 4 * 2
+    fetched.clear()
+    np.testing.assert_array_equal(ntkdsl.dask.gather(net.ntk(X)[:, 10:]), net.ntk(x)[:, 10:])
+    assert len(fetched) == 16
+
+
 def test_the_core_does_not_import_dask():
     """ntkdsl's kernels, solvers and estimators run without Dask: it is imported only when the
     inputs already are Dask arrays (the user imported it)."""

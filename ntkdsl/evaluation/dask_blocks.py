@@ -137,6 +137,17 @@ def _kernel_array(pairs: tuple, k: int, kind: str, x1, x2, dt: np.dtype):
     return da.Array(HighLevelGraph(layers, dependencies), out, chunks=chunks, dtype=dt)
 
 
+def mirrored_blocks(array) -> dict[tuple[int, int], tuple[int, int]]:
+    """For a self-kernel as ``lazy_kernels`` returned it, each block below the diagonal and
+    the block above it whose transpose it is; {} for any other Dask array (a sliced or
+    computed-upon kernel included: its blocks are its own)."""
+    if not array.name.startswith("ntkdsl-"):
+        return {}
+    layer = array.__dask_graph__().layers.get(array.name, {})
+    return {key[1:]: task[1][1:] for key, task in dict(layer).items()
+            if isinstance(task, tuple) and task[0] is _transposed}
+
+
 def _picked(pair: tuple, k: int) -> np.ndarray:
     return pair[k]
 
