@@ -159,6 +159,7 @@ def _one_worker_seconds(net, x, chunk: int, repeat: int, busy: bool) -> float:
 def nystrom(options) -> None:
     """In-process against cluster Nyström fits (and predictions) of the same data."""
     import dask.array as da
+    import distributed
 
     from ntkdsl.nystrom import nystrom_ensemble
 
@@ -179,8 +180,11 @@ def nystrom(options) -> None:
         for _ in range(options.repeat):
             seconds, local = _timed(lambda: nystrom_ensemble(ARCH, x, y, m).predict(x_test, times))
             best["in-process"] = min(best["in-process"], seconds)
-            seconds, spread = _timed(lambda: nystrom_ensemble(ARCH, X, y, m).predict(x_test, times))
+            with distributed.get_task_stream(client) as ts:
+                seconds, spread = _timed(
+                    lambda: nystrom_ensemble(ARCH, X, y, m).predict(x_test, times))
             best["cluster"] = min(best["cluster"], seconds)
+            stream = ts.data
             gap = np.abs(spread.mean - local.mean).max() / np.abs(local.mean).max()
     client.close()
     cluster.close()
@@ -188,6 +192,35 @@ def nystrom(options) -> None:
         print(f"  {what:<12} {seconds:8.1f} s   {seconds / best['in-process']:5.2f}x in-process")
     print(f"  predictions of the two fits differ by {gap:.1e} of the largest (best of "
           f"{options.repeat}; {busy_note(options.busy)}; load {os.getloadavg()[0]:.1f} at the end)")
+    _nystrom_scale_out(stream, chunk, m, best["cluster"])
+
+
+def _nystrom_scale_out(stream: list[dict], chunk: int, m: int, cluster_seconds: float,
+                       n: int = 1_000_000, workers: int = 100, gb_per_s: float = 1.0) -> None:
+    """The README's model of a Nyström fit on a larger cluster: the row chunks' tasks (each
+    chunk's features against the landmarks and its C = ΦᵀΦ, ΦᵀY), as long as measured here
+    per row, spread evenly over the workers; then the tree reduction, log2(chunks) rounds
+    each sending one m x m partial sum at ``gb_per_s``; the rest of this run's time (the
+    landmarks' kernel and factor, the m x m eigendecomposition and the predictions, on the
+    client) unchanged."""
+    chunk_tasks = [step["stop"] - step["start"] for record in stream
+                   if "_checked_call" in str(record.get("key"))
+                   for step in record.get("startstops", ()) if step["action"] == "compute"]
+    if not chunk_tasks:
+        return
+    per_row = statistics.median(chunk_tasks) / chunk
+    on_workers = sum(chunk_tasks)
+    rest = max(cluster_seconds - on_workers / 2, 0.0)  # two workers here
+    chunks = -(-n // chunk)
+    compute = -(-chunks // workers) * chunk * per_row
+    reduce = np.log2(max(chunks, 2)) * m * m * 8 / (gb_per_s * 1e9)
+    print(f"  {len(chunk_tasks)} row-chunk tasks of {chunk:,} rows: median "
+          f"{statistics.median(chunk_tasks):.2f} s ({per_row * 1e6:.1f} us a row); the rest of "
+          f"the fit (client) about {rest:.1f} s")
+    print(f"  model, N={n:,} on {workers} workers of one core: {chunks} chunk tasks, "
+          f"{compute:.0f} s of features and C, the tree reduction of m x m sums "
+          f"{reduce:.1f} s at {gb_per_s:.0f} GB/s, the client's part {rest:.0f} s: "
+          f"about {(compute + reduce + rest) / 60:.1f} min")
 
 
 def _scale_out(seconds_per_entry: float, bytes_per_entry: float, n: int = 1_000_000,

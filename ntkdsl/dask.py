@@ -118,8 +118,8 @@ def sum_over_row_chunks(function, x: Any, y: Any, *shared: Any, name: str = "x_t
     if is_dask_array(y):
         y_chunks = list(y.rechunk((x.chunks[0],) + y.shape[1:]).to_delayed().ravel())
     else:
-        y_chunks = [y[a:b] for a, b in itertools.pairwise(bounds)]
-    shared = [dask.delayed(value, traverse=False) for value in shared]
+        y_chunks = _on_the_cluster([y[a:b] for a, b in itertools.pairwise(bounds)])
+    shared = _on_the_cluster(shared, broadcast=True)
     parts = [dask.delayed(_checked_call)(function, chunk, y_chunk, int(first), name, *shared)
              for chunk, y_chunk, first in zip(x.to_delayed().ravel(), y_chunks, bounds)]
     while len(parts) > 1:  # a balanced tree: log2(chunks) rounds of pairwise sums
@@ -137,7 +137,7 @@ def map_row_chunks(function, x: Any, shapes, *shared: Any, axis: int = 0,
 
     x = row_chunked(x, name)
     bounds = chunk_bounds(x.chunks[0])
-    shared = [dask.delayed(value, traverse=False) for value in shared]
+    shared = _on_the_cluster(shared, broadcast=True)
     results = [dask.delayed(_checked_call)(function, chunk, None, int(first), name, *shared)
                for chunk, first in zip(x.to_delayed().ravel(), bounds)]
     arrays = []
@@ -146,6 +146,21 @@ def map_row_chunks(function, x: Any, shapes, *shared: Any, axis: int = 0,
                   for result, rows in zip(results, x.chunks[0])]
         arrays.append(da.concatenate(pieces, axis=axis))
     return arrays
+
+
+def _on_the_cluster(values, broadcast: bool = False) -> list:
+    """``values`` as task arguments: with a distributed client, sent to the workers first
+    (to every worker with ``broadcast``: each chunk's task needs them) so the graph holds
+    only their keys, not megabytes of matrices; else wrapped for Dask's local schedulers."""
+    import dask
+    from dask.base import get_scheduler
+
+    client = active_client()
+    if client is None or getattr(get_scheduler(), "__self__", None) is not client:
+        return [dask.delayed(value, traverse=False) for value in values]
+    # A list is scattered element by element, each element whole (a dict given alone would
+    # be scattered value by value, under its own keys as the futures' names).
+    return client.scatter(list(values), broadcast=broadcast, hash=False)
 
 
 def _checked_call(function, chunk, y_chunk, first_row: int, name: str, *shared):

@@ -327,6 +327,24 @@ def test_cluster_nystrom_fit_equals_in_process(client):
                                atol=1e-12)
 
 
+def test_cluster_nystrom_sends_its_matrices_to_the_workers_not_in_the_graph(client):
+    """The landmarks' factor (m x m) and the targets are scattered to the workers once; the
+    task graph holds their keys only (Dask warns of a graph over 10 MB: here it would be 12)."""
+    import warnings
+
+    from ntkdsl.nystrom import nystrom_ensemble
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2400, 6))
+    y = np.sin(x[:, 0])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*large graph")
+        spread = nystrom_ensemble(ARCH, da.from_array(x, chunks=(600, -1)), y, 1200)
+        got = spread.predict(da.from_array(x[:500], chunks=(250, -1)), [10.0]).mean.compute()
+    local = nystrom_ensemble(ARCH, x, y, 1200)
+    np.testing.assert_allclose(got, local.predict(x[:500], [10.0]).mean, rtol=1e-9, atol=1e-11)
+
+
 def test_estimators_fit_and_predict_dask_arrays_with_nystrom_on_the_workers():
     x, y, x_test = _nystrom_data()
     X, X_test = da.from_array(x, chunks=(200, -1)), da.from_array(x_test, chunks=(50, -1))
