@@ -126,13 +126,20 @@ def step_code(assignments, inputs: tuple[sp.Symbol, ...],
 def _fused(exprs: list[sp.Expr], emitter: Emitter) -> list[sp.Expr]:
     """Where the expressions call both of two functions one helper computes together (the
     printer's ``joint``) on the same arguments, one statement computes both, and the calls
-    become the two values it returns."""
+    become the two values it returns. An argument the other expressions read too is
+    computed once, before the call, and read by both."""
     calls = set().union(*(e.atoms(sp.Function) for e in exprs))
     for call in sorted(calls, key=sp.default_sort_key):
         joint = emitter.printer.joint(call, arrays=emitter.kind(call) == MATRIX)
         if joint is None or joint[0] not in calls:
             continue
         partner, _ = joint
+        rest = [e.xreplace({call: sp.Dummy(), partner: sp.Dummy()}) for e in exprs]
+        shared = {a: emitter.named(a) for a in call.args
+                  if not a.is_Symbol and emitter.kind(a) == MATRIX and any(e.has(a) for e in rest)}
+        if shared:
+            exprs = [e.xreplace(shared) for e in exprs]
+            call, partner = call.xreplace(shared), partner.xreplace(shared)
         first, second = emitter.joint(call)
         exprs = [e.xreplace({call: first, partner: second}) for e in exprs]
     return exprs

@@ -155,6 +155,18 @@ class Emitter:
                 self.vectors[index] = kind
         return symbols
 
+    def named(self, expr: sp.Expr) -> sp.Symbol:
+        """A symbol standing for the matrix ``expr``, computed here once (a new buffer):
+        a joint call's argument that other expressions of the step read too (a gradient
+        program's correlation, also in the derivatives) is then made in one pass, not once
+        inside the call and again as a common subexpression of the rest."""
+        index = self.emit(expr).index
+        symbol = sp.Dummy("named")
+        self.slots[symbol] = index
+        self.printer.names[symbol] = slot(index)
+        self.kinds[symbol] = MATRIX
+        return symbol
+
     def owned_once(self, shared, reduced) -> None:
         """Mark the joint values read exactly once in the step's (cse'd) expressions: that
         one reader may overwrite them."""

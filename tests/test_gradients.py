@@ -129,6 +129,15 @@ def test_gradient_order_follows_the_names():
                                b.ntk(x, eval_gradient=True)[1], rtol=1e-13, atol=1e-16)
 
 
+def test_each_correlation_is_computed_once():
+    """The fused arc-cosine call's argument, the correlation, is also read by the
+    derivatives: one pass makes it for both (it was made twice, once per reader)."""
+    arch = ArchTemplate("(Dense(8, W_std={w}, b_std={b}) > Relu) * 3 > Dense(1)", w=1.3, b=0.2)
+    source = ntkdsl.compile(arch, gradients=["w", "b"]).gradient_kernels("ntk").source
+    pair = source[source.index("def pair("):source.index("def diagonal(")]
+    assert pair.count("numpy.clip(") == 3
+
+
 def test_a_gradient_network_pickles_and_keeps_plain_kernels():
     arch = ArchTemplate("Dense(8, W_std={w}) > Erf > Dense(1)", w=1.3)
     net = ntkdsl.compile(arch, gradients=["w"])
