@@ -73,6 +73,75 @@ def friedman(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, (y - y.mean()) / y.std()
 
 
+TASKS = {"teacher-student (d=20)": lambda n: teacher_student(n, 20),
+         "Friedman #1 (d=20)": friedman}
+N_TEST = 2000
+
+
+def split(name: str, n: int):
+    """(x_train, y_train, x_test, y_test) of a task: N training and N_TEST test points."""
+    x, y = TASKS[name](n + N_TEST)
+    return x[:n], y[:n], x[n:], y[n:]
+
+
+def class_targets(y: np.ndarray) -> np.ndarray:
+    """A two-class task from the same inputs: the sign of the regression target, one-hot
+    centred (±0.5), so its accuracy is the argmax."""
+    return np.eye(2)[(y > 0).astype(int)] - 0.5
+
+
+# ----------------------------------------------------------------------------- exact reference
+
+def cache_file(options, name: str) -> Path:
+    slug = name.split(" ")[0].lower()
+    return Path(options.cache) / f"exact_{slug}_n{options.n}.npz"
+
+
+def exact(options) -> None:
+    """Exact eigensystems of the accuracy tasks, each in a fresh process (its own time and
+    peak RSS), saved to --cache for `accuracy --reference exact`."""
+    print(f"exact: {ARCH} NTK, N = {options.n}, {N_TEST} test points, eigendecomposition "
+          f"(dsyevd) of each task's training kernel, cached in {options.cache}   [{load()}]")
+    for name in TASKS:
+        r = run_child({"solver": "eigensystem", "task": name, "n": options.n,
+                       "cache": str(cache_file(options, name))})
+        if "error" in r:
+            print(f"  {name}: failed: {r['error']}")
+            continue
+        print(f"  {name}: kernels {r['kernels']:.0f} s, eigh {r['eigh']:.0f} s, total "
+              f"{r['total']:.0f} s, peak RSS {r['peak_rss']:.2f} GB   "
+              f"[{r['load_before']} .. {r['load_after']}]")
+
+
+def eigensystem_child(spec: dict) -> dict:
+    import scipy.linalg
+
+    import ntkdsl
+
+    x_train, y_train, x_test, _ = split(spec["task"], spec["n"])
+    targets = np.column_stack([y_train, class_targets(y_train)])
+    net = ntkdsl.compile(ARCH)
+    result = {"load_before": load()}
+    start = time.perf_counter()
+    kernel = net.ntk(x_train)
+    cross = net.ntk(x_test, x_train)
+    result["kernels"] = time.perf_counter() - start
+    # K is symmetric, so its transpose is the Fortran-ordered matrix LAPACK wants: with
+    # overwrite_a, dsyevd turns it into the eigenvectors in place (no 3.2 GB copy; its
+    # workspace is 2 N² more: ~10 GB at the peak at N = 20,000). dsyevd, not dsyevr: 5x
+    # faster on this machine at N = 3,000. Every time t and every diag_reg follow from
+    # λ, Vᵀ Y and K* V (K + r I has the same V, eigenvalues λ + r).
+    evals, evecs = scipy.linalg.eigh(kernel.T, overwrite_a=True, check_finite=False,
+                                     driver="evd")
+    result["eigh"] = time.perf_counter() - start - result["kernels"]
+    np.savez(spec["cache"], eigenvalues=evals, projected=evecs.T @ targets,
+             cross=cross @ evecs)
+    result["total"] = time.perf_counter() - start
+    result["peak_rss"] = peak_rss_gb()
+    result["load_after"] = load()
+    return result
+
+
 def rmse(a, b) -> np.ndarray:
     return np.sqrt(np.mean((a - b) ** 2, axis=-1))
 
@@ -147,6 +216,8 @@ CHILD_SOLVERS = ("exact", "nystrom", "cg")
 
 def child(spec: dict) -> dict:
     """One solver's fit and predictions in this (fresh) process: times and peak RSS."""
+    if spec["solver"] == "eigensystem":
+        return eigensystem_child(spec)
     import ntkdsl
     from ntkdsl.krylov import cg_ensemble
     from ntkdsl.nystrom import nystrom_ensemble
@@ -255,7 +326,7 @@ def main() -> None:
         print(json.dumps(child(json.loads(sys.argv[2]))))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("part", choices=["accuracy", "speed", "headline"])
+    parser.add_argument("part", choices=["accuracy", "speed", "headline", "exact"])
     parser.add_argument("--n", type=int, default=None,
                         help="training samples (default 20,000; headline 1,000,000)")
     parser.add_argument("--exact-n", type=int, default=None,
@@ -268,13 +339,17 @@ def main() -> None:
     parser.add_argument("--solvers", type=lambda s: s.split(","), default=list(CHILD_SOLVERS))
     parser.add_argument("--diag-reg", type=float, default=1e-4)
     parser.add_argument("--max-products", type=int, default=20_000)
+    parser.add_argument("--cache", default="/tmp/ntkdsl-large-n",
+                        help="exact: where the eigensystems are saved (a few hundred MB each)")
     options = parser.parse_args()
     if options.n is None:
         options.n = 1_000_000 if options.part == "headline" else 20_000
     if options.exact_n is None:
         options.exact_n = options.n
     options.times = np.array(options.times)
-    {"accuracy": accuracy, "speed": speed, "headline": headline}[options.part](options)
+    Path(options.cache).mkdir(parents=True, exist_ok=True)
+    {"accuracy": accuracy, "speed": speed, "headline": headline,
+     "exact": exact}[options.part](options)
 
 
 if __name__ == "__main__":
