@@ -421,3 +421,22 @@ def test_another_ridge_without_another_pass_equals_a_fresh_fit(data, net, absolu
     assert first.effective_diag_reg < moved.effective_diag_reg
     with pytest.raises(InputError, match="diag_reg"):
         first.with_diag_reg(-1.0)
+
+
+@pytest.mark.parametrize("t", [None, 10.0])
+def test_the_exact_solver_too_large_is_refused_before_work_naming_nystrom(data, net, t,
+                                                                          monkeypatch):
+    """The predict-level exact solver (no estimator in between) refuses a kernel whose
+    factorisation (t = ∞) or eigendecomposition (finite t) would not fit, before the
+    first N x N temporary, and names the solvers that would."""
+    import ntkdsl.evaluation.memory as memory
+
+    x, y, _ = data
+    kernel = net.ntk(x)
+    n_bytes = kernel.nbytes
+    budget = {None: 2 * n_bytes, 10.0: 3.5 * n_bytes}[t]  # t = 10: Cholesky fits, eigh not
+    monkeypatch.setattr(memory, "memory_limits", lambda: {"free memory": budget})
+    with pytest.raises(InputError, match="needs") as info:
+        gradient_descent_mse_ensemble(kernel, y, diag_reg=1e-3).predict(net.ntk(x[:3], x), t)
+    assert "nystrom_ensemble(arch, x_train, y_train, n_components=2000)" in info.value.hint
+    assert "cg_ensemble" in info.value.hint
