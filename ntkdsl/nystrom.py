@@ -31,6 +31,7 @@ well conditioned, with a :class:`~ntkdsl.predict.SingularKernelWarning` saying h
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -319,12 +320,26 @@ class NystromEnsemble:
         self.learning_rate = learning_rate
         raw, vectors = np.linalg.eigh(moments.gram)
         self.raw_eigenvalues = np.maximum(raw, 0.0)  # of K̃ = ΦΦᵀ (and C), rounding clipped
-        scale = 1.0 if absolute_scale else self.raw_eigenvalues.sum() / n_train
-        self.effective_diag_reg = diag_reg * scale
-        self.eigenvalues = _floor_eigenvalues(self.raw_eigenvalues + self.effective_diag_reg)
         self.eigenvectors = vectors
         self._projected_targets = vectors.T @ moments.targets  # Vᵀ ΦᵀY
         self._cross = moments.cross
+        self._set_ridge(diag_reg, absolute_scale)
+
+    def _set_ridge(self, diag_reg: float, absolute_scale: bool) -> None:
+        scale = 1.0 if absolute_scale else self.raw_eigenvalues.sum() / self.n_train
+        self.effective_diag_reg = diag_reg * scale
+        self.eigenvalues = _floor_eigenvalues(self.raw_eigenvalues + self.effective_diag_reg)
+
+    def with_diag_reg(self, diag_reg: float, *, absolute_scale: bool = False
+                      ) -> NystromEnsemble:
+        """The same ensemble with another ``diag_reg`` (relative to K̃'s mean diagonal, or
+        absolute), without another pass over the training rows: the ridge shifts the
+        eigenvalues of C and leaves its eigenvectors, so choosing it (say on validation
+        data) costs m operations per value."""
+        ridge = _check_nonnegative(diag_reg, "diag_reg")
+        other = copy.copy(self)
+        other._set_ridge(ridge, bool(absolute_scale))
+        return other
 
     @property
     def n_components(self) -> int:

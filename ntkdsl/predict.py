@@ -89,7 +89,11 @@ def solver_memory(n: int, *, eigen: bool) -> float:
 
 def _require_solver_memory(n: int, matrices: int, what: str) -> None:
     require_memory(8.0 * n * n * matrices, f"{what} of the {n} x {n} training kernel",
-                   hint="train on fewer samples (e.g. a random subset of the training set)")
+                   hint="use the Nyström solver, which never holds an N x N matrix: "
+                        "ntkdsl.nystrom.nystrom_ensemble(arch, x_train, y_train, "
+                        "n_components=2000) (or NTKRegressor(..., solver='nystrom')); or "
+                        "conjugate gradients on a kernel kept on disk: "
+                        "ntkdsl.krylov.cg_ensemble(np.memmap kernel, y_train)")
 
 
 class SingularKernelWarning(RuntimeWarning):

@@ -406,3 +406,37 @@ def test_csv_is_read_in_chunks_with_the_same_numbers_and_line_numbers(tmp_path, 
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match="line 41, column 'b': 'oops' is not a number"):
         fit.load_csv(path, "y")
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_another_ridge_without_another_pass_equals_a_fresh_fit(data, net, absolute):
+    x, y, x_test = data
+    first = nystrom_ensemble(net, x, y, 15, diag_reg=1e-4, diag_reg_absolute_scale=absolute)
+    fresh = nystrom_ensemble(net, x, y, 15, diag_reg=0.3, diag_reg_absolute_scale=absolute)
+    moved = first.with_diag_reg(0.3, absolute_scale=absolute)
+    assert moved.effective_diag_reg == pytest.approx(fresh.effective_diag_reg, rel=1e-12)
+    times = np.append(TIMES, np.inf)
+    close(moved.predict(x_test, times).mean, fresh.predict(x_test, times).mean, 1e-10)
+    # the first ensemble keeps its own ridge
+    assert first.effective_diag_reg < moved.effective_diag_reg
+    with pytest.raises(InputError, match="diag_reg"):
+        first.with_diag_reg(-1.0)
+
+
+@pytest.mark.parametrize("t", [None, 10.0])
+def test_the_exact_solver_too_large_is_refused_before_work_naming_nystrom(data, net, t,
+                                                                          monkeypatch):
+    """The predict-level exact solver (no estimator in between) refuses a kernel whose
+    factorisation (t = ∞) or eigendecomposition (finite t) would not fit, before the
+    first N x N temporary, and names the solvers that would."""
+    import ntkdsl.evaluation.memory as memory
+
+    x, y, _ = data
+    kernel = net.ntk(x)
+    n_bytes = kernel.nbytes
+    budget = {None: 2 * n_bytes, 10.0: 3.5 * n_bytes}[t]  # t = 10: Cholesky fits, eigh not
+    monkeypatch.setattr(memory, "memory_limits", lambda: {"free memory": budget})
+    with pytest.raises(InputError, match="needs") as info:
+        gradient_descent_mse_ensemble(kernel, y, diag_reg=1e-3).predict(net.ntk(x[:3], x), t)
+    assert "nystrom_ensemble(arch, x_train, y_train, n_components=2000)" in info.value.hint
+    assert "cg_ensemble" in info.value.hint
