@@ -424,7 +424,7 @@ def example_shape(arch: str, data: Dataset, shape: list[int] | None) -> tuple[in
     one; --shape, else the dataset's own image shape, for one with spatial layers. A shape
     whose values are not the rows' features, or whose spatial axes are not the filters',
     is refused here, in the terms the user gave it (--shape, or the dataset's images)."""
-    from ..ast import input_axes
+    from ..ast import _axes_text, input_axes  # the rank rule and its wording
     from ..parser import parse
 
     axes, fixed_by = input_axes(parse(arch), arch)
@@ -461,10 +461,6 @@ def example_shape(arch: str, data: Dataset, shape: list[int] | None) -> tuple[in
                               f"{features}), e.g. {_example_shape(data, axes)}, or filters "
                               f"with {_axes_text(rank)}")
     return chosen
-
-
-def _axes_text(count: int) -> str:
-    return f"{count} spatial axis" if count == 1 else f"{count} spatial axes"
 
 
 def _shape_letters(axes: int) -> str:
