@@ -432,9 +432,7 @@ def _needs_grid(node: Node, s: State, b: _Builder) -> None:
     """A convolution or pooling layer needs spatial axes: not after Flatten or a global
     pool, nor in a fully-connected network."""
     if s.layout is None:
-        raise b.error(f"{node} follows {s.last}, which leaves no spatial axes", node,
-                      hint="convolutions and pooling come before Flatten or a global pool, "
-                           "e.g. Conv(32, (3, 3)) > Relu > GlobalAvgPool > Dense(1)")
+        raise spatial.no_spatial_axes(str(node), s.last, source=b.source, span=node.span)
 
 
 def _conv(node: Conv, s: State, b: _Builder) -> State:

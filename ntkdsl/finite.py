@@ -85,6 +85,7 @@ from .evaluation import (
 )
 from .parser import parse
 from .printing import numpy_function
+from .spatial import check_valid_window, no_spatial_axes
 
 __all__ = [
     "FiniteNetwork",
@@ -499,14 +500,15 @@ class SumLayer:
 @dataclass
 class _Build:
     """What building needs besides the node: the source (for carets), the parameter list
-    it appends to, whether the network's inputs have spatial axes, and the floats per
-    example the forward pass keeps (for the memory checks)."""
+    it appends to, the positions of the network's inputs (none for vectors), and the
+    floats per example the forward pass keeps (for the memory checks)."""
 
     source: str
     specs: list[ParamSpec]
-    images: bool
+    inputs: tuple[int, ...]
     floats: int = 0
     positions: int = 1  # the most output positions of a layer with weights
+    joined: str | None = None  # the Flatten or global pool that left no spatial axes
 
 
 def _build(node: Node, shape: tuple[int, ...], build: _Build):
@@ -532,9 +534,11 @@ def _layer(node: Node, shape: tuple[int, ...], build: _Build):
         return layer, layer.out_shape
     if isinstance(node, GlobalPool):
         _check_spatial_input(node, shape, build)
+        build.joined = str(node)
         return GlobalPoolLayer(node, shape), shape[-1:]
     if isinstance(node, Flatten):
         _check_spatial_input(node, shape, build)
+        build.joined = str(node)
         return FlattenLayer(shape), (prod(shape),)
     if isinstance(node, Activation):
         return ActivationLayer(node), shape
@@ -580,13 +584,8 @@ def _check_spatial_input(node: Node, shape: tuple[int, ...], build: _Build) -> N
     """A Conv, pool or Flatten needs inputs that still have spatial axes."""
     if len(shape) > 1:
         return
-    if build.images:  # only Flatten and the global pools remove them
-        raise ArchitectureError(
-            f"{_name(node)} needs inputs with spatial axes, but a Flatten or global pool "
-            "before it has already joined the positions into one feature vector",
-            source=build.source, span=node.span,
-            hint="put Conv and pooling layers before the Flatten or global pool that ends "
-                 "the convolutional part; after it come Dense layers")
+    if build.joined is not None:  # only Flatten and the global pools remove them
+        raise no_spatial_axes(str(node), build.joined, source=build.source, span=node.span)
     raise ShapeError(
         f"{_name(node)} works on inputs with spatial axes, but the inputs are vectors of "
         f"{shape[0]} features", source=build.source, span=node.span,
@@ -605,13 +604,9 @@ def _check_window_input(node: Conv | Pool, shape: tuple[int, ...], build: _Build
             source=build.source, span=node.span,
             hint=f"give the {kind} one size per spatial axis, e.g. {(3,) * len(spatial)}, or "
                  f"inputs with {_axes_text(len(window))}")
-    if node.padding == "VALID" and any(w > n for w, n in zip(window, spatial)):
-        raise ShapeError(
-            f"{_name(node)}'s {kind} {window} is larger than its input's positions {spatial} "
-            "with padding='VALID', which leaves no output position",
-            source=build.source, span=node.span,
-            hint=f"use a {kind} of at most {spatial}, padding='SAME' or 'CIRCULAR', or "
-                 "larger inputs")
+    if node.padding == "VALID":
+        check_valid_window(str(node), window, spatial, source=build.source, span=node.span,
+                           inputs=build.inputs)
 
 
 # ----------------------------------------------------------------------------- the network
@@ -698,7 +693,7 @@ class FiniteNetwork:
     def _build(self, ast: Node, specs: list[ParamSpec]):
         """(root layer, output width, floats the forward pass keeps per example, the most
         positions a layer with weights has)."""
-        build = _Build(self.source, specs, images=len(self.input_shape) > 1)
+        build = _Build(self.source, specs, inputs=self.input_shape[:-1])
         root, out = _build(ast, self.input_shape, build)
         if len(out) > 1:
             text = self.source or str(ast)

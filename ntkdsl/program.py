@@ -26,6 +26,7 @@ from functools import cached_property, lru_cache
 import sympy as sp
 
 from .errors import ShapeError, Span
+from .spatial import check_valid_window, shape_text
 from .symbolic import AttributedSymbol
 
 
@@ -248,20 +249,16 @@ class SpatialPlan:
         """The most values a kernel variable holds per pair of inputs with this spatial
         shape, after checking that every window fits (ShapeError naming the layer)."""
         for check in self.windows:
-            sizes = tuple(axis_size(n, c) for n, c in zip(spatial, check.chains))
-            if any(n < w for n, w in zip(sizes, check.window)):
-                raise ShapeError(
-                    f"{check.layer} has a window of {_shape(check.window)} positions with "
-                    f"padding 'VALID', larger than its input here, {_shape(sizes)} (the "
-                    f"inputs are {_shape(spatial)})", source=self.source, span=check.span,
-                    hint="pass larger inputs, or use padding='SAME' or 'CIRCULAR'")
+            check_valid_window(check.layer, check.window,
+                               tuple(axis_size(n, c) for n, c in zip(spatial, check.chains)),
+                               source=self.source, span=check.span, inputs=spatial)
         for check in self.sums:
             shapes = [tuple(axis_size(n, c) for n, c in zip(spatial, chains))
                       for chains in check.branches]
             if len(set(shapes)) > 1:
                 raise ShapeError(
                     "the branches of this sum end with different spatial shapes for inputs "
-                    f"of {_shape(spatial)}: " + ", ".join(map(_shape, shapes)),
+                    f"of {shape_text(spatial)}: " + ", ".join(map(shape_text, shapes)),
                     source=self.source, span=check.span,
                     hint="give every branch the same strides and paddings (padding='SAME' "
                          "keeps the shape)")
@@ -272,10 +269,6 @@ class SpatialPlan:
                 count *= axis_size(n, c)
             most = max(most, count * count if layout.pairs else count)
         return most
-
-
-def _shape(sizes: tuple[int, ...]) -> str:
-    return " x ".join(map(str, sizes))
 
 
 @dataclass(frozen=True)

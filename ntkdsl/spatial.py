@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import sympy as sp
 
+from .errors import ArchitectureError, ShapeError, Span
 from .symbolic import KernelFunction
 
 
@@ -210,3 +211,39 @@ def ones(x: sp.Expr) -> sp.Expr:
 
 def with_diagonal(x: sp.Expr, v: sp.Expr) -> sp.Expr:
     return WithDiagonal(x, v)
+
+
+# ------------------------------------------------------------------- the layers' placement
+# Two rules of where spatial layers may go, checked by the kernels' derivation (and their
+# evaluation, once the input shape is known) and by finite networks: one wording for both.
+
+def check_valid_window(layer: str, window: tuple[int, ...], sizes: tuple[int, ...], *,
+                       source: str, span: Span | None,
+                       inputs: tuple[int, ...] | None = None) -> None:
+    """A 'VALID' filter or pooling ``window`` of ``layer`` (as written, at ``span`` of
+    ``source``) must fit the positions it meets, ``sizes`` (one per spatial axis; the
+    network's ``inputs``, where given, are named too): else a ShapeError."""
+    if all(n >= w for n, w in zip(sizes, window)):
+        return
+    given = "" if inputs is None else f" (the inputs are {shape_text(inputs)})"
+    raise ShapeError(
+        f"{layer} has a window of {shape_text(window)} positions with padding 'VALID', "
+        f"larger than its input here, {shape_text(sizes)}{given}, which leaves no output "
+        "position", source=source, span=span,
+        hint=f"use a window of at most {shape_text(sizes)} positions, padding='SAME' or "
+             "'CIRCULAR', or larger inputs")
+
+
+def no_spatial_axes(layer: str, after: str, *, source: str, span: Span | None) -> ArchitectureError:
+    """The error for a convolution or pooling ``layer`` (as written, at ``span``) placed
+    after ``after``, a layer that leaves no spatial axes (Flatten, a global pool, Dense of
+    a fully-connected network)."""
+    return ArchitectureError(
+        f"{layer} follows {after}, which leaves no spatial axes", source=source, span=span,
+        hint="convolutions and pooling come before Flatten or a global pool, e.g. "
+             "Conv(32, (3, 3)) > Relu > GlobalAvgPool > Dense(1)")
+
+
+def shape_text(sizes: tuple[int, ...]) -> str:
+    """Positions as ``4 x 4``."""
+    return " x ".join(map(str, sizes))

@@ -281,10 +281,17 @@ def test_digits_go_to_a_convolutional_architecture_as_8x8_images(monkeypatch, ca
 
 @pytest.mark.parametrize("argv, message", [
     ([CONV, "--dataset", "wine"], "wine has no known image shape"),
-    ([CONV, "--dataset", "digits", "--shape", "7,7,1"], "input_shape (7, 7, 1) holds 49 "
-                                                        "features, but X has 64 columns"),
-    ([CONV, "--dataset", "digits", "--shape", "64,1"], "whose filters have 2 spatial axes, "
-                                                       "takes 4-D channels-last images"),
+    ([CONV, "--dataset", "digits", "--shape", "7,7,1"],
+     "--shape 7,7,1 makes each row a 7x7x1 image of 49 values, but digits has 64 features "
+     "per row\ngive --shape H,W,C (channels last) with H*W*C = 64, e.g. 8,8,1"),
+    ([CONV, "--dataset", "digits", "--shape", "64,1"],
+     "--shape 64,1 makes each row a 64x1 image, with 1 spatial axis, but the filters and "
+     "windows of this architecture have 2 spatial axes"),
+    (["Conv(8, (3,)) > Relu > Flatten > Dense(1)", "--dataset", "digits"],
+     "the digits rows are 8x8x1 images (the dataset's own shape), with 2 spatial axes, but "
+     "the filters and windows of this architecture have 1 spatial axis (Conv(8, (3,)))\n"
+     "    Conv(8, (3,)) > Relu > Flatten > Dense(1)\n    ^^^^^^^^^^^^^\n"
+     "give --shape L,C (channels last, product 64), e.g. 64,1, or filters with 2 spatial axes"),
     ([ARCH, "--dataset", "digits", "--shape", "8,8,1"], "--shape 8,8,1 is for convolutional "
                                                         "architectures"),
 ])
@@ -292,6 +299,7 @@ def test_image_shapes_that_do_not_fit_are_errors(local_kernel, capsys, argv, mes
     assert main(["fit", *argv]) == 1
     err = capsys.readouterr().err
     assert message in err
+    assert "input_shape" not in err  # what the user gave: --shape or the dataset's images
 
 
 def test_a_bad_shape_option_is_a_usage_error(capsys):

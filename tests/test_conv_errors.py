@@ -236,3 +236,24 @@ def test_images_with_other_channels_or_features_than_fitted():
         ntkdsl.compile(DENSE).nngp(rows, fewer)
     with pytest.raises(InputError, match="X has 24 features, but NTKClassifier is expecting 25"):
         NTKClassifier(DENSE).fit(rows, [0, 1, 0, 1]).predict(fewer)
+
+
+@pytest.mark.parametrize("arch, shape, error", [
+    ("Conv(4, (3, 3)) > Relu > Conv(4, (4, 2)) > Flatten > Dense(1)", (5, 5, 2), ShapeError),
+    ("Conv(4, (3, 3)) > AvgPool((5, 5)) > Flatten > Dense(1)", (6, 6, 1), ShapeError),
+    ("Conv(4, (3, 3)) > Flatten > Conv(4, (2, 2)) > Flatten > Dense(1)", (5, 5, 1),
+     ArchitectureError),
+    ("Conv(4, (3, 3)) > GlobalAvgPool > AvgPool((2, 2)) > Dense(1)", (5, 5, 1),
+     ArchitectureError),
+])
+def test_the_kernels_and_finite_networks_refuse_a_misplaced_or_oversized_window_alike(
+        arch, shape, error):
+    # One check each (ntkdsl.spatial), so the analytic kernels and a finite network of the
+    # same architecture give the very same message, caret and hint.
+    from ntkdsl.finite import FiniteNetwork
+    with pytest.raises(error) as kernels:
+        ntkdsl.compile(arch).ntk(np.ones((2, *shape)))
+    with pytest.raises(error) as finite:
+        FiniteNetwork(arch, shape)
+    assert str(kernels.value) == str(finite.value)
+    assert "VALID" in str(kernels.value) or "which leaves no spatial axes" in str(kernels.value)

@@ -375,16 +375,16 @@ def test_a_conv_after_flatten_or_a_global_pool_is_refused_with_a_caret():
                          "AvgPool((2, 2))"),
                         ("Conv(4, (3, 3)) > Flatten > GlobalSumPool > Dense(1)",
                          "GlobalSumPool")):
-        with pytest.raises(ArchitectureError, match="already joined the positions") as info:
+        with pytest.raises(ArchitectureError, match="which leaves no spatial axes") as info:
             empirical_ntk(arch, _images((5, 5, 1)), width=4)
-        _message(info, "^" * len(layer), "put Conv and pooling layers before the Flatten")
+        _message(info, "^" * len(layer), "convolutions and pooling come before Flatten")
         assert info.value.column == arch.index(layer) + 1
 
 
 def test_a_filter_larger_than_a_valid_input_is_refused_with_a_caret():
     arch = "Conv(4, (3, 3)) > Relu > Conv(4, (4, 2)) > Flatten > Dense(1)"
-    with pytest.raises(ShapeError, match=r"filter \(4, 2\) is larger than its input's "
-                                         r"positions \(3, 3\) with padding='VALID'") as info:
+    with pytest.raises(ShapeError, match=r"window of 4 x 2 positions with padding 'VALID', "
+                                         r"larger than its input here, 3 x 3") as info:
         FiniteNetwork(arch, (5, 5, 2))
     assert info.value.column == arch.index("Conv(4, (4, 2))") + 1
     _message(info, "^" * len("Conv(4, (4, 2))"), "padding='SAME'")

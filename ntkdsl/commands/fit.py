@@ -421,23 +421,60 @@ class Run:
 
 def example_shape(arch: str, data: Dataset, shape: list[int] | None) -> tuple[int, ...] | None:
     """The shape each row becomes for the architecture: None (rows) for a fully-connected
-    one; --shape, else the dataset's own image shape, for one with spatial layers."""
-    from ..ast import input_axes
+    one; --shape, else the dataset's own image shape, for one with spatial layers. A shape
+    whose values are not the rows' features, or whose spatial axes are not the filters',
+    is refused here, in the terms the user gave it (--shape, or the dataset's images)."""
+    from ..ast import _axes_text, input_axes  # the rank rule and its wording
     from ..parser import parse
 
-    if input_axes(parse(arch), arch)[0] == 0:
+    axes, fixed_by = input_axes(parse(arch), arch)
+    if axes == 0:
         if shape is not None:
             raise InputError(f"--shape {','.join(map(str, shape))} is for convolutional "
                              "architectures; this one is fully connected and takes the rows "
                              "as they are", hint="drop --shape")
         return None
+    features = data.X.shape[1]
     if shape is None and data.image_shape is None:
         raise InputError(
             f"this architecture has spatial layers, so it takes images, but {data.name} has no "
             f"known image shape", hint=f"give one with --shape H,W,C (channels last, "
-                                       f"H*W*C = {data.X.shape[1]} features), or use "
+                                       f"H*W*C = {features} features), or use "
                                        f"--dataset {', '.join(IMAGE_SHAPES)}")
-    return tuple(shape) if shape is not None else data.image_shape
+    chosen = tuple(shape) if shape is not None else data.image_shape
+    rank = len(chosen) - 1  # spatial axes, then the channels
+    image = f"{'x'.join(map(str, chosen))} image"
+    given = (f"--shape {','.join(map(str, shape))} makes each row a {image}" if shape is not None
+             else f"the {data.name} rows are {image}s (the dataset's own shape)")
+    if math.prod(chosen) != features:
+        raise InputError(f"{given} of {math.prod(chosen)} values, but {data.name} has "
+                         f"{features} features per row",
+                         hint=f"give --shape {_shape_letters(rank)} (channels last) with "
+                              f"{'*'.join(_shape_letters(rank).split(','))} = {features}, "
+                              f"e.g. {_example_shape(data, rank)}")
+    if axes is not None and rank != axes:
+        layer, span = fixed_by
+        raise InputError(f"{given}, with {_axes_text(rank)}, but the filters and windows "
+                         f"of this architecture have {_axes_text(axes)} ({layer})",
+                         source=arch, span=span,
+                         hint=f"give --shape {_shape_letters(axes)} (channels last, product "
+                              f"{features}), e.g. {_example_shape(data, axes)}, or filters "
+                              f"with {_axes_text(rank)}")
+    return chosen
+
+
+def _shape_letters(axes: int) -> str:
+    """L,C / H,W,C / S1,S2,S3,C: the sizes of an image with ``axes`` spatial axes."""
+    names = {1: ["L"], 2: ["H", "W"]}.get(axes, [f"S{i + 1}" for i in range(axes)])
+    return ",".join([*names, "C"])
+
+
+def _example_shape(data: Dataset, axes: int) -> str:
+    """A --shape with ``axes`` spatial axes for the dataset's rows: its own image shape where
+    that has them, else all features along the first axis, one channel."""
+    if data.image_shape is not None and len(data.image_shape) == axes + 1:
+        return ",".join(map(str, data.image_shape))
+    return ",".join(map(str, (data.X.shape[1],) + (1,) * axes))
 
 
 def _fit_and_trace(args, data: Dataset, split, times: np.ndarray, step) -> Run:

@@ -86,6 +86,15 @@ def side_values(compiled: CompiledKernels, x: np.ndarray, dtype: np.dtype) -> li
             for i in range(len(parts[0]))] if parts else []
 
 
+def tile_values(mine: Sequence[np.ndarray], theirs: Sequence[np.ndarray], rows: slice,
+                cols: slice) -> list[np.ndarray]:
+    """The side values a tile of pairs reads: x's of its rows, then x''s of its columns,
+    each made contiguous (a slice of x''s values is a short run per position; a kernel
+    array multiplied by a contiguous row of them costs about 0.6x as much)."""
+    return ([v[..., rows, :] for v in mine]
+            + [np.ascontiguousarray(v[..., cols]) for v in theirs])
+
+
 def _per_image(x: np.ndarray, pairs: bool) -> int:
     positions = math.prod(x.shape[1:-1])
     return positions * positions if pairs else positions
@@ -153,8 +162,8 @@ class _Tiles:
         if gram.dtype != self.dtype:
             gram = gram.astype(self.dtype)
         with checked_program():  # the outputs are checked after the last tile
-            values = self.pair(gram, self.a.shape[-1], *(v[..., r0:r1, :] for v in self.mine),
-                               *(v[..., c0:c1] for v in self.theirs))
+            values = self.pair(gram, self.a.shape[-1],
+                               *tile_values(self.mine, self.theirs, slice(r0, r1), slice(c0, c1)))
         for i, out in self.stores:
             block = np.broadcast_to(values[i], (r1 - r0, c1 - c0))
             if self.symmetric and c0 < r1:  # on the diagonal: its upper triangle, mirrored
@@ -310,4 +319,4 @@ def diagonal_of_images(compiled: CompiledKernels, x: Any) -> tuple[np.ndarray, n
 
 
 __all__ = ["as_images", "check_pair", "diagonal_of_images", "diagonal_values",
-           "evaluate_images", "side_values"]
+           "evaluate_images", "side_values", "tile_values"]

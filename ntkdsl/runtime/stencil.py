@@ -159,11 +159,21 @@ def _st_sum_windows_flat(x, axes, window):
     short runs costs about 4x). The flattened add also adds into outputs whose shifted
     input lies outside the array (zero padding: nothing to add) but wraps onto another
     entry; those outputs are saved before and put back after. The same sums, in the same
-    order, as the general path."""
+    order, as the general path. The first offset's add writes the new array itself
+    (centre plus shifted input, no copy of x first), its wrapped outputs are x again."""
     flat_x = x.reshape(-1)
-    result = numpy.array(x, dtype=x.dtype)
+    plan = _st_flat_plan(x.shape, tuple(axes), window)
+    if not plan:
+        return numpy.array(x, dtype=x.dtype)
+    result = numpy.empty(x.shape, dtype=x.dtype)
     flat = result.reshape(-1)
-    for start, end, shift, edges in _st_flat_plan(x.shape, tuple(axes), window):
+    start, end, shift, edges = plan[0]
+    numpy.add(flat_x[start:end], flat_x[start + shift:end + shift], out=flat[start:end])
+    flat[:start] = flat_x[:start]
+    flat[end:] = flat_x[end:]
+    for index in edges:
+        result[index] = x[index]
+    for start, end, shift, edges in plan[1:]:
         saved = [result[index].copy() for index in edges]
         view = flat[start:end]
         numpy.add(view, flat_x[start + shift:end + shift], out=view)
