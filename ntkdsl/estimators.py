@@ -491,10 +491,10 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
             ArchTemplate ``arch`` (their values there are the start) and optionally of
             ``"diag_reg"`` (``diag_reg`` the start): fit first chooses these numbers by
             maximising the log marginal likelihood of the training targets (see
-            ``log_marginal_likelihood``) with its exact gradient, L-BFGS-B in log space
-            within the bounds (ntkdsl.sklearn.MarginalLikelihood). Integers (widths,
-            depths) stay grid/CV parameters.
-        n_restarts_optimizer: further L-BFGS-B runs from starts drawn log-uniformly within
+            ``log_marginal_likelihood``) with its exact gradient, by Fisher scoring in log
+            space within the bounds (ntkdsl.sklearn.MarginalLikelihood). Integers
+            (widths, depths) stay grid/CV parameters.
+        n_restarts_optimizer: further runs from starts drawn log-uniformly within
             the bounds (as scikit-learn's GaussianProcessRegressor), the best kept.
         random_state: seed (or RandomState) of those starts.
 
