@@ -136,6 +136,22 @@ def test_regressor_optimum_is_a_maximum(kind):
     assert reg.arch_ == TEMPLATE.template.format(w=reg.params_["w"], b=reg.params_["b"])
 
 
+def test_a_start_fisher_scoring_leaves_unfinished_is_finished_by_lbfgsb(monkeypatch):
+    """Fisher scoring stopped after one step (as at its step limit): L-BFGS-B finishes from
+    the best point, to the optimum the full search finds."""
+    import ntkdsl.sklearn
+
+    X, y = _data()
+    options = dict(kernel="nngp", diag_reg=0.1, optimize={**BOUNDS, "diag_reg": (1e-4, 1.0)})
+    full = NTKRegressor(TEMPLATE, **options).fit(X, y)
+    monkeypatch.setattr(ntkdsl.sklearn, "MAX_SCORING_STEPS", 1)
+    finished = NTKRegressor(TEMPLATE, **options).fit(X, y)
+    assert finished.log_marginal_likelihood_value_ == pytest.approx(
+        full.log_marginal_likelihood_value_, rel=1e-7)
+    for name, value in full.params_.items():
+        assert finished.params_[name] == pytest.approx(value, rel=1e-3)
+
+
 def test_restarts_are_reproducible_and_never_worse():
     X, y = _data(3)
     options = dict(kernel="nngp", diag_reg=0.1, optimize=dict(BOUNDS))
