@@ -26,7 +26,7 @@ contract — and ``X`` may also be given as images (n, 8, 8, 1) directly.
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -47,6 +47,7 @@ from .evaluation import (
     refuse_complex,
     require_memory,
 )
+from .evaluation.blas import _BlasLimit
 from .evaluation.dask_blocks import is_dask_array, row_chunked
 from .kinds import KINDS
 from .krylov import cg_ensemble
@@ -314,11 +315,16 @@ class _NTKEstimator(BaseEstimator):
                                          learning_rate=self.learning_rate,
                                          diag_reg=self.diag_reg_)
             return
-        self.ensemble_ = GradientFlowEnsemble(k_train, targets, kernel=self._train_kernel_name,
-                                              learning_rate=self.learning_rate,
-                                              diag_reg=self.diag_reg_)
-        # Factorise for the fitted time now, so a SingularKernelWarning is raised by fit().
-        self.ensemble_.prepare(self.time)
+        # After an evidence fit, BLAS stays at one thread for this factorisation too, as
+        # for the optimiser's few dozen of the same size: the first one at two threads after
+        # those took 140-180 ms beside other work (threads woken), against 0.6 ms.
+        with _BlasLimit() if fitted is not None else nullcontext():
+            self.ensemble_ = GradientFlowEnsemble(k_train, targets,
+                                                  kernel=self._train_kernel_name,
+                                                  learning_rate=self.learning_rate,
+                                                  diag_reg=self.diag_reg_)
+            # Factorise for the fitted time now, so a SingularKernelWarning is raised by fit().
+            self.ensemble_.prepare(self.time)
 
     def _maximise_evidence(self, X, targets):
         """With ``optimize``: the template's numbers (and diag_reg, if named) that maximise
@@ -491,10 +497,10 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
             ArchTemplate ``arch`` (their values there are the start) and optionally of
             ``"diag_reg"`` (``diag_reg`` the start): fit first chooses these numbers by
             maximising the log marginal likelihood of the training targets (see
-            ``log_marginal_likelihood``) with its exact gradient, L-BFGS-B in log space
-            within the bounds (ntkdsl.sklearn.MarginalLikelihood). Integers (widths,
-            depths) stay grid/CV parameters.
-        n_restarts_optimizer: further L-BFGS-B runs from starts drawn log-uniformly within
+            ``log_marginal_likelihood``) with its exact gradient, by Fisher scoring in log
+            space within the bounds (ntkdsl.sklearn.MarginalLikelihood). Integers
+            (widths, depths) stay grid/CV parameters.
+        n_restarts_optimizer: further runs from starts drawn log-uniformly within
             the bounds (as scikit-learn's GaussianProcessRegressor), the best kept.
         random_state: seed (or RandomState) of those starts.
 

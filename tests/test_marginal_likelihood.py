@@ -74,6 +74,34 @@ def test_evidence_gradient_matches_finite_differences(kind, kernel):
 
 
 @pytest.mark.parametrize("kind", ["nngp", "ntk"])
+def test_fisher_information_against_finite_differences_of_the_matrix(kind):
+    """The expected information the optimiser steps with, ½k tr(M⁻¹ ∂ᵢM M⁻¹ ∂ⱼM), against
+    the same trace from central differences of M = K + diag_reg·mean(diag K)·I (kernels
+    compiled at the shifted numbers) and numpy's inverse."""
+    from ntkdsl.sklearn import MarginalLikelihood
+
+    X, y = _data()
+    kernel = (NNGPKernel if kind == "nngp" else NTKKernel)(TEMPLATE, BOUNDS)
+    evidence = MarginalLikelihood(kernel, X, np.stack([y, -y, y ** 2], axis=1), 0.05,
+                                  (1e-4, 1.0))
+    theta = np.log([1.2, 0.4, 0.03])
+
+    def matrix(t):
+        w, b, ridge = np.exp(t)
+        K = getattr(ntkdsl.compile(ArchTemplate(TEMPLATE.template, w=w, b=b)), kind)(X)
+        return K + ridge * np.trace(K) / len(X) * np.eye(len(X))
+
+    h = 1e-5
+    slopes = [(matrix(theta + h * e) - matrix(theta - h * e)) / (2 * h) for e in np.eye(3)]
+    inverse = np.linalg.inv(matrix(theta))
+    expected = np.array([[0.5 * 3 * np.trace(inverse @ a @ inverse @ b) for b in slopes]
+                         for a in slopes])
+    fisher = evidence._point(theta).fisher()
+    assert np.allclose(fisher, expected, rtol=1e-6, atol=1e-8 * np.abs(expected).max())
+    assert np.all(np.linalg.eigvalsh(fisher) > 0)
+
+
+@pytest.mark.parametrize("kind", ["nngp", "ntk"])
 def test_regressor_optimum_is_a_maximum(kind):
     X, y = _data()
     reg = NTKRegressor(TEMPLATE, kernel=kind, diag_reg=0.1,
@@ -106,6 +134,22 @@ def test_regressor_optimum_is_a_maximum(kind):
     fitted = getattr(ntkdsl.compile(reg.arch_), kind)(X)
     assert np.allclose(fitted, reg.ensemble_.k_train_train, rtol=1e-12, atol=0)
     assert reg.arch_ == TEMPLATE.template.format(w=reg.params_["w"], b=reg.params_["b"])
+
+
+def test_a_start_fisher_scoring_leaves_unfinished_is_finished_by_lbfgsb(monkeypatch):
+    """Fisher scoring stopped after one step (as at its step limit): L-BFGS-B finishes from
+    the best point, to the optimum the full search finds."""
+    import ntkdsl.sklearn
+
+    X, y = _data()
+    options = dict(kernel="nngp", diag_reg=0.1, optimize={**BOUNDS, "diag_reg": (1e-4, 1.0)})
+    full = NTKRegressor(TEMPLATE, **options).fit(X, y)
+    monkeypatch.setattr(ntkdsl.sklearn, "MAX_SCORING_STEPS", 1)
+    finished = NTKRegressor(TEMPLATE, **options).fit(X, y)
+    assert finished.log_marginal_likelihood_value_ == pytest.approx(
+        full.log_marginal_likelihood_value_, rel=1e-7)
+    for name, value in full.params_.items():
+        assert finished.params_[name] == pytest.approx(value, rel=1e-3)
 
 
 def test_restarts_are_reproducible_and_never_worse():
