@@ -315,7 +315,17 @@ def derivative(phi: sp.Expr, variable: sp.Symbol = x) -> sp.Expr:
     """φ' almost everywhere — the one φ' of ntkdsl (the NTK's Γ̇, the numerical route's φ' and
     φ'', the finite networks' backward pass): the Dirac deltas that steps and sign differentiate
     into are dropped, as automatic differentiation of a finite network drops them (DESIGN §2)."""
-    return sp.diff(phi, variable).replace(sp.DiracDelta, lambda *args: sp.S.Zero)
+    out = sp.diff(phi, variable).replace(sp.DiracDelta, lambda *args: sp.S.Zero)
+    # sympy leaves d/dx sign(f) (floor, ceiling, step) unevaluated where it cannot tell that f is
+    # real (a Derivative no printer prints); it is 0 almost everywhere like the deltas.
+    if out.has(sp.Derivative):
+        out = out.replace(lambda e: isinstance(e, sp.Derivative) and isinstance(e.expr, _STEPWISE),
+                          lambda e: sp.S.Zero)
+        out = out.replace(lambda e: isinstance(e, sp.Subs) and e.expr == 0, lambda e: sp.S.Zero)
+    return out
+
+
+_STEPWISE = (sp.sign, sp.Heaviside, sp.floor, sp.ceiling)
 
 
 def derivative_vanishes(phi: sp.Expr) -> bool:

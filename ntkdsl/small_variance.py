@@ -22,6 +22,7 @@ to float64, when the code is printed.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from math import comb, factorial
@@ -55,7 +56,7 @@ class _Moment:
         """The terms |C_gd q^d exp(s_g q)| and their (real) sum at q, in mpmath."""
         total, size = mp.mpf(0), mp.mpf(0)
         for s, poly in self.groups.items():
-            weight = mp.exp(s * q)
+            weight = mp.exp(_mp_number(s) * q)
             for d, c in poly.items():
                 term = c * q ** d * weight
                 total += term
@@ -69,9 +70,8 @@ def small_variance_duals(terms, pair: Pair, exact_gamma: sp.Expr) -> tuple[sp.Ex
     ``terms`` [(c, m, λ, 0)]; None if no switch variance keeps both forms of every aₙ within
     MAX_LOSS (the caller then takes the numerical route)."""
     with mp.workdps(DIGITS):
-        numbers = [(mp.mpc(sp.N(sp.re(c), DIGITS), sp.N(sp.im(c), DIGITS)), m,
-                    mp.mpc(sp.N(sp.re(lam), DIGITS), sp.N(sp.im(lam), DIGITS)),
-                    sp.expand(lam ** 2 / 2)) for c, m, lam, _ in terms]
+        numbers = [(_mp_number(c), m, _mp_number(lam), sp.expand(lam ** 2 / 2))
+                   for c, m, lam, _ in terms]
         rho = max(abs(lam) ** 2 for _, _, lam, _ in numbers)
         choice = _switch(numbers, rho)
     if choice is None:
@@ -89,6 +89,15 @@ def small_variance_duals(terms, pair: Pair, exact_gamma: sp.Expr) -> tuple[sp.Ex
     series = MehlerSeries(sp.Integer(0), pair.q1, pair.q2, pair.k, table)
     gamma = SeriesWhere(exact_gamma, series)
     return gamma, SeriesWhere(sp.diff(exact_gamma, pair.k), series.diff(pair.k))
+
+
+@functools.cache
+def _mp_number(value: sp.Expr) -> mp.mpc:
+    """A sympy number (exact: exp(4)/2, 3 + I) as a DIGITS-digit mpmath complex. The
+    exponents s = λ²/2 stay sympy numbers, so that equal ones group exactly; sympy's
+    product of one with an mpmath number stays unevaluated when it is irrational."""
+    with mp.workdps(DIGITS):
+        return mp.mpc(sp.N(sp.re(value), DIGITS), sp.N(sp.im(value), DIGITS))
 
 
 def _flat(nested):

@@ -532,3 +532,15 @@ def test_trigonometric_function_of_a_quadratic_is_bounded_and_exact(body, f, fpr
     assert cpu < CPU_LIMIT
     for got, ref in zip(net.kernels(X), _one_layer_reference(net, f, fprime)):
         np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_step_of_an_expression_sympy_cannot_prove_real():
+    """sympy leaves d/dx sign(f) unevaluated where it cannot tell that f is real (a
+    PrintMethodNotImplementedError for Derivative from the numerical route's φ''; fuzz
+    finding). It is 0 almost everywhere: here sign(sqrt(|tanh x + 2|) ± 1) = 1, so φ = x
+    almost everywhere and the kernels are those of a linear network, NNGP = k, NTK = 2k."""
+    net = ntkdsl.compile('Dense(4) > Fn("x*sign(sqrt(abs(tanh(x) + 2)) + 1/sign(sin(x)))") > Dense(1)')
+    nngp, ntk = net.kernels(X)
+    k = X @ X.T / X.shape[1]
+    np.testing.assert_allclose(nngp, k, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ntk, 2 * k, rtol=1e-10, atol=1e-12)

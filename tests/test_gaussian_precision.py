@@ -25,6 +25,7 @@ import time
 import mpmath as mp
 import numpy as np
 import pytest
+import sympy as sp
 from test_closed_form_precision import _isserlis, failures_against, library_duals
 
 import ntkdsl
@@ -103,6 +104,10 @@ PHIS = {
     "x**2*cosh(x/2)": (lambda: mul(power(X, 2), cosh_(mp.mpf(1) / 2)), lambda x: x ** 2 * np.cosh(x / 2)),
     "sinh(x)*sin(x)": (lambda: mul(sinh_(1), sin_(1)), lambda x: np.sinh(x) * np.sin(x)),
     "cos(x)**4": (lambda: power(cos_(1), 4), lambda x: np.cos(x) ** 4),
+    # An irrational rate: its exponents λ²/2 = 1/(2e²), ... are sympy numbers that stay symbolic
+    # in a product with an mpmath number (a TypeError in the small-variance series, found by
+    # the fuzzer as Fn("exp((x) * ((e) * (e)))")).
+    "sinh(x/e)**4": (lambda: power(sinh_(1 / mp.e), 4), lambda x: np.sinh(x / np.e) ** 4),
 }
 
 
@@ -255,14 +260,9 @@ NUMPY_PHI = {"x**20*exp(x)": lambda x: x ** 20 * np.exp(x), "x**20*sin(x)": lamb
              "cos(x)**40": lambda x: np.cos(x) ** 40, "sinh(x)**40": lambda x: np.sinh(x) ** 40}
 
 
-@pytest.mark.parametrize("text", [
-    *FORMER_HANGS[:-1],
-    # Known defect of the numerical route, left to its owners: E[sinh(u)^80] at q = 0.05 has
-    # its mass at u ≈ 80 q = 4, eighteen standard deviations out, where its quadrature grid
-    # does not reach: 2.1e41 for 4.8e45 (q = 0.02: 2% off; q = 0.005: 2e-8).
-    pytest.param("sinh(x)**40", marks=pytest.mark.xfail(strict=True, reason="numerical route misses "
-                                                        "the far tail of exp(80 |u|)")),
-])
+# sinh(x)**40 is checked against its exact expansion below (test_far_tail_...): its mass
+# lies 18 standard deviations out, past where 120 Gauss–Hermite nodes are exact.
+@pytest.mark.parametrize("text", FORMER_HANGS[:-1])
 def test_former_hangs_agree_with_quadrature(text):
     """The numerical route's kernels of the former hangs against Gauss–Hermite quadrature of
     φ(u)φ(v) at variances about 0.05 (where φ stays moderate and 120 nodes are exact)."""
@@ -274,6 +274,102 @@ def test_former_hangs_agree_with_quadrature(text):
             q1, q2, k = x[i] @ x[i] / 2, x[j] @ x[j] / 2, x[i] @ x[j] / 2
             want = quadrature(NUMPY_PHI[text], q1, q2, min(1.0, k / math.sqrt(q1 * q2)))
             assert nngp[i, j] == pytest.approx(want, rel=1e-8, abs=1e-300), (i, j)
+
+
+# φ growing like exp(λ|x|) on the numerical route: E[φ(u)²] has its mass near u = 2λq, which
+# is z = 2λ√q standard deviations out — sinh(x)**40 at q = 0.05: z ≈ 18, past the |z| <= 14
+# of the engine's grids (it gave 2.1e41 for 4.8e45). The engine widens the grid to that
+# mass (up to |z| = 37, where the Gaussian weight underflows float64) or refuses.
+FAST_GROWING = {
+    "sinh(x)**40": lambda: power(sinh_(1), 40),
+    "cosh(x)**30": lambda: power(cosh_(1), 30),
+    "x**8*exp(4*x)": lambda: mul(power(X, 8), exp_(4)),
+    "exp(x)**30*x**10": lambda: mul(power(X, 10), exp_(30)),
+}
+FAR_TAIL_VARIANCES = [0.01, 0.05, 0.1, 0.2, 0.5, 2.0]
+
+
+def _pair_with(q1, q2, c):
+    """Two inputs of Dense(1)'s pre-activation variances q1, q2 and correlation c."""
+    r1, r2 = math.sqrt(2 * q1), math.sqrt(2 * q2)
+    return np.array([[r1, 0.0], [r2 * c, r2 * math.sqrt(1 - c * c)]])
+
+
+@pytest.mark.parametrize("text", list(FAST_GROWING))
+def test_far_tail_of_fast_growing_activations_exact_or_refused(text):
+    """Dense(1) > φ > Dense(1): NNGP = Γ, NTK = Γ + k Γ̇, within the route's bound (1e-11 of
+    sqrt(E[φ(u)²] E[φ(v)²]), and of the same for φ' in the NTK; 1e-9 here) of the exact
+    expectation of φ's expansion into x^m exp(λx) in mpmath, or NumericalError, at every
+    variance — and computed, not refused, up to q = 0.05 (the issue's case)."""
+    net = ntkdsl.compile(f'Dense(1) > Fn("{text}") > Dense(1)')
+    expansion = FAST_GROWING[text]
+    computed = []
+    for q, c in [(q, c) for q in FAR_TAIL_VARIANCES for c in (0.3, -0.7)]:
+        try:
+            nngp, ntk = net.kernels(_pair_with(q, 1.1 * q, c))
+        except ntkdsl.NumericalError as err:
+            assert "standard deviations" in str(err) or "not finite" in str(err), str(err)
+            continue
+        computed.append(q)
+        with mp.workdps(60):
+            f = expansion()
+            d = _derivative(f)
+            q1, q2 = mp.mpf(q), mp.mpf(1.1 * q)
+            k = mp.mpf(c) * mp.sqrt(q1 * q2)
+            gamma, dot = _expectation(f, f, q1, q2, k)[0], _expectation(d, d, q1, q2, k)[0]
+            moments = [_expectation(h, h, v, v, v)[0] for h in (f, d) for v in (q1, q2)]
+            bound = mp.sqrt(moments[0] * moments[1])
+            bound_ntk = bound + abs(k) * mp.sqrt(moments[2] * moments[3])
+            wants = [(nngp[0, 0], moments[0], moments[0]), (nngp[0, 1], gamma, bound),
+                     (ntk[0, 1], gamma + k * dot, bound_ntk)]
+        for got, want, scale in wants:
+            assert abs(got - float(want)) <= 1e-9 * float(scale), (text, q, c, got, float(want))
+    assert {0.01, 0.05} <= set(computed), computed
+
+
+def test_far_tail_refused_with_reason():
+    """sinh(x)**40 at q = 0.2: the mass of φ(u)² is about 36 standard deviations out, beyond
+    float64's Gaussian weight — a NumericalError naming the layer and the variance, not the
+    silently wrong number of a truncated grid (E[φ²] itself is finite there, about 1e254)."""
+    net = ntkdsl.compile('Dense(1) > Fn("sinh(x)**40") > Dense(1)')
+    with pytest.raises(ntkdsl.NumericalError, match=r"sinh\(x\)\*\*40.*q = 0\.2.*standard deviations"):
+        net.nngp(_pair_with(0.2, 0.2, 0.3))
+
+
+def _mehler_polynomial(coefficients, q1, q2, k):
+    """E[p(u) p(v)] = Σ_m k^m/m! E[p⁽ᵐ⁾(u)] E[p⁽ᵐ⁾(v)] in mpmath, with E[u^j] = (j-1)!! q^(j/2)
+    (the Hermite expansion of a polynomial, written out here)."""
+    def mean(c, q):
+        return mp.fsum(a * mp.fac2(j - 1) * q ** (j // 2) for j, a in enumerate(c) if j % 2 == 0)
+    total, c = mp.mpf(0), [mp.mpf(a) for a in coefficients]
+    for m in range(len(c)):
+        total += k ** m / mp.factorial(m) * mean(c, q1) * mean(c, q2)
+        c = [j * a for j, a in enumerate(c)][1:]  # p' coefficients
+    return total
+
+
+def test_dense_polynomial_composition_on_the_numerical_route():
+    """(Polynomial([5 coefficients])) * 3 is a dense polynomial of degree 64: its Hermite sum
+    has 1,089 terms of 60-digit rationals, and generating code for it took 4.4 s (fuzz
+    finding); past gaussian.POLYNOMIAL_TERMS it takes the numerical route, whose series ends
+    at the degree — within the route's bound of the Hermite expansion summed in mpmath."""
+    coef = [-1.29, -1.08, 1.67, 0.94, -0.679]
+    net = ntkdsl.compile(f"Dense(2, W_std=0.6) > (Polynomial({coef})) * 3 > Dense(1)")
+    assert "numerical" in str(net.formula("nngp"))
+    t = sp.Symbol("t")
+    p = sum(sp.Rational(str(a)) * t ** i for i, a in enumerate(coef))
+    composed = sp.Poly(sp.expand(p.subs(t, p.subs(t, p))), t).all_coeffs()[::-1]
+    x = np.array([[0.5, 0.3], [-0.2, 0.6], [0.4, 0.25]])
+    nngp = net.nngp(x)
+    with mp.workdps(60):
+        exact_coef = [mp.mpf(sp.Rational(a).p) / sp.Rational(a).q for a in composed]
+        cov = (0.36 * x @ x.T / 2).tolist()
+        want = [[_mehler_polynomial(exact_coef, mp.mpf(cov[i][i]), mp.mpf(cov[j][j]), mp.mpf(cov[i][j]))
+                 for j in range(3)] for i in range(3)]
+    for i in range(3):
+        for j in range(3):
+            scale = math.sqrt(float(want[i][i]) * float(want[j][j]))
+            assert abs(nngp[i, j] - float(want[i][j])) <= 1e-10 * scale, (i, j, nngp[i, j], want[i][j])
 
 
 def test_constant_variances_after_sign():

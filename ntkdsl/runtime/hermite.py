@@ -16,8 +16,18 @@ _HD_TERMS = 320  # Hermite terms computed per variance
 _HD_COLLINEAR = 1e-12
 _HD_GL_X, _HD_GL_W = numpy.polynomial.legendre.leggauss(16)
 # Fixed panels of width 1/4 on [-14, 14] (edge at 0): exp(-z**2/4) bounds every h_n term
-# beyond, below 1e-21.
-_HD_EDGES = numpy.linspace(-14.0, 14.0, 113)
+# beyond, below 1e-21, for a φ of moderate growth.
+_HD_REACH = 14.0
+_HD_EDGES = numpy.linspace(-_HD_REACH, _HD_REACH, 113)
+# A φ growing like exp(λ|x|) (sinh(x)**40, x**20*exp(x), cosh(x)**k) puts the mass of
+# φ(√q z)² near z = 2λ√q, possibly past 14 (sinh(x)**40 at q = 0.05: z ≈ 18). _hd_reach
+# probes φ at whole z out to _HD_MAX_REACH and widens the grid to where the mass left out
+# is below _HD_TAIL of the moment — by Cauchy–Schwarz each coefficient is then off by at
+# most sqrt(_HD_TAIL) = 1e-12 of sqrt(E[φ²]) — or refuses: past z = 37 the Gaussian weight
+# (1e-298) underflows float64, so no float64 quadrature reaches that mass.
+_HD_MAX_REACH = 37.0
+_HD_PROBE = numpy.arange(0.0, _HD_MAX_REACH)
+_HD_TAIL = 1e-24
 # The fixed grid resolves φ(sqrt(q) z) while sqrt(q) is at most this (features of φ at scale 1 in
 # x are 1/sqrt(q) wide in z); beyond it, and for kinks away from 0, panels follow φ's scale.
 _HD_FIXED_SCALE = 10.0
@@ -121,13 +131,15 @@ def _hd_grid_resolves(f, kinks):
     return not any(b != 0 for b in kinks) and not getattr(f, "singular", ())
 
 
-def _hd_graded(f, s, kinks):
+def _hd_graded(f, s, kinks, reach=None):
     """The same on grids graded towards each feature of φ (0 and its kinks) at φ's own
-    scale (_hd_feature_edges): the node count grows with log(q), not with q."""
+    scale (_hd_feature_edges): the node count grows with log(q), not with q. ``reach``
+    (per scale, from _hd_reach) widens a row's grid past |z| = 14."""
     coefficients = numpy.empty((len(s), _HD_TERMS))
     moments = numpy.empty(len(s))
     for i in range(len(s)):  # one variance at a time bounds memory; rows are few here
-        edges = _hd_feature_edges(_HD_EDGES, _hd_features(f, kinks, s[i], 0.0))
+        wide = _HD_REACH if reach is None else reach[i]
+        edges = _hd_feature_edges(_hd_base(wide), _hd_features(f, kinks, s[i], 0.0, wide))
         z, w = _hd_rule(edges)
         values = _hd_values(f, s[i] * z)
         coefficients[i] = _hd_project(values * w, z)
@@ -143,16 +155,17 @@ def _hd_project(weighted, z):
                for i in range(0, len(z), block))
 
 
-def _hd_features(f, kinks, scale, shift):
+def _hd_features(f, kinks, scale, shift, reach=_HD_REACH):
     """[(centre, width, singular)] of φ(scale·t + shift) in t: φ's features (0, where its
-    nonlinearity is, and its kinks) sit at t = (b - shift)/scale and are 1/scale wide;
-    f.singular lists the kinks where a derivative is unbounded (x**0.3 at 0)."""
+    nonlinearity is, and its kinks) sit at t = (b - shift)/scale and are 1/scale wide, those
+    within the grid's ``reach`` (and a margin); f.singular lists the kinks where a
+    derivative is unbounded (x**0.3 at 0)."""
     singular = getattr(f, "singular", ())
     width = 1.0 / numpy.maximum(numpy.abs(scale), 1e-300)
     out = []
     for b in sorted({0.0, *kinks}):
         centre = (b - shift) * width * numpy.sign(scale)
-        if b == 0 or numpy.any(numpy.abs(centre) <= 15.0):  # beyond, the Gaussian weight is nil
+        if b == 0 or numpy.any(numpy.abs(centre) <= reach + 1.0):  # beyond, the weight is nil
             out.append((centre, width, b in singular))
     return out
 
@@ -183,6 +196,44 @@ def _hd_feature_edges(base, features):
     edges = numpy.concatenate([numpy.broadcast_to(p, shape + p.shape[-1:]) for p in parts], axis=-1)
     edges = numpy.sort(edges, axis=-1)
     return numpy.unique(edges) if edges.ndim == 1 else edges
+
+
+def _hd_base(reach):
+    """The base grid's edges: panels of width 1/4 on [-reach, reach] (_HD_EDGES at 14)."""
+    if reach <= _HD_REACH:
+        return _HD_EDGES
+    return numpy.linspace(-reach, reach, round(8 * reach) + 1)
+
+
+def _hd_reach(f, s, q, core=None):
+    """Per scale s = sqrt(q): the half-width (in z) of the grid that E[f(s z)**2] needs,
+    _HD_REACH unless f grows so fast that more than _HD_TAIL of that moment lies beyond
+    (then the first whole z past which it does not, plus one for the spacing of the
+    probes). ``core`` (the moment on the base grid) helps estimate the moment; the probes'
+    own sum is the other estimate. Raises _hd_error where that mass is past _HD_MAX_REACH
+    or not finite in float64."""
+    z = _HD_PROBE
+    x = numpy.asarray(s, dtype=float)[:, None] * numpy.concatenate([z, -z])
+    with numpy.errstate(all="ignore"):
+        log_f = numpy.log(numpy.abs(_hd_values(f, x)))
+        mass = numpy.exp(2.0 * log_f - numpy.tile(z * z, 2) / 2) / numpy.sqrt(2 * numpy.pi)
+    mass = numpy.where(numpy.isnan(mass), numpy.inf, mass)
+    mass = mass[:, :len(z)] + mass[:, len(z):]  # both sides of each |z|
+    tail = numpy.cumsum(mass[:, ::-1], axis=1)[:, ::-1]  # the probes' mass from |z| on
+    total = tail[:, 0] if core is None else numpy.maximum(tail[:, 0], core)
+    first = int(_HD_REACH)
+    ok = tail[:, first:] <= _HD_TAIL * total[:, None]
+    ok[~numpy.isfinite(total)] = False
+    bad = ~ok.any(axis=1)
+    if bad.any():
+        at = numpy.asarray(q, dtype=float).ravel()[numpy.argmax(bad)]
+        raise _hd_error(
+            f"{getattr(f, 'label', 'activation')}: at pre-activation variance q = {at:.6g}, "
+            f"E[phi(u)^2] has its mass beyond {_HD_MAX_REACH:g} standard deviations (phi grows "
+            "like an exponential of a large multiple of u), past where float64 can weigh the "
+            "Gaussian: the numerical route cannot integrate it", _HD_SMALLER)
+    j = numpy.argmax(ok, axis=1)
+    return numpy.where(j == 0, _HD_REACH, z[first + j] + 1.0)
 
 
 _HD_CACHE: dict = {}
@@ -321,6 +372,11 @@ def _hd_compute(f, kinks, q):
     if (~fixed).any():
         a[~fixed], m[~fixed] = _hd_graded(f, s[~fixed], kinks)
     _hd_check(f, q, m, "E[phi(u)^2]")
+    reach = _hd_reach(f, s, q, m)
+    wide = reach > _HD_REACH
+    if wide.any():  # φ's far tail matters at these variances: their rows on wider grids
+        a[wide], m[wide] = _hd_graded(f, s[wide], kinks, reach[wide])
+        _hd_check(f, q, m, "E[phi(u)^2]")
     _hd_check(f, q, a, "a Hermite coefficient E[phi(u) h_n(z)]")
     partial = numpy.concatenate([numpy.zeros((len(s), 1)), numpy.cumsum(a * a, axis=1)], axis=1)
     scale = numpy.where(m > 0, m, 1.0)
@@ -483,8 +539,9 @@ def _hd_collinear(f, kinks, q1, q2, sign, g=None):
     g = f if g is None else g
     s1, s2 = numpy.sqrt(q1), numpy.sqrt(q2)
     out = numpy.empty(q1.shape)
+    reach = numpy.maximum(_hd_reach(f, s1, q1), _hd_reach(g, s2, q2))
     on_grid = ((numpy.maximum(s1, s2) <= _HD_FIXED_SCALE) & _hd_grid_resolves(f, kinks)
-               & _hd_grid_resolves(g, kinks))
+               & _hd_grid_resolves(g, kinks) & (reach <= _HD_REACH))
     if on_grid.any():
         if "table" not in _HD_CACHE:
             _hd_fixed(f, numpy.ones(1))  # builds the shared grid
@@ -493,9 +550,9 @@ def _hd_collinear(f, kinks, q1, q2, sign, g=None):
         right = _hd_values(g, (sign * s2)[on_grid, None] * z)
         out[on_grid] = (left * right) @ w
     for i in numpy.nonzero(~on_grid)[0]:  # large scales: panels follow φ's features
-        features = (_hd_features(f, kinks, s1[i], 0.0)
-                    + _hd_features(g, kinks, sign[i] * s2[i], 0.0))
-        z, w = _hd_rule(_hd_feature_edges(_HD_EDGES, features))
+        features = (_hd_features(f, kinks, s1[i], 0.0, reach[i])
+                    + _hd_features(g, kinks, sign[i] * s2[i], 0.0, reach[i]))
+        z, w = _hd_rule(_hd_feature_edges(_hd_base(reach[i]), features))
         out[i] = (_hd_values(f, s1[i] * z) * _hd_values(g, sign[i] * s2[i] * z)) @ w
     return out
 
@@ -747,6 +804,15 @@ def _hd_direct(f, kinks, q1, q2, c, g=None):
                 f"need more than {_HD_DIRECT_BUDGET:.3g} quadrature nodes ({len(kinks)} kinks), "
                 "the numerical route's budget", _HD_SMALLER)
         plans.append(plan)
+    # After the budget (nothing of φ is evaluated before that refusal).
+    far = (_hd_reach(f, numpy.sqrt(q1), q1) > _HD_REACH) | (_hd_reach(g, numpy.sqrt(q2), q2) > _HD_REACH)
+    if far.any():  # its grids end at |z| = 14 (widening them squares the node count)
+        raise _hd_error(
+            f"{getattr(f, 'label', 'activation')}: entries with variances ({q1[far][0]:.6g}, "
+            f"{q2[far][0]:.6g}) and correlation {c[far][0]:.12g} need the nested quadrature, "
+            "and phi(u)^2 has its mass beyond 14 standard deviations there (phi grows like an "
+            "exponential of a large multiple of u), where that quadrature does not reach",
+            _HD_SMALLER)
     return numpy.array([_hd_direct_run(f, g, plan) for plan in plans])
 
 
