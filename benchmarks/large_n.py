@@ -166,7 +166,7 @@ def accuracy(options) -> None:
           f"times {', '.join(f'{t:g}' for t in options.times)} at diag_reg = "
           f"{options.diag_reg:g}, t = inf at diag_reg {', '.join(f'{r:g}' for r in options.grid)}"
           f" (the same absolute ridge for both solvers: diag_reg x K's mean diagonal)   [{load()}]")
-    for name in options.tasks:
+    for name in (t for t in options.tasks if t in TASKS):
         reference = np.load(cache_file(options, name))
         x_train, y_train, x_test, y_test = split(name, options.n)
         # One fit for the regression target and the two-class one-hot together: 3 columns,
@@ -199,7 +199,8 @@ def accuracy(options) -> None:
                       f"{learned[i]:>9.0f} / {learned_ny[i]:>6.0f}"
                       f" {100 * ce:>23.2f} / {100 * ca:>6.2f}% {100 * (ca - ce):>+6.2f} pt")
         landmark_sweep(net, exact_flow, (x_train, y_train, x_test, y_test), options)
-    digits(options)
+    if "digits" in options.tasks:
+        digits(options)
 
 
 def landmark_sweep(net, exact_flow, data, options) -> None:
@@ -436,8 +437,10 @@ def main() -> None:
                         help="accuracy: the diag_regs of t = inf")
     parser.add_argument("--sweep", type=lambda s: [int(v) for v in s.split(",") if v],
                         default=[4000], help="accuracy: more landmark counts for the late times")
-    parser.add_argument("--tasks", type=lambda s: [t for t in TASKS if t.startswith(tuple(s.split(",")))],
-                        default=list(TASKS), help="accuracy: tasks by first word (teacher-student, Friedman)")
+    parser.add_argument("--tasks", type=lambda s: [t for t in (*TASKS, "digits")
+                                                   if t.startswith(tuple(s.split(",")))],
+                        default=[*TASKS, "digits"],
+                        help="accuracy: tasks by first word (teacher-student, Friedman, digits)")
     parser.add_argument("--max-products", type=int, default=20_000)
     parser.add_argument("--cache", default="/tmp/ntkdsl-large-n",
                         help="exact: where the eigensystems are saved (a few hundred MB each)")
