@@ -178,7 +178,7 @@ def accuracy(options) -> None:
         leverage = nystrom_ensemble(net, x_train, targets, options.m, landmarks="leverage",
                                     learning_rate=3.0)
         print(f"\n  {name}: Nyström fit {fit_time:.0f} s (uniform landmarks)   [{load()}]")
-        spectrum(reference["eigenvalues"], uniform, leverage, options)
+        spectrum(reference["eigenvalues"], uniform, leverage, net, x_train, options)
         exact_flow = ExactFlow(reference)
         print(f"  {'diag_reg':>8} {'time':>8} {'RMSE exact':>11} {'Nyström':>8} "
               f"{'diff':>7} {'leverage':>9} {'diff':>7} {'RMS gap':>8} {'directions learned':>19}"
@@ -257,7 +257,7 @@ def directions(eigenvalues, scaled_times, ridge) -> np.ndarray:
     return np.array([np.sum(eigenvalues / mu * -np.expm1(-s * mu)) for s in scaled_times])
 
 
-def spectrum(eigenvalues, uniform, leverage, options) -> None:
+def spectrum(eigenvalues, uniform, leverage, net, x_train, options) -> None:
     """Why t = ∞ is the hard case: where K's spectrum is, against what m landmarks hold."""
     m, n = options.m, len(eigenvalues)
     lam = np.sort(eigenvalues)[::-1] / (eigenvalues.sum() / n)  # in units of the mean diagonal
@@ -267,9 +267,24 @@ def spectrum(eigenvalues, uniform, leverage, options) -> None:
           f"λ{n} = {lam[-1]:.3g}; beyond the top {m}: {100 * tail:.1f}% of the trace; "
           f"trace(K - K̃)/trace(K): uniform {100 * missing[0]:.1f}%, leverage "
           f"{100 * missing[1]:.1f}%")
+    print(f"    ridge-leverage scores of the rows (the pass leverage sampling draws from): "
+          f"{leverage_spread(net, x_train, m)}")
     for diag_reg in (r for r in options.grid if r > 0):
         print(f"    diag_reg {diag_reg:g}: effective dimension Σ λ/(λ + diag_reg) = "
               f"{np.sum(lam / (lam + diag_reg)):.0f} (of m = {m})")
+
+
+def leverage_spread(net, x_train, m: int) -> str:
+    """How far from uniform ridge-leverage sampling is: the spread of the scores it draws
+    rows by (select_landmarks' own pass, with its seed-0 pilot sample)."""
+    from ntkdsl.nystrom import _KernelRows, _leverage_scores
+
+    n = len(x_train)
+    pilot = np.sort(np.random.default_rng(0).choice(n, m, replace=False))
+    scores = _leverage_scores(x_train, pilot, _KernelRows(net), "ntk", False)
+    mean = scores.mean()
+    return (f"std/mean {scores.std() / mean:.3f}, min/mean {scores.min() / mean:.2f}, "
+            f"max/mean {scores.max() / mean:.2f}")
 
 
 def digits(options) -> None:
