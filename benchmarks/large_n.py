@@ -3,7 +3,7 @@ exact vs Nyström vs CG side by side, and the headline N = 1,000,000 fit.
 
     python benchmarks/large_n.py exact               # N = 20,000: the exact eigensystems, cached
     python benchmarks/large_n.py accuracy            # then Nyström against them, every t
-    python benchmarks/large_n.py speed               # N = 20,000: Nyström vs CG (exact: `exact`)
+    python benchmarks/large_n.py speed               # N = 20,000: Nyström vs CG (--solvers exact,...)
     python benchmarks/large_n.py headline            # N = 1,000,000, d = 20, m = 2,000
     python benchmarks/large_n.py headline --n 200000 # a smaller N (say so when extrapolating)
 
@@ -166,7 +166,7 @@ def accuracy(options) -> None:
           f"times {', '.join(f'{t:g}' for t in options.times)} at diag_reg = "
           f"{options.diag_reg:g}, t = inf at diag_reg {', '.join(f'{r:g}' for r in options.grid)}"
           f" (the same absolute ridge for both solvers: diag_reg x K's mean diagonal)   [{load()}]")
-    for name in options.tasks:
+    for name in (t for t in options.tasks if t in TASKS):
         reference = np.load(cache_file(options, name))
         x_train, y_train, x_test, y_test = split(name, options.n)
         # One fit for the regression target and the two-class one-hot together: 3 columns,
@@ -178,7 +178,7 @@ def accuracy(options) -> None:
         leverage = nystrom_ensemble(net, x_train, targets, options.m, landmarks="leverage",
                                     learning_rate=3.0)
         print(f"\n  {name}: Nyström fit {fit_time:.0f} s (uniform landmarks)   [{load()}]")
-        spectrum(reference["eigenvalues"], uniform, leverage, options)
+        spectrum(reference["eigenvalues"], uniform, leverage, net, x_train, options)
         exact_flow = ExactFlow(reference)
         print(f"  {'diag_reg':>8} {'time':>8} {'RMSE exact':>11} {'Nyström':>8} "
               f"{'diff':>7} {'leverage':>9} {'diff':>7} {'RMS gap':>8} {'directions learned':>19}"
@@ -199,7 +199,8 @@ def accuracy(options) -> None:
                       f"{learned[i]:>9.0f} / {learned_ny[i]:>6.0f}"
                       f" {100 * ce:>23.2f} / {100 * ca:>6.2f}% {100 * (ca - ce):>+6.2f} pt")
         landmark_sweep(net, exact_flow, (x_train, y_train, x_test, y_test), options)
-    digits(options)
+    if "digits" in options.tasks:
+        digits(options)
 
 
 def landmark_sweep(net, exact_flow, data, options) -> None:
@@ -256,7 +257,7 @@ def directions(eigenvalues, scaled_times, ridge) -> np.ndarray:
     return np.array([np.sum(eigenvalues / mu * -np.expm1(-s * mu)) for s in scaled_times])
 
 
-def spectrum(eigenvalues, uniform, leverage, options) -> None:
+def spectrum(eigenvalues, uniform, leverage, net, x_train, options) -> None:
     """Why t = ∞ is the hard case: where K's spectrum is, against what m landmarks hold."""
     m, n = options.m, len(eigenvalues)
     lam = np.sort(eigenvalues)[::-1] / (eigenvalues.sum() / n)  # in units of the mean diagonal
@@ -266,9 +267,24 @@ def spectrum(eigenvalues, uniform, leverage, options) -> None:
           f"λ{n} = {lam[-1]:.3g}; beyond the top {m}: {100 * tail:.1f}% of the trace; "
           f"trace(K - K̃)/trace(K): uniform {100 * missing[0]:.1f}%, leverage "
           f"{100 * missing[1]:.1f}%")
+    print(f"    ridge-leverage scores of the rows (the pass leverage sampling draws from): "
+          f"{leverage_spread(net, x_train, m)}")
     for diag_reg in (r for r in options.grid if r > 0):
         print(f"    diag_reg {diag_reg:g}: effective dimension Σ λ/(λ + diag_reg) = "
               f"{np.sum(lam / (lam + diag_reg)):.0f} (of m = {m})")
+
+
+def leverage_spread(net, x_train, m: int) -> str:
+    """How far from uniform ridge-leverage sampling is: the spread of the scores it draws
+    rows by (select_landmarks' own pass, with its seed-0 pilot sample)."""
+    from ntkdsl.nystrom import _KernelRows, _leverage_scores
+
+    n = len(x_train)
+    pilot = np.sort(np.random.default_rng(0).choice(n, m, replace=False))
+    scores = _leverage_scores(x_train, pilot, _KernelRows(net), "ntk", False)
+    mean = scores.mean()
+    return (f"std/mean {scores.std() / mean:.3f}, min/mean {scores.min() / mean:.2f}, "
+            f"max/mean {scores.max() / mean:.2f}")
 
 
 def digits(options) -> None:
@@ -428,7 +444,9 @@ def main() -> None:
                         help="finite times (default 1,10,100; accuracy 1,10,...,100000, where "
                              "t = inf comes at every diag_reg of --grid); CG's Krylov steps "
                              "grow with t: at N = 20,000 t = 1,000 is hours")
-    parser.add_argument("--solvers", type=lambda s: s.split(","), default=list(CHILD_SOLVERS))
+    parser.add_argument("--solvers", type=lambda s: s.split(","), default=["nystrom", "cg"],
+                        help=f"speed: of {', '.join(CHILD_SOLVERS)}; exact (the eigendecomposition "
+                             "`exact` runs, cached for accuracy) is an hour at N = 20,000 here")
     parser.add_argument("--diag-reg", type=float, default=1e-4,
                         help="the ridge of the finite times (and of speed, headline)")
     parser.add_argument("--grid", type=lambda s: [float(v) for v in s.split(",")],
@@ -436,8 +454,10 @@ def main() -> None:
                         help="accuracy: the diag_regs of t = inf")
     parser.add_argument("--sweep", type=lambda s: [int(v) for v in s.split(",") if v],
                         default=[4000], help="accuracy: more landmark counts for the late times")
-    parser.add_argument("--tasks", type=lambda s: [t for t in TASKS if t.startswith(tuple(s.split(",")))],
-                        default=list(TASKS), help="accuracy: tasks by first word (teacher-student, Friedman)")
+    parser.add_argument("--tasks", type=lambda s: [t for t in (*TASKS, "digits")
+                                                   if t.startswith(tuple(s.split(",")))],
+                        default=[*TASKS, "digits"],
+                        help="accuracy: tasks by first word (teacher-student, Friedman, digits)")
     parser.add_argument("--max-products", type=int, default=20_000)
     parser.add_argument("--cache", default="/tmp/ntkdsl-large-n",
                         help="exact: where the eigensystems are saved (a few hundred MB each)")
