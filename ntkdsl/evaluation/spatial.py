@@ -40,7 +40,11 @@ if TYPE_CHECKING:
 SIDE_VALUES = 1 << 21
 # Kernel values per tile: large enough to amortise a few hundred NumPy calls, small enough
 # for each array to stay near the caches (the numerical engine wants more, see plan.py).
+# Same positions only (Flatten, no pooling) do less per value: their tiles are larger
+# (1,024 digits' Flatten NTK: 0.72x CPU against 1 << 16 in alternated runs; the pooled
+# network's gained nothing from 1 << 17).
 TILE_VALUES = 1 << 16
+TILE_VALUES_SAME = 1 << 18
 TILE_VALUES_NUMERICAL = 1 << 17
 
 
@@ -266,9 +270,13 @@ def _workers(threads: int | None, shape: tuple[int, int]) -> int:
 def _tile_size(compiled: CompiledKernels, per_pair: int, workers: int, dtype: np.dtype,
                shape: tuple[int, int], temporaries: int) -> tuple[int, int]:
     """(pairs per tile, bytes a tile's arrays take): about ``TILE_VALUES`` kernel values per
-    tile (a few MB of arrays, near the CPU's caches; the numerical engine's calls amortise
-    better on larger ones), at least one pair and at most all pairs."""
-    target = TILE_VALUES_NUMERICAL if compiled.numerical else TILE_VALUES
+    tile at every pair of positions, ``TILE_VALUES_SAME`` at the same positions (a few MB of
+    arrays, near the CPU's caches; the numerical engine's calls amortise better on larger
+    ones), at least one pair and at most all pairs."""
+    if compiled.numerical:
+        target = TILE_VALUES_NUMERICAL
+    else:
+        target = TILE_VALUES if compiled.spatial.pairs else TILE_VALUES_SAME
     pairs = min(max(1, target // per_pair), shape[0] * shape[1])
     per_value = temporaries * dtype.itemsize + 8  # and the Gram statistic
     return pairs, pairs * per_pair * per_value

@@ -265,11 +265,21 @@ def self_covariances(x):
         spatial + spatial + (x.shape[0], 1))
 
 
+def _channel_products(u, v):
+    """u @ v / C over the C channels (u's last axis, v's second last), broadcast over
+    leading axes: one BLAS product, or for one channel the elementwise product (BLAS at an
+    inner size of 1 costs about 3x, and the division by 1 a pass for nothing)."""
+    if u.shape[-1] == 1:
+        return numpy.multiply(u, v, order="C")
+    gram = numpy.matmul(u, v)
+    gram /= u.shape[-1]
+    return gram
+
+
 def same_position_gram(a, b):
     """a[p].b[p] / C between every pair of images at each position: (*S, n, m), one BLAS
     product per position."""
-    gram = numpy.matmul(_flat(a).transpose(1, 0, 2), _flat(b).transpose(1, 2, 0))
-    gram /= a.shape[-1]
+    gram = _channel_products(_flat(a).transpose(1, 0, 2), _flat(b).transpose(1, 2, 0))
     return gram.reshape(a.shape[1:-1] + (len(a), len(b)))
 
 
@@ -279,11 +289,9 @@ def position_pair_gram(a, b):
     positions, channels = _flat(a).shape[1:]
     if len(a) == 1:  # a strip of one image: b's images inside its positions, no transpose
         inner = numpy.ascontiguousarray(_flat(b).transpose(1, 0, 2)).reshape(-1, channels)
-        gram = numpy.matmul(a.reshape(-1, channels), inner.T)
-        gram /= channels
+        gram = _channel_products(a.reshape(-1, channels), inner.T)
         return gram.reshape(a.shape[1:-1] * 2 + (1, len(b)))
-    gram = numpy.matmul(a.reshape(-1, channels), b.reshape(-1, channels).T)
-    gram /= channels
+    gram = _channel_products(a.reshape(-1, channels), b.reshape(-1, channels).T)
     gram = gram.reshape(len(a), positions, len(b), positions).transpose(1, 3, 0, 2)
     spatial = a.shape[1:-1]
     return numpy.ascontiguousarray(gram).reshape(spatial + spatial + (len(a), len(b)))

@@ -169,8 +169,10 @@ def _st_sum_windows_flat(x, axes, window):
     flat = result.reshape(-1)
     start, end, shift, edges = plan[0]
     numpy.add(flat_x[start:end], flat_x[start + shift:end + shift], out=flat[start:end])
-    flat[:start] = flat_x[:start]
-    flat[end:] = flat_x[end:]
+    if start:
+        flat[:start] = flat_x[:start]
+    if end < flat.size:
+        flat[end:] = flat_x[end:]
     for index in edges:
         result[index] = x[index]
     for start, end, shift, edges in plan[1:]:
@@ -259,7 +261,9 @@ def _st_global_pool(x, average):
     positions = int(_st_positions(x, True))
     rest = x.shape[2 * count:]
     # Over the second positions first, then the first: two sums of long rows (one sum over
-    # all position pairs adds a short row at a time, ~6x slower).
+    # all position pairs adds a short row at a time, ~6x slower). Not a BLAS product with
+    # ones, though it is ~2x faster: its rounding differs from column to column, so two
+    # identical images would get two values.
     inner = x.reshape((positions, -1)).sum(axis=0)
     total = numpy.array(inner.reshape((positions,) + rest).sum(axis=0), dtype=x.dtype)
     size = positions * positions
