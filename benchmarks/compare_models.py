@@ -17,8 +17,8 @@ standardised features:
   one-hot regression the NTK classifier does, with a different kernel);
 * NTK / NNGP, marginal likelihood (breast cancer and diabetes, issue 15): the same
   architecture with W_std and b_std as placeholders, fitted with diag_reg by maximising the
-  log marginal likelihood (``optimize=``, exact gradients, L-BFGS-B from the grid's values
-  W_std = 1.5, b_std = 0.05, diag_reg = 1e-2) for each L in {1, 2, 4}, the L of the highest
+  log marginal likelihood (``optimize=``, exact gradients, Fisher scoring from the grid's
+  values W_std = 1.5, b_std = 0.05, diag_reg = 1e-2) for each L in {1, 2, 4}, the L of the highest
   evidence kept — no cross-validation. ``--marginal-likelihood`` runs only these two
   datasets and the rows to compare (the grid-searched NTK / NNGP and the Gaussian process),
   and prints their scores and times.

@@ -6,7 +6,8 @@ maximising the NNGP's marginal likelihood, with exact kernel gradients.
 The template's placeholders {w} and {b} are the hyperparameters of a scikit-learn kernel
 (ntkdsl.sklearn.NNGPKernel); GaussianProcessRegressor's L-BFGS-B optimiser climbs the
 marginal likelihood with the derivatives ntkdsl derives from the kernel program. ntkdsl's
-own estimators do the same with ``optimize=`` (and fit the ridge diag_reg beside them). The
+own estimators climb it with ``optimize=``, by Fisher scoring from the same derivatives (and
+fit the ridge diag_reg beside them). The
 fitted numbers give an architecture string, which compiles like any other.
 """
 import time
