@@ -21,6 +21,7 @@ from math import comb
 import numpy as np
 import sympy as sp
 
+from .printing import numpy_function
 from .small_variance import small_variance_duals
 from .symbolic import ExpCosh, ExpSinh, Pair, gaussian_moment, polynomial_dual
 
@@ -80,7 +81,9 @@ def _values(expr: sp.Expr, x: sp.Symbol) -> tuple[float, ...] | None:
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            values = np.asarray(sp.lambdify(x, expr, modules="numpy")(np.array(_SCREEN)), dtype=float)
+            # ntkdsl's printer: sympy's lambdify prints a step as a Piecewise whose conditions
+            # it simplifies, unboundedly (minutes for a step of a trigonometric expression).
+            values = np.asarray(numpy_function(expr, x)(np.array(_SCREEN)), dtype=float)
         except (ArithmeticError, ValueError, TypeError):
             return None
     values = np.broadcast_to(values, (len(_SCREEN),))

@@ -544,3 +544,29 @@ def test_step_of_an_expression_sympy_cannot_prove_real():
     k = X @ X.T / X.shape[1]
     np.testing.assert_allclose(nngp, k, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(ntk, 2 * k, rtol=1e-10, atol=1e-12)
+
+
+def test_step_screened_without_sympy_lambdify():
+    """The Gaussian rules screen φ against the registry at a few points; sympy's lambdify
+    printed step(...) as a Piecewise whose condition it simplified, here for minutes (a
+    trigonometric argument: fuzz finding, more than 300 s). ntkdsl's printer takes
+    numpy.heaviside; the screening values are φ's own (checked by hand at x = 1.3)."""
+    from ntkdsl import gaussian, parse
+    from ntkdsl.activations import x
+    from ntkdsl.derivation import phi_of
+    text = ("step((erf(cos((0.622) / (sqrt(((pi) ** (-1)) + (cosh(e))))))) / (((cos((((x) - (e)) ** (2)) "
+            "+ (((x) - (pi)) ^ (100)))) * ((sinh(min((pi) ^ (3), sigmoid(x)))) * ((x) * (atan(max(e, e)))))) "
+            "^ (-1)))")
+    start = time.process_time()
+    phi = phi_of(parse(f'Dense(8) > Fn("{text}")').layers[1])
+    values = gaussian._values(phi, x)
+    net = ntkdsl.compile(f'Dense(4) > Fn("{text}") > Dense(1)')
+    assert np.isfinite(net.kernels(X)[0]).all()
+    assert time.process_time() - start < CPU_LIMIT
+
+    def by_hand(t):
+        inner = math.erf(math.cos(0.622 / math.sqrt(1 / math.pi + math.cosh(math.e))))
+        ratio = inner * (math.cos((t - math.e) ** 2 + (t - math.pi) ** 100)
+                         * math.sinh(min(math.pi ** 3, 1 / (1 + math.exp(-t)))) * t * math.atan(math.e))
+        return 1.0 if ratio > 0 else 0.0
+    assert values[3] == by_hand(gaussian._SCREEN[3])
