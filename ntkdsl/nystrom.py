@@ -305,7 +305,13 @@ class NystromEnsemble:
     """Gradient-flow ensemble (and GP posterior) of the Nyström-approximated kernel.
 
     Built by :func:`nystrom_ensemble`. Keeps only m x m matrices (and the landmarks):
-    ``predict(x_test, t)`` evaluates the test rows against the landmarks in blocks.
+    ``predict(x_test, t)`` evaluates the test rows against the landmarks in blocks;
+    ``with_diag_reg(r)`` is the same fit at another ridge.
+
+    Accuracy: the flow under K̃ follows the exact one while the number of eigen-directions
+    the exact flow has learned, Σ (1 − e^{−sλ}), is well below m; at t = ∞ on a kernel of
+    effective dimension near N (a flat spectrum) it cannot, whatever the landmarks (README,
+    "Regression on a million points"): there the CG solver of :mod:`ntkdsl.krylov` is exact.
     """
 
     def __init__(self, rows: _KernelRows, features: dict[str, NystromFeatures], kind: str,
