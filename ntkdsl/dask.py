@@ -54,7 +54,7 @@ def gather(array: Any, out: np.ndarray | None = None) -> np.ndarray:
     With a distributed client, each block is fetched from the worker that computed it and
     copied into place as it completes, then released there — where ``array.compute()``
     first joins every block on one worker and sends the whole array on (two transfers and
-    a copy of N² entries: 2-5x slower in benchmarks/dask_speed.py). A self-kernel's block
+    a copy of N² entries: 5-6x slower in benchmarks/dask_speed.py). A self-kernel's block
     below the diagonal is not fetched: it is its twin's transpose, written here. ``out``: a preallocated
     array or ``np.memmap`` of the kernel's shape and dtype to fill (else one is allocated
     after a memory check). Without a client, Dask's local scheduler stores into ``out``."""
