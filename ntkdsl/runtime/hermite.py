@@ -20,7 +20,7 @@ _HD_GL_X, _HD_GL_W = numpy.polynomial.legendre.leggauss(16)
 _HD_REACH = 14.0
 _HD_EDGES = numpy.linspace(-_HD_REACH, _HD_REACH, 113)
 # A φ growing like exp(λ|x|) (sinh(x)**40, x**20*exp(x), cosh(x)**k) puts the mass of
-# φ(√q z)² near z = 2λ√q, possibly past 14 (sinh(x)**40 at q = 0.05: z ≈ 18). _hd_reach
+# φ(√(q) z)² near z = 2λ√(q), possibly past 14 (sinh(x)**40 at q = 0.05: z ≈ 18). _hd_reach
 # probes φ at whole z out to _HD_MAX_REACH and widens the grid to where the mass left out
 # is below _HD_TAIL of the moment — by Cauchy–Schwarz each coefficient is then off by at
 # most sqrt(_HD_TAIL) = 1e-12 of sqrt(E[φ²]) — or refuses: past z = 37 the Gaussian weight
