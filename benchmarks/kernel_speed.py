@@ -120,7 +120,7 @@ def child_memmap(n: int, directory: str, progress: bool) -> dict:
         symmetric = bool(np.array_equal(out[rows][:, rows], out[rows][:, rows].T))
         diag = bool(np.array_equal(out[rows, rows], net.diagonal(x[rows])[1]))
         size = path.stat().st_size
-        del out
+        out = None  # drops the map (the timed lambda shares this cell) before the file goes
     finally:
         shutil.rmtree(path.parent, ignore_errors=True)
     return dict(n=n, seconds=seconds, cpu=cpu, peak=peak, inputs=x.nbytes, file=size,

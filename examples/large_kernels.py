@@ -30,7 +30,7 @@ def main(n: int = 6000, d: int = 64) -> None:
     # Both kernels from one pass over the layers, for a subset that fits easily in memory.
     m = min(n, 2000)
     t = time.perf_counter()
-    nngp, ntk = net.kernels(x[:m])
+    _, ntk = net.kernels(x[:m])
     print(f"NNGP and NTK of {m} inputs: {time.perf_counter() - t:.2f} s, "
           f"symmetric: {np.array_equal(ntk, ntk.T)}")
 
