@@ -233,6 +233,11 @@ def parse_expression(text: str, source: str | None = None, offset: int = 0) -> s
         raise where.error("the expression is empty", 0, 0, "e.g. Fn(\"x*tanh(x)\")")
     expr = _parse(text, where)
     check_activation(expr, lambda msg, hint: where.error(msg, 0, len(text), hint))
+    if not expr.has(x) and not expr.is_Rational:
+        # A constant φ as the real number it is (checked above), to 30 digits: as an exact
+        # expression the derivation's rewriting could turn sin(erfc(e)) into complex
+        # exponentials that float64 code cannot take (logaddexp of a complex number).
+        expr = sp.Float(sp.re(at_point(expr, 0.0)), 30)
     return expr
 
 
@@ -353,7 +358,15 @@ def at_point(expr: sp.Expr, value: float, symbol: sp.Symbol = x) -> sp.Expr:
             a = sp.N(args[0], 30)
             if a.is_real and abs(a) > _HUGE_ARGUMENT:
                 return e.func(sp.oo if a > 0 else -sp.oo)
-        return e.func(*args)
+            if a.is_number and not a.is_real and abs(a) > _HUGE_ARGUMENT:
+                raise ValueError(f"{e.func} of a complex number beyond 1e300")
+        out = e.func(*args)
+        # Each node a 30-digit number, not an exact expression of the nodes below: sympy's
+        # automatic simplification of exact values (cosh(cosh(100*I*atan(pi)))**0.5 asks
+        # is_positive, which reduced a huge argument modulo 2*pi symbolically) hung.
+        if isinstance(out, sp.Expr) and out.is_number:
+            out = sp.N(out, 30)
+        return out
 
     y = sp.N(value_of(expr), 30)
     if y.has(sp.AccumBounds):

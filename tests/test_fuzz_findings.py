@@ -570,3 +570,118 @@ def test_step_screened_without_sympy_lambdify():
                          * math.sinh(min(math.pi ** 3, 1 / (1 + math.exp(-t)))) * t * math.atan(math.e))
         return 1.0 if ratio > 0 else 0.0
     assert values[3] == by_hand(gaussian._SCREEN[3])
+
+
+# The fuzzer's inputs (tests/fuzzing.py WORKER): a zero row, an identical pair, a 30x row.
+FUZZ_X = np.random.default_rng(0).standard_normal((4, 3))
+FUZZ_X[2], FUZZ_X[3], FUZZ_X[1] = 0.0, FUZZ_X[0], 30.0 * FUZZ_X[1]
+
+
+def test_far_value_of_a_nested_complex_intermediate_is_bounded():
+    """Fresh-seed finding (over 30 s in parsing): the growth check evaluated φ at x = ±1e4
+    node by node as exact sympy expressions, and x**0.5 at -1e4 made cosh(cosh(...)) of a
+    complex number whose sympy simplification (is_positive, a huge argument reduced modulo
+    2*pi) hung. Every node is now a 30-digit number: the expression, not real out there, is
+    an ExpressionError with a caret under it."""
+    body = ("(relu(pi)) - ((exp(sin((x) / ((cosh(cosh(((atan(pi)) * ((x) ^ (0.5))) - (((x) / (pi)) "
+            "* ((pi) + (x)))))) + ((x) ** (-1)))))) ** (0.5))")
+    arch = f'Dense(8) > Fn("{body}") > Dense(1)'
+    with pytest.raises(ntkdsl.ExpressionError) as err:
+        ntkdsl.compile(arch)
+    assert "line 1, column 16" in str(err.value)
+    source, caret = str(err.value).splitlines()[1:3]
+    assert caret.index("^") == source.index(body) and caret.count("^") == len(body)
+
+
+def test_registry_multiple_is_not_simplified_for_other_functions(monkeypatch):
+    """Fresh-seed finding (a timeout in gaussian._registry_multiple): min(sign(x), exp(cosh(
+    ...))) equals sign(x) at every screening point, so sympy's simplify of φ/sign(x) ran, and
+    it does not end. simplify now runs only for a φ made of ψ's own functions; this φ goes
+    on to the other routes (its NTK needs φ', a step's delta: a NumericalError)."""
+    from ntkdsl import gaussian
+    from ntkdsl.activations import REGISTRY, x
+    from ntkdsl.expressions import parse_expression
+    calls = []
+    simplify = gaussian.sp.simplify
+    monkeypatch.setattr(gaussian.sp, "simplify", lambda e: calls.append(e) or simplify(e))
+    phi = parse_expression("min(sign(x), exp(cosh(min(x**2, max(x, 0.002)))))")
+    assert gaussian._registry_multiple(phi, x, REGISTRY) is None
+    assert not calls
+    factor, spec = gaussian._registry_multiple(parse_expression("-3*sign(x)"), x, REGISTRY)
+    assert factor == -3 and spec.phi() == gaussian.sp.sign(x)
+    with pytest.raises(ntkdsl.NumericalError, match="derivative"):
+        ntkdsl.compile('Dense(8) > Fn("min(sign(x), exp(cosh(min(x**2, max(x, 0.002)))))") '
+                       "> Dense(1)").kernels(X)
+
+
+def test_constant_activation_is_its_real_value():
+    """Fresh-seed finding (a foreign TypeError): Fn("softplus(exp(tanh(sin(erfc(e)))))") has
+    no x; sympy rewrote sin of the constant into complex exponentials and the generated
+    code called numpy.logaddexp on a complex number. A constant φ is now the real number
+    it is: NNGP = φ², and the NTK adds Dense(1)'s φ² (φ' = 0)."""
+    import mpmath
+    net = ntkdsl.compile('Dense(8) > Fn("softplus(exp(tanh(sin(erfc(e)))))") > Dense(1)')
+    phi = float(mpmath.log(1 + mpmath.exp(mpmath.exp(mpmath.tanh(mpmath.sin(mpmath.erfc(mpmath.e)))))))
+    nngp, ntk = net.kernels(X)
+    np.testing.assert_allclose(nngp, np.full((3, 3), phi ** 2), rtol=1e-14)
+    np.testing.assert_allclose(ntk, np.full((3, 3), phi ** 2), rtol=1e-14)
+
+
+@pytest.mark.parametrize("body, f, fprime", [
+    ("((((x) + (1.97)) - ((x) + (x))) * ((pi) - ((x) + (1.59)))) ** (16)",
+     lambda t: ((1.97 - t) * (math.pi - 1.59 - t)) ** 16,
+     lambda t: 16 * ((1.97 - t) * (math.pi - 1.59 - t)) ** 15 * (2 * t - 1.97 - math.pi + 1.59)),
+    ("(x - pi)**3 + log(3)*x", lambda t: (t - math.pi) ** 3 + math.log(3) * t,
+     lambda t: 3 * (t - math.pi) ** 2 + math.log(3))])
+def test_polynomial_with_irrational_constants_is_expanded_as_numbers(body, f, fprime):
+    """Fresh-seed findings (timeouts in the Gaussian rules): a polynomial body holding
+    exact irrational constants — (x + log(1529/500000))**100, (pi - 1.59 - x)**16 — was
+    rewritten, powsimp'ed and its dual printed with symbolic coefficients (19 s, 3 s). A
+    polynomial is now expanded with those constants as 30-digit numbers; its kernel
+    against Gauss–Hermite quadrature, exact for polynomials."""
+    net = ntkdsl.compile(f'Dense(4) > Fn("{body}") > Dense(1)')
+    assert "numerical" not in str(net.formula("ntk"))
+    nngp, ntk = _one_layer_reference(net, f, fprime)
+    got_nngp, got_ntk = net.kernels(X)
+    np.testing.assert_allclose(got_nngp, nngp, rtol=1e-10)
+    np.testing.assert_allclose(got_ntk, ntk, rtol=1e-10)
+
+
+def test_degree_100_polynomial_with_a_logarithm_goes_to_the_numerical_route(monkeypatch):
+    """min(x + log(0.003058), x)**100 is (x + log(1529/500000))**100: past
+    POLYNOMIAL_TERMS, so the numerical route, without the symbolic expansion of its exact
+    coefficients (19 s before; Poly of it 13 s): sympy's Poly is not called, and the route
+    refuses the moments that overflow float64 with a NumericalError."""
+    from ntkdsl import gaussian
+    monkeypatch.setattr(gaussian.sp, "Poly", lambda *a, **k: pytest.fail("Poly of the polynomial"))
+    arch = 'Dense(8) > Fn("(min((x) + (log(0.003058)), x)) ** (100)") > Dense(1)'
+    net = ntkdsl.compile(arch)
+    assert "numerical" in str(net.formula("ntk"))
+    with pytest.raises(ntkdsl.NumericalError, match="not finite in float64"):
+        net.kernels(FUZZ_X)
+
+
+def test_issue_relu_thousand_layers_against_a_40_digit_recursion():
+    """Issue 12's (Dense(8) > Relu) * 1000 > Dense(1), 12 s to compile at the time (the
+    compile-time bound is test_compile_scaling's): its kernels against the arc-cosine
+    recursion in 40-digit mpmath, k <- sqrt(q1 q2) (sin a + (pi - a) cos a) / (2 pi),
+    t <- t (pi - a) / (2 pi) + k for each Relu, then Dense(1)'s t <- k + t."""
+    import mpmath
+    mpmath.mp.dps = 40
+    try:
+        net = ntkdsl.compile("(Dense(8) > Relu) * 1000 > Dense(1)")
+        nngp, ntk = net.kernels(X)
+        d = X.shape[1]
+        for i, j in [(0, 0), (0, 1), (1, 2)]:
+            q1, q2 = mpmath.mpf(X[i] @ X[i]) / d, mpmath.mpf(X[j] @ X[j]) / d
+            k, t = mpmath.mpf(X[i] @ X[j]) / d, mpmath.mpf(0)
+            for _ in range(1000):
+                t = k + t  # Dense(8): k is unchanged (W_std = 1, no bias)
+                angle = mpmath.acos(max(-1, min(1, k / mpmath.sqrt(q1 * q2))))
+                k, t = (mpmath.sqrt(q1 * q2) * (mpmath.sin(angle) + (mpmath.pi - angle) * mpmath.cos(angle))
+                        / (2 * mpmath.pi), t * (mpmath.pi - angle) / (2 * mpmath.pi))
+                q1, q2 = q1 / 2, q2 / 2
+            assert nngp[i, j] == pytest.approx(float(k), rel=1e-10)
+            assert ntk[i, j] == pytest.approx(float(k + t), rel=1e-10)
+    finally:
+        mpmath.mp.dps = 15
