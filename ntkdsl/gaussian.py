@@ -121,18 +121,18 @@ def _proportional(a: tuple[float, ...], b: tuple[float, ...] | None) -> bool:
 def elementary_terms(phi: sp.Expr, x: sp.Symbol):
     """φ as [(c, m, λ, β)] meaning Σ c·x^m·exp(λx + βx²), or None if it is not of that
     form (λ may be complex: trigonometric factors)."""
-    if not _elementary_shape(phi, x) or _work(phi, x) > WORK_BUDGET:
+    profile = _profile(phi, x) if _elementary_shape(phi, x) else None
+    if _work(profile) > WORK_BUDGET:
         # Before expanding: sin(sin(x)) rewritten as exponentials never ends, and
         # x**20*exp(x) or sinh(x)**40 took minutes (the numerical route takes seconds).
         return None
-    if all(key == (0j, 0j) for key in _profile(phi, x)):
+    if all(key == (0j, 0j) for key in profile):
         # A polynomial: expanded with its irrational constants as 30-digit numbers, no
         # rewriting or powsimp. Those took 19 s, and Poly 13 s, for (x + log(1529/500000))**100
         # (min(x + log(0.003058), x)**100, a fuzz finding): exact constants only grow the
         # symbolic sums the float64 code is printed from ((pi - 1.59)**16 likewise).
-        expanded = sp.expand(_numeric_constants(phi, x))
-        return [(c, m, sp.S.Zero, sp.S.Zero) for c, m in
-                (_power_term(t, x) for t in sp.Add.make_args(expanded))]
+        terms = [_term(t, x) for t in sp.Add.make_args(sp.expand(_numeric_constants(phi, x)))]
+        return None if None in terms else terms
     rewritten = phi.rewrite(sp.sin, sp.exp).rewrite(sp.cos, sp.exp)
     rewritten = rewritten.rewrite(sp.sinh, sp.exp).rewrite(sp.cosh, sp.exp)
     expanded = sp.expand(sp.powsimp(sp.expand(rewritten), combine="exp"))
@@ -153,12 +153,6 @@ def _numeric_constants(e: sp.Expr, x: sp.Symbol) -> sp.Expr:
     return e.func(*(_numeric_constants(a, x) for a in e.args)) if e.args else e
 
 
-def _power_term(term: sp.Expr, x: sp.Symbol) -> tuple[sp.Expr, int]:
-    """(c, m) of a term c*x**m of an expanded polynomial."""
-    c, m = term.as_coeff_exponent(x)
-    return c, int(m)
-
-
 _EXPONENTIALS = (sp.exp, sp.sin, sp.cos, sp.sinh, sp.cosh)
 
 # Work units the expansion may take, each about 0.6 ms of compile time (measured: sinh(x)**16,
@@ -167,12 +161,12 @@ _EXPONENTIALS = (sp.exp, sp.sin, sp.cos, sp.sinh, sp.cosh)
 WORK_BUDGET = 2_000
 
 
-def _work(phi: sp.Expr, x: sp.Symbol) -> float:
+def _work(profile: dict | None) -> float:
     """The expansion's work for φ, from the terms it will have, counted without expanding:
     a pair of terms (i, j) costs 10 + (mᵢ + 1)² (mⱼ + 1)² (the size of the tilted moment's
     polynomial) where either has an exponential, 10 for two plain powers of x (an Isserlis
-    number: a polynomial φ is a Hermite sum, cheap at degree 100)."""
-    profile = _profile(phi, x)
+    number: a polynomial φ is a Hermite sum, cheap at degree 100). ``profile`` is φ's
+    ``_profile``, None for too many terms or a φ not of that shape."""
     if profile is None:
         return float("inf")
     return sum(10 + (0 if key_i == key_j == (0j, 0j) else ((m_i + 1) * (m_j + 1)) ** 2)
