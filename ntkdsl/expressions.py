@@ -107,6 +107,12 @@ class _ToSympy(Transformer):
                                    tok.start_pos, tok.end_pos, "valid: " + valid_names())
         try:
             value = build(*args)
+        except OverflowError:
+            # mpmath evaluating a constant such as cosh(sinh(1.97**100)) to compare it
+            raise self.where.error(f"{tok}() cannot evaluate its arguments: a constant among them is "
+                                   "far beyond float64's range", meta.start_pos,
+                                   meta.end_pos, "constants in an activation must stay within "
+                                   "float64's range (about 1.8e308)") from None
         except (ValueError, TypeError) as err:
             # max/min of a constant that is not real (sqrt(sin(pi**2)) is imaginary): sympy
             # says "not comparable".

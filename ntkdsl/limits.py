@@ -48,6 +48,16 @@ MAX_COEFFICIENTS = 20
 MAX_SPATIAL_AXES = 8
 MAX_WINDOW = 1_000
 
+# --- the numerical route (evaluation) ----------------------------------------------------
+# Nested-quadrature nodes (function values) of one evaluation of a network's layers
+# together, per block of entries the library evaluates (ntkdsl.runtime.hermite's
+# _HD_NETWORK_BUDGET, which must equal it): about 1.3 s at 50 million nodes a second, where
+# (Dense(8, b_std=2) > Elu) * 20 takes 0.7 s and 200 such layers 2.6 s. Each call also has
+# its own 2**24 (_HD_DIRECT_BUDGET). Checked from the grids laid out before φ is
+# evaluated; past it a NumericalError names the layer. A standalone module has the per-call
+# budget only.
+MAX_QUADRATURE_NODES = 2 ** 26
+
 # --- Fn expressions -----------------------------------------------------------------------
 MAX_FN_LENGTH = 2_000         # characters of the expression text
 MAX_FN_DEPTH = 40             # nesting of calls, operators and signs (a chain a + b + c is one level)

@@ -685,3 +685,95 @@ def test_issue_relu_thousand_layers_against_a_40_digit_recursion():
             assert ntk[i, j] == pytest.approx(float(k + t), rel=1e-10)
     finally:
         mpmath.mp.dps = 15
+def _planned_nodes(plan) -> int:
+    """The nodes a nested-quadrature plan evaluates, counted as _hd_direct_plan does."""
+    z1, _, blocks, *_ = plan
+    return z1.size + sum(16 * edges.size for _, _, edges in blocks)
+
+
+def test_nested_quadrature_of_a_whole_network_shares_one_budget(monkeypatch):
+    """(Dense(8, b_std=2) > Elu) * 20 > Dense(1) took 2.2 s and 40 such layers 4.4 s on the
+    fuzzer's inputs (fresh-seed finding: a Silu block then a kinked Fn repeated 3 times,
+    3.1 s): every layer's near-collinear entries went to the nested quadrature, whose 2**24
+    budget was per call, none per network. All the layers of one evaluation now draw on
+    MAX_QUADRATURE_NODES, checked from the grids before a layer's quadrature runs: what
+    runs never exceeds it, and past it a NumericalError names the layer."""
+    from ntkdsl import limits
+    from ntkdsl.runtime import hermite
+    assert hermite._HD_NETWORK_BUDGET == limits.MAX_QUADRATURE_NODES
+    ran = []
+    run = hermite._hd_direct_run
+    monkeypatch.setattr(hermite, "_hd_direct_run",
+                        lambda f, g, plan: ran.append(_planned_nodes(plan)) or run(f, g, plan))
+    monkeypatch.setitem(hermite._HD_CACHE, "direct", {})
+    net = ntkdsl.compile("(Dense(8, b_std=2) > Elu) * 200 > Dense(1)")
+    with pytest.raises(ntkdsl.NumericalError, match=r"Elu\(alpha=1.0\).*MAX_QUADRATURE_NODES"):
+        net.kernels(FUZZ_X)
+    assert ran and sum(ran) <= limits.MAX_QUADRATURE_NODES
+    # A smaller budget is met the same way, and no scope is left behind for later calls.
+    ran.clear()
+    monkeypatch.setattr(hermite, "_HD_NETWORK_BUDGET", 2 ** 22)
+    monkeypatch.setitem(hermite._HD_CACHE, "direct", {})
+    with pytest.raises(ntkdsl.NumericalError, match="MAX_QUADRATURE_NODES"):
+        ntkdsl.compile("(Dense(8, b_std=2) > Elu) * 20 > Dense(1)").kernels(FUZZ_X)
+    assert sum(ran) <= 2 ** 22
+    assert getattr(hermite._hd_scope(), "left", None) is None
+
+
+def test_nested_quadrature_entries_are_computed_once_and_exact(monkeypatch):
+    """The (i, j) and (j, i) entries of a kernel matrix are one nested quadrature (E[f(u)
+    f(v)] is symmetric), and a process remembers entries it computed: the cross kernel after
+    kernels() of the same inputs repeats none. Checked against scipy's adaptive nested
+    quadrature of Elu (split at its kink), and the network against itself computed afresh."""
+    from scipy import integrate
+
+    from ntkdsl.runtime import hermite
+
+    def elu(t):
+        t = np.asarray(t, dtype=float)
+        return np.where(t > 0, t, np.expm1(np.minimum(t, 0.0)))
+    elu.label = "Elu"
+    q1, q2, c = 4.0, 4.1478, 0.98202168
+    s1, s2, s = math.sqrt(q1), math.sqrt(q2), math.sqrt(1 - c * c)
+    density = lambda t: math.exp(-t * t / 2) / math.sqrt(2 * math.pi)
+
+    def inner(z):
+        kink = -c * z / s
+        return integrate.quad(lambda xi: float(elu(s2 * (c * z + s * xi))) * density(xi),
+                              -40, 40, points=[kink], epsabs=1e-14, epsrel=1e-13, limit=400)[0]
+    want = integrate.quad(lambda z: float(elu(s1 * z)) * density(z) * inner(z), -40, 40,
+                          points=[0.0], epsabs=1e-14, epsrel=1e-13, limit=400)[0]
+    monkeypatch.setitem(hermite._HD_CACHE, "direct", {})
+    ran = []
+    run = hermite._hd_direct_run
+    monkeypatch.setattr(hermite, "_hd_direct_run",
+                        lambda f, g, plan: ran.append(1) or run(f, g, plan))
+    got = hermite._hd_direct(elu, (0.0,), np.array([q1, q2, q1]), np.array([q2, q1, q2]),
+                             np.full(3, c))
+    assert len(ran) == 1  # three entries, one quadrature
+    np.testing.assert_allclose(got, np.full(3, want), rtol=1e-10)
+    again = hermite._hd_direct(elu, (0.0,), np.array([q2]), np.array([q1]), np.array([c]))
+    assert len(ran) == 1 and again[0] == got[0]  # remembered
+    net = ntkdsl.compile("(Dense(8, b_std=2) > Elu) * 6 > Dense(1)")
+    remembered = net.kernels(FUZZ_X), net.ntk(FUZZ_X[:2], FUZZ_X[1:])
+    monkeypatch.setitem(hermite._HD_CACHE, "direct", {})
+    afresh = net.ntk(FUZZ_X[:2], FUZZ_X[1:])
+    np.testing.assert_array_equal(remembered[1], afresh)
+    np.testing.assert_allclose(remembered[0][0], remembered[0][0].T, rtol=1e-15)
+
+
+
+@pytest.mark.parametrize("body, where", [
+    ("min(x, cosh(sinh((1.97) ** (100))))", "min(x, cosh(sinh((1.97) ** (100))))"),
+    ("max(x, sinh(cosh(sinh(1.97 ** 100))))", "sinh(cosh(sinh(1.97 ** 100)))"),
+])
+def test_a_constant_too_large_for_mpmath_is_an_expression_error_at_its_call(body, where):
+    """Fresh-seed finding (seed 1127187586 of an Fn-only fuzzer): comparing or evaluating
+    cosh(sinh(1.97**100)) overflowed inside mpmath (OverflowError: too many digits in
+    integer), which reached the user as lark's VisitError. It is now ntkdsl's error with the
+    caret under the call that could not be evaluated."""
+    arch = f'Dense(8) > Fn("{body}") > Dense(1)'
+    with pytest.raises(ntkdsl.ExpressionError, match="far beyond float64's range") as info:
+        ntkdsl.compile(arch)
+    _, shown, caret, *_ = str(info.value).splitlines()
+    assert caret.index("^") == shown.index(where) and caret.count("^") == len(where)

@@ -2,26 +2,41 @@
 generated program, is a NumericalError naming the layer where it starts."""
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import NumericalError
+from ..runtime import hermite
 from .memory import is_shared_file_map, release_pages
 
 if TYPE_CHECKING:
     from ..generate import CompiledKernels
 from .diagnosis import nonfinite_layer
 
+# Each thread's quadrature budget (hermite._hd_budget) lives here: the runtime imports numpy only.
+if hermite._HD_SCOPE is None:
+    hermite._HD_SCOPE = threading.local()
 
+
+@contextlib.contextmanager
 def checked_program():
-    """The floating-point state a kernel program runs in: overflow, invalid values and
-    division by zero raise no numpy warning, because every output is checked afterwards
-    (``check_finite``, ``diagonal_values``) and an inf or NaN that reaches one is a
-    NumericalError naming the layer — the warning before it told the user nothing more, on
-    stderr, for every chunk. Thread-local: each thread that runs a program enters it."""
-    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+    """The state a kernel program runs in, for one block of entries.
+
+    Floating point: overflow, invalid values and division by zero raise no numpy warning,
+    because every output is checked afterwards (``check_finite``, ``diagonal_values``) and
+    an inf or NaN that reaches one is a NumericalError naming the layer — the warning before
+    it told the user nothing more, on stderr, for every chunk.
+
+    Work: all the block's numerical-route layers draw their nested quadrature from one
+    budget (``ntkdsl.limits.MAX_QUADRATURE_NODES``), so a deep network of such layers is
+    refused naming the layer where it ran out instead of taking time linear in its depth.
+    Thread-local: each thread that runs a program enters it."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"), hermite._hd_budget():
+        yield
 
 
 _OVERFLOW_HINT = ("an overflow past float64's range (about 1.8e308): use smaller weight or "

@@ -791,9 +791,77 @@ def _hd_direct(f, kinks, q1, q2, c, g=None):
     entry's grids are laid out before any function value is computed: past
     _HD_DIRECT_BUDGET values for the call it is refused there, so the time it may take is
     bounded before it starts."""
+    same = g is None or g is f
     g = f if g is None else g  # E[f(u) g(v)]: g is the inner function
     q1, q2, c = (numpy.atleast_1d(numpy.asarray(v, dtype=float)) for v in (q1, q2, c))
+    # Each distinct entry once, and once per process: a kernel matrix holds (i, j) and
+    # (j, i) (equal for E[f(u) f(v)]), a layer's near-collinear pairs recur in the next
+    # evaluation of the same inputs (kernels, then a cross kernel), and layers of equal
+    # parameters at converged variances ask for the same entries.
+    if same:
+        q1, q2 = numpy.minimum(q1, q2), numpy.maximum(q1, q2)
+    memo = _HD_CACHE.setdefault("direct", {})
+    if len(memo) > _HD_DIRECT_MEMO:
+        memo.clear()
+    prefix = (_hd_key(f, kinks), _hd_key(g, kinks))
+    keys = [prefix + entry for entry in zip(q1.tolist(), q2.tolist(), c.tolist())]
+    out = numpy.array([memo.get(key, numpy.nan) for key in keys])
+    todo = {}
+    for i, key in enumerate(keys):
+        if key not in memo:
+            todo.setdefault(key, i)
+    if todo:
+        first = numpy.array(list(todo.values()))
+        values = _hd_direct_new(f, g, kinks, q1[first], q2[first], c[first])
+        for key, value in zip(todo, values.tolist()):
+            memo[key] = value
+        out = numpy.array([memo[key] for key in keys])
+    return out
+
+
+_HD_DIRECT_MEMO = 100000  # entries _hd_direct remembers (then it starts again)
+# The nested quadrature of one evaluation of a network, all its layers together (about
+# 1.3 s at 50 million nodes a second), in a _hd_budget scope; without one, each call has
+# _HD_DIRECT_BUDGET. The library's compiled networks evaluate in such scopes
+# (ntkdsl.limits.MAX_QUADRATURE_NODES is this value).
+_HD_NETWORK_BUDGET = 2 ** 26
+
+
+# The budget scopes' thread-local state: a ``threading.local`` that the library's evaluation
+# installs (a runtime module imports only numpy); None in a standalone module, where each
+# call keeps its own budget only.
+_HD_SCOPE = None
+
+
+def _hd_scope():
+    """This thread's budget state (see _HD_SCOPE), or None."""
+    return _HD_SCOPE
+
+
+class _hd_budget:
+    """A scope (``with _hd_budget():``) in which every nested quadrature of this thread
+    draws on one budget of _HD_NETWORK_BUDGET nodes, planned before its function values
+    are computed: one evaluation of a network's layers. A scope inside another shares the
+    outer one's."""
+
+    def __enter__(self):
+        self.scope = _hd_scope()
+        self.outer = None if self.scope is None else getattr(self.scope, "left", None)
+        if self.scope is not None and self.outer is None:
+            self.scope.left = _HD_NETWORK_BUDGET
+        return self
+
+    def __exit__(self, *exc):
+        if self.scope is not None and self.outer is None:
+            self.scope.left = None
+        return False
+
+
+def _hd_direct_new(f, g, kinks, q1, q2, c):
+    """_hd_direct for entries not computed before, under the budget."""
     plans, used = [], 0
+    scope = _hd_scope()
+    left = getattr(scope, "left", None)  # what the network's evaluation has left, if scoped
     for i in range(len(c)):
         plan, cost = _hd_direct_plan(f, kinks, q1[i], q2[i], c[i], g)
         used += cost
@@ -803,7 +871,19 @@ def _hd_direct(f, kinks, q1, q2, c, g=None):
                 f"{max(q1.max(), q2.max()):.6g} and correlations up to {numpy.abs(c).max():.12g} "
                 f"need more than {_HD_DIRECT_BUDGET:.3g} quadrature nodes ({len(kinks)} kinks), "
                 "the numerical route's budget", _HD_SMALLER)
+        if left is not None and used > left:  # the layers before used the rest
+            raise _hd_error(
+                f"{getattr(f, 'label', 'activation')}: {len(c)} entries with variances up to "
+                f"{max(q1.max(), q2.max()):.6g} and correlations up to {numpy.abs(c).max():.12g} "
+                f"need {used:.3g} quadrature nodes, and the numerical-route layers before it "
+                f"have used {_HD_NETWORK_BUDGET - left:.3g} of the {_HD_NETWORK_BUDGET:.3g} that "
+                "one evaluation of a network may take (ntkdsl.limits.MAX_QUADRATURE_NODES): "
+                "near-collinear inputs at large variances through many layers without a closed "
+                "form", "Fewer such layers, smaller weight or bias variances (W_std, b_std), "
+                "or an activation with a closed form (Relu, Erf, Gelu, ...).")
         plans.append(plan)
+    if left is not None:
+        scope.left = left - used
     # After the budget (nothing of φ is evaluated before that refusal).
     far = (_hd_reach(f, numpy.sqrt(q1), q1) > _HD_REACH) | (_hd_reach(g, numpy.sqrt(q2), q2) > _HD_REACH)
     if far.any():  # its grids end at |z| = 14 (widening them squares the node count)
