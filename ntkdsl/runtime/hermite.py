@@ -805,18 +805,19 @@ def _hd_direct(f, kinks, q1, q2, c, g=None):
         memo.clear()
     prefix = (_hd_key(f, kinks), _hd_key(g, kinks))
     keys = [prefix + entry for entry in zip(q1.tolist(), q2.tolist(), c.tolist())]
-    out = numpy.array([memo.get(key, numpy.nan) for key in keys])
+    # Read the shared memo once into this call's own dict: another thread may clear it.
+    known = {key: value for key in keys if (value := memo.get(key)) is not None}
     todo = {}
     for i, key in enumerate(keys):
-        if key not in memo:
+        if key not in known:
             todo.setdefault(key, i)
     if todo:
         first = numpy.array(list(todo.values()))
         values = _hd_direct_new(f, g, kinks, q1[first], q2[first], c[first])
-        for key, value in zip(todo, values.tolist()):
-            memo[key] = value
-        out = numpy.array([memo[key] for key in keys])
-    return out
+        new = dict(zip(todo, values.tolist()))
+        memo.update(new)
+        known.update(new)
+    return numpy.array([known[key] for key in keys])
 
 
 _HD_DIRECT_MEMO = 100000  # entries _hd_direct remembers (then it starts again)
