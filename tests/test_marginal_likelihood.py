@@ -99,6 +99,10 @@ def test_fisher_information_against_finite_differences_of_the_matrix(kind):
     fisher = evidence._point(theta).fisher()
     assert np.allclose(fisher, expected, rtol=1e-6, atol=1e-8 * np.abs(expected).max())
     assert np.all(np.linalg.eigvalsh(fisher) > 0)
+    # diag_reg held at its value: the information of w and b alone, the same block.
+    fixed = MarginalLikelihood(kernel, X, np.stack([y, -y, y ** 2], axis=1), 0.03)
+    assert np.allclose(fixed._point(theta[:2]).fisher(), expected[:2, :2], rtol=1e-6,
+                       atol=1e-8 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("kind", ["nngp", "ntk"])
