@@ -256,3 +256,14 @@ def test_a_refit_without_optimize_keeps_no_fitted_numbers():
     assert reg.log_marginal_likelihood() == pytest.approx(
         NTKRegressor(TEMPLATE, kernel="nngp", diag_reg=0.1).fit(X, y).log_marginal_likelihood(),
         rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 5, 64, 65, 200])
+def test_the_symmetric_copy_of_a_lower_triangle(n):
+    """The inverse's upper triangle is mirrored from its lower one block by block: the
+    same matrix as numpy's tril(a) + tril(a, -1).T, at sizes around the block's."""
+    from ntkdsl.predict import _symmetric_from_lower
+
+    a = np.random.default_rng(n).normal(size=(n, n))
+    expected = np.tril(a) + np.tril(a, -1).T
+    assert np.array_equal(_symmetric_from_lower(a.copy()), expected)
