@@ -267,3 +267,20 @@ def test_the_symmetric_copy_of_a_lower_triangle(n):
     a = np.random.default_rng(n).normal(size=(n, n))
     expected = np.tril(a) + np.tril(a, -1).T
     assert np.array_equal(_symmetric_from_lower(a.copy()), expected)
+
+
+def test_the_evidence_on_one_thread_and_on_the_pipeline_agree(monkeypatch):
+    """Small training sets evaluate the evidence's kernels on the calling thread alone
+    (ONE_THREAD_ROWS); the threaded pipeline larger ones use gives the same evidence."""
+    import ntkdsl.sklearn
+    from ntkdsl.sklearn import MarginalLikelihood
+
+    X, y = _data(n=300)
+    evidence = MarginalLikelihood(NTKKernel(TEMPLATE, BOUNDS), X, y, 0.05, (1e-4, 1.0))
+    theta = np.log([1.2, 0.4, 0.03])
+    alone = evidence._point(theta)
+    monkeypatch.setattr(ntkdsl.sklearn, "ONE_THREAD_ROWS", 0)
+    piped = evidence._point(theta)
+    assert piped.value == pytest.approx(alone.value, rel=1e-12)
+    assert np.allclose(piped.gradient, alone.gradient, rtol=1e-10, atol=0)
+    assert np.allclose(piped.fisher(), alone.fisher(), rtol=1e-10, atol=0)
