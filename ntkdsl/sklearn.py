@@ -411,7 +411,7 @@ class _EvidencePoint:
         return 0.5 * self.columns * information
 
 
-# Fisher scoring: at most this many steps per start (the benchmark's fits took 14-34
+# Fisher scoring: at most this many steps per start (the benchmark's fits took 8-33
 # evaluations), then L-BFGS-B from the best point; a step moves at most MAX_LOG_STEP in
 # each log θ, and is halved at most HALVINGS times in search of a rise.
 MAX_SCORING_STEPS = 60
