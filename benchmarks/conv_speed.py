@@ -129,11 +129,13 @@ def breakdown(arch: str, x: np.ndarray, columns: int = 16, rounds: int = 40) -> 
 
     def tile() -> None:
         gram = driver.image_gram(x[:1], x[1:columns + 1], True)
-        with np.errstate():  # the buffer a strip tile runs with (ntkdsl.evaluation.spatial)
-            buffer = _ufunc_buffer(gram.shape, 1, True)
-            if buffer is not None:
-                np.setbufsize(buffer)
+        buffer = _ufunc_buffer(gram.shape, 1, True)  # as a strip tile runs in the library
+        before = None if buffer is None else np.setbufsize(buffer)
+        try:
             pair(gram, x.shape[-1], *tile_values(mine, theirs, slice(0, 1), slice(1, columns + 1)))
+        finally:
+            if before is not None:
+                np.setbufsize(before)
 
     spent: dict[int, float] = {}
     clock = [None, 0.0]

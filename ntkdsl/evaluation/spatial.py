@@ -165,12 +165,17 @@ class _Tiles:
         gram = driver.image_gram(self.a[r0:r1], self.b[c0:c1], self.pairs)
         if gram.dtype != self.dtype:
             gram = gram.astype(self.dtype)
-        with checked_program():  # the outputs are checked after the last tile
-            buffer = _ufunc_buffer(gram.shape, r1 - r0, self.pairs)
-            if buffer is not None:
-                np.setbufsize(buffer)  # until checked_program's errstate exits
-            values = self.pair(gram, self.a.shape[-1],
-                               *tile_values(self.mine, self.theirs, slice(r0, r1), slice(c0, c1)))
+        buffer = _ufunc_buffer(gram.shape, r1 - r0, self.pairs)
+        # Put back by hand: NumPy 1's errstate restores the error modes only.
+        before = None if buffer is None else np.setbufsize(buffer)
+        try:
+            with checked_program():  # the outputs are checked after the last tile
+                values = self.pair(gram, self.a.shape[-1],
+                                   *tile_values(self.mine, self.theirs, slice(r0, r1),
+                                                slice(c0, c1)))
+        finally:
+            if before is not None:
+                np.setbufsize(before)
         for i, out in self.stores:
             block = np.broadcast_to(values[i], (r1 - r0, c1 - c0))
             if self.symmetric and c0 < r1:  # on the diagonal: its upper triangle, mirrored
