@@ -120,7 +120,7 @@ def breakdown(arch: str, x: np.ndarray, columns: int = 16, rounds: int = 40) -> 
 
     import ntkdsl
     from ntkdsl.evaluation.memory import _keep_freed_heap
-    from ntkdsl.evaluation.spatial import side_values, tile_values
+    from ntkdsl.evaluation.spatial import _ufunc_buffer, side_values, tile_values
     from ntkdsl.runtime import driver
     compiled = ntkdsl.compile(arch).compiled
     mine = side_values(compiled, x[:columns + 1], np.dtype(np.float64))
@@ -129,7 +129,13 @@ def breakdown(arch: str, x: np.ndarray, columns: int = 16, rounds: int = 40) -> 
 
     def tile() -> None:
         gram = driver.image_gram(x[:1], x[1:columns + 1], True)
-        pair(gram, x.shape[-1], *tile_values(mine, theirs, slice(0, 1), slice(1, columns + 1)))
+        buffer = _ufunc_buffer(gram.shape, 1, True)  # as a strip tile runs in the library
+        before = None if buffer is None else np.setbufsize(buffer)
+        try:
+            pair(gram, x.shape[-1], *tile_values(mine, theirs, slice(0, 1), slice(1, columns + 1)))
+        finally:
+            if before is not None:
+                np.setbufsize(before)
 
     spent: dict[int, float] = {}
     clock = [None, 0.0]

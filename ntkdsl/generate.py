@@ -43,6 +43,7 @@ from .program import (
     Step,
     TemplateCache,
 )
+from .symbolic import ArcCosine, Corr
 
 
 def comment_lines(text: str) -> list[str]:
@@ -128,6 +129,7 @@ def _fused(exprs: list[sp.Expr], emitter: Emitter) -> list[sp.Expr]:
     printer's ``joint``) on the same arguments, one statement computes both, and the calls
     become the two values it returns. An argument the other expressions read too is
     computed once, before the call, and read by both."""
+    exprs = _relu_maps(exprs, emitter)
     calls = set().union(*(e.atoms(sp.Function) for e in exprs))
     for call in sorted(calls, key=sp.default_sort_key):
         joint = emitter.printer.joint(call, arrays=emitter.kind(call) == MATRIX)
@@ -142,6 +144,35 @@ def _fused(exprs: list[sp.Expr], emitter: Emitter) -> list[sp.Expr]:
             call, partner = call.xreplace(shared), partner.xreplace(shared)
         first, second = emitter.joint(call)
         exprs = [e.xreplace({call: first, partner: second}) for e in exprs]
+    return exprs
+
+
+def _relu_maps(exprs: list[sp.Expr], emitter: Emitter) -> list[sp.Expr]:
+    """A ReLU layer's two maps of matrices, sqrt(q1) sqrt(q2) ArcCosine(1, c) (the NNGP)
+    and t ArcCosine(0, c) (the NTK) at c = Corr(k, q1, q2), where the expressions are
+    exactly these two and nothing else reads c: one helper computes both (``_relu_maps``,
+    fewer passes than the joint arc-cosine call, its products and the correlation apart)."""
+    for call in set().union(*(e.atoms(ArcCosine) for e in exprs)):
+        order, c = call.args
+        if order != 1 or not isinstance(c, Corr):
+            continue
+        k, q1, q2 = c.args
+        nngp = sp.sqrt(q1) * sp.sqrt(q2) * call
+        partner = ArcCosine(0, c)
+        readers = [i for i, e in enumerate(exprs) if e.has(c)]
+        if (len(readers) != 2 or emitter.kind(k) != MATRIX or emitter.kind(q1) != COLUMN
+                or emitter.kind(q2) != ROW or nngp not in exprs):
+            continue
+        first = exprs.index(nngp)
+        second = next(i for i in readers if i != first)
+        factors = exprs[second].args if exprs[second].is_Mul else ()
+        t = next((f for f in factors if f != partner), None)
+        if (len(factors) != 2 or partner not in factors or not t.is_Symbol
+                or emitter.kind(t) != MATRIX):
+            continue
+        maps = emitter.relu_maps(k, t, q1, q2)
+        exprs = list(exprs)
+        exprs[first], exprs[second] = maps
     return exprs
 
 

@@ -143,9 +143,30 @@ class Emitter:
         matrix = kind == MATRIX
         operands = [self.emit(a) if self.kind(a) == MATRIX else self._small(a, hoist=matrix)
                     for a in args]
+        return self._two_results(helper, operands, kind)
+
+    def relu_maps(self, k: sp.Expr, t: sp.Expr, q1: sp.Expr,
+                  q2: sp.Expr) -> tuple[sp.Symbol, sp.Symbol]:
+        """``a, b = _relu_maps(k, t, -1/sqrt(q1), 1/sqrt(q2), sqrt(q1), sqrt(q2))``: a ReLU
+        layer's maps of the matrices k (the NNGP) and t (the NTK) with variances q1 (a
+        column) and q2 (a row), sqrt(q1) sqrt(q2) ArcCosine(1, c) and t ArcCosine(0, c) at
+        c = Corr(k, q1, q2), as two new symbols. The four vectors are values of their own,
+        like the correlation's factors (_corr): outside the pair function where it has one."""
+        inverse = self.printer.helper("_inv_sqrt")
+        first, second = self._small(q1), self._small(q2)
+        vectors = [self._named(Small(f"-{inverse}({first.code})", first.reads), COLUMN),
+                   self._named(Small(f"{inverse}({second.code})", second.reads), ROW),
+                   self._small(sp.sqrt(q1)), self._small(sp.sqrt(q2))]
+        return self._two_results(self.printer.relu_maps_helper(),
+                                 [self.emit(k), self.emit(t), *vectors], MATRIX)
+
+    def _two_results(self, helper: str, operands, kind: str) -> tuple[sp.Symbol, sp.Symbol]:
+        """``a, b = helper(*operands)`` as two new symbols standing for its results, values
+        of shape ``kind``."""
         first, second = self._fresh(), self._fresh()
         self._emit(f"{slot(first)}, {slot(second)} = {helper}({', '.join(o.code for o in operands)})",
-                   [first, second], [i for o in operands for i in _reads_of(o)], matrix=matrix)
+                   [first, second], [i for o in operands for i in _reads_of(o)],
+                   matrix=kind == MATRIX)
         symbols = (sp.Dummy("joint"), sp.Dummy("joint"))
         for symbol, index in zip(symbols, (first, second)):
             self.slots[symbol] = index

@@ -256,12 +256,53 @@ def _arccosine_source(n: int) -> str:
                             n, (n, n - 1))])
 
 
+def _relu_maps_source() -> str:
+    """Source of ``_relu_maps(k, t, negated, inverse, root1, root2)``: a ReLU layer's two
+    maps of a kernel array k with variances q1 (column) and q2 (row), given as
+    −1/sqrt(q1), 1/sqrt(q2), sqrt(q1) and sqrt(q2), at the correlations c = k / sqrt(q1 q2),
+    clipped to [-1, 1]: sqrt(q1) sqrt(q2) J_1(c)/(2π) and t J_0(c)/(2π) (t the NTK array).
+    The same operations on the same values as the correlation, ``_arccosine1_0`` and the
+    two products apart, so the same numbers, less one pass: the correlation is made
+    negated (its column factor is −1/sqrt(q1), exact), and φ = arccos(−c) is taken on it
+    directly instead of on a negated copy; c φ/(2π) is −(−c)(φ/(2π)), exactly."""
+    body = [
+        "minus = numpy.multiply(k, negated)",
+        "numpy.multiply(minus, inverse, out=minus)",
+        "numpy.clip(minus, -1.0, 1.0, out=minus)",
+        "turns = numpy.arccos(minus)",
+        *_PARTS_LINES[2:6],
+        "value = numpy.multiply(minus, turns)",
+        "sine = 1.0 + minus",
+        "numpy.subtract(1.0, minus, out=minus)",
+        "sine *= minus",
+        "numpy.sqrt(sine, out=sine)",
+        f"sine *= {_TURN!r}",
+        "numpy.subtract(sine, value, out=value)",
+        "if near is not None:",
+        _series_line(1, "value"),
+        "value *= root1",
+        "value *= root2",
+        "turns *= t",
+        "return value, turns",
+    ]
+    doc = ('"""(sqrt(q1 q2) J_1(c) / (2 pi), t J_0(c) / (2 pi)) at the correlations\n'
+           '    c = k / sqrt(q1 q2) of kernel arrays k, clipped to [-1, 1]: a ReLU layer\'s\n'
+           '    maps, as _arccosine1_0 and the products, from minus = -c. negated is\n'
+           '    -1 / sqrt(q1) (a column), inverse 1 / sqrt(q2) (a row), root1 and root2\n'
+           '    sqrt(q1) and sqrt(q2)."""')
+    return (f"def _relu_maps(k, t, negated, inverse, root1, root2):\n    {doc}\n"
+            + "".join(f"    {line}\n" for line in body))
+
+
 @cache
 def _arccosine_helpers(n: int) -> dict[str, str]:
     """Helper name -> source for ArcCosine(n, c) and its joint call with order n − 1."""
     if n == 0:
         return {"_arccosine0": _ARCCOSINE0_SOURCE}
     return {"_arccosine_series": _ARCCOSINE_SERIES_SOURCE, f"_arccosine{n}": _arccosine_source(n)}
+
+
+_RELU_MAPS_SOURCE = _relu_maps_source()
 
 
 # Helper name -> source. _corr and the in-place emitter's _inv_sqrt are one runtime module's
@@ -450,6 +491,14 @@ class NumPyPrinter(SciPyPrinter):
     def _print_ArcCosine(self, expr):
         self._record_arccosine(int(expr.args[0]))
         return self._call(f"{expr.call}{int(expr.args[0])}", expr.args)
+
+    def relu_maps_helper(self) -> str:
+        """The helper of a ReLU layer's two maps (``_relu_maps``), recorded as used with
+        what it calls."""
+        self.helpers["_arccosine_series"] = _ARCCOSINE_SERIES_SOURCE
+        self.helpers["_relu_maps"] = _RELU_MAPS_SOURCE
+        self._module_format("numpy.arccos")
+        return "_relu_maps"
 
     def _record_arccosine(self, n: int) -> None:
         self.helpers.update(_arccosine_helpers(n))

@@ -55,6 +55,32 @@ def test_small_tiles(monkeypatch):
         np.testing.assert_allclose(g, w, rtol=1e-14, atol=0)
 
 
+
+def test_strip_tiles_set_the_ufunc_buffer_to_their_run_and_keep_the_numbers(monkeypatch):
+    """Strips (one image x against many x'): the pair function runs with NumPy's buffer no
+    longer than an array's run per first position (the second positions times the
+    columns), and its numbers are bit for bit those with the default buffer, and the whole
+    arrays' (the standalone driver, default buffer)."""
+    net = ntkdsl.compile(ARCHS[1])
+    x1, x2 = _images(2, 4), _images(150, 5)  # 625 position pairs: 104 columns per strip
+    sizes = []
+    real = spatial._ufunc_buffer
+
+    def spy(*args):
+        sizes.append(real(*args))
+        return sizes[-1]
+
+    monkeypatch.setattr(spatial, "_ufunc_buffer", spy)
+    got = net.kernels(x1, x2, threads=1)
+    assert 25 * 104 - 25 * 104 % 16 in sizes  # strips of 104 columns, 25 second positions
+    assert np.getbufsize() == 8192  # the setting ends with the tile
+    monkeypatch.setattr(spatial, "_ufunc_buffer", lambda *args: None)
+    default = net.kernels(x1, x2, threads=1)
+    whole = _whole(net, x1, x2)
+    for g, d, w in zip(got, default, whole):
+        assert np.array_equal(g, d)
+        np.testing.assert_allclose(g, w, rtol=1e-13, atol=0)
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_self_kernels_are_exactly_symmetric_with_exact_identical_entries(arch):
     net = ntkdsl.compile(arch)
