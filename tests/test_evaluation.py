@@ -284,6 +284,21 @@ def test_float32_accuracy_as_documented(arch, arccos_layers, seed, small_tiles):
         assert np.array_equal(np.diagonal(got), np.diagonal(ref).astype(np.float32))
 
 
+@pytest.mark.parametrize("arch", ["Dense(8) > Relu > Dense(1)", "Dense(8) > Erf > Dense(1)",
+                                  "Conv(4, (3, 3), padding='SAME') > Relu > Flatten > Dense(1)"])
+def test_float32_a_zero_input_has_the_float64_kernel(arch):
+    """A zero input (variance 0, no bias) in float32: its correlations are 0 as in float64,
+    not 0 times an infinite inverse square root (NaN)."""
+    net = ntkdsl.compile(arch)
+    x = np.random.default_rng(1).standard_normal((6, 16))
+    x = x.reshape((6, 4, 4, 1)) if "Conv" in arch else x
+    x[2] = 0
+    for got, ref in zip(net.kernels(x, dtype=np.float32), net.kernels(x)):
+        assert np.isfinite(got).all()
+        assert np.abs(got.astype(np.float64) - ref).max() <= 1e-6 * np.abs(ref).max()
+        assert not got[2, [0, 1, 3, 4, 5]].any()
+
+
 def test_float32_from_out_dtype():
     net = ntkdsl.compile(RELU)
     x = data(40)

@@ -18,5 +18,7 @@ def _corr(k, q1, q2):
 def _inv_sqrt(q):
     """1 / sqrt(q) for a vector of variances. A zero variance gets a huge finite factor
     instead of inf: its covariances are exactly 0 (Cauchy-Schwarz), so its correlations
-    come out 0, as _corr gives them."""
-    return numpy.reciprocal(numpy.sqrt(numpy.maximum(q, 1e-300)))
+    come out 0, as _corr gives them. The floor is the smallest normal number of q's own
+    precision (1e-300 would round to 0 in float32, and 0 * inf is NaN)."""
+    floor = numpy.finfo(numpy.result_type(q, 1.0)).tiny
+    return numpy.reciprocal(numpy.sqrt(numpy.maximum(q, floor)))
