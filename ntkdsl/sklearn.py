@@ -438,8 +438,13 @@ def _climb(point, theta: np.ndarray, bounds: np.ndarray) -> bool:
     on the steps follows how well each gain matched the one F predicts, as a trust
     region's radius does (halved after a fall or a poor match, doubled up to 1 after a
     good one). A step that had to be shortened forgets the pairs: they described other
-    ground. Coordinates at a bound whose gradient points out are held. ``point(theta)``
-    evaluates (None where the kernel is not positive definite). True when it converged."""
+    ground. Coordinates at a bound whose gradient points out are held, and so are those at
+    a bound that the Newton step of the others would push out (the active set of a
+    projected Newton method; clipping them instead left the others a step solved for a
+    move they did not make: from the fit of the depth before, on two bounds, breast
+    cancer's NTK crept 44 and 90 evaluations where this takes 10 and 10); convergence is
+    judged by the projected gradient. ``point(theta)`` evaluates (None where the kernel is
+    not positive definite). True when it converged."""
     low, high = bounds.T
     here = point(theta)
     if here is None:
@@ -448,12 +453,23 @@ def _climb(point, theta: np.ndarray, bounds: np.ndarray) -> bool:
     reach = 1.0
     for _ in range(MAX_SCORING_STEPS):
         g = here.gradient
-        free = ~(((here.theta <= low) & (g < 0)) | ((here.theta >= high) & (g > 0)))
+        low_side, high_side = here.theta <= low, here.theta >= high
+        free = ~((low_side & (g < 0)) | (high_side & (g > 0)))
         if not free.any() or np.max(np.abs(g[free])) <= GRADIENT_TOLERANCE:
-            return True
-        fisher = here.fisher()[np.ix_(free, free)]
-        newton = np.zeros_like(g)
-        newton[free] = _direction(fisher, g[free], [(s[free], y[free]) for s, y in pairs])
+            return True  # the projected gradient vanishes (L-BFGS-B's pgtol)
+        # The pairs that moved a coordinate held now mix its change into the others'.
+        pairs = [(s, y) for s, y in pairs if not np.any(s[~free])]
+        information = here.fisher()
+        while True:  # the Newton step of the free coordinates, ...
+            fisher = information[np.ix_(free, free)]
+            newton = np.zeros_like(g)
+            newton[free] = _direction(fisher, g[free], [(s[free], y[free]) for s, y in pairs])
+            # ... less those at a bound it would push out (projecting them back would leave
+            # the others' step solved for a move they do not make): held, and solved again.
+            out = free & ((low_side & (newton < 0)) | (high_side & (newton > 0)))
+            if not out.any() or not (free & ~out).any():
+                break
+            free &= ~out
         if 0.5 * g @ newton <= VALUE_TOLERANCE * max(abs(here.value), 1.0):
             return True  # the step's predicted rise is below what counts as progress
         newton *= min(1.0, MAX_LOG_STEP / np.max(np.abs(newton)))

@@ -156,6 +156,42 @@ def test_a_start_fisher_scoring_leaves_unfinished_is_finished_by_lbfgsb(monkeypa
         assert finished.params_[name] == pytest.approx(value, rel=1e-3)
 
 
+def test_an_optimum_on_two_bounds_is_reached_from_them_without_creeping():
+    """The NTK's evidence wants w above its upper bound and less ridge than its lower
+    bound here; Fisher scoring started on both bounds holds them (the Newton step of b
+    would push them out: clipped, it left b a step solved for moves not made, and crept 27
+    evaluations) and reaches the optimum scipy's L-BFGS-B finds with tight tolerances."""
+    import scipy.optimize
+
+    from ntkdsl.sklearn import MarginalLikelihood, _climb
+
+    X, y = _data()
+    template = ArchTemplate(TEMPLATE.template, w=0.4, b=0.2)
+    evidence = MarginalLikelihood(NTKKernel(template, {"w": (0.2, 0.7), "b": (1e-2, 5.0)}),
+                                  X, y, 0.1, (1e-4, 1.0))
+    low, high = evidence.bounds.T
+    reference = scipy.optimize.minimize(
+        lambda theta: tuple(-part for part in evidence(theta)), evidence.theta0, jac=True,
+        method="L-BFGS-B", bounds=evidence.bounds, options=dict(ftol=1e-15, gtol=1e-10))
+    assert np.allclose(reference.x[[0, 2]], [high[0], low[2]])  # on the two bounds
+    assert low[1] < reference.x[1] < high[1]
+    points = []
+
+    def point(theta):
+        points.append(evidence._point(theta))
+        return points[-1]
+
+    start = np.array([high[0], evidence.theta0[1], low[2]])
+    assert _climb(point, start, evidence.bounds)
+    best = max(points, key=lambda found: found.value)
+    assert best.value == pytest.approx(-reference.fun, rel=1e-9)
+    assert best.value >= -reference.fun - 1e-9 * abs(reference.fun)
+    assert np.allclose(best.theta, reference.x, rtol=0, atol=1e-3)
+    assert np.array_equal(best.theta[[0, 2]], [high[0], low[2]])  # exactly on them
+    assert abs(best.gradient[1]) <= 1e-5 and best.gradient[0] > 0 > best.gradient[2]
+    assert len(points) <= 10
+
+
 def test_restarts_are_reproducible_and_never_worse():
     X, y = _data(3)
     options = dict(kernel="nngp", diag_reg=0.1, optimize=dict(BOUNDS))
