@@ -138,16 +138,21 @@ class Emitter:
         """``a, b = helper(*args)``: ``call`` and its partner, which one helper computes
         together (the printer's ``joint``), as two new symbols standing for its results (new
         arrays of the arguments' shape)."""
-        helper, args = self.printer.joint_helper(call), call.args
+        return self.results(self.printer.joint_helper(call), call.args, 2)
+
+    def results(self, helper: str, args, count: int) -> tuple[sp.Symbol, ...]:
+        """``a, b, ... = helper(*args)``: ``count`` new symbols standing for the helper's
+        results (new arrays of the arguments' shape; a joint call's, a group's)."""
         kind = shape_kind(self.kind(a) for a in args)
         matrix = kind == MATRIX
         operands = [self.emit(a) if self.kind(a) == MATRIX else self._small(a, hoist=matrix)
                     for a in args]
-        first, second = self._fresh(), self._fresh()
-        self._emit(f"{slot(first)}, {slot(second)} = {helper}({', '.join(o.code for o in operands)})",
-                   [first, second], [i for o in operands for i in _reads_of(o)], matrix=matrix)
-        symbols = (sp.Dummy("joint"), sp.Dummy("joint"))
-        for symbol, index in zip(symbols, (first, second)):
+        targets = [self._fresh() for _ in range(count)]
+        self._emit(f"{', '.join(slot(t) for t in targets)} = "
+                   f"{helper}({', '.join(o.code for o in operands)})",
+                   targets, [i for o in operands for i in _reads_of(o)], matrix=matrix)
+        symbols = tuple(sp.Dummy("joint") for _ in targets)
+        for symbol, index in zip(symbols, targets):
             self.slots[symbol] = index
             self.printer.names[symbol] = slot(index)
             self.kinds[symbol] = kind

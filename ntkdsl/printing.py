@@ -14,6 +14,7 @@ numerical route, which sits beside the derivation, prints through it too.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 from functools import cache
@@ -365,6 +366,44 @@ class NumPyPrinter(SciPyPrinter):
             return helper
         self._record_numerical(type(call))
         self._record_numerical(type(partner))
+        return helper
+
+    @staticmethod
+    def series_groups(calls) -> list[list[sp.Expr]]:
+        """The numerical duals among ``calls`` that one helper computes together
+        (``_hd_dual_group``): those of one smooth φ's derivatives (one SeriesFamily of
+        ntkdsl.numerical) on the same arguments, where they are more than Γ and Γ̇ (a
+        gradient program's layer), in a fixed order."""
+        groups: dict = {}
+        for call in sorted(calls, key=sp.default_sort_key):
+            family = getattr(type(call), "family", None)
+            if _numerical_kind(type(call)) == "dual" and family is not None:
+                groups.setdefault((family.key, call.args), []).append(call)
+        return [group for group in groups.values()
+                if len(group) > 1 and {type(c).orders for c in group} - {(0, 0), (1, 1)}]
+
+    def group_helper(self, group) -> str:
+        """The helper computing a group of ``series_groups`` (in that order), its source
+        and what it calls recorded. Each E[φ^(i)(u) φ^(j)(v)] is asked for as the
+        derivative in k (Price) of the series of E[φ^(i-1)(u) φ^(j-1)(v)] when i, j >= 1,
+        else as its own series: (i, j, m) with m = min(i, j, 1)."""
+        family = type(group[0]).family
+        specs = tuple((i, j, min(i, j, 1)) for i, j in (type(c).orders for c in group))
+        for call in group:
+            self._record_numerical(type(call))
+        names = []
+        for n in range(max(max(i, j) for i, j, _ in specs) + 1):
+            name, source, modules = family.function(n)
+            if name not in self.helpers:  # the dual classes' own text, where they have it
+                self.helpers[name] = source
+                for module in modules:
+                    self.module_imports.setdefault(module, set())
+            names.append(name)
+        tag = hashlib.sha1(repr((family.key, specs)).encode()).hexdigest()[:12]
+        helper = f"_group_{tag}"
+        self.helpers[helper] = (f"def {helper}(k, q1, q2):\n"
+                                f"    return _hd_dual_group(({', '.join(names)},), "
+                                f"{family.points!r}, {specs!r}, k, q1, q2)\n")
         return helper
 
     # -- printing --------------------------------------------------------------------------
