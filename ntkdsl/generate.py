@@ -43,6 +43,7 @@ from .program import (
     Step,
     TemplateCache,
 )
+from .symbolic import AtZeroVariance
 
 
 def comment_lines(text: str) -> list[str]:
@@ -144,9 +145,25 @@ def _fused(exprs: list[sp.Expr], emitter: Emitter) -> list[sp.Expr]:
             continue
         exprs, shared = _shared_arguments(exprs, [call, joint[0]], emitter)
         call, partner = call.xreplace(shared), joint[0].xreplace(shared)
-        first, second = emitter.joint(call)
-        exprs = [e.xreplace({call: first, partner: second}) for e in exprs]
+        free = emitter.printer.arccosine_slope(call)
+        if free is None or not any(e.has(free ** sp.Rational(-1, 2)) for e in exprs):
+            first, second = emitter.joint(call)
+            exprs = [e.xreplace({call: first, partner: second}) for e in exprs]
+            continue
+        helper = emitter.printer.joint_helper(call, sine=True)
+        first, second, sine = emitter.results(helper, call.args, 3)
+        exprs = [_with_sine(e.xreplace({call: first, partner: second}), free, sine)
+                 for e in exprs]
     return exprs
+
+
+def _with_sine(expr: sp.Expr, free: sp.Expr, sine: sp.Symbol) -> sp.Expr:
+    """``expr`` with J_0's slope 1/(2π sqrt(free)), free = 1 − c², read from ``sine`` =
+    sqrt(1 − c²)/(2π) (the arc-cosine helper's part) and its test of c = ±1 (free = 0)
+    made on sine, which is 0 exactly there too."""
+    expr = expr.replace(lambda a: isinstance(a, AtZeroVariance) and a.args[0] == free,
+                        lambda a: AtZeroVariance(sine, *a.args[1:]))
+    return expr.xreplace({free ** sp.Rational(-1, 2): 1 / (2 * sp.pi * sine)})
 
 
 def _shared_arguments(exprs: list[sp.Expr], calls: list[sp.Expr], emitter: Emitter):

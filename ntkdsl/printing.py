@@ -227,10 +227,13 @@ _FUNCTION_DOC = """Cho & Saul's closed form A(c) phi + B(c) sin(phi), phi = pi -
     would cancel, a series in phi."""
 
 
-def _arccosine_function(name: str, doc: str, n: int, orders: tuple[int, ...]) -> str:
+def _arccosine_function(name: str, doc: str, n: int, orders: tuple[int, ...],
+                        sine: bool = False) -> str:
     """Source of ``name``(n, c): J_k/(2π) for each order k of ``orders`` (n, or n and n − 1),
-    from one computation of the parts."""
+    from one computation of the parts; with ``sine`` also the part sin(φ)/(2π) =
+    sqrt(1 − c²)/(2π), which J_0's slope 1/(2π sqrt(1 − c²)) reads (kernel gradients)."""
     results = ["turns" if k == 0 else buffer for k, buffer in zip(orders, ("value", "lower"))]
+    results += ["sine"] if sine else []
     scalar = (f"{name}(n, numpy.reshape(c, 1)).reshape(())" if len(orders) == 1 else
               f"tuple(v.reshape(()) for v in {name}(n, numpy.reshape(c, 1)))")
     lines = ["if numpy.ndim(c) == 0:", f"    return {scalar}", *_PARTS_LINES]
@@ -255,6 +258,15 @@ def _arccosine_source(n: int) -> str:
         _arccosine_function(f"_arccosine{n}", f"J_{n} / (2 pi)", n, (n,)),
         _arccosine_function(f"_arccosine{n}_{n - 1}", f"(J_{n} / (2 pi), J_{n - 1} / (2 pi))",
                             n, (n, n - 1))])
+
+
+@cache
+def _arccosine_sine_source(n: int) -> str:
+    """Source of _arccosine<n>_<n−1>_sine(n, c): _arccosine<n>_<n−1>'s two values and
+    sqrt(1 − c²)/(2π), the part both are made from."""
+    return _arccosine_function(f"_arccosine{n}_{n - 1}_sine",
+                               f"(J_{n} / (2 pi), J_{n - 1} / (2 pi), sqrt(1 - c**2) / (2 pi))",
+                               n, (n, n - 1), sine=True)
 
 
 @cache
@@ -356,13 +368,25 @@ class NumPyPrinter(SciPyPrinter):
             return None
         return cls.dot(*call.args), f"_pair_{cls.tag}"
 
-    def joint_helper(self, call: sp.Expr) -> str:
-        """The helper of ``joint(call)``, recorded as used with what it needs."""
+    @staticmethod
+    def arccosine_slope(call: sp.Expr) -> sp.Expr | None:
+        """1 − c² for the joint call of J_1 and J_0 at c: J_0's slope 1/(2π sqrt(1 − c²)),
+        in a gradient program, then reads the square root the helper computes anyway."""
+        if isinstance(call, ArcCosine) and call.args[0] == 1:
+            return 1 - call.args[1] ** 2
+        return None
+
+    def joint_helper(self, call: sp.Expr, sine: bool = False) -> str:
+        """The helper of ``joint(call)``, recorded as used with what it needs; with ``sine``
+        (J_1 and J_0) the one that also returns sqrt(1 − c²)/(2π) (``arccosine_slope``)."""
         partner, helper = self.joint(call)
         if isinstance(call, ExpSinh):
             return self.helper(helper)
         if isinstance(call, ArcCosine):
             self._record_arccosine(int(call.args[0]))
+            if sine:
+                helper = f"{helper}_sine"
+                self.helpers[helper] = _arccosine_sine_source(int(call.args[0]))
             return helper
         self._record_numerical(type(call))
         self._record_numerical(type(partner))
