@@ -1079,10 +1079,9 @@ def _hd_dual_group(fs, kinks, specs, k, q1, q2):
         table, r1, r2, bound, inverse1, inverse2 = _hd_both_rows(fs[n], kinks, q1, q2)
         sides[n] = (table, r1, r2, bound)
     c, c2 = _hd_correlation(k, inverse1, inverse2)
-    plain = {"step": 1, "first": 0}  # the product of two series: no parity assumed
     reaches, stops = [], {}
     for i, j, m in specs:
-        parity = sides[i][0] if i == j else plain
+        parity = sides[i][0] if i == j else _hd_product_parity(sides[i][0], sides[j][0])
         bulk, reach = _hd_bulk(parity, c2, numpy.maximum(sides[i][3], sides[j][3]))
         reaches.append(reach)
         # Terms n < stop of the base series give terms n < stop - m of its m-th derivative.
@@ -1125,6 +1124,15 @@ def _hd_dual_group(fs, kinks, specs, k, q1, q2):
                 value[:, zero2] = first1[:, None] * first2[None, zero2]
         out.append(value)
     return tuple(out)
+
+
+def _hd_product_parity(table1, table2):
+    """The parity of the series sum_n a1_n a2_n c**n for _hd_bulk's cost model: that of
+    both tables where they have one (φ^(i), φ^(j) both odd or both even: Horner sums
+    half the terms), else none."""
+    if table1["step"] == 2 and table2["step"] == 2 and table1["first"] % 2 == table2["first"] % 2:
+        return {"step": 2, "first": table1["first"] % 2}
+    return {"step": 1, "first": 0}
 
 
 def _hd_group_horner(table1, r1, table2, r2, c, c2, stop, orders):
