@@ -408,11 +408,11 @@ class NumPyPrinter(SciPyPrinter):
 
     def group_helper(self, group) -> str:
         """The helper computing a group of ``series_groups`` (in that order), its source
-        and what it calls recorded. Each E[φ^(i)(u) φ^(j)(v)] is asked for as the
-        derivative in k (Price) of the series of E[φ^(i-1)(u) φ^(j-1)(v)] when i, j >= 1,
-        else as its own series: (i, j, m) with m = min(i, j, 1)."""
+        and what it calls recorded. Each E[φ^(i)(u) φ^(j)(v)] is asked for as the m-th
+        derivative in k (Price) of the series of E[φ^(i-m)(u) φ^(j-m)(v)], m = min(i, j):
+        E[φ''φ''] from Γ's own pass."""
         family = type(group[0]).family
-        specs = tuple((i, j, min(i, j, 1)) for i, j in (type(c).orders for c in group))
+        specs = tuple((i, j, min(i, j)) for i, j in (type(c).orders for c in group))
         for call in group:
             self._record_numerical(type(call))
         names = []

@@ -148,7 +148,8 @@ def test_generated_code_computes_gamma_and_derivative_in_one_call():
 
 def test_a_layers_tangent_duals_in_one_call_equal_the_separate_series():
     """_hd_dual_group (a gradient program's Tanh layer: Γ, Γ̇ and the five duals of φ's
-    derivatives its tangents need, E[φ'''φ'] as the k-derivative of E[φ''φ]'s series)
+    derivatives its tangents need, E[φ'''φ'] as the k-derivative of E[φ''φ]'s series, E[φ''φ'']
+    as the second of Γ's)
     against each dual from its own series: zero variances, collinear and opposite pairs,
     variances from 1e-3 to 1e3, the kernel-matrix layout and flat entries."""
     from ntkdsl.runtime import hermite
@@ -163,7 +164,7 @@ def test_a_layers_tangent_duals_in_one_call_equal_the_separate_series():
     a[5], a[6], a[7] = 0.0, a[8], -2 * a[9]
     q, k = (a * a).sum(1) / 4, a @ a.T / 4
     args = (k[:25], q[:25, None], q[None, :])
-    specs = ((0, 0, 0), (1, 1, 1), (2, 0, 0), (0, 2, 0), (2, 2, 1), (3, 1, 1), (1, 3, 1))
+    specs = ((0, 0, 0), (1, 1, 1), (2, 0, 0), (0, 2, 0), (2, 2, 2), (3, 1, 1), (1, 3, 1))
     got = hermite._hd_dual_group(tuple(fs), (), specs, *args)
     flat = hermite._hd_dual_group(tuple(fs), (), specs, *(np.broadcast_to(v, k[:25].shape).ravel()
                                                           for v in args))

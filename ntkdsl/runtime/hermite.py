@@ -1079,14 +1079,19 @@ def _hd_dual_group(fs, kinks, specs, k, q1, q2):
         table, r1, r2, bound, inverse1, inverse2 = _hd_both_rows(fs[n], kinks, q1, q2)
         sides[n] = (table, r1, r2, bound)
     c, c2 = _hd_correlation(k, inverse1, inverse2)
-    reaches, stops = [], {}
+    reaches, stops, wanted = [], {}, {}
     for i, j, m in specs:
         parity = sides[i][0] if i == j else _hd_product_parity(sides[i][0], sides[j][0])
         bulk, reach = _hd_bulk(parity, c2, numpy.maximum(sides[i][3], sides[j][3]))
         reaches.append(reach)
         # Terms n < stop of the base series give terms n < stop - m of its m-th derivative.
+        # A second derivative does not lengthen a base its value or slope is read from
+        # (Γ and Γ̇ stay _hd_dual_pair's numbers): its entries beyond get their own terms.
         base = (i - m, j - m)
-        stops[base] = min(max(stops.get(base, 0), bulk + m), _HD_TERMS)
+        target = stops if m < 2 else wanted
+        target[base] = min(max(target.get(base, 0), bulk + m), _HD_TERMS)
+    for base, stop in wanted.items():
+        stops[base] = stops.get(base, stop)
     derivatives = {}
     for base, stop in stops.items():
         orders = sorted({m for i, j, m in specs if (i - m, j - m) == base})
