@@ -148,10 +148,10 @@ def test_generated_code_computes_gamma_and_derivative_in_one_call():
 
 def test_a_layers_tangent_duals_in_one_call_equal_the_separate_series():
     """_hd_dual_group (a gradient program's Tanh layer: Γ, Γ̇ and the five duals of φ's
-    derivatives its tangents need, E[φ'''φ'] as the k-derivative of E[φ''φ]'s series, E[φ''φ'']
-    as the second of Γ's)
-    against each dual from its own series: zero variances, collinear and opposite pairs,
-    variances from 1e-3 to 1e3, the kernel-matrix layout and flat entries."""
+    derivatives its tangents need, E[φ'''φ'] as the k-derivative of E[φ''φ]'s series and
+    E[φ''φ''] as the second of Γ's) against each dual from its own series: zero variances,
+    collinear and opposite pairs, variances from 1e-3 to 1e3, the kernel-matrix layout and
+    flat entries."""
     from ntkdsl.runtime import hermite
 
     gamma, _ = numerical.numerical_duals(sp.tanh(x), x, "Tanh")
