@@ -43,7 +43,7 @@ from .program import (
     Step,
     TemplateCache,
 )
-from .symbolic import ArcCosine, Corr
+from .symbolic import ArcCosine, AtZeroVariance, Corr
 
 
 def comment_lines(text: str) -> list[str]:
@@ -127,23 +127,34 @@ def step_code(assignments, inputs: tuple[sp.Symbol, ...],
 def _fused(exprs: list[sp.Expr], emitter: Emitter) -> list[sp.Expr]:
     """Where the expressions call both of two functions one helper computes together (the
     printer's ``joint``) on the same arguments, one statement computes both, and the calls
-    become the two values it returns. An argument the other expressions read too is
-    computed once, before the call, and read by both."""
+    become the two values it returns; so for the numerical duals of a gradient program's
+    layer (the printer's ``series_groups``: Γ, Γ̇ and the duals of φ's derivatives), one
+    statement computes them all. An argument the other expressions read too is computed
+    once, before the call, and read by both."""
     exprs = _relu_maps(exprs, emitter)
+    calls = set().union(*(e.atoms(sp.Function) for e in exprs))
+    grouped = [g for g in emitter.printer.series_groups(calls) if emitter.kind(g[0]) == MATRIX]
+    for group in grouped:  # a layer's duals of φ's derivatives (a gradient program)
+        exprs, shared = _shared_arguments(exprs, group, emitter)
+        group = [c.xreplace(shared) for c in group]
+        values = emitter.results(emitter.printer.group_helper(group), group[0].args, len(group))
+        exprs = [e.xreplace(dict(zip(group, values))) for e in exprs]
     calls = set().union(*(e.atoms(sp.Function) for e in exprs))
     for call in sorted(calls, key=sp.default_sort_key):
         joint = emitter.printer.joint(call, arrays=emitter.kind(call) == MATRIX)
         if joint is None or joint[0] not in calls:
             continue
-        partner, _ = joint
-        rest = [e.xreplace({call: sp.Dummy(), partner: sp.Dummy()}) for e in exprs]
-        shared = {a: emitter.named(a) for a in call.args
-                  if not a.is_Symbol and emitter.kind(a) == MATRIX and any(e.has(a) for e in rest)}
-        if shared:
-            exprs = [e.xreplace(shared) for e in exprs]
-            call, partner = call.xreplace(shared), partner.xreplace(shared)
-        first, second = emitter.joint(call)
-        exprs = [e.xreplace({call: first, partner: second}) for e in exprs]
+        exprs, shared = _shared_arguments(exprs, [call, joint[0]], emitter)
+        call, partner = call.xreplace(shared), joint[0].xreplace(shared)
+        free = emitter.printer.arccosine_slope(call)
+        if free is None or not any(e.has(free ** sp.Rational(-1, 2)) for e in exprs):
+            first, second = emitter.joint(call)
+            exprs = [e.xreplace({call: first, partner: second}) for e in exprs]
+            continue
+        helper = emitter.printer.joint_helper(call, sine=True)
+        first, second, sine = emitter.results(helper, call.args, 3)
+        exprs = [_with_sine(e.xreplace({call: first, partner: second}), free, sine)
+                 for e in exprs]
     return exprs
 
 
@@ -174,6 +185,25 @@ def _relu_maps(exprs: list[sp.Expr], emitter: Emitter) -> list[sp.Expr]:
         exprs = list(exprs)
         exprs[first], exprs[second] = maps
     return exprs
+
+
+def _with_sine(expr: sp.Expr, free: sp.Expr, sine: sp.Symbol) -> sp.Expr:
+    """``expr`` with J_0's slope 1/(2π sqrt(free)), free = 1 − c², read from ``sine`` =
+    sqrt(1 − c²)/(2π) (the arc-cosine helper's part) and its test of c = ±1 (free = 0)
+    made on sine, which is 0 exactly there too."""
+    expr = expr.replace(lambda a: isinstance(a, AtZeroVariance) and a.args[0] == free,
+                        lambda a: AtZeroVariance(sine, *a.args[1:]))
+    return expr.xreplace({free ** sp.Rational(-1, 2): 1 / (2 * sp.pi * sine)})
+
+
+def _shared_arguments(exprs: list[sp.Expr], calls: list[sp.Expr], emitter: Emitter):
+    """(exprs, {argument: its buffer}): each matrix argument of the first of ``calls``
+    (which one helper computes together) that the other expressions read too is computed
+    once, before the call, and read by both."""
+    rest = [e.xreplace({c: sp.Dummy() for c in calls}) for e in exprs]
+    shared = {a: emitter.named(a) for a in calls[0].args
+              if not a.is_Symbol and emitter.kind(a) == MATRIX and any(e.has(a) for e in rest)}
+    return ([e.xreplace(shared) for e in exprs] if shared else exprs), shared
 
 
 _STEP_CODE = TemplateCache()

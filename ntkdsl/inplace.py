@@ -138,12 +138,16 @@ class Emitter:
         """``a, b = helper(*args)``: ``call`` and its partner, which one helper computes
         together (the printer's ``joint``), as two new symbols standing for its results (new
         arrays of the arguments' shape)."""
-        helper, args = self.printer.joint_helper(call), call.args
+        return self.results(self.printer.joint_helper(call), call.args, 2)
+
+    def results(self, helper: str, args, count: int) -> tuple[sp.Symbol, ...]:
+        """``a, b, ... = helper(*args)``: ``count`` new symbols standing for the helper's
+        results (new arrays of the arguments' shape; a joint call's, a group's)."""
         kind = shape_kind(self.kind(a) for a in args)
         matrix = kind == MATRIX
         operands = [self.emit(a) if self.kind(a) == MATRIX else self._small(a, hoist=matrix)
                     for a in args]
-        return self._two_results(helper, operands, kind)
+        return self._results(helper, operands, kind, count)
 
     def relu_maps(self, k: sp.Expr, t: sp.Expr, q1: sp.Expr,
                   q2: sp.Expr) -> tuple[sp.Symbol, sp.Symbol]:
@@ -157,18 +161,19 @@ class Emitter:
         vectors = [self._named(Small(f"-{inverse}({first.code})", first.reads), COLUMN),
                    self._named(Small(f"{inverse}({second.code})", second.reads), ROW),
                    self._small(sp.sqrt(q1)), self._small(sp.sqrt(q2))]
-        return self._two_results(self.printer.relu_maps_helper(),
-                                 [self.emit(k), self.emit(t), *vectors], MATRIX)
+        return self._results(self.printer.relu_maps_helper(),
+                             [self.emit(k), self.emit(t), *vectors], MATRIX, 2)
 
-    def _two_results(self, helper: str, operands, kind: str) -> tuple[sp.Symbol, sp.Symbol]:
-        """``a, b = helper(*operands)`` as two new symbols standing for its results, values
-        of shape ``kind``."""
-        first, second = self._fresh(), self._fresh()
-        self._emit(f"{slot(first)}, {slot(second)} = {helper}({', '.join(o.code for o in operands)})",
-                   [first, second], [i for o in operands for i in _reads_of(o)],
-                   matrix=kind == MATRIX)
-        symbols = (sp.Dummy("joint"), sp.Dummy("joint"))
-        for symbol, index in zip(symbols, (first, second)):
+    def _results(self, helper: str, operands, kind: str,
+                 count: int) -> tuple[sp.Symbol, ...]:
+        """``a, b, ... = helper(*operands)`` as ``count`` new symbols standing for its
+        results, values of shape ``kind``."""
+        targets = [self._fresh() for _ in range(count)]
+        self._emit(f"{', '.join(slot(t) for t in targets)} = "
+                   f"{helper}({', '.join(o.code for o in operands)})",
+                   targets, [i for o in operands for i in _reads_of(o)], matrix=kind == MATRIX)
+        symbols = tuple(sp.Dummy("joint") for _ in targets)
+        for symbol, index in zip(symbols, targets):
             self.slots[symbol] = index
             self.printer.names[symbol] = slot(index)
             self.kinds[symbol] = kind

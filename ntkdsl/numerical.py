@@ -245,6 +245,10 @@ class _NumericalFunction(KernelFunction, metaclass=_NumericalClass):
     modules: ClassVar[tuple[str, ...]] = ()
 
     divergent = False        # E[f(u)**2] is infinite: the helpers raise NumericalError
+    # E[φ^(i)(u) φ^(j)(v)] of a smooth φ: its SeriesFamily and (i, j), for the one helper
+    # that computes a gradient program's duals of a layer together (None: on its own).
+    family = None
+    orders: tuple[int, int] | None = None
 
     def _sympystr(self, printer):
         return f"{self.label}({', '.join(printer._print(a) for a in self.args)})"
@@ -353,7 +357,12 @@ def _cross_partial(call, argindex: int) -> sp.Expr:
         pair, half = (d(d(f)), g), sp.Rational(1, 2)
     else:
         pair, half = (f, d(d(g))), sp.Rational(1, 2)
-    return half * cross_classes(*pair, x, cls.points, cls.activation)[0](*call.args)
+    dual = cross_classes(*pair, x, cls.points, cls.activation)[0]
+    if cls.family is not None and not any(h.has(*_DISCONTINUOUS) for h in pair):
+        i, j = cls.orders
+        dual.family, dual.orders = cls.family, {1: (i + 1, j + 1), 2: (i + 2, j),
+                                                3: (i, j + 2)}[argindex]
+    return half * dual(*call.args)
 
 
 @functools.cache
@@ -382,6 +391,27 @@ def cross_classes(f: sp.Expr, g: sp.Expr, x: sp.Symbol, points: tuple[float, ...
     moment = _new_class(f"CrossMoment_{tag}", NumericalMoment, dict(data))
     dual = _new_class(f"CrossDual_{tag}", NumericalDual, dict(data, moment=moment))
     return dual, moment
+
+
+class SeriesFamily:
+    """The duals E[φ^(i)(u) φ^(j)(v)] of one smooth φ's derivatives: a gradient program's
+    layer calls several on the same (k, q1, q2), which one helper computes together
+    (``_hd_dual_group``; the printer groups the calls by ``key``). ``function(n)`` is
+    (name, source, modules) of φ^(n)'s function, named as the dual classes name it."""
+
+    def __init__(self, phi: sp.Expr, x: sp.Symbol, points: tuple[float, ...], name: str):
+        self.phi, self.x, self.points, self.name = phi, x, points, name
+        self.key = (_tag(phi), points)
+        self._derivatives = [phi]
+
+    def function(self, n: int) -> tuple[str, str, tuple[str, ...]]:
+        while len(self._derivatives) <= n:
+            self._derivatives.append(derivative(self._derivatives[-1], self.x))
+        f = self._derivatives[n]
+        name = f"_f_{_tag(f)}"
+        source, modules = function_source(name, f, self.x, self.name,
+                                          singular_points(f, self.x, self.points))
+        return name, source, tuple(modules)
 
 
 def _tag(f: sp.Expr) -> str:
@@ -470,6 +500,9 @@ def numerical_duals(phi: sp.Expr, x: sp.Symbol, name: str) -> tuple[type, type]:
         _tag(phi), dot.sources, dot.tag, points)
     gamma, _ = _classes(phi, x, f"Gamma[{name}]", points, pair, name, activation=name)
     gamma.dot = dot
+    if pair is not None and not derivative(phi_dot, x).has(*_DISCONTINUOUS):
+        family = SeriesFamily(phi, x, points, name)  # the tangents' duals, in one call
+        gamma.family, gamma.orders, dot.family, dot.orders = family, (0, 0), family, (1, 1)
     dot.divergent = dot.moment.divergent = infinite is not None
     gamma.modules = tuple(sorted({*gamma.modules, *dot.modules}))  # _pair_ calls Γ̇'s f
     for path in _ROLES:  # how pickle rebuilds each class (_reduce_class)

@@ -14,6 +14,7 @@ numerical route, which sits beside the derivation, prints through it too.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 from functools import cache
@@ -226,10 +227,13 @@ _FUNCTION_DOC = """Cho & Saul's closed form A(c) phi + B(c) sin(phi), phi = pi -
     would cancel, a series in phi."""
 
 
-def _arccosine_function(name: str, doc: str, n: int, orders: tuple[int, ...]) -> str:
+def _arccosine_function(name: str, doc: str, n: int, orders: tuple[int, ...],
+                        sine: bool = False) -> str:
     """Source of ``name``(n, c): J_k/(2π) for each order k of ``orders`` (n, or n and n − 1),
-    from one computation of the parts."""
+    from one computation of the parts; with ``sine`` also the part sin(φ)/(2π) =
+    sqrt(1 − c²)/(2π), which J_0's slope 1/(2π sqrt(1 − c²)) reads (kernel gradients)."""
     results = ["turns" if k == 0 else buffer for k, buffer in zip(orders, ("value", "lower"))]
+    results += ["sine"] if sine else []
     scalar = (f"{name}(n, numpy.reshape(c, 1)).reshape(())" if len(orders) == 1 else
               f"tuple(v.reshape(()) for v in {name}(n, numpy.reshape(c, 1)))")
     lines = ["if numpy.ndim(c) == 0:", f"    return {scalar}", *_PARTS_LINES]
@@ -292,6 +296,15 @@ def _relu_maps_source() -> str:
            '    sqrt(q1) and sqrt(q2)."""')
     return (f"def _relu_maps(k, t, negated, inverse, root1, root2):\n    {doc}\n"
             + "".join(f"    {line}\n" for line in body))
+
+
+@cache
+def _arccosine_sine_source(n: int) -> str:
+    """Source of _arccosine<n>_<n−1>_sine(n, c): _arccosine<n>_<n−1>'s two values and
+    sqrt(1 − c²)/(2π), the part both are made from."""
+    return _arccosine_function(f"_arccosine{n}_{n - 1}_sine",
+                               f"(J_{n} / (2 pi), J_{n - 1} / (2 pi), sqrt(1 - c**2) / (2 pi))",
+                               n, (n, n - 1), sine=True)
 
 
 @cache
@@ -396,16 +409,66 @@ class NumPyPrinter(SciPyPrinter):
             return None
         return cls.dot(*call.args), f"_pair_{cls.tag}"
 
-    def joint_helper(self, call: sp.Expr) -> str:
-        """The helper of ``joint(call)``, recorded as used with what it needs."""
+    @staticmethod
+    def arccosine_slope(call: sp.Expr) -> sp.Expr | None:
+        """1 − c² for the joint call of J_1 and J_0 at c: J_0's slope 1/(2π sqrt(1 − c²)),
+        in a gradient program, then reads the square root the helper computes anyway."""
+        if isinstance(call, ArcCosine) and call.args[0] == 1:
+            return 1 - call.args[1] ** 2
+        return None
+
+    def joint_helper(self, call: sp.Expr, sine: bool = False) -> str:
+        """The helper of ``joint(call)``, recorded as used with what it needs; with ``sine``
+        (J_1 and J_0) the one that also returns sqrt(1 − c²)/(2π) (``arccosine_slope``)."""
         partner, helper = self.joint(call)
         if isinstance(call, ExpSinh):
             return self.helper(helper)
         if isinstance(call, ArcCosine):
             self._record_arccosine(int(call.args[0]))
+            if sine:
+                helper = f"{helper}_sine"
+                self.helpers[helper] = _arccosine_sine_source(int(call.args[0]))
             return helper
         self._record_numerical(type(call))
         self._record_numerical(type(partner))
+        return helper
+
+    @staticmethod
+    def series_groups(calls) -> list[list[sp.Expr]]:
+        """The numerical duals among ``calls`` that one helper computes together
+        (``_hd_dual_group``): those of one smooth φ's derivatives (one SeriesFamily of
+        ntkdsl.numerical) on the same arguments, where they are more than Γ and Γ̇ (a
+        gradient program's layer), in a fixed order."""
+        groups: dict = {}
+        for call in sorted(calls, key=sp.default_sort_key):
+            family = getattr(type(call), "family", None)
+            if _numerical_kind(type(call)) == "dual" and family is not None:
+                groups.setdefault((family.key, call.args), []).append(call)
+        return [group for group in groups.values()
+                if len(group) > 1 and {type(c).orders for c in group} - {(0, 0), (1, 1)}]
+
+    def group_helper(self, group) -> str:
+        """The helper computing a group of ``series_groups`` (in that order), its source
+        and what it calls recorded. Each E[φ^(i)(u) φ^(j)(v)] is asked for as the m-th
+        derivative in k (Price) of the series of E[φ^(i-m)(u) φ^(j-m)(v)], m = min(i, j):
+        E[φ''φ''] from Γ's own pass."""
+        family = type(group[0]).family
+        specs = tuple((i, j, min(i, j)) for i, j in (type(c).orders for c in group))
+        for call in group:
+            self._record_numerical(type(call))
+        names = []
+        for n in range(max(max(i, j) for i, j, _ in specs) + 1):
+            name, source, modules = family.function(n)
+            if name not in self.helpers:  # the dual classes' own text, where they have it
+                self.helpers[name] = source
+                for module in modules:
+                    self.module_imports.setdefault(module, set())
+            names.append(name)
+        tag = hashlib.sha1(repr((family.key, specs)).encode()).hexdigest()[:12]
+        helper = f"_group_{tag}"
+        self.helpers[helper] = (f"def {helper}(k, q1, q2):\n"
+                                f"    return _hd_dual_group(({', '.join(names)},), "
+                                f"{family.points!r}, {specs!r}, k, q1, q2)\n")
         return helper
 
     # -- printing --------------------------------------------------------------------------

@@ -144,3 +144,62 @@ def test_generated_code_computes_gamma_and_derivative_in_one_call():
     assert body.count(f"= _pair_{gamma.tag}(") == 2 and f"_dual_{dot.tag}(" not in body
     jump = ntkdsl.compile('Dense(8) > Fn("tanh(x) + 0.1*sign(x)") > Dense(1)').source
     assert "_pair_" not in jump and jump.count("= _dual_") == 2
+
+
+def test_a_layers_tangent_duals_in_one_call_equal_the_separate_series():
+    """_hd_dual_group (a gradient program's Tanh layer: Γ, Γ̇ and the five duals of φ's
+    derivatives its tangents need, E[φ'''φ'] as the k-derivative of E[φ''φ]'s series and
+    E[φ''φ''] as the second of Γ's) against each dual from its own series: zero variances,
+    collinear and opposite pairs, variances from 1e-3 to 1e3, the kernel-matrix layout and
+    flat entries."""
+    from ntkdsl.runtime import hermite
+
+    gamma, _ = numerical.numerical_duals(sp.tanh(x), x, "Tanh")
+    fs = []
+    for n in range(4):
+        name, source, modules = gamma.family.function(n)
+        fs.append(numerical.compile_source(source, modules)[name])
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((40, 4)) * np.geomspace(0.03, 30, 40)[:, None]
+    a[5], a[6], a[7] = 0.0, a[8], -2 * a[9]
+    q, k = (a * a).sum(1) / 4, a @ a.T / 4
+    args = (k[:25], q[:25, None], q[None, :])
+    specs = ((0, 0, 0), (1, 1, 1), (2, 0, 0), (0, 2, 0), (2, 2, 2), (3, 1, 1), (1, 3, 1))
+    got = hermite._hd_dual_group(tuple(fs), (), specs, *args)
+    flat = hermite._hd_dual_group(tuple(fs), (), specs, *(np.broadcast_to(v, k[:25].shape).ravel()
+                                                          for v in args))
+    for (i, j, _), value, entries in zip(specs, got, flat):
+        want = (hermite._hd_dual(fs[i], (), *args) if i == j else
+                hermite._hd_cross(fs[i], fs[j], (), *args))
+        scale = np.sqrt(np.outer(hermite._hd_moment(fs[i], (), q[:25]),
+                                 hermite._hd_moment(fs[j], (), q)))
+        scale[scale == 0] = 1.0  # φ(0) = φ''(0) = 0: a zero row's duals are 0
+        # Not 1e-11: where one variance is small (q = 0.006 here) its computed relative
+        # tails reach rounding (0) after a few terms while the terms still count, so each
+        # route's per-entry truncation can stop early (the separate series do at (20, 6),
+        # checked below; the layouts of one series differ by 5e-10 at q1 = 0.03).
+        assert (np.abs(value - want) <= 3e-9 * scale).all(), (i, j)
+        assert (np.abs(entries.reshape(value.shape) - want) <= 3e-9 * scale).all(), (i, j)
+    # E[φ''(u) φ(v)] at q1 = 1.41, q2 = 0.006, c = 0.957: the series to all its terms (they
+    # fall below 1e-22 by n = 60), as a 180 x 180 Gauss-Hermite product rule gives it.
+    z, w = np.polynomial.hermite_e.hermegauss(180)
+    w = np.outer(w, w) / (2 * np.pi)
+    q1, q2 = q[20], q[6]
+    c = k[20, 6] / np.sqrt(q1 * q2)
+    z1, z2 = np.meshgrid(z, z, indexing="ij")
+    exact = (fs[2](np.sqrt(q1) * z1) * fs[0](np.sqrt(q2) * (c * z1 + np.sqrt(1 - c * c) * z2))
+             * w).sum()
+    assert abs(got[2][20, 6] - exact) <= 1e-12
+
+
+def test_a_gradient_program_computes_a_layers_duals_in_one_call():
+    """The NTK's gradient program: one _group_ call per Tanh layer, which replaces the
+    kernel's _pair_ call and every cross dual's own."""
+    from ntkdsl.templates import ArchTemplate
+
+    net = ntkdsl.compile(ArchTemplate("(Dense(8, W_std={w}, b_std={b}) > Tanh) * 2 > Dense(1)",
+                                      w=1.2, b=0.1), gradients=["w", "b"])
+    for kind in ("nngp", "ntk"):
+        source = net.gradient_kernels(kind).source
+        body = source[source.index("def pair("):source.index("def diagonal(")]
+        assert body.count("= _group_") == 2 and "_dual_" not in body and "_pair_" not in body

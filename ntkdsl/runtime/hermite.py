@@ -503,10 +503,12 @@ def _hd_outer_adder(acc):
     return add
 
 
-def _hd_terms_needed(table, r1, r2, log_c, start):
+def _hd_terms_needed(table, r1, r2, log_c, start, other=None):
     """Smallest T >= start with |c|**T sqrt(tail1[T] tail2[T]) <= tol per entry, by
-    bisection (_HD_TERMS + 1 where even all terms do not reach it)."""
+    bisection (_HD_TERMS + 1 where even all terms do not reach it); rows r2 are of the
+    table ``other`` where given (a cross dual's second function)."""
     logt = table["logt"]
+    logt2 = logt if other is None else other["logt"]
     goal = 2.0 * numpy.log(_HD_TOL)
     lo = numpy.full(len(r1), start)
     hi = numpy.full(len(r1), _HD_TERMS + 1)
@@ -516,15 +518,16 @@ def _hd_terms_needed(table, r1, r2, log_c, start):
             return lo
         mid = numpy.minimum((lo + hi) // 2, _HD_TERMS)
         with numpy.errstate(invalid="ignore"):  # 0 * log(0): not met, as for c**0 = 1
-            ok = 2.0 * mid * log_c + logt[r1, mid] + logt[r2, mid] <= goal
+            ok = 2.0 * mid * log_c + logt[r1, mid] + logt2[r2, mid] <= goal
         hi = numpy.where(open_ & ok, mid, hi)
         lo = numpy.where(open_ & ~ok, mid + 1, lo)
 
 
-def _hd_series(table, r1, r2, c, start, stop):
-    """sum_{start<=n<stop} a[r1[e], n] a[r2[e], n] c[e]**n for a list of entries e."""
+def _hd_series(table, r1, r2, c, start, stop, other=None):
+    """sum_{start<=n<stop} a[r1[e], n] a[r2[e], n] c[e]**n for a list of entries e (the
+    second factor from the table ``other`` where given)."""
     terms = table["a"][r1, start:stop]
-    terms *= table["a"][r2, start:stop]
+    terms *= (table if other is None else other)["a"][r2, start:stop]
     acc = terms[:, -1].copy()
     for n in range(stop - start - 2, -1, -1):  # Horner, from the last term down
         acc *= c
@@ -572,12 +575,13 @@ def _hd_collinear_table(table, f, r1, r2, q1, q2, sign):
     return out
 
 
-def _hd_entries(table, f, r1, r2, q1, q2, c, start, reach=None):
+def _hd_entries(table, f, r1, r2, q1, q2, c, start, reach=None, g=None, other=None):
     """(values, complete) for a list of entries: the series from term ``start`` on, each
     entry summed until its bound is met; collinear entries (|c| = 1) and those the
     series cannot certify are computed whole (complete) by quadrature. ``reach`` (from
     _hd_bulk) gives each entry's number of terms under its block's bound at once; only
-    entries it does not certify are bisected on their own."""
+    entries it does not certify are bisected on their own. With ``g``, rows r2 are of
+    g's table ``other`` (a cross dual E[f(u) g(v)], _hd_cross_entries), none collinear."""
     out = numpy.zeros(c.shape)
     c2 = c * c
     # Within rounding of collinear: the 1-D integral at c = +-1 (error ~ (1 - |c|) dΓ/dc).
@@ -597,13 +601,13 @@ def _hd_entries(table, f, r1, r2, q1, q2, c, start, reach=None):
     if own.any():
         with numpy.errstate(divide="ignore"):
             need[own] = _hd_terms_needed(table, r1[own], r2[own],
-                                         numpy.log(numpy.abs(c[own])), start)
-    values = _hd_grouped(table, r1, r2, c, need, start)
+                                         numpy.log(numpy.abs(c[own])), start, other)
+    values = _hd_grouped(table, r1, r2, c, need, start, other)
     uncertified = numpy.flatnonzero(need >= _HD_TERMS)
     if uncertified.size:
         _hd_fix(f, table["kinks"], q1[uncertified] if series is None else
                 q1[series[uncertified]], q2[uncertified] if series is None else
-                q2[series[uncertified]], c[uncertified], uncertified, values)
+                q2[series[uncertified]], c[uncertified], uncertified, values, g)
         complete = complete.copy()
         complete[uncertified if series is None else series[uncertified]] = True
     if series is None:
@@ -612,7 +616,7 @@ def _hd_entries(table, f, r1, r2, q1, q2, c, start, reach=None):
     return out, complete
 
 
-def _hd_grouped(table, r1, r2, c, need, start):
+def _hd_grouped(table, r1, r2, c, need, start, other=None):
     """The series terms start <= n < need[e] of each entry (certified ones), summed in
     groups of similar length so a few long entries do not lengthen all; each group's
     term matrix stays below 2**18 numbers."""
@@ -625,7 +629,7 @@ def _hd_grouped(table, r1, r2, c, need, start):
         return out
     if stop - start <= 32 and len(c) * 32 <= 2 ** 18:  # the usual case
         e = numpy.flatnonzero(certified) if not certified.all() else slice(None)
-        out[e] = _hd_series(table, r1[e], r2[e], c[e], start, stop)
+        out[e] = _hd_series(table, r1[e], r2[e], c[e], start, stop, other)
         return out
     order = numpy.flatnonzero(certified)
     order = order[numpy.argsort(need[order], kind="stable")]
@@ -637,7 +641,7 @@ def _hd_grouped(table, r1, r2, c, need, start):
             e = order[g:min(g + size, hi)]
             stop = int(need[e].max())
             if stop > start:
-                out[e] = _hd_series(table, r1[e], r2[e], c[e], start, stop)
+                out[e] = _hd_series(table, r1[e], r2[e], c[e], start, stop, other)
     return out
 
 
@@ -897,10 +901,10 @@ def _hd_direct_new(f, g, kinks, q1, q2, c):
     return numpy.array([_hd_direct_run(f, g, plan) for plan in plans])
 
 
-def _hd_fix(f, kinks, q1, q2, c, entries, out):
+def _hd_fix(f, kinks, q1, q2, c, entries, out, g=None):
     """out[entries] by direct quadrature: the entries whose series bound is not met (only
     near-collinear ones with large variances)."""
-    out[entries] = _hd_direct(f, kinks, q1, q2, c)
+    out[entries] = _hd_direct(f, kinks, q1, q2, c, g)
 
 
 # ---------------------------------------------------------------------------------------
@@ -958,13 +962,43 @@ def _hd_cross_flat(f, g, kinks, k, q1, q2):
     out = numpy.empty(c.shape)
     collinear = c * c >= (1.0 - _HD_COLLINEAR) ** 2
     if collinear.any():
-        out[collinear] = _hd_collinear(f, kinks, q1[collinear], q2[collinear],
-                                       numpy.sign(c[collinear]), g)
+        out[collinear] = _hd_cross_collinear(f, g, kinks, q1[collinear], q2[collinear],
+                                             c[collinear])
     series = numpy.flatnonzero(~collinear)
     for s in range(0, len(series), _HD_CROSS_BLOCK):
         e = series[s:s + _HD_CROSS_BLOCK]
         out[e] = _hd_cross_block(ftable, gtable, f, g, kinks, r1[e], r2[e], q1[e], q2[e], c[e])
     return out
+
+
+def _hd_cross_collinear(f, g, kinks, q1, q2, c):
+    """E[f(u) g(v)] at correlations c = +-1: with equal variances and c = +1 (a
+    self-kernel's diagonal) the cross moment, remembered per variance; else integrated."""
+    out = numpy.empty(c.shape)
+    moment = (c > 0) & (q1 == q2)
+    if moment.any():
+        out[moment] = _hd_cross_moment(f, g, kinks, q1[moment])
+    if not moment.all():
+        rest = ~moment
+        out[rest] = _hd_collinear(f, kinks, q1[rest], q2[rest], numpy.sign(c[rest]), g)
+    return out
+
+
+def _hd_cross_entries(f, g, ftable, gtable, r1, r2, q1, q2, c, start, reach):
+    """(values, complete) as _hd_entries gives them, for E[f(u) g(v)] at a list of entries
+    (rows r1 of f's table, r2 of g's): the series from term ``start`` on, each entry summed
+    until its bound is met; collinear entries, and those no length certifies, whole."""
+    out = numpy.zeros(c.shape)
+    complete = c * c >= (1.0 - _HD_COLLINEAR) ** 2
+    if complete.any():
+        out[complete] = _hd_cross_collinear(f, g, ftable["kinks"], q1[complete], q2[complete],
+                                            c[complete])
+    series = numpy.flatnonzero(~complete)
+    if series.size:
+        out[series], done = _hd_entries(ftable, f, r1[series], r2[series], q1[series],
+                                        q2[series], c[series], start, reach, g, gtable)
+        complete[series] = done
+    return out, complete
 
 
 def _hd_cross_block(ftable, gtable, f, g, kinks, r1, r2, q1, q2, c):
@@ -1017,3 +1051,134 @@ def _hd_cross_moment(f, g, kinks, q):
         values = _hd_collinear(f, kinks, points, points, numpy.ones(len(points)), g)
         known.update(zip(missing, values.tolist()))
     return numpy.array([known[v] for v in distinct.tolist()])[inverse.ravel()].reshape(q.shape)
+
+
+# ---------------------------------------------------------------------------------------
+# A layer's duals together: the kernel's and its tangents' series in one call
+# ---------------------------------------------------------------------------------------
+
+def _hd_dual_group(fs, kinks, specs, k, q1, q2):
+    """Several duals E[φ^(i)(u) φ^(j)(v)] on the same (k, q1, q2), one per spec (i, j, m),
+    in one call (fs[n] is φ^(n), the n-th derivative of a smooth φ): a gradient program's
+    layer asks for Γ, Γ̇ and the duals of φ's derivatives its tangents need. By Price's
+    theorem E[φ^(i)(u) φ^(j)(v)] is the m-th derivative in k of the series of
+    E[φ^(i-m)(u) φ^(j-m)(v)], so the specs of one such base share one Horner pass that
+    carries its derivatives beside it (_hd_group_horner), and all share the correlation,
+    the table rows and the per-call work. Each spec's truncation is chosen and certified
+    from the tails of φ^(i) and φ^(j), as _hd_dual (i = j) and _hd_cross (i != j) do, and the
+    entries that bound does not cover get their remaining terms on their own (_hd_remainder;
+    _hd_cross_entries for i != j), so every result has the bound of the call it replaces
+    (Γ and Γ̇ are _hd_dual_pair's numbers). Returns the arrays in the order of ``specs``."""
+    k, q1, q2, shape = _hd_layout(k, q1, q2)
+    if shape is not None:
+        return tuple((_hd_flat(fs[i], kinks, k, q1, q2) if i == j else
+                      _hd_cross_flat(fs[i], fs[j], kinks, k, q1, q2)).reshape(shape)
+                     for i, j, _ in specs)
+    sides = {}
+    for n in sorted({n for i, j, m in specs for n in (i, j, i - m, j - m)}):
+        table, r1, r2, bound, inverse1, inverse2 = _hd_both_rows(fs[n], kinks, q1, q2)
+        sides[n] = (table, r1, r2, bound)
+    c, c2 = _hd_correlation(k, inverse1, inverse2)
+    reaches, stops, wanted = [], {}, {}
+    for i, j, m in specs:
+        parity = sides[i][0] if i == j else _hd_product_parity(sides[i][0], sides[j][0])
+        bulk, reach = _hd_bulk(parity, c2, numpy.maximum(sides[i][3], sides[j][3]))
+        reaches.append(reach)
+        # Terms n < stop of the base series give terms n < stop - m of its m-th derivative.
+        # A second derivative does not lengthen a base its value or slope is read from
+        # (Γ and Γ̇ stay _hd_dual_pair's numbers): its entries beyond get their own terms.
+        base = (i - m, j - m)
+        target = stops if m < 2 else wanted
+        target[base] = min(max(target.get(base, 0), bulk + m), _HD_TERMS)
+    for base, stop in wanted.items():
+        stops[base] = stops.get(base, stop)
+    derivatives = {}
+    for base, stop in stops.items():
+        orders = sorted({m for i, j, m in specs if (i - m, j - m) == base})
+        derivatives[base] = _hd_group_horner(sides[base[0]][0], sides[base[0]][1],
+                                             sides[base[1]][0], sides[base[1]][2],
+                                             c, c2, stop, orders)
+    out = []
+    for (i, j, m), reach in zip(specs, reaches):
+        base = (i - m, j - m)
+        value = derivatives[base][m]
+        for _ in range(m):  # d/dk = d/dc / sqrt(q1 q2)
+            value *= inverse1[:, None]
+            value *= inverse2[None, :]
+        terms = stops[base] - m
+        if i == j:
+            table, r1, r2, _ = sides[i]
+            _hd_remainder(table, fs[i], r1, r2, q1, q2, c, c2, terms, reach, value)
+        else:  # the cross dual's remainder, as _hd_remainder completes a dual's
+            flat = numpy.flatnonzero(c2 > reach[terms - 1])
+            if flat.size:
+                rows, cols = numpy.divmod(flat, c.shape[1])
+                rest, complete = _hd_cross_entries(
+                    fs[i], fs[j], sides[i][0], sides[j][0], sides[i][1][rows],
+                    sides[j][2][cols], q1[rows], q2[cols], c.ravel()[flat], terms, reach)
+                values = value.ravel()  # a view: value is a fresh contiguous array
+                values[flat] = numpy.where(complete, rest, values[flat] + rest)
+        if m:
+            # At a zero variance c = 0 and the chain rule's 1/sqrt(q) is moot: u = 0, so
+            # the dual is E[φ^(i)(u)] E[φ^(j)(v)], the first coefficients of both.
+            zero1, zero2 = q1 <= 0, q2 <= 0
+            if zero1.any() or zero2.any():
+                first1 = sides[i][0]["a"][sides[i][1], 0]
+                first2 = sides[j][0]["a"][sides[j][2], 0]
+                value[zero1, :] = first1[zero1, None] * first2[None, :]
+                value[:, zero2] = first1[:, None] * first2[None, zero2]
+        out.append(value)
+    return tuple(out)
+
+
+def _hd_product_parity(table1, table2):
+    """The parity of the series sum_n a1_n a2_n c**n for _hd_bulk's cost model: that of
+    both tables where they have one (φ^(i), φ^(j) both odd or both even: Horner sums
+    half the terms), else none."""
+    if table1["step"] == 2 and table2["step"] == 2 and table1["first"] % 2 == table2["first"] % 2:
+        return {"step": 2, "first": table1["first"] % 2}
+    return {"step": 1, "first": 0}
+
+
+def _hd_group_horner(table1, r1, table2, r2, c, c2, stop, orders):
+    """{m: d^m/dc^m P} for m in ``orders``, P = sum_{n<stop} a1[r1, n] a2[r2, n] c**n over
+    the block, by Horner's rule carrying the Taylor coefficients D_r = R^(r)/r! of
+    R(y) beside R. When both tables have one parity (odd or even φ^(n)), P = c**p R(c**2)
+    with p = 0 or 1 and only the live half of the terms is summed."""
+    top_order = max(orders)
+    step1, step2 = table1["step"], table2["step"]
+    p = table1["first"] % 2
+    if step1 == 2 and step2 == 2 and table2["first"] % 2 == p and top_order <= 2:
+        step, y = 2, c2
+    else:
+        step, p, y = 1, 0, c
+    top = stop - 1 - (stop - 1 - p) % step
+    if top < p:
+        return {m: numpy.zeros(c.shape) for m in orders}
+    a1 = table1["a"][r1, :stop]
+    a2 = numpy.ascontiguousarray(table2["a"][r2, :stop].T)
+    acc = numpy.multiply(a1[:, top, None], a2[None, top])
+    add_outer = _hd_outer_adder(acc)
+    taylor = [acc] + [None] * top_order
+    for n in range(top - step, p - 1, -step):
+        for r in range(top_order, 0, -1):
+            if taylor[r] is not None:
+                taylor[r] *= y
+                taylor[r] += taylor[r - 1]
+            elif taylor[r - 1] is not None:
+                taylor[r] = taylor[r - 1].copy()
+        acc *= y
+        add_outer(a1[:, n], a2[n])
+    d = [t if t is not None else numpy.zeros(c.shape) for t in taylor]
+    if step == 1:  # P = R: P^(m) = m! D_m
+        return {m: d[m] * float(numpy.prod(numpy.arange(1, m + 1))) if m > 1 else d[m]
+                for m in orders}
+    out = {}
+    for m in orders:
+        if m == 0:
+            out[0] = d[0] * c if p else d[0]
+        elif m == 1:  # P = R(y): 2c R'; P = c R(y): R + 2y R'
+            out[1] = 2.0 * c * d[1] if not p else d[0] + 2.0 * c2 * d[1]
+        else:  # P'' = 2R' + 4y R'' (p = 0), 6c R' + 4cy R'' (p = 1), with R'' = 2 D_2
+            out[2] = (2.0 * d[1] + 8.0 * c2 * d[2]) if not p else c * (6.0 * d[1] + 8.0 * c2 * d[2])
+    return out
