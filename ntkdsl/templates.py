@@ -144,7 +144,7 @@ def parameter_tree(template, names) -> ParameterTree:
     base = parse(arch)  # every call: the values' own checks (ranges, limits)
     symbols = tuple(Parameter(n) for n in names)
     key = (text, names, tuple((k, v) for k, v in values.items() if k not in names),
-           tuple((type(values[n]), (values[n] > 0) - (values[n] < 0)) for n in names))
+           tuple((type(values[n]), int(values[n] > 0) - int(values[n] < 0)) for n in names))
     ast = _SYMBOL_TREES.get(key)
     if ast is None:
         ast = base

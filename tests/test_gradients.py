@@ -129,6 +129,18 @@ def test_gradient_order_follows_the_names():
                                b.ntk(x, eval_gradient=True)[1], rtol=1e-13, atol=1e-16)
 
 
+def test_numpy_scalar_values_give_the_gradients_of_python_floats():
+    """Values as NumPy scalars (what an optimiser hands back) are numbers like any other."""
+    template = "Dense(8, W_std={w}, b_std={b}) > Relu > Dense(1)"
+    x = _inputs()[0]
+    a = ntkdsl.compile(ArchTemplate(template, w=1.3, b=0.2), gradients=["w", "b"])
+    b = ntkdsl.compile(ArchTemplate(template, w=np.float64(1.3), b=np.float64(0.2)),
+                       gradients=["w", "b"])
+    got, want = b.ntk(x, eval_gradient=True), a.ntk(x, eval_gradient=True)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
 def test_each_correlation_is_computed_once():
     """The fused arc-cosine call's argument, the correlation, is also read by the
     derivatives: one pass makes it for both (it was made twice, once per reader)."""
