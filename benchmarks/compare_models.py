@@ -23,7 +23,10 @@ standardised features:
   grid's values W_std = 1.5, b_std = 0.05, diag_reg = 1e-2; each deeper L from the numbers
   fitted at the depth before (EvidenceSearch). ``--marginal-likelihood`` runs only these two
   datasets and the rows to compare (the grid-searched NTK / NNGP and the Gaussian process),
-  and prints their scores and times.
+  and prints their scores and times;
+* NTK / NNGP, grid with W_std, b_std (breast cancer and diabetes): the numbers the evidence
+  fits searched by the same 3-fold cross-validation instead, W_std in {0.75, 1.5, 3},
+  b_std in {0.05, 0.5, 5}, beside L and diag_reg (81 points).
 
 Regression targets are standardised on the training split for every model.
 
@@ -81,8 +84,12 @@ EVIDENCE_ARCH = ArchTemplate("(Dense(512, W_std={w}, b_std={b}) > Relu) * {L} > 
 EVIDENCE_BOUNDS = {"w": (0.1, 10.0), "b": (1e-3, 10.0), "diag_reg": (1e-6, 10.0)}
 EVIDENCE_ROWS = ("NTK, marginal likelihood", "NNGP, marginal likelihood")
 EVIDENCE_DATASETS = ("breast cancer", "diabetes")
+# The grid search of the same numbers the evidence fits: W_std and b_std too (a factor of
+# 2 either side of the grid's 1.5, decades from its 0.05), beside L and diag_reg: 81 points.
+NUMBERS_GRID = {"arch__w": [0.75, 1.5, 3.0], "arch__b": [0.05, 0.5, 5.0], **NTK_GRID}
+NUMBERS_ROWS = ("NTK, grid with W_std, b_std", "NNGP, grid with W_std, b_std")
 # What --marginal-likelihood runs: the evidence fits and the rows they are compared with.
-COMPARED_ROWS = ("NTK", "NNGP", *EVIDENCE_ROWS, "GaussianProcess")
+COMPARED_ROWS = ("NTK", "NNGP", *NUMBERS_ROWS, *EVIDENCE_ROWS, "GaussianProcess")
 DIGITS_IMAGES = "digits as images"
 CONV_ROWS = ("CNN-GP (conv NNGP)", "CNTK (conv NTK)")
 
@@ -185,12 +192,17 @@ def _start(params: dict) -> dict:
             for name, value in params.items()}
 
 
-def evidence_models(task: str) -> dict[str, object]:
-    """The NTK and NNGP whose numbers are fitted by the marginal likelihood."""
+def evidence_models(task: str, folds) -> dict[str, object]:
+    """The NTK and NNGP whose numbers are fitted by the marginal likelihood, and the same
+    numbers searched by the 3-fold grid (NUMBERS_GRID)."""
     estimator = NTKClassifier if task == "classification" else NTKRegressor
-    return {row: EvidenceSearch(estimator(EVIDENCE_ARCH, kernel=kind, diag_reg=1e-2,
-                                          optimize=EVIDENCE_BOUNDS))
-            for row, kind in zip(EVIDENCE_ROWS, ("ntk", "nngp"))}
+    fitted = {row: EvidenceSearch(estimator(EVIDENCE_ARCH, kernel=kind, diag_reg=1e-2,
+                                            optimize=EVIDENCE_BOUNDS))
+              for row, kind in zip(EVIDENCE_ROWS, ("ntk", "nngp"))}
+    searched = {row: GridSearchCV(estimator(EVIDENCE_ARCH, kernel=kind), NUMBERS_GRID,
+                                  cv=folds)
+                for row, kind in zip(NUMBERS_ROWS, ("ntk", "nngp"))}
+    return {**searched, **fitted}
 
 
 def conv_models(folds, images: np.ndarray) -> dict[str, object]:
@@ -201,10 +213,14 @@ def conv_models(folds, images: np.ndarray) -> dict[str, object]:
             for row, kind in zip(CONV_ROWS, ("nngp", "ntk"))}
 
 
+def _folds(task: str):
+    return StratifiedKFold(3, shuffle=True, random_state=SEED) if task == "classification" \
+        else KFold(3, shuffle=True, random_state=SEED)
+
+
 def models(task: str) -> dict[str, object]:
     """Every contender, unfitted, each searching its own small grid on the training split."""
-    folds = StratifiedKFold(3, shuffle=True, random_state=SEED) if task == "classification" \
-        else KFold(3, shuffle=True, random_state=SEED)
+    folds = _folds(task)
     search = lambda estimator, grid: GridSearchCV(estimator, grid, cv=folds)
     if task == "classification":
         return {
@@ -249,7 +265,7 @@ def contenders(name: str, task: str, X: np.ndarray, y: np.ndarray) -> dict[str, 
     marginal-likelihood fits."""
     found = models(task)
     if name in EVIDENCE_DATASETS:
-        found.update(evidence_models(task))
+        found.update(evidence_models(task, _folds(task)))
     if name == DIGITS_IMAGES:
         folds = StratifiedKFold(3, shuffle=True, random_state=SEED)
         found.update(conv_models(folds, X.reshape(-1, 8, 8, 1)))
