@@ -13,12 +13,20 @@ the derivative of Γ's series, Σ n a_n(q1) a_n(q2) c^(n-1) / √(q1 q2): genera
 both from one Horner pass (``_hd_dual_pair``), with φ''s own series bounding the
 derivative and completing the entries that bound leaves.
 
-Error bound (Cauchy–Schwarz and Parseval): truncating after T terms leaves at most
-|c|^T · sqrt(t(q1, T) t(q2, T)) with t(q, T) = E[φ(√q z)²] − Σ_{n<T} a_n(q)², which the
-engine computes alongside the coefficients. Each entry is summed until that bound is
-below 1e-11 × sqrt(E[φ(u)²] E[φ(v)²]); entries with |c| = 1 (collinear inputs) are
+Error bound (Cauchy–Schwarz and Parseval): of the N = 320 tabulated terms, truncating
+after T leaves at most |c|^T · sqrt(A(q1, T) A(q2, T)) + |c|^N · sqrt(R(q1) R(q2)), with
+A(q, T) = Σ_{T≤n<N} a_n(q)² and R(q) = E[φ(√q z)²] − Σ_{n<N} a_n(q)², the remainder past
+the table, which the engine computes alongside the coefficients. A is summed from the
+back (no cancellation); R is floored at its rounding level, 2⁻⁴⁶ E[φ²] (once a series has
+converged the difference is rounding, 0 … 2e-15 of E[φ²] whichever way it fell). A
+difference E[φ²] − Σ_{n<T} a_n² at every T, as the tail was once, reaches rounding (0)
+within a few terms at a small variance while a large variance's terms still count: the
+product bound then stopped such entries early (1e-10 off at q1 = 0.03, q2 = 18.7). Each
+entry is summed until the bound is below 1e-11 × sqrt(E[φ(u)²] E[φ(v)²]); entries with
+|c| = 1 (collinear inputs) are
 one-dimensional integrals and are computed directly. An entry that cannot reach the bound
-within the available terms (large variances with |c| near 1) is computed by nested
+within the available terms (a large variance with |c| near 1: for Tanh's φ' at q = 18.7,
+|c| above 0.950 with the same variance, above 0.985 with a small one) is computed by nested
 quadrature.
 
 At any variance: every quadrature grid is graded towards φ's features (0 and its kinks) at

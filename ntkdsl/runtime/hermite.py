@@ -14,6 +14,9 @@ import numpy
 _HD_TOL = 1e-11  # relative truncation bound per entry (the route's stated error)
 _HD_TERMS = 320  # Hermite terms computed per variance
 _HD_COLLINEAR = 1e-12
+# The rounding level of a Parseval remainder m - sum_n a_n**2 relative to m (64 ulps of 1;
+# the computed difference of a converged series is 0 .. 2e-15): no table's tail falls below.
+_HD_ROUNDING = 2.0 ** -46
 _HD_GL_X, _HD_GL_W = numpy.polynomial.legendre.leggauss(16)
 # Fixed panels of width 1/4 on [-14, 14] (edge at 0): exp(-z**2/4) bounds every h_n term
 # beyond, below 1e-21, for a φ of moderate growth.
@@ -298,7 +301,7 @@ def _hd_new_table(kinks):
     valid within a generation)."""
     return {"kinks": kinks, "q": numpy.empty(0), "keys": numpy.empty(0),
             "order": numpy.empty(0, int),
-            "a": numpy.empty((0, _HD_TERMS)), "m": numpy.empty(0),
+            "a": numpy.empty((0, _HD_TERMS)), "m": numpy.empty(0), "rest": numpy.empty(0),
             "logt": numpy.empty((0, _HD_TERMS + 1)), "generation": object(), "next": [],
             "recent": [], "step": 1, "first": 0}
 
@@ -306,9 +309,10 @@ def _hd_new_table(kinks):
 def _hd_extend(table, f, q):
     """A new table with rows for the (distinct, new) variances q of f appended (f names
     the layer in errors: tables are shared by the layers of one formula)."""
-    a, m, tails = _hd_compute(f, table["kinks"], q)
+    a, m, tails, rest = _hd_compute(f, table["kinks"], q)
     new = dict(table, a=numpy.concatenate([table["a"], a]), m=numpy.concatenate([table["m"], m]),
-               logt=numpy.concatenate([table["logt"], numpy.log(numpy.maximum(tails, 1e-300))]))
+               logt=numpy.concatenate([table["logt"], numpy.log(numpy.maximum(tails, 1e-300))]),
+               rest=numpy.concatenate([table["rest"], rest]))
     new["q"] = numpy.concatenate([table["q"], q])  # variance of each row
     order = numpy.argsort(new["q"], kind="stable")
     new["keys"], new["order"], new["recent"] = new["q"][order], order, []
@@ -360,9 +364,11 @@ def _hd_remember(table, entry):
 
 
 def _hd_compute(f, kinks, q):
-    """(a, m, tails) for variances q: a[i, n] = E[f(sqrt(q_i) z) h_n(z)],
-    m[i] = E[f(sqrt(q_i) z)**2] and tails[i, T] = (m[i] - sum_{n<T} a[i, n]**2) / m[i],
-    the relative Parseval remainder."""
+    """(a, m, tails, rest) for variances q: a[i, n] = E[f(sqrt(q_i) z) h_n(z)],
+    m[i] = E[f(sqrt(q_i) z)**2], the relative Parseval remainders tails[i, T] = (m[i] -
+    sum_{n<T} a[i, n]**2) / m[i], computed as sum_{T<=n<N} a[i, n]**2 / m[i] + rest[i],
+    and rest[i] = tails[i, N] (N = _HD_TERMS), the part past the table (at least
+    _HD_ROUNDING, while m > 0), which _hd_tail_ok bounds apart."""
     s = numpy.sqrt(numpy.maximum(q, 0.0))
     a = numpy.empty((len(s), _HD_TERMS))
     m = numpy.empty(len(s))
@@ -378,12 +384,20 @@ def _hd_compute(f, kinks, q):
         a[wide], m[wide] = _hd_graded(f, s[wide], kinks, reach[wide])
         _hd_check(f, q, m, "E[phi(u)^2]")
     _hd_check(f, q, a, "a Hermite coefficient E[phi(u) h_n(z)]")
-    partial = numpy.concatenate([numpy.zeros((len(s), 1)), numpy.cumsum(a * a, axis=1)], axis=1)
     scale = numpy.where(m > 0, m, 1.0)
-    tails = numpy.maximum((m[:, None] - partial) / scale[:, None], 0.0)
-    # The remainder can only shrink; rounding must not make a later bound look larger.
-    tails = numpy.minimum.accumulate(tails, axis=1)
-    return a, m, tails
+    # The remainder past the table, m - sum_n a_n**2: at a small variance the series has
+    # converged by then and the difference is rounding (0 .. 2e-15 of m, whichever way the
+    # rounding fell), so it is floored at _HD_ROUNDING of m -- it can not be resolved below.
+    rest = numpy.maximum(m - (a * a).sum(axis=1), 0.0) / scale + _HD_ROUNDING * (m > 0)
+    # Below that, the tails are the sums of the squares left (from the back): a difference
+    # m - sum_{n<T} a_n**2 is rounding once it falls to 1e-16 of m (or 0, clipped), while
+    # the terms still count against a slowly converging series of the other variance.
+    squares = a * a / scale[:, None]
+    tails = numpy.empty((len(s), _HD_TERMS + 1))
+    tails[:, _HD_TERMS] = 0.0
+    tails[:, :_HD_TERMS] = numpy.cumsum(squares[:, ::-1], axis=1)[:, ::-1]
+    tails += rest[:, None]
+    return a, m, tails, rest
 
 
 def _hd_moment(f, kinks, q):
@@ -504,12 +518,13 @@ def _hd_outer_adder(acc):
 
 
 def _hd_terms_needed(table, r1, r2, log_c, start, other=None):
-    """Smallest T >= start with |c|**T sqrt(tail1[T] tail2[T]) <= tol per entry, by
-    bisection (_HD_TERMS + 1 where even all terms do not reach it); rows r2 are of the
-    table ``other`` where given (a cross dual's second function)."""
-    logt = table["logt"]
-    logt2 = logt if other is None else other["logt"]
-    goal = 2.0 * numpy.log(_HD_TOL)
+    """Smallest T >= start whose truncation _hd_tail_ok certifies per entry, by bisection
+    (_HD_TERMS + 1 where even all terms do not); rows r2 are of the table ``other`` where
+    given (a cross dual's second function)."""
+    other = table if other is None else other
+    rest1, rest2 = table["rest"][r1], other["rest"][r2]
+    with numpy.errstate(invalid="ignore", under="ignore"):
+        far = numpy.exp(_HD_TERMS * log_c) * numpy.sqrt(rest1 * rest2)
     lo = numpy.full(len(r1), start)
     hi = numpy.full(len(r1), _HD_TERMS + 1)
     while True:
@@ -517,10 +532,28 @@ def _hd_terms_needed(table, r1, r2, log_c, start, other=None):
         if not open_.any():
             return lo
         mid = numpy.minimum((lo + hi) // 2, _HD_TERMS)
-        with numpy.errstate(invalid="ignore"):  # 0 * log(0): not met, as for c**0 = 1
-            ok = 2.0 * mid * log_c + logt[r1, mid] + logt2[r2, mid] <= goal
+        ok = _hd_tail_ok(table["logt"][r1, mid], rest1, other["logt"][r2, mid], rest2,
+                         mid, log_c, far)
         hi = numpy.where(open_ & ok, mid, hi)
         lo = numpy.where(open_ & ~ok, mid + 1, lo)
+
+
+def _hd_tail_ok(logt1, rest1, logt2, rest2, terms, log_c, far):
+    """Whether T = ``terms`` terms of sum_n a1_n a2_n c**n are within _HD_TOL sqrt(m1 m2)
+    of the sum, per entry (logt, rest: the rows' log tails at T and rests; far:
+    |c|**N sqrt(rest1 rest2), N = _HD_TERMS). By Cauchy-Schwarz on the terms T <= n < N and
+    on those past the table apart, the error is at most |c|**T sqrt(A1 A2) + far, A the
+    relative sum of a_n**2 over T <= n < N (the tail less the rest). One product of the
+    tails, |c|**T sqrt(t1[T] t2[T]), bounds that too, but it would take a small variance's
+    rest (its rounding floor) times a large variance's slowly falling tail at every T."""
+    t1, t2 = numpy.exp(logt1), numpy.exp(logt2)
+    # A = t - rest, plus 1e-12 t for the rounding of the logarithm (harmless: terms of
+    # A below 1e-12 rest are below 1e-14 of the bound)
+    a1 = numpy.maximum(t1 - rest1, 0.0) + 1e-12 * t1
+    a2 = numpy.maximum(t2 - rest2, 0.0) + 1e-12 * t2
+    with numpy.errstate(invalid="ignore", under="ignore"):
+        power = numpy.exp(numpy.where(terms > 0, terms * log_c, 0.0))  # c**0 = 1, also at c = 0
+    return power * numpy.sqrt(a1 * a2) + far <= _HD_TOL
 
 
 def _hd_series(table, r1, r2, c, start, stop, other=None):
@@ -925,8 +958,8 @@ def _hd_cross_rows(f, kinks, q):
 def _hd_cross(f, g, kinks, k, q1, q2):
     """E[f(u) g(v)] for (u, v) ~ N(0, [[q1, k], [k, q2]]), elementwise over broadcast
     arrays, by the Hermite series sum_n a_n^f(q1) a_n^g(q2) c^n. Each entry is summed until
-    the Cauchy-Schwarz tail bound |c|^T sqrt(t_f(q1, T) t_g(q2, T)) is below _HD_TOL (the
-    tails relative to E[f(u)^2] and E[g(v)^2], as for the dual of one function);
+    its Cauchy-Schwarz tail bound (_hd_tail_ok, from the tails relative to E[f(u)^2] and
+    E[g(v)^2], as for the dual of one function) is below _HD_TOL;
     collinear entries are the 1-D integral, the entries the series cannot certify are
     computed by nested quadrature. So |error| <= _HD_TOL sqrt(E[f(u)^2] E[g(v)^2]).
     In the kernel-matrix layout most entries are summed together by Horner to a common
@@ -1006,18 +1039,7 @@ def _hd_cross_block(ftable, gtable, f, g, kinks, r1, r2, q1, q2, c):
     no length certifies by nested quadrature."""
     with numpy.errstate(divide="ignore", invalid="ignore"):
         log_c = numpy.log(numpy.abs(c))
-    goal = 2.0 * numpy.log(_HD_TOL)
-    lo = numpy.zeros(len(c), int)
-    hi = numpy.full(len(c), _HD_TERMS + 1)
-    while (lo < hi).any():  # bisection for the smallest certified length per entry
-        open_ = lo < hi
-        mid = numpy.minimum((lo + hi) // 2, _HD_TERMS)
-        with numpy.errstate(invalid="ignore"):
-            ok = (2.0 * mid * numpy.where(mid > 0, log_c, 0.0) + ftable["logt"][r1, mid]
-                  + gtable["logt"][r2, mid]) <= goal
-        hi = numpy.where(open_ & ok, mid, hi)
-        lo = numpy.where(open_ & ~ok, mid + 1, lo)
-    need = lo
+    need = _hd_terms_needed(ftable, r1, r2, log_c, 0, gtable)
     out = numpy.zeros(len(c))
     certified = need <= _HD_TERMS
     if certified.any():
