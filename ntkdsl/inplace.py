@@ -156,10 +156,7 @@ class Emitter:
         column) and q2 (a row), sqrt(q1) sqrt(q2) ArcCosine(1, c) and t ArcCosine(0, c) at
         c = Corr(k, q1, q2), as two new symbols. The four vectors are values of their own,
         like the correlation's factors (_corr): outside the pair function where it has one."""
-        inverse = self.printer.helper("_inv_sqrt")
-        first, second = self._small(q1), self._small(q2)
-        vectors = [self._named(Small(f"-{inverse}({first.code})", first.reads), COLUMN),
-                   self._named(Small(f"{inverse}({second.code})", second.reads), ROW),
+        vectors = [self._inverse_sqrt(q1, negated=True), self._inverse_sqrt(q2),
                    self._small(sp.sqrt(q1)), self._small(sp.sqrt(q2))]
         return self._results(self.printer.relu_maps_helper(),
                              [self.emit(k), self.emit(t), *vectors], MATRIX, 2)
@@ -408,16 +405,20 @@ class Emitter:
     def _corr(self, k: sp.Expr, q1: sp.Expr, q2: sp.Expr) -> Operand:
         """k / sqrt(q1 q2) clipped to [-1, 1], in three passes: the inverse square roots
         are taken on the variance vectors (0 where a variance is 0, as for _corr)."""
-        inverse = self.printer.helper("_inv_sqrt")
         scaled = self.emit(k)
         for q in (q1, q2):
-            small = self._small(q)
-            scaled = self._apply("numpy.multiply", scaled,
-                                 self._named(Small(f"{inverse}({small.code})", small.reads),
-                                             self.kind(q)))
+            scaled = self._apply("numpy.multiply", scaled, self._inverse_sqrt(q))
         self._emit(self._call("numpy.clip", scaled.code, "-1.0", "1.0", f"out={scaled.code}"),
                    [], [scaled.index])
         return scaled
+
+    def _inverse_sqrt(self, q: sp.Expr, negated: bool = False) -> Operand:
+        """1 / sqrt(q) (−1 / sqrt(q) if ``negated``) of a variance vector, a value of its
+        own (_inv_sqrt: 0 correlations where a variance is 0)."""
+        small = self._small(q)
+        sign = "-" if negated else ""
+        return self._named(Small(f"{sign}{self.printer.helper('_inv_sqrt')}({small.code})",
+                                 small.reads), self.kind(q))
 
     def _opaque(self, expr: sp.Expr) -> Operand:
         """Any other call (numerical duals, Piecewise, ...): its matrix arguments are emitted

@@ -17,11 +17,10 @@ Error bound (Cauchy–Schwarz and Parseval): of the N = 320 tabulated terms, tru
 after T leaves at most |c|^T · sqrt(A(q1, T) A(q2, T)) + |c|^N · sqrt(R(q1) R(q2)), with
 A(q, T) = Σ_{T≤n<N} a_n(q)² and R(q) = E[φ(√q z)²] − Σ_{n<N} a_n(q)², the remainder past
 the table, which the engine computes alongside the coefficients. A is summed from the
-back (no cancellation); R is floored at its rounding level, 2⁻⁴⁶ E[φ²] (once a series has
-converged the difference is rounding, 0 … 2e-15 of E[φ²] whichever way it fell). A
-difference E[φ²] − Σ_{n<T} a_n² at every T, as the tail was once, reaches rounding (0)
-within a few terms at a small variance while a large variance's terms still count: the
-product bound then stopped such entries early (1e-10 off at q1 = 0.03, q2 = 18.7). Each
+back: a difference E[φ²] − Σ_{n<T} a_n² reaches rounding (or 0) within a few terms at a
+small variance while a large variance's terms still count, and a tail of 0 would end the
+sum too early. R is floored at its rounding level, 2⁻⁴⁶ E[φ²] (once a series has converged
+the difference is rounding, 0 … 2e-15 of E[φ²] whichever way it fell). Each
 entry is summed until the bound is below 1e-11 × sqrt(E[φ(u)²] E[φ(v)²]); entries with
 |c| = 1 (collinear inputs) are
 one-dimensional integrals and are computed directly. An entry that cannot reach the bound
